@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# bench-unpack.sh - compare `flatcar-preload unpack` with the kernel path
+# (loop mount + GNU tar) on the same fixture, archives and machine, in one run.
+#
+# Usage: ci/bench-unpack.sh [BIN]
+#   BIN defaults to target/release/flatcar-preload (built with
+#   `cargo build --release` when missing and BIN is not given).
+#   Work dir: ${BENCH_DIR:-/var/tmp/fp-bench} (archives are cached there).
+#
+# This is a report, not a test: it exits 0 whether or not the goals are met,
+# and non-zero only when something fails (a command, a run, a result check).
+# It must run as root because the kernel path needs mount.
+set -euo pipefail
+
+readonly RUNS=3
+# Goals, as in the project brief.
+readonly GOAL_LARGE_RATIO=1.0 GOAL_SMALL_RATIO=2.0 GOAL_RSS_MIB=64
+
+die() {
+    echo "${0##*/}: $*" >&2
+    exit 1
+}
+
+repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+
+((EUID == 0)) || die "must run as root: the kernel path loop-mounts the image"
+(($# <= 1)) || die "usage: ${0##*/} [BIN]"
+
+if (($# == 1)); then
+    bin=$(realpath -- "$1") || die "no such binary: $1"
+    [[ -x $bin ]] || die "not an executable: $1"
+else
+    bin=$repo/target/release/flatcar-preload
+    if [[ ! -x $bin ]]; then
+        echo "building $bin" >&2
+        (cd -- "$repo" && cargo build --release) || die "cargo build --release failed"
+    fi
+    [[ -x $bin ]] || die "cargo build did not produce $bin"
+fi
+
+# Install a missing tool from its Debian package; update the package lists
+# only if the first try fails, since that is slow and usually not needed.
+need() {
+    local cmd=$1 pkg=$2
+    if [[ -x $cmd ]] || command -v -- "$cmd" >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "installing $pkg (for $cmd)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq "$pkg" >/dev/null ||
+        { apt-get update -qq && apt-get install -y -qq "$pkg" >/dev/null; } ||
+        die "cannot install $pkg"
+}
+need /usr/bin/time time # GNU time for peak RSS (%M); bash's builtin has none
+need setfattr attr
+need sgdisk gdisk
+need perl perl
+
+work=${BENCH_DIR:-/var/tmp/fp-bench}
+mkdir -p -- "$work"
+work=$(cd -- "$work" && pwd)
+fixture=$work/fixture.bin
+out=$work/out.bin
+mnt=$work/mnt
+log=$work/tool.log
+timef=$work/time.txt
+mkdir -p -- "$mnt"
+
+# Two runs sharing the work dir would unmount and delete each other's files.
+exec 9>"$work/.lock"
+flock -n 9 || die "another bench-unpack.sh is using $work"
+
+# On any exit, leave no mount and no loop device behind.
+cleanup() {
+    if mountpoint -q -- "$mnt"; then
+        umount -- "$mnt" 2>/dev/null || umount -l -- "$mnt" || true
+    fi
+    local dev
+    while read -r dev; do
+        if [[ -n $dev ]]; then losetup -d "$dev" 2>/dev/null || true; fi
+    done < <(losetup -j "$out" -O NAME -n 2>/dev/null || true)
+    rm -rf -- "$work/src.tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Byte offset and size of ROOT (partition 9), printed as "OFFSET SIZE".
+root_geometry() {
+    local disk=$1 info first size
+    info=$(sgdisk -i 9 -- "$disk") || return 1
+    first=$(awk '/^First sector:/ {print $3}' <<<"$info")
+    size=$(awk '/^Partition size:/ {print $3}' <<<"$info")
+    [[ $first =~ ^[0-9]+$ && $size =~ ^[0-9]+$ ]] || return 1
+    echo "$((first * 512)) $((size * 512))"
+}
+
+# Seconds between two $EPOCHREALTIME stamps.
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# Space: 1 GiB archive + 1 GiB of its sources while packing, ~0.4 GiB for the
+# small archive, ~1.1 GiB of written output image.
+avail_kib=$(df -Pk -- "$work" | awk 'NR == 2 { print $4 }')
+((avail_kib > 4 * 1024 * 1024)) || die "need 4 GiB free in $work (have $((avail_kib / 1024)) MiB)"
+
+# The fixture is cheap (about a second), so make it fresh: a stale one from an
+# older make-disk.sh would skew the comparison.
+"$repo/tests/fixtures/make-disk.sh" --layout current "$fixture"
+read -r off size < <(root_geometry "$fixture") || die "cannot read partition 9 of $fixture"
+
+# Archive A: 8 x 128 MiB of incompressible data (1 GiB), the image-layer case.
+make_large() {
+    local src=$work/src.tmp i
+    rm -rf -- "$src"
+    mkdir -p -- "$src/large"
+    for i in 1 2 3 4 5 6 7 8; do
+        head -c 128M /dev/urandom >"$src/large/blob-$i"
+    done
+    tar --xattrs --format=pax -C "$src" -cf "$work/large.tar.tmp" large
+    rm -rf -- "$src"
+}
+
+# Archive B: 100 dirs x 1000 files of 1-4 KiB, a few hundred with a user
+# xattr: the many-small-files case (metadata-bound, like /var/lib/docker).
+make_small() {
+    local src=$work/src.tmp d f
+    rm -rf -- "$src"
+    mkdir -p -- "$src/small"
+    # perl writes the 100,000 files from one process; a process per file
+    # (head/dd) would take minutes.
+    perl -e '
+        use strict; use warnings;
+        my $root = shift;
+        open(my $rnd, "<:raw", "/dev/urandom") or die "urandom: $!";
+        for my $d (0 .. 99) {
+            my $dir = sprintf("%s/d%03d", $root, $d);
+            mkdir($dir) or die "$dir: $!";
+            for my $f (0 .. 999) {
+                my $n = 1024 + int(rand(3073));
+                read($rnd, my $buf, $n) == $n or die "short read";
+                my $path = sprintf("%s/f%04d", $dir, $f);
+                open(my $o, ">:raw", $path) or die "$path: $!";
+                print {$o} $buf or die "$path: $!";
+                close($o) or die "$path: $!";
+            }
+        }' "$src/small"
+    # One setfattr --restore instead of ~300 setfattr processes.
+    for ((d = 0; d < 100; d++)); do
+        for ((f = d % 3; f < 1000; f += 300)); do
+            printf '# file: small/d%03d/f%04d\nuser.x="y"\n\n' "$d" "$f"
+        done
+    done >"$src/xattrs.txt"
+    (cd -- "$src" && setfattr --restore=xattrs.txt)
+    tar --xattrs --format=pax -C "$src" -cf "$work/small.tar.tmp" small
+    rm -rf -- "$src"
+}
+
+# Archives are made once and cached; build under .tmp and rename so an
+# interrupted run never leaves a truncated archive that looks valid.
+for name in large small; do
+    if [[ ! -s $work/$name.tar ]]; then
+        echo "making $work/$name.tar (once; cached)" >&2
+        "make_$name"
+        mv -- "$work/$name.tar.tmp" "$work/$name.tar"
+    fi
+done
+
+# Used inodes of ROOT in $out, from a read-only full fsck. Fails if e2fsck
+# finds any problem.
+fsck_files() {
+    local res
+    res=$(e2fsck -fn "$out?offset=$off" 2>&1) || { printf '%s\n' "$res" | tail -20 >&2; return 1; }
+    sed -n 's|^[^:]*: \([0-9]*\)/[0-9]* files.*|\1|p' <<<"$res"
+}
+
+# One tool run; sets tool_s and tool_kib.
+run_tool() {
+    local archive=$1 t0 t1
+    rm -f -- "$out"
+    sync
+    t0=$EPOCHREALTIME
+    if ! /usr/bin/time -f '%M' -o "$timef" \
+        "$bin" unpack "$fixture" "$archive" -o "$out" >"$log" 2>&1; then
+        tail -20 -- "$log" >&2
+        die "flatcar-preload unpack failed on $archive (log: $log)"
+    fi
+    t1=$EPOCHREALTIME
+    tool_s=$(elapsed "$t0" "$t1")
+    tool_kib=$(tail -n 1 -- "$timef")
+}
+
+# One kernel run, timed as a whole; sets kern_s. The copy and the unmount are
+# inside the timing because the tool's time includes its copy and its fsync.
+run_kernel() {
+    local archive=$1 t0 t1
+    rm -f -- "$out"
+    sync
+    t0=$EPOCHREALTIME
+    cp --sparse=always -- "$fixture" "$out"
+    mount -o "loop,offset=$off,sizelimit=$size" -- "$out" "$mnt"
+    tar --xattrs --xattrs-include='*' -xpf "$archive" -C "$mnt"
+    umount -- "$mnt"
+    # umount flushes the fs through the loop device; fsync the image too so
+    # both paths end with the data on disk (cheap if already clean).
+    sync -- "$out"
+    t1=$EPOCHREALTIME
+    kern_s=$(elapsed "$t0" "$t1")
+}
+
+rows=()
+check_failed=0
+max_rss_mib=0
+declare -A ratio
+for name in large small; do
+    archive=$work/$name.tar
+    # Both methods read the archive; have it in the page cache for both.
+    cat -- "$archive" >/dev/null
+    tool_times=() kern_times=() rss_kib=0 check=ok
+    for ((i = 1; i <= RUNS; i++)); do
+        echo "$name: run $i/$RUNS tool" >&2
+        run_tool "$archive"
+        tool_times+=("$tool_s")
+        if ((tool_kib > rss_kib)); then rss_kib=$tool_kib; fi
+        # Outside the timing: the tool's image must be a clean fs holding
+        # as many inodes as the kernel's.
+        if ((i == 1)); then
+            tool_files=$(fsck_files) || { check="fsck-FAIL"; tool_files=; }
+        fi
+
+        echo "$name: run $i/$RUNS kernel" >&2
+        run_kernel "$archive"
+        kern_times+=("$kern_s")
+        if ((i == 1)); then
+            kern_files=$(fsck_files) || die "kernel-made image fails e2fsck: setup problem"
+            if [[ $check == ok && $tool_files != "$kern_files" ]]; then
+                check="inodes-${tool_files}!=${kern_files}"
+            fi
+        fi
+    done
+    rm -f -- "$out"
+    [[ $check == ok ]] || check_failed=1
+
+    t_med=$(median "${tool_times[@]}")
+    k_med=$(median "${kern_times[@]}")
+    ratio[$name]=$(awk -v t="$t_med" -v k="$k_med" 'BEGIN { printf "%.2f", t / k }')
+    rss_mib=$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')
+    if awk -v a="$rss_mib" -v b="$max_rss_mib" 'BEGIN { exit !(a > b) }'; then
+        max_rss_mib=$rss_mib
+    fi
+    rows+=("$(printf '%-8s %10.2f %12.2f %8s %14s  %s' "$name" "$t_med" "$k_med" "${ratio[$name]}" "$rss_mib" "$check")")
+    echo "$name: tool ${tool_times[*]} s; kernel ${kern_times[*]} s" >&2
+done
+
+# PASS/MISS for "value <= goal" (le) or "value < goal" (lt).
+verdict() {
+    awk -v v="$1" -v g="$3" -v op="$2" \
+        'BEGIN { ok = (op == "le") ? v <= g : v < g; print ok ? "PASS" : "MISS" }'
+}
+
+echo
+printf '%-8s %10s %12s %8s %14s  %s\n' archive "tool med s" "kernel med s" ratio "tool RSS MiB" check
+printf '%s\n' "${rows[@]}"
+echo
+echo "medians of $RUNS alternating runs; ratio = tool / kernel; RSS = peak over the tool's runs"
+printf 'goal: large ratio <= %s  %-6s (%s)\n' "$GOAL_LARGE_RATIO" "$(verdict "${ratio[large]}" le "$GOAL_LARGE_RATIO")" "${ratio[large]}"
+printf 'goal: small ratio <= %s  %-6s (%s)\n' "$GOAL_SMALL_RATIO" "$(verdict "${ratio[small]}" le "$GOAL_SMALL_RATIO")" "${ratio[small]}"
+printf 'goal: peak RSS < %s MiB  %-6s (%s)\n' "$GOAL_RSS_MIB" "$(verdict "$max_rss_mib" lt "$GOAL_RSS_MIB")" "$max_rss_mib"
+
+if ((check_failed)); then
+    die "the tool's output failed a check (see the check column)"
+fi

@@ -1,0 +1,481 @@
+//! The only place that touches libext2fs (through `shim.c`). Everything
+//! outside this file sees the safe [`Fs`] handle and plain Rust types.
+
+use std::ffi::{c_char, c_int, c_long, c_void, CStr, CString};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+#[repr(C)]
+struct RawFs {
+    _private: [u8; 0],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct RawInfo {
+    blocks_count: u64,
+    free_blocks: u64,
+    reserved_blocks: u64,
+    inodes_count: u32,
+    free_inodes: u32,
+    block_size: u32,
+    inode_size: u32,
+    feature_compat: u32,
+    feature_incompat: u32,
+    feature_ro_compat: u32,
+    state: u32,
+    needs_recovery: u32,
+    orphans_present: u32,
+    uuid: [u8; 16],
+    label: [c_char; 17],
+}
+
+#[repr(C)]
+struct RawAttr {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    mtime_nsec: u32,
+    now: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct RawStat {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    links: u32,
+    flags: u32,
+    size: u64,
+}
+
+type DirentCb = extern "C" fn(*mut c_void, *const c_char, c_int, u32) -> c_int;
+
+extern "C" {
+    fn fp_strerror(err: c_long) -> *const c_char;
+    fn fp_is_full(err: c_long) -> c_int;
+    fn fp_is_not_found(err: c_long) -> c_int;
+    fn fp_open(path: *const c_char, offset: u64, rw: c_int, out: *mut *mut RawFs) -> c_long;
+    fn fp_info(fs: *mut RawFs, info: *mut RawInfo);
+    fn fp_close(fs: *mut RawFs) -> c_long;
+    fn fp_abandon(fs: *mut RawFs);
+    fn fp_lookup(fs: *mut RawFs, dir: u32, name: *const c_char, len: c_int, ino: *mut u32)
+        -> c_long;
+    fn fp_stat(fs: *mut RawFs, ino: u32, st: *mut RawStat) -> c_long;
+    fn fp_set_attr(fs: *mut RawFs, ino: u32, a: *const RawAttr) -> c_long;
+    fn fp_mkdir(fs: *mut RawFs, parent: u32, a: *const RawAttr, ino: *mut u32) -> c_long;
+    fn fp_symlink(
+        fs: *mut RawFs,
+        parent: u32,
+        a: *const RawAttr,
+        target: *const c_char,
+        ino: *mut u32,
+    ) -> c_long;
+    fn fp_create(
+        fs: *mut RawFs,
+        parent: u32,
+        a: *const RawAttr,
+        major: u32,
+        minor: u32,
+        ino: *mut u32,
+    ) -> c_long;
+    fn fp_file_alloc(fs: *mut RawFs, ino: u32, size: u64) -> c_long;
+    fn fp_file_map(fs: *mut RawFs, ino: u32, lblk: u64, pblk: *mut u64, len: *mut u64) -> c_long;
+    fn fp_write_blocks(fs: *mut RawFs, pblk: u64, count: u64, buf: *const c_void) -> c_long;
+    fn fp_set_xattrs(
+        fs: *mut RawFs,
+        ino: u32,
+        n: u32,
+        names: *const *const c_char,
+        values: *const *const c_void,
+        lens: *const usize,
+    ) -> c_long;
+    fn fp_add_links(fs: *mut RawFs, ino: u32, delta: c_int) -> c_long;
+    fn fp_free_inode(fs: *mut RawFs, ino: u32) -> c_long;
+    fn fp_list_dir(fs: *mut RawFs, dir: u32, cb: DirentCb, ctx: *mut c_void) -> c_long;
+    fn fp_link(
+        fs: *mut RawFs,
+        dir: u32,
+        name: *const c_char,
+        len: c_int,
+        ino: u32,
+        mode: u32,
+    ) -> c_long;
+    fn fp_unlink(fs: *mut RawFs, dir: u32, name: *const c_char, len: c_int, ino: u32) -> c_long;
+}
+
+/// A libext2fs error code with its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errcode(c_long);
+
+impl Errcode {
+    /// No free block or inode was left.
+    pub fn is_full(self) -> bool {
+        // SAFETY: pure function of an integer.
+        unsafe { fp_is_full(self.0) != 0 }
+    }
+
+    pub fn is_not_found(self) -> bool {
+        // SAFETY: pure function of an integer.
+        unsafe { fp_is_not_found(self.0) != 0 }
+    }
+}
+
+impl fmt::Display for Errcode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // SAFETY: error_message() returns a pointer to a static or
+        // thread-local NUL-terminated string, valid until the next call.
+        let msg = unsafe { CStr::from_ptr(fp_strerror(self.0)) };
+        write!(f, "{}", msg.to_string_lossy())
+    }
+}
+
+impl std::error::Error for Errcode {}
+
+fn check(err: c_long) -> Result<(), Errcode> {
+    if err == 0 {
+        Ok(())
+    } else {
+        Err(Errcode(err))
+    }
+}
+
+/// Superblock facts of an opened filesystem.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub blocks_count: u64,
+    pub free_blocks: u64,
+    pub reserved_blocks: u64,
+    pub inodes_count: u32,
+    pub free_inodes: u32,
+    pub block_size: u32,
+    pub inode_size: u32,
+    pub feature_compat: u32,
+    pub feature_incompat: u32,
+    pub feature_ro_compat: u32,
+    pub state: u32,
+    pub needs_recovery: bool,
+    pub orphans_present: bool,
+    pub uuid: [u8; 16],
+    pub label: String,
+}
+
+/// Ownership, permission bits and times for a new or updated inode.
+#[derive(Debug, Clone, Copy)]
+pub struct Attr {
+    /// Full st_mode (type and permission bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// Written as atime, ctime and crtime.
+    pub now: i64,
+}
+
+impl Attr {
+    fn raw(&self) -> RawAttr {
+        RawAttr {
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+            now: self.now,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stat {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub links: u32,
+    pub flags: u32,
+    pub size: u64,
+}
+
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFLNK: u32 = 0o120000;
+pub const S_IFREG: u32 = 0o100000;
+pub const ROOT_INO: u32 = 2;
+
+impl Stat {
+    pub fn is_dir(&self) -> bool {
+        self.mode & S_IFMT == S_IFDIR
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.mode & S_IFMT == S_IFLNK
+    }
+}
+
+/// An open ext2/3/4 filesystem inside a file at a byte offset.
+pub struct Fs {
+    raw: *mut RawFs,
+    block_size: u64,
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString, Errcode> {
+    // EXT2_ET_INVALID_ARGUMENT is not exported as a number; a name with a
+    // NUL byte cannot come from tar anyway, so any error code will do.
+    CString::new(bytes).map_err(|_| Errcode(libc_einval()))
+}
+
+fn libc_einval() -> c_long {
+    22
+}
+
+impl Fs {
+    /// Opens the filesystem that starts `offset` bytes into `path`.
+    pub fn open(path: &Path, offset: u64, writable: bool) -> Result<Fs, Errcode> {
+        let cpath = cstring(path.as_os_str().as_bytes())?;
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: cpath is a valid C string for the call; raw is written
+        // only on success and is then owned by the returned Fs.
+        check(unsafe { fp_open(cpath.as_ptr(), offset, writable as c_int, &mut raw) })?;
+        let mut fs = Fs { raw, block_size: 0 };
+        fs.block_size = fs.info().block_size as u64;
+        Ok(fs)
+    }
+
+    pub fn info(&self) -> Info {
+        let mut raw = RawInfo::default();
+        // SAFETY: self.raw is a live filesystem; raw is a properly sized
+        // struct matching struct fp_info.
+        unsafe { fp_info(self.raw, &mut raw) };
+        let label: Vec<u8> = raw
+            .label
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        Info {
+            blocks_count: raw.blocks_count,
+            free_blocks: raw.free_blocks,
+            reserved_blocks: raw.reserved_blocks,
+            inodes_count: raw.inodes_count,
+            free_inodes: raw.free_inodes,
+            block_size: raw.block_size,
+            inode_size: raw.inode_size,
+            feature_compat: raw.feature_compat,
+            feature_incompat: raw.feature_incompat,
+            feature_ro_compat: raw.feature_ro_compat,
+            state: raw.state,
+            needs_recovery: raw.needs_recovery != 0,
+            orphans_present: raw.orphans_present != 0,
+            uuid: raw.uuid,
+            label: String::from_utf8_lossy(&label).into_owned(),
+        }
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    /// Writes superblock, group descriptors and bitmaps, and closes.
+    pub fn close(mut self) -> Result<(), Errcode> {
+        let raw = std::mem::replace(&mut self.raw, std::ptr::null_mut());
+        // SAFETY: raw is live and is not used again (self.raw is null, so
+        // Drop does nothing).
+        check(unsafe { fp_close(raw) })
+    }
+
+    pub fn lookup(&self, dir: u32, name: &[u8]) -> Result<Option<u32>, Errcode> {
+        let mut ino = 0;
+        // SAFETY: name points to name.len() readable bytes; ino is valid.
+        let err = unsafe {
+            fp_lookup(
+                self.raw,
+                dir,
+                name.as_ptr().cast(),
+                name.len() as c_int,
+                &mut ino,
+            )
+        };
+        match check(err) {
+            Ok(()) => Ok(Some(ino)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn stat(&self, ino: u32) -> Result<Stat, Errcode> {
+        let mut raw = RawStat::default();
+        // SAFETY: raw matches struct fp_stat.
+        check(unsafe { fp_stat(self.raw, ino, &mut raw) })?;
+        Ok(Stat {
+            mode: raw.mode,
+            uid: raw.uid,
+            gid: raw.gid,
+            links: raw.links,
+            flags: raw.flags,
+            size: raw.size,
+        })
+    }
+
+    pub fn set_attr(&mut self, ino: u32, attr: &Attr) -> Result<(), Errcode> {
+        // SAFETY: the attr struct lives for the call.
+        check(unsafe { fp_set_attr(self.raw, ino, &attr.raw()) })
+    }
+
+    /// A new directory (not yet linked) whose ".." is `parent`.
+    pub fn mkdir(&mut self, parent: u32, attr: &Attr) -> Result<u32, Errcode> {
+        let mut ino = 0;
+        // SAFETY: pointers valid for the call.
+        check(unsafe { fp_mkdir(self.raw, parent, &attr.raw(), &mut ino) })?;
+        Ok(ino)
+    }
+
+    /// A new symlink (not yet linked).
+    pub fn symlink(&mut self, parent: u32, attr: &Attr, target: &[u8]) -> Result<u32, Errcode> {
+        let ctarget = cstring(target)?;
+        let mut ino = 0;
+        // SAFETY: pointers valid for the call.
+        check(unsafe { fp_symlink(self.raw, parent, &attr.raw(), ctarget.as_ptr(), &mut ino) })?;
+        Ok(ino)
+    }
+
+    /// A new empty inode of another type (not yet linked); `rdev` is the
+    /// (major, minor) pair of a device node.
+    pub fn create(&mut self, parent: u32, attr: &Attr, rdev: (u32, u32)) -> Result<u32, Errcode> {
+        let mut ino = 0;
+        // SAFETY: pointers valid for the call.
+        check(unsafe { fp_create(self.raw, parent, &attr.raw(), rdev.0, rdev.1, &mut ino) })?;
+        Ok(ino)
+    }
+
+    /// Sets the size of a new regular file and allocates all its blocks.
+    pub fn file_alloc(&mut self, ino: u32, size: u64) -> Result<(), Errcode> {
+        // SAFETY: plain values.
+        check(unsafe { fp_file_alloc(self.raw, ino, size) })
+    }
+
+    /// The physical run (first block, block count) holding logical block
+    /// `lblk` of `ino`.
+    pub fn file_map(&self, ino: u32, lblk: u64) -> Result<(u64, u64), Errcode> {
+        let (mut pblk, mut len) = (0, 0);
+        // SAFETY: out-pointers valid for the call.
+        check(unsafe { fp_file_map(self.raw, ino, lblk, &mut pblk, &mut len) })?;
+        Ok((pblk, len))
+    }
+
+    /// Writes `buf` (a whole number of blocks) at physical block `pblk`.
+    pub fn write_blocks(&mut self, pblk: u64, buf: &[u8]) -> Result<(), Errcode> {
+        assert_eq!(buf.len() as u64 % self.block_size, 0);
+        let count = buf.len() as u64 / self.block_size;
+        // SAFETY: buf holds count whole blocks.
+        check(unsafe { fp_write_blocks(self.raw, pblk, count, buf.as_ptr().cast()) })
+    }
+
+    pub fn set_xattrs(&mut self, ino: u32, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Errcode> {
+        if xattrs.is_empty() {
+            return Ok(());
+        }
+        let names = xattrs
+            .iter()
+            .map(|(n, _)| cstring(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
+        let value_ptrs: Vec<*const c_void> =
+            xattrs.iter().map(|(_, v)| v.as_ptr().cast()).collect();
+        let lens: Vec<usize> = xattrs.iter().map(|(_, v)| v.len()).collect();
+        // SAFETY: the three arrays have xattrs.len() elements and outlive
+        // the call; each value pointer is valid for its length.
+        check(unsafe {
+            fp_set_xattrs(
+                self.raw,
+                ino,
+                xattrs.len() as u32,
+                name_ptrs.as_ptr(),
+                value_ptrs.as_ptr(),
+                lens.as_ptr(),
+            )
+        })
+    }
+
+    pub fn add_links(&mut self, ino: u32, delta: i32) -> Result<(), Errcode> {
+        // SAFETY: plain values.
+        check(unsafe { fp_add_links(self.raw, ino, delta) })
+    }
+
+    /// Frees an inode that no directory entry names any more.
+    pub fn free_inode(&mut self, ino: u32) -> Result<(), Errcode> {
+        // SAFETY: plain values.
+        check(unsafe { fp_free_inode(self.raw, ino) })
+    }
+
+    /// Calls `f(name, ino)` for each entry of `dir` but "." and "..".
+    pub fn list_dir<F: FnMut(&[u8], u32)>(&self, dir: u32, mut f: F) -> Result<(), Errcode> {
+        extern "C" fn trampoline<G: FnMut(&[u8], u32)>(
+            ctx: *mut c_void,
+            name: *const c_char,
+            len: c_int,
+            ino: u32,
+        ) -> c_int {
+            // SAFETY: ctx is the &mut F passed below, alive for the whole
+            // fp_list_dir call; name points to len bytes of a dir entry.
+            let (f, name) = unsafe {
+                (
+                    &mut *(ctx as *mut G),
+                    std::slice::from_raw_parts(name.cast::<u8>(), len as usize),
+                )
+            };
+            f(name, ino);
+            0
+        }
+        // SAFETY: the callback only uses ctx as the F it was created for.
+        check(unsafe {
+            fp_list_dir(
+                self.raw,
+                dir,
+                trampoline::<F>,
+                &mut f as *mut F as *mut c_void,
+            )
+        })
+    }
+
+    /// Adds the entry `name` -> `ino` (whose mode is `mode`) to `dir`;
+    /// `name` must not be in `dir` yet.
+    pub fn link(&mut self, dir: u32, name: &[u8], ino: u32, mode: u32) -> Result<(), Errcode> {
+        // SAFETY: name points to name.len() bytes.
+        check(unsafe {
+            fp_link(
+                self.raw,
+                dir,
+                name.as_ptr().cast(),
+                name.len() as c_int,
+                ino,
+                mode,
+            )
+        })
+    }
+
+    pub fn unlink(&mut self, dir: u32, name: &[u8], ino: u32) -> Result<(), Errcode> {
+        // SAFETY: name points to name.len() bytes.
+        check(unsafe {
+            fp_unlink(
+                self.raw,
+                dir,
+                name.as_ptr().cast(),
+                name.len() as c_int,
+                ino,
+            )
+        })
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        if !self.raw.is_null() {
+            // SAFETY: raw is live and not used after this. Nothing is
+            // written: a filesystem dropped without close() was only read,
+            // or a write failed so badly that flushing would not help.
+            unsafe { fp_abandon(self.raw) };
+        }
+    }
+}

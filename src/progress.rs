@@ -1,0 +1,112 @@
+//! Progress on stderr: indicatif bars on a terminal, a few plain lines
+//! otherwise (CI logs, pipes). stdout stays free for data.
+
+use std::io::{IsTerminal, Read};
+use std::time::{Duration, Instant};
+
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A byte counter for one long step.
+pub struct Bar {
+    bar: Option<ProgressBar>,
+    label: String,
+    pos: u64,
+    total: Option<u64>,
+    start: Instant,
+    last_line: Instant,
+}
+
+/// How often a plain line is printed when stderr is not a terminal.
+const PLAIN_EVERY: Duration = Duration::from_secs(10);
+
+impl Bar {
+    /// Starts a step of `total` bytes (`None` when unknown).
+    pub fn bytes(label: &str, total: Option<u64>) -> Bar {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let (bar, template) = match total {
+                Some(t) => (
+                    ProgressBar::new(t),
+                    "{msg:>14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                ),
+                None => (
+                    ProgressBar::new_spinner(),
+                    "{msg:>14} {spinner} {bytes} {bytes_per_sec}",
+                ),
+            };
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            bar.set_message(label.to_string());
+            bar
+        });
+        if bar.is_none() {
+            match total {
+                Some(t) => eprintln!("{label}: {} ...", HumanBytes(t)),
+                None => eprintln!("{label} ..."),
+            }
+        }
+        let now = Instant::now();
+        Bar {
+            bar,
+            label: label.to_string(),
+            pos: 0,
+            total,
+            start: now,
+            last_line: now,
+        }
+    }
+
+    pub fn set(&mut self, pos: u64) {
+        self.pos = pos;
+        match &self.bar {
+            Some(b) => b.set_position(pos),
+            None if self.last_line.elapsed() >= PLAIN_EVERY => {
+                self.last_line = Instant::now();
+                match self.total {
+                    Some(t) => eprintln!("{}: {} of {}", self.label, HumanBytes(pos), HumanBytes(t)),
+                    None => eprintln!("{}: {}", self.label, HumanBytes(pos)),
+                }
+            }
+            None => {}
+        }
+    }
+
+    pub fn inc(&mut self, n: u64) {
+        self.set(self.pos + n);
+    }
+
+    /// Ends the step with a summary line.
+    pub fn finish(self) {
+        let secs = self.start.elapsed().as_secs_f64();
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+        eprintln!("{}: {} in {secs:.1} s", self.label, HumanBytes(self.pos));
+    }
+}
+
+/// Counts the bytes read through it into a [`Bar`].
+pub struct ReadProgress<R> {
+    inner: R,
+    bar: Bar,
+}
+
+impl<R> ReadProgress<R> {
+    pub fn new(inner: R, bar: Bar) -> Self {
+        ReadProgress { inner, bar }
+    }
+    pub fn finish(self) {
+        self.bar.finish()
+    }
+}
+
+impl<R: Read> Read for ReadProgress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
