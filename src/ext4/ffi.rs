@@ -148,12 +148,9 @@ fn check(err: c_long) -> Result<(), Errcode> {
 pub struct Info {
     pub blocks_count: u64,
     pub free_blocks: u64,
-    pub reserved_blocks: u64,
     pub inodes_count: u32,
     pub free_inodes: u32,
     pub block_size: u32,
-    pub inode_size: u32,
-    pub feature_compat: u32,
     pub feature_incompat: u32,
     pub feature_ro_compat: u32,
     pub state: u32,
@@ -192,11 +189,7 @@ impl Attr {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stat {
     pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
     pub links: u32,
-    pub flags: u32,
-    pub size: u64,
 }
 
 pub const S_IFMT: u32 = 0o170000;
@@ -257,12 +250,9 @@ impl Fs {
         Info {
             blocks_count: raw.blocks_count,
             free_blocks: raw.free_blocks,
-            reserved_blocks: raw.reserved_blocks,
             inodes_count: raw.inodes_count,
             free_inodes: raw.free_inodes,
             block_size: raw.block_size,
-            inode_size: raw.inode_size,
-            feature_compat: raw.feature_compat,
             feature_incompat: raw.feature_incompat,
             feature_ro_compat: raw.feature_ro_compat,
             state: raw.state,
@@ -310,11 +300,7 @@ impl Fs {
         check(unsafe { fp_stat(self.raw, ino, &mut raw) })?;
         Ok(Stat {
             mode: raw.mode,
-            uid: raw.uid,
-            gid: raw.gid,
             links: raw.links,
-            flags: raw.flags,
-            size: raw.size,
         })
     }
 

@@ -168,10 +168,6 @@ impl<'c> TreeWriter<'c> {
         self.stats
     }
 
-    pub fn fs(&self) -> &Fs {
-        &self.fs
-    }
-
     /// Writes superblock and bitmaps back. Must be called after a failed
     /// entry too: every entry is either complete or undone, so the
     /// filesystem is consistent at any entry boundary.

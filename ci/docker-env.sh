@@ -1,0 +1,393 @@
+#!/usr/bin/env bash
+# docker-env.sh - bring up the Docker environment the integration tests need.
+#
+# Idempotent: on a fresh Debian 12 machine it installs and builds everything
+# (~1.5 min, most of it debootstrap); on a machine that already has it, it only
+# checks that each piece is there and answering (a second or two).
+#
+# What it sets up (all of it separate from Debian's own docker.service):
+#   * our own dockerd (Debian 12's docker.io, 20.10) with its own data-root,
+#     exec-root, pidfile, bridge and socket unix:///run/fp-docker/docker.sock,
+#     log in /var/log/fp-docker.log;
+#   * group `fpdocker` owning that socket, and a non-root test user `fptest`
+#     in that group;
+#   * image fp-dind:28: a Debian sid rootfs (debootstrap) with docker.io and
+#     docker-cli 28.x (the Docker major of Flatcar stable), iptables,
+#     ca-certificates and docker-registry, imported with `docker import`;
+#   * container fp-registry (same image) running Debian's registry on port
+#     5000 of its own network namespace, data on volume fp-registry-data,
+#     published to the host on 127.0.0.1:5000 only.
+#
+# Usage (as root):
+#   ci/docker-env.sh                 # run: step lines on stderr, KEY=VALUE on stdout
+#   eval "$(ci/docker-env.sh)"       # ... and take the variables
+#   . ci/docker-env.sh               # sourced: runs in a child bash (so that
+#                                    # set -e/-u cannot leak into the caller),
+#                                    # then exports the variables here
+#   . "${FP_CACHE:-/var/cache/flatcar-preload}/docker-env.sh"   # later, variables only
+#
+# Knobs (environment):
+#   FP_DOCKER_ROOT     data-root of our dockerd      (/var/lib/fp-docker)
+#   FP_CACHE           rootfs tarball + env file     (/var/cache/flatcar-preload)
+#   FP_DIND_MIRROR     Debian mirror for debootstrap (first Debian URI in apt's sources)
+#   FP_DIND_SUITE      suite for the dind rootfs     (sid)
+#   FP_BRIDGE_CIDR     address of our bridge         (172.30.99.1/24)
+#   FP_DOCKER_TIMEOUT  seconds to wait for dockerd   (60)
+#   FP_VERIFY=1        run the dind/registry smoke test even when nothing changed
+#
+# How the pieces are meant to be used (exact commands, all verified here):
+#
+#   # A dind that can pull (inner Docker 28, overlay2 on a volume):
+#   docker run -d --name D --network container:fp-registry \
+#       --cap-add SYS_ADMIN --security-opt apparmor=unconfined \
+#       -v VOL:/var/lib/docker fp-dind:28 \
+#       dockerd --storage-driver=overlay2 --host=unix:///var/run/docker.sock \
+#               --iptables=false --ip6tables=false --bridge=none
+#   docker exec D docker pull 127.0.0.1:5000/fp/test:1
+#
+#   Why each flag:
+#   - SYS_ADMIN + apparmor=unconfined: mount overlay, write trusted.* xattrs.
+#     (--privileged fails on this VM: CAP_SYS_RESOURCE is not in the bounding set.)
+#   - -v VOL:/var/lib/docker: the inner overlay2 cannot sit on the container's
+#     own overlay root (overlay on overlay); a volume is plain ext4.
+#   - --iptables=false --ip6tables=false --bridge=none: without NET_ADMIN the
+#     inner dockerd can neither create its NAT chains ("iptables ... Permission
+#     denied (you must be root)", fatal) nor the docker0 bridge ("Failed to
+#     create bridge docker0 via netlink: operation not permitted", fatal);
+#     ip6tables only warns but is noise. Pulling needs none of them. Not giving
+#     NET_ADMIN also means the inner dockerd cannot touch the shared netns.
+#   - --network container:fp-registry: 127.0.0.1 of the dind IS 127.0.0.1 of
+#     fp-registry, so 127.0.0.1:5000 reaches the registry over loopback, and
+#     Docker treats 127.0.0.0/8 registries as insecure (plain HTTP) by itself.
+#     (Never host network: a dind there with --bridge=none deleted the host
+#     daemon's docker0.)
+#   - Nested `docker run` inside such a dind fails ("mkdir
+#     /sys/fs/cgroup/cpuset/docker: read-only file system"); running containers
+#     in it needs the wider flag set of shared/notes/findings.md. Pull-only is fine.
+#
+#   # Pushing fixtures from the host (through the published loopback port,
+#   # also plain HTTP without any daemon config since it is 127.0.0.1):
+#   docker build -t 127.0.0.1:5000/fp/NAME:TAG DIR   # or docker tag
+#   docker push 127.0.0.1:5000/fp/NAME:TAG
+#   Inside its netns the registry listens on :5000 (all addresses), because the
+#   published port is forwarded (docker-proxy) to the container's bridge
+#   address, not to its 127.0.0.1. So other containers on our bridge could
+#   reach it too; from outside the host it is not reachable.
+
+# Sourced? Run ourselves in a child bash and import the result, so that the
+# caller's shell options are not changed and a failure returns instead of
+# exiting the caller's shell.
+if [[ ${BASH_SOURCE[0]} != "$0" ]]; then
+    bash "${BASH_SOURCE[0]}" >/dev/null &&
+        . "${FP_CACHE:-/var/cache/flatcar-preload}/docker-env.sh"
+    return
+fi
+
+set -euo pipefail
+
+readonly FP_DOCKER_ROOT=${FP_DOCKER_ROOT:-/var/lib/fp-docker}
+readonly FP_CACHE=${FP_CACHE:-/var/cache/flatcar-preload}
+readonly RUN_DIR=/run/fp-docker
+readonly SOCK=$RUN_DIR/docker.sock
+readonly LOG=/var/log/fp-docker.log
+readonly GROUP=fpdocker
+readonly TEST_USER=fptest
+readonly BRIDGE=fpdocker0
+readonly BRIDGE_CIDR=${FP_BRIDGE_CIDR:-172.30.99.1/24}
+readonly DIND_IMAGE=fp-dind:28
+readonly DIND_MAJOR=28
+readonly DIND_SUITE=${FP_DIND_SUITE:-sid}
+# Bump when the rootfs recipe changes: it names the cached tarball and is a
+# label of the image, so an old cache/image is not reused after a change.
+readonly DIND_RECIPE=1
+readonly DIND_TAR=$FP_CACHE/fp-dind-$DIND_MAJOR-$DIND_SUITE-r$DIND_RECIPE.tar
+readonly REG_CTR=fp-registry
+readonly REG_VOL=fp-registry-data
+readonly REGISTRY=127.0.0.1:5000
+readonly PROBE_CTR=fp-dind-probe
+readonly PROBE_VOL=fp-dind-probe-vol
+readonly TEST_REF=$REGISTRY/fp/test:1
+
+export DOCKER_HOST=unix://$SOCK
+
+say() { echo "docker-env: $*" >&2; }
+die() {
+    echo "docker-env: ERROR: $*" >&2
+    exit 1
+}
+
+((EUID == 0)) || die "must run as root"
+
+changed=0 # set when something was (re)built: triggers the smoke test
+
+# --- 1. packages ------------------------------------------------------------
+# docker.io      dockerd 20.10 + CLI (our host daemon), pulls containerd, runc
+# debootstrap    builds the sid rootfs of the dind image
+# (no docker-registry on the host: the registry runs from the sid image, see
+#  step 5; the host package would only add a service that wants port 5000)
+# busybox-static static /bin/busybox for FROM-scratch test images
+# iptables       host dockerd's bridge/NAT and port publishing
+# iproute2       `ip` for our bridge;  curl: registry health check
+# passwd         useradd/groupadd (always there, listed for completeness)
+pkgs=(docker.io debootstrap busybox-static iptables iproute2 curl passwd)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
+        missing+=("$p")
+done
+if ((${#missing[@]})); then
+    # The postinsts of docker.io (and docker-registry, if ever added) would
+    # start Debian's daemons through invoke-rc.d: there is no systemd here, so
+    # that falls back to /etc/init.d and would really start a second dockerd on
+    # /var/run/docker.sock. A policy-rc.d that exits 101 forbids it. The image
+    # of this VM already has one; create it only for the install when missing.
+    own_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        own_policy=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt_install() {
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/fp-apt.log 2>&1
+    }
+    # Try with the lists we have; `apt-get update` only when that fails
+    # (no lists yet, or stale ones pointing at versions that are gone).
+    if ! apt_install; then
+        apt-get update -q >>/tmp/fp-apt.log 2>&1 || { tail -n 20 /tmp/fp-apt.log >&2; die "apt-get update failed"; }
+        apt_install || { tail -n 20 /tmp/fp-apt.log >&2; die "apt-get install ${missing[*]} failed (log /tmp/fp-apt.log)"; }
+    fi
+    if ((own_policy)); then
+        rm -f /usr/sbin/policy-rc.d
+        trap - EXIT
+    fi
+    say "packages: installed ${missing[*]}"
+else
+    say "packages: ok"
+fi
+command -v dockerd >/dev/null || PATH=$PATH:/usr/sbin:/sbin
+
+# --- 2. group, test user ----------------------------------------------------
+# Our own group rather than `docker`, which is the socket group of Debian's
+# daemon: members of fpdocker get our daemon only.
+getent group "$GROUP" >/dev/null || groupadd --system "$GROUP"
+if ! id "$TEST_USER" >/dev/null 2>&1; then
+    useradd --create-home --shell /bin/bash --groups "$GROUP" "$TEST_USER"
+    say "user: created $TEST_USER (group $GROUP)"
+else
+    id -nG "$TEST_USER" | tr ' ' '\n' | grep -qx "$GROUP" || usermod -aG "$GROUP" "$TEST_USER"
+    say "user: ok ($TEST_USER in $GROUP)"
+fi
+
+# --- 3. our dockerd ---------------------------------------------------------
+docker_up() { docker info >/dev/null 2>&1; }
+
+if docker_up; then
+    say "dockerd: ok (already running, $SOCK)"
+else
+    mkdir -p "$RUN_DIR" "$FP_DOCKER_ROOT"
+    pid=$(cat "$RUN_DIR/dockerd.pid" 2>/dev/null || true)
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+        # Started but not answering yet (or wedged): wait, do not start a 2nd.
+        say "dockerd: pid $pid exists, waiting for it"
+    else
+        # Own bridge instead of docker0: docker0 belongs to Debian's daemon
+        # (two daemons on one bridge fight over addresses and iptables rules),
+        # and a dind on host network with --bridge=none deletes "docker0".
+        if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+            ip link add "$BRIDGE" type bridge
+            ip addr add "$BRIDGE_CIDR" dev "$BRIDGE"
+        fi
+        ip link set "$BRIDGE" up
+        # --group: socket root:fpdocker 0660, so fptest can use it.
+        # --exec-root: our containerd (dockerd starts its own, with the socket
+        #   under exec-root), netns files and shims, apart from Debian's.
+        # setsid + all fds redirected: the daemon outlives this script and
+        #   does not hold the caller's stdout/stderr open.
+        setsid dockerd \
+            --data-root "$FP_DOCKER_ROOT" \
+            --exec-root "$RUN_DIR/exec" \
+            --pidfile "$RUN_DIR/dockerd.pid" \
+            --host "unix://$SOCK" \
+            --group "$GROUP" \
+            --storage-driver overlay2 \
+            --bridge "$BRIDGE" \
+            </dev/null >>"$LOG" 2>&1 &
+    fi
+    timeout=${FP_DOCKER_TIMEOUT:-60}
+    for ((i = 0; i < timeout * 4; i++)); do
+        docker_up && break
+        sleep 0.25
+    done
+    if ! docker_up; then
+        echo "---- tail of $LOG ----" >&2
+        tail -n 30 "$LOG" >&2 || true
+        die "dockerd did not answer on $SOCK within ${timeout}s"
+    fi
+    say "dockerd: started ($(docker version -f '{{.Server.Version}}'), $SOCK, log $LOG)"
+fi
+# dir: traversable by all; socket: group fpdocker (dockerd --group sets it,
+# re-applied in case an older daemon ran without it).
+chmod 755 "$RUN_DIR"
+chgrp "$GROUP" "$SOCK" && chmod 660 "$SOCK"
+runuser -u "$TEST_USER" -- env DOCKER_HOST="$DOCKER_HOST" docker version >/dev/null 2>&1 ||
+    die "user $TEST_USER cannot use $SOCK"
+
+# --- 4. image fp-dind:28 ----------------------------------------------------
+# Debian mirror for debootstrap: the one apt already uses (deb822 `URIs:` or
+# one-line `deb URI suite`), the Debian archive proper, not -security.
+debian_mirror() {
+    local f u
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+        [[ -r $f ]] || continue
+        u=$(awk '/^[[:space:]]*#/ {next}
+                 $1 == "URIs:" { for (i = 2; i <= NF; i++) print $i }
+                 $1 == "deb" { for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) { print $i; break } }' "$f" |
+            grep -E '/debian/?$' | head -n 1 || true)
+        [[ -n $u ]] && { echo "${u%/}"; return; }
+    done
+    echo http://deb.debian.org/debian
+}
+
+image_recipe() { docker image inspect -f '{{index .Config.Labels "org.flatcar-preload.recipe"}}' "$DIND_IMAGE" 2>/dev/null || true; }
+
+if [[ $(image_recipe) == "$DIND_RECIPE" ]]; then
+    say "image: ok ($DIND_IMAGE)"
+else
+    mkdir -p "$FP_CACHE"
+    if [[ ! -s $DIND_TAR ]]; then
+        mirror=${FP_DIND_MIRROR:-$(debian_mirror)}
+        rootfs=$FP_CACHE/dind-rootfs.tmp
+        rm -rf "$rootfs" "$DIND_TAR.tmp"
+        trap 'rm -rf "$rootfs" "$DIND_TAR.tmp"' EXIT
+        start=$SECONDS
+        # docker-registry is in the same rootfs so that one image serves as
+        # dind and as registry. ~45 s, ~600 MB before trimming.
+        debootstrap --variant=minbase \
+            --include=docker.io,docker-cli,iptables,ca-certificates,docker-registry \
+            "$DIND_SUITE" "$rootfs" "$mirror" >"$FP_CACHE/debootstrap.log" 2>&1 ||
+            { tail -n 20 "$FP_CACHE/debootstrap.log" >&2; die "debootstrap $DIND_SUITE from $mirror failed"; }
+        # sid moves on: refuse to call Docker 29 "fp-dind:28".
+        ver=$(chroot "$rootfs" dockerd --version | sed -n 's/^Docker version \([0-9.]*\).*/\1/p')
+        [[ ${ver%%.*} == "$DIND_MAJOR" ]] ||
+            die "$DIND_SUITE now has dockerd '$ver', not $DIND_MAJOR.x (set FP_DIND_SUITE/FP_DIND_MIRROR)"
+        # Trim what a container never needs (~170 MB of .debs and lists).
+        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/*
+        # Registry config without the htpasswd auth of Debian's default one.
+        cat >"$rootfs/etc/fp-registry.yml" <<'EOF'
+version: 0.1
+log:
+  level: info
+  fields:
+    service: registry
+storage:
+  filesystem:
+    rootdirectory: /var/lib/docker-registry
+  delete:
+    enabled: true
+http:
+  # all addresses of the container's netns: the host reaches it through the
+  # published 127.0.0.1:5000, dinds sharing the netns through 127.0.0.1:5000
+  addr: :5000
+EOF
+        # Uncompressed: import reads it fastest and disk is not short here.
+        tar --numeric-owner --xattrs --xattrs-include='*' -C "$rootfs" -cf "$DIND_TAR.tmp" .
+        mv "$DIND_TAR.tmp" "$DIND_TAR"
+        rm -rf "$rootfs"
+        trap - EXIT
+        say "image: debootstrap $DIND_SUITE from $mirror (dockerd $ver) in $((SECONDS - start)) s, cached $DIND_TAR"
+    fi
+    # No ENTRYPOINT: the command is the program (`dockerd ...` for a dind,
+    # `docker-registry serve ...` for the registry). The default CMD is a
+    # pull-only dind, with the flags explained at the top.
+    docker import \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change "LABEL org.flatcar-preload.recipe=$DIND_RECIPE" \
+        --change 'CMD ["dockerd", "--host=unix:///var/run/docker.sock", "--storage-driver=overlay2", "--iptables=false", "--ip6tables=false", "--bridge=none"]' \
+        "$DIND_TAR" "$DIND_IMAGE" >/dev/null
+    changed=1
+    say "image: imported $DIND_IMAGE from $DIND_TAR"
+fi
+
+# --- 5. registry container ----------------------------------------------------
+image_id=$(docker image inspect -f '{{.Id}}' "$DIND_IMAGE")
+reg_state=$(docker inspect -f '{{.State.Running}} {{.Image}}' "$REG_CTR" 2>/dev/null || true)
+if [[ -n $reg_state && ${reg_state#* } != "$image_id" ]]; then
+    docker rm -f "$REG_CTR" >/dev/null # built from an older image
+    reg_state=
+fi
+if [[ -z $reg_state ]]; then
+    # --restart unless-stopped: comes back with our dockerd. Data on a named
+    # volume, kept across re-creations. Port published on host loopback only.
+    docker run -d --name "$REG_CTR" --restart unless-stopped \
+        -p "$REGISTRY:5000" -v "$REG_VOL:/var/lib/docker-registry" \
+        "$DIND_IMAGE" docker-registry serve /etc/fp-registry.yml >/dev/null ||
+        die "cannot start $REG_CTR (is $REGISTRY taken? $(ss -Hltnp "sport = :5000" 2>/dev/null | head -n 1))"
+    changed=1
+    what=started
+elif [[ ${reg_state%% *} != true ]]; then
+    docker start "$REG_CTR" >/dev/null
+    what=restarted
+else
+    what=ok
+fi
+for ((i = 0; i < 80; i++)); do
+    curl -fsS -o /dev/null "http://$REGISTRY/v2/" 2>/dev/null && break
+    sleep 0.25
+done
+curl -fsS -o /dev/null "http://$REGISTRY/v2/" ||
+    { docker logs --tail 20 "$REG_CTR" >&2; die "registry does not answer on $REGISTRY"; }
+say "registry: $what ($REG_CTR, http://$REGISTRY, volume $REG_VOL)"
+
+# --- 6. smoke test: host push -> registry -> dind pull ------------------------
+# Only when something was (re)built, or FP_VERIFY=1: it costs a few seconds.
+if ((changed)) || [[ ${FP_VERIFY:-0} == 1 ]]; then
+    ctx=$(mktemp -d)
+    trap 'rm -rf "$ctx"; docker rm -f -v "$PROBE_CTR" >/dev/null 2>&1 || true; docker volume rm "$PROBE_VOL" >/dev/null 2>&1 || true' EXIT
+    cp /bin/busybox "$ctx/busybox"
+    printf 'FROM scratch\nCOPY busybox /bin/busybox\nCMD ["/bin/busybox", "true"]\n' >"$ctx/Dockerfile"
+    # Legacy builder: no buildx plugin here, and dockerd 20.10's BuildKit
+    # would need it with a recent CLI.
+    DOCKER_BUILDKIT=0 docker build -q -t "$TEST_REF" "$ctx" >/dev/null 2>&1 ||
+        die "docker build of $TEST_REF failed"
+    docker push -q "$TEST_REF" >/dev/null || die "docker push $TEST_REF failed"
+    docker rm -f -v "$PROBE_CTR" >/dev/null 2>&1 || true
+    docker run -d --name "$PROBE_CTR" --network "container:$REG_CTR" \
+        --cap-add SYS_ADMIN --security-opt apparmor=unconfined \
+        -v "$PROBE_VOL:/var/lib/docker" "$DIND_IMAGE" \
+        dockerd --storage-driver=overlay2 --host=unix:///var/run/docker.sock \
+        --iptables=false --ip6tables=false --bridge=none >/dev/null
+    for ((i = 0; i < 120; i++)); do
+        docker exec "$PROBE_CTR" docker info >/dev/null 2>&1 && break
+        sleep 0.25
+    done
+    info=$(docker exec "$PROBE_CTR" docker info -f '{{.ServerVersion}} {{.Driver}}' 2>&1) ||
+        { docker logs --tail 20 "$PROBE_CTR" >&2; die "dind in $DIND_IMAGE did not start"; }
+    [[ $info == "$DIND_MAJOR".*" overlay2" ]] || die "dind reports '$info', want $DIND_MAJOR.x overlay2"
+    docker exec "$PROBE_CTR" docker pull -q "$TEST_REF" >/dev/null ||
+        die "dind could not pull $TEST_REF through $REG_CTR's loopback"
+    docker rm -f -v "$PROBE_CTR" >/dev/null
+    docker volume rm "$PROBE_VOL" >/dev/null
+    rm -rf "$ctx"
+    trap - EXIT
+    say "verify: host pushed $TEST_REF, dind ($info) pulled it over loopback"
+fi
+
+# --- 7. variables ---------------------------------------------------------------
+vars=(
+    "DOCKER_HOST=$DOCKER_HOST"
+    "FP_DIND_IMAGE=$DIND_IMAGE"
+    "FP_REGISTRY_CONTAINER=$REG_CTR"
+    "FP_REGISTRY=$REGISTRY"
+    "FP_TEST_USER=$TEST_USER"
+)
+mkdir -p "$FP_CACHE"
+{
+    echo "# written by ci/docker-env.sh; source it"
+    printf 'export %s\n' "${vars[@]}"
+} >"$FP_CACHE/docker-env.sh.tmp"
+mv "$FP_CACHE/docker-env.sh.tmp" "$FP_CACHE/docker-env.sh"
+chmod 644 "$FP_CACHE/docker-env.sh"
+say "env: written $FP_CACHE/docker-env.sh"
+printf '%s\n' "${vars[@]}"

@@ -1,0 +1,673 @@
+//! Shared by the integration tests: fixture disks, archives described by a
+//! spec, and three independent ways to read back what was written
+//! (ext4-view, debugfs, the kernel through a read-only loop mount).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+
+use flatcar_preload::disk::{locate_root, RootPartition};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flatcar-preload");
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture disk made by tests/fixtures/make-disk.sh, built once per
+/// argument set and cached under target/fixtures.
+pub fn fixture(args: &[&str]) -> PathBuf {
+    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
+    let _guard = LOCK.get_or_init(|| Mutex::new(())).lock().unwrap();
+    let dir = manifest_dir().join("target/fixtures");
+    fs::create_dir_all(&dir).unwrap();
+    let script = manifest_dir().join("tests/fixtures/make-disk.sh");
+    let stamp = fs::metadata(&script).unwrap().mtime();
+    let name = format!("{}-{stamp}.bin", args.join("_").replace(['-', '/'], ""));
+    let path = dir.join(name);
+    if !path.exists() {
+        let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), args.join("_")));
+        let _ = fs::remove_file(&tmp);
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .arg(&tmp)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "make-disk.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+/// A private sparse copy of a fixture in `dir`.
+pub fn disk_copy(args: &[&str], dir: &Path) -> PathBuf {
+    let src = fixture(args);
+    let dst = dir.join("disk.bin");
+    let st = Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(&src)
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    dst
+}
+
+pub fn root(disk: &Path) -> RootPartition {
+    locate_root(disk).expect("locating ROOT")
+}
+
+pub fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut cmd = Command::new(BIN);
+    for a in args {
+        cmd.arg(a);
+    }
+    cmd.output().expect("running flatcar-preload")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Hash of a whole file (to show it was not modified).
+pub fn file_digest(p: &Path) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut f = File::open(p).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.write(&buf[..n]);
+    }
+    h.finish()
+}
+
+/// `e2fsck -fn` on ROOT; panics with its output unless it is clean.
+pub fn assert_fsck_clean(disk: &Path) {
+    let r = root(disk);
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(format!("{}?offset={}", disk.display(), r.offset))
+        .output()
+        .expect("running e2fsck");
+    assert!(
+        out.status.success(),
+        "e2fsck -fn is not clean:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Deterministic incompressible bytes (xorshift), for large files.
+pub struct Prng {
+    state: u64,
+    left: u64,
+}
+
+impl Prng {
+    pub fn new(seed: u64, len: u64) -> Prng {
+        Prng { state: seed | 1, left: len }
+    }
+}
+
+impl Read for Prng {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        for chunk in buf[..n].chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            let b = self.state.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Content {
+    Bytes(Vec<u8>),
+    Prng { seed: u64, len: u64 },
+}
+
+impl Content {
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::Prng { len, .. } => *len,
+        }
+    }
+    pub fn reader(&self) -> Box<dyn Read + '_> {
+        match self {
+            Content::Bytes(b) => Box::new(&b[..]),
+            Content::Prng { seed, len } => Box::new(Prng::new(*seed, *len)),
+        }
+    }
+    /// Compares with a reader, streaming.
+    pub fn matches(&self, mut r: impl Read) -> bool {
+        let mut want = self.reader();
+        let (mut a, mut b) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+        loop {
+            let n = read_full(&mut want, &mut a);
+            let m = read_full(&mut r, &mut b);
+            if n != m || a[..n] != b[..m] {
+                return false;
+            }
+            if n == 0 {
+                return true;
+            }
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    n
+}
+
+#[derive(Clone, Debug)]
+pub enum Kind {
+    Dir,
+    File(Content),
+    Symlink(String),
+    HardLink(String),
+    Char(u32, u32),
+    Block(u32, u32),
+    Fifo,
+}
+
+/// One archive entry, and what must be found at its path afterwards.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub path: String,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    /// Nanoseconds, written as a PAX mtime record when non-zero.
+    pub nsec: u32,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// Overridden by a later entry for the same path: not checked.
+    pub shadowed: bool,
+}
+
+pub fn item(path: &str, kind: Kind) -> Item {
+    let mode = match kind {
+        Kind::Dir => 0o755,
+        Kind::Symlink(_) => 0o777,
+        _ => 0o644,
+    };
+    Item {
+        path: path.to_string(),
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: 1_700_000_000,
+        nsec: 0,
+        xattrs: vec![],
+        shadowed: false,
+    }
+}
+
+impl Item {
+    pub fn mode(mut self, m: u32) -> Self {
+        self.mode = m;
+        self
+    }
+    pub fn owner(mut self, uid: u64, gid: u64) -> Self {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+    pub fn mtime(mut self, s: i64, ns: u32) -> Self {
+        self.mtime = s;
+        self.nsec = ns;
+        self
+    }
+    pub fn xattr(mut self, name: &str, value: &[u8]) -> Self {
+        self.xattrs.push((name.to_string(), value.to_vec()));
+        self
+    }
+    pub fn shadowed(mut self) -> Self {
+        self.shadowed = true;
+        self
+    }
+}
+
+/// Writes the items as a PAX-extended tar (GNU long names where the
+/// builder needs them) to `path`.
+pub fn write_tar(items: &[Item], path: &Path) {
+    let mut b = tar::Builder::new(io::BufWriter::new(File::create(path).unwrap()));
+    for it in items {
+        let mut pax: Vec<(String, Vec<u8>)> = it
+            .xattrs
+            .iter()
+            .map(|(n, v)| (format!("SCHILY.xattr.{n}"), v.clone()))
+            .collect();
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(it.mode);
+        h.set_uid(it.uid);
+        h.set_gid(it.gid);
+        if it.mtime < 0 || it.nsec != 0 {
+            pax.push(("mtime".into(), format!("{}.{:09}", it.mtime, it.nsec).into_bytes()));
+            h.set_mtime(0);
+        } else {
+            h.set_mtime(it.mtime as u64);
+        }
+        if it.uid > 0o7777777 {
+            pax.push(("uid".into(), it.uid.to_string().into_bytes()));
+        }
+        if it.gid > 0o7777777 {
+            pax.push(("gid".into(), it.gid.to_string().into_bytes()));
+        }
+        // Paths over 150 bytes go in a PAX path record (the rest by the
+        // builder's GNU long-name entries), so both forms are exercised.
+        let use_pax_path = it.path.len() > 150;
+        if use_pax_path {
+            pax.push(("path".into(), it.path.clone().into_bytes()));
+        }
+        if !pax.is_empty() {
+            b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), &v[..]))).unwrap();
+        }
+        let name: &str = if use_pax_path { "pax-path-placeholder" } else { &it.path };
+        if name.starts_with('/') || name.split('/').any(|c| c == "..") || link_escapes(&it.kind) {
+            // The builder refuses such names; hostile archives have them.
+            append_raw(&mut b, h, name, &it.kind);
+            continue;
+        }
+        match &it.kind {
+            Kind::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, name, io::empty()).unwrap();
+            }
+            Kind::File(c) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(c.len());
+                b.append_data(&mut h, name, c.reader()).unwrap();
+            }
+            Kind::Symlink(t) | Kind::HardLink(t) => {
+                h.set_entry_type(if matches!(it.kind, Kind::Symlink(_)) {
+                    tar::EntryType::Symlink
+                } else {
+                    tar::EntryType::Link
+                });
+                h.set_size(0);
+                b.append_link(&mut h, name, t).unwrap();
+            }
+            Kind::Char(ma, mi) | Kind::Block(ma, mi) => {
+                h.set_entry_type(if matches!(it.kind, Kind::Char(..)) {
+                    tar::EntryType::Char
+                } else {
+                    tar::EntryType::Block
+                });
+                h.set_device_major(*ma).unwrap();
+                h.set_device_minor(*mi).unwrap();
+                h.set_size(0);
+                b.append_data(&mut h, name, io::empty()).unwrap();
+            }
+            Kind::Fifo => {
+                h.set_entry_type(tar::EntryType::Fifo);
+                h.set_size(0);
+                b.append_data(&mut h, name, io::empty()).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap().flush().unwrap();
+}
+
+fn link_escapes(k: &Kind) -> bool {
+    matches!(k, Kind::HardLink(t) if t.starts_with('/') || t.split('/').any(|c| c == ".."))
+}
+
+/// Appends an entry with its name and link name written verbatim.
+fn append_raw(b: &mut tar::Builder<impl Write>, mut h: tar::Header, name: &str, kind: &Kind) {
+    h.set_entry_type(match kind {
+        Kind::File(_) => tar::EntryType::Regular,
+        Kind::HardLink(_) => tar::EntryType::Link,
+        Kind::Symlink(_) => tar::EntryType::Symlink,
+        _ => panic!("raw entries are files and links"),
+    });
+    let data: Vec<u8> = match kind {
+        Kind::File(c) => {
+            let mut v = vec![];
+            c.reader().read_to_end(&mut v).unwrap();
+            v
+        }
+        _ => vec![],
+    };
+    h.set_size(data.len() as u64);
+    let raw = h.as_old_mut();
+    raw.name = [0; 100];
+    raw.name[..name.len()].copy_from_slice(name.as_bytes());
+    if let Kind::HardLink(t) | Kind::Symlink(t) = kind {
+        raw.linkname = [0; 100];
+        raw.linkname[..t.len()].copy_from_slice(t.as_bytes());
+    }
+    h.set_cksum();
+    b.append(&h, &data[..]).unwrap();
+}
+
+/// ext4-view 1.0 rejects inode times whose low 32 bits have the sign bit
+/// set (before 1970 or from 2038 on), which ext4 allows; debugfs and the
+/// kernel check those.
+fn ext4_view_reads_time(it: &Item) -> bool {
+    (0..i32::MAX as i64).contains(&it.mtime)
+}
+
+/// The items that must be found afterwards, by normalized path.
+fn expected(items: &[Item]) -> Vec<&Item> {
+    items.iter().filter(|i| !i.shadowed).collect()
+}
+
+fn norm(p: &str) -> String {
+    p.trim_start_matches("./").trim_end_matches('/').to_string()
+}
+
+/// The final content of a path, following hard links to their target.
+fn content_of<'a>(items: &'a [Item], path: &str) -> Option<&'a Content> {
+    let it = items
+        .iter()
+        .rev()
+        .find(|i| !i.shadowed && norm(&i.path) == norm(path))?;
+    match &it.kind {
+        Kind::File(c) => Some(c),
+        Kind::HardLink(t) => content_of(items, t),
+        _ => None,
+    }
+}
+
+fn hardlink_root<'a>(items: &'a [Item], path: &str) -> &'a Item {
+    let it = items
+        .iter()
+        .rev()
+        .find(|i| !i.shadowed && norm(&i.path) == norm(path))
+        .unwrap();
+    match &it.kind {
+        Kind::HardLink(t) => hardlink_root(items, t),
+        _ => it,
+    }
+}
+
+/// Expected link count of each non-directory path (names sharing an inode).
+fn link_counts(items: &[Item]) -> HashMap<String, u32> {
+    let mut by_root: HashMap<String, u32> = HashMap::new();
+    for it in expected(items) {
+        if !matches!(it.kind, Kind::Dir) {
+            *by_root.entry(norm(&hardlink_root(items, &it.path).path)).or_default() += 1;
+        }
+    }
+    let mut out = HashMap::new();
+    for it in expected(items) {
+        if !matches!(it.kind, Kind::Dir) {
+            out.insert(norm(&it.path), by_root[&norm(&hardlink_root(items, &it.path).path)]);
+        }
+    }
+    out
+}
+
+/// An ext4-view handle on ROOT of `disk`.
+pub fn ext4_view(disk: &Path) -> ext4_view::Ext4 {
+    struct At(File, u64);
+    impl ext4_view::Ext4Read for At {
+        fn read(
+            &mut self,
+            start: u64,
+            dst: &mut [u8],
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+            use std::os::unix::fs::FileExt;
+            self.0.read_exact_at(dst, self.1 + start).map_err(Box::new)?;
+            Ok(())
+        }
+    }
+    let r = root(disk);
+    ext4_view::Ext4::load(Box::new(At(File::open(disk).unwrap(), r.offset))).expect("ext4-view load")
+}
+
+fn join(target: &str, p: &str) -> String {
+    let p = norm(p);
+    let t = target.trim_end_matches('/');
+    if p.is_empty() {
+        if t.is_empty() { "/".into() } else { t.into() }
+    } else {
+        format!("{t}/{p}")
+    }
+}
+
+/// Reads every expected entry back through ext4-view: type, mode, owner,
+/// mtime, content, link target.
+pub fn check_ext4_view(disk: &Path, target: &str, items: &[Item]) {
+    let fs = ext4_view(disk);
+    for it in expected(items) {
+        if !ext4_view_reads_time(hardlink_root(items, &it.path)) {
+            continue;
+        }
+        let p = join(target, &it.path);
+        let md = fs
+            .symlink_metadata(p.as_str())
+            .unwrap_or_else(|e| panic!("ext4-view: {p}: {e}"));
+        let ft = md.file_type();
+        let root_item = hardlink_root(items, &it.path);
+        let ok_type = match &root_item.kind {
+            Kind::Dir => ft.is_dir(),
+            Kind::File(_) => ft.is_regular_file(),
+            Kind::Symlink(_) => ft.is_symlink(),
+            Kind::Char(..) => ft.is_char_dev(),
+            Kind::Block(..) => ft.is_block_dev(),
+            Kind::Fifo => ft.is_fifo(),
+            Kind::HardLink(_) => unreachable!(),
+        };
+        assert!(ok_type, "ext4-view: {p}: wrong type {ft:?} for {:?}", root_item.kind);
+        assert_eq!(md.mode() as u32 & 0o7777, root_item.mode, "ext4-view: {p}: mode");
+        assert_eq!(md.uid() as u64, root_item.uid, "ext4-view: {p}: uid");
+        assert_eq!(md.gid() as u64, root_item.gid, "ext4-view: {p}: gid");
+        let m = md.modified();
+        assert_eq!(
+            (m.seconds(), m.nanoseconds()),
+            (root_item.mtime, root_item.nsec),
+            "ext4-view: {p}: mtime"
+        );
+        if let Some(c) = content_of(items, &it.path) {
+            assert_eq!(md.len(), c.len(), "ext4-view: {p}: size");
+            let data = fs.read(p.as_str()).unwrap();
+            assert!(c.matches(&data[..]), "ext4-view: {p}: content differs");
+        }
+        if let Kind::Symlink(t) = &root_item.kind {
+            let got = fs.read_link(p.as_str()).unwrap();
+            assert_eq!(got.as_ref(), t.as_bytes(), "ext4-view: {p}: link target");
+        }
+    }
+}
+
+/// Reads xattrs, device numbers and link counts back through debugfs.
+pub fn check_debugfs(disk: &Path, target: &str, items: &[Item]) {
+    let r = root(disk);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmds = String::new();
+    let mut xattr_files = vec![];
+    let mut stats = vec![];
+    for (i, it) in expected(items).into_iter().enumerate() {
+        let p = join(target, &it.path);
+        stats.push((p.clone(), it));
+        cmds.push_str(&format!("stat \"{p}\"\n"));
+        for (j, (name, value)) in hardlink_root(items, &it.path).xattrs.iter().enumerate() {
+            let f = tmp.path().join(format!("x{i}-{j}"));
+            cmds.push_str(&format!("ea_get -f {} \"{p}\" {name}\n", f.display()));
+            xattr_files.push((p.clone(), name.clone(), value.clone(), f));
+        }
+    }
+    let cmdfile = tmp.path().join("cmds");
+    fs::write(&cmdfile, cmds).unwrap();
+    let out = Command::new("debugfs")
+        .arg("-f")
+        .arg(&cmdfile)
+        .arg(format!("{}?offset={}", disk.display(), r.offset))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "debugfs failed: {}", stderr(&out));
+    for (p, name, value, f) in xattr_files {
+        let got = fs::read(&f).unwrap_or_else(|_| panic!("debugfs: {p}: xattr {name} missing"));
+        assert_eq!(got, value, "debugfs: {p}: xattr {name}");
+    }
+    // debugfs prints one "Inode: N ... Links: K" block per stat command,
+    // in command order.
+    let blocks: Vec<&str> = text.split("Inode: ").skip(1).collect();
+    assert_eq!(blocks.len(), stats.len(), "debugfs: one stat block per entry:\n{text}");
+    let links = link_counts(items);
+    for ((p, it), block) in stats.iter().zip(blocks) {
+        let root_item = hardlink_root(items, &it.path);
+        if let Kind::Char(ma, mi) | Kind::Block(ma, mi) = root_item.kind {
+            let want = format!("Device major/minor number: {ma:02}:{mi:02}");
+            assert!(block.contains(&want), "debugfs: {p}: want {want} in\n{block}");
+        }
+        if let Some(n) = links.get(&norm(&it.path)) {
+            assert!(block.contains(&format!("Links: {n} ")), "debugfs: {p}: want {n} links in\n{block}");
+        }
+        if let Kind::File(_) = root_item.kind {
+            assert!(block.contains("Flags: 0x80000"), "debugfs: {p}: not extent-mapped:\n{block}");
+        }
+        assert_eq!(
+            debugfs_mtime(block),
+            (root_item.mtime, root_item.nsec),
+            "debugfs: {p}: mtime in\n{block}"
+        );
+    }
+}
+
+/// Decodes " mtime: 0xLO:EXTRA -- ..." from debugfs' stat output.
+fn debugfs_mtime(block: &str) -> (i64, u32) {
+    let line = block.lines().find(|l| l.trim_start().starts_with("mtime: 0x")).expect("mtime line");
+    let hex = line.trim_start().trim_start_matches("mtime: 0x");
+    let (lo, rest) = hex.split_once(':').unwrap();
+    let extra = u32::from_str_radix(&rest[..8], 16).unwrap();
+    let lo = u32::from_str_radix(lo, 16).unwrap() as i32 as i64;
+    (lo + (((extra & 3) as i64) << 32), extra >> 2)
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A read-only loop mount of ROOT, unmounted on drop.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+}
+
+impl Mount {
+    pub fn new(disk: &Path) -> Mount {
+        assert!(
+            is_root(),
+            "this test reads the result through the kernel (loop mount) and needs root; \
+             run the suite as root or skip it with `cargo test -- --skip kernel`"
+        );
+        let r = root(disk);
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "ext4", "-o"])
+            .arg(format!("ro,loop,offset={},sizelimit={}", r.offset, r.size))
+            .arg(disk)
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount failed");
+        Mount { dir }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Compares every expected entry with what the kernel shows.
+pub fn check_kernel(disk: &Path, target: &str, items: &[Item]) {
+    let m = Mount::new(disk);
+    let base = m.dir.path();
+    let mut inodes: HashMap<String, u64> = HashMap::new();
+    for it in expected(items) {
+        let rel = join(target, &it.path);
+        let p = base.join(rel.trim_start_matches('/'));
+        let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("kernel: {rel}: {e}"));
+        let root_item = hardlink_root(items, &it.path);
+        let ft = md.file_type();
+        match &root_item.kind {
+            Kind::Dir => assert!(ft.is_dir(), "kernel: {rel}: not a dir"),
+            Kind::File(_) => assert!(ft.is_file(), "kernel: {rel}: not a file"),
+            Kind::Symlink(t) => {
+                assert!(ft.is_symlink(), "kernel: {rel}: not a symlink");
+                assert_eq!(fs::read_link(&p).unwrap().as_os_str().as_encoded_bytes(), t.as_bytes());
+            }
+            Kind::Char(ma, mi) | Kind::Block(ma, mi) => {
+                assert!(
+                    if matches!(root_item.kind, Kind::Char(..)) { ft.is_char_device() } else { ft.is_block_device() },
+                    "kernel: {rel}: wrong device type"
+                );
+                let rdev = md.rdev();
+                assert_eq!(
+                    (rustix::fs::major(rdev), rustix::fs::minor(rdev)),
+                    (*ma, *mi),
+                    "kernel: {rel}: device numbers"
+                );
+            }
+            Kind::Fifo => assert!(ft.is_fifo(), "kernel: {rel}: not a fifo"),
+            Kind::HardLink(_) => unreachable!(),
+        }
+        assert_eq!(md.mode() & 0o7777, root_item.mode, "kernel: {rel}: mode");
+        assert_eq!((md.uid() as u64, md.gid() as u64), (root_item.uid, root_item.gid), "kernel: {rel}: owner");
+        assert_eq!(
+            (md.mtime(), md.mtime_nsec() as u32),
+            (root_item.mtime, root_item.nsec),
+            "kernel: {rel}: mtime"
+        );
+        if let Some(c) = content_of(items, &it.path) {
+            assert!(c.matches(File::open(&p).unwrap()), "kernel: {rel}: content differs");
+        }
+        let mut names: Vec<String> = list_xattrs(&p);
+        names.sort();
+        let mut want: Vec<String> = root_item.xattrs.iter().map(|(n, _)| n.clone()).collect();
+        want.sort();
+        assert_eq!(names, want, "kernel: {rel}: xattr names");
+        for (n, v) in &root_item.xattrs {
+            let mut buf = vec![0u8; 65536];
+            let len = rustix::fs::lgetxattr(&p, n.as_str(), &mut buf[..]).unwrap();
+            assert_eq!(&buf[..len], &v[..], "kernel: {rel}: xattr {n}");
+        }
+        if !md.is_dir() {
+            let root_path = norm(&hardlink_root(items, &it.path).path);
+            let ino = *inodes.entry(root_path).or_insert(md.ino());
+            assert_eq!(ino, md.ino(), "kernel: {rel}: hard link to a different inode");
+            assert_eq!(md.nlink() as u32, link_counts(items)[&norm(&it.path)], "kernel: {rel}: link count");
+        }
+    }
+}
+
+pub fn list_xattrs(p: &Path) -> Vec<String> {
+    let mut buf = vec![0u8; 65536];
+    let n = rustix::fs::llistxattr(p, &mut buf[..]).unwrap();
+    buf[..n]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .filter(|s| !s.starts_with("system.data"))
+        .collect()
+}
