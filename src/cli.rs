@@ -91,7 +91,13 @@ mod tests {
         let err = Cli::try_parse_from(["flatcar-preload", "unpack", "d.bin", "a.tar"]).unwrap_err();
         assert!(err.to_string().contains("--output"), "{err}");
         assert!(Cli::try_parse_from([
-            "flatcar-preload", "unpack", "d.bin", "a.tar", "-o", "x", "--in-place"
+            "flatcar-preload",
+            "unpack",
+            "d.bin",
+            "a.tar",
+            "-o",
+            "x",
+            "--in-place"
         ])
         .is_err());
     }

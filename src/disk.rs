@@ -38,7 +38,10 @@ pub fn guid_to_string(g: &[u8; 16]) -> String {
         g[6],
         g[8],
         g[9],
-        g[10..].iter().map(|b| format!("{b:02X}")).collect::<String>()
+        g[10..]
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<String>()
     )
 }
 
@@ -70,8 +73,7 @@ pub fn locate_root(image: &Path) -> Result<RootPartition> {
             parts.join(", ")
         }
     };
-    if gpt.header.number_of_partition_entries < ROOT_PARTITION || gpt[ROOT_PARTITION].is_unused()
-    {
+    if gpt.header.number_of_partition_entries < ROOT_PARTITION || gpt[ROOT_PARTITION].is_unused() {
         bail!(
             "{} has no partition {ROOT_PARTITION} (found: {}): not a Flatcar disk image",
             image.display(),
@@ -117,7 +119,7 @@ pub struct Output {
 
 impl Output {
     /// The file to write into until [`Output::publish`].
-    pub fn path(&self) -> &Path {
+    pub fn working_path(&self) -> &Path {
         &self.tmp
     }
 

@@ -66,7 +66,9 @@ impl Bar {
             None if self.last_line.elapsed() >= PLAIN_EVERY => {
                 self.last_line = Instant::now();
                 match self.total {
-                    Some(t) => eprintln!("{}: {} of {}", self.label, HumanBytes(pos), HumanBytes(t)),
+                    Some(t) => {
+                        eprintln!("{}: {} of {}", self.label, HumanBytes(pos), HumanBytes(t))
+                    }
                     None => eprintln!("{}: {}", self.label, HumanBytes(pos)),
                 }
             }

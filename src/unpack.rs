@@ -50,7 +50,10 @@ fn open_archive(input: &Input) -> Result<Box<dyn Read>> {
         }
         Input::Stdin => (Box::new(io::stdin().lock()), None),
     };
-    let mut reader = BufReader::with_capacity(1 << 20, ReadProgress::new(raw, Bar::bytes("archive", total)));
+    let mut reader = BufReader::with_capacity(
+        1 << 20,
+        ReadProgress::new(raw, Bar::bytes("archive", total)),
+    );
     let head = reader.fill_buf().context("reading the archive")?;
     if head.starts_with(&GZIP_MAGIC) {
         Ok(Box::new(MultiGzDecoder::new(reader)))
@@ -70,20 +73,24 @@ pub fn run(cfg: &UnpackConfig, cancel: &AtomicBool) -> Result<()> {
 
     let output = match &cfg.output {
         OutputMode::Copy(path) => {
-            let mut bar = Bar::bytes("copying image", std::fs::metadata(&cfg.disk).ok().map(|m| m.len()));
+            let mut bar = Bar::bytes(
+                "copying image",
+                std::fs::metadata(&cfg.disk).ok().map(|m| m.len()),
+            );
             let out = disk::sparse_copy(&cfg.disk, path, Some(cancel), |done, _| bar.set(done))?;
             bar.finish();
             Some(out)
         }
         OutputMode::InPlace => None,
     };
-    let image = output.as_ref().map_or(cfg.disk.as_path(), |o| o.path());
+    let image = output.as_ref().map_or(cfg.disk.as_path(), |o| o.working_path());
 
     let write_start = Instant::now();
     let stats = ext4::write_tar(image, root.offset, &cfg.target, archive, Some(cancel))
         .context("writing the archive into ROOT")?;
     let write_secs = write_start.elapsed().as_secs_f64();
-    let fs = ext4::inspect(image, root.offset, ROOT_NAME).context("re-reading ROOT after writing")?;
+    let fs =
+        ext4::inspect(image, root.offset, ROOT_NAME).context("re-reading ROOT after writing")?;
     if let Some(out) = output {
         out.publish()?;
     }

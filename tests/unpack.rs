@@ -28,24 +28,52 @@ fn hard_cases() -> Vec<Item> {
         item("etc/", Kind::Dir).xattr("trusted.overlay.opaque", b"y"),
         item("etc/empty", Kind::File(Content::Bytes(vec![]))),
         item("etc/one", Kind::File(Content::Bytes(b"x".to_vec()))).mode(0o600),
-        item("etc/block", Kind::File(Content::Prng { seed: 1, len: 4096 })),
-        item("etc/block+1", Kind::File(Content::Prng { seed: 2, len: 4097 })),
-        item("etc/five-mib", Kind::File(Content::Prng { seed: 3, len: 5 << 20 }))
-            .xattr("user.big", &vec![b'v'; 3000]),
+        item(
+            "etc/block",
+            Kind::File(Content::Prng { seed: 1, len: 4096 }),
+        ),
+        item(
+            "etc/block+1",
+            Kind::File(Content::Prng { seed: 2, len: 4097 }),
+        ),
+        item(
+            "etc/five-mib",
+            Kind::File(Content::Prng {
+                seed: 3,
+                len: 5 << 20,
+            }),
+        )
+        .xattr("user.big", &vec![b'v'; 3000]),
         // More than one 128 MiB extent.
-        item("big/file", Kind::File(Content::Prng { seed: 4, len: (130 << 20) + 123 })),
-        item("bin/ping", Kind::File(Content::Bytes(b"#!/bin/sh\n".to_vec())))
-            .mode(0o4755)
-            .xattr("security.capability", CAP_V2),
+        item(
+            "big/file",
+            Kind::File(Content::Prng {
+                seed: 4,
+                len: (130 << 20) + 123,
+            }),
+        ),
+        item(
+            "bin/ping",
+            Kind::File(Content::Bytes(b"#!/bin/sh\n".to_vec())),
+        )
+        .mode(0o4755)
+        .xattr("security.capability", CAP_V2),
         item("bin/ping3", Kind::File(Content::Bytes(b"v3".to_vec())))
             .xattr("security.capability", CAP_V3)
             .xattr("user.a", b"1")
             .xattr("trusted.b", b"\x00\x01\x02"),
         item("bin/sgid", Kind::File(Content::Bytes(b"g".to_vec()))).mode(0o2711),
         item("tmp/", Kind::Dir).mode(0o1777),
-        item("owners/big-ids", Kind::File(Content::Bytes(b"ids".to_vec()))).owner(100_000, 65_536),
-        item("owners/huge-ids", Kind::File(Content::Bytes(b"ids".to_vec())))
-            .owner(4_000_000_000, 3_000_000),
+        item(
+            "owners/big-ids",
+            Kind::File(Content::Bytes(b"ids".to_vec())),
+        )
+        .owner(100_000, 65_536),
+        item(
+            "owners/huge-ids",
+            Kind::File(Content::Bytes(b"ids".to_vec())),
+        )
+        .owner(4_000_000_000, 3_000_000),
         item("times/ns", Kind::File(Content::Bytes(vec![]))).mtime(1_700_000_000, 123_456_789),
         item("times/after-2038", Kind::File(Content::Bytes(vec![]))).mtime(4_102_444_800, 5),
         item("times/before-1970", Kind::File(Content::Bytes(vec![]))).mtime(-86_400, 0),
@@ -53,20 +81,31 @@ fn hard_cases() -> Vec<Item> {
         item("implicit/a/b/c", Kind::File(Content::Bytes(b"c".to_vec()))),
         item("links/short", Kind::Symlink("target".into())).xattr("trusted.sym", b"s"),
         item("links/sixty", Kind::Symlink("t".repeat(60))),
-        item("links/long", Kind::Symlink(format!("/{}", "l/".repeat(150)))),
+        item(
+            "links/long",
+            Kind::Symlink(format!("/{}", "l/".repeat(150))),
+        ),
         item("links/dangling", Kind::Symlink("../../nowhere".into())),
         item("links/hard1", Kind::HardLink("etc/one".into())),
         item("links/hard2", Kind::HardLink("etc/one".into())),
         item("links/hard-big", Kind::HardLink("etc/five-mib".into())),
-        item("dev/whiteout", Kind::Char(0, 0)).mode(0o000).xattr("trusted.overlay.x", b"w"),
+        item("dev/whiteout", Kind::Char(0, 0))
+            .mode(0o000)
+            .xattr("trusted.overlay.x", b"w"),
         item("dev/null", Kind::Char(1, 3)).mode(0o666),
         item("dev/sda1", Kind::Block(8, 1)).mode(0o660).owner(0, 6),
         item("dev/big-numbers", Kind::Char(300, 70_000)),
         item("dev/fifo", Kind::Fifo).mode(0o600),
         item(&deep, Kind::File(Content::Bytes(b"deep".to_vec()))),
-        item(&format!("names/{long_name}"), Kind::File(Content::Bytes(b"255".to_vec()))),
+        item(
+            &format!("names/{long_name}"),
+            Kind::File(Content::Bytes(b"255".to_vec())),
+        ),
         item(&gnu_long, Kind::File(Content::Bytes(b"gnu".to_vec()))),
-        item("names/sp ace & ünïcode\t", Kind::File(Content::Bytes(b"odd".to_vec()))),
+        item(
+            "names/sp ace & ünïcode\t",
+            Kind::File(Content::Bytes(b"odd".to_vec())),
+        ),
         // Replacements, as tar does them: file -> symlink -> file, file ->
         // dir, dir kept with new metadata, hard link over a file.
         item("replace/r", Kind::File(Content::Bytes(b"first".to_vec()))).shadowed(),
@@ -75,8 +114,14 @@ fn hard_cases() -> Vec<Item> {
         item("replace/f2d", Kind::File(Content::Bytes(b"file".to_vec()))).shadowed(),
         item("replace/f2d/", Kind::Dir).mode(0o700),
         item("replace/d/", Kind::Dir).mode(0o755).shadowed(),
-        item("replace/d/inside", Kind::File(Content::Bytes(b"kept".to_vec()))),
-        item("replace/d/", Kind::Dir).mode(0o750).owner(5, 6).xattr("trusted.overlay.opaque", b"y"),
+        item(
+            "replace/d/inside",
+            Kind::File(Content::Bytes(b"kept".to_vec())),
+        ),
+        item("replace/d/", Kind::Dir)
+            .mode(0o750)
+            .owner(5, 6)
+            .xattr("trusted.overlay.opaque", b"y"),
         item("replace/h", Kind::File(Content::Bytes(b"old".to_vec()))).shadowed(),
         item("replace/h", Kind::HardLink("etc/block".into())),
     ]
@@ -94,7 +139,11 @@ fn unpack_err(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
     let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"unpack"];
     all.extend_from_slice(args);
     let out = run(&all);
-    assert!(!out.status.success(), "unpack should have failed: {}", stderr(&out));
+    assert!(
+        !out.status.success(),
+        "unpack should have failed: {}",
+        stderr(&out)
+    );
     stderr(&out)
 }
 
@@ -110,7 +159,11 @@ fn hard_cases_into(layout: &str, target: &str, kernel: bool) {
     let out = tmp.path().join("out.bin");
     let log = unpack_ok(&[&disk, &archive, &"--target", &target, &"-o", &out]);
     assert!(log.contains("wrote"), "{log}");
-    assert_eq!(file_digest(&disk), before, "the input disk image was modified");
+    assert_eq!(
+        file_digest(&disk),
+        before,
+        "the input disk image was modified"
+    );
     assert_fsck_clean(&out);
     check_ext4_view(&out, target, &items);
     check_debugfs(&out, target, &items);
@@ -125,7 +178,12 @@ fn hard_cases_into(layout: &str, target: &str, kernel: bool) {
     // The output is a sparse copy: far less allocated than its size.
     let md = fs::metadata(&out).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert!(md.blocks() * 512 < md.len() / 8, "output is not sparse: {} of {}", md.blocks() * 512, md.len());
+    assert!(
+        md.blocks() * 512 < md.len() / 8,
+        "output is not sparse: {} of {}",
+        md.blocks() * 512,
+        md.len()
+    );
 }
 
 #[test]
@@ -150,9 +208,15 @@ fn hundred_thousand_entries_in_one_directory() {
     let archive = tmp.path().join("many.tar");
     let mut items = vec![item("many/", Kind::Dir)];
     for i in 0..100_000 {
-        items.push(item(&format!("many/entry-{i:06}-with-a-longer-name"), Kind::File(Content::Bytes(vec![]))));
+        items.push(item(
+            &format!("many/entry-{i:06}-with-a-longer-name"),
+            Kind::File(Content::Bytes(vec![])),
+        ));
     }
-    items.push(item("many/last", Kind::File(Content::Bytes(b"last".to_vec()))));
+    items.push(item(
+        "many/last",
+        Kind::File(Content::Bytes(b"last".to_vec())),
+    ));
     write_tar(&items, &archive);
     unpack_ok(&[&disk, &archive, &"--in-place"]);
     assert_fsck_clean(&disk);
@@ -166,7 +230,10 @@ fn hundred_thousand_entries_in_one_directory() {
     let again = tmp.path().join("again.tar");
     write_tar(
         &[
-            item("many/entry-000007-with-a-longer-name", Kind::File(Content::Bytes(b"new".to_vec()))),
+            item(
+                "many/entry-000007-with-a-longer-name",
+                Kind::File(Content::Bytes(b"new".to_vec())),
+            ),
             item("many/added", Kind::File(Content::Bytes(vec![]))),
         ],
         &again,
@@ -175,7 +242,10 @@ fn hundred_thousand_entries_in_one_directory() {
     assert_fsck_clean(&disk);
     let fs = ext4_view(&disk);
     assert_eq!(fs.read_dir("/many").unwrap().count(), 100_002 + 2);
-    assert_eq!(fs.read("/many/entry-000007-with-a-longer-name").unwrap(), b"new");
+    assert_eq!(
+        fs.read("/many/entry-000007-with-a-longer-name").unwrap(),
+        b"new"
+    );
 }
 
 #[test]
@@ -184,7 +254,12 @@ fn kernel_lists_hundred_thousand_entries() {
     let disk = disk_copy(&["--layout", "current"], tmp.path());
     let archive = tmp.path().join("many.tar");
     let items: Vec<Item> = (0..100_000)
-        .map(|i| item(&format!("d/{i}"), Kind::File(Content::Bytes(i.to_string().into_bytes()))))
+        .map(|i| {
+            item(
+                &format!("d/{i}"),
+                Kind::File(Content::Bytes(i.to_string().into_bytes())),
+            )
+        })
         .collect();
     write_tar(&items, &archive);
     unpack_ok(&[&disk, &archive, &"--in-place"]);
@@ -192,7 +267,10 @@ fn kernel_lists_hundred_thousand_entries() {
     let dir = m.dir.path().join("d");
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 100_000);
     for i in [0, 1, 4242, 99_999] {
-        assert_eq!(fs::read(dir.join(i.to_string())).unwrap(), i.to_string().as_bytes());
+        assert_eq!(
+            fs::read(dir.join(i.to_string())).unwrap(),
+            i.to_string().as_bytes()
+        );
     }
 }
 
@@ -212,7 +290,9 @@ fn existing_directories_are_kept_and_updated() {
     let second = tmp.path().join("2.tar");
     let items = vec![
         item("usr/", Kind::Dir).mode(0o700).owner(1, 2),
-        item("srv/", Kind::Dir).mode(0o750).xattr("trusted.overlay.opaque", b"y"),
+        item("srv/", Kind::Dir)
+            .mode(0o750)
+            .xattr("trusted.overlay.opaque", b"y"),
         item("srv/b", Kind::File(Content::Bytes(b"b".to_vec()))),
     ];
     write_tar(&items, &second);
@@ -221,7 +301,11 @@ fn existing_directories_are_kept_and_updated() {
     check_ext4_view(&disk, "/", &items);
     check_debugfs(&disk, "/", &items);
     let fs = ext4_view(&disk);
-    assert_eq!(fs.read("/srv/a").unwrap(), b"a", "content of a kept directory");
+    assert_eq!(
+        fs.read("/srv/a").unwrap(),
+        b"a",
+        "content of a kept directory"
+    );
 }
 
 #[test]
@@ -229,13 +313,27 @@ fn gzip_and_stdin_archives() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = disk_copy(&["--layout", "small"], tmp.path());
     let items = vec![
-        item("opt/bin/tool", Kind::File(Content::Prng { seed: 9, len: 300_000 })).mode(0o755),
-        item("etc/systemd/system/multi-user.target.wants/tool.service", Kind::Symlink("/etc/systemd/system/tool.service".into())),
+        item(
+            "opt/bin/tool",
+            Kind::File(Content::Prng {
+                seed: 9,
+                len: 300_000,
+            }),
+        )
+        .mode(0o755),
+        item(
+            "etc/systemd/system/multi-user.target.wants/tool.service",
+            Kind::Symlink("/etc/systemd/system/tool.service".into()),
+        ),
     ];
     let tar = tmp.path().join("a.tar");
     write_tar(&items, &tar);
     let gz = tmp.path().join("a.tgz");
-    let st = Command::new("sh").arg("-c").arg(format!("gzip -c {} > {}", tar.display(), gz.display())).status().unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -c {} > {}", tar.display(), gz.display()))
+        .status()
+        .unwrap();
     assert!(st.success());
     let out1 = tmp.path().join("o1.bin");
     unpack_ok(&[&disk, &gz, &"-o", &out1]);
@@ -252,7 +350,12 @@ fn gzip_and_stdin_archives() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(&fs::read(&gz).unwrap()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&fs::read(&gz).unwrap())
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     check_ext4_view(&out2, "/", &items);
@@ -285,7 +388,13 @@ fn truncated_archive() {
     write_tar(
         &[
             item("ok", Kind::File(Content::Bytes(b"fine".to_vec()))),
-            item("cut", Kind::File(Content::Prng { seed: 5, len: 1 << 20 })),
+            item(
+                "cut",
+                Kind::File(Content::Prng {
+                    seed: 5,
+                    len: 1 << 20,
+                }),
+            ),
         ],
         &archive,
     );
@@ -296,7 +405,10 @@ fn truncated_archive() {
     unpack_err(&[&disk, &archive, &"--in-place"]);
     assert_fsck_clean(&disk);
     assert_eq!(ext4_view(&disk).read("/ok").unwrap(), b"fine");
-    assert!(!ext4_view(&disk).exists("/cut").unwrap(), "a partly written file was left");
+    assert!(
+        !ext4_view(&disk).exists("/cut").unwrap(),
+        "a partly written file was left"
+    );
 }
 
 #[test]
@@ -316,7 +428,13 @@ fn full_filesystem() {
     write_tar(
         &[
             item("before", Kind::File(Content::Bytes(b"b".to_vec()))),
-            item("huge", Kind::File(Content::Prng { seed: 6, len: 100 << 20 })),
+            item(
+                "huge",
+                Kind::File(Content::Prng {
+                    seed: 6,
+                    len: 100 << 20,
+                }),
+            ),
             item("after", Kind::File(Content::Bytes(b"a".to_vec()))),
         ],
         &archive,
@@ -331,7 +449,12 @@ fn full_filesystem() {
     // Many small files until the inodes or blocks run out, in place.
     let many = tmp.path().join("many.tar");
     let items: Vec<Item> = (0..20_000)
-        .map(|i| item(&format!("m/{i}"), Kind::File(Content::Prng { seed: i, len: 4096 })))
+        .map(|i| {
+            item(
+                &format!("m/{i}"),
+                Kind::File(Content::Prng { seed: i, len: 4096 }),
+            )
+        })
         .collect();
     write_tar(&items, &many);
     let err = unpack_err(&[&disk, &many, &"--in-place"]);
@@ -344,13 +467,24 @@ fn path_escapes_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = disk_copy(&["--layout", "small"], tmp.path());
     for (name, items, want) in [
-        ("dotdot", vec![item("a/../../evil", Kind::File(Content::Bytes(vec![])))], "a/../../evil"),
-        ("absolute", vec![item("/etc/evil", Kind::File(Content::Bytes(vec![])))], "/etc/evil"),
+        (
+            "dotdot",
+            vec![item("a/../../evil", Kind::File(Content::Bytes(vec![])))],
+            "a/../../evil",
+        ),
+        (
+            "absolute",
+            vec![item("/etc/evil", Kind::File(Content::Bytes(vec![])))],
+            "/etc/evil",
+        ),
         (
             "symlink",
             vec![
                 item("escape", Kind::Symlink("/etc".into())),
-                item("escape/passwd", Kind::File(Content::Bytes(b"root::0:0".to_vec()))),
+                item(
+                    "escape/passwd",
+                    Kind::File(Content::Bytes(b"root::0:0".to_vec())),
+                ),
             ],
             "escape",
         ),
@@ -386,10 +520,20 @@ fn output_choice_is_required_and_checked() {
     write_tar(&[item("f", Kind::File(Content::Bytes(vec![])))], &archive);
     let before = file_digest(&disk);
     let err = unpack_err(&[&disk, &archive]);
-    assert!(err.contains("--output") && err.contains("--in-place"), "{err}");
+    assert!(
+        err.contains("--output") && err.contains("--in-place"),
+        "{err}"
+    );
     let err = unpack_err(&[&disk, &archive, &"-o", &disk]);
     assert!(err.contains("--in-place"), "{err}");
-    let err = unpack_err(&[&disk, &archive, &"-o", &tmp.path().join("o.bin"), &"--target", &"relative"]);
+    let err = unpack_err(&[
+        &disk,
+        &archive,
+        &"-o",
+        &tmp.path().join("o.bin"),
+        &"--target",
+        &"relative",
+    ]);
     assert!(err.contains("absolute"), "{err}");
     assert_eq!(file_digest(&disk), before);
     // An existing output is replaced only on success.
@@ -407,7 +551,17 @@ fn not_flatcar_disks() {
     let archive = tmp.path().join("a.tar");
     write_tar(&[item("f", Kind::File(Content::Bytes(vec![])))], &archive);
     let cases: &[(&[&str], &str)] = &[
-        (&["--layout", "small", "--root-type", "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "--root-name", "DATA"], "not Flatcar's ROOT"),
+        (
+            &[
+                "--layout",
+                "small",
+                "--root-type",
+                "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+                "--root-name",
+                "DATA",
+            ],
+            "not Flatcar's ROOT",
+        ),
         (&["--layout", "small", "--no-fs"], "no usable ext4"),
         (&["--layout", "small", "--label", "OTHER"], "OTHER"),
     ];
@@ -422,7 +576,12 @@ fn not_flatcar_disks() {
     fs::write(&junk, vec![0u8; 4 << 20]).unwrap();
     assert_clean_failure(&junk, &archive, "no valid GPT");
     let disk = disk_copy(&["--layout", "small"], dir.path());
-    let st = Command::new("sgdisk").arg("-d").arg("9").arg(&disk).output().unwrap();
+    let st = Command::new("sgdisk")
+        .arg("-d")
+        .arg("9")
+        .arg(&disk)
+        .output()
+        .unwrap();
     assert!(st.status.success());
     assert_clean_failure(&disk, &archive, "no partition 9");
 }

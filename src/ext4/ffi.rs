@@ -62,8 +62,13 @@ extern "C" {
     fn fp_info(fs: *mut RawFs, info: *mut RawInfo);
     fn fp_close(fs: *mut RawFs) -> c_long;
     fn fp_abandon(fs: *mut RawFs);
-    fn fp_lookup(fs: *mut RawFs, dir: u32, name: *const c_char, len: c_int, ino: *mut u32)
-        -> c_long;
+    fn fp_lookup(
+        fs: *mut RawFs,
+        dir: u32,
+        name: *const c_char,
+        len: c_int,
+        ino: *mut u32,
+    ) -> c_long;
     fn fp_stat(fs: *mut RawFs, ino: u32, st: *mut RawStat) -> c_long;
     fn fp_set_attr(fs: *mut RawFs, ino: u32, a: *const RawAttr) -> c_long;
     fn fp_mkdir(fs: *mut RawFs, parent: u32, a: *const RawAttr, ino: *mut u32) -> c_long;

@@ -41,11 +41,8 @@ const INCOMPAT_REFUSED: &[(u32, &str)] = &[
     (0x1_0000, "encrypt"),
     (0x2_0000, "casefold"),
 ];
-const RO_COMPAT_REFUSED: &[(u32, &str)] = &[
-    (0x100, "quota"),
-    (0x200, "bigalloc"),
-    (0x2000, "project"),
-];
+const RO_COMPAT_REFUSED: &[(u32, &str)] =
+    &[(0x100, "quota"), (0x200, "bigalloc"), (0x2000, "project")];
 const STATE_VALID: u32 = 1;
 const STATE_ERROR: u32 = 2;
 
@@ -65,7 +62,10 @@ fn format_uuid(u: &[u8; 16]) -> String {
 /// is an ext4 labelled `label` that can be written safely.
 pub fn inspect(image: &Path, offset: u64, label: &str) -> Result<FsSummary> {
     let fs = ffi::Fs::open(image, offset, false).with_context(|| {
-        format!("no usable ext4 filesystem at byte offset {offset} of {}", image.display())
+        format!(
+            "no usable ext4 filesystem at byte offset {offset} of {}",
+            image.display()
+        )
     })?;
     let info = fs.info();
     drop(fs);
@@ -123,7 +123,10 @@ pub fn write_tar(
     cancel: Option<&AtomicBool>,
 ) -> Result<Stats> {
     let fs = ffi::Fs::open(image, offset, true).with_context(|| {
-        format!("opening the filesystem at byte offset {offset} of {} for writing", image.display())
+        format!(
+            "opening the filesystem at byte offset {offset} of {} for writing",
+            image.display()
+        )
     })?;
     let mut w = writer::TreeWriter::new(fs, cancel);
     let written = w

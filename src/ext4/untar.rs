@@ -24,7 +24,11 @@ fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
     let secs: i64 = secs.parse().ok()?;
     let digits: String = frac.chars().take(9).collect();
-    let mut nsec: u32 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
+    let mut nsec: u32 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
     for _ in digits.len()..9 {
         nsec *= 10;
     }
@@ -47,7 +51,11 @@ fn parse_pax<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Pax> {
             pax.xattrs.push((name.to_vec(), value.to_vec()));
             continue;
         }
-        let num = || std::str::from_utf8(value).ok().and_then(|s| s.parse::<u32>().ok());
+        let num = || {
+            std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+        };
         match key {
             b"uid" => pax.uid = Some(num().ok_or_else(|| anyhow!("bad PAX uid"))?),
             b"gid" => pax.gid = Some(num().ok_or_else(|| anyhow!("bad PAX gid"))?),
@@ -70,7 +78,10 @@ pub fn write_tar(input: impl Read, writer: &mut TreeWriter<'_>) -> Result<Stats>
     let entries = archive.entries().context("reading the archive")?;
     for (n, entry) in entries.enumerate() {
         let mut entry = entry.with_context(|| {
-            format!("reading archive entry #{} (is the archive truncated or not a tar?)", n + 1)
+            format!(
+                "reading archive entry #{} (is the archive truncated or not a tar?)",
+                n + 1
+            )
         })?;
         let path = entry.path_bytes().into_owned();
         let ctx = || format!("archive entry {:?}", show(&path));
@@ -99,17 +110,30 @@ pub fn write_tar(input: impl Read, writer: &mut TreeWriter<'_>) -> Result<Stats>
         let uid = pax.uid.map_or_else(|| to_u32(uid, "uid"), Ok)?;
         let gid = pax.gid.map_or_else(|| to_u32(gid, "gid"), Ok)?;
         let (mtime, mtime_nsec) = pax.mtime.unwrap_or((mtime as i64, 0));
-        let need_link = || link.clone().ok_or_else(|| anyhow!("{}: no link target", ctx()));
+        let need_link = || {
+            link.clone()
+                .ok_or_else(|| anyhow!("{}: no link target", ctx()))
+        };
         let kind = match ty {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File {
                 size,
                 data: &mut entry as &mut dyn Read,
             },
             EntryType::Directory => Kind::Dir,
-            EntryType::Symlink => Kind::Symlink { target: need_link()? },
-            EntryType::Link => Kind::HardLink { target: need_link()? },
-            EntryType::Char => Kind::Char { major: devnums.0, minor: devnums.1 },
-            EntryType::Block => Kind::Block { major: devnums.0, minor: devnums.1 },
+            EntryType::Symlink => Kind::Symlink {
+                target: need_link()?,
+            },
+            EntryType::Link => Kind::HardLink {
+                target: need_link()?,
+            },
+            EntryType::Char => Kind::Char {
+                major: devnums.0,
+                minor: devnums.1,
+            },
+            EntryType::Block => Kind::Block {
+                major: devnums.0,
+                minor: devnums.1,
+            },
             EntryType::Fifo => Kind::Fifo,
             EntryType::XGlobalHeader => continue,
             other => bail!("{}: unsupported tar entry type {:?}", ctx(), other),
@@ -135,7 +159,10 @@ mod tests {
     #[test]
     fn pax_times() {
         assert_eq!(parse_pax_time(b"1700000000"), Some((1700000000, 0)));
-        assert_eq!(parse_pax_time(b"1700000000.5"), Some((1700000000, 500_000_000)));
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Some((1700000000, 500_000_000))
+        );
         assert_eq!(parse_pax_time(b"1.123456789123"), Some((1, 123_456_789)));
         assert_eq!(parse_pax_time(b"-1.25"), Some((-2, 750_000_000)));
         assert_eq!(parse_pax_time(b"x"), None);

@@ -16,12 +16,25 @@ use super::ffi::{Attr, Errcode, Fs, Stat, ROOT_INO, S_IFDIR, S_IFMT};
 /// What an entry is, with what each kind needs.
 pub enum Kind<'a> {
     Dir,
-    File { size: u64, data: &'a mut dyn Read },
-    Symlink { target: Vec<u8> },
+    File {
+        size: u64,
+        data: &'a mut dyn Read,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// A hard link to an entry written before, named relative to the target.
-    HardLink { target: Vec<u8> },
-    Char { major: u32, minor: u32 },
-    Block { major: u32, minor: u32 },
+    HardLink {
+        target: Vec<u8>,
+    },
+    Char {
+        major: u32,
+        minor: u32,
+    },
+    Block {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
 }
 
@@ -121,9 +134,9 @@ fn full(err: Errcode, what: &str, fs: &Fs) -> anyhow::Error {
         let info = fs.info();
         anyhow!(
             "the ROOT filesystem is full while writing {what}: {} MiB and {} inodes are free of {} MiB and {} inodes",
-            info.free_blocks * info.block_size as u64 >> 20,
+            (info.free_blocks * info.block_size as u64) >> 20,
             info.free_inodes,
-            info.blocks_count * info.block_size as u64 >> 20,
+            (info.blocks_count * info.block_size as u64) >> 20,
             info.inodes_count
         )
     } else {
@@ -404,7 +417,10 @@ impl<'c> TreeWriter<'c> {
                         .map_err(|e| anyhow!("updating the target directory: {e}"))?;
                     self.set_xattrs(target, &entry.xattrs, b"")
                 }
-                _ => bail!("archive entry {:?} names the target directory but is not a directory", show(&entry.path)),
+                _ => bail!(
+                    "archive entry {:?} names the target directory but is not a directory",
+                    show(&entry.path)
+                ),
             };
         };
         let parent = self.ensure_dir(parent_comps)?;
@@ -435,13 +451,17 @@ impl<'c> TreeWriter<'c> {
         }
 
         if let Kind::HardLink { target } = &entry.kind {
-            let tcomps = components(target)
-                .with_context(|| format!("hard link {:?}", show(&path)))?;
+            let tcomps =
+                components(target).with_context(|| format!("hard link {:?}", show(&path)))?;
             let tpath = join(&tcomps);
             let tino = self.resolve_existing(&tcomps, &path)?;
             let tst = self.stat(tino, &tpath)?;
             if tst.is_dir() {
-                bail!("hard link {:?} points at the directory {:?}", show(&path), show(&tpath));
+                bail!(
+                    "hard link {:?} points at the directory {:?}",
+                    show(&path),
+                    show(&tpath)
+                );
             }
             if let Some((ino, st)) = existing {
                 if ino == tino {
@@ -513,21 +533,42 @@ impl<'c> TreeWriter<'c> {
                     .with_context(|| format!("creating symlink {:?}", show(path)))?
             }
             Kind::Char { major, minor } | Kind::Block { major, minor } => {
-                let ty = if matches!(kind, Kind::Char { .. }) { 0o020000 } else { 0o060000 };
+                let ty = if matches!(kind, Kind::Char { .. }) {
+                    0o020000
+                } else {
+                    0o060000
+                };
                 self.stats.devices += 1;
                 self.fs
-                    .create(parent, &Attr { mode: attr.mode | ty, ..attr }, (major, minor))
+                    .create(
+                        parent,
+                        &Attr {
+                            mode: attr.mode | ty,
+                            ..attr
+                        },
+                        (major, minor),
+                    )
                     .map_err(|e| fail(&self.fs, e))
                     .with_context(|| format!("creating device node {:?}", show(path)))?
             }
             Kind::Fifo => self
                 .fs
-                .create(parent, &Attr { mode: attr.mode | 0o010000, ..attr }, (0, 0))
+                .create(
+                    parent,
+                    &Attr {
+                        mode: attr.mode | 0o010000,
+                        ..attr
+                    },
+                    (0, 0),
+                )
                 .map_err(|e| fail(&self.fs, e))
                 .with_context(|| format!("creating FIFO {:?}", show(path)))?,
             Kind::Dir | Kind::HardLink { .. } => unreachable!("handled by put"),
         };
-        debug_assert!(self.stat(ino, path).map(|s| s.mode & S_IFMT != 0).unwrap_or(true));
+        debug_assert!(self
+            .stat(ino, path)
+            .map(|s| s.mode & S_IFMT != 0)
+            .unwrap_or(true));
         Ok(ino)
     }
 
@@ -559,7 +600,10 @@ impl<'c> TreeWriter<'c> {
             let buf = &mut self.buf[..padded];
             data.read_exact(&mut buf[..nbytes]).map_err(|e| {
                 if e.kind() == io::ErrorKind::UnexpectedEof {
-                    anyhow!("the archive ends inside {:?} (truncated archive?)", show(path))
+                    anyhow!(
+                        "the archive ends inside {:?} (truncated archive?)",
+                        show(path)
+                    )
                 } else {
                     anyhow!("reading {:?} from the archive: {e}", show(path))
                 }
@@ -584,7 +628,10 @@ mod tests {
         assert!(components(b"/etc/passwd").is_err());
         assert!(components(b"a/../../b").is_err());
         assert!(components(b"..").is_err());
-        assert_eq!(components(b"./a//b/./c/").unwrap(), vec![&b"a"[..], b"b", b"c"]);
+        assert_eq!(
+            components(b"./a//b/./c/").unwrap(),
+            vec![&b"a"[..], b"b", b"c"]
+        );
         assert!(components(b"./").unwrap().is_empty());
         assert!(components(&[b'x'; 256]).is_err());
     }

@@ -39,7 +39,11 @@ pub fn fixture(args: &[&str]) -> PathBuf {
             .arg(&tmp)
             .output()
             .unwrap();
-        assert!(out.status.success(), "make-disk.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "make-disk.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         fs::rename(&tmp, &path).unwrap();
     }
     path
@@ -115,7 +119,10 @@ pub struct Prng {
 
 impl Prng {
     pub fn new(seed: u64, len: u64) -> Prng {
-        Prng { state: seed | 1, left: len }
+        Prng {
+            state: seed | 1,
+            left: len,
+        }
     }
 }
 
@@ -267,7 +274,10 @@ pub fn write_tar(items: &[Item], path: &Path) {
         h.set_uid(it.uid);
         h.set_gid(it.gid);
         if it.mtime < 0 || it.nsec != 0 {
-            pax.push(("mtime".into(), format!("{}.{:09}", it.mtime, it.nsec).into_bytes()));
+            pax.push((
+                "mtime".into(),
+                format!("{}.{:09}", it.mtime, it.nsec).into_bytes(),
+            ));
             h.set_mtime(0);
         } else {
             h.set_mtime(it.mtime as u64);
@@ -285,9 +295,14 @@ pub fn write_tar(items: &[Item], path: &Path) {
             pax.push(("path".into(), it.path.clone().into_bytes()));
         }
         if !pax.is_empty() {
-            b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), &v[..]))).unwrap();
+            b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), &v[..])))
+                .unwrap();
         }
-        let name: &str = if use_pax_path { "pax-path-placeholder" } else { &it.path };
+        let name: &str = if use_pax_path {
+            "pax-path-placeholder"
+        } else {
+            &it.path
+        };
         if name.starts_with('/') || name.split('/').any(|c| c == "..") || link_escapes(&it.kind) {
             // The builder refuses such names; hostile archives have them.
             append_raw(&mut b, h, name, &it.kind);
@@ -412,13 +427,18 @@ fn link_counts(items: &[Item]) -> HashMap<String, u32> {
     let mut by_root: HashMap<String, u32> = HashMap::new();
     for it in expected(items) {
         if !matches!(it.kind, Kind::Dir) {
-            *by_root.entry(norm(&hardlink_root(items, &it.path).path)).or_default() += 1;
+            *by_root
+                .entry(norm(&hardlink_root(items, &it.path).path))
+                .or_default() += 1;
         }
     }
     let mut out = HashMap::new();
     for it in expected(items) {
         if !matches!(it.kind, Kind::Dir) {
-            out.insert(norm(&it.path), by_root[&norm(&hardlink_root(items, &it.path).path)]);
+            out.insert(
+                norm(&it.path),
+                by_root[&norm(&hardlink_root(items, &it.path).path)],
+            );
         }
     }
     out
@@ -434,19 +454,26 @@ pub fn ext4_view(disk: &Path) -> ext4_view::Ext4 {
             dst: &mut [u8],
         ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
             use std::os::unix::fs::FileExt;
-            self.0.read_exact_at(dst, self.1 + start).map_err(Box::new)?;
+            self.0
+                .read_exact_at(dst, self.1 + start)
+                .map_err(Box::new)?;
             Ok(())
         }
     }
     let r = root(disk);
-    ext4_view::Ext4::load(Box::new(At(File::open(disk).unwrap(), r.offset))).expect("ext4-view load")
+    ext4_view::Ext4::load(Box::new(At(File::open(disk).unwrap(), r.offset)))
+        .expect("ext4-view load")
 }
 
 fn join(target: &str, p: &str) -> String {
     let p = norm(p);
     let t = target.trim_end_matches('/');
     if p.is_empty() {
-        if t.is_empty() { "/".into() } else { t.into() }
+        if t.is_empty() {
+            "/".into()
+        } else {
+            t.into()
+        }
     } else {
         format!("{t}/{p}")
     }
@@ -475,8 +502,16 @@ pub fn check_ext4_view(disk: &Path, target: &str, items: &[Item]) {
             Kind::Fifo => ft.is_fifo(),
             Kind::HardLink(_) => unreachable!(),
         };
-        assert!(ok_type, "ext4-view: {p}: wrong type {ft:?} for {:?}", root_item.kind);
-        assert_eq!(md.mode() as u32 & 0o7777, root_item.mode, "ext4-view: {p}: mode");
+        assert!(
+            ok_type,
+            "ext4-view: {p}: wrong type {ft:?} for {:?}",
+            root_item.kind
+        );
+        assert_eq!(
+            md.mode() as u32 & 0o7777,
+            root_item.mode,
+            "ext4-view: {p}: mode"
+        );
         assert_eq!(md.uid() as u64, root_item.uid, "ext4-view: {p}: uid");
         assert_eq!(md.gid() as u64, root_item.gid, "ext4-view: {p}: gid");
         let m = md.modified();
@@ -531,19 +566,32 @@ pub fn check_debugfs(disk: &Path, target: &str, items: &[Item]) {
     // debugfs prints one "Inode: N ... Links: K" block per stat command,
     // in command order.
     let blocks: Vec<&str> = text.split("Inode: ").skip(1).collect();
-    assert_eq!(blocks.len(), stats.len(), "debugfs: one stat block per entry:\n{text}");
+    assert_eq!(
+        blocks.len(),
+        stats.len(),
+        "debugfs: one stat block per entry:\n{text}"
+    );
     let links = link_counts(items);
     for ((p, it), block) in stats.iter().zip(blocks) {
         let root_item = hardlink_root(items, &it.path);
         if let Kind::Char(ma, mi) | Kind::Block(ma, mi) = root_item.kind {
             let want = format!("Device major/minor number: {ma:02}:{mi:02}");
-            assert!(block.contains(&want), "debugfs: {p}: want {want} in\n{block}");
+            assert!(
+                block.contains(&want),
+                "debugfs: {p}: want {want} in\n{block}"
+            );
         }
         if let Some(n) = links.get(&norm(&it.path)) {
-            assert!(block.contains(&format!("Links: {n} ")), "debugfs: {p}: want {n} links in\n{block}");
+            assert!(
+                block.contains(&format!("Links: {n} ")),
+                "debugfs: {p}: want {n} links in\n{block}"
+            );
         }
         if let Kind::File(_) = root_item.kind {
-            assert!(block.contains("Flags: 0x80000"), "debugfs: {p}: not extent-mapped:\n{block}");
+            assert!(
+                block.contains("Flags: 0x80000"),
+                "debugfs: {p}: not extent-mapped:\n{block}"
+            );
         }
         assert_eq!(
             debugfs_mtime(block),
@@ -555,7 +603,10 @@ pub fn check_debugfs(disk: &Path, target: &str, items: &[Item]) {
 
 /// Decodes " mtime: 0xLO:EXTRA -- ..." from debugfs' stat output.
 fn debugfs_mtime(block: &str) -> (i64, u32) {
-    let line = block.lines().find(|l| l.trim_start().starts_with("mtime: 0x")).expect("mtime line");
+    let line = block
+        .lines()
+        .find(|l| l.trim_start().starts_with("mtime: 0x"))
+        .expect("mtime line");
     let hex = line.trim_start().trim_start_matches("mtime: 0x");
     let (lo, rest) = hex.split_once(':').unwrap();
     let extra = u32::from_str_radix(&rest[..8], 16).unwrap();
@@ -615,11 +666,18 @@ pub fn check_kernel(disk: &Path, target: &str, items: &[Item]) {
             Kind::File(_) => assert!(ft.is_file(), "kernel: {rel}: not a file"),
             Kind::Symlink(t) => {
                 assert!(ft.is_symlink(), "kernel: {rel}: not a symlink");
-                assert_eq!(fs::read_link(&p).unwrap().as_os_str().as_encoded_bytes(), t.as_bytes());
+                assert_eq!(
+                    fs::read_link(&p).unwrap().as_os_str().as_encoded_bytes(),
+                    t.as_bytes()
+                );
             }
             Kind::Char(ma, mi) | Kind::Block(ma, mi) => {
                 assert!(
-                    if matches!(root_item.kind, Kind::Char(..)) { ft.is_char_device() } else { ft.is_block_device() },
+                    if matches!(root_item.kind, Kind::Char(..)) {
+                        ft.is_char_device()
+                    } else {
+                        ft.is_block_device()
+                    },
                     "kernel: {rel}: wrong device type"
                 );
                 let rdev = md.rdev();
@@ -633,14 +691,21 @@ pub fn check_kernel(disk: &Path, target: &str, items: &[Item]) {
             Kind::HardLink(_) => unreachable!(),
         }
         assert_eq!(md.mode() & 0o7777, root_item.mode, "kernel: {rel}: mode");
-        assert_eq!((md.uid() as u64, md.gid() as u64), (root_item.uid, root_item.gid), "kernel: {rel}: owner");
+        assert_eq!(
+            (md.uid() as u64, md.gid() as u64),
+            (root_item.uid, root_item.gid),
+            "kernel: {rel}: owner"
+        );
         assert_eq!(
             (md.mtime(), md.mtime_nsec() as u32),
             (root_item.mtime, root_item.nsec),
             "kernel: {rel}: mtime"
         );
         if let Some(c) = content_of(items, &it.path) {
-            assert!(c.matches(File::open(&p).unwrap()), "kernel: {rel}: content differs");
+            assert!(
+                c.matches(File::open(&p).unwrap()),
+                "kernel: {rel}: content differs"
+            );
         }
         let mut names: Vec<String> = list_xattrs(&p);
         names.sort();
@@ -655,8 +720,16 @@ pub fn check_kernel(disk: &Path, target: &str, items: &[Item]) {
         if !md.is_dir() {
             let root_path = norm(&hardlink_root(items, &it.path).path);
             let ino = *inodes.entry(root_path).or_insert(md.ino());
-            assert_eq!(ino, md.ino(), "kernel: {rel}: hard link to a different inode");
-            assert_eq!(md.nlink() as u32, link_counts(items)[&norm(&it.path)], "kernel: {rel}: link count");
+            assert_eq!(
+                ino,
+                md.ino(),
+                "kernel: {rel}: hard link to a different inode"
+            );
+            assert_eq!(
+                md.nlink() as u32,
+                link_counts(items)[&norm(&it.path)],
+                "kernel: {rel}: link count"
+            );
         }
     }
 }
