@@ -83,7 +83,9 @@ pub fn run(cfg: &UnpackConfig, cancel: &AtomicBool) -> Result<()> {
         }
         OutputMode::InPlace => None,
     };
-    let image = output.as_ref().map_or(cfg.disk.as_path(), |o| o.working_path());
+    let image = output
+        .as_ref()
+        .map_or(cfg.disk.as_path(), |o| o.working_path());
 
     let write_start = Instant::now();
     let stats = ext4::write_tar(image, root.offset, &cfg.target, archive, Some(cancel))
