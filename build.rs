@@ -10,6 +10,11 @@ fn main() {
         .flag_if_supported("-Wno-unused-parameter")
         .compile("fpshim");
     let kind = if std::env::var_os("FLATCAR_PRELOAD_STATIC").is_some() {
+        // Debian's -dev packages put the .a archives in the multiarch dir.
+        let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+        let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+        let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
+        println!("cargo:rustc-link-search=native=/usr/lib/{arch}-{os}-{env}");
         "static"
     } else {
         "dylib"

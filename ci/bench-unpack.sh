@@ -3,7 +3,7 @@
 # (loop mount + GNU tar) on the same fixture, archives and machine, in one run.
 #
 # Usage: ci/bench-unpack.sh [BIN]
-#   BIN defaults to target/release/flatcar-preload (built with
+#   BIN defaults to target/x86_64-unknown-linux-gnu/release/flatcar-preload (built with
 #   `cargo build --release` when missing and BIN is not given).
 #   Work dir: ${BENCH_DIR:-/var/tmp/fp-bench} (archives are cached there).
 #   BENCH_RUNS: timed runs per method and archive (default 3).
@@ -33,7 +33,7 @@ if (($# == 1)); then
     bin=$(realpath -- "$1") || die "no such binary: $1"
     [[ -x $bin ]] || die "not an executable: $1"
 else
-    bin=$repo/target/release/flatcar-preload
+    bin=$repo/target/x86_64-unknown-linux-gnu/release/flatcar-preload
     if [[ ! -x $bin ]]; then
         echo "building $bin" >&2
         (cd -- "$repo" && cargo build --release) || die "cargo build --release failed"

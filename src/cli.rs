@@ -6,6 +6,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use anyhow::{bail, Result};
+
+use crate::docker::refs::{self, ImageRef};
+use crate::populate::PopulateConfig;
 use crate::unpack::{Input, OutputMode, UnpackConfig};
 
 /// Bake files and container images into a Flatcar Container Linux disk
@@ -22,6 +26,72 @@ pub enum Command {
     /// Write a tar archive into the ROOT partition (9) of a Flatcar disk
     /// image, keeping owners, modes, hard links, devices and xattrs.
     Unpack(UnpackArgs),
+    /// Pull container images in a docker:dind container and write its
+    /// image store into ROOT (/var/lib/docker), ready for Docker at first
+    /// boot.
+    Populate(PopulateArgs),
+    /// (internal) Runs inside the dind container: pulls images through the
+    /// inner daemon's socket, reporting progress as JSON lines.
+    #[command(name = "__pull", hide = true)]
+    InnerPull(InnerPullArgs),
+    /// (internal) Runs inside the export container: writes Docker's store
+    /// as a PAX tar with all xattrs to stdout.
+    #[command(name = "__export-store", hide = true)]
+    InnerExport { root: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct InnerPullArgs {
+    #[arg(long)]
+    pub socket: String,
+    #[arg(long, default_value_t = 3)]
+    pub jobs: usize,
+    pub refs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PopulateArgs {
+    /// The Flatcar disk image (raw, e.g. flatcar_production_image.bin).
+    #[arg(value_name = "disk")]
+    pub disk: PathBuf,
+    /// Image references (nginx, nginx:1.27, ghcr.io/o/r:tag, name@sha256:...,
+    /// name:tag@sha256:...), in addition to --list.
+    #[arg(value_name = "image")]
+    pub images: Vec<String>,
+    /// A file with one image reference per line (# comments). Default:
+    /// images.list in the current directory when no image is given.
+    #[arg(short = 'l', long = "list", value_name = "list")]
+    pub list: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// The dind image that pulls (its dockerd runs with overlay2).
+    #[arg(long, value_name = "image", default_value = "docker:28-dind")]
+    pub dind_image: String,
+    /// Network of the dind container: bridge, host, none, container:NAME
+    /// or a network name. In host mode the inner daemon gets no
+    /// NET_ADMIN and touches no interface or firewall.
+    #[arg(long, value_name = "mode", default_value = "bridge")]
+    pub dind_network: String,
+    /// Run the dind privileged (default: only CAP_SYS_ADMIN and
+    /// apparmor=unconfined, which is enough to pull).
+    #[arg(long)]
+    pub privileged: bool,
+    /// Add to a /var/lib/docker (and /var/lib/containerd) already in ROOT
+    /// instead of refusing.
+    #[arg(long)]
+    pub merge: bool,
+    /// A containerd root (directory or tar) to write to /var/lib/containerd.
+    #[arg(long, value_name = "src")]
+    pub containerd: Option<PathBuf>,
+    /// Keep the dind containers and volumes (their names are printed).
+    #[arg(long)]
+    pub keep_dind: bool,
+    /// Images pulled at the same time.
+    #[arg(long, value_name = "n", default_value_t = 3)]
+    pub jobs: usize,
+    /// Print a machine-readable summary on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +143,38 @@ impl UnpackArgs {
             target: self.target.as_os_str().as_bytes().to_vec(),
             output: self.output.mode(),
         }
+    }
+}
+
+impl PopulateArgs {
+    pub fn into_config(self) -> Result<PopulateConfig> {
+        let mut images = vec![];
+        for s in &self.images {
+            images.push(ImageRef::parse(s)?);
+        }
+        let list = match (&self.list, images.is_empty()) {
+            (Some(l), _) => Some(l.clone()),
+            (None, true) => Some(PathBuf::from("images.list")),
+            (None, false) => None,
+        };
+        if let Some(l) = list {
+            images.extend(refs::read_list(&l)?);
+        }
+        if self.privileged && self.dind_network == "host" {
+            bail!("--privileged with --dind-network host would let the inner daemon change the host's network; use one of them");
+        }
+        Ok(PopulateConfig {
+            disk: self.disk,
+            images,
+            output: self.output.mode(),
+            dind_image: self.dind_image,
+            dind_network: self.dind_network,
+            privileged: self.privileged,
+            merge: self.merge,
+            containerd: self.containerd,
+            keep_dind: self.keep_dind,
+            jobs: self.jobs.max(1),
+        })
     }
 }
 

@@ -4,6 +4,9 @@
 
 pub mod cli;
 pub mod disk;
+pub mod docker;
 pub mod ext4;
+pub mod populate;
 pub mod progress;
+pub mod store;
 pub mod unpack;

@@ -81,7 +81,11 @@ impl Bar {
     }
 
     /// Ends the step with a summary line.
-    pub fn finish(self) {
+    pub fn finish(self) {}
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
         let secs = self.start.elapsed().as_secs_f64();
         if let Some(b) = &self.bar {
             b.finish_and_clear();
@@ -100,9 +104,6 @@ impl<R> ReadProgress<R> {
     pub fn new(inner: R, bar: Bar) -> Self {
         ReadProgress { inner, bar }
     }
-    pub fn finish(self) {
-        self.bar.finish()
-    }
 }
 
 impl<R: Read> Read for ReadProgress<R> {
@@ -110,5 +111,100 @@ impl<R: Read> Read for ReadProgress<R> {
         let n = self.inner.read(buf)?;
         self.bar.inc(n as u64);
         Ok(n)
+    }
+}
+
+/// One line per image while pulling: its layers' bytes so far.
+pub struct Pulls {
+    multi: Option<indicatif::MultiProgress>,
+    bars: Vec<Option<ProgressBar>>,
+    names: Vec<String>,
+    layers: Vec<std::collections::HashMap<String, (u64, u64)>>,
+    start: Instant,
+}
+
+impl Pulls {
+    pub fn new(names: &[String]) -> Pulls {
+        let tty = std::io::stderr().is_terminal();
+        let multi =
+            tty.then(|| indicatif::MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        let bars = names
+            .iter()
+            .map(|n| {
+                multi.as_ref().map(|m| {
+                    let b = m.add(ProgressBar::new(0));
+                    b.set_style(
+                        ProgressStyle::with_template(
+                            "{prefix:30!} [{bar:25}] {bytes}/{total_bytes} {msg}",
+                        )
+                        .expect("static template")
+                        .progress_chars("=> "),
+                    );
+                    b.set_prefix(n.clone());
+                    b
+                })
+            })
+            .collect();
+        if !tty {
+            eprintln!("pulling {} image(s): {}", names.len(), names.join(", "));
+        }
+        Pulls {
+            multi,
+            bars,
+            names: names.to_vec(),
+            layers: vec![Default::default(); names.len()],
+            start: Instant::now(),
+        }
+    }
+
+    /// Bytes of one layer of image `i` so far.
+    pub fn layer(&mut self, i: usize, layer: &str, current: u64, total: u64) {
+        let Some(layers) = self.layers.get_mut(i) else {
+            return;
+        };
+        layers.insert(layer.to_string(), (current, total));
+        if let Some(Some(b)) = self.bars.get(i) {
+            let (cur, tot) = layers.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1));
+            b.set_length(tot);
+            b.set_position(cur);
+            b.set_message(format!("{} layers", layers.len()));
+        }
+    }
+
+    pub fn done(&mut self, i: usize, id: &str) {
+        let short = id
+            .trim_start_matches("sha256:")
+            .get(..12)
+            .unwrap_or(id)
+            .to_string();
+        match self.bars.get(i) {
+            Some(Some(b)) => b.finish_with_message(format!("pulled {short}")),
+            _ => eprintln!(
+                "pulled {} ({short}) after {:.1} s",
+                self.names.get(i).map_or("?", |s| s.as_str()),
+                self.start.elapsed().as_secs_f64()
+            ),
+        }
+    }
+
+    pub fn failed(&mut self, i: usize, msg: &str) {
+        match self.bars.get(i) {
+            Some(Some(b)) => b.abandon_with_message("failed"),
+            _ => eprintln!(
+                "pulling {} failed: {msg}",
+                self.names.get(i).map_or("?", |s| s.as_str())
+            ),
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(m) = &self.multi {
+            let _ = m.clear();
+        }
+        eprintln!(
+            "pulled {} image(s) in {:.1} s",
+            self.names.len(),
+            self.start.elapsed().as_secs_f64()
+        );
     }
 }

@@ -41,7 +41,7 @@ pub struct UnpackConfig {
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Opens the archive, decompressing it when its content is gzip.
-fn open_archive(input: &Input) -> Result<Box<dyn Read>> {
+pub fn open_archive(input: &Input) -> Result<Box<dyn Read>> {
     let (raw, total): (Box<dyn Read>, Option<u64>) = match input {
         Input::File(p) => {
             let f = File::open(p).with_context(|| format!("opening archive {}", p.display()))?;
@@ -88,7 +88,7 @@ pub fn run(cfg: &UnpackConfig, cancel: &AtomicBool) -> Result<()> {
         .map_or(cfg.disk.as_path(), |o| o.working_path());
 
     let write_start = Instant::now();
-    let stats = ext4::write_tar(image, root.offset, &cfg.target, archive, Some(cancel))
+    let stats = ext4::write_tar(image, root.offset, &cfg.target, archive, Some(cancel), None)
         .context("writing the archive into ROOT")?;
     let write_secs = write_start.elapsed().as_secs_f64();
     let fs =

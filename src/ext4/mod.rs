@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context, Result};
 
+pub use untar::Rewrite;
 pub use writer::{components, Stats};
 
 /// What the superblock says about a filesystem.
@@ -121,6 +122,7 @@ pub fn write_tar(
     target: &[u8],
     input: impl Read,
     cancel: Option<&AtomicBool>,
+    rewrite: Option<&Rewrite<'_>>,
 ) -> Result<Stats> {
     let fs = ffi::Fs::open(image, offset, true).with_context(|| {
         format!(
@@ -131,9 +133,75 @@ pub fn write_tar(
     let mut w = writer::TreeWriter::new(fs, cancel);
     let written = w
         .set_target(target)
-        .and_then(|()| untar::write_tar(input, &mut w));
+        .and_then(|()| untar::write_tar(input, &mut w, rewrite));
     let closed = w.finish();
     let stats = written?;
     closed?;
     Ok(stats)
+}
+
+/// A read-only view of the filesystem at `offset` in `image` (ext4-view).
+fn view(image: &Path, offset: u64) -> Result<ext4_view::Ext4> {
+    struct At(std::fs::File, u64);
+    impl ext4_view::Ext4Read for At {
+        fn read(
+            &mut self,
+            start: u64,
+            dst: &mut [u8],
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+            use std::os::unix::fs::FileExt;
+            self.0
+                .read_exact_at(dst, self.1 + start)
+                .map_err(Box::new)?;
+            Ok(())
+        }
+    }
+    let f = std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    ext4_view::Ext4::load(Box::new(At(f, offset))).with_context(|| {
+        format!(
+            "reading the filesystem at byte offset {offset} of {}",
+            image.display()
+        )
+    })
+}
+
+/// Whether `path` (absolute) exists in the filesystem.
+pub fn exists(image: &Path, offset: u64, path: &str) -> Result<bool> {
+    view(image, offset)?
+        .exists(path)
+        .with_context(|| format!("looking up {path} in {}", image.display()))
+}
+
+/// The content of the regular file `path`, if there is one.
+pub fn read_file(image: &Path, offset: u64, path: &str) -> Result<Option<Vec<u8>>> {
+    let fs = view(image, offset)?;
+    if !fs
+        .exists(path)
+        .with_context(|| format!("looking up {path}"))?
+    {
+        return Ok(None);
+    }
+    Ok(Some(fs.read(path).with_context(|| {
+        format!("reading {path} from {}", image.display())
+    })?))
+}
+
+/// The names in directory `path` ("." and ".." left out).
+pub fn list_dir(image: &Path, offset: u64, path: &str) -> Result<Vec<String>> {
+    let fs = view(image, offset)?;
+    let mut names = vec![];
+    for e in fs
+        .read_dir(path)
+        .with_context(|| format!("listing {path}"))?
+    {
+        let name = e
+            .with_context(|| format!("listing {path}"))?
+            .file_name()
+            .display()
+            .to_string();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }

@@ -72,8 +72,22 @@ fn show(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
 }
 
+/// Replaces the content of one file of the archive on the way in.
+pub struct Rewrite<'a> {
+    /// Path relative to the target, as in the archive without "./".
+    pub path: &'a str,
+    pub with: &'a dyn Fn(Vec<u8>) -> Result<Vec<u8>>,
+}
+
+/// Largest file a [`Rewrite`] may hold in memory.
+const REWRITE_MAX: u64 = 64 << 20;
+
 /// Writes every entry of the tar stream `input` through `writer`.
-pub fn write_tar(input: impl Read, writer: &mut TreeWriter<'_>) -> Result<Stats> {
+pub fn write_tar(
+    input: impl Read,
+    writer: &mut TreeWriter<'_>,
+    rewrite: Option<&Rewrite<'_>>,
+) -> Result<Stats> {
     let mut archive = Archive::new(input);
     let entries = archive.entries().context("reading the archive")?;
     for (n, entry) in entries.enumerate() {
@@ -114,29 +128,45 @@ pub fn write_tar(input: impl Read, writer: &mut TreeWriter<'_>) -> Result<Stats>
             link.clone()
                 .ok_or_else(|| anyhow!("{}: no link target", ctx()))
         };
-        let kind = match ty {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File {
+        let rewritten = match rewrite {
+            Some(rw)
+                if matches!(ty, EntryType::Regular)
+                    && size <= REWRITE_MAX
+                    && super::writer::components(&path)?.join(&b'/') == rw.path.as_bytes() =>
+            {
+                let mut old = Vec::with_capacity(size as usize);
+                entry.read_to_end(&mut old).with_context(ctx)?;
+                Some((rw.with)(old).with_context(ctx)?)
+            }
+            _ => None,
+        };
+        let kind = match (ty, &rewritten) {
+            (EntryType::Regular, Some(new)) => Kind::File {
+                size: new.len() as u64,
+                data: &mut &new[..],
+            },
+            (EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse, _) => Kind::File {
                 size,
                 data: &mut entry as &mut dyn Read,
             },
-            EntryType::Directory => Kind::Dir,
-            EntryType::Symlink => Kind::Symlink {
+            (EntryType::Directory, _) => Kind::Dir,
+            (EntryType::Symlink, _) => Kind::Symlink {
                 target: need_link()?,
             },
-            EntryType::Link => Kind::HardLink {
+            (EntryType::Link, _) => Kind::HardLink {
                 target: need_link()?,
             },
-            EntryType::Char => Kind::Char {
+            (EntryType::Char, _) => Kind::Char {
                 major: devnums.0,
                 minor: devnums.1,
             },
-            EntryType::Block => Kind::Block {
+            (EntryType::Block, _) => Kind::Block {
                 major: devnums.0,
                 minor: devnums.1,
             },
-            EntryType::Fifo => Kind::Fifo,
-            EntryType::XGlobalHeader => continue,
-            other => bail!("{}: unsupported tar entry type {:?}", ctx(), other),
+            (EntryType::Fifo, _) => Kind::Fifo,
+            (EntryType::XGlobalHeader, _) => continue,
+            (other, _) => bail!("{}: unsupported tar entry type {:?}", ctx(), other),
         };
         writer.put(Entry {
             path: path.clone(),

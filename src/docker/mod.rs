@@ -1,0 +1,481 @@
+//! Everything that talks to Docker (bollard): the outer engine that runs the
+//! dind and export containers, and the helper side that runs inside them.
+//! No bollard type leaves this module.
+
+pub mod inner;
+pub mod refs;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, LogsOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions, UploadToContainerOptions,
+    WaitContainerOptions,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+/// Where the helper binary is put inside containers.
+pub const HELPER_DIR: &str = "/fp-helper";
+pub const HELPER_PATH: &str = "/fp-helper/flatcar-preload";
+/// The inner daemon's only endpoint: a unix socket inside the container.
+pub const INNER_SOCKET: &str = "/var/run/docker.sock";
+/// Label on every container and volume a run creates.
+pub const RUN_LABEL: &str = "org.flatcar-preload.run";
+
+/// Calls to the engine may wait for long pulls and large exports.
+const API_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
+
+/// The Docker engine the tool drives (DOCKER_HOST, DOCKER_CERT_PATH and
+/// DOCKER_TLS_VERIFY are honored).
+pub struct Engine {
+    docker: Docker,
+}
+
+/// How the dind container runs.
+#[derive(Debug, Clone)]
+pub struct DindSpec {
+    pub image: String,
+    /// bridge, host, none, container:NAME, or a network name.
+    pub network: String,
+    pub privileged: bool,
+    pub run_id: String,
+}
+
+/// Result of a command run to completion in a container.
+pub struct Finished {
+    pub exit_code: i64,
+    pub stderr: String,
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+fn labels(run_id: &str) -> HashMap<String, String> {
+    HashMap::from([(RUN_LABEL.to_string(), run_id.to_string())])
+}
+
+/// Whether this executable is statically linked (no ELF interpreter), so
+/// that it can run in a container with any libc or none.
+fn check_static(exe: &[u8]) -> Result<()> {
+    let u16_at = |o: usize| exe.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| {
+        exe.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    if exe.get(..5) != Some(b"\x7fELF\x02") {
+        bail!("this executable is not a 64-bit ELF file");
+    }
+    let (phoff, phentsize, phnum) = (
+        u64_at(0x20).unwrap_or(0) as usize,
+        u16_at(0x36).unwrap_or(0) as usize,
+        u16_at(0x38).unwrap_or(0) as usize,
+    );
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        let ty = exe
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+        if ty == Some(3) {
+            bail!(
+                "this flatcar-preload binary is dynamically linked, so it cannot run as the export \
+                 helper inside the dind container; build it as the repository's .cargo/config.toml \
+                 does (static, `--target x86_64-unknown-linux-gnu`)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A tar holding the running executable as HELPER_PATH.
+fn helper_tar() -> Result<Vec<u8>> {
+    let exe = std::fs::read("/proc/self/exe").context("reading this program's executable")?;
+    check_static(&exe)?;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    b.append_data(&mut h, &HELPER_DIR[1..], std::io::empty())?;
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_size(exe.len() as u64);
+    b.append_data(&mut h, &HELPER_PATH[1..], &exe[..])?;
+    Ok(b.into_inner()?)
+}
+
+impl Engine {
+    /// Connects to the engine and agrees on an API version.
+    pub async fn connect() -> Result<Engine> {
+        let where_ =
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+        let docker = Docker::connect_with_defaults()
+            .with_context(|| format!("connecting to the Docker engine at {where_}"))?
+            .with_timeout(API_TIMEOUT);
+        let docker = docker
+            .negotiate_version()
+            .await
+            .with_context(|| format!("cannot reach the Docker engine at {where_} (set DOCKER_HOST, or check that your user may use its socket)"))?;
+        docker
+            .ping()
+            .await
+            .with_context(|| format!("pinging the Docker engine at {where_}"))?;
+        Ok(Engine { docker })
+    }
+
+    /// Fails when the engine runs on another architecture than this
+    /// binary, which is uploaded into containers and run there.
+    pub async fn check_arch(&self) -> Result<()> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .context("asking the Docker engine for its info")?;
+        let arch = info.architecture.unwrap_or_default();
+        let normalized = match arch.as_str() {
+            "amd64" => "x86_64",
+            "arm64" => "aarch64",
+            a => a,
+        };
+        if normalized != std::env::consts::ARCH {
+            bail!(
+                "the Docker engine runs on {arch}, but this flatcar-preload binary is built for {}: \
+                 its export helper could not run there; use a {arch} build of flatcar-preload",
+                std::env::consts::ARCH
+            );
+        }
+        Ok(())
+    }
+
+    /// Makes sure `image` is present, pulling it when missing.
+    pub async fn ensure_image(&self, image: &str) -> Result<()> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        let mut s = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.to_string()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(item) = s.next().await {
+            let item = item.with_context(|| {
+                format!("the dind image {image} is not present and pulling it failed")
+            })?;
+            if let Some(e) = item.error_detail.and_then(|d| d.message) {
+                bail!("the dind image {image} is not present and pulling it failed: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_volume(&self, name: &str, run_id: &str) -> Result<()> {
+        self.docker
+            .create_volume(bollard::models::VolumeCreateRequest {
+                name: Some(name.to_string()),
+                labels: Some(labels(run_id)),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating volume {name}"))?;
+        Ok(())
+    }
+
+    pub async fn remove_volume(&self, name: &str) -> Result<()> {
+        self.docker
+            .remove_volume(name, Some(RemoveVolumeOptions { force: true }))
+            .await
+            .with_context(|| format!("removing volume {name}"))
+    }
+
+    pub async fn remove_container(&self, name: &str) -> Result<()> {
+        self.docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .with_context(|| format!("removing container {name}"))
+    }
+
+    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<()> {
+        self.docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.to_string()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .with_context(|| format!("creating container {name}"))?;
+        Ok(())
+    }
+
+    /// Creates and starts the dind container: an inner dockerd with the
+    /// overlay2 driver whose store is `volume`, reachable only through its
+    /// unix socket inside the container, and that touches no network
+    /// interface or firewall (no bridge, no iptables).
+    pub async fn start_dind(&self, name: &str, spec: &DindSpec, volume: &str) -> Result<()> {
+        let host_net = spec.network == "host";
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: Some(vec!["dockerd".into()]),
+            cmd: Some(
+                [
+                    "--storage-driver=overlay2",
+                    &format!("--host=unix://{INNER_SOCKET}"),
+                    "--iptables=false",
+                    "--ip6tables=false",
+                    "--bridge=none",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ),
+            env: Some(vec!["DOCKER_TLS_CERTDIR=".into()]),
+            labels: Some(labels(&spec.run_id)),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{volume}:/var/lib/docker")]),
+                network_mode: Some(spec.network.clone()),
+                privileged: Some(spec.privileged),
+                cap_add: (!spec.privileged).then(|| vec!["SYS_ADMIN".into()]),
+                // On the host's network, the inner daemon must not be able
+                // to change the host's interfaces or firewall.
+                cap_drop: host_net.then(|| vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                security_opt: Some(vec!["apparmor=unconfined".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.create(name, body).await?;
+        self.upload_helper(name).await?;
+        self.docker
+            .start_container(name, None)
+            .await
+            .with_context(|| format!("starting the dind container {name} from {}", spec.image))?;
+        Ok(())
+    }
+
+    async fn upload_helper(&self, container: &str) -> Result<()> {
+        let tar = helper_tar()?;
+        self.docker
+            .upload_to_container(
+                container,
+                Some(UploadToContainerOptions {
+                    path: "/".into(),
+                    ..Default::default()
+                }),
+                bollard::body_full(Bytes::from(tar)),
+            )
+            .await
+            .with_context(|| format!("copying the export helper into {container}"))
+    }
+
+    /// The last lines of a container's output, for error messages.
+    pub async fn logs_tail(&self, container: &str) -> String {
+        let mut s = self.docker.logs(
+            container,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: "15".into(),
+                ..Default::default()
+            }),
+        );
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = s.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        out
+    }
+
+    /// Runs `cmd` in a running container; each stdout line goes to
+    /// `on_line`, stderr is collected.
+    pub async fn exec_lines(
+        &self,
+        container: &str,
+        cmd: Vec<String>,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<Finished> {
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                bollard::models::ExecConfig {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(cmd),
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("running a command in {container}"))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .with_context(|| format!("running a command in {container}"))?;
+        let bollard::exec::StartExecResults::Attached { mut output, .. } = started else {
+            bail!("the engine did not attach to the command in {container}");
+        };
+        let (mut line, mut stderr) = (Vec::new(), String::new());
+        while let Some(chunk) = output.next().await {
+            match chunk.with_context(|| format!("reading output of a command in {container}"))? {
+                bollard::container::LogOutput::StdOut { message } => {
+                    for &b in message.iter() {
+                        if b == b'\n' {
+                            on_line(&String::from_utf8_lossy(&line));
+                            line.clear();
+                        } else {
+                            line.push(b);
+                        }
+                    }
+                }
+                other => stderr.push_str(&String::from_utf8_lossy(&other.into_bytes())),
+            }
+        }
+        if !line.is_empty() {
+            on_line(&String::from_utf8_lossy(&line));
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .with_context(|| format!("reading the exit code of a command in {container}"))?;
+        Ok(Finished {
+            exit_code: inspect.exit_code.unwrap_or(-1),
+            stderr,
+        })
+    }
+
+    /// Stops a container (SIGTERM, then SIGKILL after `grace`) and returns
+    /// its exit code.
+    pub async fn stop(&self, container: &str, grace: Duration) -> Result<i64> {
+        self.docker
+            .stop_container(
+                container,
+                Some(StopContainerOptions {
+                    t: Some(grace.as_secs() as i32),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .with_context(|| format!("stopping {container}"))?;
+        let info = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .with_context(|| format!("inspecting {container}"))?;
+        Ok(info.state.and_then(|s| s.exit_code).unwrap_or(-1))
+    }
+
+    /// Runs the export helper in a new container that sees `volume` (the
+    /// stopped dind's store) read-only at /var/lib/docker, and forwards its
+    /// stdout (the tar stream) into `tx` chunk by chunk.
+    pub async fn export_store(
+        &self,
+        name: &str,
+        spec: &DindSpec,
+        volume: &str,
+        tx: mpsc::Sender<Bytes>,
+    ) -> Result<Finished> {
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: Some(vec![HELPER_PATH.into()]),
+            cmd: Some(vec!["__export-store".into(), "/var/lib/docker".into()]),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            labels: Some(labels(&spec.run_id)),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{volume}:/var/lib/docker:ro")]),
+                network_mode: Some("none".into()),
+                // Reading trusted.* xattrs (trusted.overlay.opaque) needs
+                // CAP_SYS_ADMIN.
+                cap_add: Some(vec!["SYS_ADMIN".into()]),
+                security_opt: Some(vec!["apparmor=unconfined".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.create(name, body).await?;
+        self.upload_helper(name).await?;
+        let attached = self
+            .docker
+            .attach_container(
+                name,
+                Some(AttachContainerOptions {
+                    stdout: true,
+                    stderr: true,
+                    stream: true,
+                    logs: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .with_context(|| format!("attaching to {name}"))?;
+        self.docker
+            .start_container(name, None)
+            .await
+            .with_context(|| format!("starting the export container {name}"))?;
+        let mut output = attached.output;
+        let mut stderr = String::new();
+        let mut receiver_gone = false;
+        while let Some(chunk) = output.next().await {
+            match chunk.with_context(|| format!("reading the store from {name}"))? {
+                bollard::container::LogOutput::StdOut { message } => {
+                    if !receiver_gone && tx.send(message).await.is_err() {
+                        // The writer stopped (and will say why); stop reading.
+                        receiver_gone = true;
+                        break;
+                    }
+                }
+                other => stderr.push_str(&String::from_utf8_lossy(&other.into_bytes())),
+            }
+        }
+        drop(tx);
+        if receiver_gone {
+            return Ok(Finished {
+                exit_code: 0,
+                stderr,
+            });
+        }
+        let mut wait = self
+            .docker
+            .wait_container(name, None::<WaitContainerOptions>);
+        let code = match wait.next().await {
+            Some(Ok(r)) => r.status_code,
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(anyhow!(e).context(format!("waiting for {name}"))),
+            None => -1,
+        };
+        Ok(Finished {
+            exit_code: code,
+            stderr: tail(&stderr, 20),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_test_binary_is_static_as_configured() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        super::check_static(&exe).unwrap();
+        let dynamic = std::fs::read("/bin/sh").unwrap();
+        assert!(super::check_static(&dynamic).is_err());
+    }
+}

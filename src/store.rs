@@ -1,0 +1,297 @@
+//! What of Docker's `/var/lib/docker` goes into the image, and the tar
+//! writer that exports a tree with everything overlayfs relies on: owners,
+//! modes, hard links, 0:0 whiteout devices and every xattr (as PAX
+//! `SCHILY.xattr.*` records), including `trusted.overlay.opaque`, which plain
+//! tar, busybox tar and Docker's archive API all drop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Where Flatcar's Docker keeps its store (no --data-root on Flatcar).
+pub const DOCKER_ROOT: &str = "/var/lib/docker";
+/// Where Flatcar's containerd keeps its root.
+pub const CONTAINERD_ROOT: &str = "/var/lib/containerd";
+
+/// The top-level entries of /var/lib/docker that a daemon needs to find the
+/// pulled images: the image metadata (image db, layer db, repositories.json,
+/// distribution cache) and the overlay2 layers. Everything else is state of
+/// the build machine's daemon, recreated empty by Docker at first start:
+/// `engine-id` (the daemon's identity), `network/` (local-kv.db), `containers/`,
+/// `swarm/`, `buildkit/`, `tmp/`, `runtimes/`, `plugins/`, `volumes/`, the
+/// dind's own `containerd/`.
+pub const DOCKER_KEEP: &[&str] = &["image", "overlay2"];
+
+/// Within what is kept, per-instance state that must not travel either.
+const DOCKER_SKIP: &[&str] = &[
+    // Read-write layers of containers: the dind never runs any, but a
+    // merged store must not get references to them.
+    "image/overlay2/layerdb/mounts",
+];
+
+/// What an export wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExportStats {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+fn xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let size = rustix::fs::llistxattr_query(path).map_err(io::Error::from)?;
+    if size == 0 {
+        return Ok(vec![]);
+    }
+    let mut names = vec![0u8; size];
+    let n = rustix::fs::llistxattr(path, &mut names[..]).map_err(io::Error::from)?;
+    let mut out = vec![];
+    for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        let name_str = String::from_utf8_lossy(name).into_owned();
+        let len = rustix::fs::lgetxattr_query(path, name).map_err(io::Error::from)?;
+        let mut value = vec![0u8; len];
+        let got = rustix::fs::lgetxattr(path, name, &mut value[..]).map_err(io::Error::from)?;
+        value.truncate(got);
+        out.push((name_str, value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+struct Exporter<W: Write> {
+    tar: tar::Builder<W>,
+    /// (dev, ino) of files with several links -> the first path written.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    stats: ExportStats,
+}
+
+impl<W: Write> Exporter<W> {
+    fn entry(&mut self, path: &Path, name: &[u8]) -> Result<()> {
+        let md =
+            fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        let ft = md.file_type();
+        if ft.is_socket() {
+            return Ok(()); // tar cannot hold sockets; nothing in a store needs one
+        }
+        let mut pax: Vec<(String, Vec<u8>)> = xattrs(path)
+            .with_context(|| format!("reading xattrs of {}", path.display()))?
+            .into_iter()
+            .map(|(n, v)| (format!("SCHILY.xattr.{n}"), v))
+            .collect();
+        pax.push((
+            "mtime".into(),
+            format!("{}.{:09}", md.mtime(), md.mtime_nsec()).into_bytes(),
+        ));
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(md.mode() & 0o7777);
+        h.set_uid(md.uid() as u64);
+        h.set_gid(md.gid() as u64);
+        h.set_mtime(md.mtime().max(0) as u64);
+        h.set_size(0);
+        let name_path = Path::new(std::ffi::OsStr::from_bytes(name));
+        self.stats.entries += 1;
+        if !ft.is_dir() && md.nlink() > 1 {
+            if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
+                h.set_entry_type(tar::EntryType::Link);
+                let first = Path::new(std::ffi::OsStr::from_bytes(first)).to_path_buf();
+                return Ok(self.tar.append_link(&mut h, name_path, first)?);
+            }
+            self.links.insert((md.dev(), md.ino()), name.to_vec());
+        }
+        self.tar
+            .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), &v[..])))?;
+        if ft.is_dir() {
+            h.set_entry_type(tar::EntryType::Directory);
+            self.tar.append_data(&mut h, name_path, io::empty())?;
+        } else if ft.is_file() {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(md.len());
+            let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            self.tar.append_data(&mut h, name_path, f)?;
+            self.stats.bytes += md.len();
+        } else if ft.is_symlink() {
+            h.set_entry_type(tar::EntryType::Symlink);
+            let target = fs::read_link(path)?;
+            self.tar.append_link(&mut h, name_path, target)?;
+        } else if ft.is_char_device() || ft.is_block_device() {
+            h.set_entry_type(if ft.is_char_device() {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            });
+            h.set_device_major(rustix::fs::major(md.rdev()))?;
+            h.set_device_minor(rustix::fs::minor(md.rdev()))?;
+            self.tar.append_data(&mut h, name_path, io::empty())?;
+        } else if ft.is_fifo() {
+            h.set_entry_type(tar::EntryType::Fifo);
+            self.tar.append_data(&mut h, name_path, io::empty())?;
+        }
+        Ok(())
+    }
+
+    /// Writes `dir` (as `name`) and everything below it, in name order.
+    fn tree(&mut self, dir: &Path, name: &[u8], skip: &[&str]) -> Result<()> {
+        let mut children = BTreeMap::new();
+        for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let e = e.with_context(|| format!("listing {}", dir.display()))?;
+            children.insert(e.file_name(), e.path());
+        }
+        for (child, path) in children {
+            let mut child_name = name.to_vec();
+            if !child_name.is_empty() {
+                child_name.push(b'/');
+            }
+            child_name.extend_from_slice(child.as_bytes());
+            if skip.iter().any(|s| s.as_bytes() == child_name) {
+                continue;
+            }
+            self.entry(&path, &child_name)?;
+            if fs::symlink_metadata(&path)?.is_dir() {
+                self.tree(&path, &child_name, skip)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `root` as a tar stream to `out`: the root itself as `./`, then,
+/// when `keep` is given, only those top-level entries (and none of `skip`).
+pub fn export_tree(
+    root: &Path,
+    keep: Option<&[&str]>,
+    skip: &[&str],
+    out: impl Write,
+) -> Result<ExportStats> {
+    let mut ex = Exporter {
+        tar: tar::Builder::new(out),
+        links: HashMap::new(),
+        stats: ExportStats::default(),
+    };
+    ex.tar.follow_symlinks(false);
+    ex.entry(root, b"./")?;
+    match keep {
+        Some(keep) => {
+            for top in keep {
+                let path = root.join(top);
+                if fs::symlink_metadata(&path).is_err() {
+                    continue;
+                }
+                ex.entry(&path, top.as_bytes())?;
+                if path.is_dir() {
+                    ex.tree(&path, top.as_bytes(), skip)?;
+                }
+            }
+        }
+        None => ex.tree(root, b"", skip)?,
+    }
+    let mut out = ex.tar.into_inner().context("finishing the tar stream")?;
+    out.flush().context("flushing the tar stream")?;
+    Ok(ex.stats)
+}
+
+/// Exports Docker's store at `root` (normally /var/lib/docker of a stopped
+/// daemon) with only what the image needs.
+pub fn export_docker_store(root: &Path, out: impl Write) -> Result<ExportStats> {
+    export_tree(root, Some(DOCKER_KEEP), DOCKER_SKIP, out)
+}
+
+/// Merges Docker's image/overlay2/repositories.json files: every
+/// repository and reference of both, the new one winning on conflicts.
+pub fn merge_repositories(old: &[u8], new: &[u8]) -> Result<Vec<u8>> {
+    use serde_json::{Map, Value};
+    let parse = |b: &[u8], which: &str| -> Result<Map<String, Value>> {
+        let v: Value = serde_json::from_slice(b)
+            .with_context(|| format!("parsing the {which} repositories.json"))?;
+        Ok(match v.get("Repositories") {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
+        })
+    };
+    let mut repos = parse(old, "existing")?;
+    for (name, refs) in parse(new, "new")? {
+        match (repos.get_mut(&name), refs) {
+            (Some(Value::Object(have)), Value::Object(add)) => have.extend(add),
+            (_, refs) => {
+                repos.insert(name, refs);
+            }
+        }
+    }
+    let mut top = Map::new();
+    top.insert("Repositories".into(), Value::Object(repos));
+    Ok(serde_json::to_vec(&Value::Object(top))?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn repositories_merge() {
+        let old = br#"{"Repositories":{"a":{"a:1":"sha256:1"},"b":{"b:1":"sha256:2"}}}"#;
+        let new =
+            br#"{"Repositories":{"a":{"a:2":"sha256:3","a:1":"sha256:9"},"c":{"c:1":"sha256:4"}}}"#;
+        let m: serde_json::Value =
+            serde_json::from_slice(&super::merge_repositories(old, new).unwrap()).unwrap();
+        assert_eq!(
+            m,
+            serde_json::json!({"Repositories":{
+                "a":{"a:1":"sha256:9","a:2":"sha256:3"},
+                "b":{"b:1":"sha256:2"},
+                "c":{"c:1":"sha256:4"}}})
+        );
+    }
+
+    use super::*;
+
+    #[test]
+    fn export_keeps_only_the_image_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in [
+            "image/overlay2/layerdb/mounts/x",
+            "overlay2/abc/diff",
+            "network/files",
+            "containers/c",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join("engine-id"), "id").unwrap();
+        fs::write(root.join("overlay2/abc/diff/f"), "data").unwrap();
+        fs::hard_link(
+            root.join("overlay2/abc/diff/f"),
+            root.join("overlay2/abc/diff/g"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../abc/diff", root.join("overlay2/l")).unwrap();
+        let mut buf = vec![];
+        export_docker_store(root, &mut buf).unwrap();
+        let mut names = vec![];
+        let mut ar = tar::Archive::new(&buf[..]);
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            names.push((
+                String::from_utf8_lossy(&e.path_bytes()).into_owned(),
+                e.header().entry_type(),
+            ));
+        }
+        let just: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            just,
+            [
+                "./",
+                "image",
+                "image/overlay2",
+                "image/overlay2/layerdb",
+                "overlay2",
+                "overlay2/abc",
+                "overlay2/abc/diff",
+                "overlay2/abc/diff/f",
+                "overlay2/abc/diff/g",
+                "overlay2/l"
+            ]
+        );
+        assert_eq!(names[8].1, tar::EntryType::Link);
+        assert_eq!(names[9].1, tar::EntryType::Symlink);
+    }
+}
