@@ -42,13 +42,19 @@ fn emit(ev: &PullEvent) {
     }
 }
 
-async fn wait_ready(docker: &Docker) -> Result<()> {
+/// Connects once the inner dockerd has made its socket and answers.
+async fn connect_when_ready(socket: &str) -> Result<Docker> {
     let start = Instant::now();
     loop {
-        match docker.ping().await {
-            Ok(_) => return Ok(()),
+        let attempt = async {
+            let docker = Docker::connect_with_unix(socket, 4 * 3600, bollard::API_DEFAULT_VERSION)?;
+            docker.ping().await?;
+            Ok::<_, bollard::errors::Error>(docker)
+        };
+        match attempt.await {
+            Ok(d) => return Ok(d),
             Err(e) if start.elapsed() > Duration::from_secs(90) => {
-                bail!("the inner dockerd did not answer within 90 s: {e}")
+                bail!("the inner dockerd did not answer on {socket} within 90 s: {e}")
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -118,9 +124,7 @@ async fn pull_one(docker: &Docker, index: usize, r: &ImageRef) -> Result<String>
 /// Pulls every reference with at most `jobs` at once. Returns an error
 /// when any pull failed (each failure was reported as an event).
 pub async fn pull_images(socket: &str, refs: &[ImageRef], jobs: usize) -> Result<()> {
-    let docker = Docker::connect_with_unix(socket, 4 * 3600, bollard::API_DEFAULT_VERSION)
-        .with_context(|| format!("connecting to the inner dockerd at {socket}"))?;
-    wait_ready(&docker).await?;
+    let docker = connect_when_ready(socket).await?;
     let docker = docker
         .negotiate_version()
         .await
