@@ -80,6 +80,22 @@ async fn cancelled(flag: &AtomicBool) {
     }
 }
 
+/// Test seam: `FLATCAR_PRELOAD_PAUSE_AT=pull|write` makes the run wait at
+/// that phase until it is cancelled, so that tests can interrupt it there.
+fn pause_requested(phase: &str) -> bool {
+    std::env::var("FLATCAR_PRELOAD_PAUSE_AT").is_ok_and(|p| p == phase)
+}
+
+fn pause_blocking(phase: &str, cancel: &AtomicBool) {
+    if pause_requested(phase) {
+        eprintln!("paused at {phase} (FLATCAR_PRELOAD_PAUSE_AT)");
+        let start = Instant::now();
+        while !cancel.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(600) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// Awaits `fut` unless the run is cancelled first.
 async fn or_cancel<T>(
     flag: &AtomicBool,
@@ -175,6 +191,14 @@ async fn populate(
     res.volumes.push(volume.clone());
     res.containers.push(dind.clone());
     engine.start_dind(&dind, &spec, &volume).await?;
+    if pause_requested("pull") {
+        eprintln!("paused at pull (FLATCAR_PRELOAD_PAUSE_AT)");
+        or_cancel(cancel, async {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            Ok(())
+        })
+        .await?;
+    }
     let ids = or_cancel(cancel, pull(cfg, engine, &dind)).await?;
     summary.images = cfg
         .images
@@ -242,6 +266,8 @@ async fn populate(
                 rx: &mut rx,
                 cur: Bytes::new(),
                 bar: Bar::bytes("exporting store", None),
+                cancel: &cancel,
+                started: false,
             };
             let merge = |new: Vec<u8>| match &existing_repos {
                 Some(old) => store::merge_repositories(old, &new),
@@ -420,6 +446,8 @@ struct ChannelReader<'a> {
     rx: &'a mut mpsc::Receiver<Bytes>,
     cur: Bytes,
     bar: Bar,
+    cancel: &'a AtomicBool,
+    started: bool,
 }
 
 impl std::io::Read for ChannelReader<'_> {
@@ -429,6 +457,10 @@ impl std::io::Read for ChannelReader<'_> {
                 Some(b) => self.cur = b,
                 None => return Ok(0),
             }
+        }
+        if !self.started {
+            self.started = true;
+            pause_blocking("write", self.cancel);
         }
         let n = buf.len().min(self.cur.len());
         buf[..n].copy_from_slice(&self.cur[..n]);
