@@ -492,7 +492,7 @@ fn populate_truth() {
 /// A failed run: clear error, no output, input unchanged, nothing left in
 /// Docker.
 fn assert_clean_failure(o: &Output, disk: &Path, before: u64, out: &Path, want: &str) {
-    assert!(!o.status.success(), "should fail: {}", stderr(&o));
+    assert!(!o.status.success(), "should fail: {}", stderr(o));
     let err = stderr(o);
     assert!(err.contains(want), "error should mention {want:?}:\n{err}");
     assert!(!out.exists(), "output left behind");
