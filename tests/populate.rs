@@ -279,6 +279,20 @@ fn leftovers() -> String {
     format!("{c}{v}")
 }
 
+/// A copy of the binary that the test user can reach wherever the
+/// checkout lives.
+fn user_bin() -> &'static Path {
+    static BIN_COPY: OnceLock<(tempfile::TempDir, std::path::PathBuf)> = OnceLock::new();
+    let (_, p) = BIN_COPY.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let p = d.path().join("flatcar-preload");
+        fs::copy(BIN, &p).unwrap();
+        (d, p)
+    });
+    p
+}
+
 /// `flatcar-preload populate ARGS` as the unprivileged test user, through
 /// the test dockerd, with the local registry reachable as 127.0.0.1:5000.
 fn populate_cmd(args: &[&str]) -> Command {
@@ -286,7 +300,7 @@ fn populate_cmd(args: &[&str]) -> Command {
     let mut c = Command::new("runuser");
     c.args(["-u", &e.test_user, "--", "env"])
         .arg(format!("DOCKER_HOST={}", e.docker_host))
-        .arg(BIN)
+        .arg(user_bin())
         .arg("populate")
         .args(args)
         .args([
