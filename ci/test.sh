@@ -10,7 +10,9 @@ if ((EUID == 0)); then
     ci/setup.sh
     # A dockerd of our own, a local registry and a locally built dind image
     # (Docker Hub is not reachable): what tests/populate.rs drives.
+    set -a
     eval "$(ci/docker-env.sh)"
+    set +a
 else
     echo "test: not root: the suites that loop-mount images or start Docker will fail; run as root" >&2
 fi

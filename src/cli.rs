@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand};
 
 use anyhow::{bail, Result};
 
+use crate::disk::{parse_size, Grow};
 use crate::docker::refs::{self, ImageRef};
 use crate::populate::PopulateConfig;
-use crate::unpack::{Input, OutputMode, UnpackConfig};
+use crate::unpack::{Input, OutputMode, Space, UnpackConfig};
 
 /// Bake files and container images into a Flatcar Container Linux disk
 /// image before it ever boots.
@@ -38,6 +39,10 @@ pub enum Command {
     /// as a PAX tar with all xattrs to stdout.
     #[command(name = "__export-store", hide = true)]
     InnerExport { root: PathBuf },
+    /// (internal) Runs inside the export container: prints what the store
+    /// will take in ext4 (JSON).
+    #[command(name = "__measure-store", hide = true)]
+    InnerMeasure { root: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +69,8 @@ pub struct PopulateArgs {
     pub list: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub space: SpaceArgs,
     /// The dind image that pulls (its dockerd runs with overlay2).
     #[arg(long, value_name = "image", default_value = "docker:28-dind")]
     pub dind_image: String,
@@ -107,18 +114,52 @@ pub struct UnpackArgs {
     pub target: PathBuf,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub space: SpaceArgs,
 }
 
 /// Where the result goes.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct OutputArgs {
-    /// Write a sparse copy of the disk image here; the input is not touched.
+    /// Write a new image here (a sparse copy of DISK; a compressed DISK is
+    /// decompressed, a qcow2/vmdk one converted); DISK is not touched.
     #[arg(short = 'o', long, value_name = "output")]
     pub output: Option<PathBuf>,
-    /// Modify the disk image itself.
+    /// Modify the disk image itself (raw images only).
     #[arg(long)]
     pub in_place: bool,
+}
+
+/// Making room in ROOT.
+#[derive(Debug, Args)]
+pub struct SpaceArgs {
+    /// When the data does not fit in ROOT: `auto` grows the image, partition
+    /// 9 and the filesystem as needed (plus headroom), `no` fails saying how
+    /// much is missing, `16G` sets the final disk size, `+4G` adds to it.
+    #[arg(long, value_name = "mode", default_value = "auto")]
+    pub grow: Grow,
+    /// Free space to leave after growing (default: 10% of the data, at
+    /// least 256M).
+    #[arg(long, value_name = "size", value_parser = parse_size_arg)]
+    pub headroom: Option<u64>,
+    /// Format of OUTPUT for qcow2/vmdk input: `same` (default) or `raw`.
+    #[arg(long, value_name = "format", default_value = "same", value_parser = ["same", "raw"])]
+    pub output_format: String,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| format!("{e:#}"))
+}
+
+impl SpaceArgs {
+    fn config(&self) -> Space {
+        Space {
+            grow: self.grow,
+            headroom: self.headroom,
+            raw_output: self.output_format == "raw",
+        }
+    }
 }
 
 impl OutputArgs {
@@ -141,6 +182,7 @@ impl UnpackArgs {
             disk: self.disk,
             archive,
             target: self.target.as_os_str().as_bytes().to_vec(),
+            space: self.space.config(),
             output: self.output.mode(),
         }
     }
@@ -166,6 +208,7 @@ impl PopulateArgs {
         Ok(PopulateConfig {
             disk: self.disk,
             images,
+            space: self.space.config(),
             output: self.output.mode(),
             dind_image: self.dind_image,
             dind_network: self.dind_network,

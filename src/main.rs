@@ -39,6 +39,11 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             runtime()?.block_on(inner::pull_images(&args.socket, &refs, args.jobs))
         }
+        Command::InnerMeasure { root } => {
+            let need = store::measure_docker_store(&root, 4096)?;
+            serde_json::to_writer(std::io::stdout().lock(), &need)?;
+            Ok(())
+        }
         Command::InnerExport { root } => {
             let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
             store::export_docker_store(&root, out).map(|_| ())

@@ -20,12 +20,13 @@ use crate::docker::{DindSpec, Engine, HELPER_PATH, INNER_SOCKET};
 use crate::ext4::{self, Rewrite};
 use crate::progress::{Bar, Pulls};
 use crate::store::{self, CONTAINERD_ROOT, DOCKER_ROOT};
-use crate::unpack::{open_archive, Input, OutputMode};
+use crate::unpack::{open_archive, Input, OutputMode, Space};
 
 #[derive(Debug, Clone)]
 pub struct PopulateConfig {
     pub disk: PathBuf,
     pub images: Vec<ImageRef>,
+    pub space: Space,
     pub output: OutputMode,
     pub dind_image: String,
     pub dind_network: String,
@@ -46,6 +47,10 @@ pub struct Summary {
     pub containerd_entries: u64,
     pub root_free_bytes: u64,
     pub root_size_bytes: u64,
+    /// Present when the image was grown to make room.
+    pub grown: Option<disk::GrowReport>,
+    /// What the store was measured to take in ROOT.
+    pub needed_blocks: u64,
     pub seconds: Phases,
     pub output: String,
 }
@@ -60,7 +65,9 @@ pub struct PulledImage {
 pub struct Phases {
     pub pull: f64,
     pub stop: f64,
+    pub measure: f64,
     pub copy: f64,
+    pub grow: f64,
     pub export_and_write: f64,
     pub containerd: f64,
     pub total: f64,
@@ -140,16 +147,17 @@ pub async fn run(cfg: &PopulateConfig, cancel: Arc<AtomicBool>) -> Result<Summar
     Ok(summary)
 }
 
-/// Checks the disk before anything is pulled.
-fn check_disk(cfg: &PopulateConfig) -> Result<RootPartition> {
-    let root = disk::locate_root(&cfg.disk)?;
-    ext4::inspect(&cfg.disk, root.offset, ROOT_NAME)
-        .with_context(|| format!("checking partition 9 of {}", cfg.disk.display()))?;
+/// Refuses a ROOT that already has a store, unless merging.
+fn check_existing(
+    cfg: &PopulateConfig,
+    image: &std::path::Path,
+    root: &RootPartition,
+) -> Result<()> {
     let mut present = vec![];
-    if ext4::exists(&cfg.disk, root.offset, DOCKER_ROOT)? {
+    if ext4::exists(image, root.offset, DOCKER_ROOT)? {
         present.push(DOCKER_ROOT);
     }
-    if cfg.containerd.is_some() && ext4::exists(&cfg.disk, root.offset, CONTAINERD_ROOT)? {
+    if cfg.containerd.is_some() && ext4::exists(image, root.offset, CONTAINERD_ROOT)? {
         present.push(CONTAINERD_ROOT);
     }
     if !present.is_empty() && !cfg.merge {
@@ -159,7 +167,25 @@ fn check_disk(cfg: &PopulateConfig) -> Result<RootPartition> {
             present.join(" and ")
         );
     }
-    Ok(root)
+    Ok(())
+}
+
+/// Checks a raw disk before anything is pulled (other formats are checked
+/// once converted).
+fn check_disk(cfg: &PopulateConfig) -> Result<()> {
+    if disk::Format::detect(&cfg.disk)? != disk::Format::Raw {
+        if cfg.output.path().is_none() {
+            bail!(
+                "{} is compressed or not raw: write a new image with -o OUTPUT",
+                cfg.disk.display()
+            );
+        }
+        return Ok(());
+    }
+    let root = disk::locate_root(&cfg.disk)?;
+    ext4::inspect(&cfg.disk, root.offset, ROOT_NAME)
+        .with_context(|| format!("checking partition 9 of {}", cfg.disk.display()))?;
+    check_existing(cfg, &cfg.disk, &root)
 }
 
 async fn populate(
@@ -172,7 +198,7 @@ async fn populate(
     if cfg.images.is_empty() {
         bail!("no images to preload: give references or an image list with entries");
     }
-    let root = check_disk(cfg)?;
+    check_disk(cfg)?;
     engine.check_arch().await?;
     or_cancel(cancel, engine.ensure_image(&cfg.dind_image)).await?;
     let mut summary = Summary::default();
@@ -222,28 +248,39 @@ async fn populate(
     }
     summary.seconds.stop = t.elapsed().as_secs_f64();
 
-    // 3. The output: a sparse copy, or the disk itself.
+    // 3. Measure the store, make the output (a sparse, decompressed or
+    // converted copy, or the disk itself) and make room in ROOT.
     let t = Instant::now();
-    let output = match &cfg.output {
-        OutputMode::Copy(path) => {
-            let mut bar = Bar::bytes(
-                "copying image",
-                std::fs::metadata(&cfg.disk).ok().map(|m| m.len()),
-            );
-            let out = disk::sparse_copy(&cfg.disk, path, Some(cancel), |d, _| bar.set(d))?;
-            bar.finish();
-            summary.output = path.display().to_string();
-            Some(out)
-        }
-        OutputMode::InPlace => {
-            summary.output = cfg.disk.display().to_string();
-            None
-        }
-    };
-    let image = output
-        .as_ref()
-        .map_or(cfg.disk.clone(), |o| o.working_path().to_path_buf());
+    let measurer = format!("flatcar-preload-{run_id}-measure");
+    res.containers.push(measurer.clone());
+    let mut need = or_cancel(cancel, engine.measure_store(&measurer, &spec, &volume)).await?;
+    if let Some(src) = &cfg.containerd {
+        let c = containerd_need(src)?;
+        need.blocks += c.blocks;
+        need.inodes += c.inodes;
+        need.data_bytes += c.data_bytes;
+    }
+    summary.needed_blocks = need.blocks;
+    summary.seconds.measure = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut prepared = disk::prepare(
+        &cfg.disk,
+        cfg.output.path(),
+        cfg.space.raw_output,
+        Some(cancel),
+    )?;
+    summary.output = cfg.output.path().unwrap_or(&cfg.disk).display().to_string();
+    check_existing(cfg, &prepared.image, &prepared.root)?;
     summary.seconds.copy = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    summary.grown = disk::ensure_room(
+        &mut prepared,
+        Some(need),
+        cfg.space.grow,
+        cfg.space.headroom,
+    )?;
+    summary.seconds.grow = t.elapsed().as_secs_f64();
+    let (image, root) = (prepared.image.clone(), prepared.root);
 
     // 4. Export the store in a helper container and write it into ROOT as
     // it streams in.
@@ -324,7 +361,7 @@ async fn populate(
         ext4::inspect(&image, root.offset, ROOT_NAME).context("re-reading ROOT after writing")?;
     summary.root_free_bytes = fs.free_bytes();
     summary.root_size_bytes = fs.size_bytes();
-    if let Some(out) = output {
+    if let Some(out) = prepared.output {
         out.publish()?;
     }
     Ok(summary)
@@ -427,7 +464,7 @@ fn write_containerd(
         exported.with_context(|| format!("reading the containerd root {}", src.display()))?;
         stats
     } else {
-        let archive = open_archive(&Input::File(src.to_path_buf()))?;
+        let archive = open_archive(&Input::File(src.to_path_buf()), true)?;
         ext4::write_tar(
             image,
             offset,
@@ -438,6 +475,17 @@ fn write_containerd(
         )?
     };
     Ok(stats.entries)
+}
+
+/// What the containerd root will take in ext4.
+fn containerd_need(src: &std::path::Path) -> Result<ext4::Need> {
+    let md = std::fs::metadata(src)
+        .with_context(|| format!("reading --containerd {}", src.display()))?;
+    if md.is_dir() {
+        store::measure_tree(src, None, &[], 4096)
+    } else {
+        crate::unpack::measure_archive(src)
+    }
 }
 
 /// Turns the chunks forwarded from the export container into a Read for
@@ -487,6 +535,15 @@ pub fn print_summary(s: &Summary) {
     if s.containerd_entries > 0 {
         eprintln!("containerd root: {} entries", s.containerd_entries);
     }
+    if let Some(g) = &s.grown {
+        eprintln!(
+            "grew the image from {} to {} and ROOT from {} to {}",
+            HumanBytes(g.disk_bytes_before),
+            HumanBytes(g.disk_bytes_after),
+            HumanBytes(g.root_bytes_before),
+            HumanBytes(g.root_bytes_after)
+        );
+    }
     eprintln!(
         "ROOT: {} free of {}",
         HumanBytes(s.root_free_bytes),
@@ -494,7 +551,7 @@ pub fn print_summary(s: &Summary) {
     );
     let p = &s.seconds;
     eprintln!(
-        "time: pull {:.1} s, stop {:.1} s, copy {:.1} s, export+write {:.1} s, containerd {:.1} s, total {:.1} s",
-        p.pull, p.stop, p.copy, p.export_and_write, p.containerd, p.total
+        "time: pull {:.1} s, stop {:.1} s, measure {:.1} s, copy {:.1} s, grow {:.1} s, export+write {:.1} s, containerd {:.1} s, total {:.1} s",
+        p.pull, p.stop, p.measure, p.copy, p.grow, p.export_and_write, p.containerd, p.total
     );
 }

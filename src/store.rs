@@ -13,6 +13,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::ext4::estimate::{Estimator, Item, Need};
+
 /// Where Flatcar's Docker keeps its store (no --data-root on Flatcar).
 pub const DOCKER_ROOT: &str = "/var/lib/docker";
 /// Where Flatcar's containerd keeps its root.
@@ -63,6 +65,8 @@ fn xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
 
 struct Exporter<W: Write> {
     tar: tar::Builder<W>,
+    /// When set, entries are only counted (no data is read or written).
+    measure: Option<Estimator>,
     /// (dev, ino) of files with several links -> the first path written.
     links: HashMap<(u64, u64), Vec<u8>>,
     stats: ExportStats,
@@ -76,8 +80,32 @@ impl<W: Write> Exporter<W> {
         if ft.is_socket() {
             return Ok(()); // tar cannot hold sockets; nothing in a store needs one
         }
-        let mut pax: Vec<(String, Vec<u8>)> = xattrs(path)
-            .with_context(|| format!("reading xattrs of {}", path.display()))?
+        let attrs =
+            xattrs(path).with_context(|| format!("reading xattrs of {}", path.display()))?;
+        if let Some(est) = &mut self.measure {
+            let item = if !ft.is_dir()
+                && md.nlink() > 1
+                && self.links.insert((md.dev(), md.ino()), vec![]).is_some()
+            {
+                Item::HardLink
+            } else if ft.is_dir() {
+                Item::Dir
+            } else if ft.is_file() {
+                Item::File { size: md.len() }
+            } else if ft.is_symlink() {
+                Item::Symlink {
+                    target_len: fs::read_link(path)?.as_os_str().len(),
+                }
+            } else {
+                Item::Other
+            };
+            let sizes: Vec<(usize, usize)> =
+                attrs.iter().map(|(n, v)| (n.len(), v.len())).collect();
+            let rel = name.strip_prefix(b"./").unwrap_or(name);
+            est.add(rel, item, &sizes);
+            return Ok(());
+        }
+        let mut pax: Vec<(String, Vec<u8>)> = attrs
             .into_iter()
             .map(|(n, v)| (format!("SCHILY.xattr.{n}"), v))
             .collect();
@@ -165,8 +193,37 @@ pub fn export_tree(
     skip: &[&str],
     out: impl Write,
 ) -> Result<ExportStats> {
+    walk(root, keep, skip, out, None).map(|(stats, _)| stats)
+}
+
+/// Counts the blocks and inodes `root` will take in ext4, reading metadata
+/// only.
+pub fn measure_tree(
+    root: &Path,
+    keep: Option<&[&str]>,
+    skip: &[&str],
+    block_size: u64,
+) -> Result<Need> {
+    let (_, need) = walk(
+        root,
+        keep,
+        skip,
+        io::sink(),
+        Some(Estimator::new(block_size)),
+    )?;
+    Ok(need.unwrap_or_default())
+}
+
+fn walk(
+    root: &Path,
+    keep: Option<&[&str]>,
+    skip: &[&str],
+    out: impl Write,
+    measure: Option<Estimator>,
+) -> Result<(ExportStats, Option<Need>)> {
     let mut ex = Exporter {
         tar: tar::Builder::new(out),
+        measure,
         links: HashMap::new(),
         stats: ExportStats::default(),
     };
@@ -187,15 +244,21 @@ pub fn export_tree(
         }
         None => ex.tree(root, b"", skip)?,
     }
+    let need = ex.measure.take().map(Estimator::finish);
     let mut out = ex.tar.into_inner().context("finishing the tar stream")?;
     out.flush().context("flushing the tar stream")?;
-    Ok(ex.stats)
+    Ok((ex.stats, need))
 }
 
 /// Exports Docker's store at `root` (normally /var/lib/docker of a stopped
 /// daemon) with only what the image needs.
 pub fn export_docker_store(root: &Path, out: impl Write) -> Result<ExportStats> {
     export_tree(root, Some(DOCKER_KEEP), DOCKER_SKIP, out)
+}
+
+/// What exporting Docker's store at `root` will take in ext4.
+pub fn measure_docker_store(root: &Path, block_size: u64) -> Result<Need> {
+    measure_tree(root, Some(DOCKER_KEEP), DOCKER_SKIP, block_size)
 }
 
 /// Merges Docker's image/overlay2/repositories.json files: every

@@ -538,9 +538,9 @@ fn populate_failures() {
     let o = populate(&[d, "127.0.0.1:5999/fp/unreachable:1", "-o", o_]);
     assert_clean_failure(&o, &disk, before, &out, "127.0.0.1:5999/fp/unreachable:1");
 
-    // 96 MiB of layer into a 64 MiB ROOT.
-    let o = populate(&[d, &f.big, "-o", o_]);
-    assert_clean_failure(&o, &disk, before, &out, "full");
+    // 96 MiB of layer into a 64 MiB ROOT, not allowed to grow.
+    let o = populate(&[d, &f.big, "-o", o_, "--grow", "no"]);
+    assert_clean_failure(&o, &disk, before, &out, "too small");
 
     let o = populate(&[d, "BAD REF", "-o", o_]);
     assert_clean_failure(&o, &disk, before, &out, "not a valid image reference");
@@ -686,4 +686,39 @@ fn containerd_root_is_written() {
             .unwrap(),
         b"blob"
     );
+}
+
+#[test]
+fn qcow2_input_grows_to_fit() {
+    let _serial = serial();
+    let f = fixtures();
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let qcow = tmp.path().join("disk.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&disk)
+        .arg(&qcow)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::set_permissions(&qcow, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = tmp.path().join("out.qcow2");
+    // 96 MiB of layers into a 64 MiB ROOT: grown on the way.
+    let o = populate(&[qcow.to_str().unwrap(), &f.big, "-o", out.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(summary["grown"]["root_bytes_after"].as_u64().unwrap() > 96 << 20, "{summary}");
+    assert_eq!(leftovers(), "");
+    let raw = tmp.path().join("back.raw");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&out)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_fsck_clean(&raw);
+    let text = with_real_docker(&raw, &format!("docker run --rm --network none {} /bin/busybox wc -c /big", f.big));
+    assert!(text.contains(&format!("{} /big", 96 << 20)), "{text}");
 }

@@ -364,10 +364,18 @@ fn gzip_and_stdin_archives() {
 
 /// A failed run: clear error, no output file, input unchanged.
 fn assert_clean_failure(disk: &Path, archive: &Path, want: &str) -> String {
+    assert_clean_failure_with(disk, archive, &[], want)
+}
+
+fn assert_clean_failure_with(disk: &Path, archive: &Path, extra: &[&str], want: &str) -> String {
     let dir = disk.parent().unwrap();
     let before = file_digest(disk);
     let out = dir.join("out.bin");
-    let err = unpack_err(&[&disk, &archive, &"-o", &out]);
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&disk, &archive, &"-o", &out];
+    for e in extra {
+        args.push(e);
+    }
+    let err = unpack_err(&args);
     assert!(err.contains(want), "error should mention {want:?}: {err}");
     assert!(!out.exists(), "a failed run left its output behind");
     let leftovers: Vec<_> = fs::read_dir(dir)
@@ -420,6 +428,20 @@ fn not_a_tar() {
     assert_clean_failure(&disk, &archive, "archive");
 }
 
+/// Runs unpack reading the archive from standard input (which cannot be
+/// measured first, so nothing grows and a full filesystem is hit while
+/// writing).
+fn unpack_stdin(disk: &Path, archive: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("unpack")
+        .arg(disk)
+        .arg("-")
+        .args(extra)
+        .stdin(fs::File::open(archive).unwrap())
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn full_filesystem() {
     let tmp = tempfile::tempdir().unwrap();
@@ -439,14 +461,28 @@ fn full_filesystem() {
         ],
         &archive,
     );
-    let err = assert_clean_failure(&disk, &archive, "full");
-    assert!(err.contains("huge"), "{err}");
-    unpack_err(&[&disk, &archive, &"--in-place"]);
+    // Measured first: --grow no refuses before writing, naming what is
+    // missing.
+    let err = assert_clean_failure_with(&disk, &archive, &["--grow", "no"], "too small");
+    assert!(err.contains("MiB missing"), "{err}");
+    // From standard input nothing is measured: the write itself runs out
+    // of space, and the filesystem stays consistent.
+    let out = tmp.path().join("o.bin");
+    let o = unpack_stdin(&disk, &archive, &["-o", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("full") && stderr(&o).contains("huge"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+    let o = unpack_stdin(&disk, &archive, &["--in-place"]);
+    assert!(stderr(&o).contains("full"), "{}", stderr(&o));
     assert_fsck_clean(&disk);
     let fs = ext4_view(&disk);
     assert!(fs.exists("/before").unwrap());
     assert!(!fs.exists("/huge").unwrap());
-    // Many small files until the inodes or blocks run out, in place.
+    // Many small files until the blocks run out, in place.
     let many = tmp.path().join("many.tar");
     let items: Vec<Item> = (0..20_000)
         .map(|i| {
@@ -457,8 +493,8 @@ fn full_filesystem() {
         })
         .collect();
     write_tar(&items, &many);
-    let err = unpack_err(&[&disk, &many, &"--in-place"]);
-    assert!(err.contains("full"), "{err}");
+    let o = unpack_stdin(&disk, &many, &["--in-place"]);
+    assert!(stderr(&o).contains("full"), "{}", stderr(&o));
     assert_fsck_clean(&disk);
 }
 

@@ -94,21 +94,28 @@ fn check_static(exe: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A tar holding the running executable as HELPER_PATH.
-fn helper_tar() -> Result<Vec<u8>> {
-    let exe = std::fs::read("/proc/self/exe").context("reading this program's executable")?;
+/// A tar holding the running executable as HELPER_PATH, as chunks that
+/// share the one in-memory copy of the executable.
+fn helper_tar() -> Result<Vec<Bytes>> {
+    let exe =
+        Bytes::from(std::fs::read("/proc/self/exe").context("reading this program's executable")?);
     check_static(&exe)?;
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_mode(0o755);
-    h.set_size(0);
-    b.append_data(&mut h, &HELPER_DIR[1..], std::io::empty())?;
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o755);
-    h.set_size(exe.len() as u64);
-    b.append_data(&mut h, &HELPER_PATH[1..], &exe[..])?;
-    Ok(b.into_inner()?)
+    let header = |path: &str, ty: tar::EntryType, size: u64| -> Result<Bytes> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(ty);
+        h.set_mode(0o755);
+        h.set_size(size);
+        h.set_path(path)?;
+        h.set_cksum();
+        Ok(Bytes::copy_from_slice(h.as_bytes()))
+    };
+    let pad = (512 - exe.len() % 512) % 512;
+    Ok(vec![
+        header(&HELPER_DIR[1..], tar::EntryType::Directory, 0)?,
+        header(&HELPER_PATH[1..], tar::EntryType::Regular, exe.len() as u64)?,
+        exe,
+        Bytes::from(vec![0u8; pad + 1024]),
+    ])
 }
 
 impl Engine {
@@ -279,7 +286,7 @@ impl Engine {
                     path: "/".into(),
                     ..Default::default()
                 }),
-                bollard::body_full(Bytes::from(tar)),
+                bollard::body_stream(futures_util::stream::iter(tar)),
             )
             .await
             .with_context(|| format!("copying the export helper into {container}"))
@@ -383,26 +390,38 @@ impl Engine {
         Ok(info.state.and_then(|s| s.exit_code).unwrap_or(-1))
     }
 
-    /// Runs the export helper in a new container that sees `volume` (the
-    /// stopped dind's store) read-only at /var/lib/docker, and forwards its
-    /// stdout (the tar stream) into `tx` chunk by chunk.
-    pub async fn export_store(
+    /// Runs the helper (`args`) in a new container that sees `volume` (the
+    /// stopped dind's store) read-only at /var/lib/docker, passing its
+    /// stdout chunk by chunk to `sink` until the sink returns false.
+    async fn run_helper<F, Fut>(
         &self,
         name: &str,
         spec: &DindSpec,
         volume: &str,
-        tx: mpsc::Sender<Bytes>,
-    ) -> Result<Finished> {
+        args: &[&str],
+        mut sink: F,
+    ) -> Result<Finished>
+    where
+        F: FnMut(Bytes) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint: Some(vec![HELPER_PATH.into()]),
-            cmd: Some(vec!["__export-store".into(), "/var/lib/docker".into()]),
+            cmd: Some(args.iter().map(|s| s.to_string()).collect()),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             labels: Some(labels(&spec.run_id)),
             host_config: Some(HostConfig {
                 binds: Some(vec![format!("{volume}:/var/lib/docker:ro")]),
                 network_mode: Some("none".into()),
+                // The tar stream goes to us through the attach stream; the
+                // default json-file log driver would also store all of it
+                // (and slows the stream down about fourfold).
+                log_config: Some(bollard::models::HostConfigLogConfig {
+                    typ: Some("none".into()),
+                    config: None,
+                }),
                 // Reading trusted.* xattrs (trusted.overlay.opaque) needs
                 // CAP_SYS_ADMIN.
                 cap_add: Some(vec!["SYS_ADMIN".into()]),
@@ -421,7 +440,8 @@ impl Engine {
                     stdout: true,
                     stderr: true,
                     stream: true,
-                    logs: true,
+                    // Attached before the start: nothing is missed.
+                    logs: false,
                     ..Default::default()
                 }),
             )
@@ -430,28 +450,22 @@ impl Engine {
         self.docker
             .start_container(name, None)
             .await
-            .with_context(|| format!("starting the export container {name}"))?;
+            .with_context(|| format!("starting the helper container {name}"))?;
         let mut output = attached.output;
         let mut stderr = String::new();
-        let mut receiver_gone = false;
         while let Some(chunk) = output.next().await {
-            match chunk.with_context(|| format!("reading the store from {name}"))? {
+            match chunk.with_context(|| format!("reading the output of {name}"))? {
                 bollard::container::LogOutput::StdOut { message } => {
-                    if !receiver_gone && tx.send(message).await.is_err() {
-                        // The writer stopped (and will say why); stop reading.
-                        receiver_gone = true;
-                        break;
+                    if !sink(message).await {
+                        // The consumer stopped (and will say why).
+                        return Ok(Finished {
+                            exit_code: 0,
+                            stderr,
+                        });
                     }
                 }
                 other => stderr.push_str(&String::from_utf8_lossy(&other.into_bytes())),
             }
-        }
-        drop(tx);
-        if receiver_gone {
-            return Ok(Finished {
-                exit_code: 0,
-                stderr,
-            });
         }
         let mut wait = self
             .docker
@@ -466,6 +480,47 @@ impl Engine {
             exit_code: code,
             stderr: tail(&stderr, 20),
         })
+    }
+
+    /// Exports the store in `volume` as a tar stream into `tx`.
+    pub async fn export_store(
+        &self,
+        name: &str,
+        spec: &DindSpec,
+        volume: &str,
+        tx: mpsc::Sender<Bytes>,
+    ) -> Result<Finished> {
+        let args = ["__export-store", "/var/lib/docker"];
+        self.run_helper(name, spec, volume, &args, |chunk| {
+            let tx = tx.clone();
+            async move { tx.send(chunk).await.is_ok() }
+        })
+        .await
+    }
+
+    /// What the store in `volume` will take in ext4 (metadata only).
+    pub async fn measure_store(
+        &self,
+        name: &str,
+        spec: &DindSpec,
+        volume: &str,
+    ) -> Result<crate::ext4::Need> {
+        let mut out = Vec::new();
+        let args = ["__measure-store", "/var/lib/docker"];
+        let finished = self
+            .run_helper(name, spec, volume, &args, |chunk| {
+                out.extend_from_slice(&chunk);
+                async { true }
+            })
+            .await?;
+        if finished.exit_code != 0 {
+            bail!(
+                "measuring the store failed (exit code {}): {}",
+                finished.exit_code,
+                finished.stderr.trim()
+            );
+        }
+        serde_json::from_slice(&out).context("reading the store's measurements")
     }
 }
 

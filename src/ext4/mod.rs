@@ -1,6 +1,7 @@
 //! The ext4 side: checking that a filesystem is one we may write, and
 //! writing a tar stream into it through libext2fs (no root, no mount).
 
+pub mod estimate;
 mod ffi;
 mod untar;
 mod writer;
@@ -11,7 +12,8 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context, Result};
 
-pub use untar::Rewrite;
+pub use estimate::Need;
+pub use untar::{estimate_tar, estimate_tar_file, Rewrite};
 pub use writer::{components, Stats};
 
 /// What the superblock says about a filesystem.
@@ -24,6 +26,7 @@ pub struct FsSummary {
     pub free_blocks: u64,
     pub inodes: u64,
     pub free_inodes: u64,
+    pub inode_size: u64,
 }
 
 impl FsSummary {
@@ -110,6 +113,7 @@ pub fn inspect(image: &Path, offset: u64, label: &str) -> Result<FsSummary> {
         free_blocks: info.free_blocks,
         inodes: info.inodes_count as u64,
         free_inodes: info.free_inodes as u64,
+        inode_size: info.inode_size as u64,
     })
 }
 
@@ -204,4 +208,42 @@ pub fn list_dir(image: &Path, offset: u64, path: &str) -> Result<Vec<String>> {
         }
     }
     Ok(names)
+}
+
+fn run_tool(cmd: &str, args: &[String], ok_codes: &[i32]) -> Result<()> {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd} (install e2fsprogs)"))?;
+    let code = out.status.code().unwrap_or(-1);
+    if !ok_codes.contains(&code) {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        bail!(
+            "{cmd} {} failed (exit code {code}):\n{}",
+            args.join(" "),
+            tail.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// Grows the filesystem at `offset` in `image` to `blocks` blocks with
+/// e2fsprogs (e2fsck -fp first, as resize2fs requires a checked fs).
+pub fn resize(image: &Path, offset: u64, blocks: u64) -> Result<()> {
+    let dev = format!("{}?offset={offset}", image.display());
+    // e2fsck: 0 = clean, 1 = errors fixed.
+    run_tool("e2fsck", &["-fp".into(), dev.clone()], &[0, 1])?;
+    run_tool("resize2fs", &[dev, blocks.to_string()], &[0])
 }

@@ -182,6 +182,55 @@ pub fn write_tar(
     Ok(writer.stats())
 }
 
+/// Counts what the archive will take in ext4, from its headers.
+pub fn estimate_tar(input: impl Read, block_size: u64) -> Result<super::estimate::Need> {
+    let mut archive = Archive::new(input);
+    estimate_entries(
+        archive.entries().context("reading the archive")?,
+        block_size,
+    )
+}
+
+/// The same for an uncompressed tar file, seeking over file data instead
+/// of reading it.
+pub fn estimate_tar_file(file: std::fs::File, block_size: u64) -> Result<super::estimate::Need> {
+    let mut archive = Archive::new(std::io::BufReader::new(file));
+    estimate_entries(
+        archive.entries_with_seek().context("reading the archive")?,
+        block_size,
+    )
+}
+
+fn estimate_entries<R: Read>(
+    entries: tar::Entries<'_, R>,
+    block_size: u64,
+) -> Result<super::estimate::Need> {
+    use super::estimate::{Estimator, Item};
+    let mut est = Estimator::new(block_size);
+    for entry in entries {
+        let mut entry = entry.context("reading the archive (is it truncated or not a tar?)")?;
+        let path = super::writer::components(&entry.path_bytes())?.join(&b'/');
+        let ty = entry.header().entry_type();
+        let item = match ty {
+            EntryType::Directory => Item::Dir,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                Item::File { size: entry.size() }
+            }
+            EntryType::Symlink => Item::Symlink {
+                target_len: entry.link_name_bytes().map_or(0, |l| l.len()),
+            },
+            EntryType::Link => Item::HardLink,
+            EntryType::XGlobalHeader => continue,
+            _ => Item::Other,
+        };
+        let pax = parse_pax(&mut entry)?;
+        let sizes: Vec<(usize, usize)> =
+            pax.xattrs.iter().map(|(n, v)| (n.len(), v.len())).collect();
+        est.add(&path, item, &sizes);
+    }
+    Ok(est.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_pax_time;
