@@ -705,10 +705,19 @@ fn qcow2_input_grows_to_fit() {
     fs::set_permissions(&qcow, fs::Permissions::from_mode(0o644)).unwrap();
     let out = tmp.path().join("out.qcow2");
     // 96 MiB of layers into a 64 MiB ROOT: grown on the way.
-    let o = populate(&[qcow.to_str().unwrap(), &f.big, "-o", out.to_str().unwrap(), "--json"]);
+    let o = populate(&[
+        qcow.to_str().unwrap(),
+        &f.big,
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(summary["grown"]["root_bytes_after"].as_u64().unwrap() > 96 << 20, "{summary}");
+    assert!(
+        summary["grown"]["root_bytes_after"].as_u64().unwrap() > 96 << 20,
+        "{summary}"
+    );
     assert_eq!(leftovers(), "");
     let raw = tmp.path().join("back.raw");
     let st = Command::new("qemu-img")
@@ -719,6 +728,12 @@ fn qcow2_input_grows_to_fit() {
         .unwrap();
     assert!(st.success());
     assert_fsck_clean(&raw);
-    let text = with_real_docker(&raw, &format!("docker run --rm --network none {} /bin/busybox wc -c /big", f.big));
+    let text = with_real_docker(
+        &raw,
+        &format!(
+            "docker run --rm --network none {} /bin/busybox wc -c /big",
+            f.big
+        ),
+    );
     assert!(text.contains(&format!("{} /big", 96 << 20)), "{text}");
 }
