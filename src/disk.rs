@@ -702,6 +702,20 @@ pub struct GrowReport {
     pub root_bytes_after: u64,
 }
 
+impl std::fmt::Display for GrowReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use indicatif::HumanBytes;
+        write!(
+            f,
+            "grew the image from {} to {} and ROOT from {} to {}",
+            HumanBytes(self.disk_bytes_before),
+            HumanBytes(self.disk_bytes_after),
+            HumanBytes(self.root_bytes_before),
+            HumanBytes(self.root_bytes_after)
+        )
+    }
+}
+
 fn mib(b: u64) -> String {
     format!("{} MiB", b.div_ceil(1 << 20))
 }

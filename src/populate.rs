@@ -536,13 +536,7 @@ pub fn print_summary(s: &Summary) {
         eprintln!("containerd root: {} entries", s.containerd_entries);
     }
     if let Some(g) = &s.grown {
-        eprintln!(
-            "grew the image from {} to {} and ROOT from {} to {}",
-            HumanBytes(g.disk_bytes_before),
-            HumanBytes(g.disk_bytes_after),
-            HumanBytes(g.root_bytes_before),
-            HumanBytes(g.root_bytes_after)
-        );
+        eprintln!("{g}");
     }
     eprintln!(
         "ROOT: {} free of {}",

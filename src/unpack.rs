@@ -125,13 +125,7 @@ pub fn run(cfg: &UnpackConfig, cancel: &AtomicBool) -> Result<()> {
         out.publish()?;
     }
     if let Some(g) = grown {
-        eprintln!(
-            "grew the image from {} to {} and ROOT from {} to {}",
-            HumanBytes(g.disk_bytes_before),
-            HumanBytes(g.disk_bytes_after),
-            HumanBytes(g.root_bytes_before),
-            HumanBytes(g.root_bytes_after)
-        );
+        eprintln!("{g}");
     }
     eprintln!(
         "wrote {} entries ({} files, {} directories, {} symlinks, {} hard links, {} device nodes, {} xattrs), \

@@ -260,13 +260,7 @@ fn qcow2_input_and_output() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = disk_copy(&["--layout", "small"], tmp.path());
     let qcow = tmp.path().join("disk.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&disk)
-        .arg(&qcow)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_convert("raw", "qcow2", &disk, &qcow);
     let items = vec![item(
         "etc/hello",
         Kind::File(Content::Bytes(b"hi".to_vec())),
@@ -280,13 +274,7 @@ fn qcow2_input_and_output() {
     fs::File::open(&out).unwrap().read_exact(&mut head).unwrap();
     assert_eq!(&head, b"QFI\xfb", "the output is not qcow2");
     let raw = tmp.path().join("back.raw");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "qcow2", "-O", "raw"])
-        .arg(&out)
-        .arg(&raw)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_convert("qcow2", "raw", &out, &raw);
     assert_fsck_clean(&raw);
     check_ext4_view(&raw, "/", &items);
     // --output-format raw keeps it raw.

@@ -319,7 +319,8 @@ fn populate(args: &[&str]) -> Output {
 /// Starts Docker 28 (the dind image) on the store in ROOT of `disk` and
 /// runs `script` with it; returns its output.
 fn with_real_docker(disk: &Path, script: &str) -> String {
-    let m = RwMount::new(disk);
+    // The checks start a daemon that writes to its store.
+    let m = Mount::with(disk, true);
     let store = m.dir.path().join("var/lib/docker");
     let name = format!("fp-verify-{}", std::process::id());
     let full = format!(
@@ -359,35 +360,6 @@ fn with_real_docker(disk: &Path, script: &str) -> String {
         "verification with a real dockerd failed:\n{text}"
     );
     text
-}
-
-/// A read-write loop mount of ROOT (of a copy: the checks start a daemon
-/// that writes to its store).
-struct RwMount {
-    dir: tempfile::TempDir,
-}
-
-impl RwMount {
-    fn new(disk: &Path) -> RwMount {
-        assert!(is_root(), "loop mounts need root");
-        let r = root(disk);
-        let dir = tempfile::tempdir().unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "ext4", "-o"])
-            .arg(format!("loop,offset={},sizelimit={}", r.offset, r.size))
-            .arg(disk)
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        RwMount { dir }
-    }
-}
-
-impl Drop for RwMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
 }
 
 #[test]
@@ -695,13 +667,7 @@ fn qcow2_input_grows_to_fit() {
     let tmp = user_dir();
     let disk = disk_copy(&["--layout", "small"], tmp.path());
     let qcow = tmp.path().join("disk.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&disk)
-        .arg(&qcow)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_convert("raw", "qcow2", &disk, &qcow);
     fs::set_permissions(&qcow, fs::Permissions::from_mode(0o644)).unwrap();
     let out = tmp.path().join("out.qcow2");
     // 96 MiB of layers into a 64 MiB ROOT: grown on the way.
@@ -720,13 +686,7 @@ fn qcow2_input_grows_to_fit() {
     );
     assert_eq!(leftovers(), "");
     let raw = tmp.path().join("back.raw");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "qcow2", "-O", "raw"])
-        .arg(&out)
-        .arg(&raw)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_convert("qcow2", "raw", &out, &raw);
     assert_fsck_clean(&raw);
     let text = with_real_docker(
         &raw,

@@ -144,8 +144,9 @@ pub fn write_tar(
     Ok(stats)
 }
 
-/// A read-only view of the filesystem at `offset` in `image` (ext4-view).
-fn view(image: &Path, offset: u64) -> Result<ext4_view::Ext4> {
+/// A read-only view of the filesystem at `offset` in `image` (ext4-view),
+/// for reading back what was written.
+pub fn view(image: &Path, offset: u64) -> Result<ext4_view::Ext4> {
     struct At(std::fs::File, u64);
     impl ext4_view::Ext4Read for At {
         fn read(

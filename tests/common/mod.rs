@@ -448,23 +448,7 @@ fn link_counts(items: &[Item]) -> HashMap<String, u32> {
 
 /// An ext4-view handle on ROOT of `disk`.
 pub fn ext4_view(disk: &Path) -> ext4_view::Ext4 {
-    struct At(File, u64);
-    impl ext4_view::Ext4Read for At {
-        fn read(
-            &mut self,
-            start: u64,
-            dst: &mut [u8],
-        ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-            use std::os::unix::fs::FileExt;
-            self.0
-                .read_exact_at(dst, self.1 + start)
-                .map_err(Box::new)?;
-            Ok(())
-        }
-    }
-    let r = root(disk);
-    ext4_view::Ext4::load(Box::new(At(File::open(disk).unwrap(), r.offset)))
-        .expect("ext4-view load")
+    flatcar_preload::ext4::view(disk, root(disk).offset).expect("ext4-view load")
 }
 
 fn join(target: &str, p: &str) -> String {
@@ -620,13 +604,17 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// A read-only loop mount of ROOT, unmounted on drop.
+/// A loop mount of ROOT (read-only unless `rw`), unmounted on drop.
 pub struct Mount {
     pub dir: tempfile::TempDir,
 }
 
 impl Mount {
     pub fn new(disk: &Path) -> Mount {
+        Mount::with(disk, false)
+    }
+
+    pub fn with(disk: &Path, rw: bool) -> Mount {
         assert!(
             is_root(),
             "this test reads the result through the kernel (loop mount) and needs root; \
@@ -636,7 +624,12 @@ impl Mount {
         let dir = tempfile::tempdir().unwrap();
         let st = Command::new("mount")
             .args(["-t", "ext4", "-o"])
-            .arg(format!("ro,loop,offset={},sizelimit={}", r.offset, r.size))
+            .arg(format!(
+                "{},loop,offset={},sizelimit={}",
+                if rw { "rw" } else { "ro" },
+                r.offset,
+                r.size
+            ))
             .arg(disk)
             .arg(dir.path())
             .status()
@@ -745,4 +738,15 @@ pub fn list_xattrs(p: &Path) -> Vec<String> {
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .filter(|s| !s.starts_with("system.data"))
         .collect()
+}
+
+/// `qemu-img convert` between formats (raw, qcow2, ...).
+pub fn qemu_convert(from: &str, to: &str, src: &Path, dst: &Path) {
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", from, "-O", to])
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(st.success(), "qemu-img convert {from} -> {to} failed");
 }
