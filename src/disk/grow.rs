@@ -1,0 +1,274 @@
+//! Growing the image, partition 9 and ROOT when the data does not fit.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use gptman::GPT;
+
+use super::copy::copy_range;
+use super::{locate_root, Prepared, RootPartition, ROOT_NAME, ROOT_PARTITION};
+
+/// Extends the disk image to `new_len` bytes: the backup GPT moves to the
+/// new end and partition 9 (which must be the last one) grows to the last
+/// usable sector. Other partitions, GUIDs and names are untouched.
+pub fn grow_disk(image: &Path, new_len: u64) -> Result<RootPartition> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {} to grow it", image.display()))?;
+    let old_len = f.metadata()?.len();
+    if new_len <= old_len {
+        bail!(
+            "cannot shrink {} from {old_len} to {new_len} bytes",
+            image.display()
+        );
+    }
+    let mut gpt = GPT::find_from(&mut f)
+        .with_context(|| format!("reading the GPT of {}", image.display()))?;
+    let ss = gpt.sector_size;
+    let p9_start = gpt[ROOT_PARTITION].starting_lba;
+    if let Some((n, p)) = gpt
+        .iter()
+        .find(|(n, p)| p.is_used() && *n != ROOT_PARTITION && p.starting_lba > p9_start)
+    {
+        bail!(
+            "partition {n} ({:?}) lies after ROOT, so ROOT cannot grow at the end of the disk",
+            p.partition_name.as_str()
+        );
+    }
+    let old_backup = gpt.header.backup_lba;
+    f.set_len(new_len.div_ceil(ss) * ss)
+        .with_context(|| format!("extending {}", image.display()))?;
+    gpt.header
+        .update_from(&mut f, ss)
+        .context("moving the backup GPT to the new end")?;
+    gpt[ROOT_PARTITION].ending_lba = gpt.header.last_usable_lba;
+    gpt.write_into(&mut f).context("writing the grown GPT")?;
+    // The old backup header is now inside ROOT: blank it so that no tool
+    // mistakes it for a partition table.
+    f.write_all_at(&vec![0u8; ss as usize], old_backup * ss)
+        .context("clearing the old backup GPT header")?;
+    // The protective MBR's partition covers the whole disk.
+    let mut mbr = [0u8; 512];
+    f.read_exact_at(&mut mbr, 0)
+        .context("reading the protective MBR")?;
+    if mbr[510..512] == [0x55, 0xaa] && mbr[446 + 4] == 0xee {
+        let sectors = (new_len / ss - 1).min(u32::MAX as u64) as u32;
+        f.write_all_at(&sectors.to_le_bytes(), 446 + 12)
+            .context("updating the protective MBR")?;
+    }
+    f.sync_all().context("syncing the grown image")?;
+    drop(f);
+    locate_root(image)
+}
+
+/// Grows the filesystem of partition `root` (already grown) to fill it.
+/// resize2fs truncates a regular file to the filesystem's size, ignoring
+/// `?offset=`, which would cut the end of the disk image off; so it works
+/// on a sparse copy of the partition that is copied back.
+fn resize_root(image: &Path, root: RootPartition, old_size: u64, block_size: u64) -> Result<()> {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(image.file_name().unwrap_or_default());
+    name.push(format!(".root-{}", std::process::id()));
+    let tmp = image.with_file_name(name);
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(self.0);
+        }
+    }
+    let _remove = Remove(&tmp);
+    let img = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let part = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    copy_range(&img, root.offset, &part, 0, old_size, None, |_| {})?;
+    part.set_len(old_size)?;
+    let blocks = root.size / block_size;
+    crate::ext4::resize(&tmp, 0, blocks)?;
+    copy_range(
+        &part,
+        0,
+        &img,
+        root.offset,
+        blocks * block_size,
+        None,
+        |_| {},
+    )?;
+    img.sync_all().context("syncing the grown image")?;
+    Ok(())
+}
+
+/// How the disk may grow when the data does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grow {
+    /// As much as needed, plus headroom.
+    Auto,
+    /// Never: fail and say how much is missing.
+    No,
+    /// To this disk size in bytes.
+    To(u64),
+    /// By this many bytes.
+    By(u64),
+}
+
+/// Parses `16G`, `512M`, `4096` (bytes), with K/M/G/T as powers of 1024.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, ""),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size like 16G, 512M or 4096"))?;
+    let mult: u64 = match unit
+        .trim_end_matches(['B', 'b', 'i'])
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => bail!("{s:?}: unknown size unit {unit:?} (use K, M, G or T)"),
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("{s:?} is too large"))
+}
+
+impl std::str::FromStr for Grow {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Grow> {
+        Ok(match s {
+            "auto" => Grow::Auto,
+            "no" => Grow::No,
+            s if s.starts_with('+') => Grow::By(parse_size(&s[1..])?),
+            s => Grow::To(parse_size(s)?),
+        })
+    }
+}
+
+/// How the image was grown.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct GrowReport {
+    pub disk_bytes_before: u64,
+    pub disk_bytes_after: u64,
+    pub root_bytes_before: u64,
+    pub root_bytes_after: u64,
+}
+
+impl std::fmt::Display for GrowReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use indicatif::HumanBytes;
+        write!(
+            f,
+            "grew the image from {} to {} and ROOT from {} to {}",
+            HumanBytes(self.disk_bytes_before),
+            HumanBytes(self.disk_bytes_after),
+            HumanBytes(self.root_bytes_before),
+            HumanBytes(self.root_bytes_after)
+        )
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{} MiB", b.div_ceil(1 << 20))
+}
+
+/// Makes sure ROOT has room for `need` (when known), growing the image,
+/// partition 9 and the filesystem as `grow` allows.
+pub fn ensure_room(
+    prepared: &mut Prepared,
+    need: Option<crate::ext4::Need>,
+    grow: Grow,
+    headroom: Option<u64>,
+) -> Result<Option<GrowReport>> {
+    let image = prepared.image.clone();
+    let fs = crate::ext4::inspect(&image, prepared.root.offset, ROOT_NAME)?;
+    let bs = fs.block_size;
+    let missing_blocks = need.map_or(0, |n| {
+        let by_blocks = n.blocks.saturating_sub(fs.free_blocks);
+        // New blocks bring inodes in the filesystem's ratio.
+        let by_inodes = n
+            .inodes
+            .saturating_sub(fs.free_inodes)
+            .saturating_mul(fs.blocks)
+            .div_ceil(fs.inodes.max(1));
+        by_blocks.max(by_inodes)
+    });
+    let disk_len = fs::metadata(&image)?.len();
+    let new_len = match grow {
+        Grow::No | Grow::Auto if missing_blocks == 0 => return Ok(None),
+        Grow::No => {
+            let n = need.unwrap_or_default();
+            bail!(
+                "ROOT is too small: the data needs {} in {} inodes, ROOT has {} and {} inodes free: {} missing. Use --grow auto (the default) or --grow SIZE",
+                mib(n.blocks * bs),
+                n.inodes,
+                mib(fs.free_blocks * bs),
+                fs.free_inodes,
+                mib(missing_blocks * bs)
+            );
+        }
+        Grow::Auto => {
+            let data = need.map_or(0, |n| n.blocks * bs);
+            let headroom = headroom.unwrap_or((data / 10).max(256 << 20));
+            // New block groups spend part of their space on inode tables
+            // and bitmaps (over 6% with Flatcar's one inode per 4 KiB).
+            let overhead = (fs.inodes * fs.inode_size) as f64 / (fs.blocks * bs) as f64 + 0.01;
+            let wanted = (missing_blocks * bs + headroom) as f64 / (1.0 - overhead.min(0.5));
+            (disk_len + wanted.ceil() as u64).div_ceil(1 << 20) << 20
+        }
+        Grow::To(size) if size < disk_len => bail!(
+            "--grow {}: the image is already {} bytes; it can only grow",
+            size,
+            disk_len
+        ),
+        Grow::To(size) if size == disk_len => return Ok(None),
+        Grow::To(size) => size,
+        Grow::By(0) => return Ok(None),
+        Grow::By(d) => disk_len + d,
+    };
+    let before = prepared.root;
+    eprintln!(
+        "growing the image from {} to {} to make room in ROOT ...",
+        mib(disk_len),
+        mib(new_len)
+    );
+    let root = grow_disk(&image, new_len)?;
+    resize_root(&image, root, before.size, bs)?;
+    prepared.root = root;
+    let report = GrowReport {
+        disk_bytes_before: disk_len,
+        disk_bytes_after: fs::metadata(&image)?.len(),
+        root_bytes_before: before.size,
+        root_bytes_after: root.size,
+    };
+    let after = crate::ext4::inspect(&image, root.offset, ROOT_NAME)?;
+    if after.uuid != fs.uuid {
+        bail!("growing ROOT changed its UUID");
+    }
+    if let Some(n) = need {
+        if n.blocks > after.free_blocks || n.inodes > after.free_inodes {
+            bail!(
+                "even grown to {}, ROOT has only {} free, the data needs {}",
+                mib(new_len),
+                mib(after.free_blocks * bs),
+                mib(n.blocks * bs)
+            );
+        }
+    }
+    Ok(Some(report))
+}

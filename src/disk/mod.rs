@@ -1,0 +1,272 @@
+//! The disk image: finding Flatcar's ROOT partition in its GPT, making the
+//! output file (published only when complete), input formats (`copy`) and
+//! growing (`grow`).
+
+mod copy;
+mod grow;
+
+pub use copy::{convert_to_raw, sparse_copy, Format};
+pub use grow::{ensure_room, grow_disk, parse_size, Grow, GrowReport};
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{bail, Context, Result};
+use gptman::GPT;
+
+/// Flatcar's ROOT partition number and GPT type ("flatcar-resize").
+pub const ROOT_PARTITION: u32 = 9;
+pub const ROOT_TYPE_GUID: &str = "3884DD41-8582-4404-B9A8-E9B84F2DF50E";
+pub const ROOT_NAME: &str = "ROOT";
+
+/// Where ROOT lies in the disk image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootPartition {
+    /// Byte offset of the partition's first byte.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A GPT GUID as written on disk (first three fields little-endian) in its
+/// usual text form.
+pub fn guid_to_string(g: &[u8; 16]) -> String {
+    format!(
+        "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{}",
+        g[3],
+        g[2],
+        g[1],
+        g[0],
+        g[5],
+        g[4],
+        g[7],
+        g[6],
+        g[8],
+        g[9],
+        g[10..]
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<String>()
+    )
+}
+
+/// Reads the GPT of `image` and returns the byte range of partition 9 when
+/// it is Flatcar's ROOT.
+pub fn locate_root(image: &Path) -> Result<RootPartition> {
+    let mut f =
+        File::open(image).with_context(|| format!("opening disk image {}", image.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("reading the size of {}", image.display()))?
+        .len();
+    let gpt = GPT::find_from(&mut f).with_context(|| {
+        format!(
+            "{} has no valid GPT partition table: not a raw Flatcar disk image \
+             (compressed and qcow2 images are not supported yet; decompress or `qemu-img convert -O raw` first)",
+            image.display()
+        )
+    })?;
+    let found = || {
+        let parts: Vec<String> = gpt
+            .iter()
+            .filter(|(_, p)| p.is_used())
+            .map(|(i, p)| format!("{i} {:?}", p.partition_name.as_str()))
+            .collect();
+        if parts.is_empty() {
+            "no partitions".to_string()
+        } else {
+            parts.join(", ")
+        }
+    };
+    if gpt.header.number_of_partition_entries < ROOT_PARTITION || gpt[ROOT_PARTITION].is_unused() {
+        bail!(
+            "{} has no partition {ROOT_PARTITION} (found: {}): not a Flatcar disk image",
+            image.display(),
+            found()
+        );
+    }
+    let p = &gpt[ROOT_PARTITION];
+    let type_guid = guid_to_string(&p.partition_type_guid);
+    let name = p.partition_name.as_str();
+    if type_guid != ROOT_TYPE_GUID && name != ROOT_NAME {
+        bail!(
+            "partition {ROOT_PARTITION} of {} is {name:?} of type {type_guid}, not Flatcar's ROOT \
+             (name {ROOT_NAME:?}, type {ROOT_TYPE_GUID})",
+            image.display()
+        );
+    }
+    let sector = gpt.sector_size;
+    let offset = p
+        .starting_lba
+        .checked_mul(sector)
+        .context("partition offset overflow")?;
+    let size = (p.ending_lba + 1)
+        .checked_sub(p.starting_lba)
+        .and_then(|n| n.checked_mul(sector))
+        .context("partition 9 ends before it starts")?;
+    if offset + size > len {
+        bail!(
+            "partition {ROOT_PARTITION} of {} ends at byte {} but the file has only {len} bytes: truncated image?",
+            image.display(),
+            offset + size
+        );
+    }
+    Ok(RootPartition { offset, size })
+}
+
+/// An output file being made: a hidden temporary next to the final path,
+/// renamed into place by [`Output::publish`] and removed if dropped before.
+pub struct Output {
+    tmp: PathBuf,
+    path: PathBuf,
+    published: bool,
+    /// Converted to this format (qemu-img) when published.
+    convert: Option<Format>,
+}
+
+impl Output {
+    /// The file to write into until [`Output::publish`].
+    pub fn working_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Moves the finished file to its final name (converting it back to
+    /// the input's format first when it came from qcow2 or vmdk).
+    pub fn publish(mut self) -> Result<()> {
+        if let Some(format) = self.convert {
+            let mut name = self.tmp.clone().into_os_string();
+            name.push(".out");
+            let converted = PathBuf::from(name);
+            let res = copy::qemu_img(&[
+                "convert".as_ref(),
+                "-f".as_ref(),
+                "raw".as_ref(),
+                "-O".as_ref(),
+                format.qemu_name().unwrap_or("raw").as_ref(),
+                self.tmp.as_os_str(),
+                converted.as_os_str(),
+            ])
+            .and_then(|()| {
+                fs::rename(&converted, &self.path)
+                    .with_context(|| format!("renaming to {}", self.path.display()))
+            });
+            let _ = fs::remove_file(&converted);
+            res?;
+            let _ = fs::remove_file(&self.tmp);
+            self.published = true;
+            return Ok(());
+        }
+        fs::rename(&self.tmp, &self.path).with_context(|| {
+            format!("renaming {} to {}", self.tmp.display(), self.path.display())
+        })?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if !self.published {
+            if let Err(e) = fs::remove_file(&self.tmp) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    eprintln!("warning: could not remove {}: {e}", self.tmp.display());
+                }
+            }
+        }
+    }
+}
+
+/// The image being written and where ROOT is in it.
+pub struct Prepared {
+    /// The output being made (None: --in-place).
+    pub output: Option<Output>,
+    /// The raw image file to write into.
+    pub image: PathBuf,
+    pub root: RootPartition,
+}
+
+/// Checks the input and makes the raw image to write into: `disk` itself
+/// (`output` None, --in-place), or a sparse copy at `output`
+/// (decompressed, or converted from qcow2/vmdk and back unless `raw_out`).
+pub fn prepare(
+    disk: &Path,
+    output: Option<&Path>,
+    raw_out: bool,
+    cancel: Option<&AtomicBool>,
+) -> Result<Prepared> {
+    let format = Format::detect(disk)?;
+    let check = |image: &Path| -> Result<RootPartition> {
+        let root = locate_root(image)?;
+        crate::ext4::inspect(image, root.offset, ROOT_NAME)
+            .with_context(|| format!("checking partition 9 of {}", disk.display()))?;
+        Ok(root)
+    };
+    if format == Format::Raw {
+        check(disk)?;
+    }
+    let Some(path) = output else {
+        if format != Format::Raw {
+            bail!(
+                "{} is a {format:?} image: it cannot be modified in place; write a new image with -o OUTPUT",
+                disk.display()
+            );
+        }
+        let root = check(disk)?;
+        return Ok(Prepared {
+            output: None,
+            image: disk.to_path_buf(),
+            root,
+        });
+    };
+    let out = if format.qemu_name().is_some() {
+        eprintln!(
+            "converting {} from {format:?} to raw with qemu-img ...",
+            disk.display()
+        );
+        convert_to_raw(disk, path, format, (!raw_out).then_some(format))?
+    } else {
+        let label = if format.is_compressed() {
+            "decompressing image"
+        } else {
+            "copying image"
+        };
+        let mut bar = crate::progress::Bar::bytes(label, fs::metadata(disk).ok().map(|m| m.len()));
+        let out = sparse_copy(disk, path, cancel, |d, _| bar.set(d))?;
+        bar.finish();
+        out
+    };
+    let root = check(out.working_path())?;
+    Ok(Prepared {
+        image: out.working_path().to_path_buf(),
+        output: Some(out),
+        root,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guid_text_form() {
+        // Flatcar ROOT's type GUID as its bytes lie on disk.
+        let g = [
+            0x41, 0xDD, 0x84, 0x38, 0x82, 0x85, 0x04, 0x44, 0xB9, 0xA8, 0xE9, 0xB8, 0x4F, 0x2D,
+            0xF5, 0x0E,
+        ];
+        assert_eq!(guid_to_string(&g), ROOT_TYPE_GUID);
+    }
+
+    #[test]
+    fn sizes_and_grow_modes() {
+        assert_eq!(parse_size("16G").unwrap(), 16 << 30);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12X").is_err());
+        assert_eq!("auto".parse::<Grow>().unwrap(), Grow::Auto);
+        assert_eq!("no".parse::<Grow>().unwrap(), Grow::No);
+        assert_eq!("+4G".parse::<Grow>().unwrap(), Grow::By(4 << 30));
+        assert_eq!("16G".parse::<Grow>().unwrap(), Grow::To(16 << 30));
+    }
+}
