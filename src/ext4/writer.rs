@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::ffi::{Attr, Errcode, Fs, Stat, ROOT_INO, S_IFDIR, S_IFMT};
+use super::ffi::{Attr, Errcode, Fs, Stat, ROOT_INO, S_IFDIR};
 
 /// What an entry is, with what each kind needs.
 pub enum Kind<'a> {
