@@ -35,6 +35,8 @@
 # and non-zero only when something fails (a command, a run, a result check).
 # It must run as root: the manual path needs loop devices and mount.
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/bench-lib.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 # Timed runs per method and case (odd, so the median is a real run).
 readonly RUNS=${BENCH_RUNS:-3}
@@ -47,50 +49,14 @@ readonly MANUAL_GROW=+3G
 # Flatcar's ROOT type (resizable rootfs); the manual re-creation must keep it.
 readonly ROOT_TYPE=3884DD41-8582-4404-B9A8-E9B84F2DF50E
 
-die() {
-    echo "${0##*/}: $*" >&2
-    exit 1
-}
-
-repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-
-((EUID == 0)) || die "must run as root: the manual path uses loop devices and mount"
-(($# <= 1)) || die "usage: ${0##*/} [BIN]"
-
-if (($# == 1)); then
-    bin=$(realpath -- "$1") || die "no such binary: $1"
-    [[ -x $bin ]] || die "not an executable: $1"
-else
-    bin=$repo/target/x86_64-unknown-linux-gnu/release/flatcar-preload
-    if [[ ! -x $bin ]]; then
-        echo "building $bin" >&2
-        (cd -- "$repo" && cargo build --release) || die "cargo build --release failed"
-    fi
-    [[ -x $bin ]] || die "cargo build did not produce $bin"
-fi
-
-# Install a missing tool from its Debian package; update the package lists
-# only if the first try fails, since that is slow and usually not needed.
-need() {
-    local cmd=$1 pkg=$2
-    if [[ -x $cmd ]] || command -v -- "$cmd" >/dev/null 2>&1; then
-        return 0
-    fi
-    echo "installing $pkg (for $cmd)" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq "$pkg" >/dev/null ||
-        { apt-get update -qq && apt-get install -y -qq "$pkg" >/dev/null; } ||
-        die "cannot install $pkg"
-}
+bench_init "the manual path uses loop devices and mount" "$@"
 need sgdisk gdisk
 need bzip2 bzip2
 need resize2fs e2fsprogs
 need dumpe2fs e2fsprogs
 need losetup mount
 
-work=${BENCH_DIR:-/var/tmp/fp-bench}
-mkdir -p -- "$work"
-work=$(cd -- "$work" && pwd)
+bench_workdir
 # Own names, apart from the other benches' files in the same dir.
 fixture=$work/grow-fixture.bin
 fill=$work/grow-fill-${FILL_MIB}M.tar
@@ -107,20 +73,12 @@ mkdir -p -- "$mnt"
 
 # The same lock as bench-unpack.sh and bench-populate.sh: two benches at
 # once would skew each other's timings (and unmount each other's mounts).
-exec 9>"$work/.lock"
-flock -n 9 || die "another bench is using $work"
+bench_lock bench
 
 # On any exit, leave no mount, no loop device and no half-made file behind.
 cleanup() {
-    if mountpoint -q -- "$mnt"; then
-        umount -- "$mnt" 2>/dev/null || umount -l -- "$mnt" || true
-    fi
-    local f dev
-    for f in "$out" "$man" "$work/grow-base.tmp"; do
-        while read -r dev; do
-            if [[ -n $dev ]]; then losetup -d "$dev" 2>/dev/null || true; fi
-        done < <(losetup -j "$f" -O NAME -n 2>/dev/null || true)
-    done
+    unmount_quietly "$mnt"
+    detach_loops "$out" "$man" "$work/grow-base.tmp"
     rm -rf -- "$src" "$work"/grow-*.tmp
 }
 trap cleanup EXIT
@@ -133,28 +91,13 @@ quiet() {
     res=$("$@" 2>&1) || { printf '%s\n' "$res" | tail -20 >&2; return 1; }
 }
 
-# Field of `sgdisk -i 9` ("First sector", "Partition size", ...): its first
-# word after the colon.
-p9() {
-    local disk=$1 field=$2 info
-    info=$(sgdisk -i 9 -- "$disk") || return 1
-    awk -v f="$field:" 'index($0, f) == 1 { sub(f " *", ""); print $1; exit }' <<<"$info"
-}
-
-# Seconds between two $EPOCHREALTIME stamps.
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-
 alloc() { du -B1 -- "$1" | cut -f1; }
 
 # Space: 2 GiB big archive + its 2 GiB of sources while packing, then two
 # ~2.1 GiB outputs side by side in the checks, plus the small files.
-avail_kib=$(df -Pk -- "$work" | awk 'NR == 2 { print $4 }')
 need_gib=6
 [[ -s $big ]] || need_gib=8
-((avail_kib > need_gib * 1024 * 1024)) ||
-    die "need $need_gib GiB free in $work (have $((avail_kib / 1024)) MiB)"
+need_space "$need_gib"
 
 # The fixture is cheap (about a second), so make it fresh: a stale one from an
 # older make-disk.sh would skew the comparison.
@@ -216,14 +159,6 @@ if [[ ! -s $bz2 || $(cat -- "$bz2key" 2>/dev/null) != "$key" ]]; then
     echo "$key" >"$bz2key"
     echo "made $bz2 in $(elapsed "$t0" "$EPOCHREALTIME") s" >&2
 fi
-
-# Inodes in use in ROOT of $1, from a read-only full fsck; fails if e2fsck
-# finds any problem.
-fsck_files() {
-    local res
-    res=$(e2fsck -fn "$1?offset=$root_off" 2>&1) || { printf '%s\n' "$res" | tail -20 >&2; return 1; }
-    sed -n 's|^[^:]*: \([0-9]*\)/[0-9]* files.*|\1|p' <<<"$res"
-}
 
 # sgdisk -v finds no problem in $1's partition table.
 gpt_ok() {
@@ -302,8 +237,8 @@ run_man_grow() {
 # script. (Not run in $(...): a die there would only end the subshell.)
 check_decompress() {
     local tf mf
-    tf=$(fsck_files "$out") || { check="fsck-FAIL"; return; }
-    mf=$(fsck_files "$man") || die "manual decompress result fails e2fsck: setup problem"
+    tf=$(fsck_files "$out" "$root_off") || { check="fsck-FAIL"; return; }
+    mf=$(fsck_files "$man" "$root_off") || die "manual decompress result fails e2fsck: setup problem"
     [[ $tf == "$mf" ]] || { check="inodes-$tf!=$mf"; return; }
     gpt_ok "$out" || { check="gpt-FAIL"; return; }
     [[ $(stat -c %s -- "$out") == "$(stat -c %s -- "$man")" ]] || { check="size-differs"; return; }
@@ -316,8 +251,8 @@ check_decompress() {
 check_grow() {
     local tf mf f gsize psize
     local fields='^(Partition GUID code|Partition unique GUID|First sector|Attribute flags|Partition name):'
-    tf=$(fsck_files "$out") || { check="fsck-FAIL"; return; }
-    mf=$(fsck_files "$man") || die "manual grow result fails e2fsck: setup problem"
+    tf=$(fsck_files "$out" "$root_off") || { check="fsck-FAIL"; return; }
+    mf=$(fsck_files "$man" "$root_off") || die "manual grow result fails e2fsck: setup problem"
     [[ $tf == "$mf" ]] || { check="inodes-$tf!=$mf"; return; }
     gpt_ok "$man" || die "manual grow result fails sgdisk -v: setup problem"
     gpt_ok "$out" || { check="gpt-FAIL"; return; }
@@ -386,18 +321,6 @@ for case in decompress grow; do
     details+=("$case allocated (bytes): tool ${tool_allocs[*]}; manual ${man_allocs[*]}")
 done
 
-# PASS/MISS for "tool <= manual", on the medians themselves (a rounded
-# ratio of 1.000 can hide a tool a little worse); INVALID when the tool's
-# output for that case failed its check (a fast wrong result must not read
-# as a pass).
-verdict() {
-    if [[ $3 != ok ]]; then
-        echo INVALID
-        return
-    fi
-    awk -v t="$1" -v m="$2" 'BEGIN { print (t <= m) ? "PASS" : "MISS" }'
-}
-
 echo
 printf '%-10s %8s %8s %6s %10s %10s %6s %9s %9s  %s\n' case "tool s" "man s" ratio \
     "tool MiB" "man MiB" ratio "tool GiB" "man GiB" check
@@ -408,11 +331,14 @@ echo "medians of $RUNS alternating runs after one untimed pair; ratio = tool / m
 echo "MiB = allocated (du -B1); GiB = apparent size; ROOT of the compressed disk holds $FILL_MIB MiB;"
 echo "manual grow adds $MANUAL_GROW; check = e2fsck -fn and sgdisk -v clean, same inode count as manual,"
 echo "partitions before ROOT unchanged"
+# Goals: tool <= manual, on the medians themselves (a rounded ratio of 1.000
+# can hide a tool a little worse); INVALID when the tool's output for that
+# case failed its check.
 for case in decompress grow; do
     printf 'goal: %-10s tool time  <= manual  %-7s (%s)\n' "$case" \
-        "$(verdict "${tool_t[$case]}" "${man_t[$case]}" "${checks[$case]}")" "${t_ratio[$case]}"
+        "$(verdict "${tool_t[$case]}" le "${man_t[$case]}" "${checks[$case]}")" "${t_ratio[$case]}"
     printf 'goal: %-10s tool alloc <= manual  %-7s (%s)\n' "$case" \
-        "$(verdict "${tool_a[$case]}" "${man_a[$case]}" "${checks[$case]}")" "${a_ratio[$case]}"
+        "$(verdict "${tool_a[$case]}" le "${man_a[$case]}" "${checks[$case]}")" "${a_ratio[$case]}"
 done
 
 if ((check_failed)); then

@@ -34,6 +34,8 @@
 # and non-zero only when something fails (a command, a run, a result check).
 # It must run as root: the manual path needs mount, and Docker's socket.
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/bench-lib.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 # Timed runs per method (odd, so the median is a real run).
 readonly RUNS=${BENCH_RUNS:-3}
@@ -50,41 +52,7 @@ readonly B_CTR=fpbench-dind B_VOL=fpbench-vol
 # The label the tool puts on every container and volume it creates.
 readonly RUN_LABEL=org.flatcar-preload.run
 
-die() {
-    echo "${0##*/}: $*" >&2
-    exit 1
-}
-
-repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-
-((EUID == 0)) || die "must run as root: the manual path loop-mounts the image"
-(($# <= 1)) || die "usage: ${0##*/} [BIN]"
-
-if (($# == 1)); then
-    bin=$(realpath -- "$1") || die "no such binary: $1"
-    [[ -x $bin ]] || die "not an executable: $1"
-else
-    bin=$repo/target/x86_64-unknown-linux-gnu/release/flatcar-preload
-    if [[ ! -x $bin ]]; then
-        echo "building $bin" >&2
-        (cd -- "$repo" && cargo build --release) || die "cargo build --release failed"
-    fi
-    [[ -x $bin ]] || die "cargo build did not produce $bin"
-fi
-
-# Install a missing tool from its Debian package; update the package lists
-# only if the first try fails, since that is slow and usually not needed.
-need() {
-    local cmd=$1 pkg=$2
-    if [[ -x $cmd ]] || command -v -- "$cmd" >/dev/null 2>&1; then
-        return 0
-    fi
-    echo "installing $pkg (for $cmd)" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq "$pkg" >/dev/null ||
-        { apt-get update -qq && apt-get install -y -qq "$pkg" >/dev/null; } ||
-        die "cannot install $pkg"
-}
+bench_init "the manual path loop-mounts the image" "$@"
 need /usr/bin/time time # GNU time for peak RSS (%M); bash's builtin has none
 need sgdisk gdisk
 need perl perl
@@ -105,9 +73,7 @@ set +a
 registry=${BENCH_REF%%/*}
 [[ ${FP_REGISTRY:-} == "$registry" ]] || die "the registry is ${FP_REGISTRY:-unset}, this script expects $registry"
 
-work=${BENCH_DIR:-/var/tmp/fp-bench}
-mkdir -p -- "$work"
-work=$(cd -- "$work" && pwd)
+bench_workdir
 # Own names, apart from bench-unpack.sh's files in the same dir.
 fixture=$work/populate-disk.bin
 out=$work/populate-out.bin
@@ -124,8 +90,7 @@ mkdir -p -- "$mnt"
 
 # The same lock as bench-unpack.sh: two benches at once would skew each
 # other's timings (and two of this one would share container names).
-exec 9>"$work/.lock"
-flock -n 9 || die "another bench (bench-unpack.sh or bench-populate.sh) is using $work"
+bench_lock "bench (bench-unpack.sh or bench-populate.sh)"
 : >"$pids"
 
 # Removes the tool's containers and volumes left over from our runs (a run
@@ -149,13 +114,8 @@ remove_tool_leftovers() {
 
 # On any exit, leave no mount, loop device, container or volume behind.
 cleanup() {
-    if mountpoint -q -- "$mnt"; then
-        umount -- "$mnt" 2>/dev/null || umount -l -- "$mnt" || true
-    fi
-    local dev
-    while read -r dev; do
-        if [[ -n $dev ]]; then losetup -d "$dev" 2>/dev/null || true; fi
-    done < <(losetup -j "$out" -O NAME -n 2>/dev/null || true)
+    unmount_quietly "$mnt"
+    detach_loops "$out"
     # DOCKER_HOST is set before this trap is, so these reach our daemon.
     docker rm -f -v "$B_CTR" >/dev/null 2>&1 || true
     docker volume rm -f "$B_VOL" >/dev/null 2>&1 || true
@@ -166,26 +126,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Byte offset and size of ROOT (partition 9), printed as "OFFSET SIZE".
-root_geometry() {
-    local disk=$1 info first size
-    info=$(sgdisk -i 9 -- "$disk") || return 1
-    first=$(awk '/^First sector:/ {print $3}' <<<"$info")
-    size=$(awk '/^Partition size:/ {print $3}' <<<"$info")
-    [[ $first =~ ^[0-9]+$ && $size =~ ^[0-9]+$ ]] || return 1
-    echo "$((first * 512)) $((size * 512))"
-}
-
-# Seconds between two $EPOCHREALTIME stamps.
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-
 # Space: ~0.5 GiB each for the output's store, the store tar, the manual
 # dind's volume and the tool's dind volume, plus ~1 GiB for the context and
 # the host daemon's copy while the image is made.
-avail_kib=$(df -Pk -- "$work" | awk 'NR == 2 { print $4 }')
-((avail_kib > 4 * 1024 * 1024)) || die "need 4 GiB free in $work (have $((avail_kib / 1024)) MiB)"
+need_space 4
 
 # --- the bench image --------------------------------------------------------
 # Build context: 3 COPY layers, ~500 MB in ~7,000 files, shaped like a real
@@ -294,14 +238,6 @@ docker exec "$B_CTR" docker info >/dev/null 2>&1 ||
 echo "manual path: pulling $BENCH_REF in $B_CTR (once, untimed)" >&2
 docker exec "$B_CTR" docker pull -q "$BENCH_REF" >/dev/null || die "$B_CTR could not pull $BENCH_REF"
 
-# Used inodes of ROOT in $out, from a read-only full fsck. Fails if e2fsck
-# finds any problem.
-fsck_files() {
-    local res
-    res=$(e2fsck -fn "$out?offset=$off" 2>&1) || { printf '%s\n' "$res" | tail -20 >&2; return 1; }
-    sed -n 's|^[^:]*: \([0-9]*\)/[0-9]* files.*|\1|p' <<<"$res"
-}
-
 # One tool run; sets tool_s (copy + export_and_write), pull_s, tool_kib and
 # the counts of the summary.
 run_tool() {
@@ -353,10 +289,10 @@ run_manual() {
 echo "warm-up and check" >&2
 check=ok
 run_tool
-tool_files=$(fsck_files) || { check="fsck-FAIL"; tool_files='?'; }
+tool_files=$(fsck_files "$out" "$off") || { check="fsck-FAIL"; tool_files='?'; }
 rss_kib=$tool_kib
 run_manual
-man_files=$(fsck_files) || die "the manually made image fails e2fsck: setup problem"
+man_files=$(fsck_files "$out" "$off") || die "the manually made image fails e2fsck: setup problem"
 
 tool_times=() man_times=() pull_times=()
 for ((i = 1; i <= RUNS; i++)); do
@@ -375,18 +311,6 @@ m_med=$(median "${man_times[@]}")
 p_med=$(median "${pull_times[@]}")
 speedup=$(awk -v t="$t_med" -v m="$m_med" 'BEGIN { printf "%.2f", m / t }')
 rss_mib=$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')
-
-# PASS/MISS for "value >= goal" (ge) or "value < goal" (lt); INVALID when
-# the tool's output failed its check (a fast wrong result must not read as a
-# pass).
-verdict() {
-    if [[ ${4:-ok} != ok ]]; then
-        echo INVALID
-        return
-    fi
-    awk -v v="$1" -v g="$3" -v op="$2" \
-        'BEGIN { ok = (op == "ge") ? v >= g : v < g; print ok ? "PASS" : "MISS" }'
-}
 
 echo
 printf '%-34s %8s  %s\n' method "median s" "runs (s)"

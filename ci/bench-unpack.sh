@@ -12,6 +12,8 @@
 # and non-zero only when something fails (a command, a run, a result check).
 # It must run as root because the kernel path needs mount.
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/bench-lib.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 # Timed runs per method and archive (odd, so the median is a real run).
 readonly RUNS=${BENCH_RUNS:-3}
@@ -19,49 +21,13 @@ readonly RUNS=${BENCH_RUNS:-3}
 # Goals, as in the project brief.
 readonly GOAL_LARGE_RATIO=1.0 GOAL_SMALL_RATIO=2.0 GOAL_RSS_MIB=64
 
-die() {
-    echo "${0##*/}: $*" >&2
-    exit 1
-}
-
-repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-
-((EUID == 0)) || die "must run as root: the kernel path loop-mounts the image"
-(($# <= 1)) || die "usage: ${0##*/} [BIN]"
-
-if (($# == 1)); then
-    bin=$(realpath -- "$1") || die "no such binary: $1"
-    [[ -x $bin ]] || die "not an executable: $1"
-else
-    bin=$repo/target/x86_64-unknown-linux-gnu/release/flatcar-preload
-    if [[ ! -x $bin ]]; then
-        echo "building $bin" >&2
-        (cd -- "$repo" && cargo build --release) || die "cargo build --release failed"
-    fi
-    [[ -x $bin ]] || die "cargo build did not produce $bin"
-fi
-
-# Install a missing tool from its Debian package; update the package lists
-# only if the first try fails, since that is slow and usually not needed.
-need() {
-    local cmd=$1 pkg=$2
-    if [[ -x $cmd ]] || command -v -- "$cmd" >/dev/null 2>&1; then
-        return 0
-    fi
-    echo "installing $pkg (for $cmd)" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq "$pkg" >/dev/null ||
-        { apt-get update -qq && apt-get install -y -qq "$pkg" >/dev/null; } ||
-        die "cannot install $pkg"
-}
+bench_init "the kernel path loop-mounts the image" "$@"
 need /usr/bin/time time # GNU time for peak RSS (%M); bash's builtin has none
 need setfattr attr
 need sgdisk gdisk
 need perl perl
 
-work=${BENCH_DIR:-/var/tmp/fp-bench}
-mkdir -p -- "$work"
-work=$(cd -- "$work" && pwd)
+bench_workdir
 fixture=$work/fixture.bin
 out=$work/out.bin
 mnt=$work/mnt
@@ -70,42 +36,20 @@ timef=$work/time.txt
 mkdir -p -- "$mnt"
 
 # Two runs sharing the work dir would unmount and delete each other's files.
-exec 9>"$work/.lock"
-flock -n 9 || die "another bench-unpack.sh is using $work"
+bench_lock bench-unpack.sh
 
 # On any exit, leave no mount and no loop device behind.
 cleanup() {
-    if mountpoint -q -- "$mnt"; then
-        umount -- "$mnt" 2>/dev/null || umount -l -- "$mnt" || true
-    fi
-    local dev
-    while read -r dev; do
-        if [[ -n $dev ]]; then losetup -d "$dev" 2>/dev/null || true; fi
-    done < <(losetup -j "$out" -O NAME -n 2>/dev/null || true)
+    unmount_quietly "$mnt"
+    detach_loops "$out"
     rm -rf -- "$work/src.tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Byte offset and size of ROOT (partition 9), printed as "OFFSET SIZE".
-root_geometry() {
-    local disk=$1 info first size
-    info=$(sgdisk -i 9 -- "$disk") || return 1
-    first=$(awk '/^First sector:/ {print $3}' <<<"$info")
-    size=$(awk '/^Partition size:/ {print $3}' <<<"$info")
-    [[ $first =~ ^[0-9]+$ && $size =~ ^[0-9]+$ ]] || return 1
-    echo "$((first * 512)) $((size * 512))"
-}
-
-# Seconds between two $EPOCHREALTIME stamps.
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-
 # Space: 1 GiB archive + 1 GiB of its sources while packing, ~0.4 GiB for the
 # small archive, ~1.1 GiB of written output image.
-avail_kib=$(df -Pk -- "$work" | awk 'NR == 2 { print $4 }')
-((avail_kib > 4 * 1024 * 1024)) || die "need 4 GiB free in $work (have $((avail_kib / 1024)) MiB)"
+need_space 4
 
 # The fixture is cheap (about a second), so make it fresh: a stale one from an
 # older make-disk.sh would skew the comparison.
@@ -169,14 +113,6 @@ for name in large small; do
     fi
 done
 
-# Used inodes of ROOT in $out, from a read-only full fsck. Fails if e2fsck
-# finds any problem.
-fsck_files() {
-    local res
-    res=$(e2fsck -fn "$out?offset=$off" 2>&1) || { printf '%s\n' "$res" | tail -20 >&2; return 1; }
-    sed -n 's|^[^:]*: \([0-9]*\)/[0-9]* files.*|\1|p' <<<"$res"
-}
-
 # One tool run; sets tool_s and tool_kib.
 run_tool() {
     local archive=$1 t0 t1
@@ -228,10 +164,10 @@ for name in large small; do
     echo "$name: warm-up and check" >&2
     check=ok
     run_tool "$archive"
-    tool_files=$(fsck_files) || { check="fsck-FAIL"; tool_files=; }
+    tool_files=$(fsck_files "$out" "$off") || { check="fsck-FAIL"; tool_files=; }
     rss_kib=$tool_kib
     run_kernel "$archive"
-    kern_files=$(fsck_files) || die "kernel-made image fails e2fsck: setup problem"
+    kern_files=$(fsck_files "$out" "$off") || die "kernel-made image fails e2fsck: setup problem"
     if [[ $check == ok && $tool_files != "$kern_files" ]]; then
         check="inodes-${tool_files}!=${kern_files}"
     fi
@@ -259,18 +195,6 @@ for name in large small; do
     rows+=("$(printf '%-8s %10.2f %12.2f %8s %14s  %s' "$name" "$t_med" "$k_med" "${ratio[$name]}" "$rss_mib" "$check")")
     details+=("$name runs (s): tool ${tool_times[*]}; kernel ${kern_times[*]}")
 done
-
-# PASS/MISS for "value <= goal" (le) or "value < goal" (lt); INVALID when
-# the tool's output for that archive failed its check (a fast wrong result
-# must not read as a pass).
-verdict() {
-    if [[ ${4:-ok} != ok ]]; then
-        echo INVALID
-        return
-    fi
-    awk -v v="$1" -v g="$3" -v op="$2" \
-        'BEGIN { ok = (op == "le") ? v <= g : v < g; print ok ? "PASS" : "MISS" }'
-}
 
 echo
 printf '%-8s %10s %12s %8s %14s  %s\n' archive "tool med s" "kernel med s" ratio "tool RSS MiB" check

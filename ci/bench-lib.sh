@@ -1,0 +1,153 @@
+# shellcheck shell=bash
+# bench-lib.sh - what ci/bench-unpack.sh, ci/bench-populate.sh and
+# ci/bench-grow.sh share. Sourced, not run:
+#
+#   . "$(dirname -- "${BASH_SOURCE[0]}")/bench-lib.sh"
+#
+# It only defines functions: sourcing it runs nothing, sets no variable and
+# no shell option. Each bench keeps its own `set -euo pipefail` and the order
+# of its checks (root, arguments, tools, work dir, lock), and so its output,
+# as before; a library that acted when sourced would run ahead of them. The
+# functions are written for set -euo pipefail (every expected failure is
+# tested or ends in `|| true`).
+#
+# Globals the functions set are named in their comments (repo, bin, work).
+
+die() {
+    echo "${0##*/}: $*" >&2
+    exit 1
+}
+
+# bench_init WHY [ARGS...]: the start of every bench. Checks that it runs as
+# root (WHY: why it must, after "must run as root: ") and takes at most one
+# argument, BIN. Sets repo (this checkout) and bin: BIN, or the release
+# build, made with `cargo build --release` when missing.
+bench_init() {
+    local why=$1
+    shift
+    # This file is in ci/, as the benches are.
+    repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+
+    ((EUID == 0)) || die "must run as root: $why"
+    (($# <= 1)) || die "usage: ${0##*/} [BIN]"
+
+    if (($# == 1)); then
+        bin=$(realpath -- "$1") || die "no such binary: $1"
+        [[ -x $bin ]] || die "not an executable: $1"
+    else
+        bin=$repo/target/x86_64-unknown-linux-gnu/release/flatcar-preload
+        if [[ ! -x $bin ]]; then
+            echo "building $bin" >&2
+            (cd -- "$repo" && cargo build --release) || die "cargo build --release failed"
+        fi
+        [[ -x $bin ]] || die "cargo build did not produce $bin"
+    fi
+}
+
+# Install a missing tool from its Debian package; update the package lists
+# only if the first try fails, since that is slow and usually not needed.
+need() {
+    local cmd=$1 pkg=$2
+    if [[ -x $cmd ]] || command -v -- "$cmd" >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "installing $pkg (for $cmd)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq "$pkg" >/dev/null ||
+        { apt-get update -qq && apt-get install -y -qq "$pkg" >/dev/null; } ||
+        die "cannot install $pkg"
+}
+
+# Sets work: ${BENCH_DIR:-/var/tmp/fp-bench}, made if missing, as an
+# absolute path. All the benches share it (each under its own file names).
+bench_workdir() {
+    work=${BENCH_DIR:-/var/tmp/fp-bench}
+    mkdir -p -- "$work"
+    work=$(cd -- "$work" && pwd)
+}
+
+# bench_lock WHO: takes the work dir's lock on fd 9 for the rest of the
+# script, or dies with "another WHO is using $work". One lock for all the
+# benches: two at once would skew each other's timings, and unmount or
+# delete each other's files.
+bench_lock() {
+    exec 9>"$work/.lock"
+    flock -n 9 || die "another $1 is using $work"
+}
+
+# need_space GIB: dies unless the work dir's file system has more than GIB
+# GiB free.
+need_space() {
+    local gib=$1 avail_kib
+    avail_kib=$(df -Pk -- "$work" | awk 'NR == 2 { print $4 }')
+    ((avail_kib > gib * 1024 * 1024)) ||
+        die "need $gib GiB free in $work (have $((avail_kib / 1024)) MiB)"
+}
+
+# For the EXIT traps, so neither fails: unmount MNT if something is mounted
+# there (lazily if it is busy), and detach every loop device on one of FILEs.
+unmount_quietly() {
+    if mountpoint -q -- "$1"; then
+        umount -- "$1" 2>/dev/null || umount -l -- "$1" || true
+    fi
+}
+detach_loops() {
+    local f dev
+    for f in "$@"; do
+        while read -r dev; do
+            if [[ -n $dev ]]; then losetup -d "$dev" 2>/dev/null || true; fi
+        done < <(losetup -j "$f" -O NAME -n 2>/dev/null || true)
+    done
+}
+
+# p9 DISK FIELD: a field of `sgdisk -i 9` ("First sector", "Partition size",
+# ...): its first word after the colon. p9_field does the same on sgdisk's
+# output on stdin.
+p9_field() { awk -v f="$1:" 'index($0, f) == 1 { sub(f " *", ""); print $1; exit }'; }
+p9() {
+    local disk=$1 field=$2 info
+    info=$(sgdisk -i 9 -- "$disk") || return 1
+    p9_field "$field" <<<"$info"
+}
+
+# Byte offset and size of ROOT (partition 9), printed as "OFFSET SIZE".
+root_geometry() {
+    local disk=$1 info first size
+    info=$(sgdisk -i 9 -- "$disk") || return 1
+    first=$(p9_field "First sector" <<<"$info")
+    size=$(p9_field "Partition size" <<<"$info")
+    [[ $first =~ ^[0-9]+$ && $size =~ ^[0-9]+$ ]] || return 1
+    echo "$((first * 512)) $((size * 512))"
+}
+
+# fsck_files IMAGE OFFSET: used inodes of the ext4 at byte OFFSET of IMAGE
+# (ROOT), from a read-only full fsck. Fails, showing the end of e2fsck's
+# output, if e2fsck finds any problem.
+fsck_files() {
+    local res
+    res=$(e2fsck -fn "$1?offset=$2" 2>&1) || { printf '%s\n' "$res" | tail -20 >&2; return 1; }
+    sed -n 's|^[^:]*: \([0-9]*\)/[0-9]* files.*|\1|p' <<<"$res"
+}
+
+# verdict VALUE OP GOAL [CHECK]: PASS or MISS for "VALUE OP GOAL", OP one
+# of le (<=), ge (>=), lt (<); INVALID when CHECK is given and is not "ok":
+# a fast wrong result must not read as a pass.
+verdict() {
+    if [[ ${4:-ok} != ok ]]; then
+        echo INVALID
+        return
+    fi
+    awk -v v="$1" -v g="$3" -v op="$2" 'BEGIN {
+        if (op == "le") ok = v <= g
+        else if (op == "ge") ok = v >= g
+        else if (op == "lt") ok = v < g
+        else { print "verdict: unknown op " op > "/dev/stderr"; exit 1 }
+        print ok ? "PASS" : "MISS" }'
+}
+
+# Seconds between two $EPOCHREALTIME stamps.
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+
+# Median of the numbers given (the lower of the middle two for an even
+# count; the benches make odd counts).
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
