@@ -38,7 +38,13 @@ pub enum Command {
     /// (internal) Runs inside the export container: writes Docker's store
     /// as a PAX tar with all xattrs to stdout.
     #[command(name = "__export-store", hide = true)]
-    InnerExport { root: PathBuf },
+    InnerExport {
+        root: PathBuf,
+        /// Write to this unix socket when it accepts a connection (a daemon
+        /// on the tool's machine), else to stdout.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// (internal) Runs inside the export container: prints what the store
     /// will take in ext4 (JSON).
     #[command(name = "__measure-store", hide = true)]

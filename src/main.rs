@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use flatcar_preload::cli::{Cli, Command};
-use flatcar_preload::docker::{inner, refs::ImageRef};
+use flatcar_preload::docker::{self, inner, refs::ImageRef};
 use flatcar_preload::{populate, store, unpack};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -44,7 +44,16 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
             serde_json::to_writer(std::io::stdout().lock(), &need)?;
             Ok(())
         }
-        Command::InnerExport { root } => {
+        Command::InnerExport { root, socket } => {
+            // The socket, when the tool can be reached through it, skips the
+            // daemon's attach stream (the slowest link); stdout always works.
+            if let Some(stream) =
+                socket.and_then(|s| std::os::unix::net::UnixStream::connect(s).ok())
+            {
+                eprintln!("{}", docker::SOCKET_MARKER);
+                let out = std::io::BufWriter::with_capacity(1 << 20, stream);
+                return store::export_docker_store(&root, out).map(|_| ());
+            }
             let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
             store::export_docker_store(&root, out).map(|_| ())
         }

@@ -53,6 +53,9 @@ pub struct Summary {
     pub needed_blocks: u64,
     pub seconds: Phases,
     pub output: String,
+    /// How the store left the export container: "socket" (a daemon on this
+    /// machine) or "attach" (the Docker API stream).
+    pub export_via: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -345,6 +348,12 @@ async fn populate(
             finished.stderr.trim()
         );
     }
+    summary.export_via = if finished.via_socket {
+        "socket"
+    } else {
+        "attach"
+    }
+    .into();
     summary.entries_written = stats.entries;
     summary.bytes_written = stats.bytes;
     summary.seconds.export_and_write = t.elapsed().as_secs_f64();

@@ -393,6 +393,7 @@ fn populate_truth() {
     assert_eq!(summary["images"].as_array().unwrap().len(), 2);
     assert_eq!(summary["images"][0]["id"], f.listed[0].1.as_str());
     assert!(summary["layers"].as_u64().unwrap() >= 3, "{summary}");
+    assert_eq!(summary["export_via"], "socket", "{summary}");
     assert!(stderr(&o).contains("ROOT:"), "{}", stderr(&o));
     assert_eq!(
         file_digest(&disk),
@@ -603,13 +604,17 @@ fn merge_adds_to_an_existing_store() {
         second.to_str().unwrap(),
     ]);
     assert_clean_failure(&o, &first, file_digest(&first), &second, "--merge");
-    let o = populate(&[
+    // This run exports through the attach stream, as with a remote daemon.
+    let o = populate_cmd(&[
         first.to_str().unwrap(),
         &f.listed[1].0,
         "-o",
         second.to_str().unwrap(),
         "--merge",
-    ]);
+    ])
+    .env("FLATCAR_PRELOAD_NO_EXPORT_SOCKET", "1")
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_fsck_clean(&second);
     let text = with_real_docker(
