@@ -59,14 +59,8 @@ fn grows(layout: &str, data: u64) {
     let before_dump = dumpe2fs(&disk);
     let items = vec![
         item("big/zeros", Kind::File(Content::Zeros { len: data })),
-        item(
-            "big/random",
-            Kind::File(Content::Prng {
-                seed: 3,
-                len: 64 << 20,
-            }),
-        ),
-        item("big/small", Kind::File(Content::Bytes(b"small".to_vec()))),
+        item("big/random", random(3, 64 << 20)),
+        item("big/small", bytes(b"small")),
     ];
     let archive = tmp.path().join("big.tar");
     write_tar(&items, &archive);
@@ -164,7 +158,7 @@ fn grow_to_an_explicit_size() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = disk_copy(&["--layout", "small"], tmp.path());
     let archive = tmp.path().join("a.tar");
-    let items = vec![item("f", Kind::File(Content::Bytes(b"x".to_vec())))];
+    let items = vec![item("f", bytes(b"x"))];
     write_tar(&items, &archive);
     let out = tmp.path().join("out.bin");
     let o = unpack(&[&disk, &archive, &"-o", &out, &"--grow", &"200M"]);
@@ -208,14 +202,7 @@ fn compressed_input(layout: &str, tool: &[&str], ext: &str) {
         .status()
         .unwrap();
     assert!(st.success());
-    let items = vec![item(
-        "opt/bin/x",
-        Kind::File(Content::Prng {
-            seed: 1,
-            len: 1 << 20,
-        }),
-    )
-    .mode(0o755)];
+    let items = vec![item("opt/bin/x", random(1, 1 << 20)).mode(0o755)];
     let archive = tmp.path().join("a.tar");
     write_tar(&items, &archive);
     // Compressed input cannot be modified in place.
@@ -261,10 +248,7 @@ fn qcow2_input_and_output() {
     let disk = disk_copy(&["--layout", "small"], tmp.path());
     let qcow = tmp.path().join("disk.qcow2");
     qemu_convert("raw", "qcow2", &disk, &qcow);
-    let items = vec![item(
-        "etc/hello",
-        Kind::File(Content::Bytes(b"hi".to_vec())),
-    )];
+    let items = vec![item("etc/hello", bytes(b"hi"))];
     let archive = tmp.path().join("a.tar");
     write_tar(&items, &archive);
     let out = tmp.path().join("out.qcow2");

@@ -27,58 +27,28 @@ fn hard_cases() -> Vec<Item> {
         item("./", Kind::Dir).mode(0o711),
         item("etc/", Kind::Dir).xattr("trusted.overlay.opaque", b"y"),
         item("etc/empty", Kind::File(Content::Bytes(vec![]))),
-        item("etc/one", Kind::File(Content::Bytes(b"x".to_vec()))).mode(0o600),
-        item(
-            "etc/block",
-            Kind::File(Content::Prng { seed: 1, len: 4096 }),
-        ),
-        item(
-            "etc/block+1",
-            Kind::File(Content::Prng { seed: 2, len: 4097 }),
-        ),
-        item(
-            "etc/five-mib",
-            Kind::File(Content::Prng {
-                seed: 3,
-                len: 5 << 20,
-            }),
-        )
-        .xattr("user.big", &vec![b'v'; 3000]),
+        item("etc/one", bytes(b"x")).mode(0o600),
+        item("etc/block", random(1, 4096)),
+        item("etc/block+1", random(2, 4097)),
+        item("etc/five-mib", random(3, 5 << 20)).xattr("user.big", &vec![b'v'; 3000]),
         // More than one 128 MiB extent.
-        item(
-            "big/file",
-            Kind::File(Content::Prng {
-                seed: 4,
-                len: (130 << 20) + 123,
-            }),
-        ),
-        item(
-            "bin/ping",
-            Kind::File(Content::Bytes(b"#!/bin/sh\n".to_vec())),
-        )
-        .mode(0o4755)
-        .xattr("security.capability", CAP_V2),
-        item("bin/ping3", Kind::File(Content::Bytes(b"v3".to_vec())))
+        item("big/file", random(4, (130 << 20) + 123)),
+        item("bin/ping", bytes(b"#!/bin/sh\n"))
+            .mode(0o4755)
+            .xattr("security.capability", CAP_V2),
+        item("bin/ping3", bytes(b"v3"))
             .xattr("security.capability", CAP_V3)
             .xattr("user.a", b"1")
             .xattr("trusted.b", b"\x00\x01\x02"),
-        item("bin/sgid", Kind::File(Content::Bytes(b"g".to_vec()))).mode(0o2711),
+        item("bin/sgid", bytes(b"g")).mode(0o2711),
         item("tmp/", Kind::Dir).mode(0o1777),
-        item(
-            "owners/big-ids",
-            Kind::File(Content::Bytes(b"ids".to_vec())),
-        )
-        .owner(100_000, 65_536),
-        item(
-            "owners/huge-ids",
-            Kind::File(Content::Bytes(b"ids".to_vec())),
-        )
-        .owner(4_000_000_000, 3_000_000),
+        item("owners/big-ids", bytes(b"ids")).owner(100_000, 65_536),
+        item("owners/huge-ids", bytes(b"ids")).owner(4_000_000_000, 3_000_000),
         item("times/ns", Kind::File(Content::Bytes(vec![]))).mtime(1_700_000_000, 123_456_789),
         item("times/after-2038", Kind::File(Content::Bytes(vec![]))).mtime(4_102_444_800, 5),
         item("times/before-1970", Kind::File(Content::Bytes(vec![]))).mtime(-86_400, 0),
         // Missing parents are created on the way.
-        item("implicit/a/b/c", Kind::File(Content::Bytes(b"c".to_vec()))),
+        item("implicit/a/b/c", bytes(b"c")),
         item("links/short", Kind::Symlink("target".into())).xattr("trusted.sym", b"s"),
         item("links/sixty", Kind::Symlink("t".repeat(60))),
         item(
@@ -96,33 +66,24 @@ fn hard_cases() -> Vec<Item> {
         item("dev/sda1", Kind::Block(8, 1)).mode(0o660).owner(0, 6),
         item("dev/big-numbers", Kind::Char(300, 70_000)),
         item("dev/fifo", Kind::Fifo).mode(0o600),
-        item(&deep, Kind::File(Content::Bytes(b"deep".to_vec()))),
-        item(
-            &format!("names/{long_name}"),
-            Kind::File(Content::Bytes(b"255".to_vec())),
-        ),
-        item(&gnu_long, Kind::File(Content::Bytes(b"gnu".to_vec()))),
-        item(
-            "names/sp ace & ünïcode\t",
-            Kind::File(Content::Bytes(b"odd".to_vec())),
-        ),
+        item(&deep, bytes(b"deep")),
+        item(&format!("names/{long_name}"), bytes(b"255")),
+        item(&gnu_long, bytes(b"gnu")),
+        item("names/sp ace & ünïcode\t", bytes(b"odd")),
         // Replacements, as tar does them: file -> symlink -> file, file ->
         // dir, dir kept with new metadata, hard link over a file.
-        item("replace/r", Kind::File(Content::Bytes(b"first".to_vec()))).shadowed(),
+        item("replace/r", bytes(b"first")).shadowed(),
         item("replace/r", Kind::Symlink("elsewhere".into())).shadowed(),
-        item("replace/r", Kind::File(Content::Bytes(b"third".to_vec()))).xattr("user.r", b"3"),
-        item("replace/f2d", Kind::File(Content::Bytes(b"file".to_vec()))).shadowed(),
+        item("replace/r", bytes(b"third")).xattr("user.r", b"3"),
+        item("replace/f2d", bytes(b"file")).shadowed(),
         item("replace/f2d/", Kind::Dir).mode(0o700),
         item("replace/d/", Kind::Dir).mode(0o755).shadowed(),
-        item(
-            "replace/d/inside",
-            Kind::File(Content::Bytes(b"kept".to_vec())),
-        ),
+        item("replace/d/inside", bytes(b"kept")),
         item("replace/d/", Kind::Dir)
             .mode(0o750)
             .owner(5, 6)
             .xattr("trusted.overlay.opaque", b"y"),
-        item("replace/h", Kind::File(Content::Bytes(b"old".to_vec()))).shadowed(),
+        item("replace/h", bytes(b"old")).shadowed(),
         item("replace/h", Kind::HardLink("etc/block".into())),
     ]
 }
@@ -213,10 +174,7 @@ fn hundred_thousand_entries_in_one_directory() {
             Kind::File(Content::Bytes(vec![])),
         ));
     }
-    items.push(item(
-        "many/last",
-        Kind::File(Content::Bytes(b"last".to_vec())),
-    ));
+    items.push(item("many/last", bytes(b"last")));
     write_tar(&items, &archive);
     unpack_ok(&[&disk, &archive, &"--in-place"]);
     assert_fsck_clean(&disk);
@@ -230,10 +188,7 @@ fn hundred_thousand_entries_in_one_directory() {
     let again = tmp.path().join("again.tar");
     write_tar(
         &[
-            item(
-                "many/entry-000007-with-a-longer-name",
-                Kind::File(Content::Bytes(b"new".to_vec())),
-            ),
+            item("many/entry-000007-with-a-longer-name", bytes(b"new")),
             item("many/added", Kind::File(Content::Bytes(vec![]))),
         ],
         &again,
@@ -280,10 +235,7 @@ fn existing_directories_are_kept_and_updated() {
     let disk = disk_copy(&["--layout", "current"], tmp.path());
     let first = tmp.path().join("1.tar");
     write_tar(
-        &[
-            item("srv/", Kind::Dir),
-            item("srv/a", Kind::File(Content::Bytes(b"a".to_vec()))),
-        ],
+        &[item("srv/", Kind::Dir), item("srv/a", bytes(b"a"))],
         &first,
     );
     unpack_ok(&[&disk, &first, &"--in-place"]);
@@ -293,7 +245,7 @@ fn existing_directories_are_kept_and_updated() {
         item("srv/", Kind::Dir)
             .mode(0o750)
             .xattr("trusted.overlay.opaque", b"y"),
-        item("srv/b", Kind::File(Content::Bytes(b"b".to_vec()))),
+        item("srv/b", bytes(b"b")),
     ];
     write_tar(&items, &second);
     unpack_ok(&[&disk, &second, &"--in-place"]);
@@ -313,14 +265,7 @@ fn gzip_and_stdin_archives() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = disk_copy(&["--layout", "small"], tmp.path());
     let items = vec![
-        item(
-            "opt/bin/tool",
-            Kind::File(Content::Prng {
-                seed: 9,
-                len: 300_000,
-            }),
-        )
-        .mode(0o755),
+        item("opt/bin/tool", random(9, 300_000)).mode(0o755),
         item(
             "etc/systemd/system/multi-user.target.wants/tool.service",
             Kind::Symlink("/etc/systemd/system/tool.service".into()),
@@ -394,16 +339,7 @@ fn truncated_archive() {
     let disk = disk_copy(&["--layout", "small"], tmp.path());
     let archive = tmp.path().join("a.tar");
     write_tar(
-        &[
-            item("ok", Kind::File(Content::Bytes(b"fine".to_vec()))),
-            item(
-                "cut",
-                Kind::File(Content::Prng {
-                    seed: 5,
-                    len: 1 << 20,
-                }),
-            ),
-        ],
+        &[item("ok", bytes(b"fine")), item("cut", random(5, 1 << 20))],
         &archive,
     );
     let data = fs::read(&archive).unwrap();
@@ -449,15 +385,9 @@ fn full_filesystem() {
     let archive = tmp.path().join("a.tar");
     write_tar(
         &[
-            item("before", Kind::File(Content::Bytes(b"b".to_vec()))),
-            item(
-                "huge",
-                Kind::File(Content::Prng {
-                    seed: 6,
-                    len: 100 << 20,
-                }),
-            ),
-            item("after", Kind::File(Content::Bytes(b"a".to_vec()))),
+            item("before", bytes(b"b")),
+            item("huge", random(6, 100 << 20)),
+            item("after", bytes(b"a")),
         ],
         &archive,
     );
@@ -485,12 +415,7 @@ fn full_filesystem() {
     // Many small files until the blocks run out, in place.
     let many = tmp.path().join("many.tar");
     let items: Vec<Item> = (0..20_000)
-        .map(|i| {
-            item(
-                &format!("m/{i}"),
-                Kind::File(Content::Prng { seed: i, len: 4096 }),
-            )
-        })
+        .map(|i| item(&format!("m/{i}"), random(i, 4096)))
         .collect();
     write_tar(&items, &many);
     let o = unpack_stdin(&disk, &many, &["--in-place"]);
@@ -517,10 +442,7 @@ fn path_escapes_are_refused() {
             "symlink",
             vec![
                 item("escape", Kind::Symlink("/etc".into())),
-                item(
-                    "escape/passwd",
-                    Kind::File(Content::Bytes(b"root::0:0".to_vec())),
-                ),
+                item("escape/passwd", bytes(b"root::0:0")),
             ],
             "escape",
         ),

@@ -201,6 +201,16 @@ pub enum Kind {
     Fifo,
 }
 
+/// A regular file with these bytes.
+pub fn bytes(b: &[u8]) -> Kind {
+    Kind::File(Content::Bytes(b.to_vec()))
+}
+
+/// A regular file of `len` pseudo-random bytes.
+pub fn random(seed: u64, len: u64) -> Kind {
+    Kind::File(Content::Prng { seed, len })
+}
+
 /// One archive entry, and what must be found at its path afterwards.
 #[derive(Clone, Debug)]
 pub struct Item {
