@@ -173,22 +173,13 @@ fn check_existing(
     Ok(())
 }
 
-/// Checks a raw disk before anything is pulled (other formats are checked
-/// once converted).
+/// Checks the disk before anything is pulled (a compressed or qcow2/vmdk
+/// one once converted).
 fn check_disk(cfg: &PopulateConfig) -> Result<()> {
-    if disk::Format::detect(&cfg.disk)? != disk::Format::Raw {
-        if cfg.output.path().is_none() {
-            bail!(
-                "{} is compressed or not raw: write a new image with -o OUTPUT",
-                cfg.disk.display()
-            );
-        }
-        return Ok(());
+    if let (_, Some(root)) = disk::check_input(&cfg.disk, cfg.output.path().is_none())? {
+        check_existing(cfg, &cfg.disk, &root)?;
     }
-    let root = disk::locate_root(&cfg.disk)?;
-    ext4::inspect(&cfg.disk, root.offset, ROOT_NAME)
-        .with_context(|| format!("checking partition 9 of {}", cfg.disk.display()))?;
-    check_existing(cfg, &cfg.disk, &root)
+    Ok(())
 }
 
 async fn populate(
@@ -258,10 +249,7 @@ async fn populate(
     res.containers.push(measurer.clone());
     let mut need = or_cancel(cancel, engine.measure_store(&measurer, &spec, &volume)).await?;
     if let Some(src) = &cfg.containerd {
-        let c = containerd_need(src)?;
-        need.blocks += c.blocks;
-        need.inodes += c.inodes;
-        need.data_bytes += c.data_bytes;
+        need += containerd_need(src)?;
     }
     summary.needed_blocks = need.blocks;
     summary.seconds.measure = t.elapsed().as_secs_f64();

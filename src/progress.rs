@@ -80,8 +80,10 @@ impl Bar {
         self.set(self.pos + n);
     }
 
-    /// Ends the step with a summary line.
-    pub fn finish(self) {}
+    /// Ends the step with its summary line (as dropping it does).
+    pub fn finish(self) {
+        drop(self)
+    }
 }
 
 impl Drop for Bar {

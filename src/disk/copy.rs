@@ -2,10 +2,12 @@
 //! decompressed copy of a compressed one, or a raw conversion of a qcow2 or
 //! vmdk one (qemu-img).
 
+use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -137,8 +139,15 @@ pub fn sparse_copy(
     let tmp = out.tmp.clone();
     let mut buf = vec![0u8; COPY_CHUNK];
     if format.is_compressed() {
-        let counted = io::BufReader::new(CountingFile { f: input, n: 0 });
-        let mut reader = decompressor_counted(counted, format)?;
+        let read = Rc::new(Cell::new(0u64));
+        let counted = io::BufReader::with_capacity(
+            COPY_CHUNK,
+            CountingFile {
+                f: input,
+                n: Rc::clone(&read),
+            },
+        );
+        let mut reader = decompressor(counted, format)?;
         let mut at = 0u64;
         loop {
             check_cancel(cancel)?;
@@ -150,7 +159,7 @@ pub fn sparse_copy(
             }
             write_sparse(&output, &buf[..n], at)?;
             at += n as u64;
-            progress(reader_pos(&reader).min(len), len);
+            progress(read.get().min(len), len);
         }
         output
             .set_len(at)
@@ -209,59 +218,31 @@ pub(super) fn copy_range(
     Ok(())
 }
 
-/// A file that counts the bytes read from it (compressed progress).
+/// A file that counts the bytes read from it (progress of a compressed
+/// input).
 struct CountingFile {
     f: File,
-    n: u64,
+    n: Rc<Cell<u64>>,
 }
 
 impl Read for CountingFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.f.read(buf)?;
-        self.n += n as u64;
+        self.n.set(self.n.get() + n as u64);
         Ok(n)
     }
 }
 
-/// A decompressor over a counting reader, able to tell how far into the
-/// compressed input it is.
-enum Decoder {
-    Gzip(flate2::read::MultiGzDecoder<io::BufReader<CountingFile>>),
-    Bzip2(bzip2::read::MultiBzDecoder<io::BufReader<CountingFile>>),
-    Xz(liblzma::read::XzDecoder<io::BufReader<CountingFile>>),
-    Zstd(zstd::stream::read::Decoder<'static, io::BufReader<CountingFile>>),
-}
-
-fn decompressor_counted(r: io::BufReader<CountingFile>, format: Format) -> Result<Decoder> {
+fn decompressor(r: io::BufReader<CountingFile>, format: Format) -> Result<Box<dyn Read>> {
     Ok(match format {
-        Format::Gzip => Decoder::Gzip(flate2::read::MultiGzDecoder::new(r)),
-        Format::Bzip2 => Decoder::Bzip2(bzip2::read::MultiBzDecoder::new(r)),
-        Format::Xz => Decoder::Xz(liblzma::read::XzDecoder::new_multi_decoder(r)),
+        Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        Format::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
+        Format::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
         Format::Zstd => {
-            Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(r).context("starting zstd")?)
+            Box::new(zstd::stream::read::Decoder::with_buffer(r).context("starting zstd")?)
         }
         _ => bail!("not a compressed format"),
     })
-}
-
-fn reader_pos(d: &Decoder) -> u64 {
-    match d {
-        Decoder::Gzip(x) => x.get_ref().get_ref().n,
-        Decoder::Bzip2(x) => x.get_ref().get_ref().n,
-        Decoder::Xz(x) => x.get_ref().get_ref().n,
-        Decoder::Zstd(x) => x.get_ref().get_ref().n,
-    }
-}
-
-impl Read for Decoder {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Decoder::Gzip(x) => x.read(buf),
-            Decoder::Bzip2(x) => x.read(buf),
-            Decoder::Xz(x) => x.read(buf),
-            Decoder::Zstd(x) => x.read(buf),
-        }
-    }
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -186,6 +186,31 @@ pub struct Prepared {
     pub root: RootPartition,
 }
 
+/// Checks `disk` before anything is written. A raw image must hold
+/// Flatcar's ROOT, whose place is returned; other formats are checked once
+/// converted, and cannot be modified in place.
+pub fn check_input(disk: &Path, in_place: bool) -> Result<(Format, Option<RootPartition>)> {
+    let format = Format::detect(disk)?;
+    if format != Format::Raw {
+        if in_place {
+            bail!(
+                "{} is a {format:?} image: it cannot be modified in place; write a new image with -o OUTPUT",
+                disk.display()
+            );
+        }
+        return Ok((format, None));
+    }
+    Ok((format, Some(check_root(disk, disk)?)))
+}
+
+/// Locates ROOT in `image` and checks that it may be written.
+fn check_root(image: &Path, disk: &Path) -> Result<RootPartition> {
+    let root = locate_root(image)?;
+    crate::ext4::inspect(image, root.offset, ROOT_NAME)
+        .with_context(|| format!("checking partition 9 of {}", disk.display()))?;
+    Ok(root)
+}
+
 /// Checks the input and makes the raw image to write into: `disk` itself
 /// (`output` None, --in-place), or a sparse copy at `output`
 /// (decompressed, or converted from qcow2/vmdk and back unless `raw_out`).
@@ -195,28 +220,12 @@ pub fn prepare(
     raw_out: bool,
     cancel: Option<&AtomicBool>,
 ) -> Result<Prepared> {
-    let format = Format::detect(disk)?;
-    let check = |image: &Path| -> Result<RootPartition> {
-        let root = locate_root(image)?;
-        crate::ext4::inspect(image, root.offset, ROOT_NAME)
-            .with_context(|| format!("checking partition 9 of {}", disk.display()))?;
-        Ok(root)
-    };
-    if format == Format::Raw {
-        check(disk)?;
-    }
+    let (format, root) = check_input(disk, output.is_none())?;
     let Some(path) = output else {
-        if format != Format::Raw {
-            bail!(
-                "{} is a {format:?} image: it cannot be modified in place; write a new image with -o OUTPUT",
-                disk.display()
-            );
-        }
-        let root = check(disk)?;
         return Ok(Prepared {
             output: None,
             image: disk.to_path_buf(),
-            root,
+            root: root.expect("check_input checks raw images"),
         });
     };
     let out = if format.qemu_name().is_some() {
@@ -236,7 +245,7 @@ pub fn prepare(
         bar.finish();
         out
     };
-    let root = check(out.working_path())?;
+    let root = check_root(out.working_path(), disk)?;
     Ok(Prepared {
         image: out.working_path().to_path_buf(),
         output: Some(out),

@@ -16,6 +16,14 @@ pub struct Need {
     pub data_bytes: u64,
 }
 
+impl std::ops::AddAssign for Need {
+    fn add_assign(&mut self, other: Need) {
+        self.blocks += other.blocks;
+        self.inodes += other.inodes;
+        self.data_bytes += other.data_bytes;
+    }
+}
+
 /// What kind of entry is being counted.
 pub enum Item {
     Dir,
