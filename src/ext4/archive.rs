@@ -1,0 +1,726 @@
+//! A tar stream reader that frames PAX records by their length.
+//!
+//! Why our own, over tar-rs's header types: tar-rs 0.4 splits a PAX header
+//! on `\n` before reading the lengths, so any binary value holding the byte
+//! 0x0a (file capabilities such as `cap_dac_override,cap_fowner`, IMA
+//! signatures, `user.*` data) is "malformed", and its `path()`/`link_name()`
+//! skip bad records and can take the tail of a value for a record of its
+//! own. tar-core 0.1 frames records correctly but stops silently at a record
+//! whose length field is not a number. Here every record is `<length>
+//! <key>=<value>\n` exactly as POSIX (and Go's archive/tar, which wrote the
+//! stream Docker pulled) reads it; anything else is an error naming the
+//! entry, never skipped. Header fields (octal and base-256 numbers, ustar
+//! prefixes) are decoded by tar-rs's `Header`.
+
+use std::borrow::Cow;
+use std::io::{self, Read, Seek, SeekFrom};
+
+use anyhow::{anyhow, bail, Context, Result};
+pub use tar::EntryType;
+
+const BLOCK: usize = 512;
+/// Largest PAX header or GNU long name accepted: far above anything real
+/// (xattr values are at most 64 KiB on Linux), small enough for memory.
+const MAX_META: u64 = 16 << 20;
+/// Metadata headers (PAX, GNU long names) allowed before one entry.
+const MAX_META_HEADERS: usize = 16;
+
+/// One entry's metadata, with every PAX and GNU override applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub path: Vec<u8>,
+    pub kind: EntryType,
+    /// Symlink target or hard link name.
+    pub link: Option<Vec<u8>>,
+    /// Bytes of data that follow the header.
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// Device numbers of character and block devices.
+    pub dev: (u32, u32),
+    /// `SCHILY.xattr.*` records: name without the prefix, value as bytes.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Meta {
+    /// The path for messages.
+    pub fn show(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.path)
+    }
+}
+
+/// Reads entries one after the other; each entry's data is read (or
+/// skipped) before the next header.
+pub struct Archive<R> {
+    inner: R,
+    skip: fn(&mut R, u64) -> io::Result<()>,
+    /// Data of the current entry not read yet, and its padding.
+    remaining: u64,
+    pad: u64,
+    /// Records of global PAX headers (type `g`), applied to every entry.
+    globals: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Headers read so far, for messages.
+    headers: u64,
+    /// Offset of the next byte of the stream.
+    pos: u64,
+    done: bool,
+}
+
+/// An entry: its metadata and a reader of its data.
+pub struct Entry<'a, R> {
+    pub meta: Meta,
+    pub data: Data<'a, R>,
+}
+
+/// Reads the data of the current entry (and no further).
+pub struct Data<'a, R> {
+    ar: &'a mut Archive<R>,
+}
+
+impl<R: Read> Read for Data<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let ar = &mut *self.ar;
+        if ar.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(ar.remaining).unwrap_or(usize::MAX));
+        let n = ar.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive ends inside an entry's data",
+            ));
+        }
+        ar.remaining -= n as u64;
+        ar.pos += n as u64;
+        Ok(n)
+    }
+}
+
+fn skip_by_reading<R: Read>(r: &mut R, n: u64) -> io::Result<()> {
+    let copied = io::copy(&mut r.take(n), &mut io::sink())?;
+    if copied < n {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the archive ends inside an entry's data",
+        ));
+    }
+    Ok(())
+}
+
+fn skip_by_seeking<R: Read + Seek>(r: &mut R, n: u64) -> io::Result<()> {
+    let n = i64::try_from(n).map_err(|_| io::Error::other("entry too large to skip"))?;
+    r.seek(SeekFrom::Current(n)).map(|_| ())
+}
+
+fn padding(size: u64) -> u64 {
+    (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
+}
+
+/// Fills `buf` unless the stream ends first; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The checksum a header should carry: the byte sum with the checksum
+/// field counted as spaces (unsigned, as POSIX says; some old writers
+/// summed signed bytes, which is accepted too).
+fn checksums(block: &[u8; BLOCK]) -> (u64, i64) {
+    let (mut unsigned, mut signed) = (0u64, 0i64);
+    for (i, &b) in block.iter().enumerate() {
+        let b = if (148..156).contains(&i) { b' ' } else { b };
+        unsigned += b as u64;
+        signed += b as i8 as i64;
+    }
+    (unsigned, signed)
+}
+
+/// Splits PAX extended header data into its records, by their lengths.
+pub fn pax_records(data: &[u8]) -> Result<Vec<(&[u8], &[u8])>> {
+    let mut out = vec![];
+    let mut rest = data;
+    let mut at = 0usize;
+    while !rest.is_empty() {
+        let bad = |why: &str| anyhow!("malformed PAX record at byte {at} of the PAX header: {why}");
+        let sp = rest
+            .iter()
+            .take(20)
+            .position(|&b| b == b' ')
+            .ok_or_else(|| bad("no length field"))?;
+        let digits = &rest[..sp];
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(bad("the length is not a decimal number"));
+        }
+        let len: usize = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("the length does not fit"))?;
+        if len < sp + 3 {
+            return Err(bad("the length is shorter than the record"));
+        }
+        if len > rest.len() {
+            return Err(bad(&format!(
+                "its length {len} runs past the end of the header ({} bytes left)",
+                rest.len()
+            )));
+        }
+        let record = &rest[..len];
+        if record[len - 1] != b'\n' {
+            return Err(bad("it does not end with a newline"));
+        }
+        let kv = &record[sp + 1..len - 1];
+        let eq = kv
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or_else(|| bad("no '=' between key and value"))?;
+        let (key, value) = (&kv[..eq], &kv[eq + 1..]);
+        if key.is_empty() {
+            return Err(bad("empty key"));
+        }
+        if key.contains(&0) {
+            return Err(bad("a NUL byte in the key"));
+        }
+        out.push((key, value));
+        rest = &rest[len..];
+        at += len;
+    }
+    Ok(out)
+}
+
+/// Parses a PAX time (`1700000000`, `1700000000.5`, `-1.25`) into seconds
+/// and nanoseconds.
+pub fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: i64 = secs.parse().ok()?;
+    let digits = &frac[..frac.len().min(9)];
+    let mut nsec: u32 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
+    for _ in digits.len()..9 {
+        nsec *= 10;
+    }
+    if s.starts_with('-') && nsec > 0 {
+        // -1.25 means 1.25 s before the epoch: -2 s + 0.75 s.
+        return Some((secs.checked_sub(1)?, 1_000_000_000 - nsec));
+    }
+    Some((secs, nsec))
+}
+
+fn show(b: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+fn decimal(key: &[u8], value: &[u8]) -> Result<u64> {
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "PAX record {}={:?} is not a decimal number that fits",
+                show(key),
+                show(value)
+            )
+        })
+}
+
+/// A numeric header field; an empty one (all NULs or spaces) is 0, as GNU
+/// tar and Go's archive/tar read it.
+fn number<T: Default>(parsed: io::Result<T>, raw: &[u8]) -> io::Result<T> {
+    if raw.iter().all(|&b| b == 0 || b == b' ') {
+        return Ok(T::default());
+    }
+    parsed
+}
+
+/// The value of a GNU long name or long link entry: up to the first NUL.
+fn gnu_string(data: Vec<u8>) -> Vec<u8> {
+    match data.iter().position(|&b| b == 0) {
+        Some(i) => data[..i].to_vec(),
+        None => data,
+    }
+}
+
+/// What the metadata headers before an entry said.
+#[derive(Default)]
+struct Pending {
+    pax: Vec<(Vec<u8>, Vec<u8>)>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    headers: usize,
+}
+
+impl<R: Read> Archive<R> {
+    /// Reads `inner` sequentially (data that is not read is read and
+    /// discarded).
+    pub fn new(inner: R) -> Archive<R> {
+        Archive::with_skip(inner, skip_by_reading::<R>)
+    }
+
+    fn with_skip(inner: R, skip: fn(&mut R, u64) -> io::Result<()>) -> Archive<R> {
+        Archive {
+            inner,
+            skip,
+            remaining: 0,
+            pad: 0,
+            globals: vec![],
+            headers: 0,
+            pos: 0,
+            done: false,
+        }
+    }
+
+    /// Skips what is left of the current entry's data and padding.
+    fn finish_entry(&mut self) -> Result<()> {
+        let n = self.remaining + self.pad;
+        if n > 0 {
+            (self.skip)(&mut self.inner, n).context("the archive is truncated")?;
+            self.pos += n;
+            self.remaining = 0;
+            self.pad = 0;
+        }
+        Ok(())
+    }
+
+    /// Reads the next header block: None at the end of the archive (a zero
+    /// block, or the end of the stream at a block boundary).
+    fn read_header(&mut self) -> Result<Option<[u8; BLOCK]>> {
+        let mut block = [0u8; BLOCK];
+        let n = read_full(&mut self.inner, &mut block).context("reading the archive")?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if n < BLOCK {
+            bail!(
+                "the archive ends inside a header at byte {} (truncated archive?)",
+                self.pos
+            );
+        }
+        if block.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        self.headers += 1;
+        let (unsigned, signed) = checksums(&block);
+        let stored = tar::Header::from_byte_slice(&block).cksum().ok();
+        if stored != Some(unsigned as u32) && stored.map(|s| s as i64) != Some(signed) {
+            bail!(
+                "header #{} at byte {} has a wrong checksum: not a tar archive, or a corrupt one",
+                self.headers,
+                self.pos
+            );
+        }
+        self.pos += BLOCK as u64;
+        Ok(Some(block))
+    }
+
+    /// Reads the data of a metadata entry (PAX header, GNU long name).
+    fn read_meta(&mut self, size: u64, what: &str) -> Result<Vec<u8>> {
+        if size > MAX_META {
+            bail!(
+                "a {what} of {size} bytes at byte {}: more than the {} MiB accepted",
+                self.pos,
+                MAX_META >> 20
+            );
+        }
+        let mut data = vec![0u8; size as usize];
+        let n = read_full(&mut self.inner, &mut data).context("reading the archive")?;
+        if n < data.len() {
+            bail!("the archive ends inside a {what} (truncated archive?)");
+        }
+        self.pos += size;
+        self.pad = padding(size);
+        self.finish_entry()?;
+        Ok(data)
+    }
+
+    /// The next entry, or None at the end of the archive.
+    pub fn next_entry(&mut self) -> Result<Option<Entry<'_, R>>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.finish_entry()?;
+        let mut pending = Pending::default();
+        let block = loop {
+            let Some(block) = self.read_header()? else {
+                self.done = true;
+                if pending.headers > 0 {
+                    bail!(
+                        "the archive ends after a PAX or GNU long-name header, without the entry it describes"
+                    );
+                }
+                return Ok(None);
+            };
+            let h = tar::Header::from_byte_slice(&block);
+            let label = format!("header #{} ({:?})", self.headers, show(&h.path_bytes()));
+            let what = || label.clone();
+            let ty = h.entry_type();
+            if !matches!(
+                ty,
+                EntryType::XHeader
+                    | EntryType::XGlobalHeader
+                    | EntryType::GNULongName
+                    | EntryType::GNULongLink
+            ) {
+                break block;
+            }
+            pending.headers += 1;
+            if pending.headers > MAX_META_HEADERS {
+                bail!(
+                    "{}: more than {MAX_META_HEADERS} PAX or long-name headers in a row",
+                    what()
+                );
+            }
+            let size = h
+                .entry_size()
+                .with_context(|| format!("{}: size", what()))?;
+            let data = self.read_meta(size, "PAX or long-name header")?;
+            match ty {
+                EntryType::XHeader => {
+                    let records = pax_records(&data).with_context(|| {
+                        format!("{}, the PAX header of the entry after it", what())
+                    })?;
+                    for (k, v) in records {
+                        pending.pax.push((k.to_vec(), v.to_vec()));
+                    }
+                }
+                EntryType::XGlobalHeader => {
+                    let records = pax_records(&data)
+                        .with_context(|| format!("{}, a global PAX header", what()))?;
+                    for (k, v) in records {
+                        if matches!(k, b"path" | b"linkpath" | b"size")
+                            || k.starts_with(b"GNU.sparse.")
+                        {
+                            bail!(
+                                "{}: a global PAX header sets {:?} for every entry after it; refusing such an archive",
+                                what(),
+                                show(k)
+                            );
+                        }
+                        self.globals.push((k.to_vec(), v.to_vec()));
+                    }
+                }
+                EntryType::GNULongName => pending.long_name = Some(gnu_string(data)),
+                _ => pending.long_link = Some(gnu_string(data)),
+            }
+        };
+        let meta = self.resolve(&block, pending)?;
+        self.remaining = meta.size;
+        self.pad = padding(meta.size);
+        Ok(Some(Entry {
+            meta,
+            data: Data { ar: self },
+        }))
+    }
+
+    /// Applies the global records, then the entry's own PAX records and
+    /// GNU long names, over the header's fields.
+    fn resolve(&self, block: &[u8; BLOCK], pending: Pending) -> Result<Meta> {
+        let h = tar::Header::from_byte_slice(block);
+        let header_path = h.path_bytes().into_owned();
+        let ctx = || format!("archive entry {:?}", show(&header_path));
+        let kind = h.entry_type();
+        let old = h.as_old();
+        let mut meta = Meta {
+            path: pending.long_name.unwrap_or_else(|| header_path.clone()),
+            kind,
+            link: pending
+                .long_link
+                .or_else(|| h.link_name_bytes().map(Cow::into_owned)),
+            size: number(h.entry_size(), &old.size).with_context(ctx)?,
+            mode: number(h.mode(), &old.mode).with_context(ctx)? & 0o7777,
+            uid: number(h.uid(), &old.uid).with_context(ctx)?,
+            gid: number(h.gid(), &old.gid).with_context(ctx)?,
+            mtime: number(h.mtime(), &old.mtime).with_context(ctx)? as i64,
+            mtime_nsec: 0,
+            dev: (0, 0),
+            xattrs: vec![],
+        };
+        if matches!(kind, EntryType::Char | EntryType::Block) {
+            meta.dev = (
+                h.device_major().with_context(ctx)?.unwrap_or(0),
+                h.device_minor().with_context(ctx)?.unwrap_or(0),
+            );
+        }
+        for (key, value) in self.globals.iter().chain(&pending.pax) {
+            let ctx = || format!("archive entry {:?}", meta.show());
+            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                // A later record for the same name wins, as in a map.
+                meta.xattrs.retain(|(n, _)| n != name);
+                meta.xattrs.push((name.to_vec(), value.clone()));
+                continue;
+            }
+            match key.as_slice() {
+                b"path" | b"linkpath" => {
+                    if value.contains(&0) {
+                        bail!("{}: a NUL byte in its PAX {}", ctx(), show(key));
+                    }
+                    if key == b"path" {
+                        meta.path = value.clone();
+                    } else {
+                        meta.link = Some(value.clone());
+                    }
+                }
+                b"size" => meta.size = decimal(key, value).with_context(ctx)?,
+                b"uid" => meta.uid = decimal(key, value).with_context(ctx)?,
+                b"gid" => meta.gid = decimal(key, value).with_context(ctx)?,
+                b"mtime" => {
+                    (meta.mtime, meta.mtime_nsec) = parse_pax_time(value).ok_or_else(|| {
+                        anyhow!("{}: bad PAX mtime {:?}", ctx(), show(value))
+                    })?
+                }
+                k if k.starts_with(b"GNU.sparse.") => bail!(
+                    "{}: a GNU sparse file, which flatcar-preload does not read; make the archive without --sparse",
+                    ctx()
+                ),
+                // hdrcharset (BINARY or UTF-8): names are bytes here anyway.
+                // atime, ctime, uname, gname, comment, vendor records: unused.
+                _ => {}
+            }
+        }
+        if meta.path.is_empty() {
+            bail!("header #{}: an entry with an empty name", self.headers);
+        }
+        if kind == EntryType::GNUSparse {
+            bail!(
+                "{}: a GNU sparse file, which flatcar-preload does not read; make the archive without --sparse",
+                ctx()
+            );
+        }
+        Ok(meta)
+    }
+}
+
+impl<R: Read + Seek> Archive<R> {
+    /// Like [`Archive::new`], seeking over data that is not read.
+    pub fn seekable(inner: R) -> Archive<R> {
+        Archive::with_skip(inner, skip_by_seeking::<R>)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: &str, value: &[u8]) -> Vec<u8> {
+        let body = [key.as_bytes(), b"=", value, b"\n"].concat();
+        let mut len = body.len() + 1;
+        loop {
+            let n = len.to_string().len() + 1 + body.len();
+            if n == len {
+                break;
+            }
+            len = n;
+        }
+        [format!("{len} ").as_bytes(), &body].concat()
+    }
+
+    fn header(name: &[u8], ty: EntryType, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_entry_type(ty);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_mtime(7);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    fn padded(mut v: Vec<u8>) -> Vec<u8> {
+        v.resize(v.len() + padding(v.len() as u64) as usize, 0);
+        v
+    }
+
+    /// A PAX header with `records`, then a file entry.
+    fn with_pax(records: &[u8], name: &[u8], ty: EntryType, data: &[u8]) -> Vec<u8> {
+        [
+            header(b"PaxHeaders/x", EntryType::XHeader, records.len() as u64),
+            padded(records.to_vec()),
+            header(name, ty, data.len() as u64),
+            padded(data.to_vec()),
+            vec![0; 1024],
+        ]
+        .concat()
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<(Meta, Vec<u8>)>> {
+        let mut ar = Archive::new(bytes);
+        let mut out = vec![];
+        while let Some(mut e) = ar.next_entry()? {
+            let mut data = vec![];
+            e.data.read_to_end(&mut data)?;
+            out.push((e.meta, data));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(parse_pax_time(b"1700000000"), Some((1700000000, 0)));
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Some((1700000000, 500_000_000))
+        );
+        assert_eq!(parse_pax_time(b"1.123456789123"), Some((1, 123_456_789)));
+        assert_eq!(parse_pax_time(b"-1.25"), Some((-2, 750_000_000)));
+        assert_eq!(parse_pax_time(b"x"), None);
+        assert_eq!(parse_pax_time(b"1.-5"), None);
+    }
+
+    #[test]
+    fn binary_values_with_newlines_are_framed_by_length() {
+        // cap_dac_override,cap_fowner+ep: the second byte of the mask is 0x0a.
+        let cap = [
+            1, 0, 0, 2, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let values: [&[u8]; 4] = [&cap, b"\n", b"\nfirst", b"last\n\n\n"];
+        let mut records = vec![];
+        for (i, v) in values.iter().enumerate() {
+            records.extend(record(&format!("SCHILY.xattr.user.v{i}"), v));
+        }
+        let got = read_all(&with_pax(&records, b"f", EntryType::Regular, b"data")).unwrap();
+        assert_eq!(got.len(), 1);
+        let (meta, data) = &got[0];
+        assert_eq!(data, b"data");
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(meta.xattrs[i].0, format!("user.v{i}").into_bytes());
+            assert_eq!(&meta.xattrs[i].1, v);
+        }
+    }
+
+    #[test]
+    fn a_value_cannot_smuggle_a_record() {
+        // tar-rs 0.4 reads this value's tail as a linkpath record.
+        let records = [
+            record("SCHILY.xattr.user.x", b"a\n22 linkpath=/etc/evil\n"),
+            record("linkpath", b"good/target"),
+        ]
+        .concat();
+        let got = read_all(&with_pax(&records, b"l", EntryType::Symlink, b"")).unwrap();
+        assert_eq!(got[0].0.link.as_deref(), Some(&b"good/target"[..]));
+        assert_eq!(got[0].0.xattrs[0].1, b"a\n22 linkpath=/etc/evil\n");
+        // And without a real linkpath, the header's link name stays.
+        let records = record("SCHILY.xattr.user.x", b"a\n22 linkpath=/etc/evil\n");
+        let got = read_all(&with_pax(&records, b"l", EntryType::Symlink, b"")).unwrap();
+        assert_eq!(got[0].0.link, None);
+    }
+
+    #[test]
+    fn names_and_targets_with_newlines() {
+        let records = [
+            record("path", b"dir/new\nline"),
+            record("linkpath", b"to\nthere"),
+            record("hdrcharset", b"BINARY"),
+        ]
+        .concat();
+        let got = read_all(&with_pax(&records, b"x", EntryType::Symlink, b"")).unwrap();
+        assert_eq!(got[0].0.path, b"dir/new\nline");
+        assert_eq!(got[0].0.link.as_deref(), Some(&b"to\nthere"[..]));
+    }
+
+    #[test]
+    fn malformed_records_are_errors() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"99 path=x\n", "runs past the end"),
+            (b"10 pathx\n\n", "no '='"),
+            (b"11 path=xyz", "newline"),
+            (b"abc path=x\n", "not a decimal"),
+            (b"99999999999999999999999 a=b\n", "no length field"),
+            (b"3 a\n", "shorter"),
+            (b"10 path=x\n\0\0", "no length field"),
+        ];
+        for (records, want) in cases {
+            let err = read_all(&with_pax(records, b"f", EntryType::Regular, b""))
+                .err()
+                .unwrap_or_else(|| panic!("{records:?} was accepted"));
+            let msg = format!("{err:#}");
+            assert!(msg.contains(want), "{records:?}: {msg}");
+            assert!(msg.contains("PaxHeaders/x"), "{records:?}: {msg}");
+        }
+        let bad_uid = record("uid", b"12x");
+        let err = read_all(&with_pax(&bad_uid, b"f", EntryType::Regular, b"")).unwrap_err();
+        assert!(format!("{err:#}").contains("\"f\""), "{err:#}");
+    }
+
+    #[test]
+    fn overrides_and_global_headers() {
+        let global = [record("uid", b"5"), record("comment", b"git")].concat();
+        let local = [
+            record("size", b"3"),
+            record("gid", b"4000000000"),
+            record("mtime", b"-1.5"),
+        ]
+        .concat();
+        let bytes = [
+            header(b"g", EntryType::XGlobalHeader, global.len() as u64),
+            padded(global),
+            header(b"PaxHeaders/x", EntryType::XHeader, local.len() as u64),
+            padded(local),
+            // The header says 0 bytes; PAX says 3.
+            header(b"a", EntryType::Regular, 0),
+            padded(b"abc".to_vec()),
+            header(b"b", EntryType::Regular, 1),
+            padded(b"z".to_vec()),
+            vec![0; 1024],
+        ]
+        .concat();
+        let got = read_all(&bytes).unwrap();
+        assert_eq!(got[0].1, b"abc");
+        assert_eq!((got[0].0.uid, got[0].0.gid), (5, 4_000_000_000));
+        assert_eq!((got[0].0.mtime, got[0].0.mtime_nsec), (-2, 500_000_000));
+        // The local records were for `a` only; the global ones stay.
+        assert_eq!((got[1].0.uid, got[1].0.gid, got[1].0.mtime), (5, 0, 7));
+        assert_eq!(got[1].1, b"z");
+        // A global path would rename everything after it.
+        let global = record("path", b"p");
+        let bytes = [
+            header(b"g", EntryType::XGlobalHeader, global.len() as u64),
+            padded(global),
+            vec![0; 1024],
+        ]
+        .concat();
+        assert!(format!("{:#}", read_all(&bytes).unwrap_err()).contains("global"));
+    }
+
+    #[test]
+    fn gnu_long_names_and_truncation() {
+        let long = vec![b'n'; 300];
+        let bytes = [
+            header(b"././@LongLink", EntryType::GNULongName, 301),
+            padded([&long[..], b"\0"].concat()),
+            header(b"short", EntryType::Regular, 2),
+            padded(b"hi".to_vec()),
+        ]
+        .concat();
+        let got = read_all(&bytes).unwrap();
+        assert_eq!(got[0].0.path, long);
+        // Cut inside the data.
+        let err = read_all(&bytes[..bytes.len() - 511]).unwrap_err();
+        assert!(format!("{err:#}").contains("ends inside"), "{err:#}");
+        // A header cut short, and a long name with nothing after it.
+        assert!(read_all(&bytes[..1000]).is_err());
+        assert!(read_all(&bytes[..1024]).is_err());
+        // Not a tar: the checksum does not match.
+        let err = read_all(&[0x55; 2048]).unwrap_err();
+        assert!(format!("{err:#}").contains("checksum"), "{err:#}");
+    }
+}
