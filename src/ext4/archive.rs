@@ -456,9 +456,15 @@ impl<R: Read> Archive<R> {
             xattrs: vec![],
         };
         if matches!(kind, EntryType::Char | EntryType::Block) {
+            // devmajor and devminor lie at the same offsets in ustar and
+            // GNU headers.
             meta.dev = (
-                h.device_major().with_context(ctx)?.unwrap_or(0),
-                h.device_minor().with_context(ctx)?.unwrap_or(0),
+                number(h.device_major(), &block[329..337])
+                    .with_context(ctx)?
+                    .unwrap_or(0),
+                number(h.device_minor(), &block[337..345])
+                    .with_context(ctx)?
+                    .unwrap_or(0),
             );
         }
         for (key, value) in self.globals.iter().chain(&pending.pax) {

@@ -1,0 +1,445 @@
+//! Fuzzing the tar reader into the ext4 writer, on stable Rust.
+//!
+//! cargo-fuzz needs a nightly toolchain, which this project's machines do
+//! not have, so this is a mutational fuzzer of our own: it starts from the
+//! seed corpus (`tests/fuzz/corpus/*.tar`, made by GNU tar with
+//! `make-corpus.sh`, plus archives built here around PAX records), mutates
+//! bytes, tar headers and PAX records (fixing header checksums most of the
+//! time so that mutations reach past the header), and feeds each case as
+//! the archive into a small ext4 filesystem. Every case must end without a
+//! panic, within a time limit, and with `e2fsck -fn` clean, whether the
+//! archive was accepted or refused. Inputs that produce an outcome not seen
+//! before (a new error, a new mix of written entries) join the corpus.
+//!
+//! - `FP_FUZZ_SECONDS` (default 10; `ci/test.sh` gives 60): how long.
+//! - `FP_FUZZ_SEED`: the random seed (printed at the start), to replay a run.
+//! - A failing case is saved under `target/fuzz-failures/`; copy it into
+//!   `tests/fuzz/regressions/`, where every file is replayed on each run.
+
+use std::collections::HashSet;
+use std::fs;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// xorshift64*: small, fast, replayable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// A small ext4 made like Flatcar's ROOT (4 KiB blocks, one inode per
+/// 4 KiB, 256-byte inodes; e2fsprogs' ext4 defaults), made once.
+fn fixture_fs(dir: &Path) -> PathBuf {
+    let img = dir.join("fixture.img");
+    let f = fs::File::create(&img).unwrap();
+    f.set_len(8 << 20).unwrap();
+    drop(f);
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-i", "4096", "-I", "256"])
+        .args(["-L", "ROOT"])
+        .arg(&img)
+        .output()
+        .expect("mke2fs (e2fsprogs)");
+    assert!(out.status.success(), "mke2fs: {out:?}");
+    img
+}
+
+fn fsck_clean(img: &Path) -> Result<(), String> {
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(img)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "e2fsck -fn is not clean:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A PAX record with its length computed.
+fn record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let body = [key, b"=", value, b"\n"].concat();
+    let mut len = body.len() + 2;
+    while len.to_string().len() + 1 + body.len() != len {
+        len = len.to_string().len() + 1 + body.len();
+    }
+    [format!("{len} ").as_bytes(), &body].concat()
+}
+
+fn header(name: &[u8], ty: u8, size: u64, link: &[u8]) -> [u8; 512] {
+    let mut h = tar::Header::new_ustar();
+    let old = h.as_old_mut();
+    let n = name.len().min(100);
+    old.name[..n].copy_from_slice(&name[..n]);
+    let l = link.len().min(100);
+    old.linkname[..l].copy_from_slice(&link[..l]);
+    h.set_entry_type(tar::EntryType::new(ty));
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    *h.as_bytes()
+}
+
+fn pad(v: &mut Vec<u8>) {
+    v.resize(v.len().div_ceil(512) * 512, 0);
+}
+
+/// Seeds built here: PAX records of every kind the reader handles.
+fn built_seeds() -> Vec<Vec<u8>> {
+    let cap = [1u8, 0, 0, 2, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let pax = |records: &[Vec<u8>], entry: [u8; 512], data: &[u8]| {
+        let r = records.concat();
+        let mut v = header(b"PaxHeaders/e", b'x', r.len() as u64, b"").to_vec();
+        v.extend(r);
+        pad(&mut v);
+        v.extend(entry);
+        v.extend(data);
+        pad(&mut v);
+        v
+    };
+    let mut seeds = vec![];
+    let mut a = pax(
+        &[
+            record(b"SCHILY.xattr.security.capability", &cap),
+            record(b"SCHILY.xattr.trusted.overlay.opaque", b"y"),
+            record(b"mtime", b"1700000000.123456789"),
+            record(b"uid", b"100000"),
+        ],
+        header(b"d/f", b'0', 5, b""),
+        b"hello",
+    );
+    a.extend(pax(
+        &[record(b"path", b"d/new\nline"), record(b"linkpath", b"t\n")],
+        header(b"x", b'2', 0, b""),
+        b"",
+    ));
+    a.extend(header(b"d/h", b'1', 0, b"d/f"));
+    a.extend(header(b"d/wh", b'3', 0, b""));
+    a.extend(header(b"d/", b'5', 0, b""));
+    a.extend([0u8; 1024]);
+    seeds.push(a);
+    let g = record(b"comment", b"global");
+    let mut b = header(b"g", b'g', g.len() as u64, b"").to_vec();
+    b.extend(g);
+    pad(&mut b);
+    b.extend(pax(
+        &[record(b"size", b"3"), record(b"gid", b"7")],
+        header(b"s", b'0', 0, b""),
+        b"abc",
+    ));
+    b.extend([0u8; 1024]);
+    seeds.push(b);
+    seeds
+}
+
+fn corpus_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = vec![];
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_file() {
+                out.push((p.clone(), fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Recomputes the checksum of every block that looks like a tar header.
+fn fix_checksums(v: &mut [u8]) {
+    for block in v.chunks_exact_mut(512) {
+        let magic = &block[257..262];
+        if magic != b"ustar" {
+            continue;
+        }
+        block[148..156].fill(b' ');
+        let sum: u32 = block.iter().map(|&b| b as u32).sum();
+        let s = format!("{sum:06o}\0 ");
+        block[148..156].copy_from_slice(s.as_bytes());
+    }
+}
+
+const INTERESTING: &[u8] = b"\n =0123456789\0\xff/.xgLK5S7";
+
+fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let len = v.len().max(1);
+        match rng.below(10) {
+            0 => {
+                let i = rng.below(len);
+                if let Some(b) = v.get_mut(i) {
+                    *b ^= 1 << rng.below(8);
+                }
+            }
+            1 => {
+                let i = rng.below(len);
+                if let Some(b) = v.get_mut(i) {
+                    *b = INTERESTING[rng.below(INTERESTING.len())];
+                }
+            }
+            2 => {
+                // A header field: type flag, size, mode, uid, name.
+                let block = rng.below(len / 512 + 1) * 512;
+                let (off, width) = [(156, 1), (124, 12), (100, 8), (108, 8), (0, 100), (157, 100)]
+                    [rng.below(6)];
+                for k in 0..width {
+                    if let Some(b) = v.get_mut(block + off + k) {
+                        if rng.chance(50) {
+                            *b = INTERESTING[rng.below(INTERESTING.len())];
+                        }
+                    }
+                }
+            }
+            3 => {
+                // Nudge a decimal number (PAX lengths, octal fields).
+                let i = rng.below(len);
+                if let Some(b) = v.get_mut(i) {
+                    if b.is_ascii_digit() {
+                        *b = if rng.chance(50) {
+                            b.saturating_add(1)
+                        } else {
+                            b.saturating_sub(1)
+                        };
+                    }
+                }
+            }
+            4 => {
+                let i = rng.below(len);
+                let n = 1 + rng.below(16);
+                let end = (i + n).min(v.len());
+                if i < end {
+                    v.drain(i..end);
+                }
+            }
+            5 => {
+                let i = rng.below(len).min(v.len());
+                let n = 1 + rng.below(8);
+                let bytes: Vec<u8> = (0..n)
+                    .map(|_| INTERESTING[rng.below(INTERESTING.len())])
+                    .collect();
+                v.splice(i..i, bytes);
+            }
+            6 => v.truncate(rng.below(len)),
+            7 => {
+                // Duplicate or drop a whole block.
+                let blocks = v.len() / 512;
+                if blocks > 0 {
+                    let b = rng.below(blocks) * 512;
+                    if rng.chance(50) {
+                        let copy = v[b..b + 512].to_vec();
+                        v.splice(b..b, copy);
+                    } else {
+                        v.drain(b..b + 512);
+                    }
+                }
+            }
+            8 => {
+                // Splice with another corpus entry at a block boundary.
+                let other = &corpus[rng.below(corpus.len())];
+                let cut = rng.below(v.len() / 512 + 1) * 512;
+                let from = rng.below(other.len() / 512 + 1) * 512;
+                v.truncate(cut.min(v.len()));
+                v.extend_from_slice(&other[from.min(other.len())..]);
+            }
+            _ => {
+                // A new PAX header in front of a random block.
+                let blocks = v.len() / 512;
+                let at = rng.below(blocks + 1) * 512;
+                let keys: [&[u8]; 8] = [
+                    b"path",
+                    b"linkpath",
+                    b"size",
+                    b"uid",
+                    b"mtime",
+                    b"SCHILY.xattr.user.x",
+                    b"SCHILY.xattr.trusted.overlay.opaque",
+                    b"GNU.sparse.major",
+                ];
+                let value: Vec<u8> = (0..rng.below(40))
+                    .map(|_| INTERESTING[rng.below(INTERESTING.len())])
+                    .collect();
+                let r = record(keys[rng.below(keys.len())], &value);
+                let mut h = header(b"PaxHeaders/f", b'x', r.len() as u64, b"").to_vec();
+                h.extend(r);
+                pad(&mut h);
+                v.splice(at.min(v.len())..at.min(v.len()), h);
+            }
+        }
+    }
+    if rng.chance(80) {
+        fix_checksums(&mut v);
+    }
+    v.truncate(1 << 20);
+    v
+}
+
+/// What a case did, with numbers left out: a new one keeps the input.
+fn outcome(r: &anyhow::Result<flatcar_preload::ext4::Stats>) -> String {
+    match r {
+        Ok(s) => format!(
+            "ok f{} d{} s{} h{} v{} x{}",
+            s.files.min(3),
+            s.dirs.min(3),
+            s.symlinks.min(2),
+            s.hardlinks.min(2),
+            s.devices.min(2),
+            s.xattrs.min(3)
+        ),
+        Err(e) => format!("{e:#}")
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .take(120)
+            .collect(),
+    }
+}
+
+/// Runs one case on a fresh copy of the fixture; Err says what went wrong.
+fn run_case(fixture: &Path, work: &Path, input: &[u8]) -> Result<String, String> {
+    fs::copy(fixture, work).map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel();
+    let img = work.to_path_buf();
+    let data = input.to_vec();
+    std::thread::spawn(move || {
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            flatcar_preload::ext4::write_tar(&img, 0, b"/fuzz", &data[..], None, None)
+        }));
+        let _ = tx.send(r);
+    });
+    let r = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => return Err("the reader or writer panicked".into()),
+        Err(_) => return Err("no result within 20 s: a hang".into()),
+    };
+    fsck_clean(work)?;
+    Ok(outcome(&r))
+}
+
+fn save_failure(input: &[u8], why: &str) -> PathBuf {
+    let dir = manifest().join("target/fuzz-failures");
+    fs::create_dir_all(&dir).unwrap();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(input, &mut h);
+    let p = dir.join(format!(
+        "case-{:016x}.tar",
+        std::hash::Hasher::finish(&h)
+    ));
+    fs::write(&p, input).unwrap();
+    fs::write(p.with_extension("txt"), why).unwrap();
+    p
+}
+
+#[test]
+fn regressions_replay_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = fixture_fs(tmp.path());
+    let work = tmp.path().join("work.img");
+    let cases = corpus_files(&manifest().join("tests/fuzz/regressions"));
+    for (p, input) in &cases {
+        let hidden = p.file_name().is_some_and(|n| n.as_encoded_bytes()[0] == b'.');
+        if hidden || p.extension().is_some_and(|e| e == "txt") {
+            continue;
+        }
+        if let Err(why) = run_case(&fixture, &work, input) {
+            panic!("regression {} fails again: {why}", p.display());
+        }
+    }
+    eprintln!("replayed {} regression case(s)", cases.len());
+}
+
+#[test]
+fn fuzz_reader_into_writer() {
+    let secs: u64 = std::env::var("FP_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let seed: u64 = std::env::var("FP_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("fuzzing for {secs} s with FP_FUZZ_SEED={seed}");
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = fixture_fs(tmp.path());
+    let work = tmp.path().join("work.img");
+    let mut corpus: Vec<Vec<u8>> = corpus_files(&manifest().join("tests/fuzz/corpus"))
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert!(!corpus.is_empty(), "the seed corpus is missing");
+    corpus.extend(built_seeds());
+    let mut seen = HashSet::new();
+    // Every seed must be read cleanly and completely.
+    for s in corpus.clone() {
+        match run_case(&fixture, &work, &s) {
+            Ok(o) => {
+                assert!(o.starts_with("ok"), "a seed is refused: {o}");
+                seen.insert(o);
+            }
+            Err(why) => panic!("a seed fails: {why}"),
+        }
+    }
+    let mut rng = Rng(seed | 1);
+    let start = Instant::now();
+    let mut cases = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        let base = &corpus[rng.below(corpus.len())];
+        let input = mutate(&mut rng, base, &corpus);
+        cases += 1;
+        match run_case(&fixture, &work, &input) {
+            Ok(o) => {
+                if seen.insert(o) && corpus.len() < 500 {
+                    corpus.push(input);
+                }
+            }
+            Err(why) => {
+                let p = save_failure(&input, &why);
+                panic!(
+                    "case {cases} (FP_FUZZ_SEED={seed}) failed: {why}\nsaved as {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{cases} cases in {:.0} s, {} distinct outcomes, corpus {}",
+        start.elapsed().as_secs_f64(),
+        seen.len(),
+        corpus.len()
+    );
+    assert!(cases > 0);
+}
