@@ -12,7 +12,10 @@ fn missing_libext2fs_names_the_packages_in_one_line() {
     let out = Command::new(env!("CARGO"))
         .args(["check", "--lib", "--quiet", "--manifest-path"])
         .arg(format!("{manifest}/Cargo.toml"))
-        .env("CARGO_TARGET_DIR", format!("{manifest}/target/no-libext2fs"))
+        .env(
+            "CARGO_TARGET_DIR",
+            format!("{manifest}/target/no-libext2fs"),
+        )
         .env("PKG_CONFIG_PATH", "/nonexistent")
         .env("PKG_CONFIG_LIBDIR", "/nonexistent")
         .env_remove("PKG_CONFIG_SYSROOT_DIR")
