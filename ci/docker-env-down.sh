@@ -7,9 +7,9 @@
 # (/var/run/docker.sock) is not touched.
 #
 # Kept on purpose (slow to rebuild, and the next ci/docker-env.sh reuses them):
-# the data-root (${FP_DOCKER_ROOT:-/var/lib/fp-docker}: image fp-dind:28, the
+# the data-root (${FP_DOCKER_ROOT:-/var/lib/fp-docker}: the fp-dind images, the
 # registry volume fp-registry-data with pushed fixtures, other volumes), the
-# rootfs tarball in ${FP_CACHE:-/var/cache/flatcar-preload}, packages, group
+# rootfs tarballs in ${FP_CACHE:-/var/cache/flatcar-preload}, packages, group
 # fpdocker and user fptest. To start from scratch after this script:
 #   rm -rf /var/lib/fp-docker /var/cache/flatcar-preload
 set -euo pipefail

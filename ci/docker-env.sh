@@ -2,8 +2,8 @@
 # docker-env.sh - bring up the Docker environment the integration tests need.
 #
 # Idempotent: on a fresh Debian 12 machine it installs and builds everything
-# (~1.5 min, most of it debootstrap); on a machine that already has it, it only
-# checks that each piece is there and answering (a second or two).
+# (~2.5 min, most of it two debootstraps); on a machine that already has it, it
+# only checks that each piece is there and answering (a second or two).
 #
 # What it sets up (all of it separate from Debian's own docker.service):
 #   * our own dockerd (Debian 12's docker.io, 20.10) with its own data-root,
@@ -11,12 +11,18 @@
 #     log in /var/log/fp-docker.log;
 #   * group `fpdocker` owning that socket, and a non-root test user `fptest`
 #     in that group;
-#   * image fp-dind:28: a Debian sid rootfs (debootstrap) with docker.io and
-#     docker-cli 28.x (the Docker major of Flatcar stable), iptables,
-#     ca-certificates and docker-registry, imported with `docker import`;
-#   * container fp-registry (same image) running Debian's registry on port
-#     5000 of its own network namespace, data on volume fp-registry-data,
-#     published to the host on 127.0.0.1:5000 only.
+#   * one dind image per Debian suite of FP_DIND_SUITES (stable unstable):
+#     a rootfs made with debootstrap holding that suite's docker.io and
+#     docker-cli, iptables and ca-certificates, imported with `docker import`
+#     and named by the Docker version found inside: today fp-dind:26 (stable,
+#     the major of Flatcar LTS) and fp-dind:28 (unstable, Flatcar stable and
+#     beta); fp-dind:29 once unstable has it, with no change to this script.
+#     The last suite's image also has docker-registry: it is the dind that
+#     pulls (FP_DIND_IMAGE) and the registry's image. All of them are started
+#     on written stores by the truth tests (FP_TARGET_DOCKERS);
+#   * container fp-registry running Debian's registry on port 5000 of its own
+#     network namespace, data on volume fp-registry-data, published to the
+#     host on 127.0.0.1:5000 only.
 #
 # Usage (as root):
 #   ci/docker-env.sh                 # run: step lines on stderr, KEY=VALUE on stdout
@@ -28,16 +34,20 @@
 #
 # Knobs (environment):
 #   FP_DOCKER_ROOT     data-root of our dockerd      (/var/lib/fp-docker)
-#   FP_CACHE           rootfs tarball + env file     (/var/cache/flatcar-preload)
-#   FP_DIND_MIRROR     Debian mirror for debootstrap (first Debian URI in apt's sources)
-#   FP_DIND_SUITE      suite for the dind rootfs     (sid)
+#   FP_CACHE           rootfs tarballs + env file    (/var/cache/flatcar-preload)
+#   FP_DIND_MIRROR     Debian mirror for debootstrap (first Debian URI in apt's
+#                      sources; none there: debootstrap's own default)
+#   FP_DIND_SUITES     suites to build dind images from, the last one pulls
+#                      ("stable unstable")
+#   FP_DIND_REFRESH=1  debootstrap every suite again (a machine that keeps its
+#                      cache picks up a new Docker of a suite this way)
 #   FP_BRIDGE_CIDR     address of our bridge         (172.30.99.1/24)
 #   FP_DOCKER_TIMEOUT  seconds to wait for dockerd   (60)
 #   FP_VERIFY=1        run the dind/registry smoke test even when nothing changed
 #
 # How the pieces are meant to be used (exact commands, all verified here):
 #
-#   # A dind that can pull (inner Docker 28, overlay2 on a volume):
+#   # A dind that can pull (inner Docker 28 today, overlay2 on a volume):
 #   docker run -d --name D --network container:fp-registry \
 #       --cap-add SYS_ADMIN --security-opt apparmor=unconfined \
 #       -v VOL:/var/lib/docker fp-dind:28 \
@@ -94,13 +104,16 @@ readonly GROUP=fpdocker
 readonly TEST_USER=fptest
 readonly BRIDGE=fpdocker0
 readonly BRIDGE_CIDR=${FP_BRIDGE_CIDR:-172.30.99.1/24}
-readonly DIND_IMAGE=fp-dind:28
-readonly DIND_MAJOR=28
-readonly DIND_SUITE=${FP_DIND_SUITE:-sid}
-# Bump when the rootfs recipe changes: it names the cached tarball and is a
-# label of the image, so an old cache/image is not reused after a change.
+readonly DIND_REPO=fp-dind
+# Debian suites to build dind images from, by their moving names: stable
+# (Docker 26 today, the major of Flatcar LTS) and unstable (28 today, 29
+# later). The last one pulls in the tests and serves the registry.
+read -r -a DIND_SUITES <<<"${FP_DIND_SUITES:-stable unstable}"
+readonly DIND_SUITES
+((${#DIND_SUITES[@]})) || { echo "docker-env: ERROR: FP_DIND_SUITES is empty" >&2; exit 1; }
+# Bump when the rootfs recipe changes: it names the cached tarballs and is a
+# label of the images, so an old cache/image is not reused after a change.
 readonly DIND_RECIPE=1
-readonly DIND_TAR=$FP_CACHE/fp-dind-$DIND_MAJOR-$DIND_SUITE-r$DIND_RECIPE.tar
 readonly REG_CTR=fp-registry
 readonly REG_VOL=fp-registry-data
 readonly REGISTRY=127.0.0.1:5000
@@ -122,8 +135,8 @@ changed=0 # set when something was (re)built: triggers the smoke test
 
 # --- 1. packages ------------------------------------------------------------
 # docker.io      dockerd 20.10 + CLI (our host daemon), pulls containerd, runc
-# debootstrap    builds the sid rootfs of the dind image
-# (no docker-registry on the host: the registry runs from the sid image, see
+# debootstrap    builds the rootfs of each dind image
+# (no docker-registry on the host: the registry runs from the pulling dind image, see
 #  step 5; the host package would only add a service that wants port 5000)
 # busybox-static static /bin/busybox for FROM-scratch test images
 # iptables       host dockerd's bridge/NAT and port publishing
@@ -234,9 +247,15 @@ chgrp "$GROUP" "$SOCK" && chmod 660 "$SOCK"
 runuser -u "$TEST_USER" -- env DOCKER_HOST="$DOCKER_HOST" docker version >/dev/null 2>&1 ||
     die "user $TEST_USER cannot use $SOCK"
 
-# --- 4. image fp-dind:28 ----------------------------------------------------
+# --- 4. dind images, one per Debian suite --------------------------------------
+# Each suite of FP_DIND_SUITES gives a rootfs (debootstrap) with the Docker
+# that suite has today, imported as fp-dind:MAJOR. No version is pinned: when
+# unstable moves to Docker 29 the next fresh build is fp-dind:29 and the truth
+# tests start it on the written store, with no change here.
+
 # Debian mirror for debootstrap: the one apt already uses (deb822 `URIs:` or
-# one-line `deb URI suite`), the Debian archive proper, not -security.
+# one-line `deb URI suite`), the Debian archive proper, not -security. None:
+# debootstrap's own default.
 debian_mirror() {
     local f u
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
@@ -247,35 +266,29 @@ debian_mirror() {
             grep -E '/debian/?$' | head -n 1 || true)
         [[ -n $u ]] && { echo "${u%/}"; return; }
     done
-    echo http://deb.debian.org/debian
 }
 
-image_recipe() { docker image inspect -f '{{index .Config.Labels "org.flatcar-preload.recipe"}}' "$DIND_IMAGE" 2>/dev/null || true; }
+label() { docker image inspect -f "{{index .Config.Labels \"org.flatcar-preload.$2\"}}" "$1" 2>/dev/null || true; }
 
-if [[ $(image_recipe) == "$DIND_RECIPE" ]]; then
-    say "image: ok ($DIND_IMAGE)"
-else
-    mkdir -p "$FP_CACHE"
-    if [[ ! -s $DIND_TAR ]]; then
-        mirror=${FP_DIND_MIRROR:-$(debian_mirror)}
-        rootfs=$FP_CACHE/dind-rootfs.tmp
-        rm -rf "$rootfs" "$DIND_TAR.tmp"
-        trap 'rm -rf "$rootfs" "$DIND_TAR.tmp"' EXIT
-        start=$SECONDS
-        # docker-registry is in the same rootfs so that one image serves as
-        # dind and as registry. ~45 s, ~600 MB before trimming.
-        debootstrap --variant=minbase \
-            --include=docker.io,docker-cli,iptables,ca-certificates,docker-registry \
-            "$DIND_SUITE" "$rootfs" "$mirror" >"$FP_CACHE/debootstrap.log" 2>&1 ||
-            { tail -n 20 "$FP_CACHE/debootstrap.log" >&2; die "debootstrap $DIND_SUITE from $mirror failed"; }
-        # sid moves on: refuse to call Docker 29 "fp-dind:28".
-        ver=$(chroot "$rootfs" dockerd --version | sed -n 's/^Docker version \([0-9.]*\).*/\1/p')
-        [[ ${ver%%.*} == "$DIND_MAJOR" ]] ||
-            die "$DIND_SUITE now has dockerd '$ver', not $DIND_MAJOR.x (set FP_DIND_SUITE/FP_DIND_MIRROR)"
-        # Trim what a container never needs (~170 MB of .debs and lists).
-        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/*
-        # Registry config without the htpasswd auth of Debian's default one.
-        cat >"$rootfs/etc/fp-registry.yml" <<'EOF'
+# debootstrap SUITE into a rootfs, cached as TAR, its dockerd version in TAR.version.
+build_rootfs() {
+    local suite=$1 include=$2 tar=$3 mirror rootfs ver start
+    mirror=${FP_DIND_MIRROR:-$(debian_mirror)}
+    rootfs=$FP_CACHE/dind-rootfs-$suite.tmp
+    rm -rf "$rootfs" "$tar.tmp"
+    trap 'rm -rf "$rootfs" "$tar.tmp"' EXIT
+    start=$SECONDS
+    # ~35 s and ~600 MB per suite before trimming. An empty mirror argument
+    # is left out: debootstrap then uses its own default.
+    debootstrap --variant=minbase --include="$include" "$suite" "$rootfs" ${mirror:+"$mirror"} \
+        >"$FP_CACHE/debootstrap-$suite.log" 2>&1 ||
+        { tail -n 20 "$FP_CACHE/debootstrap-$suite.log" >&2; die "debootstrap $suite ${mirror:-(default mirror)} failed (log $FP_CACHE/debootstrap-$suite.log)"; }
+    ver=$(chroot "$rootfs" dockerd --version | sed -n 's/^Docker version \([0-9][0-9.]*\).*/\1/p')
+    [[ $ver =~ ^[0-9]+\. ]] || die "$suite: cannot read the version of its dockerd ('$ver')"
+    # Trim what a container never needs (~170 MB of .debs and lists).
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/*
+    # Registry config without the htpasswd auth of Debian's default one.
+    cat >"$rootfs/etc/fp-registry.yml" <<'EOF2'
 version: 0.1
 log:
   level: info
@@ -290,31 +303,77 @@ http:
   # all addresses of the container's netns: the host reaches it through the
   # published 127.0.0.1:5000, dinds sharing the netns through 127.0.0.1:5000
   addr: :5000
-EOF
-        # Uncompressed: import reads it fastest and disk is not short here.
-        tar --numeric-owner --xattrs --xattrs-include='*' -C "$rootfs" -cf "$DIND_TAR.tmp" .
-        mv "$DIND_TAR.tmp" "$DIND_TAR"
-        rm -rf "$rootfs"
-        trap - EXIT
-        say "image: debootstrap $DIND_SUITE from $mirror (dockerd $ver) in $((SECONDS - start)) s, cached $DIND_TAR"
+EOF2
+    # Uncompressed: import reads it fastest and disk is not short here.
+    tar --numeric-owner --xattrs --xattrs-include='*' -C "$rootfs" -cf "$tar.tmp" .
+    echo "$ver" >"$tar.version"
+    mv "$tar.tmp" "$tar"
+    rm -rf "$rootfs"
+    trap - EXIT
+    say "image: debootstrap $suite from ${mirror:-the default mirror of debootstrap} (dockerd $ver) in $((SECONDS - start)) s, cached $tar"
+}
+
+# Sets $image to the fp-dind image of one suite, built if needed. The last
+# suite's image also holds docker-registry: it pulls and serves the registry.
+claimed=" "
+dind_image() {
+    local suite=$1 role=$2 key tar ver major include
+    key=$suite-$role
+    image=$(docker images --filter "label=org.flatcar-preload.rootfs=$key" \
+        --filter "label=org.flatcar-preload.recipe=$DIND_RECIPE" \
+        --format '{{.Repository}}:{{.Tag}}' | grep -m 1 "^$DIND_REPO:" || true)
+    if [[ -n $image && ${FP_DIND_REFRESH:-0} != 1 ]]; then
+        say "image: ok ($image: $suite, dockerd $(label "$image" docker))"
+    else
+        tar=$FP_CACHE/fp-dind-$key-r$DIND_RECIPE.tar
+        include=docker.io,docker-cli,iptables,ca-certificates
+        [[ $role == pull ]] && include+=,docker-registry
+        if [[ ! -s $tar || ! -s $tar.version || ${FP_DIND_REFRESH:-0} == 1 ]]; then
+            build_rootfs "$suite" "$include" "$tar"
+        fi
+        ver=$(<"$tar.version")
+        major=${ver%%.*}
+        # Named by the Docker inside; two suites with one major: the later
+        # one says which it is.
+        image=$DIND_REPO:$major
+        [[ $claimed == *" $image "* ]] && image=$DIND_REPO:$major-$suite
+        # No ENTRYPOINT: the command is the program (`dockerd ...` for a
+        # dind, `docker-registry serve ...` for the registry). The default
+        # CMD is a pull-only dind, with the flags explained at the top.
+        docker import \
+            --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+            --change "LABEL org.flatcar-preload.recipe=$DIND_RECIPE" \
+            --change "LABEL org.flatcar-preload.rootfs=$key" \
+            --change "LABEL org.flatcar-preload.docker=$ver" \
+            --change 'CMD ["dockerd", "--host=unix:///var/run/docker.sock", "--storage-driver=overlay2", "--iptables=false", "--ip6tables=false", "--bridge=none"]' \
+            "$tar" "$image" >/dev/null
+        [[ $role == pull ]] && changed=1
+        say "image: imported $image ($suite, dockerd $ver) from $tar"
     fi
-    # No ENTRYPOINT: the command is the program (`dockerd ...` for a dind,
-    # `docker-registry serve ...` for the registry). The default CMD is a
-    # pull-only dind, with the flags explained at the top.
-    docker import \
-        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        --change "LABEL org.flatcar-preload.recipe=$DIND_RECIPE" \
-        --change 'CMD ["dockerd", "--host=unix:///var/run/docker.sock", "--storage-driver=overlay2", "--iptables=false", "--ip6tables=false", "--bridge=none"]' \
-        "$DIND_TAR" "$DIND_IMAGE" >/dev/null
-    changed=1
-    say "image: imported $DIND_IMAGE from $DIND_TAR"
-fi
+    claimed+="$image "
+}
+
+mkdir -p "$FP_CACHE"
+targets=()
+for ((n = 0; n < ${#DIND_SUITES[@]}; n++)); do
+    role=target
+    ((n == ${#DIND_SUITES[@]} - 1)) && role=pull
+    dind_image "${DIND_SUITES[n]}" "$role"
+    targets+=("$image")
+done
+DIND_IMAGE=$image
+DIND_MAJOR=$(label "$DIND_IMAGE" docker)
+DIND_MAJOR=${DIND_MAJOR%%.*}
+# Oldest Docker first, as a machine upgraded through the majors sees it.
+mapfile -t targets < <(printf '%s\n' "${targets[@]}" | sort -t: -k2,2V -u)
 
 # --- 5. registry container ----------------------------------------------------
-image_id=$(docker image inspect -f '{{.Id}}' "$DIND_IMAGE")
+# Any image of the current recipe serves (the registry does not depend on the
+# Docker version): a registry that runs is not recreated when the pulling
+# image is rebuilt, so its data and port stay put.
 reg_state=$(docker inspect -f '{{.State.Running}} {{.Image}}' "$REG_CTR" 2>/dev/null || true)
-if [[ -n $reg_state && ${reg_state#* } != "$image_id" ]]; then
-    docker rm -f "$REG_CTR" >/dev/null # built from an older image
+if [[ -n $reg_state && $(label "${reg_state#* }" recipe) != "$DIND_RECIPE" ]]; then
+    docker rm -f "$REG_CTR" >/dev/null # built from an older recipe
     reg_state=
 fi
 if [[ -z $reg_state ]]; then
@@ -375,13 +434,15 @@ if ((changed)) || [[ ${FP_VERIFY:-0} == 1 ]]; then
 fi
 
 # --- 7. variables ---------------------------------------------------------------
-vars=(
-    "DOCKER_HOST=$DOCKER_HOST"
-    "FP_DIND_IMAGE=$DIND_IMAGE"
-    "FP_REGISTRY_CONTAINER=$REG_CTR"
-    "FP_REGISTRY=$REGISTRY"
-    "FP_TEST_USER=$TEST_USER"
-)
+# Shell-quoted (FP_TARGET_DOCKERS holds spaces): fit for eval and for source.
+vars=()
+kv() { vars+=("$1=$(printf %q "$2")"); }
+kv DOCKER_HOST "$DOCKER_HOST"
+kv FP_DIND_IMAGE "$DIND_IMAGE"
+kv FP_TARGET_DOCKERS "${targets[*]}"
+kv FP_REGISTRY_CONTAINER "$REG_CTR"
+kv FP_REGISTRY "$REGISTRY"
+kv FP_TEST_USER "$TEST_USER"
 mkdir -p "$FP_CACHE"
 {
     echo "# written by ci/docker-env.sh; source it"

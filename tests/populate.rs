@@ -1,7 +1,10 @@
 //! `flatcar-preload populate` against real Docker: the test dockerd, local
-//! registry and dind image of ci/docker-env.sh (run it first; ci/test.sh
-//! does). The result is checked by starting a real Docker 28 on the
-//! written store and running the fixture images.
+//! registry and dind images of ci/docker-env.sh (run it first; ci/test.sh
+//! does). The result is checked by starting each Docker that Debian's
+//! suites ship (FP_TARGET_DOCKERS: 26 from stable, the major of Flatcar
+//! LTS; 28 or newer from unstable) on the written store and running the
+//! fixture images. Without root or that environment every test skips with
+//! the reason (and fails instead under CI=true).
 
 mod common;
 
@@ -19,6 +22,9 @@ use sha2::{Digest, Sha256};
 struct Env {
     docker_host: String,
     dind_image: String,
+    /// The dind images whose Docker is started on written stores, as
+    /// Flatcar would (oldest first).
+    target_dockers: Vec<String>,
     registry_container: String,
     registry: String,
     test_user: String,
@@ -27,17 +33,17 @@ struct Env {
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        let var = |k: &str| {
-            std::env::var(k).unwrap_or_else(|_| {
-                panic!(
-                    "{k} is not set: these tests need the Docker test environment; \
-                     run `. ci/docker-env.sh` (as root) first, or `ci/test.sh`"
-                )
-            })
-        };
+        if let Some(reason) = docker_env_missing() {
+            panic!("{reason}");
+        }
+        let var = |k: &str| std::env::var(k).unwrap();
         Env {
             docker_host: var("DOCKER_HOST"),
             dind_image: var("FP_DIND_IMAGE"),
+            target_dockers: var("FP_TARGET_DOCKERS")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
             registry_container: var("FP_REGISTRY_CONTAINER"),
             registry: var("FP_REGISTRY"),
             test_user: var("FP_TEST_USER"),
@@ -247,8 +253,26 @@ fn fixtures() -> &'static Fixtures {
 /// The tests share one Docker engine and check that nothing is left in it,
 /// so they run one at a time.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
+    // Backstop for a test that does not start with `docker_test()`: without
+    // the environment, outside CI, skip the whole binary with the reason
+    // (every test here needs it) rather than fail on a missing variable.
+    if let Some(reason) = docker_env_missing() {
+        if !in_ci() {
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("SKIPPED every test of tests/populate.rs: {reason}\n").as_bytes(),
+            );
+            std::process::exit(0);
+        }
+    }
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The start of every test: the Docker environment (or a printed skip, a
+/// failure in CI), then the engine to ourselves.
+fn docker_test() -> Option<std::sync::MutexGuard<'static, ()>> {
+    require_docker_env().then(serial)
 }
 
 /// A directory the unprivileged test user may write to.
@@ -316,55 +340,164 @@ fn populate(args: &[&str]) -> Output {
     populate_cmd(args).output().unwrap()
 }
 
-/// Starts Docker 28 (the dind image) on the store in ROOT of `disk` and
-/// runs `script` with it; returns its output.
+/// The major version in a target's tag: they are named by it
+/// (`fp-dind:26`, `fp-dind:29`, `fp-dind:29-unstable`).
+fn major_of(image: &str) -> u32 {
+    image
+        .rsplit_once(':')
+        .and_then(|(_, tag)| tag.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("FP_TARGET_DOCKERS: {image} is not named by its Docker major (fp-dind:MAJOR)")
+        })
+}
+
+/// The tags the store's repositories.json holds, as `repo:tag id`: what
+/// `docker images` must list on it.
+fn stored_tags(store: &Path) -> Vec<String> {
+    let p = store.join("image/overlay2/repositories.json");
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+            .unwrap();
+    let mut tags = vec![];
+    for refs in json["Repositories"].as_object().unwrap().values() {
+        for (r, id) in refs.as_object().unwrap() {
+            if !r.contains('@') {
+                tags.push(format!("{r} {}", id.as_str().unwrap()));
+            }
+        }
+    }
+    tags.sort();
+    tags
+}
+
+/// What one target Docker printed on a written store.
+struct Verified {
+    image: String,
+    text: String,
+}
+
+/// Starts every target Docker (FP_TARGET_DOCKERS), one after the other,
+/// each on its own copy of the store in ROOT of `disk`; checks that it
+/// keeps the overlay2 store and lists every image the store holds, then
+/// runs `script` with it and returns what each printed.
+fn on_each_real_docker(disk: &Path, script: &str) -> Vec<Verified> {
+    let targets = &env().target_dockers;
+    assert!(!targets.is_empty(), "FP_TARGET_DOCKERS lists no image");
+    let mut all = vec![];
+    for image in targets {
+        let major = major_of(image);
+        // The daemon writes to its store: each gets a pristine copy.
+        let copy_dir = tempfile::tempdir().unwrap();
+        let copy = copy_dir.path().join("verify.bin");
+        let st = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(disk)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(st.success(), "copying {}", disk.display());
+        let m = Mount::with(&copy, true);
+        let store = m.dir.path().join("var/lib/docker");
+        let want = stored_tags(&store);
+        // Flatcar starts dockerd with no storage flag and no daemon.json.
+        // From 29 on, that is how it must be started here too: Docker 29
+        // picks the containerd image store on a fresh install, and the test
+        // is that a store already in overlay2 keeps it on overlay2. Older
+        // majors get the network flags a container here needs (no NAT
+        // rules, no bridge); they do not touch the store.
+        let flags = if major >= 29 {
+            ""
+        } else {
+            "--iptables=false --ip6tables=false --bridge=none"
+        };
+        let full = format!(
+            "dockerd {flags} >/tmp/dockerd.log 2>&1 &
+             for i in $(seq 300); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+             docker info >/dev/null 2>&1 || {{ echo 'dockerd did not start:'; tail -n 30 /tmp/dockerd.log; exit 1; }}
+             echo \"FPINFO $(docker info -f '{{{{.ServerVersion}}}} {{{{.Driver}}}}')\"
+             docker images --no-trunc --format 'FPIMG {{{{.Repository}}}}:{{{{.Tag}}}} {{{{.ID}}}}'
+             {script}"
+        );
+        let name = format!("fp-verify-{}", std::process::id());
+        let out = Command::new("docker")
+            .env("DOCKER_HOST", &env().docker_host)
+            .args(["run", "--rm", "--name", &name, "--network", "none"])
+            .args(["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE"])
+            .args([
+                "--security-opt",
+                "seccomp=unconfined",
+                "--security-opt",
+                "apparmor=unconfined",
+            ])
+            .args([
+                "--security-opt",
+                "systempaths=unconfined",
+                "--cgroupns",
+                "host",
+            ])
+            .args(["-v", "/sys/fs/cgroup:/sys/fs/cgroup"])
+            .arg("-v")
+            .arg(format!("{}:/var/lib/docker", store.display()))
+            .args([image.as_str(), "sh", "-c", &full])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "verification with a real dockerd ({image}) failed:\n{text}"
+        );
+        let info = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FPINFO "))
+            .unwrap_or("");
+        let (version, driver) = info.split_once(' ').unwrap_or((info, ""));
+        assert_eq!(
+            version.split('.').next(),
+            Some(major.to_string().as_str()),
+            "{image} started Docker {version:?}:\n{text}"
+        );
+        assert_eq!(
+            driver, "overlay2",
+            "Docker {version} ({image}) does not use the written overlay2 store:\n{text}"
+        );
+        let mut listed: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("FPIMG "))
+            .filter(|l| !l.contains("<none>"))
+            .map(str::to_string)
+            .collect();
+        listed.sort();
+        assert_eq!(
+            listed, want,
+            "Docker {version} ({image}): `docker images` against the store's repositories.json:\n{text}"
+        );
+        drop(m);
+        all.push(Verified {
+            image: image.clone(),
+            text,
+        });
+    }
+    all
+}
+
+/// `on_each_real_docker`, with what each Docker printed in one text.
 fn with_real_docker(disk: &Path, script: &str) -> String {
-    // The checks start a daemon that writes to its store.
-    let m = Mount::with(disk, true);
-    let store = m.dir.path().join("var/lib/docker");
-    let name = format!("fp-verify-{}", std::process::id());
-    let full = format!(
-        "dockerd --iptables=false --ip6tables=false --bridge=none >/tmp/dockerd.log 2>&1 &
-         for i in $(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
-         {script}"
-    );
-    let out = Command::new("docker")
-        .env("DOCKER_HOST", &env().docker_host)
-        .args(["run", "--rm", "--name", &name, "--network", "none"])
-        .args(["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE"])
-        .args([
-            "--security-opt",
-            "seccomp=unconfined",
-            "--security-opt",
-            "apparmor=unconfined",
-        ])
-        .args([
-            "--security-opt",
-            "systempaths=unconfined",
-            "--cgroupns",
-            "host",
-        ])
-        .args(["-v", "/sys/fs/cgroup:/sys/fs/cgroup"])
-        .arg("-v")
-        .arg(format!("{}:/var/lib/docker", store.display()))
-        .args([&env().dind_image, "sh", "-c", &full])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "verification with a real dockerd failed:\n{text}"
-    );
-    text
+    on_each_real_docker(disk, script)
+        .into_iter()
+        .map(|v| format!("== {} ==\n{}", v.image, v.text))
+        .collect()
 }
 
 #[test]
 fn populate_truth() {
-    let _serial = serial();
+    let Some(_serial) = docker_test() else {
+        return;
+    };
     let f = fixtures();
     let tmp = user_dir();
     let disk = disk_copy(&["--layout", "current"], tmp.path());
@@ -425,7 +558,8 @@ fn populate_truth() {
         .unwrap());
     drop(view);
 
-    // A real Docker 28 on the written store.
+    // Each Docker of FP_TARGET_DOCKERS (Flatcar LTS's major and newer) on
+    // the written store.
     let script = r#"
         docker images --no-trunc --format 'IMG {{.Repository}}:{{.Tag}} {{.ID}}'
         docker run --rm --network none LAYERS sh -c 'echo A=$(ls -A /data/a | tr "\n" " "); echo B=$(ls -A /data/b | tr "\n" " "); echo CAT=$(cat /data/a/new); echo LINK=$(cat /data/link); echo H=$(stat -c "%i %h" /data/hard1) $(stat -c "%i %h" /data/hard2); echo ODD=$(cat "/data/sp ace ünï")'
@@ -434,7 +568,13 @@ fn populate_truth() {
     "#
     .replace("LAYERS", &f.listed[0].0)
     .replace("SECOND", &f.listed[1].0);
-    let text = with_real_docker(&out, &script);
+    for Verified { image, text } in on_each_real_docker(&out, &script) {
+        assert_truth(&image, &text, f);
+    }
+}
+
+/// What the fixture images show when run by one target Docker.
+fn assert_truth(image: &str, text: &str, f: &Fixtures) {
     let mut images: Vec<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("IMG "))
@@ -449,7 +589,7 @@ fn populate_truth() {
     want.sort();
     assert_eq!(
         images, want,
-        "docker images on the preloaded store:\n{text}"
+        "{image}: docker images on the preloaded store:\n{text}"
     );
     assert!(
         !text.contains(&f.unlisted),
@@ -457,10 +597,13 @@ fn populate_truth() {
     );
     assert!(
         text.contains("A=new \n") || text.contains("A=new\n"),
-        "opaque directory came back wrong:\n{text}"
+        "{image}: opaque directory came back wrong:\n{text}"
     );
     assert!(text.contains("B=stays"), "{text}");
-    assert!(!text.contains("gone"), "a deleted file came back:\n{text}");
+    assert!(
+        !text.contains("gone"),
+        "{image}: a deleted file came back:\n{text}"
+    );
     assert!(
         text.contains("CAT=new") && text.contains("LINK=stays") && text.contains("ODD=odd"),
         "{text}"
@@ -471,7 +614,7 @@ fn populate_truth() {
     // cap_net_bind_service (bit 10) in the permitted set of a non-root user.
     assert!(
         text.contains("CapPrm:\t0000000000000400"),
-        "file capability lost:\n{text}"
+        "{image}: file capability lost:\n{text}"
     );
     assert!(text.contains("\n2\n") || text.ends_with("2\n"), "{text}");
 }
@@ -494,7 +637,9 @@ fn assert_clean_failure(o: &Output, disk: &Path, before: u64, out: &Path, want: 
 
 #[test]
 fn populate_failures() {
-    let _serial = serial();
+    let Some(_serial) = docker_test() else {
+        return;
+    };
     let f = fixtures();
     let tmp = user_dir();
     let disk = disk_copy(&["--layout", "small"], tmp.path());
@@ -628,7 +773,9 @@ fn merge_adds_to_an_existing_store() {
 
 #[test]
 fn containerd_root_is_written() {
-    let _serial = serial();
+    let Some(_serial) = docker_test() else {
+        return;
+    };
     let f = fixtures();
     let tmp = user_dir();
     let disk = disk_copy(&["--layout", "current"], tmp.path());
@@ -667,7 +814,9 @@ fn containerd_root_is_written() {
 
 #[test]
 fn qcow2_input_grows_to_fit() {
-    let _serial = serial();
+    let Some(_serial) = docker_test() else {
+        return;
+    };
     let f = fixtures();
     let tmp = user_dir();
     let disk = disk_copy(&["--layout", "small"], tmp.path());
@@ -693,12 +842,14 @@ fn qcow2_input_grows_to_fit() {
     let raw = tmp.path().join("back.raw");
     qemu_convert("qcow2", "raw", &out, &raw);
     assert_fsck_clean(&raw);
-    let text = with_real_docker(
-        &raw,
-        &format!(
-            "docker run --rm --network none {} /bin/busybox wc -c /big",
-            f.big
-        ),
+    let script = format!(
+        "docker run --rm --network none {} /bin/busybox wc -c /big",
+        f.big
     );
-    assert!(text.contains(&format!("{} /big", 96 << 20)), "{text}");
+    for Verified { image, text } in on_each_real_docker(&raw, &script) {
+        assert!(
+            text.contains(&format!("{} /big", 96 << 20)),
+            "{image}:\n{text}"
+        );
+    }
 }

@@ -614,6 +614,82 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// CI (`CI=true`) runs as root with the Docker environment up: there,
+/// nothing may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The running test's name (libtest names its threads after the tests).
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .unwrap_or("this test")
+        .to_string()
+}
+
+/// Skips the calling test: prints `SKIPPED name: reason` where `cargo test`
+/// shows it (straight to stderr, past libtest's capture of passing tests)
+/// and returns false, so that the test can `return`. With `CI=true` it
+/// fails the test instead.
+pub fn skip(reason: &str) -> bool {
+    let name = test_name();
+    assert!(
+        !in_ci(),
+        "{name} cannot run: {reason} (CI=true: nothing may be skipped)"
+    );
+    let _ = writeln!(io::stderr(), "SKIPPED {name}: {reason}");
+    false
+}
+
+/// True when running as root; otherwise skips (see `skip`), saying `why`
+/// root is needed. Use as `if !require_root("...") { return; }`.
+pub fn require_root(why: &str) -> bool {
+    is_root() || skip(&format!("needs root ({why}); run `sudo ci/test.sh`"))
+}
+
+/// The variables ci/docker-env.sh exports for the populate tests.
+pub const DOCKER_ENV_VARS: [&str; 6] = [
+    "DOCKER_HOST",
+    "FP_DIND_IMAGE",
+    "FP_TARGET_DOCKERS",
+    "FP_REGISTRY",
+    "FP_REGISTRY_CONTAINER",
+    "FP_TEST_USER",
+];
+
+/// Why the Docker test environment of ci/docker-env.sh is not usable
+/// here, if it is not: the tests run the tool as the test user (runuser),
+/// loop-mount results and need our dockerd, registry and dind images.
+pub fn docker_env_missing() -> Option<String> {
+    if !is_root() {
+        return Some("needs root and the Docker test environment; run `sudo ci/test.sh`".into());
+    }
+    let unset: Vec<&str> = DOCKER_ENV_VARS
+        .into_iter()
+        .filter(|k| std::env::var_os(k).is_none_or(|v| v.is_empty()))
+        .collect();
+    if unset.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "needs the Docker test environment ({} not set); run `. ci/docker-env.sh` \
+             (as root) first, or `sudo ci/test.sh`",
+            unset.join(", ")
+        ))
+    }
+}
+
+/// True when the Docker test environment is there; otherwise skips (see
+/// `skip`). Use as `if !require_docker_env() { return; }`.
+pub fn require_docker_env() -> bool {
+    match docker_env_missing() {
+        None => true,
+        Some(reason) => skip(&reason),
+    }
+}
+
 /// A loop mount of ROOT (read-only unless `rw`), unmounted on drop.
 pub struct Mount {
     pub dir: tempfile::TempDir,
@@ -627,8 +703,7 @@ impl Mount {
     pub fn with(disk: &Path, rw: bool) -> Mount {
         assert!(
             is_root(),
-            "this test reads the result through the kernel (loop mount) and needs root; \
-             run the suite as root or skip it with `cargo test -- --skip kernel`"
+            "loop-mounting ROOT needs root: the test should have called require_root()"
         );
         let r = root(disk);
         let dir = tempfile::tempdir().unwrap();
