@@ -26,4 +26,5 @@ else
 fi
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test --no-fail-fast
+# The tar fuzzer (tests/fuzz_tar.rs) runs for a minute here; 10 s otherwise.
+FP_FUZZ_SECONDS=${FP_FUZZ_SECONDS:-60} cargo test --no-fail-fast

@@ -58,7 +58,9 @@ fn fixture_fs(dir: &Path) -> PathBuf {
     f.set_len(8 << 20).unwrap();
     drop(f);
     let out = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-i", "4096", "-I", "256"])
+        .args([
+            "-q", "-F", "-t", "ext4", "-b", "4096", "-i", "4096", "-I", "256",
+        ])
         .args(["-L", "ROOT"])
         .arg(&img)
         .output()
@@ -115,7 +117,9 @@ fn pad(v: &mut Vec<u8>) {
 
 /// Seeds built here: PAX records of every kind the reader handles.
 fn built_seeds() -> Vec<Vec<u8>> {
-    let cap = [1u8, 0, 0, 2, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let cap = [
+        1u8, 0, 0, 2, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
     let pax = |records: &[Vec<u8>], entry: [u8; 512], data: &[u8]| {
         let r = records.concat();
         let mut v = header(b"PaxHeaders/e", b'x', r.len() as u64, b"").to_vec();
@@ -211,8 +215,14 @@ fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
             2 => {
                 // A header field: type flag, size, mode, uid, name.
                 let block = rng.below(len / 512 + 1) * 512;
-                let (off, width) = [(156, 1), (124, 12), (100, 8), (108, 8), (0, 100), (157, 100)]
-                    [rng.below(6)];
+                let (off, width) = [
+                    (156, 1),
+                    (124, 12),
+                    (100, 8),
+                    (108, 8),
+                    (0, 100),
+                    (157, 100),
+                ][rng.below(6)];
                 for k in 0..width {
                     if let Some(b) = v.get_mut(block + off + k) {
                         if rng.chance(50) {
@@ -350,10 +360,7 @@ fn save_failure(input: &[u8], why: &str) -> PathBuf {
     fs::create_dir_all(&dir).unwrap();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(input, &mut h);
-    let p = dir.join(format!(
-        "case-{:016x}.tar",
-        std::hash::Hasher::finish(&h)
-    ));
+    let p = dir.join(format!("case-{:016x}.tar", std::hash::Hasher::finish(&h)));
     fs::write(&p, input).unwrap();
     fs::write(p.with_extension("txt"), why).unwrap();
     p
@@ -366,7 +373,9 @@ fn regressions_replay_clean() {
     let work = tmp.path().join("work.img");
     let cases = corpus_files(&manifest().join("tests/fuzz/regressions"));
     for (p, input) in &cases {
-        let hidden = p.file_name().is_some_and(|n| n.as_encoded_bytes()[0] == b'.');
+        let hidden = p
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes()[0] == b'.');
         if hidden || p.extension().is_some_and(|e| e == "txt") {
             continue;
         }

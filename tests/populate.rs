@@ -79,13 +79,19 @@ fn sha256(b: &[u8]) -> String {
 enum L<'a> {
     Dir(&'a str),
     File(&'a str, &'a [u8], u32),
-    Cap(&'a str, &'a [u8]),
+    /// A file with this `security.capability` value.
+    Cap(&'a str, &'a [u8], &'a [u8]),
     Link(&'a str, &'a str),
     Sym(&'a str, &'a str),
 }
 
 const CAP_NET_BIND_SERVICE_EP: &[u8] = &[
     0x01, 0x00, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+/// cap_dac_override,cap_fowner+ep: the mask 0x0a is a newline byte, which
+/// tar readers that split PAX headers on newlines cannot read.
+const CAP_DAC_OVERRIDE_FOWNER_EP: &[u8] = &[
+    0x01, 0x00, 0x00, 0x02, 0x0a, 0x00, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 ];
 
 fn layer(entries: &[L]) -> Vec<u8> {
@@ -107,12 +113,9 @@ fn layer(entries: &[L]) -> Vec<u8> {
                 h.set_size(data.len() as u64);
                 b.append_data(&mut h, p, *data).unwrap();
             }
-            L::Cap(p, data) => {
-                b.append_pax_extensions([(
-                    "SCHILY.xattr.security.capability",
-                    CAP_NET_BIND_SERVICE_EP,
-                )])
-                .unwrap();
+            L::Cap(p, data, cap) => {
+                b.append_pax_extensions([("SCHILY.xattr.security.capability", *cap)])
+                    .unwrap();
                 h.set_mode(0o755);
                 h.set_size(data.len() as u64);
                 b.append_data(&mut h, p, *data).unwrap();
@@ -196,7 +199,9 @@ fn fixtures() -> &'static Fixtures {
             L::Sym("bin/sh", "busybox"),
             L::Dir("capbin"),
             // busybox picks its applet by name: this one is grep.
-            L::Cap("capbin/grep", &busybox),
+            L::Cap("capbin/grep", &busybox, CAP_NET_BIND_SERVICE_EP),
+            // ... and this one cat.
+            L::Cap("capbin/cat", &busybox, CAP_DAC_OVERRIDE_FOWNER_EP),
             L::Dir("data"),
             L::Dir("data/a"),
             L::File("data/a/file1", b"old 1", 0o644),
@@ -558,12 +563,32 @@ fn populate_truth() {
         .unwrap());
     drop(view);
 
+    // The capability whose value holds a newline byte, byte for byte in the
+    // layer's diff as the kernel reads it.
+    {
+        let m = Mount::new(&out);
+        let overlay = m.dir.path().join("var/lib/docker/overlay2");
+        let mut found = 0;
+        for e in fs::read_dir(&overlay).unwrap() {
+            let p = e.unwrap().path().join("diff/capbin/cat");
+            if p.exists() {
+                let mut buf = [0u8; 256];
+                let n = rustix::fs::lgetxattr(&p, "security.capability", &mut buf[..])
+                    .unwrap_or_else(|e| panic!("{}: no security.capability: {e}", p.display()));
+                assert_eq!(&buf[..n], CAP_DAC_OVERRIDE_FOWNER_EP, "{}", p.display());
+                found += 1;
+            }
+        }
+        assert!(found > 0, "no layer holds capbin/cat");
+    }
+
     // Each Docker of FP_TARGET_DOCKERS (Flatcar LTS's major and newer) on
     // the written store.
     let script = r#"
         docker images --no-trunc --format 'IMG {{.Repository}}:{{.Tag}} {{.ID}}'
         docker run --rm --network none LAYERS sh -c 'echo A=$(ls -A /data/a | tr "\n" " "); echo B=$(ls -A /data/b | tr "\n" " "); echo CAT=$(cat /data/a/new); echo LINK=$(cat /data/link); echo H=$(stat -c "%i %h" /data/hard1) $(stat -c "%i %h" /data/hard2); echo ODD=$(cat "/data/sp ace ünï")'
         docker run --rm --network none --user 1000 LAYERS /capbin/grep CapPrm /proc/self/status
+        docker run --rm --network none --user 1000 LAYERS /capbin/cat /proc/self/status | grep CapPrm | sed 's/^/NL/'
         docker run --rm --network none SECOND /bin/busybox cat /second; echo
     "#
     .replace("LAYERS", &f.listed[0].0)
@@ -615,6 +640,11 @@ fn assert_truth(image: &str, text: &str, f: &Fixtures) {
     assert!(
         text.contains("CapPrm:\t0000000000000400"),
         "{image}: file capability lost:\n{text}"
+    );
+    // cap_dac_override and cap_fowner (bits 1 and 3: 0x0a).
+    assert!(
+        text.contains("NLCapPrm:\t000000000000000a"),
+        "{image}: the capability holding a newline byte was lost:\n{text}"
     );
     assert!(text.contains("\n2\n") || text.ends_with("2\n"), "{text}");
 }
