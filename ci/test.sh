@@ -18,4 +18,5 @@ else
 fi
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test --no-fail-fast
+cargo clippy --all-targets --features test-hooks --quiet -- -D warnings
+cargo test --features test-hooks --no-fail-fast
