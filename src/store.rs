@@ -23,7 +23,7 @@ pub const CONTAINERD_ROOT: &str = "/var/lib/containerd";
 /// The top-level entries of /var/lib/docker that a daemon needs to find the
 /// pulled images: the image metadata (image db, layer db, repositories.json,
 /// distribution cache) and the overlay2 layers. Everything else is state of
-/// the build machine's daemon, recreated empty by Docker at first start:
+/// the daemon that pulled (the dind's), recreated empty by Docker at first start:
 /// `engine-id` (the daemon's identity), `network/` (local-kv.db), `containers/`,
 /// `swarm/`, `buildkit/`, `tmp/`, `runtimes/`, `plugins/`, `volumes/`, the
 /// dind's own `containerd/`.

@@ -671,6 +671,19 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use super::DindNetwork;
+
+    #[test]
+    fn network_modes() {
+        let parse = |s: &str| s.parse::<DindNetwork>();
+        assert_eq!(parse("host"), Ok(DindNetwork::Host));
+        assert_eq!(parse("none").unwrap().mode(), "none");
+        assert_eq!(parse("container:reg").unwrap().mode(), "container:reg");
+        assert_eq!(parse("mynet"), Ok(DindNetwork::Named("mynet".into())));
+        assert!(parse("container:").is_err());
+        assert!(parse("").is_err());
+    }
+
     #[test]
     fn this_test_binary_is_static_as_configured() {
         let exe = std::fs::read("/proc/self/exe").unwrap();
