@@ -228,11 +228,7 @@ async fn populate(run: &mut Run<'_>) -> Result<Summary> {
         }
         None => 0,
     };
-    let fs = ext4::inspect(&root, ROOT_NAME).context("re-reading ROOT after writing")?;
-    let layers = count_layers(&root)?;
-    if let Some(out) = prepared.output {
-        out.publish()?;
-    }
+    let (fs, layers) = publish(prepared)?;
     Ok(Summary {
         images,
         layers,
@@ -503,12 +499,21 @@ async fn export_and_write(run: &mut Run<'_>, volume: &str, root: &ext4::Root) ->
     })
 }
 
-/// Layers in the written store (directories of overlay2 but `l`).
-fn count_layers(root: &ext4::Root) -> Result<u64> {
-    Ok(ext4::list_dir(root, &format!("{DOCKER_ROOT}/overlay2"))?
+/// Re-reads ROOT (its free space and the layers in the store: directories
+/// of overlay2 but `l`) and moves the output to its name (converted back
+/// to qcow2/vmdk when it came from there). On failure the output is
+/// removed; in place, the disk holds the complete store.
+fn publish(prepared: Prepared) -> Result<(ext4::FsSummary, u64)> {
+    let root = prepared.fs();
+    let fs = ext4::inspect(&root, ROOT_NAME).context("re-reading ROOT after writing")?;
+    let layers = ext4::list_dir(&root, &format!("{DOCKER_ROOT}/overlay2"))?
         .iter()
         .filter(|n| n.as_str() != "l")
-        .count() as u64)
+        .count() as u64;
+    if let Some(out) = prepared.output {
+        out.publish()?;
+    }
+    Ok((fs, layers))
 }
 
 /// Writes a containerd root (a directory or a tar) under
