@@ -93,7 +93,7 @@ fn new_output(src: &Path, dst: &Path) -> Result<(Output, File)> {
             );
         }
     }
-    let (file, tmp) = super::hidden_temp(dst)?.into_parts();
+    let (file, tmp) = super::hidden_temp(dst, "partial")?.into_parts();
     let out = Output {
         tmp,
         path: dst.to_path_buf(),

@@ -114,9 +114,9 @@ pub fn locate_root(image: &Path) -> Result<RootPartition> {
     Ok(RootPartition { offset, size })
 }
 
-/// A hidden temporary file next to `dst` (`.NAME.XXXXXX`), removed when
-/// dropped unless persisted; created with the usual 0666 & umask mode.
-pub(crate) fn hidden_temp(dst: &Path) -> Result<tempfile::NamedTempFile> {
+/// A hidden temporary file next to `dst` (`.NAME.WHAT-XXXXXX`), removed
+/// when dropped unless persisted; created with the usual 0666 & umask mode.
+pub(crate) fn hidden_temp(dst: &Path, what: &str) -> Result<tempfile::NamedTempFile> {
     use std::os::unix::fs::PermissionsExt;
     let name = dst
         .file_name()
@@ -127,7 +127,7 @@ pub(crate) fn hidden_temp(dst: &Path) -> Result<tempfile::NamedTempFile> {
     };
     let mut prefix = std::ffi::OsString::from(".");
     prefix.push(name);
-    prefix.push(".");
+    prefix.push(format!(".{what}-"));
     tempfile::Builder::new()
         .prefix(&prefix)
         .permissions(fs::Permissions::from_mode(0o666))
@@ -156,7 +156,7 @@ impl Output {
         let Output { tmp, path, convert } = self;
         let done = match convert.and_then(Format::qemu_name) {
             Some(format) => {
-                let converted = hidden_temp(&path)?.into_temp_path();
+                let converted = hidden_temp(&path, "partial")?.into_temp_path();
                 copy::qemu_img(&[
                     "convert".as_ref(),
                     "-f".as_ref(),
