@@ -43,7 +43,7 @@ pub struct PopulateConfig {
 }
 
 /// What `--json` prints, and what the summary says.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Summary {
     pub images: Vec<PulledImage>,
     pub layers: u64,

@@ -102,13 +102,12 @@ pub struct Finished {
 }
 
 /// How the store left the export container.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportVia {
     /// A private unix socket (a daemon on this machine).
     Socket,
     /// The Docker API's attach stream (any daemon).
-    #[default]
     Attach,
 }
 
