@@ -26,5 +26,6 @@ else
 fi
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --all-targets --features test-hooks --quiet -- -D warnings
 # The tar fuzzer (tests/fuzz_tar.rs) runs for a minute here; 10 s otherwise.
-FP_FUZZ_SECONDS=${FP_FUZZ_SECONDS:-60} cargo test --no-fail-fast
+FP_FUZZ_SECONDS=${FP_FUZZ_SECONDS:-60} cargo test --features test-hooks --no-fail-fast

@@ -4,12 +4,13 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use anyhow::{bail, Result};
 
 use crate::disk::{parse_size, Grow};
 use crate::docker::refs::{self, ImageRef};
+use crate::docker::DindNetwork;
 use crate::populate::PopulateConfig;
 use crate::unpack::{Input, OutputMode, Space, UnpackConfig};
 
@@ -48,7 +49,12 @@ pub enum Command {
     /// (internal) Runs inside the export container: prints what the store
     /// will take in ext4 (JSON).
     #[command(name = "__measure-store", hide = true)]
-    InnerMeasure { root: PathBuf },
+    InnerMeasure {
+        root: PathBuf,
+        /// The block size of the filesystem the store goes into.
+        #[arg(long)]
+        block_size: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -84,7 +90,7 @@ pub struct PopulateArgs {
     /// or a network name. In host mode the inner daemon gets no
     /// NET_ADMIN and touches no interface or firewall.
     #[arg(long, value_name = "mode", default_value = "bridge")]
-    pub dind_network: String,
+    pub dind_network: DindNetwork,
     /// Run the dind privileged (default: only CAP_SYS_ADMIN and
     /// apparmor=unconfined, which is enough to pull).
     #[arg(long)]
@@ -149,9 +155,18 @@ pub struct SpaceArgs {
     /// least 256M).
     #[arg(long, value_name = "size", value_parser = parse_size_arg)]
     pub headroom: Option<u64>,
-    /// Format of OUTPUT for qcow2/vmdk input: `same` (default) or `raw`.
-    #[arg(long, value_name = "format", default_value = "same", value_parser = ["same", "raw"])]
-    pub output_format: String,
+    /// Format of OUTPUT for qcow2/vmdk input.
+    #[arg(long, value_name = "format", value_enum, default_value_t = OutputFormat::Same)]
+    pub output_format: OutputFormat,
+}
+
+/// The format of OUTPUT when DISK is a qcow2 or vmdk image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// The format of DISK.
+    Same,
+    /// A raw image.
+    Raw,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -163,7 +178,7 @@ impl SpaceArgs {
         Space {
             grow: self.grow,
             headroom: self.headroom,
-            raw_output: self.output_format == "raw",
+            raw_output: self.output_format == OutputFormat::Raw,
         }
     }
 }
@@ -178,7 +193,7 @@ impl OutputArgs {
 }
 
 impl UnpackArgs {
-    pub fn into_config(self) -> UnpackConfig {
+    pub(crate) fn into_config(self) -> UnpackConfig {
         let archive = if self.archive.as_os_str() == "-" {
             Input::Stdin
         } else {
@@ -195,7 +210,7 @@ impl UnpackArgs {
 }
 
 impl PopulateArgs {
-    pub fn into_config(self) -> Result<PopulateConfig> {
+    pub(crate) fn into_config(self) -> Result<PopulateConfig> {
         let mut images = vec![];
         for s in &self.images {
             images.push(ImageRef::parse(s)?);
@@ -208,7 +223,7 @@ impl PopulateArgs {
         if let Some(l) = list {
             images.extend(refs::read_list(&l)?);
         }
-        if self.privileged && self.dind_network == "host" {
+        if self.privileged && self.dind_network == DindNetwork::Host {
             bail!("--privileged with --dind-network host would let the inner daemon change the host's network; use one of them");
         }
         Ok(PopulateConfig {

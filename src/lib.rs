@@ -1,12 +1,68 @@
-//! flatcar-preload: writes files (and, later, Docker's image store) into
-//! the ROOT partition of a Flatcar Container Linux disk image, without
-//! booting it, without root and without mounting anything.
+//! flatcar-preload: writes files and Docker's image store into the ROOT
+//! partition of a Flatcar Container Linux disk image, without booting it,
+//! without root and without mounting anything.
+#![deny(unsafe_code)]
 
 pub mod cli;
+mod command;
+mod compress;
 pub mod disk;
-pub mod docker;
+mod docker;
 pub mod ext4;
-pub mod populate;
-pub mod progress;
-pub mod store;
-pub mod unpack;
+#[cfg(feature = "test-hooks")]
+mod hooks;
+mod populate;
+mod progress;
+mod store;
+mod unpack;
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use cli::{Cli, Command};
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Runs the parsed command line until done or `cancel` is cancelled (then
+/// each command stops at its next safe point and cleans up).
+pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
+    match cli.command {
+        Command::Unpack(args) => unpack::run(&args.into_config(), &cancel),
+        Command::Populate(args) => {
+            let json = args.json;
+            let cfg = args.into_config()?;
+            let summary = runtime()?.block_on(populate::run(&cfg, cancel))?;
+            summary.print();
+            if json {
+                let mut out = std::io::stdout().lock();
+                serde_json::to_writer_pretty(&mut out, &summary)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| writeln!(out))
+                    .context("writing the summary to standard output")?;
+            }
+            Ok(())
+        }
+        Command::InnerPull(args) => {
+            let refs = args
+                .refs
+                .iter()
+                .map(|r| docker::refs::ImageRef::parse(r))
+                .collect::<Result<Vec<_>>>()?;
+            runtime()?.block_on(docker::inner::pull_images(&args.socket, &refs, args.jobs))
+        }
+        Command::InnerMeasure { root, block_size } => {
+            let need = store::measure_docker_store(&root, block_size)?;
+            serde_json::to_writer(std::io::stdout().lock(), &need)
+                .context("writing the measurements to standard output")?;
+            Ok(())
+        }
+        Command::InnerExport { root, socket } => store::export_to(&root, socket.as_deref()),
+    }
+}

@@ -23,7 +23,7 @@ pub const CONTAINERD_ROOT: &str = "/var/lib/containerd";
 /// The top-level entries of /var/lib/docker that a daemon needs to find the
 /// pulled images: the image metadata (image db, layer db, repositories.json,
 /// distribution cache) and the overlay2 layers. Everything else is state of
-/// the build machine's daemon, recreated empty by Docker at first start:
+/// the daemon that pulled (the dind's), recreated empty by Docker at first start:
 /// `engine-id` (the daemon's identity), `network/` (local-kv.db), `containers/`,
 /// `swarm/`, `buildkit/`, `tmp/`, `runtimes/`, `plugins/`, `volumes/`, the
 /// dind's own `containerd/`.
@@ -259,6 +259,42 @@ pub fn export_docker_store(root: &Path, out: impl Write) -> Result<ExportStats> 
 /// What exporting Docker's store at `root` will take in ext4.
 pub fn measure_docker_store(root: &Path, block_size: u64) -> Result<Need> {
     measure_tree(root, Some(DOCKER_KEEP), DOCKER_SKIP, block_size)
+}
+
+/// Writes Docker's store at `root` as a tar stream to the unix socket
+/// `socket` when it accepts a connection (the tool's machine; this skips
+/// the daemon's attach stream, the slowest link), else to stdout.
+pub fn export_to(root: &Path, socket: Option<&Path>) -> Result<()> {
+    const BUF: usize = 1 << 20;
+    let stats = match socket.and_then(|s| std::os::unix::net::UnixStream::connect(s).ok()) {
+        Some(stream) => export_docker_store(root, io::BufWriter::with_capacity(BUF, stream)),
+        None => export_docker_store(root, io::BufWriter::with_capacity(BUF, io::stdout().lock())),
+    };
+    stats.map(|_| ())
+}
+
+/// Where Docker keeps the names of its images, relative to [`DOCKER_ROOT`].
+pub const REPOSITORIES: &str = "image/overlay2/repositories.json";
+
+/// A tar stream of one file, `repositories.json` holding `content`, with
+/// the owner and mode Docker gives it (root, 0600).
+pub fn repositories_tar(content: &[u8]) -> Result<Vec<u8>> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o600);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(content.len() as u64);
+    h.set_mtime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.append_data(&mut h, "repositories.json", content)
+        .context("making the merged repositories.json entry")?;
+    tar.into_inner()
+        .context("making the merged repositories.json entry")
 }
 
 /// Merges Docker's image/overlay2/repositories.json files: every

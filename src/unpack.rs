@@ -2,18 +2,17 @@
 //! to the output in one stream.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use flate2::read::MultiGzDecoder;
 use indicatif::HumanBytes;
+use tokio_util::sync::CancellationToken;
 
 use crate::disk::{self, Grow, ROOT_NAME};
-use crate::ext4;
 use crate::progress::{Bar, ReadProgress};
+use crate::{compress, ext4};
 
 #[derive(Debug, Clone)]
 pub enum Input {
@@ -57,48 +56,49 @@ pub struct UnpackConfig {
     pub output: OutputMode,
 }
 
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-
-/// Opens the archive, decompressing it when its content is gzip.
-pub fn open_archive(input: &Input, show_progress: bool) -> Result<Box<dyn Read>> {
-    let (raw, total): (Box<dyn Read>, Option<u64>) = match input {
+/// Opens the archive, decompressing it when its content is gzip, bzip2,
+/// xz or zstd.
+pub fn open_archive(input: &Input, show_progress: bool) -> Result<Box<dyn Read + Send>> {
+    let (raw, total, name): (Box<dyn Read + Send>, Option<u64>, String) = match input {
         Input::File(p) => {
             let f = File::open(p).with_context(|| format!("opening archive {}", p.display()))?;
             let len = f.metadata().ok().map(|m| m.len());
-            (Box::new(f), len)
+            (Box::new(f), len, p.display().to_string())
         }
-        Input::Stdin => (Box::new(io::stdin().lock()), None),
+        Input::Stdin => (Box::new(io::stdin()), None, "standard input".into()),
     };
-    let raw: Box<dyn Read> = if show_progress {
+    let raw: Box<dyn Read + Send> = if show_progress {
         Box::new(ReadProgress::new(raw, Bar::bytes("archive", total)))
     } else {
         raw
     };
-    let mut reader = BufReader::with_capacity(1 << 20, raw);
-    let head = reader.fill_buf().context("reading the archive")?;
-    if head.starts_with(&GZIP_MAGIC) {
-        Ok(Box::new(MultiGzDecoder::new(reader)))
-    } else {
-        Ok(Box::new(reader))
-    }
+    let (_, reader) =
+        compress::decompress(raw).with_context(|| format!("reading the archive {name}"))?;
+    Ok(reader)
 }
 
-/// What a tar or gzip-compressed tar file will take in ext4.
-pub fn measure_archive(path: &Path) -> Result<ext4::Need> {
+/// What a tar file, compressed or not, will take in an ext4 with
+/// `block_size`.
+pub fn measure_archive(path: &Path, block_size: u64) -> Result<ext4::Need> {
+    let input = Input::File(path.to_path_buf());
+    let mut head = [0u8; compress::SNIFF_LEN];
     let mut f = File::open(path).with_context(|| format!("opening archive {}", path.display()))?;
-    let mut magic = [0u8; 2];
-    let n = f.read(&mut magic)?;
-    if n == 2 && magic == GZIP_MAGIC {
-        ext4::estimate_tar(open_archive(&Input::File(path.to_path_buf()), false)?, 4096)
-    } else {
-        let f = File::open(path).with_context(|| format!("opening archive {}", path.display()))?;
-        ext4::estimate_tar_file(f, 4096)
+    let n = compress::read_full(&mut f, &mut head)
+        .with_context(|| format!("reading archive {}", path.display()))?;
+    match compress::Compression::sniff(&head[..n]) {
+        // Uncompressed: seek over file data instead of reading it.
+        compress::Compression::None => {
+            f.rewind()
+                .with_context(|| format!("reading archive {}", path.display()))?;
+            ext4::estimate_tar_file(f, block_size)
+        }
+        _ => ext4::estimate_tar(open_archive(&input, false)?, block_size),
     }
 }
 
 /// Runs the command: checks the disk image, makes the output, writes the
 /// archive into ROOT, and publishes the output only when all went well.
-pub fn run(cfg: &UnpackConfig, cancel: &AtomicBool) -> Result<()> {
+pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
     let start = Instant::now();
     let mut prepared = disk::prepare(
         &cfg.disk,
@@ -106,21 +106,22 @@ pub fn run(cfg: &UnpackConfig, cancel: &AtomicBool) -> Result<()> {
         cfg.space.raw_output,
         Some(cancel),
     )?;
+    let block_size = ext4::inspect(&prepared.fs(), ROOT_NAME)?.block_size;
     // Measured from the archive's headers when it is a file; standard
     // input can be read only once.
     let need = match &cfg.archive {
-        Input::File(p) => Some(measure_archive(p).context("measuring the archive")?),
+        Input::File(p) => Some(measure_archive(p, block_size).context("measuring the archive")?),
         Input::Stdin => None,
     };
     let grown = disk::ensure_room(&mut prepared, need, cfg.space.grow, cfg.space.headroom)?;
     let archive = open_archive(&cfg.archive, true)?;
-    let (image, offset) = (prepared.image.clone(), prepared.root.offset);
+    let root = prepared.fs();
 
     let write_start = Instant::now();
-    let stats = ext4::write_tar(&image, offset, &cfg.target, archive, Some(cancel), None)
+    let stats = ext4::write_tar(&root, &cfg.target, archive, Some(cancel))
         .context("writing the archive into ROOT")?;
     let write_secs = write_start.elapsed().as_secs_f64();
-    let fs = ext4::inspect(&image, offset, ROOT_NAME).context("re-reading ROOT after writing")?;
+    let fs = ext4::inspect(&root, ROOT_NAME).context("re-reading ROOT after writing")?;
     if let Some(out) = prepared.output {
         out.publish()?;
     }

@@ -342,7 +342,12 @@ fn run_case(fixture: &Path, work: &Path, input: &[u8]) -> Result<String, String>
     let data = input.to_vec();
     std::thread::spawn(move || {
         let r = catch_unwind(AssertUnwindSafe(|| {
-            flatcar_preload::ext4::write_tar(&img, 0, b"/fuzz", &data[..], None, None)
+            flatcar_preload::ext4::write_tar(
+                &flatcar_preload::ext4::Root::new(&img, 0),
+                b"/fuzz",
+                &data[..],
+                None,
+            )
         }));
         let _ = tx.send(r);
     });

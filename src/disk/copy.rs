@@ -2,17 +2,19 @@
 //! decompressed copy of a compressed one, or a raw conversion of a qcow2 or
 //! vmdk one (qemu-img).
 
-use std::cell::Cell;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use tokio_util::sync::CancellationToken;
 
 use super::Output;
+use crate::command;
+use crate::compress::{self, Compression, SNIFF_LEN};
 
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -20,12 +22,20 @@ const COPY_CHUNK: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Raw,
-    Gzip,
-    Bzip2,
-    Xz,
-    Zstd,
+    Compressed(Compression),
     Qcow2,
     Vmdk,
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Format::Raw => f.write_str("raw"),
+            Format::Compressed(c) => write!(f, "{c:?}-compressed"),
+            Format::Qcow2 => f.write_str("qcow2"),
+            Format::Vmdk => f.write_str("vmdk"),
+        }
+    }
 }
 
 impl Format {
@@ -36,28 +46,20 @@ impl Format {
             .read_at(&mut head, 0)
             .with_context(|| format!("reading {}", path.display()))?;
         let h = &head[..n];
-        Ok(if h.starts_with(&[0x1f, 0x8b]) {
-            Format::Gzip
-        } else if h.starts_with(b"BZh") {
-            Format::Bzip2
-        } else if h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-            Format::Xz
-        } else if h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Format::Zstd
-        } else if h.starts_with(b"QFI\xfb") {
-            Format::Qcow2
-        } else if h.starts_with(b"KDMV") || h.starts_with(b"# Disk DescriptorFile") {
-            Format::Vmdk
-        } else {
-            Format::Raw
+        Ok(match Compression::sniff(&h[..n.min(SNIFF_LEN)]) {
+            Compression::None if h.starts_with(b"QFI\xfb") => Format::Qcow2,
+            Compression::None
+                if h.starts_with(b"KDMV") || h.starts_with(b"# Disk DescriptorFile") =>
+            {
+                Format::Vmdk
+            }
+            Compression::None => Format::Raw,
+            c => Format::Compressed(c),
         })
     }
 
     pub fn is_compressed(self) -> bool {
-        matches!(
-            self,
-            Format::Gzip | Format::Bzip2 | Format::Xz | Format::Zstd
-        )
+        matches!(self, Format::Compressed(_))
     }
 
     /// The qemu-img format name of an image format.
@@ -70,8 +72,18 @@ impl Format {
     }
 }
 
+/// Runs qemu-img.
+pub(super) fn qemu_img<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<()> {
+    command::run(
+        "qemu-img",
+        args,
+        &[0],
+        "install qemu-utils for qcow2/vmdk images",
+    )
+}
+
 /// Creates the hidden temporary for `dst`, refusing when `dst` is `src`.
-fn new_output(src: &Path, dst: &Path, what: &str) -> Result<(Output, File)> {
+fn new_output(src: &Path, dst: &Path) -> Result<(Output, File)> {
     if let (Ok(a), Ok(b)) = (fs::metadata(src), fs::metadata(dst)) {
         use std::os::unix::fs::MetadataExt;
         if a.dev() == b.dev() && a.ino() == b.ino() {
@@ -81,29 +93,17 @@ fn new_output(src: &Path, dst: &Path, what: &str) -> Result<(Output, File)> {
             );
         }
     }
-    let name = dst
-        .file_name()
-        .with_context(|| format!("the output path {} has no file name", dst.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{what}-{}", std::process::id()));
-    let tmp = dst.with_file_name(tmp_name);
+    let (file, tmp) = super::hidden_temp(dst, "partial")?.into_parts();
     let out = Output {
-        tmp: tmp.clone(),
+        tmp,
         path: dst.to_path_buf(),
-        published: false,
         convert: None,
     };
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
     Ok((out, file))
 }
 
-fn check_cancel(cancel: Option<&AtomicBool>) -> Result<()> {
-    if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+fn check_cancel(cancel: Option<&CancellationToken>) -> Result<()> {
+    if cancel.is_some_and(|c| c.is_cancelled()) {
         bail!("interrupted");
     }
     Ok(())
@@ -126,32 +126,28 @@ fn write_sparse(out: &File, buf: &[u8], at: u64) -> Result<()> {
 pub fn sparse_copy(
     src: &Path,
     dst: &Path,
-    cancel: Option<&AtomicBool>,
+    cancel: Option<&CancellationToken>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Output> {
-    let format = Format::detect(src)?;
     let input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let len = input
         .metadata()
         .with_context(|| format!("reading the size of {}", src.display()))?
         .len();
-    let (out, output) = new_output(src, dst, "partial")?;
-    let tmp = out.tmp.clone();
-    let mut buf = vec![0u8; COPY_CHUNK];
-    if format.is_compressed() {
-        let read = Rc::new(Cell::new(0u64));
-        let counted = io::BufReader::with_capacity(
-            COPY_CHUNK,
-            CountingFile {
-                f: input,
-                n: Rc::clone(&read),
-            },
-        );
-        let mut reader = decompressor(counted, format)?;
+    let (out, output) = new_output(src, dst)?;
+    if Format::detect(src)?.is_compressed() {
+        let read = Arc::new(AtomicU64::new(0));
+        let counted = CountingFile {
+            f: input,
+            n: Arc::clone(&read),
+        };
+        let (_, mut reader) = compress::decompress(counted)
+            .with_context(|| format!("decompressing {}", src.display()))?;
+        let mut buf = vec![0u8; COPY_CHUNK];
         let mut at = 0u64;
         loop {
             check_cancel(cancel)?;
-            let n = read_full(&mut reader, &mut buf).with_context(|| {
+            let n = compress::read_full(&mut reader, &mut buf).with_context(|| {
                 format!("decompressing {} (corrupt or truncated?)", src.display())
             })?;
             if n == 0 {
@@ -159,18 +155,18 @@ pub fn sparse_copy(
             }
             write_sparse(&output, &buf[..n], at)?;
             at += n as u64;
-            progress(read.get().min(len), len);
+            progress(read.load(Ordering::Relaxed).min(len), len);
         }
         output
             .set_len(at)
-            .with_context(|| format!("setting the size of {}", tmp.display()))?;
+            .with_context(|| format!("setting the size of {}", out.tmp.display()))?;
         progress(len, len);
         return Ok(out);
     }
     copy_range(&input, 0, &output, 0, len, cancel, |at| progress(at, len))?;
     output
         .set_len(len)
-        .with_context(|| format!("setting the size of {}", tmp.display()))?;
+        .with_context(|| format!("setting the size of {}", out.tmp.display()))?;
     progress(len, len);
     Ok(out)
 }
@@ -183,7 +179,7 @@ pub(super) fn copy_range(
     output: &File,
     to: u64,
     len: u64,
-    cancel: Option<&AtomicBool>,
+    cancel: Option<&CancellationToken>,
     mut progress: impl FnMut(u64),
 ) -> Result<()> {
     let mut buf = vec![0u8; COPY_CHUNK];
@@ -222,54 +218,15 @@ pub(super) fn copy_range(
 /// input).
 struct CountingFile {
     f: File,
-    n: Rc<Cell<u64>>,
+    n: Arc<AtomicU64>,
 }
 
 impl Read for CountingFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.f.read(buf)?;
-        self.n.set(self.n.get() + n as u64);
+        self.n.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
-}
-
-fn decompressor(r: io::BufReader<CountingFile>, format: Format) -> Result<Box<dyn Read>> {
-    Ok(match format {
-        Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        Format::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
-        Format::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
-        Format::Zstd => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(r).context("starting zstd")?)
-        }
-        _ => bail!("not a compressed format"),
-    })
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-pub(super) fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<()> {
-    let out = std::process::Command::new("qemu-img")
-        .args(args)
-        .output()
-        .map_err(|e| {
-            anyhow::anyhow!("running qemu-img (install qemu-utils for qcow2/vmdk images): {e}")
-        })?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        bail!("qemu-img {:?} failed: {}", args, err.trim());
-    }
-    Ok(())
 }
 
 /// Converts a qcow2 or vmdk `src` to a raw temporary next to `dst`; the
@@ -281,7 +238,7 @@ pub fn convert_to_raw(
     format: Format,
     back_to: Option<Format>,
 ) -> Result<Output> {
-    let (mut out, file) = new_output(src, dst, "raw")?;
+    let (mut out, file) = new_output(src, dst)?;
     drop(file);
     let name = format.qemu_name().context("not a qemu-img format")?;
     qemu_img(&[

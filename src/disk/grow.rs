@@ -70,32 +70,17 @@ pub fn grow_disk(image: &Path, new_len: u64) -> Result<RootPartition> {
 /// `?offset=`, which would cut the end of the disk image off; so it works
 /// on a sparse copy of the partition that is copied back.
 fn resize_root(image: &Path, root: RootPartition, old_size: u64, block_size: u64) -> Result<()> {
-    let mut name = std::ffi::OsString::from(".");
-    name.push(image.file_name().unwrap_or_default());
-    name.push(format!(".root-{}", std::process::id()));
-    let tmp = image.with_file_name(name);
-    struct Remove<'a>(&'a Path);
-    impl Drop for Remove<'_> {
-        fn drop(&mut self) {
-            let _ = fs::remove_file(self.0);
-        }
-    }
-    let _remove = Remove(&tmp);
+    let (part, tmp) = super::hidden_temp(image, "root")?.into_parts();
     let img = OpenOptions::new()
         .read(true)
         .write(true)
         .open(image)
         .with_context(|| format!("opening {}", image.display()))?;
-    let part = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
     copy_range(&img, root.offset, &part, 0, old_size, None, |_| {})?;
-    part.set_len(old_size)?;
+    part.set_len(old_size)
+        .with_context(|| format!("setting the size of {}", tmp.display()))?;
     let blocks = root.size / block_size;
-    crate::ext4::resize(&tmp, 0, blocks)?;
+    crate::ext4::resize(&crate::ext4::Root::new(&tmp, 0), blocks)?;
     copy_range(
         &part,
         0,
@@ -196,7 +181,7 @@ pub fn ensure_room(
     headroom: Option<u64>,
 ) -> Result<Option<GrowReport>> {
     let image = prepared.image.clone();
-    let fs = crate::ext4::inspect(&image, prepared.root.offset, ROOT_NAME)?;
+    let fs = crate::ext4::inspect(&prepared.fs(), ROOT_NAME)?;
     let bs = fs.block_size;
     let missing_blocks = need.map_or(0, |n| {
         let by_blocks = n.blocks.saturating_sub(fs.free_blocks);
@@ -208,7 +193,9 @@ pub fn ensure_room(
             .div_ceil(fs.inodes.max(1));
         by_blocks.max(by_inodes)
     });
-    let disk_len = fs::metadata(&image)?.len();
+    let disk_len = fs::metadata(&image)
+        .with_context(|| format!("reading the size of {}", image.display()))?
+        .len();
     let new_len = match grow {
         Grow::No | Grow::Auto if missing_blocks == 0 => return Ok(None),
         Grow::No => {
@@ -252,11 +239,13 @@ pub fn ensure_room(
     prepared.root = root;
     let report = GrowReport {
         disk_bytes_before: disk_len,
-        disk_bytes_after: fs::metadata(&image)?.len(),
+        disk_bytes_after: fs::metadata(&image)
+            .with_context(|| format!("reading the size of {}", image.display()))?
+            .len(),
         root_bytes_before: before.size,
         root_bytes_after: root.size,
     };
-    let after = crate::ext4::inspect(&image, root.offset, ROOT_NAME)?;
+    let after = crate::ext4::inspect(&prepared.fs(), ROOT_NAME)?;
     if after.uuid != fs.uuid {
         bail!("growing ROOT changed its UUID");
     }

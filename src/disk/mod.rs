@@ -10,7 +10,7 @@ pub use grow::{ensure_room, grow_disk, parse_size, Grow, GrowReport};
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use tokio_util::sync::CancellationToken;
 
 use anyhow::{bail, Context, Result};
 use gptman::GPT;
@@ -62,8 +62,7 @@ pub fn locate_root(image: &Path) -> Result<RootPartition> {
         .len();
     let gpt = GPT::find_from(&mut f).with_context(|| {
         format!(
-            "{} has no valid GPT partition table: not a raw Flatcar disk image \
-             (compressed and qcow2 images are not supported yet; decompress or `qemu-img convert -O raw` first)",
+            "{} has no valid GPT partition table: not a Flatcar disk image",
             image.display()
         )
     })?;
@@ -115,12 +114,32 @@ pub fn locate_root(image: &Path) -> Result<RootPartition> {
     Ok(RootPartition { offset, size })
 }
 
+/// A hidden temporary file next to `dst` (`.NAME.WHAT-XXXXXX`), removed
+/// when dropped unless persisted; created with the usual 0666 & umask mode.
+pub(crate) fn hidden_temp(dst: &Path, what: &str) -> Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = dst
+        .file_name()
+        .with_context(|| format!("the output path {} has no file name", dst.display()))?;
+    let dir = match dst.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(format!(".{what}-"));
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .permissions(fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))
+}
+
 /// An output file being made: a hidden temporary next to the final path,
 /// renamed into place by [`Output::publish`] and removed if dropped before.
 pub struct Output {
-    tmp: PathBuf,
+    tmp: tempfile::TempPath,
     path: PathBuf,
-    published: bool,
     /// Converted to this format (qemu-img) when published.
     convert: Option<Format>,
 }
@@ -133,47 +152,27 @@ impl Output {
 
     /// Moves the finished file to its final name (converting it back to
     /// the input's format first when it came from qcow2 or vmdk).
-    pub fn publish(mut self) -> Result<()> {
-        if let Some(format) = self.convert {
-            let mut name = self.tmp.clone().into_os_string();
-            name.push(".out");
-            let converted = PathBuf::from(name);
-            let res = copy::qemu_img(&[
-                "convert".as_ref(),
-                "-f".as_ref(),
-                "raw".as_ref(),
-                "-O".as_ref(),
-                format.qemu_name().unwrap_or("raw").as_ref(),
-                self.tmp.as_os_str(),
-                converted.as_os_str(),
-            ])
-            .and_then(|()| {
-                fs::rename(&converted, &self.path)
-                    .with_context(|| format!("renaming to {}", self.path.display()))
-            });
-            let _ = fs::remove_file(&converted);
-            res?;
-            let _ = fs::remove_file(&self.tmp);
-            self.published = true;
-            return Ok(());
-        }
-        fs::rename(&self.tmp, &self.path).with_context(|| {
-            format!("renaming {} to {}", self.tmp.display(), self.path.display())
-        })?;
-        self.published = true;
-        Ok(())
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        if !self.published {
-            if let Err(e) = fs::remove_file(&self.tmp) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    eprintln!("warning: could not remove {}: {e}", self.tmp.display());
-                }
+    pub fn publish(self) -> Result<()> {
+        let Output { tmp, path, convert } = self;
+        let done = match convert.and_then(Format::qemu_name) {
+            Some(format) => {
+                let converted = hidden_temp(&path, "partial")?.into_temp_path();
+                copy::qemu_img(&[
+                    "convert".as_ref(),
+                    "-f".as_ref(),
+                    "raw".as_ref(),
+                    "-O".as_ref(),
+                    format.as_ref(),
+                    tmp.as_os_str(),
+                    converted.as_os_str(),
+                ])?;
+                converted
             }
-        }
+            None => tmp,
+        };
+        done.persist(&path)
+            .with_context(|| format!("renaming the finished image to {}", path.display()))?;
+        Ok(())
     }
 }
 
@@ -186,6 +185,13 @@ pub struct Prepared {
     pub root: RootPartition,
 }
 
+impl Prepared {
+    /// ROOT's filesystem in the image being written.
+    pub fn fs(&self) -> crate::ext4::Root {
+        crate::ext4::Root::new(&self.image, self.root.offset)
+    }
+}
+
 /// Checks `disk` before anything is written. A raw image must hold
 /// Flatcar's ROOT, whose place is returned; other formats are checked once
 /// converted, and cannot be modified in place.
@@ -194,7 +200,7 @@ pub fn check_input(disk: &Path, in_place: bool) -> Result<(Format, Option<RootPa
     if format != Format::Raw {
         if in_place {
             bail!(
-                "{} is a {format:?} image: it cannot be modified in place; write a new image with -o OUTPUT",
+                "{} is a {format} image: it cannot be modified in place; write a new image with -o OUTPUT",
                 disk.display()
             );
         }
@@ -206,7 +212,7 @@ pub fn check_input(disk: &Path, in_place: bool) -> Result<(Format, Option<RootPa
 /// Locates ROOT in `image` and checks that it may be written.
 fn check_root(image: &Path, disk: &Path) -> Result<RootPartition> {
     let root = locate_root(image)?;
-    crate::ext4::inspect(image, root.offset, ROOT_NAME)
+    crate::ext4::inspect(&crate::ext4::Root::new(image, root.offset), ROOT_NAME)
         .with_context(|| format!("checking partition 9 of {}", disk.display()))?;
     Ok(root)
 }
@@ -218,7 +224,7 @@ pub fn prepare(
     disk: &Path,
     output: Option<&Path>,
     raw_out: bool,
-    cancel: Option<&AtomicBool>,
+    cancel: Option<&CancellationToken>,
 ) -> Result<Prepared> {
     let (format, root) = check_input(disk, output.is_none())?;
     let Some(path) = output else {
@@ -230,7 +236,7 @@ pub fn prepare(
     };
     let out = if format.qemu_name().is_some() {
         eprintln!(
-            "converting {} from {format:?} to raw with qemu-img ...",
+            "converting {} from {format} to raw with qemu-img ...",
             disk.display()
         );
         convert_to_raw(disk, path, format, (!raw_out).then_some(format))?

@@ -18,15 +18,18 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde::Serialize;
 use tokio::sync::mpsc;
+
+use crate::command::tail;
 
 /// Where the helper binary is put inside containers.
 pub const HELPER_DIR: &str = "/fp-helper";
 pub const HELPER_PATH: &str = "/fp-helper/flatcar-preload";
 /// The inner daemon's only endpoint: a unix socket inside the container.
 pub const INNER_SOCKET: &str = "/var/run/docker.sock";
-/// What the export helper prints on stderr when it writes to the socket.
-pub const SOCKET_MARKER: &str = "flatcar-preload: exporting through the socket";
+/// Where Docker listens when DOCKER_HOST is unset or empty.
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
 /// Label on every container and volume a run creates.
 pub const RUN_LABEL: &str = "org.flatcar-preload.run";
@@ -40,12 +43,54 @@ pub struct Engine {
     docker: Docker,
 }
 
+/// The network of the dind container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DindNetwork {
+    Bridge,
+    /// The host's network: the inner daemon gets no NET_ADMIN.
+    Host,
+    None,
+    /// The network namespace of another container.
+    Container(String),
+    /// A user-defined network.
+    Named(String),
+}
+
+impl std::str::FromStr for DindNetwork {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DindNetwork, String> {
+        Ok(match s {
+            "bridge" => DindNetwork::Bridge,
+            "host" => DindNetwork::Host,
+            "none" => DindNetwork::None,
+            "" => return Err("the network mode is empty".into()),
+            s => match s.strip_prefix("container:") {
+                Some("") => return Err("container: needs a container name".into()),
+                Some(c) => DindNetwork::Container(c.into()),
+                None => DindNetwork::Named(s.into()),
+            },
+        })
+    }
+}
+
+impl DindNetwork {
+    /// Docker's HostConfig.NetworkMode.
+    fn mode(&self) -> String {
+        match self {
+            DindNetwork::Bridge => "bridge".into(),
+            DindNetwork::Host => "host".into(),
+            DindNetwork::None => "none".into(),
+            DindNetwork::Container(c) => format!("container:{c}"),
+            DindNetwork::Named(n) => n.clone(),
+        }
+    }
+}
+
 /// How the dind container runs.
 #[derive(Debug, Clone)]
 pub struct DindSpec {
     pub image: String,
-    /// bridge, host, none, container:NAME, or a network name.
-    pub network: String,
+    pub network: DindNetwork,
     pub privileged: bool,
     pub run_id: String,
 }
@@ -54,43 +99,26 @@ pub struct DindSpec {
 pub struct Finished {
     pub exit_code: i64,
     pub stderr: String,
-    /// The export went through the private socket, not the attach stream.
-    pub via_socket: bool,
 }
 
-fn tail(s: &str, lines: usize) -> String {
-    let v: Vec<&str> = s.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
+/// How the store left the export container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportVia {
+    /// A private unix socket (a daemon on this machine).
+    Socket,
+    /// The Docker API's attach stream (any daemon).
+    Attach,
+}
+
+/// The result of [`Engine::export_store`].
+pub struct Exported {
+    pub finished: Finished,
+    pub via: ExportVia,
 }
 
 fn labels(run_id: &str) -> HashMap<String, String> {
     HashMap::from([(RUN_LABEL.to_string(), run_id.to_string())])
-}
-
-/// A directory only this user can enter, removed on drop.
-struct PrivateDir(std::path::PathBuf);
-
-impl PrivateDir {
-    fn new() -> Result<PrivateDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path =
-            std::env::temp_dir().join(format!("flatcar-preload-{}-{nanos}", std::process::id()));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        Ok(PrivateDir(path))
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Whether this executable is statically linked (no ELF interpreter), so
@@ -152,9 +180,12 @@ fn helper_tar() -> Result<Vec<Bytes>> {
 impl Engine {
     /// Connects to the engine and agrees on an API version.
     pub async fn connect() -> Result<Engine> {
-        let where_ =
-            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
-        let docker = Docker::connect_with_defaults()
+        // An empty DOCKER_HOST means the default socket, as for docker.
+        let where_ = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| DEFAULT_HOST.into());
+        let docker = Docker::connect_with_host(&where_)
             .with_context(|| format!("connecting to the Docker engine at {where_}"))?
             .with_timeout(API_TIMEOUT);
         let docker = docker
@@ -268,7 +299,7 @@ impl Engine {
     /// unix socket inside the container, and that touches no network
     /// interface or firewall (no bridge, no iptables).
     pub async fn start_dind(&self, name: &str, spec: &DindSpec, volume: &str) -> Result<()> {
-        let host_net = spec.network == "host";
+        let host_net = spec.network == DindNetwork::Host;
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint: Some(vec!["dockerd".into()]),
@@ -288,7 +319,7 @@ impl Engine {
             labels: Some(labels(&spec.run_id)),
             host_config: Some(HostConfig {
                 binds: Some(vec![format!("{volume}:/var/lib/docker")]),
-                network_mode: Some(spec.network.clone()),
+                network_mode: Some(spec.network.mode()),
                 privileged: Some(spec.privileged),
                 cap_add: (!spec.privileged).then(|| vec!["SYS_ADMIN".into()]),
                 // On the host's network, the inner daemon must not be able
@@ -397,7 +428,6 @@ impl Engine {
         Ok(Finished {
             exit_code: inspect.exit_code.unwrap_or(-1),
             stderr,
-            via_socket: false,
         })
     }
 
@@ -424,7 +454,8 @@ impl Engine {
 
     /// Runs the helper (`args`) in a new container that sees `volume` (the
     /// stopped dind's store) read-only at /var/lib/docker, passing its
-    /// stdout chunk by chunk to `sink` until the sink returns false.
+    /// stdout chunk by chunk to `sink` until the sink returns false. The
+    /// second value is the number of stdout bytes passed.
     async fn run_helper<F, Fut>(
         &self,
         name: &str,
@@ -433,7 +464,7 @@ impl Engine {
         args: &[&str],
         extra_bind: Option<String>,
         mut sink: F,
-    ) -> Result<Finished>
+    ) -> Result<(Finished, u64)>
     where
         F: FnMut(Bytes) -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -490,16 +521,18 @@ impl Engine {
             .with_context(|| format!("starting the helper container {name}"))?;
         let mut output = attached.output;
         let mut stderr = String::new();
+        let mut passed = 0u64;
         while let Some(chunk) = output.next().await {
             match chunk.with_context(|| format!("reading the output of {name}"))? {
                 bollard::container::LogOutput::StdOut { message } => {
+                    passed += message.len() as u64;
                     if !sink(message).await {
                         // The consumer stopped (and will say why).
-                        return Ok(Finished {
+                        let finished = Finished {
                             exit_code: 0,
                             stderr,
-                            via_socket: false,
-                        });
+                        };
+                        return Ok((finished, passed));
                     }
                 }
                 other => stderr.push_str(&String::from_utf8_lossy(&other.into_bytes())),
@@ -514,39 +547,47 @@ impl Engine {
             Some(Err(e)) => return Err(anyhow!(e).context(format!("waiting for {name}"))),
             None => -1,
         };
-        Ok(Finished {
+        let finished = Finished {
             exit_code: code,
             stderr: tail(&stderr, 20),
-            via_socket: false,
-        })
+        };
+        Ok((finished, passed))
     }
 
     /// Exports the store in `volume` as a tar stream into `tx`. When the
     /// daemon runs on this machine, the helper writes to a unix socket in a
     /// private directory bind-mounted into its container, which is several
     /// times faster than the attach stream; otherwise (a remote daemon: the
-    /// directory is not there) it falls back to its stdout.
+    /// directory is not there) it falls back to its stdout. Which one it
+    /// took shows in where the data came from: a helper that used the
+    /// socket wrote nothing to its stdout.
     pub async fn export_store(
         &self,
         name: &str,
         spec: &DindSpec,
         volume: &str,
         tx: mpsc::Sender<Bytes>,
-    ) -> Result<Finished> {
-        // Test seam: exercise the stdout path that remote daemons take.
-        if std::env::var_os("FLATCAR_PRELOAD_NO_EXPORT_SOCKET").is_some() {
+    ) -> Result<Exported> {
+        let forward = |chunk: Bytes| {
+            let tx = tx.clone();
+            async move { tx.send(chunk).await.is_ok() }
+        };
+        #[cfg(feature = "test-hooks")]
+        if crate::hooks::no_export_socket() {
             let args = ["__export-store", "/var/lib/docker"];
-            return self
-                .run_helper(name, spec, volume, &args, None, |chunk| {
-                    let tx = tx.clone();
-                    async move { tx.send(chunk).await.is_ok() }
-                })
-                .await;
+            let (finished, _) = self
+                .run_helper(name, spec, volume, &args, None, forward)
+                .await?;
+            let via = ExportVia::Attach;
+            return Ok(Exported { finished, via });
         }
-        let dir = PrivateDir::new()?;
-        let listener = tokio::net::UnixListener::bind(dir.0.join("export.sock"))
-            .with_context(|| format!("listening on a socket in {}", dir.0.display()))?;
-        let bind = format!("{}:/fp-out", dir.0.display());
+        let dir = tempfile::Builder::new()
+            .prefix("flatcar-preload-")
+            .tempdir()
+            .context("creating a private directory for the export socket")?;
+        let listener = tokio::net::UnixListener::bind(dir.path().join("export.sock"))
+            .with_context(|| format!("listening on a socket in {}", dir.path().display()))?;
+        let bind = format!("{}:/fp-out", dir.path().display());
         let socket_tx = tx.clone();
         let mut from_socket = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
@@ -568,43 +609,49 @@ impl Engine {
             "--socket",
             "/fp-out/export.sock",
         ];
-        let finished = self
-            .run_helper(name, spec, volume, &args, Some(bind), |chunk| {
-                let tx = tx.clone();
-                async move { tx.send(chunk).await.is_ok() }
-            })
+        let helper = self
+            .run_helper(name, spec, volume, &args, Some(bind), forward)
             .await;
-        drop(tx);
-        let mut finished = match finished {
-            Ok(f) => f,
+        let (finished, stdout_bytes) = match helper {
+            Ok(h) => h,
             Err(e) => {
                 from_socket.abort();
                 return Err(e);
             }
         };
-        finished.via_socket = finished.stderr.contains(SOCKET_MARKER);
-        if finished.via_socket {
-            // The helper has exited: the socket ends once drained.
+        let via = if finished.exit_code == 0 && stdout_bytes == 0 {
+            // The helper has exited: its connection waits to be accepted,
+            // and the socket ends once drained.
             (&mut from_socket)
                 .await
                 .context("the socket reader panicked")?
                 .context("reading the store from the export socket")?;
+            ExportVia::Socket
         } else {
             from_socket.abort();
-        }
-        Ok(finished)
+            ExportVia::Attach
+        };
+        Ok(Exported { finished, via })
     }
 
-    /// What the store in `volume` will take in ext4 (metadata only).
+    /// What the store in `volume` will take in an ext4 with `block_size`
+    /// (metadata only).
     pub async fn measure_store(
         &self,
         name: &str,
         spec: &DindSpec,
         volume: &str,
+        block_size: u64,
     ) -> Result<crate::ext4::Need> {
         let mut out = Vec::new();
-        let args = ["__measure-store", "/var/lib/docker"];
-        let finished = self
+        let block_size = block_size.to_string();
+        let args = [
+            "__measure-store",
+            "/var/lib/docker",
+            "--block-size",
+            &block_size,
+        ];
+        let (finished, _) = self
             .run_helper(name, spec, volume, &args, None, |chunk| {
                 out.extend_from_slice(&chunk);
                 async { true }
@@ -623,6 +670,19 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use super::DindNetwork;
+
+    #[test]
+    fn network_modes() {
+        let parse = |s: &str| s.parse::<DindNetwork>();
+        assert_eq!(parse("host"), Ok(DindNetwork::Host));
+        assert_eq!(parse("none").unwrap().mode(), "none");
+        assert_eq!(parse("container:reg").unwrap().mode(), "container:reg");
+        assert_eq!(parse("mynet"), Ok(DindNetwork::Named("mynet".into())));
+        assert!(parse("container:").is_err());
+        assert!(parse("").is_err());
+    }
+
     #[test]
     fn this_test_binary_is_static_as_configured() {
         let exe = std::fs::read("/proc/self/exe").unwrap();

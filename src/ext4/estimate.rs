@@ -1,7 +1,7 @@
-//! How many blocks and inodes a tree will take in ext4 (4 KiB blocks,
-//! 256-byte inodes, extents, metadata_csum), computed from its metadata
-//! alone so that space can be checked, and made, before anything is
-//! written.
+//! How many blocks and inodes a tree will take in ext4 (the filesystem's
+//! block size, 256-byte inodes, extents, metadata_csum), computed from
+//! its metadata alone so that space can be checked, and made, before
+//! anything is written.
 
 use std::collections::HashMap;
 

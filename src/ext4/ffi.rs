@@ -229,6 +229,12 @@ fn libc_einval() -> c_long {
     22
 }
 
+/// A directory entry name as the shim takes it: its bytes and length.
+fn name_arg(name: &[u8]) -> Result<(*const c_char, c_int), Errcode> {
+    let len = c_int::try_from(name.len()).map_err(|_| Errcode(libc_einval()))?;
+    Ok((name.as_ptr().cast(), len))
+}
+
 impl Fs {
     /// Opens the filesystem that starts `offset` bytes into `path`.
     pub fn open(path: &Path, offset: u64, writable: bool) -> Result<Fs, Errcode> {
@@ -284,16 +290,10 @@ impl Fs {
 
     pub fn lookup(&self, dir: u32, name: &[u8]) -> Result<Option<u32>, Errcode> {
         let mut ino = 0;
-        // SAFETY: name points to name.len() readable bytes; ino is valid.
-        let err = unsafe {
-            fp_lookup(
-                self.raw,
-                dir,
-                name.as_ptr().cast(),
-                name.len() as c_int,
-                &mut ino,
-            )
-        };
+        let (ptr, len) = name_arg(name)?;
+        // SAFETY: ptr points to len readable bytes of name, which outlives
+        // the call; ino is valid.
+        let err = unsafe { fp_lookup(self.raw, dir, ptr, len, &mut ino) };
         match check(err) {
             Ok(()) => Ok(Some(ino)),
             Err(e) if e.is_not_found() => Ok(None),
@@ -435,30 +435,17 @@ impl Fs {
     /// Adds the entry `name` -> `ino` (whose mode is `mode`) to `dir`;
     /// `name` must not be in `dir` yet.
     pub fn link(&mut self, dir: u32, name: &[u8], ino: u32, mode: u32) -> Result<(), Errcode> {
-        // SAFETY: name points to name.len() bytes.
-        check(unsafe {
-            fp_link(
-                self.raw,
-                dir,
-                name.as_ptr().cast(),
-                name.len() as c_int,
-                ino,
-                mode,
-            )
-        })
+        let (ptr, len) = name_arg(name)?;
+        // SAFETY: ptr points to len readable bytes of name, which outlives
+        // the call.
+        check(unsafe { fp_link(self.raw, dir, ptr, len, ino, mode) })
     }
 
     pub fn unlink(&mut self, dir: u32, name: &[u8], ino: u32) -> Result<(), Errcode> {
-        // SAFETY: name points to name.len() bytes.
-        check(unsafe {
-            fp_unlink(
-                self.raw,
-                dir,
-                name.as_ptr().cast(),
-                name.len() as c_int,
-                ino,
-            )
-        })
+        let (ptr, len) = name_arg(name)?;
+        // SAFETY: ptr points to len readable bytes of name, which outlives
+        // the call.
+        check(unsafe { fp_unlink(self.raw, dir, ptr, len, ino) })
     }
 }
 

@@ -2,20 +2,54 @@
 //! writing a tar stream into it through libext2fs (no root, no mount).
 
 mod archive;
-pub mod estimate;
+pub(crate) mod estimate;
+#[allow(unsafe_code)]
 mod ffi;
 mod untar;
 mod writer;
 
 use std::io::Read;
-use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use tokio_util::sync::CancellationToken;
 
 pub use estimate::Need;
-pub use untar::{estimate_tar, estimate_tar_file, Rewrite};
-pub use writer::{components, Stats};
+pub use untar::{estimate_tar, estimate_tar_file};
+pub use writer::Stats;
+
+/// Where a filesystem lies: an image file and the byte offset of the
+/// filesystem's first byte in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    pub image: PathBuf,
+    pub offset: u64,
+}
+
+impl Root {
+    pub fn new(image: impl Into<PathBuf>, offset: u64) -> Root {
+        Root {
+            image: image.into(),
+            offset,
+        }
+    }
+
+    /// The name e2fsprogs' tools take for it (`image?offset=N`).
+    fn device(&self) -> String {
+        format!("{}?offset={}", self.image.display(), self.offset)
+    }
+}
+
+impl std::fmt::Display for Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the filesystem at byte offset {} of {}",
+            self.offset,
+            self.image.display()
+        )
+    }
+}
 
 /// What the superblock says about a filesystem.
 #[derive(Debug, Clone)]
@@ -63,9 +97,10 @@ fn format_uuid(u: &[u8; 16]) -> String {
     )
 }
 
-/// Opens the filesystem at `offset` in `image` read-only and checks that it
-/// is an ext4 labelled `label` that can be written safely.
-pub fn inspect(image: &Path, offset: u64, label: &str) -> Result<FsSummary> {
+/// Opens the filesystem `root` read-only and checks that it is an ext4
+/// labelled `label` that can be written safely.
+pub fn inspect(root: &Root, label: &str) -> Result<FsSummary> {
+    let (image, offset) = (&root.image, root.offset);
     let fs = ffi::Fs::open(image, offset, false).with_context(|| {
         format!(
             "no usable ext4 filesystem at byte offset {offset} of {}",
@@ -86,14 +121,14 @@ pub fn inspect(image: &Path, offset: u64, label: &str) -> Result<FsSummary> {
     if info.needs_recovery {
         bail!(
             "the {label} filesystem's journal needs recovery: the image was probably booted or not cleanly unmounted. \
-             Writing would bypass the journal; run `e2fsck -f '{}?offset={offset}'` first, or start from a fresh image",
-            image.display()
+             Writing would bypass the journal; run `e2fsck -f '{}'` first, or start from a fresh image",
+            root.device()
         );
     }
     if info.state & STATE_ERROR != 0 || info.state & STATE_VALID == 0 || info.orphans_present {
         bail!(
-            "the {label} filesystem is not clean (errors, orphans or not unmounted cleanly); run `e2fsck -f '{}?offset={offset}'` first",
-            image.display()
+            "the {label} filesystem is not clean (errors, orphans or not unmounted cleanly); run `e2fsck -f '{}'` first",
+            root.device()
         );
     }
     for (bit, name) in INCOMPAT_REFUSED {
@@ -119,26 +154,21 @@ pub fn inspect(image: &Path, offset: u64, label: &str) -> Result<FsSummary> {
 }
 
 /// Writes the tar stream `input` under `target` (an absolute directory) of
-/// the filesystem at `offset` in `image`. On failure the filesystem is left
-/// consistent, with the entries before the failing one written.
+/// the filesystem `root`, stopping at the next entry or chunk once `cancel`
+/// is cancelled. On failure the filesystem is left consistent, with the
+/// entries before the failing one written.
 pub fn write_tar(
-    image: &Path,
-    offset: u64,
+    root: &Root,
     target: &[u8],
     input: impl Read,
-    cancel: Option<&AtomicBool>,
-    rewrite: Option<&Rewrite<'_>>,
+    cancel: Option<&CancellationToken>,
 ) -> Result<Stats> {
-    let fs = ffi::Fs::open(image, offset, true).with_context(|| {
-        format!(
-            "opening the filesystem at byte offset {offset} of {} for writing",
-            image.display()
-        )
-    })?;
+    let fs = ffi::Fs::open(&root.image, root.offset, true)
+        .with_context(|| format!("opening {root} for writing"))?;
     let mut w = writer::TreeWriter::new(fs, cancel);
     let written = w
         .set_target(target)
-        .and_then(|()| untar::write_tar(input, &mut w, rewrite));
+        .and_then(|()| untar::write_tar(input, &mut w));
     let closed = w.finish();
     let stats = written?;
     closed?;
@@ -172,29 +202,30 @@ pub fn view(image: &Path, offset: u64) -> Result<ext4_view::Ext4> {
 }
 
 /// Whether `path` (absolute) exists in the filesystem.
-pub fn exists(image: &Path, offset: u64, path: &str) -> Result<bool> {
-    view(image, offset)?
+pub fn exists(root: &Root, path: &str) -> Result<bool> {
+    view(&root.image, root.offset)?
         .exists(path)
-        .with_context(|| format!("looking up {path} in {}", image.display()))
+        .with_context(|| format!("looking up {path} in {root}"))
 }
 
 /// The content of the regular file `path`, if there is one.
-pub fn read_file(image: &Path, offset: u64, path: &str) -> Result<Option<Vec<u8>>> {
-    let fs = view(image, offset)?;
+pub fn read_file(root: &Root, path: &str) -> Result<Option<Vec<u8>>> {
+    let fs = view(&root.image, root.offset)?;
     if !fs
         .exists(path)
         .with_context(|| format!("looking up {path}"))?
     {
         return Ok(None);
     }
-    Ok(Some(fs.read(path).with_context(|| {
-        format!("reading {path} from {}", image.display())
-    })?))
+    Ok(Some(
+        fs.read(path)
+            .with_context(|| format!("reading {path} from {root}"))?,
+    ))
 }
 
 /// The names in directory `path` ("." and ".." left out).
-pub fn list_dir(image: &Path, offset: u64, path: &str) -> Result<Vec<String>> {
-    let fs = view(image, offset)?;
+pub fn list_dir(root: &Root, path: &str) -> Result<Vec<String>> {
+    let fs = view(&root.image, root.offset)?;
     let mut names = vec![];
     for e in fs
         .read_dir(path)
@@ -212,40 +243,12 @@ pub fn list_dir(image: &Path, offset: u64, path: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn run_tool(cmd: &str, args: &[String], ok_codes: &[i32]) -> Result<()> {
-    let out = std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd} (install e2fsprogs)"))?;
-    let code = out.status.code().unwrap_or(-1);
-    if !ok_codes.contains(&code) {
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let tail: Vec<&str> = text
-            .lines()
-            .rev()
-            .take(10)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        bail!(
-            "{cmd} {} failed (exit code {code}):\n{}",
-            args.join(" "),
-            tail.join("\n")
-        );
-    }
-    Ok(())
-}
-
-/// Grows the filesystem at `offset` in `image` to `blocks` blocks with
-/// e2fsprogs (e2fsck -fp first, as resize2fs requires a checked fs).
-pub fn resize(image: &Path, offset: u64, blocks: u64) -> Result<()> {
-    let dev = format!("{}?offset={offset}", image.display());
+/// Grows the filesystem `root` to `blocks` blocks with e2fsprogs
+/// (e2fsck -fp first, as resize2fs requires a checked filesystem).
+pub fn resize(root: &Root, blocks: u64) -> Result<()> {
+    let dev = root.device();
+    let missing = "install e2fsprogs";
     // e2fsck: 0 = clean, 1 = errors fixed.
-    run_tool("e2fsck", &["-fp".into(), dev.clone()], &[0, 1])?;
-    run_tool("resize2fs", &[dev, blocks.to_string()], &[0])
+    crate::command::run("e2fsck", &["-fp", &dev], &[0, 1], missing)?;
+    crate::command::run("resize2fs", &[dev, blocks.to_string()], &[0], missing)
 }

@@ -8,22 +8,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::archive::{Archive, Entry as TarEntry, EntryType};
 use super::writer::{Entry, Kind, Stats, TreeWriter};
 
-/// Replaces the content of one file of the archive on the way in.
-pub struct Rewrite<'a> {
-    /// Path relative to the target, as in the archive without "./".
-    pub path: &'a str,
-    pub with: &'a dyn Fn(Vec<u8>) -> Result<Vec<u8>>,
-}
-
-/// Largest file a [`Rewrite`] may hold in memory.
-const REWRITE_MAX: u64 = 64 << 20;
-
 /// Writes every entry of the tar stream `input` through `writer`.
-pub fn write_tar(
-    input: impl Read,
-    writer: &mut TreeWriter<'_>,
-    rewrite: Option<&Rewrite<'_>>,
-) -> Result<Stats> {
+pub fn write_tar(input: impl Read, writer: &mut TreeWriter<'_>) -> Result<Stats> {
     let mut archive = Archive::new(input);
     while let Some(entry) = archive.next_entry().context("reading the archive")? {
         let TarEntry { meta, mut data } = entry;
@@ -38,49 +24,33 @@ pub fn write_tar(
                 .clone()
                 .ok_or_else(|| anyhow!("{}: no link target", ctx()))
         };
-        let rewritten = match rewrite {
-            Some(rw)
-                if matches!(meta.kind, EntryType::Regular)
-                    && meta.size <= REWRITE_MAX
-                    && super::writer::components(&meta.path)?.join(&b'/') == rw.path.as_bytes() =>
-            {
-                let mut old = Vec::with_capacity(meta.size as usize);
-                data.read_to_end(&mut old).with_context(ctx)?;
-                Some((rw.with)(old).with_context(ctx)?)
-            }
-            _ => None,
-        };
         let (major, minor) = meta.dev;
-        let kind = match (meta.kind, &rewritten) {
-            (EntryType::Regular, Some(new)) => Kind::File {
-                size: new.len() as u64,
-                data: &mut &new[..],
-            },
-            (EntryType::Regular | EntryType::Continuous, _) => Kind::File {
+        let kind = match meta.kind {
+            EntryType::Regular | EntryType::Continuous => Kind::File {
                 size: meta.size,
                 data: &mut data as &mut dyn Read,
             },
-            (EntryType::Directory, _) => Kind::Dir,
-            (EntryType::Symlink, _) => Kind::Symlink {
+            EntryType::Directory => Kind::Dir,
+            EntryType::Symlink => Kind::Symlink {
                 target: need_link()?,
             },
-            (EntryType::Link, _) => Kind::HardLink {
+            EntryType::Link => Kind::HardLink {
                 target: need_link()?,
             },
-            (EntryType::Char, _) => Kind::Char { major, minor },
-            (EntryType::Block, _) => Kind::Block { major, minor },
-            (EntryType::Fifo, _) => Kind::Fifo,
-            (other, _) => bail!("{}: unsupported tar entry type {:?}", ctx(), other),
+            EntryType::Char => Kind::Char { major, minor },
+            EntryType::Block => Kind::Block { major, minor },
+            EntryType::Fifo => Kind::Fifo,
+            other => bail!("{}: unsupported tar entry type {:?}", ctx(), other),
         };
         writer.put(Entry {
-            path: meta.path.clone(),
+            path: meta.path,
             kind,
             perm: meta.mode,
             uid,
             gid,
             mtime: meta.mtime,
             mtime_nsec: meta.mtime_nsec,
-            xattrs: meta.xattrs.clone(),
+            xattrs: meta.xattrs,
         })?;
     }
     Ok(writer.stats())

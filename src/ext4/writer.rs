@@ -7,9 +7,9 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
+use tokio_util::sync::CancellationToken;
 
 use super::ffi::{Attr, Errcode, Fs, Stat, ROOT_INO, S_IFDIR};
 
@@ -80,7 +80,7 @@ pub struct TreeWriter<'c> {
     names: HashMap<u32, HashSet<u64>>,
     buf: Vec<u8>,
     stats: Stats,
-    cancel: Option<&'c AtomicBool>,
+    cancel: Option<&'c CancellationToken>,
 }
 
 fn name_hash(name: &[u8]) -> u64 {
@@ -145,7 +145,7 @@ fn full(err: Errcode, what: &str, fs: &Fs) -> anyhow::Error {
 }
 
 impl<'c> TreeWriter<'c> {
-    pub fn new(fs: Fs, cancel: Option<&'c AtomicBool>) -> Self {
+    pub fn new(fs: Fs, cancel: Option<&'c CancellationToken>) -> Self {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -193,7 +193,7 @@ impl<'c> TreeWriter<'c> {
     }
 
     fn check_cancel(&self) -> Result<()> {
-        if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+        if self.cancel.is_some_and(|c| c.is_cancelled()) {
             bail!("interrupted");
         }
         Ok(())

@@ -1,0 +1,70 @@
+//! Running the external tools (e2fsck, resize2fs, qemu-img): one way, with
+//! the command line and the tail of its output in the error.
+
+use std::ffi::OsStr;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// The last `lines` lines of `text`.
+pub(crate) fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs `program` with `args` to completion. An exit code outside `ok`
+/// fails with the command line and the last lines of its output; a program
+/// that cannot be started fails with `missing`, which says what to install.
+pub(crate) fn run<S: AsRef<OsStr>>(
+    program: &str,
+    args: &[S],
+    ok: &[i32],
+    missing: &str,
+) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program} ({missing})"))?;
+    let code = out.status.code().unwrap_or(-1);
+    if !ok.contains(&code) {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line: Vec<String> = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
+        bail!(
+            "{program} {} failed (exit code {code}):\n{}",
+            line.join(" "),
+            tail(text.trim_end(), 10)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_names_the_command_and_its_output() {
+        let err = run("sh", &["-c", "echo one; echo two >&2; exit 3"], &[0], "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sh -c"), "{err}");
+        assert!(err.contains("exit code 3"), "{err}");
+        assert!(err.ends_with("one\ntwo"), "{err}");
+        run("sh", &["-c", "exit 1"], &[0, 1], "").unwrap();
+        let err = run::<&str>("/nonexistent/tool", &[], &[0], "install it").unwrap_err();
+        assert!(format!("{err:#}").contains("install it"), "{err:#}");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+}

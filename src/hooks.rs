@@ -1,0 +1,54 @@
+//! Test-only hooks, compiled with the `test-hooks` feature (which the test
+//! suites enable): they let tests stop a run at a chosen phase and force
+//! the export path that a remote daemon takes.
+
+use std::io::Read;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Whether `FLATCAR_PRELOAD_PAUSE_AT` names `phase` (pull or write).
+fn pause_requested(phase: &str) -> bool {
+    std::env::var("FLATCAR_PRELOAD_PAUSE_AT").is_ok_and(|p| p == phase)
+}
+
+/// With `FLATCAR_PRELOAD_NO_EXPORT_SOCKET` set, the export takes the attach
+/// stream even when the daemon is local.
+pub(crate) fn no_export_socket() -> bool {
+    std::env::var_os("FLATCAR_PRELOAD_NO_EXPORT_SOCKET").is_some()
+}
+
+/// Waits at `phase` until the run is cancelled (at most 10 minutes) when
+/// the tests asked for it, saying so on stderr.
+pub(crate) async fn pause(phase: &str, cancel: &CancellationToken) {
+    if pause_requested(phase) {
+        eprintln!("paused at {phase} (FLATCAR_PRELOAD_PAUSE_AT)");
+        let _ = tokio::time::timeout(Duration::from_secs(600), cancel.cancelled()).await;
+    }
+}
+
+/// A reader that pauses at `phase` once its first data has arrived (for
+/// blocking code inside the runtime).
+pub(crate) fn pause_on_first_read<R: Read + Send + 'static>(
+    phase: &'static str,
+    inner: R,
+    cancel: CancellationToken,
+) -> Box<dyn Read + Send> {
+    struct Paused<R> {
+        inner: R,
+        pending: Option<(&'static str, CancellationToken)>,
+    }
+    impl<R: Read> Read for Paused<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            if let Some((phase, cancel)) = self.pending.take() {
+                tokio::runtime::Handle::current().block_on(pause(phase, &cancel));
+            }
+            Ok(n)
+        }
+    }
+    Box::new(Paused {
+        inner,
+        pending: Some((phase, cancel)),
+    })
+}
