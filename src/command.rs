@@ -2,7 +2,7 @@
 //! the command line and the tail of its output in the error.
 
 use std::ffi::OsStr;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use anyhow::{bail, Context, Result};
 
@@ -10,6 +10,30 @@ use anyhow::{bail, Context, Result};
 pub(crate) fn tail(text: &str, lines: usize) -> String {
     let v: Vec<&str> = text.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Where e2fsprogs lives, which a Debian user's PATH lacks.
+const SBIN: &[&str] = &["/usr/sbin", "/sbin"];
+
+/// Runs `program` as PATH finds it, else from one of `fallback`.
+fn output<S: AsRef<OsStr>>(
+    program: &str,
+    args: &[S],
+    fallback: &[&str],
+) -> std::io::Result<Output> {
+    let first = Command::new(program).args(args).output();
+    match first {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !program.contains('/') => {
+            for dir in fallback {
+                let p = std::path::Path::new(dir).join(program);
+                if p.is_file() {
+                    return Command::new(p).args(args).output();
+                }
+            }
+            Err(e)
+        }
+        other => other,
+    }
 }
 
 /// Runs `program` with `args` to completion. An exit code outside `ok`
@@ -21,10 +45,8 @@ pub(crate) fn run<S: AsRef<OsStr>>(
     ok: &[i32],
     missing: &str,
 ) -> Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program} ({missing})"))?;
+    let out =
+        output(program, args, SBIN).with_context(|| format!("running {program} ({missing})"))?;
     let code = out.status.code().unwrap_or(-1);
     if !ok.contains(&code) {
         let text = format!(
@@ -60,6 +82,21 @@ mod tests {
         run("sh", &["-c", "exit 1"], &[0, 1], "").unwrap();
         let err = run::<&str>("/nonexistent/tool", &[], &[0], "install it").unwrap_err();
         assert!(format!("{err:#}").contains("install it"), "{err:#}");
+    }
+
+    #[test]
+    fn tools_outside_path_are_found_in_the_fallback_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("fp-test-tool-not-in-path");
+        std::fs::write(&tool, "#!/bin/sh\necho found \"$1\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let name = "fp-test-tool-not-in-path";
+        let err = output(name, &["x"], &[]).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        let fallback = [dir.path().to_str().unwrap()];
+        let out = output(name, &["x"], &fallback).unwrap();
+        assert_eq!(out.stdout, b"found x\n");
     }
 
     #[test]

@@ -259,7 +259,6 @@ fn check_kernel_mount(disk: &Path, want: &[Want]) -> Vec<u64> {
 /// with newlines need no quoting: xattr values byte for byte, and the
 /// symlink targets from `stat`.
 fn check_debugfs_by_inode(disk: &Path, want: &[Want], inodes: &[u64]) {
-    let r = root(disk);
     let tmp = tempfile::tempdir().unwrap();
     let mut cmds = String::new();
     let mut files = vec![];
@@ -271,15 +270,7 @@ fn check_debugfs_by_inode(disk: &Path, want: &[Want], inodes: &[u64]) {
         }
         cmds.push_str(&format!("stat <{ino}>\n"));
     }
-    let cmdfile = tmp.path().join("cmds");
-    fs::write(&cmdfile, cmds).unwrap();
-    let out = Command::new("debugfs")
-        .arg("-f")
-        .arg(&cmdfile)
-        .arg(format!("{}?offset={}", disk.display(), r.offset))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "debugfs: {}", stderr(&out));
+    let out = debugfs_script(disk, &cmds, tmp.path());
     for (f, v, n, ino) in files {
         let got = fs::read(&f).unwrap_or_else(|_| panic!("debugfs: <{ino}>: no xattr {n}"));
         assert_eq!(got, v, "debugfs: <{ino}>: xattr {n}");

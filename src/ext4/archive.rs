@@ -18,6 +18,8 @@ use std::io::{self, Read, Seek, SeekFrom};
 use anyhow::{anyhow, bail, Context, Result};
 pub use tar::EntryType;
 
+use crate::compress::read_full;
+
 const BLOCK: usize = 512;
 /// Largest PAX header or GNU long name accepted: far above anything real
 /// (xattr values are at most 64 KiB on Linux), small enough for memory.
@@ -120,20 +122,6 @@ fn skip_by_seeking<R: Read + Seek>(r: &mut R, n: u64) -> io::Result<()> {
 
 fn padding(size: u64) -> u64 {
     (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
-}
-
-/// Fills `buf` unless the stream ends first; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// The checksum a header should carry: the byte sum with the checksum

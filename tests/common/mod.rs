@@ -528,9 +528,23 @@ pub fn check_ext4_view(disk: &Path, target: &str, items: &[Item]) {
     }
 }
 
+/// Runs the debugfs commands `cmds` (one a line) on ROOT of `disk`, read
+/// only, with the command file in `dir`; panics unless debugfs succeeds.
+pub fn debugfs_script(disk: &Path, cmds: &str, dir: &Path) -> Output {
+    let cmdfile = dir.join("cmds");
+    fs::write(&cmdfile, cmds).unwrap();
+    let out = Command::new("debugfs")
+        .arg("-f")
+        .arg(&cmdfile)
+        .arg(format!("{}?offset={}", disk.display(), root(disk).offset))
+        .output()
+        .expect("running debugfs");
+    assert!(out.status.success(), "debugfs failed: {}", stderr(&out));
+    out
+}
+
 /// Reads xattrs, device numbers and link counts back through debugfs.
 pub fn check_debugfs(disk: &Path, target: &str, items: &[Item]) {
-    let r = root(disk);
     let tmp = tempfile::tempdir().unwrap();
     let mut cmds = String::new();
     let mut xattr_files = vec![];
@@ -545,16 +559,8 @@ pub fn check_debugfs(disk: &Path, target: &str, items: &[Item]) {
             xattr_files.push((p.clone(), name.clone(), value.clone(), f));
         }
     }
-    let cmdfile = tmp.path().join("cmds");
-    fs::write(&cmdfile, cmds).unwrap();
-    let out = Command::new("debugfs")
-        .arg("-f")
-        .arg(&cmdfile)
-        .arg(format!("{}?offset={}", disk.display(), r.offset))
-        .output()
-        .unwrap();
+    let out = debugfs_script(disk, &cmds, tmp.path());
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "debugfs failed: {}", stderr(&out));
     for (p, name, value, f) in xattr_files {
         let got = fs::read(&f).unwrap_or_else(|_| panic!("debugfs: {p}: xattr {name} missing"));
         assert_eq!(got, value, "debugfs: {p}: xattr {name}");
