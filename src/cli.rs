@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use crate::disk::{parse_size, Grow};
 use crate::docker::refs::{self, ImageRef};
 use crate::docker::DindNetwork;
-use crate::populate::PopulateConfig;
+use crate::populate::{PopulateConfig, StoreChoice};
 use crate::unpack::{Input, OutputMode, Space, UnpackConfig};
 
 /// Bake files and container images into a Flatcar Container Linux disk
@@ -54,6 +54,20 @@ pub enum Command {
         /// The block size of the filesystem the store goes into.
         #[arg(long)]
         block_size: u64,
+    },
+    /// (internal) The dind container's first process: runs the inner
+    /// dockerd and keeps the container alive once it has stopped.
+    #[command(name = "__dind-init", hide = true)]
+    InnerInit {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// (internal) Runs in the dind container: stops the inner dockerd and
+    /// waits until it has exited.
+    #[command(name = "__stop-dockerd", hide = true)]
+    InnerStop {
+        /// The inner daemon's store (its used space is reported).
+        root: PathBuf,
     },
 }
 
@@ -105,7 +119,20 @@ pub struct PopulateArgs {
     /// Keep the dind containers and volumes (their names are printed).
     #[arg(long)]
     pub keep_dind: bool,
-    /// Images pulled at the same time.
+    /// Where the inner daemon keeps its store while pulling: `memory` (a
+    /// tmpfs of the dind container, the fastest), `disk` (a Docker volume)
+    /// or `auto` (memory when the engine's machine has enough memory to
+    /// spare). A store that outgrows the memory cap is pulled again on
+    /// disk, saying so.
+    #[arg(long, value_name = "where", value_enum, default_value_t = StoreArg::Auto)]
+    pub store: StoreArg,
+    /// The most memory the in-memory store may take (default: half of the
+    /// engine's memory, and no more than this machine has available less
+    /// 1 GiB when the engine runs here).
+    #[arg(long, value_name = "size", value_parser = parse_size_arg)]
+    pub store_memory_cap: Option<u64>,
+    /// Images pulled at the same time (the inner daemon also downloads
+    /// this many layers at once).
     #[arg(long, value_name = "n", default_value_t = 3)]
     pub jobs: usize,
     /// Print a machine-readable summary on stdout.
@@ -158,6 +185,17 @@ pub struct SpaceArgs {
     /// Format of OUTPUT for qcow2/vmdk input.
     #[arg(long, value_name = "format", value_enum, default_value_t = OutputFormat::Same)]
     pub output_format: OutputFormat,
+}
+
+/// Where the inner daemon's store lives while pulling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreArg {
+    /// Memory when it can be spared, else disk.
+    Auto,
+    /// A tmpfs (falls back to disk when the images outgrow the cap).
+    Memory,
+    /// A Docker volume.
+    Disk,
 }
 
 /// The format of OUTPUT when DISK is a qcow2 or vmdk image.
@@ -237,6 +275,12 @@ impl PopulateArgs {
             merge: self.merge,
             containerd: self.containerd,
             keep_dind: self.keep_dind,
+            store: match self.store {
+                StoreArg::Auto => StoreChoice::Auto,
+                StoreArg::Memory => StoreChoice::Memory,
+                StoreArg::Disk => StoreChoice::Disk,
+            },
+            store_memory_cap: self.store_memory_cap,
             jobs: self.jobs.max(1),
         })
     }

@@ -64,5 +64,9 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
             Ok(())
         }
         Command::InnerExport { root, socket } => store::export_to(&root, socket.as_deref()),
+        Command::InnerInit { cmd } => docker::inner::dind_init(&cmd),
+        Command::InnerStop { root } => {
+            docker::inner::stop_dockerd(&root, std::time::Duration::from_secs(60))
+        }
     }
 }

@@ -1,15 +1,19 @@
 //! `flatcar-preload populate`: pull the listed images in a dind container
 //! and stream its store into ROOT, in one stream:
-//! registry -> dind (overlay2) -> stop -> export helper (PAX tar, all xattrs)
-//! -> socket or attach stream -> tar reader -> ext4 writer -> OUTPUT.
+//! registry -> dind (overlay2, store in memory or on a volume) -> stop ->
+//! export helper in the dind (PAX tar, all xattrs) -> socket or attach
+//! stream -> tar reader -> ext4 writer -> OUTPUT.
 //!
 //! [`populate`] is the list of the phases, each a function below that says
-//! what it leaves behind when it fails.
+//! what it leaves behind when it fails. Phases that do not need each other
+//! run at the same time: the output copy with the pull, measuring and
+//! growing with stopping the inner daemon.
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -21,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use crate::disk::{self, Prepared, ROOT_NAME};
 use crate::docker::inner::PullEvent;
 use crate::docker::refs::ImageRef;
-use crate::docker::{DindNetwork, DindSpec, Engine, ExportVia, HELPER_PATH, INNER_SOCKET};
+use crate::docker::{
+    DindNetwork, DindSpec, Engine, ExportVia, StoreMount, HELPER_PATH, INNER_SOCKET,
+};
 use crate::ext4::{self, Need};
 use crate::progress::{Bar, Pulls, ReadProgress};
 use crate::store::{self, CONTAINERD_ROOT, DOCKER_ROOT, REPOSITORIES};
@@ -39,7 +45,44 @@ pub struct PopulateConfig {
     pub merge: bool,
     pub containerd: Option<PathBuf>,
     pub keep_dind: bool,
+    pub store: StoreChoice,
+    /// The most memory the in-memory store may take (None: see
+    /// [`memory_budget`]).
+    pub store_memory_cap: Option<u64>,
     pub jobs: usize,
+}
+
+/// Where the inner daemon's store lives while pulling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// Memory when the cap is at least [`MIN_MEMORY_STORE`], else disk.
+    Auto,
+    Memory,
+    Disk,
+}
+
+/// `--store auto` takes memory only with at least this much to spare:
+/// below, most image sets would not fit and would be pulled twice.
+const MIN_MEMORY_STORE: u64 = 1 << 30;
+
+/// What is left to the rest of the engine's machine when the tool runs
+/// there: the store in memory must not push it into swapping or the OOM
+/// killer.
+const MEMORY_RESERVE: u64 = 1 << 30;
+
+/// Where the store was pulled, for the summary.
+#[derive(Debug, Serialize)]
+pub struct StoreReport {
+    /// "memory" (a tmpfs) or "disk" (a Docker volume).
+    pub kind: &'static str,
+    /// The size cap of the tmpfs, when memory was tried.
+    pub memory_cap_bytes: Option<u64>,
+    /// Whether the images outgrew the memory cap and were pulled again on
+    /// disk.
+    pub fell_back_to_disk: bool,
+    /// What the store took on its filesystem once pulled (for memory: the
+    /// tmpfs's use at the end of the pull).
+    pub used_bytes: u64,
 }
 
 /// What `--json` prints, and what the summary says.
@@ -61,6 +104,7 @@ pub struct Summary {
     /// How the store left the export container: "socket" (a daemon on this
     /// machine) or "attach" (the Docker API stream).
     pub export_via: ExportVia,
+    pub store: StoreReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,7 +113,9 @@ pub struct PulledImage {
     pub id: String,
 }
 
-/// Seconds spent in each phase: the one place that times them.
+/// Seconds spent in each phase. Phases overlap: each one's start and end
+/// (seconds since the run started) are in `spans`, and `total` is the
+/// wall time of the run.
 #[derive(Debug, Default, Serialize)]
 pub struct Phases {
     pub pull: f64,
@@ -80,10 +126,20 @@ pub struct Phases {
     pub export_and_write: f64,
     pub containerd: f64,
     pub total: f64,
+    pub spans: Vec<Span>,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Phase {
+/// When a phase ran, in seconds since the run started.
+#[derive(Debug, Serialize)]
+pub struct Span {
+    pub phase: Phase,
+    pub start: f64,
+    pub end: f64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
     Pull,
     Stop,
     Measure,
@@ -93,15 +149,41 @@ enum Phase {
     Containerd,
 }
 
-impl Phases {
-    /// Runs `fut` as `phase`, adding its duration to the phase's time.
-    async fn time<T>(&mut self, phase: Phase, fut: impl Future<Output = T>) -> T {
-        let start = Instant::now();
+/// The one place that times the phases (which may run at the same time).
+struct Clock {
+    origin: Instant,
+    spans: RefCell<Vec<Span>>,
+}
+
+impl Clock {
+    fn new(origin: Instant) -> Clock {
+        Clock {
+            origin,
+            spans: RefCell::new(vec![]),
+        }
+    }
+
+    /// Runs `fut` as `phase`, recording when it started and ended.
+    async fn time<T>(&self, phase: Phase, fut: impl Future<Output = T>) -> T {
+        let start = self.origin.elapsed().as_secs_f64();
         let out = fut.await;
-        *self.slot(phase) += start.elapsed().as_secs_f64();
+        let end = self.origin.elapsed().as_secs_f64();
+        self.spans.borrow_mut().push(Span { phase, start, end });
         out
     }
 
+    fn phases(self) -> Phases {
+        let mut p = Phases::default();
+        let spans = self.spans.into_inner();
+        for s in &spans {
+            *p.slot(s.phase) += s.end - s.start;
+        }
+        p.spans = spans;
+        p
+    }
+}
+
+impl Phases {
     fn slot(&mut self, phase: Phase) -> &mut f64 {
         match phase {
             Phase::Pull => &mut self.pull,
@@ -129,6 +211,9 @@ struct Run<'a> {
     cancel: CancellationToken,
     spec: DindSpec,
     res: Resources,
+    /// The private directory of the export socket (bind-mounted into the
+    /// dind); None forces the attach stream.
+    socket_dir: Option<tempfile::TempDir>,
 }
 
 impl Run<'_> {
@@ -162,6 +247,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         image: cfg.dind_image.clone(),
         network: cfg.dind_network.clone(),
         privileged: cfg.privileged,
+        downloads: cfg.jobs,
         run_id: format!(
             "{}-{}",
             std::process::id(),
@@ -176,8 +262,9 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         cancel,
         spec,
         res: Resources::default(),
+        socket_dir: None,
     };
-    let result = populate(&mut run).await;
+    let result = populate(&mut run, start).await;
     let Run { engine, res, .. } = run;
     if cfg.keep_dind {
         eprintln!(
@@ -205,26 +292,67 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
 /// The phases, top to bottom. Nothing is written before the output is
 /// made; a failure after that drops the output (removed) or, in place,
 /// leaves ROOT consistent with part of the store in it.
-async fn populate(run: &mut Run<'_>) -> Result<Summary> {
+async fn populate(run: &mut Run<'_>, origin: Instant) -> Result<Summary> {
     let cfg = run.cfg;
-    let mut t = Phases::default();
+    let clock = Clock::new(origin);
     check_inputs(run).await?;
-    let volume = t.time(Phase::Pull, start_dind(run)).await?;
-    let images = t.time(Phase::Pull, pull(run)).await?;
-    t.time(Phase::Stop, stop_dind(run)).await?;
-    let prepared = t.time(Phase::Copy, make_output(run)).await?;
-    let need = t
-        .time(Phase::Measure, measure(run, &volume, &prepared))
-        .await?;
-    let (prepared, grown) = t.time(Phase::Grow, make_room(cfg, prepared, need)).await?;
+    let memory_cap = plan_store(run).await?;
+    run.socket_dir = socket_dir()?;
+    // The output copy does not need the pull: both run at once, and the
+    // first to fail stops the other.
+    let outer = run.cancel.clone();
+    let both = outer.child_token();
+    run.cancel = both.clone();
+    let first_failed = Cell::new(None);
+    let failing = |failed: bool, which: u8| {
+        if failed && first_failed.get().is_none() {
+            first_failed.set(Some(which));
+            both.cancel();
+        }
+    };
+    let copy = clock.time(Phase::Copy, make_output(cfg, both.clone()));
+    let (pulled, prepared) = tokio::join!(
+        async {
+            let r = pull_store(run, &clock, memory_cap).await;
+            failing(r.is_err(), 0);
+            r
+        },
+        async {
+            let r = copy.await;
+            failing(r.is_err(), 1);
+            r
+        },
+    );
+    run.cancel = outer;
+    let ((images, mut store), prepared) = match (pulled, prepared, first_failed.get()) {
+        (Ok(p), Ok(o), _) => (p, o),
+        (Err(e), _, Some(0)) | (_, Err(e), Some(1)) => return Err(e),
+        (Err(e), _, _) | (_, Err(e), _) => return Err(e),
+    };
+    // Stopping the inner daemon changes nothing that is exported (the
+    // layers and the image database are complete once the pulls have
+    // returned): measuring and growing go on meanwhile. The export waits
+    // for both.
+    let run_ref = &*run;
+    let (stopped, room) = tokio::join!(clock.time(Phase::Stop, stop_dind(run_ref)), async {
+        let need = clock
+            .time(Phase::Measure, measure(run_ref, &prepared))
+            .await?;
+        let grown = clock
+            .time(Phase::Grow, make_room(cfg, prepared, need))
+            .await?;
+        Ok::<_, anyhow::Error>((grown, need))
+    },);
+    store.used_bytes = stopped?;
+    let ((prepared, grown), need) = room?;
     let root = prepared.fs();
-    let written = t
-        .time(Phase::ExportAndWrite, export_and_write(run, &volume, &root))
+    let written = clock
+        .time(Phase::ExportAndWrite, export_and_write(run, &root))
         .await?;
     let containerd_entries = match &cfg.containerd {
         Some(src) => {
             let job = write_containerd(root.clone(), src.clone(), run.cancel.clone());
-            t.time(Phase::Containerd, job).await?
+            clock.time(Phase::Containerd, job).await?
         }
         None => 0,
     };
@@ -239,11 +367,135 @@ async fn populate(run: &mut Run<'_>) -> Result<Summary> {
         root_size_bytes: fs.size_bytes(),
         grown,
         needed_blocks: need.blocks,
-        seconds: t,
+        seconds: clock.phases(),
         output: cfg.output.path().unwrap_or(&cfg.disk).display().to_string(),
         export_via: written.via,
+        store,
     })
 }
+
+/// The private directory of the export socket, or None when the tests
+/// force the attach stream.
+fn socket_dir() -> Result<Option<tempfile::TempDir>> {
+    #[cfg(feature = "test-hooks")]
+    if crate::hooks::no_export_socket() {
+        return Ok(None);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("flatcar-preload-")
+        .tempdir()
+        .context("creating a private directory for the export socket")?;
+    Ok(Some(dir))
+}
+
+/// How much memory the store may take: half of the engine's machine, and
+/// when the engine runs on this machine (a unix socket), no more than what
+/// is available here less [`MEMORY_RESERVE`]. 0 when unknown.
+fn memory_budget(engine_total: u64) -> u64 {
+    let half = engine_total / 2;
+    let host = std::env::var("DOCKER_HOST").unwrap_or_default();
+    if !(host.is_empty() || host.starts_with("unix://")) {
+        return half;
+    }
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    match available {
+        Some(a) => half.min(a.saturating_sub(MEMORY_RESERVE)),
+        None => half,
+    }
+}
+
+/// Decides where the store lives: Some(cap) for a tmpfs of at most `cap`
+/// bytes, None for a Docker volume.
+async fn plan_store(run: &Run<'_>) -> Result<Option<u64>> {
+    let cfg = run.cfg;
+    if cfg.store == StoreChoice::Disk {
+        return Ok(None);
+    }
+    let cap = match cfg.store_memory_cap {
+        Some(c) => c,
+        None => memory_budget(run.engine.mem_total().await?),
+    };
+    Ok(match cfg.store {
+        // A tmpfs of size 0 would have no limit at all.
+        StoreChoice::Memory if cap == 0 => {
+            eprintln!(
+                "the memory of the Docker engine's machine is unknown: pulling with the store on disk"
+            );
+            None
+        }
+        StoreChoice::Memory => Some(cap),
+        _ if cap >= MIN_MEMORY_STORE => Some(cap),
+        _ => None,
+    })
+}
+
+/// Starts the dind and pulls, with the store in a tmpfs of at most
+/// `memory_cap` bytes when given, else on a volume. When the images
+/// outgrow the tmpfs, says so and pulls them again on a volume. On failure
+/// nothing was written; the dind (and volume) are recorded for removal.
+async fn pull_store(
+    run: &mut Run<'_>,
+    clock: &Clock,
+    memory_cap: Option<u64>,
+) -> Result<(Vec<PulledImage>, StoreReport)> {
+    if let Some(cap) = memory_cap {
+        let memory = StoreMount::Memory { cap };
+        clock.time(Phase::Pull, start_dind(run, &memory)).await?;
+        match clock.time(Phase::Pull, pull(run)).await {
+            Ok(images) => {
+                let report = StoreReport {
+                    kind: "memory",
+                    memory_cap_bytes: Some(cap),
+                    fell_back_to_disk: false,
+                    used_bytes: 0,
+                };
+                return Ok((images, report));
+            }
+            Err(e) if e.downcast_ref::<OutOfSpace>().is_some() => {
+                eprintln!(
+                    "the images do not fit in the store in memory ({} at most): pulling them again with the store on disk",
+                    indicatif::HumanBytes(cap)
+                );
+                let dind = run.name("dind");
+                run.engine.remove_container(&dind).await?;
+                run.res.containers.retain(|c| *c != dind);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let volume = run.name("store");
+    run.engine.create_volume(&volume, &run.spec.run_id).await?;
+    run.res.volumes.push(volume.clone());
+    let disk = StoreMount::Volume(volume);
+    clock.time(Phase::Pull, start_dind(run, &disk)).await?;
+    let images = clock.time(Phase::Pull, pull(run)).await?;
+    let report = StoreReport {
+        kind: "disk",
+        memory_cap_bytes: memory_cap,
+        fell_back_to_disk: memory_cap.is_some(),
+        used_bytes: 0,
+    };
+    Ok((images, report))
+}
+
+/// A pull failed because the store's filesystem is full.
+#[derive(Debug)]
+struct OutOfSpace(String);
+
+impl std::fmt::Display for OutOfSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OutOfSpace {}
 
 /// Refuses a ROOT that already has a store, unless merging.
 fn check_existing(cfg: &PopulateConfig, root: &ext4::Root) -> Result<()> {
@@ -281,16 +533,14 @@ async fn check_inputs(run: &Run<'_>) -> Result<()> {
         .await
 }
 
-/// Starts the dind whose store is a fresh volume, and returns the volume.
-/// On failure the volume and container are already recorded for removal.
-async fn start_dind(run: &mut Run<'_>) -> Result<String> {
-    let (volume, dind) = (run.name("store"), run.name("dind"));
-    run.engine.create_volume(&volume, &run.spec.run_id).await?;
-    run.res.volumes.push(volume.clone());
+/// Starts the dind with its store in `store`. On failure the container is
+/// already recorded for removal.
+async fn start_dind(run: &mut Run<'_>, store: &StoreMount) -> Result<()> {
+    let dind = run.name("dind");
     run.res.containers.push(dind.clone());
-    run.or_cancel(run.engine.start_dind(&dind, &run.spec, &volume))
-        .await?;
-    Ok(volume)
+    let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
+    run.or_cancel(run.engine.start_dind(&dind, &run.spec, store, socket_dir))
+        .await
 }
 
 /// Runs the pull helper in the dind and follows its progress. On failure
@@ -339,10 +589,17 @@ async fn pull(run: &Run<'_>) -> Result<Vec<PulledImage>> {
     let finished = run.or_cancel(follow).await?;
     progress.finish();
     if !failures.is_empty() {
-        bail!(
+        let message = format!(
             "pulling failed, nothing was written:\n  {}",
             failures.join("\n  ")
         );
+        if failures
+            .iter()
+            .any(|f| f.to_lowercase().contains("no space left on device"))
+        {
+            return Err(OutOfSpace(message).into());
+        }
+        bail!(message);
     }
     if finished.exit_code != 0 || ids.iter().any(|i| i.is_empty()) {
         bail!(
@@ -363,48 +620,43 @@ async fn pull(run: &Run<'_>) -> Result<Vec<PulledImage>> {
         .collect())
 }
 
-/// Stops the inner daemon cleanly: the store must be quiescent. On failure
-/// nothing was written.
-async fn stop_dind(run: &Run<'_>) -> Result<()> {
+/// Stops the inner daemon cleanly (the container stays, with a store in
+/// memory) and returns what the store takes: the store must be quiescent
+/// before it is exported. On failure nothing was written.
+async fn stop_dind(run: &Run<'_>) -> Result<u64> {
     let dind = run.name("dind");
-    let code = run
-        .or_cancel(run.engine.stop(&dind, Duration::from_secs(60)))
-        .await?;
-    if code != 0 {
+    let stopped = run.or_cancel(run.engine.stop_inner(&dind)).await?;
+    if stopped.exit_code != 0 {
         bail!(
-            "the inner dockerd did not shut down cleanly (exit code {code}); its last lines:\n{}",
+            "the inner dockerd did not shut down cleanly (exit code {}); its last lines:\n{}",
+            stopped.exit_code,
             run.engine.logs_tail(&dind).await
         );
     }
-    Ok(())
+    Ok(stopped.store_used_bytes)
 }
 
 /// Makes the image to write into: the disk itself (--in-place) or a
 /// sparse, decompressed or converted copy, and checks its ROOT again. On
 /// failure a partial copy is removed and the disk is untouched.
-async fn make_output(run: &Run<'_>) -> Result<Prepared> {
-    let cfg = run.cfg;
+async fn make_output(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Prepared> {
     let (disk, out, raw) = (
         cfg.disk.clone(),
         cfg.output.path().map(Path::to_path_buf),
         cfg.space.raw_output,
     );
-    let cancel = run.cancel.clone();
     let prepared =
         blocking(move || disk::prepare(&disk, out.as_deref(), raw, Some(&cancel))).await?;
     check_existing(cfg, &prepared.fs())?;
     Ok(prepared)
 }
 
-/// Measures what the store (and the containerd root) will take in ROOT, in
-/// a helper container. Writes nothing.
-async fn measure(run: &mut Run<'_>, volume: &str, prepared: &Prepared) -> Result<Need> {
+/// Measures what the store (and the containerd root) will take in ROOT,
+/// with the helper in the dind. Writes nothing.
+async fn measure(run: &Run<'_>, prepared: &Prepared) -> Result<Need> {
     let block_size = ext4::inspect(&prepared.fs(), ROOT_NAME)?.block_size;
-    let measurer = run.name("measure");
-    run.res.containers.push(measurer.clone());
-    let measured = run
-        .engine
-        .measure_store(&measurer, &run.spec, volume, block_size);
+    let dind = run.name("dind");
+    let measured = run.engine.measure_store(&dind, block_size);
     let mut need = run.or_cancel(measured).await?;
     if let Some(src) = &run.cfg.containerd {
         need += containerd_need(src, block_size)?;
@@ -435,12 +687,12 @@ struct Written {
     via: ExportVia,
 }
 
-/// Exports the store in a helper container and writes it into ROOT as it
+/// Exports the store with the helper in the stopped dind and writes it into ROOT as it
 /// streams in; when merging, merges the names of the images that were
 /// there (repositories.json) into the new ones. On failure or Ctrl-C, ROOT
 /// is closed consistently with the entries before the failure written; the
 /// caller must not publish the output.
-async fn export_and_write(run: &mut Run<'_>, volume: &str, root: &ext4::Root) -> Result<Written> {
+async fn export_and_write(run: &Run<'_>, root: &ext4::Root) -> Result<Written> {
     let repositories = format!("{DOCKER_ROOT}/{REPOSITORIES}");
     let existing_names = if run.cfg.merge {
         ext4::read_file(root, &repositories)?
@@ -463,10 +715,9 @@ async fn export_and_write(run: &mut Run<'_>, volume: &str, root: &ext4::Root) ->
             ext4::write_tar(&root, DOCKER_ROOT.as_bytes(), stream, Some(&cancel))
         })
     };
-    let exporter = run.name("export");
-    run.res.containers.push(exporter.clone());
+    let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
     let exported = run
-        .or_cancel(run.engine.export_store(&exporter, &run.spec, volume, tx))
+        .or_cancel(run.engine.export_store(&run.name("dind"), socket_dir, tx))
         .await;
     // The writer stops by itself once the stream ends or is cancelled; the
     // filesystem is closed consistently either way.
@@ -588,7 +839,16 @@ impl Summary {
         );
         let p = &s.seconds;
         eprintln!(
-            "time: pull {:.1} s, stop {:.1} s, measure {:.1} s, copy {:.1} s, grow {:.1} s, export+write {:.1} s, containerd {:.1} s, total {:.1} s",
+            "store: pulled {} ({})",
+            match (s.store.kind, s.store.fell_back_to_disk) {
+                ("memory", _) => "in memory".to_string(),
+                (_, true) => "on disk, after outgrowing memory".to_string(),
+                _ => "on disk".to_string(),
+            },
+            HumanBytes(s.store.used_bytes)
+        );
+        eprintln!(
+            "time: pull {:.1} s, stop {:.1} s, measure {:.1} s, copy {:.1} s, grow {:.1} s, export+write {:.1} s, containerd {:.1} s, total {:.1} s (phases overlap)",
             p.pull, p.stop, p.measure, p.copy, p.grow, p.export_and_write, p.containerd, p.total
         );
     }

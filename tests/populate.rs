@@ -768,8 +768,22 @@ fn merge_adds_to_an_existing_store() {
     let disk = disk_copy(&["--layout", "current"], tmp.path());
     let d = disk.to_str().unwrap();
     let first = tmp.path().join("first.bin");
-    let o = populate(&[d, &f.listed[0].0, "-o", first.to_str().unwrap()]);
+    // This store is pulled on disk (a Docker volume), the second one in
+    // memory.
+    let o = populate(&[
+        d,
+        &f.listed[0].0,
+        "-o",
+        first.to_str().unwrap(),
+        "--store",
+        "disk",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("store: pulled on disk"),
+        "{}",
+        stderr(&o)
+    );
     // Without --merge, a second run refuses before pulling anything.
     let second = tmp.path().join("second.bin");
     let o = populate(&[
@@ -788,6 +802,8 @@ fn merge_adds_to_an_existing_store() {
         second.to_str().unwrap(),
         "--merge",
         "--json",
+        "--store",
+        "memory",
     ])
     .env("FLATCAR_PRELOAD_NO_EXPORT_SOCKET", "1")
     .output()
@@ -800,6 +816,7 @@ fn merge_adds_to_an_existing_store() {
         "socket"
     };
     assert_eq!(summary["export_via"], via, "{summary}");
+    assert_eq!(summary["store"]["kind"], "memory", "{summary}");
     assert_fsck_clean(&second);
     let text = with_real_docker(
         &second,
@@ -888,6 +905,61 @@ fn qcow2_input_grows_to_fit() {
     for Verified { image, text } in on_each_real_docker(&raw, &script) {
         assert!(
             text.contains(&format!("{} /big", 96 << 20)),
+            "{image}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn memory_store_outgrown_is_pulled_again_on_disk() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "current"], tmp.path());
+    let out = tmp.path().join("out.bin");
+    // 96 MiB of layers into a 40 MiB tmpfs: the pull runs out of space,
+    // and the tool pulls again on disk by itself.
+    let o = populate(&[
+        disk.to_str().unwrap(),
+        &f.big,
+        &f.listed[0].0,
+        "-o",
+        out.to_str().unwrap(),
+        "--store",
+        "memory",
+        "--store-memory-cap",
+        "40M",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("do not fit in the store in memory"),
+        "{}",
+        stderr(&o)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["store"]["kind"], "disk", "{summary}");
+    assert_eq!(summary["store"]["fell_back_to_disk"], true, "{summary}");
+    assert_eq!(summary["store"]["memory_cap_bytes"], 40 << 20, "{summary}");
+    assert_eq!(summary["images"][1]["id"], f.listed[0].1.as_str());
+    assert_eq!(leftovers(), "", "containers or volumes left behind");
+    assert_fsck_clean(&out);
+    let script = format!(
+        "docker images --no-trunc --format 'IMG {{{{.Repository}}}}:{{{{.Tag}}}} {{{{.ID}}}}'\n\
+         docker run --rm --network none {} /bin/busybox wc -c /big\n\
+         docker run --rm --network none {} /bin/busybox cat /data/a/new /data/b/stays",
+        f.big, f.listed[0].0
+    );
+    for Verified { image, text } in on_each_real_docker(&out, &script) {
+        assert!(
+            text.contains(&format!("{} /big", 96 << 20)),
+            "{image}:\n{text}"
+        );
+        assert!(text.contains("newstays"), "{image}:\n{text}");
+        assert!(
+            text.contains(&format!("IMG {} {}", f.listed[0].0, f.listed[0].1)),
             "{image}:\n{text}"
         );
     }

@@ -156,3 +156,144 @@ pub async fn pull_images(socket: &str, refs: &[ImageRef], jobs: usize) -> Result
     }
     Ok(())
 }
+
+/// Where the dind's init writes the inner dockerd's exit code once it has
+/// exited.
+pub const DOCKERD_EXIT: &str = "/run/fp-dockerd.exit";
+
+/// What `__stop-dockerd` prints: the inner dockerd's exit code and what the
+/// store takes on its filesystem.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stopped {
+    pub exit_code: i32,
+    pub store_used_bytes: u64,
+}
+
+/// What dockerd logs once its store is closed (moby cmd/dockerd: after
+/// `Daemon.Shutdown`, which closes the image service and the graph
+/// driver). What follows is only stopping the containerd it started,
+/// whose state is not exported, and which polls once a second (moby
+/// libcontainerd/supervisor `stopDaemon`): waiting for the process would
+/// cost a second for nothing.
+const SHUTDOWN_COMPLETE: &[u8] = b"Daemon shutdown complete";
+
+/// Writes `code` to [`DOCKERD_EXIT`] (atomically).
+fn record_exit(code: i32) -> Result<()> {
+    let tmp = format!("{DOCKERD_EXIT}.tmp");
+    std::fs::write(&tmp, code.to_string())
+        .and_then(|()| std::fs::rename(&tmp, DOCKERD_EXIT))
+        .with_context(|| format!("writing {DOCKERD_EXIT}"))
+}
+
+/// The dind container's first process (`__dind-init`): runs `cmd` (the
+/// inner dockerd), forwards SIGTERM and SIGINT to it, records in
+/// [`DOCKERD_EXIT`] that it has stopped (0 once it logs that its shutdown
+/// is complete, else its exit code) and then keeps the container (and a
+/// store on tmpfs, which belongs to the container) alive for the measure
+/// and export helpers, until signalled again. Reaps orphans as an init
+/// must.
+pub fn dind_init(cmd: &[String]) -> Result<()> {
+    use rustix::process::{kill_process, Pid, Signal, WaitOptions};
+    use std::io::BufRead;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let (prog, args) = cmd.split_first().context("__dind-init needs a command")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("handling SIGTERM in the dind's init")?;
+    let mut child = std::process::Command::new(prog)
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {prog} in the dind container"))?;
+    let pid = Pid::from_raw(child.id() as i32).context("the inner dockerd has no pid")?;
+    let running = Arc::new(AtomicBool::new(true));
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let (running, stopping) = (running.clone(), stopping.clone());
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                if running.load(Ordering::SeqCst) {
+                    stopping.store(true, Ordering::SeqCst);
+                    let _ = kill_process(pid, Signal::TERM);
+                } else {
+                    std::process::exit(0);
+                }
+            }
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        let stopping = stopping.clone();
+        std::thread::spawn(move || {
+            let (mut err, mut line) = (std::io::BufReader::new(err), Vec::new());
+            let mut out = std::io::stderr();
+            while matches!(err.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                let _ = out.write_all(&line);
+                let done = line
+                    .windows(SHUTDOWN_COMPLETE.len())
+                    .any(|w| w == SHUTDOWN_COMPLETE);
+                if done && stopping.load(Ordering::SeqCst) {
+                    let _ = record_exit(0);
+                }
+                line.clear();
+            }
+        });
+    }
+    loop {
+        match rustix::process::wait(WaitOptions::empty()) {
+            Ok(Some((p, status))) if p == pid => {
+                let code = status
+                    .exit_status()
+                    .or_else(|| status.terminating_signal().map(|s| 128 + s))
+                    .unwrap_or(-1);
+                record_exit(code)?;
+                running.store(false, Ordering::SeqCst);
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            // No child left: orphans may still come (reparented to us).
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// `__stop-dockerd`, run in the dind: asks the init to stop the inner
+/// dockerd (SIGTERM), waits until it has exited (its store is then
+/// quiescent) and prints a [`Stopped`] as JSON.
+pub fn stop_dockerd(store: &std::path::Path, grace: Duration) -> Result<()> {
+    use rustix::process::{kill_process, Pid, Signal};
+    kill_process(Pid::INIT, Signal::TERM).context("signalling the dind's init")?;
+    let start = Instant::now();
+    let exit_code = loop {
+        match std::fs::read_to_string(DOCKERD_EXIT) {
+            Ok(s) => {
+                break s
+                    .trim()
+                    .parse::<i32>()
+                    .with_context(|| format!("reading {DOCKERD_EXIT}"))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if start.elapsed() > grace {
+                    bail!(
+                        "the inner dockerd did not stop within {} s",
+                        grace.as_secs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {DOCKERD_EXIT}")),
+        }
+    };
+    let st = rustix::fs::statvfs(store)
+        .with_context(|| format!("reading the free space of {}", store.display()))?;
+    let stopped = Stopped {
+        exit_code,
+        store_used_bytes: (st.f_blocks - st.f_bfree) * st.f_frsize,
+    };
+    serde_json::to_writer(std::io::stdout().lock(), &stopped)
+        .context("writing to standard output")?;
+    Ok(())
+}

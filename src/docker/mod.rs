@@ -6,14 +6,14 @@ pub mod inner;
 pub mod refs;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, LogsOptions,
-    RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions, UploadToContainerOptions,
-    WaitContainerOptions,
+    CreateContainerOptions, CreateImageOptions, LogsOptions, RemoveContainerOptions,
+    RemoveVolumeOptions, UploadToContainerOptions,
 };
 use bollard::Docker;
 use bytes::Bytes;
@@ -93,7 +93,22 @@ pub struct DindSpec {
     pub network: DindNetwork,
     pub privileged: bool,
     pub run_id: String,
+    /// The inner daemon's --max-concurrent-downloads.
+    pub downloads: usize,
 }
+
+/// Where the inner daemon's store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreMount {
+    /// A Docker volume of that name.
+    Volume(String),
+    /// A tmpfs of the dind container of at most `cap` bytes.
+    Memory { cap: u64 },
+}
+
+/// Where the private directory of the export socket appears in the dind.
+const SOCKET_MOUNT: &str = "/fp-out";
+const EXPORT_SOCKET: &str = "export.sock";
 
 /// Result of a command run to completion in a container.
 pub struct Finished {
@@ -122,7 +137,8 @@ fn labels(run_id: &str) -> HashMap<String, String> {
 }
 
 /// Whether this executable is statically linked (no ELF interpreter), so
-/// that it can run in a container with any libc or none.
+/// that it can run in a container with any libc or none (it is the dind's
+/// init and runs the pull, measure and export helpers there).
 fn check_static(exe: &[u8]) -> Result<()> {
     let u16_at = |o: usize| exe.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u64_at = |o: usize| {
@@ -295,21 +311,52 @@ impl Engine {
     }
 
     /// Creates and starts the dind container: an inner dockerd with the
-    /// overlay2 driver whose store is `volume`, reachable only through its
+    /// overlay2 driver whose store is `store`, reachable only through its
     /// unix socket inside the container, and that touches no network
-    /// interface or firewall (no bridge, no iptables).
-    pub async fn start_dind(&self, name: &str, spec: &DindSpec, volume: &str) -> Result<()> {
+    /// interface or firewall (no bridge, no iptables). Its first process is
+    /// the helper's init, which keeps the container (and a store in
+    /// memory) alive once the inner dockerd has stopped. `socket_dir` is
+    /// bind-mounted for the export socket.
+    pub async fn start_dind(
+        &self,
+        name: &str,
+        spec: &DindSpec,
+        store: &StoreMount,
+        socket_dir: Option<&Path>,
+    ) -> Result<()> {
         let host_net = spec.network == DindNetwork::Host;
+        let (binds, mounts) = match store {
+            StoreMount::Volume(v) => (vec![format!("{v}:/var/lib/docker")], None),
+            StoreMount::Memory { cap } => (
+                vec![],
+                Some(vec![bollard::models::Mount {
+                    target: Some("/var/lib/docker".into()),
+                    typ: Some(bollard::models::MountType::TMPFS),
+                    tmpfs_options: Some(bollard::models::MountTmpfsOptions {
+                        size_bytes: Some(i64::try_from(*cap).unwrap_or(i64::MAX)),
+                        mode: Some(0o711),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+            ),
+        };
+        let binds = binds
+            .into_iter()
+            .chain(socket_dir.map(|d| format!("{}:{SOCKET_MOUNT}", d.display())))
+            .collect();
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            entrypoint: Some(vec!["dockerd".into()]),
+            entrypoint: Some(vec![HELPER_PATH.into(), "__dind-init".into()]),
             cmd: Some(
                 [
+                    "dockerd",
                     "--storage-driver=overlay2",
                     &format!("--host=unix://{INNER_SOCKET}"),
                     "--iptables=false",
                     "--ip6tables=false",
                     "--bridge=none",
+                    &format!("--max-concurrent-downloads={}", spec.downloads.max(1)),
                 ]
                 .iter()
                 .map(|s| s.to_string())
@@ -318,7 +365,8 @@ impl Engine {
             env: Some(vec!["DOCKER_TLS_CERTDIR=".into()]),
             labels: Some(labels(&spec.run_id)),
             host_config: Some(HostConfig {
-                binds: Some(vec![format!("{volume}:/var/lib/docker")]),
+                binds: Some(binds),
+                mounts,
                 network_mode: Some(spec.network.mode()),
                 privileged: Some(spec.privileged),
                 cap_add: (!spec.privileged).then(|| vec!["SYS_ADMIN".into()]),
@@ -431,103 +479,71 @@ impl Engine {
         })
     }
 
-    /// Stops a container (SIGTERM, then SIGKILL after `grace`) and returns
-    /// its exit code.
-    pub async fn stop(&self, container: &str, grace: Duration) -> Result<i64> {
-        self.docker
-            .stop_container(
-                container,
-                Some(StopContainerOptions {
-                    t: Some(grace.as_secs() as i32),
-                    ..Default::default()
-                }),
-            )
-            .await
-            .with_context(|| format!("stopping {container}"))?;
-        let info = self
-            .docker
-            .inspect_container(container, None)
-            .await
-            .with_context(|| format!("inspecting {container}"))?;
-        Ok(info.state.and_then(|s| s.exit_code).unwrap_or(-1))
+    /// Stops the inner dockerd of the dind `container` (the container and
+    /// a store on tmpfs stay) and waits until it has exited.
+    pub async fn stop_inner(&self, container: &str) -> Result<inner::Stopped> {
+        let cmd = [HELPER_PATH, "__stop-dockerd", "/var/lib/docker"];
+        let mut out = Vec::new();
+        let (finished, _) = self
+            .exec_stream(container, &cmd, |chunk| {
+                out.extend_from_slice(&chunk);
+                async { true }
+            })
+            .await?;
+        if finished.exit_code != 0 {
+            bail!(
+                "stopping the inner dockerd failed (exit code {}): {}",
+                finished.exit_code,
+                finished.stderr.trim()
+            );
+        }
+        serde_json::from_slice(&out).context("reading what stopping the inner dockerd reported")
     }
 
-    /// Runs the helper (`args`) in a new container that sees `volume` (the
-    /// stopped dind's store) read-only at /var/lib/docker, passing its
-    /// stdout chunk by chunk to `sink` until the sink returns false. The
-    /// second value is the number of stdout bytes passed.
-    async fn run_helper<F, Fut>(
+    /// Runs `cmd` in the running `container`, passing its stdout chunk by
+    /// chunk to `sink` until the sink returns false. The second value is
+    /// the number of stdout bytes passed.
+    async fn exec_stream<F, Fut>(
         &self,
-        name: &str,
-        spec: &DindSpec,
-        volume: &str,
-        args: &[&str],
-        extra_bind: Option<String>,
+        container: &str,
+        cmd: &[&str],
         mut sink: F,
     ) -> Result<(Finished, u64)>
     where
         F: FnMut(Bytes) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            entrypoint: Some(vec![HELPER_PATH.into()]),
-            cmd: Some(args.iter().map(|s| s.to_string()).collect()),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            labels: Some(labels(&spec.run_id)),
-            host_config: Some(HostConfig {
-                binds: Some(
-                    std::iter::once(format!("{volume}:/var/lib/docker:ro"))
-                        .chain(extra_bind)
-                        .collect(),
-                ),
-                network_mode: Some("none".into()),
-                // The tar stream goes to us through the attach stream; the
-                // default json-file log driver would also store all of it
-                // (and slows the stream down about fourfold).
-                log_config: Some(bollard::models::HostConfigLogConfig {
-                    typ: Some("none".into()),
-                    config: None,
-                }),
-                // Reading trusted.* xattrs (trusted.overlay.opaque) needs
-                // CAP_SYS_ADMIN.
-                cap_add: Some(vec!["SYS_ADMIN".into()]),
-                security_opt: Some(vec!["apparmor=unconfined".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        self.create(name, body).await?;
-        self.upload_helper(name).await?;
-        let attached = self
+        let what = cmd.get(1).copied().unwrap_or("a helper");
+        let exec = self
             .docker
-            .attach_container(
-                name,
-                Some(AttachContainerOptions {
-                    stdout: true,
-                    stderr: true,
-                    stream: true,
-                    // Attached before the start: nothing is missed.
-                    logs: false,
+            .create_exec(
+                container,
+                bollard::models::ExecConfig {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
                     ..Default::default()
-                }),
+                },
             )
             .await
-            .with_context(|| format!("attaching to {name}"))?;
-        self.docker
-            .start_container(name, None)
+            .with_context(|| format!("running {what} in {container}"))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None)
             .await
-            .with_context(|| format!("starting the helper container {name}"))?;
-        let mut output = attached.output;
+            .with_context(|| format!("running {what} in {container}"))?;
+        let bollard::exec::StartExecResults::Attached { mut output, .. } = started else {
+            bail!("the engine did not attach to {what} in {container}");
+        };
         let mut stderr = String::new();
         let mut passed = 0u64;
         while let Some(chunk) = output.next().await {
-            match chunk.with_context(|| format!("reading the output of {name}"))? {
+            match chunk.with_context(|| format!("reading the output of {what} in {container}"))? {
                 bollard::container::LogOutput::StdOut { message } => {
                     passed += message.len() as u64;
                     if !sink(message).await {
-                        // The consumer stopped (and will say why).
+                        // The consumer stopped (and will say why); dropping
+                        // the stream ends the helper's output.
                         let finished = Finished {
                             exit_code: 0,
                             stderr,
@@ -538,56 +554,47 @@ impl Engine {
                 other => stderr.push_str(&String::from_utf8_lossy(&other.into_bytes())),
             }
         }
-        let mut wait = self
+        let inspect = self
             .docker
-            .wait_container(name, None::<WaitContainerOptions>);
-        let code = match wait.next().await {
-            Some(Ok(r)) => r.status_code,
-            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
-            Some(Err(e)) => return Err(anyhow!(e).context(format!("waiting for {name}"))),
-            None => -1,
-        };
+            .inspect_exec(&exec.id)
+            .await
+            .with_context(|| format!("reading the exit code of {what} in {container}"))?;
         let finished = Finished {
-            exit_code: code,
+            exit_code: inspect.exit_code.unwrap_or(-1),
             stderr: tail(&stderr, 20),
         };
         Ok((finished, passed))
     }
 
-    /// Exports the store in `volume` as a tar stream into `tx`. When the
-    /// daemon runs on this machine, the helper writes to a unix socket in a
-    /// private directory bind-mounted into its container, which is several
-    /// times faster than the attach stream; otherwise (a remote daemon: the
-    /// directory is not there) it falls back to its stdout. Which one it
-    /// took shows in where the data came from: a helper that used the
-    /// socket wrote nothing to its stdout.
+    /// Exports the store of the dind `container` (its inner dockerd
+    /// stopped) as a tar stream into `tx`, with the helper run in that
+    /// container. When the daemon runs on this machine, the helper writes
+    /// to the unix socket `export.sock` in `socket_dir` (bind-mounted at
+    /// /fp-out when the dind was made), which is several times faster than
+    /// the attach stream; otherwise (a remote daemon: the directory is not
+    /// there) it falls back to its stdout. Which one it took shows in where
+    /// the data came from: a helper that used the socket wrote nothing to
+    /// its stdout.
     pub async fn export_store(
         &self,
-        name: &str,
-        spec: &DindSpec,
-        volume: &str,
+        container: &str,
+        socket_dir: Option<&Path>,
         tx: mpsc::Sender<Bytes>,
     ) -> Result<Exported> {
         let forward = |chunk: Bytes| {
             let tx = tx.clone();
             async move { tx.send(chunk).await.is_ok() }
         };
-        #[cfg(feature = "test-hooks")]
-        if crate::hooks::no_export_socket() {
-            let args = ["__export-store", "/var/lib/docker"];
-            let (finished, _) = self
-                .run_helper(name, spec, volume, &args, None, forward)
-                .await?;
+        let Some(dir) = socket_dir else {
+            let cmd = [HELPER_PATH, "__export-store", "/var/lib/docker"];
+            let (finished, _) = self.exec_stream(container, &cmd, forward).await?;
             let via = ExportVia::Attach;
             return Ok(Exported { finished, via });
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("flatcar-preload-")
-            .tempdir()
-            .context("creating a private directory for the export socket")?;
-        let listener = tokio::net::UnixListener::bind(dir.path().join("export.sock"))
-            .with_context(|| format!("listening on a socket in {}", dir.path().display()))?;
-        let bind = format!("{}:/fp-out", dir.path().display());
+        };
+        let path = dir.join(EXPORT_SOCKET);
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)
+            .with_context(|| format!("listening on {}", path.display()))?;
         let socket_tx = tx.clone();
         let mut from_socket = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
@@ -603,15 +610,15 @@ impl Engine {
                 }
             }
         });
-        let args = [
+        let inside = format!("{SOCKET_MOUNT}/{EXPORT_SOCKET}");
+        let cmd = [
+            HELPER_PATH,
             "__export-store",
             "/var/lib/docker",
             "--socket",
-            "/fp-out/export.sock",
+            &inside,
         ];
-        let helper = self
-            .run_helper(name, spec, volume, &args, Some(bind), forward)
-            .await;
+        let helper = self.exec_stream(container, &cmd, forward).await;
         let (finished, stdout_bytes) = match helper {
             Ok(h) => h,
             Err(e) => {
@@ -634,25 +641,24 @@ impl Engine {
         Ok(Exported { finished, via })
     }
 
-    /// What the store in `volume` will take in an ext4 with `block_size`
-    /// (metadata only).
+    /// What the store of the dind `container` will take in an ext4 with
+    /// `block_size` (metadata only).
     pub async fn measure_store(
         &self,
-        name: &str,
-        spec: &DindSpec,
-        volume: &str,
+        container: &str,
         block_size: u64,
     ) -> Result<crate::ext4::Need> {
         let mut out = Vec::new();
         let block_size = block_size.to_string();
-        let args = [
+        let cmd = [
+            HELPER_PATH,
             "__measure-store",
             "/var/lib/docker",
             "--block-size",
             &block_size,
         ];
         let (finished, _) = self
-            .run_helper(name, spec, volume, &args, None, |chunk| {
+            .exec_stream(container, &cmd, |chunk| {
                 out.extend_from_slice(&chunk);
                 async { true }
             })
@@ -665,6 +671,16 @@ impl Engine {
             );
         }
         serde_json::from_slice(&out).context("reading the store's measurements")
+    }
+
+    /// The memory of the engine's machine, in bytes (0 when unknown).
+    pub async fn mem_total(&self) -> Result<u64> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .context("asking the Docker engine for its info")?;
+        Ok(info.mem_total.unwrap_or(0).max(0) as u64)
     }
 }
 
