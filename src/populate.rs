@@ -388,27 +388,35 @@ fn socket_dir() -> Result<Option<tempfile::TempDir>> {
     Ok(Some(dir))
 }
 
-/// How much memory the store may take: half of the engine's machine, and
-/// when the engine runs on this machine (a unix socket), no more than what
-/// is available here less [`MEMORY_RESERVE`]. 0 when unknown.
-fn memory_budget(engine_total: u64) -> u64 {
+/// How much memory the store may take: half of the engine's machine
+/// (`engine_total`), and no more than `here_available` less
+/// [`MEMORY_RESERVE`] when the engine runs on this machine. 0 when unknown.
+fn memory_budget(engine_total: u64, here_available: Option<u64>) -> u64 {
     let half = engine_total / 2;
-    let host = std::env::var("DOCKER_HOST").unwrap_or_default();
-    if !(host.is_empty() || host.starts_with("unix://")) {
-        return half;
-    }
-    let available = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kib| kib * 1024);
-    match available {
+    match here_available {
         Some(a) => half.min(a.saturating_sub(MEMORY_RESERVE)),
         None => half,
     }
+}
+
+/// This machine's available memory (MemAvailable) when the engine runs
+/// here (DOCKER_HOST unset or a unix socket).
+fn available_here() -> Option<u64> {
+    let host = std::env::var("DOCKER_HOST").unwrap_or_default();
+    if !(host.is_empty() || host.starts_with("unix://")) {
+        return None;
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    mem_available(&meminfo)
+}
+
+/// MemAvailable of /proc/meminfo, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
 }
 
 /// Decides where the store lives: Some(cap) for a tmpfs of at most `cap`
@@ -420,7 +428,7 @@ async fn plan_store(run: &Run<'_>) -> Result<Option<u64>> {
     }
     let cap = match cfg.store_memory_cap {
         Some(c) => c,
-        None => memory_budget(run.engine.mem_total().await?),
+        None => memory_budget(run.engine.mem_total().await?, available_here()),
     };
     Ok(match cfg.store {
         // A tmpfs of size 0 would have no limit at all.
@@ -851,5 +859,24 @@ impl Summary {
             "time: pull {:.1} s, stop {:.1} s, measure {:.1} s, copy {:.1} s, grow {:.1} s, export+write {:.1} s, containerd {:.1} s, total {:.1} s (phases overlap)",
             p.pull, p.stop, p.measure, p.copy, p.grow, p.export_and_write, p.containerd, p.total
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_budget_is_half_the_engine_and_leaves_a_reserve_here() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(memory_budget(8 * GIB, None), 4 * GIB);
+        assert_eq!(memory_budget(8 * GIB, Some(7 * GIB)), 4 * GIB);
+        assert_eq!(memory_budget(8 * GIB, Some(2 * GIB)), GIB);
+        assert_eq!(memory_budget(8 * GIB, Some(GIB / 2)), 0);
+        assert_eq!(memory_budget(0, None), 0);
+        let meminfo =
+            "MemTotal:       24683976 kB\nMemFree:  572344 kB\nMemAvailable:   23498116 kB\n";
+        assert_eq!(mem_available(meminfo), Some(23498116 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
     }
 }

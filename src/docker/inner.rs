@@ -56,7 +56,7 @@ async fn connect_when_ready(socket: &str) -> Result<Docker> {
             Err(e) if start.elapsed() > Duration::from_secs(90) => {
                 bail!("the inner dockerd did not answer on {socket} within 90 s: {e}")
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }
