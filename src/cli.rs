@@ -36,7 +36,7 @@ pub enum Command {
     /// inner daemon's socket, reporting progress as JSON lines.
     #[command(name = "__pull", hide = true)]
     InnerPull(InnerPullArgs),
-    /// (internal) Runs inside the export container: writes Docker's store
+    /// (internal) Runs inside the dind container: writes Docker's store
     /// as a PAX tar with all xattrs to stdout.
     #[command(name = "__export-store", hide = true)]
     InnerExport {
@@ -46,7 +46,7 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
-    /// (internal) Runs inside the export container: prints what the store
+    /// (internal) Runs inside the dind container: prints what the store
     /// will take in ext4 (JSON).
     #[command(name = "__measure-store", hide = true)]
     InnerMeasure {

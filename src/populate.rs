@@ -101,7 +101,7 @@ pub struct Summary {
     pub needed_blocks: u64,
     pub seconds: Phases,
     pub output: String,
-    /// How the store left the export container: "socket" (a daemon on this
+    /// How the store left the dind: "socket" (a daemon on this
     /// machine) or "attach" (the Docker API stream).
     pub export_via: ExportVia,
     pub store: StoreReport,
@@ -298,53 +298,9 @@ async fn populate(run: &mut Run<'_>, origin: Instant) -> Result<Summary> {
     check_inputs(run).await?;
     let memory_cap = plan_store(run).await?;
     run.socket_dir = socket_dir()?;
-    // The output copy does not need the pull: both run at once, and the
-    // first to fail stops the other.
-    let outer = run.cancel.clone();
-    let both = outer.child_token();
-    run.cancel = both.clone();
-    let first_failed = Cell::new(None);
-    let failing = |failed: bool, which: u8| {
-        if failed && first_failed.get().is_none() {
-            first_failed.set(Some(which));
-            both.cancel();
-        }
-    };
-    let copy = clock.time(Phase::Copy, make_output(cfg, both.clone()));
-    let (pulled, prepared) = tokio::join!(
-        async {
-            let r = pull_store(run, &clock, memory_cap).await;
-            failing(r.is_err(), 0);
-            r
-        },
-        async {
-            let r = copy.await;
-            failing(r.is_err(), 1);
-            r
-        },
-    );
-    run.cancel = outer;
-    let ((images, mut store), prepared) = match (pulled, prepared, first_failed.get()) {
-        (Ok(p), Ok(o), _) => (p, o),
-        (Err(e), _, Some(0)) | (_, Err(e), Some(1)) => return Err(e),
-        (Err(e), _, _) | (_, Err(e), _) => return Err(e),
-    };
-    // Stopping the inner daemon changes nothing that is exported (the
-    // layers and the image database are complete once the pulls have
-    // returned): measuring and growing go on meanwhile. The export waits
-    // for both.
-    let run_ref = &*run;
-    let (stopped, room) = tokio::join!(clock.time(Phase::Stop, stop_dind(run_ref)), async {
-        let need = clock
-            .time(Phase::Measure, measure(run_ref, &prepared))
-            .await?;
-        let grown = clock
-            .time(Phase::Grow, make_room(cfg, prepared, need))
-            .await?;
-        Ok::<_, anyhow::Error>((grown, need))
-    },);
-    store.used_bytes = stopped?;
-    let ((prepared, grown), need) = room?;
+    let ((images, mut store), prepared) = pull_beside_copy(run, &clock, memory_cap).await?;
+    let (used, (prepared, grown), need) = stop_beside_measure(run, &clock, prepared).await?;
+    store.used_bytes = used;
     let root = prepared.fs();
     let written = clock
         .time(Phase::ExportAndWrite, export_and_write(run, &root))
@@ -372,6 +328,69 @@ async fn populate(run: &mut Run<'_>, origin: Instant) -> Result<Summary> {
         export_via: written.via,
         store,
     })
+}
+
+/// Pulls (see [`pull_store`]) and makes the output (see [`make_output`])
+/// at the same time: neither needs the other. The first to fail stops the
+/// other, and its error is returned.
+async fn pull_beside_copy(
+    run: &mut Run<'_>,
+    clock: &Clock,
+    memory_cap: Option<u64>,
+) -> Result<((Vec<PulledImage>, StoreReport), Prepared)> {
+    let cfg = run.cfg;
+    let outer = run.cancel.clone();
+    let both = outer.child_token();
+    run.cancel = both.clone();
+    let first_failed = Cell::new(None);
+    let failing = |failed: bool, which: u8| {
+        if failed && first_failed.get().is_none() {
+            first_failed.set(Some(which));
+            both.cancel();
+        }
+    };
+    let copy = clock.time(Phase::Copy, make_output(cfg, both.clone()));
+    let pull = async {
+        let r = pull_store(run, clock, memory_cap).await;
+        failing(r.is_err(), 0);
+        r
+    };
+    let copy = async {
+        let r = copy.await;
+        failing(r.is_err(), 1);
+        r
+    };
+    let (pulled, prepared) = tokio::join!(pull, copy);
+    run.cancel = outer;
+    match (pulled, prepared, first_failed.get()) {
+        (Ok(p), Ok(o), _) => Ok((p, o)),
+        (Err(e), _, Some(0)) | (_, Err(e), Some(1)) => Err(e),
+        (Err(e), _, _) | (_, Err(e), _) => Err(e),
+    }
+}
+
+/// Stops the inner daemon (see [`stop_dind`]) while measuring the store and
+/// making room for it: stopping changes nothing that is exported (the
+/// layers and the image database are complete once the pulls have
+/// returned). Returns what the store took, the output with room made and
+/// what the store needs. The export must wait for all of it.
+async fn stop_beside_measure(
+    run: &Run<'_>,
+    clock: &Clock,
+    prepared: Prepared,
+) -> Result<(u64, (Prepared, Option<disk::GrowReport>), Need)> {
+    let stop = clock.time(Phase::Stop, stop_dind(run));
+    let room = async {
+        let need = clock.time(Phase::Measure, measure(run, &prepared)).await?;
+        let grown = clock
+            .time(Phase::Grow, make_room(run.cfg, prepared, need))
+            .await?;
+        Ok::<_, anyhow::Error>((grown, need))
+    };
+    let (stopped, room) = tokio::join!(stop, room);
+    let used = stopped?;
+    let (grown, need) = room?;
+    Ok((used, grown, need))
 }
 
 /// The private directory of the export socket, or None when the tests

@@ -1,5 +1,5 @@
 //! Everything that talks to Docker (bollard): the outer engine that runs the
-//! dind and export containers, and the helper side that runs inside them.
+//! dind container, and the helper side that runs inside it.
 //! No bollard type leaves this module.
 
 pub mod inner;
@@ -116,7 +116,7 @@ pub struct Finished {
     pub stderr: String,
 }
 
-/// How the store left the export container.
+/// How the store left the dind (the export helper).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportVia {
