@@ -133,7 +133,7 @@ pub struct PopulateArgs {
     pub store_memory_cap: Option<u64>,
     /// Images pulled at the same time (the inner daemon also downloads
     /// this many layers at once).
-    #[arg(long, value_name = "n", default_value_t = 3)]
+    #[arg(long, value_name = "n", default_value_t = 6)]
     pub jobs: usize,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
