@@ -158,8 +158,9 @@ pub async fn pull_images(socket: &str, refs: &[ImageRef], jobs: usize) -> Result
 }
 
 /// Where the dind's init writes the inner dockerd's exit code once it has
-/// exited.
-pub const DOCKERD_EXIT: &str = "/run/fp-dockerd.exit";
+/// exited: in the helper's own directory, which every dind image has once
+/// the helper is uploaded (not every image has /run).
+pub const DOCKERD_EXIT: &str = "/fp-helper/dockerd.exit";
 
 /// What `__stop-dockerd` prints: the inner dockerd's exit code and what the
 /// store takes on its filesystem.
