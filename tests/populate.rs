@@ -971,8 +971,8 @@ fn local_inputs_fail_before_the_engine() {
     );
     assert!(err.contains("no-engine.sock"), "{err}");
     if Path::new("/var/run/docker.sock").exists() {
-        let _ = skip(
-            "a daemon listens on /var/run/docker.sock: the empty DOCKER_HOST case would reach it",
+        eprintln!(
+            "not checked: a daemon listens on /var/run/docker.sock, which an empty DOCKER_HOST would reach"
         );
         return;
     }
