@@ -256,6 +256,9 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
                 .map_or(0, |d| d.subsec_nanos() % 100_000)
         ),
     };
+    // Local inputs first: a wrong path or list fails before any engine is
+    // contacted.
+    check_local_inputs(cfg)?;
     let mut run = Run {
         cfg,
         engine: Engine::connect().await?,
@@ -295,7 +298,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
 async fn populate(run: &mut Run<'_>, origin: Instant) -> Result<Summary> {
     let cfg = run.cfg;
     let clock = Clock::new(origin);
-    check_inputs(run).await?;
+    check_engine(run).await?;
     let memory_cap = plan_store(run).await?;
     run.socket_dir = socket_dir()?;
     let ((images, mut store), prepared) = pull_beside_copy(run, &clock, memory_cap).await?;
@@ -543,20 +546,23 @@ fn check_existing(cfg: &PopulateConfig, root: &ext4::Root) -> Result<()> {
     Ok(())
 }
 
-/// Checks what can be checked before pulling: the list, the disk (a
-/// compressed or qcow2/vmdk one only once converted), the engine's
-/// architecture and the dind image (pulled when missing). Leaves nothing
-/// behind.
-async fn check_inputs(run: &Run<'_>) -> Result<()> {
-    let cfg = run.cfg;
+/// Checks the local inputs: the list and the disk (a compressed or
+/// qcow2/vmdk one only once converted). Leaves nothing behind.
+fn check_local_inputs(cfg: &PopulateConfig) -> Result<()> {
     if cfg.images.is_empty() {
         bail!("no images to preload: give references or an image list with entries");
     }
     if let (_, Some(root)) = disk::check_input(&cfg.disk, cfg.output.path().is_none())? {
         check_existing(cfg, &ext4::Root::new(&cfg.disk, root.offset))?;
     }
+    Ok(())
+}
+
+/// Checks the engine before pulling: its architecture and the dind image
+/// (pulled when missing). Leaves nothing behind.
+async fn check_engine(run: &Run<'_>) -> Result<()> {
     run.engine.check_arch().await?;
-    run.or_cancel(run.engine.ensure_image(&cfg.dind_image))
+    run.or_cancel(run.engine.ensure_image(&run.cfg.dind_image))
         .await
 }
 

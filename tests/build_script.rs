@@ -7,15 +7,27 @@ use std::process::Command;
 #[test]
 fn missing_libext2fs_names_the_packages_in_one_line() {
     let manifest = env!("CARGO_MANIFEST_DIR");
-    // A separate target dir (kept under target/ so that later runs reuse
-    // the dependencies built there) and a pkg-config that finds nothing.
+    // A crate of nothing but this repository's build.rs (and its build
+    // dependencies, at the versions of Cargo.lock), so that the check needs
+    // none of the tool's dependencies; under target/, reused by later runs.
+    let probe = std::path::Path::new(manifest).join("target/no-libext2fs");
+    std::fs::create_dir_all(probe.join("src")).unwrap();
+    std::fs::write(probe.join("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        probe.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"build-probe\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\
+             build = \"{manifest}/build.rs\"\n\
+             [build-dependencies]\ncc = \"1\"\npkg-config = \"0.3\"\n\
+             [workspace]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::copy(format!("{manifest}/Cargo.lock"), probe.join("Cargo.lock")).unwrap();
     let out = Command::new(env!("CARGO"))
-        .args(["check", "--lib", "--quiet", "--manifest-path"])
-        .arg(format!("{manifest}/Cargo.toml"))
-        .env(
-            "CARGO_TARGET_DIR",
-            format!("{manifest}/target/no-libext2fs"),
-        )
+        .args(["check", "--quiet", "--manifest-path"])
+        .arg(probe.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", probe.join("target"))
         .env("PKG_CONFIG_PATH", "/nonexistent")
         .env("PKG_CONFIG_LIBDIR", "/nonexistent")
         .env_remove("PKG_CONFIG_SYSROOT_DIR")

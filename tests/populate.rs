@@ -964,3 +964,98 @@ fn memory_store_outgrown_is_pulled_again_on_disk() {
         );
     }
 }
+
+/// Local inputs are checked before any engine is contacted: with no engine
+/// at all (DOCKER_HOST pointing nowhere), a missing disk, a disk that is not
+/// Flatcar's and a bad list line each fail naming themselves. An empty
+/// DOCKER_HOST means the default socket, as for docker. Needs no Docker.
+#[test]
+fn local_inputs_fail_before_the_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let out = tmp.path().join("out.bin");
+    let nowhere = format!("unix://{}/no-engine.sock", tmp.path().display());
+    let run_with = |host: &str, args: &[&std::ffi::OsStr]| -> String {
+        let o = Command::new(BIN)
+            .arg("populate")
+            .args(args)
+            .env("DOCKER_HOST", host)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "should fail: {}", stderr(&o));
+        assert!(!out.exists(), "a failed run left its output");
+        stderr(&o)
+    };
+    let missing = tmp.path().join("missing.bin");
+    let err = run_with(
+        &nowhere,
+        &[
+            missing.as_os_str(),
+            "busybox".as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ],
+    );
+    assert!(
+        err.contains("missing.bin") && !err.contains("Docker engine"),
+        "{err}"
+    );
+    let junk = tmp.path().join("junk.bin");
+    fs::write(&junk, vec![0u8; 1 << 20]).unwrap();
+    let err = run_with(
+        &nowhere,
+        &[
+            junk.as_os_str(),
+            "busybox".as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ],
+    );
+    assert!(
+        err.contains("no valid GPT") && !err.contains("Docker engine"),
+        "{err}"
+    );
+    let list = tmp.path().join("images.list");
+    fs::write(&list, "busybox\n\nnot a reference\n").unwrap();
+    let err = run_with(
+        &nowhere,
+        &[
+            disk.as_os_str(),
+            "-l".as_ref(),
+            list.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ],
+    );
+    assert!(
+        err.contains("line 3") && !err.contains("Docker engine"),
+        "{err}"
+    );
+    // Good local inputs: only now is the engine contacted.
+    let err = run_with(
+        &nowhere,
+        &[
+            disk.as_os_str(),
+            "busybox".as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ],
+    );
+    assert!(err.contains("no-engine.sock"), "{err}");
+    if Path::new("/var/run/docker.sock").exists() {
+        eprintln!(
+            "not checked: a daemon listens on /var/run/docker.sock, which an empty DOCKER_HOST would reach"
+        );
+        return;
+    }
+    let err = run_with(
+        "",
+        &[
+            disk.as_os_str(),
+            "busybox".as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ],
+    );
+    assert!(err.contains("unix:///var/run/docker.sock"), "{err}");
+}
