@@ -583,19 +583,20 @@ async fn pull(run: &Run<'_>) -> Result<Vec<PulledImage>> {
     crate::hooks::pause("pull", &run.cancel).await;
     let (cfg, engine, dind) = (run.cfg, &run.engine, run.name("dind"));
     let names: Vec<String> = cfg.images.iter().map(|r| r.to_string()).collect();
+    let jobs = cfg.jobs.to_string();
     let mut cmd = vec![
-        HELPER_PATH.to_string(),
-        "__pull".into(),
-        "--socket".into(),
-        INNER_SOCKET.into(),
-        "--jobs".into(),
-        cfg.jobs.to_string(),
+        HELPER_PATH,
+        "__pull",
+        "--socket",
+        INNER_SOCKET,
+        "--jobs",
+        &jobs,
     ];
-    cmd.extend(names.iter().cloned());
+    cmd.extend(names.iter().map(String::as_str));
     let mut ids = vec![String::new(); names.len()];
     let mut failures = vec![];
     let mut progress = Pulls::new(&names);
-    let follow = engine.exec_lines(&dind, cmd, |line| {
+    let follow = engine.exec_lines(&dind, &cmd, |line| {
         match serde_json::from_str::<PullEvent>(line) {
             Ok(PullEvent::Layer {
                 image,

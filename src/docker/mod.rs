@@ -425,79 +425,60 @@ impl Engine {
     pub async fn exec_lines(
         &self,
         container: &str,
-        cmd: Vec<String>,
+        cmd: &[&str],
         mut on_line: impl FnMut(&str),
     ) -> Result<Finished> {
-        let exec = self
-            .docker
-            .create_exec(
-                container,
-                bollard::models::ExecConfig {
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    cmd: Some(cmd),
-                    ..Default::default()
-                },
-            )
-            .await
-            .with_context(|| format!("running a command in {container}"))?;
-        let started = self
-            .docker
-            .start_exec(&exec.id, None)
-            .await
-            .with_context(|| format!("running a command in {container}"))?;
-        let bollard::exec::StartExecResults::Attached { mut output, .. } = started else {
-            bail!("the engine did not attach to the command in {container}");
-        };
-        let (mut line, mut stderr) = (Vec::new(), String::new());
-        while let Some(chunk) = output.next().await {
-            match chunk.with_context(|| format!("reading output of a command in {container}"))? {
-                bollard::container::LogOutput::StdOut { message } => {
-                    for &b in message.iter() {
-                        if b == b'\n' {
-                            on_line(&String::from_utf8_lossy(&line));
-                            line.clear();
-                        } else {
-                            line.push(b);
-                        }
+        let mut line = Vec::new();
+        let (finished, _) = self
+            .exec_stream(container, cmd, |chunk| {
+                for &b in chunk.iter() {
+                    if b == b'\n' {
+                        on_line(&String::from_utf8_lossy(&line));
+                        line.clear();
+                    } else {
+                        line.push(b);
                     }
                 }
-                other => stderr.push_str(&String::from_utf8_lossy(&other.into_bytes())),
-            }
-        }
+                async { true }
+            })
+            .await?;
         if !line.is_empty() {
             on_line(&String::from_utf8_lossy(&line));
         }
-        let inspect = self
-            .docker
-            .inspect_exec(&exec.id)
-            .await
-            .with_context(|| format!("reading the exit code of a command in {container}"))?;
-        Ok(Finished {
-            exit_code: inspect.exit_code.unwrap_or(-1),
-            stderr,
-        })
+        Ok(finished)
     }
 
     /// Stops the inner dockerd of the dind `container` (the container and
     /// a store on tmpfs stay) and waits until it has exited.
     pub async fn stop_inner(&self, container: &str) -> Result<inner::Stopped> {
         let cmd = [HELPER_PATH, "__stop-dockerd", "/var/lib/docker"];
+        self.exec_json(container, &cmd, "stopping the inner dockerd")
+            .await
+    }
+
+    /// Runs the helper command `cmd` in `container` and reads its stdout
+    /// as JSON; `what` names the step in errors.
+    async fn exec_json<T: serde::de::DeserializeOwned>(
+        &self,
+        container: &str,
+        cmd: &[&str],
+        what: &str,
+    ) -> Result<T> {
         let mut out = Vec::new();
         let (finished, _) = self
-            .exec_stream(container, &cmd, |chunk| {
+            .exec_stream(container, cmd, |chunk| {
                 out.extend_from_slice(&chunk);
                 async { true }
             })
             .await?;
         if finished.exit_code != 0 {
             bail!(
-                "stopping the inner dockerd failed (exit code {}): {}",
+                "{what} failed (exit code {}): {}",
                 finished.exit_code,
                 finished.stderr.trim()
             );
         }
-        serde_json::from_slice(&out).context("reading what stopping the inner dockerd reported")
+        serde_json::from_slice(&out).with_context(|| format!("reading what {what} reported"))
     }
 
     /// Runs `cmd` in the running `container`, passing its stdout chunk by
@@ -648,7 +629,6 @@ impl Engine {
         container: &str,
         block_size: u64,
     ) -> Result<crate::ext4::Need> {
-        let mut out = Vec::new();
         let block_size = block_size.to_string();
         let cmd = [
             HELPER_PATH,
@@ -657,20 +637,7 @@ impl Engine {
             "--block-size",
             &block_size,
         ];
-        let (finished, _) = self
-            .exec_stream(container, &cmd, |chunk| {
-                out.extend_from_slice(&chunk);
-                async { true }
-            })
-            .await?;
-        if finished.exit_code != 0 {
-            bail!(
-                "measuring the store failed (exit code {}): {}",
-                finished.exit_code,
-                finished.stderr.trim()
-            );
-        }
-        serde_json::from_slice(&out).context("reading the store's measurements")
+        self.exec_json(container, &cmd, "measuring the store").await
     }
 
     /// The memory of the engine's machine, in bytes (0 when unknown).
