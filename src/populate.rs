@@ -421,17 +421,6 @@ fn memory_budget(engine_total: u64, here_available: Option<u64>) -> u64 {
     }
 }
 
-/// This machine's available memory (MemAvailable) when the engine runs
-/// here (DOCKER_HOST unset or a unix socket).
-fn available_here() -> Option<u64> {
-    let host = std::env::var("DOCKER_HOST").unwrap_or_default();
-    if !(host.is_empty() || host.starts_with("unix://")) {
-        return None;
-    }
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    mem_available(&meminfo)
-}
-
 /// MemAvailable of /proc/meminfo, in bytes.
 fn mem_available(meminfo: &str) -> Option<u64> {
     meminfo
@@ -450,7 +439,14 @@ async fn plan_store(run: &Run<'_>) -> Result<Option<u64>> {
     }
     let cap = match cfg.store_memory_cap {
         Some(c) => c,
-        None => memory_budget(run.engine.mem_total().await?, available_here()),
+        None => {
+            // The engine's machine is this one: leave it its reserve.
+            let here = run.engine.is_local().then(|| {
+                let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+                mem_available(&meminfo)
+            });
+            memory_budget(run.engine.mem_total(), here.flatten())
+        }
     };
     Ok(match cfg.store {
         // A tmpfs of size 0 would have no limit at all.
@@ -561,7 +557,7 @@ fn check_local_inputs(cfg: &PopulateConfig) -> Result<()> {
 /// Checks the engine before pulling: its architecture and the dind image
 /// (pulled when missing). Leaves nothing behind.
 async fn check_engine(run: &Run<'_>) -> Result<()> {
-    run.engine.check_arch().await?;
+    run.engine.check_arch()?;
     run.or_cancel(run.engine.ensure_image(&run.cfg.dind_image))
         .await
 }

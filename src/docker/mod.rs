@@ -41,6 +41,11 @@ const API_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 /// DOCKER_TLS_VERIFY are honored).
 pub struct Engine {
     docker: Docker,
+    /// The engine runs on this machine (a unix socket).
+    local: bool,
+    /// Its architecture and memory, from one `docker info`.
+    arch: String,
+    mem_total: u64,
 }
 
 /// The network of the dind container.
@@ -208,22 +213,32 @@ impl Engine {
             .negotiate_version()
             .await
             .with_context(|| format!("cannot reach the Docker engine at {where_} (set DOCKER_HOST, or check that your user may use its socket)"))?;
-        docker
-            .ping()
+        let info = docker
+            .info()
             .await
-            .with_context(|| format!("pinging the Docker engine at {where_}"))?;
-        Ok(Engine { docker })
+            .with_context(|| format!("asking the Docker engine at {where_} for its info"))?;
+        Ok(Engine {
+            docker,
+            local: where_.starts_with("unix://"),
+            arch: info.architecture.unwrap_or_default(),
+            mem_total: info.mem_total.unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    /// Whether the engine runs on this machine (its socket is a local one).
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
+
+    /// The memory of the engine's machine, in bytes (0 when unknown).
+    pub fn mem_total(&self) -> u64 {
+        self.mem_total
     }
 
     /// Fails when the engine runs on another architecture than this
     /// binary, which is uploaded into containers and run there.
-    pub async fn check_arch(&self) -> Result<()> {
-        let info = self
-            .docker
-            .info()
-            .await
-            .context("asking the Docker engine for its info")?;
-        let arch = info.architecture.unwrap_or_default();
+    pub fn check_arch(&self) -> Result<()> {
+        let arch = &self.arch;
         let normalized = match arch.as_str() {
             "amd64" => "x86_64",
             "arm64" => "aarch64",
@@ -638,16 +653,6 @@ impl Engine {
             &block_size,
         ];
         self.exec_json(container, &cmd, "measuring the store").await
-    }
-
-    /// The memory of the engine's machine, in bytes (0 when unknown).
-    pub async fn mem_total(&self) -> Result<u64> {
-        let info = self
-            .docker
-            .info()
-            .await
-            .context("asking the Docker engine for its info")?;
-        Ok(info.mem_total.unwrap_or(0).max(0) as u64)
     }
 }
 
