@@ -975,10 +975,14 @@ fn local_inputs_fail_before_the_engine() {
     let disk = disk_copy(&["--layout", "small"], tmp.path());
     let out = tmp.path().join("out.bin");
     let nowhere = format!("unix://{}/no-engine.sock", tmp.path().display());
-    let run_with = |host: &str, args: &[&std::ffi::OsStr]| -> String {
+    // `populate DISK IMAGES... -o OUT` with DOCKER_HOST=host: its stderr.
+    let run_with = |host: &str, disk: &Path, images: &[&std::ffi::OsStr]| -> String {
         let o = Command::new(BIN)
             .arg("populate")
-            .args(args)
+            .arg(disk)
+            .args(images)
+            .arg("-o")
+            .arg(&out)
             .env("DOCKER_HOST", host)
             .output()
             .unwrap();
@@ -986,61 +990,29 @@ fn local_inputs_fail_before_the_engine() {
         assert!(!out.exists(), "a failed run left its output");
         stderr(&o)
     };
+    let busybox = ["busybox".as_ref()];
     let missing = tmp.path().join("missing.bin");
-    let err = run_with(
-        &nowhere,
-        &[
-            missing.as_os_str(),
-            "busybox".as_ref(),
-            "-o".as_ref(),
-            out.as_os_str(),
-        ],
-    );
+    let err = run_with(&nowhere, &missing, &busybox);
     assert!(
         err.contains("missing.bin") && !err.contains("Docker engine"),
         "{err}"
     );
     let junk = tmp.path().join("junk.bin");
     fs::write(&junk, vec![0u8; 1 << 20]).unwrap();
-    let err = run_with(
-        &nowhere,
-        &[
-            junk.as_os_str(),
-            "busybox".as_ref(),
-            "-o".as_ref(),
-            out.as_os_str(),
-        ],
-    );
+    let err = run_with(&nowhere, &junk, &busybox);
     assert!(
         err.contains("no valid GPT") && !err.contains("Docker engine"),
         "{err}"
     );
     let list = tmp.path().join("images.list");
     fs::write(&list, "busybox\n\nnot a reference\n").unwrap();
-    let err = run_with(
-        &nowhere,
-        &[
-            disk.as_os_str(),
-            "-l".as_ref(),
-            list.as_os_str(),
-            "-o".as_ref(),
-            out.as_os_str(),
-        ],
-    );
+    let err = run_with(&nowhere, &disk, &["-l".as_ref(), list.as_os_str()]);
     assert!(
         err.contains("line 3") && !err.contains("Docker engine"),
         "{err}"
     );
     // Good local inputs: only now is the engine contacted.
-    let err = run_with(
-        &nowhere,
-        &[
-            disk.as_os_str(),
-            "busybox".as_ref(),
-            "-o".as_ref(),
-            out.as_os_str(),
-        ],
-    );
+    let err = run_with(&nowhere, &disk, &busybox);
     assert!(err.contains("no-engine.sock"), "{err}");
     if Path::new("/var/run/docker.sock").exists() {
         eprintln!(
@@ -1048,14 +1020,6 @@ fn local_inputs_fail_before_the_engine() {
         );
         return;
     }
-    let err = run_with(
-        "",
-        &[
-            disk.as_os_str(),
-            "busybox".as_ref(),
-            "-o".as_ref(),
-            out.as_os_str(),
-        ],
-    );
+    let err = run_with("", &disk, &busybox);
     assert!(err.contains("unix:///var/run/docker.sock"), "{err}");
 }
