@@ -170,12 +170,10 @@ pub struct Stopped {
     pub store_used_bytes: u64,
 }
 
-/// What dockerd logs once its store is closed (moby cmd/dockerd: after
-/// `Daemon.Shutdown`, which closes the image service and the graph
-/// driver). What follows is only stopping the containerd it started,
-/// whose state is not exported, and which polls once a second (moby
-/// libcontainerd/supervisor `stopDaemon`): waiting for the process would
-/// cost a second for nothing.
+/// What dockerd logs once its store is closed (after the image service
+/// and the graph driver are shut down). What follows is only stopping the
+/// containerd it started, whose state is not exported; measured, that took
+/// over a second after this line, for nothing the export needs.
 const SHUTDOWN_COMPLETE: &[u8] = b"Daemon shutdown complete";
 
 /// Writes `code` to [`DOCKERD_EXIT`] (atomically).
