@@ -11,6 +11,7 @@ mod docker;
 pub mod ext4;
 #[cfg(feature = "test-hooks")]
 mod hooks;
+mod platform;
 mod populate;
 mod progress;
 mod store;
