@@ -10,7 +10,8 @@ use anyhow::{bail, Result};
 
 use crate::disk::{parse_size, Grow};
 use crate::docker::refs::{self, ImageRef};
-use crate::docker::DindNetwork;
+use crate::docker::{DindNetwork, RegistryOptions};
+use crate::platform::Platform;
 use crate::populate::{PopulateConfig, StoreChoice};
 use crate::unpack::{Input, OutputMode, Space, UnpackConfig};
 
@@ -77,6 +78,12 @@ pub struct InnerPullArgs {
     pub socket: String,
     #[arg(long, default_value_t = 3)]
     pub jobs: usize,
+    /// The platform to pull for.
+    #[arg(long)]
+    pub platform: Platform,
+    #[arg(long)]
+    pub allow_platform_mismatch: bool,
+    /// Credentials come as one JSON line on standard input.
     pub refs: Vec<String>,
 }
 
@@ -131,6 +138,20 @@ pub struct PopulateArgs {
     /// 1 GiB when the engine runs here).
     #[arg(long, value_name = "size", value_parser = parse_size_arg)]
     pub store_memory_cap: Option<u64>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The platform of the images (os/arch[/variant], e.g. linux/arm64):
+    /// a multi-platform image is pulled for it, a single-platform image of
+    /// another platform is refused. Default: the platform of DISK, from the
+    /// EFI loader on its EFI system partition (bootx64.efi: linux/amd64,
+    /// bootaa64.efi: linux/arm64); when that cannot be read, the Docker
+    /// engine's platform, with a warning.
+    #[arg(long, value_name = "os/arch")]
+    pub platform: Option<Platform>,
+    /// Preload a single-platform image even when it is not for the target
+    /// platform (with a warning).
+    #[arg(long)]
+    pub allow_platform_mismatch: bool,
     /// Images pulled at the same time (the inner daemon also downloads
     /// this many layers at once).
     #[arg(long, value_name = "n", default_value_t = 6)]
@@ -138,6 +159,37 @@ pub struct PopulateArgs {
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Private registries: how the pull finds credentials, certificates and
+/// mirrors. Nothing of it is written into the disk image.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Registries")]
+pub struct RegistryArgs {
+    /// The docker client configuration with the registry credentials
+    /// (`auths`, `credsStore`, `credHelpers`, read as the docker CLI reads
+    /// them; credential helpers `docker-credential-NAME` are run from
+    /// PATH). Default: $DOCKER_CONFIG/config.json, else
+    /// ~/.docker/config.json. Credentials reach the pull over a private
+    /// pipe: they are not written anywhere, and do not show in `docker
+    /// inspect`.
+    #[arg(long, value_name = "file")]
+    pub registry_config: Option<PathBuf>,
+    /// Registry certificates laid out as /etc/docker/certs.d (the default):
+    /// HOST[:PORT]/ca.crt (a CA to trust), client.cert and client.key (a
+    /// client certificate). The directories of the registries and mirrors
+    /// this run pulls from are given to the pulling daemon.
+    #[arg(long, value_name = "dir")]
+    pub registry_certs: Option<PathBuf>,
+    /// A registry to reach over plain HTTP or with an unverified
+    /// certificate (HOST[:PORT] or a CIDR), as dockerd's
+    /// --insecure-registry. May be repeated.
+    #[arg(long = "insecure-registry", value_name = "host[:port]")]
+    pub insecure_registries: Vec<String>,
+    /// A mirror of Docker Hub (http(s)://HOST[:PORT]), as dockerd's
+    /// --registry-mirror. May be repeated.
+    #[arg(long = "registry-mirror", value_name = "url")]
+    pub registry_mirrors: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +334,14 @@ impl PopulateArgs {
             },
             store_memory_cap: self.store_memory_cap,
             jobs: self.jobs.max(1),
+            registry: RegistryOptions::new(
+                self.registry.registry_config,
+                self.registry.registry_certs,
+                self.registry.insecure_registries,
+                self.registry.registry_mirrors,
+            )?,
+            platform: self.platform,
+            allow_platform_mismatch: self.allow_platform_mismatch,
         })
     }
 }

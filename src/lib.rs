@@ -56,7 +56,14 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
                 .iter()
                 .map(|r| docker::refs::ImageRef::parse(r))
                 .collect::<Result<Vec<_>>>()?;
-            runtime()?.block_on(docker::inner::pull_images(&args.socket, &refs, args.jobs))
+            let req = docker::inner::PullRequest {
+                refs,
+                jobs: args.jobs,
+                platform: args.platform,
+                allow_platform_mismatch: args.allow_platform_mismatch,
+                secrets: docker::inner::read_secrets()?,
+            };
+            runtime()?.block_on(docker::inner::pull_images(&args.socket, &req))
         }
         Command::InnerMeasure { root, block_size } => {
             let need = store::measure_docker_store(&root, block_size)?;

@@ -25,9 +25,12 @@ use tokio_util::sync::CancellationToken;
 use crate::disk::{self, Prepared, ROOT_NAME};
 use crate::docker::inner::PullEvent;
 use crate::docker::refs::ImageRef;
+use crate::docker::registry::DEFAULT_CERTS_DIR;
 use crate::docker::{
-    DindNetwork, DindSpec, Engine, ExportVia, StoreMount, HELPER_PATH, INNER_SOCKET,
+    DindNetwork, DindSpec, Engine, ExportVia, RegistryAccess, RegistryOptions, StoreMount,
+    HELPER_PATH, INNER_SOCKET,
 };
+use crate::platform::Platform;
 use crate::ext4::{self, Need};
 use crate::progress::{Bar, Pulls, ReadProgress};
 use crate::store::{self, CONTAINERD_ROOT, DOCKER_ROOT, REPOSITORIES};
@@ -50,6 +53,27 @@ pub struct PopulateConfig {
     /// [`memory_budget`]).
     pub store_memory_cap: Option<u64>,
     pub jobs: usize,
+    pub registry: RegistryOptions,
+    /// --platform (None: the disk's, else the engine's).
+    pub platform: Option<Platform>,
+    pub allow_platform_mismatch: bool,
+}
+
+/// The platform the images are pulled for, and where it came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetPlatform {
+    /// os/arch[/variant]
+    pub target: String,
+    /// "option" (--platform), "disk" (the EFI loader of DISK) or "engine"
+    /// (the Docker engine's, when the disk's could not be read).
+    pub from: &'static str,
+}
+
+/// What the local inputs gave: checked before any engine is contacted.
+struct Local {
+    access: RegistryAccess,
+    /// None: to be taken from the engine (`reason` says why).
+    platform: std::result::Result<TargetPlatform, String>,
 }
 
 /// Where the inner daemon's store lives while pulling.
@@ -105,12 +129,15 @@ pub struct Summary {
     /// machine) or "attach" (the Docker API stream).
     pub export_via: ExportVia,
     pub store: StoreReport,
+    pub platform: TargetPlatform,
 }
 
 #[derive(Debug, Serialize)]
 pub struct PulledImage {
     pub reference: String,
     pub id: String,
+    /// The platform of the image pulled (os/arch[/variant]).
+    pub platform: String,
 }
 
 /// Seconds spent in each phase. Phases overlap: each one's start and end
@@ -211,6 +238,9 @@ struct Run<'a> {
     cancel: CancellationToken,
     spec: DindSpec,
     res: Resources,
+    /// Credentials and certificates for the pull.
+    access: RegistryAccess,
+    platform: TargetPlatform,
     /// The private directory of the export socket (bind-mounted into the
     /// dind); None forces the attach stream.
     socket_dir: Option<tempfile::TempDir>,
@@ -243,11 +273,28 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// it created (unless --keep-dind).
 pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summary> {
     let start = Instant::now();
+    // Local inputs first: a wrong path, list, credential or certificate
+    // fails before any engine is contacted.
+    let Local { access, platform } = check_local_inputs(cfg)?;
+    let engine = Engine::connect().await?;
+    let platform = platform.unwrap_or_else(|reason| {
+        let target = engine.platform().to_string();
+        eprintln!(
+            "warning: cannot tell the platform of {} ({reason}): pulling for the Docker engine's, {target}; pass --platform to choose",
+            cfg.disk.display()
+        );
+        TargetPlatform {
+            target,
+            from: "engine",
+        }
+    });
     let spec = DindSpec {
         image: cfg.dind_image.clone(),
         network: cfg.dind_network.clone(),
         privileged: cfg.privileged,
         downloads: cfg.jobs,
+        daemon_args: access.daemon_args.clone(),
+        files: access.certs.clone(),
         run_id: format!(
             "{}-{}",
             std::process::id(),
@@ -256,16 +303,15 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
                 .map_or(0, |d| d.subsec_nanos() % 100_000)
         ),
     };
-    // Local inputs first: a wrong path or list fails before any engine is
-    // contacted.
-    check_local_inputs(cfg)?;
     let mut run = Run {
         cfg,
-        engine: Engine::connect().await?,
+        engine,
         cancel,
         spec,
         res: Resources::default(),
         socket_dir: None,
+        access,
+        platform,
     };
     let result = populate(&mut run, start).await;
     let Run { engine, res, .. } = run;
@@ -330,6 +376,7 @@ async fn populate(run: &mut Run<'_>, origin: Instant) -> Result<Summary> {
         output: cfg.output.path().unwrap_or(&cfg.disk).display().to_string(),
         export_via: written.via,
         store,
+        platform: run.platform.clone(),
     })
 }
 
@@ -542,16 +589,28 @@ fn check_existing(cfg: &PopulateConfig, root: &ext4::Root) -> Result<()> {
     Ok(())
 }
 
-/// Checks the local inputs: the list and the disk (a compressed or
-/// qcow2/vmdk one only once converted). Leaves nothing behind.
-fn check_local_inputs(cfg: &PopulateConfig) -> Result<()> {
+/// Checks the local inputs: the list, the disk (a compressed or
+/// qcow2/vmdk one only once converted), the registry credentials and
+/// certificates; finds the target platform. Leaves nothing behind.
+fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     if cfg.images.is_empty() {
         bail!("no images to preload: give references or an image list with entries");
     }
     if let (_, Some(root)) = disk::check_input(&cfg.disk, cfg.output.path().is_none())? {
         check_existing(cfg, &ext4::Root::new(&cfg.disk, root.offset))?;
     }
-    Ok(())
+    let access = cfg.registry.prepare(&cfg.images)?;
+    let platform = match &cfg.platform {
+        Some(p) => Ok(TargetPlatform {
+            target: p.to_string(),
+            from: "option",
+        }),
+        None => disk::esp::detect_platform(&cfg.disk)?.map(|p| TargetPlatform {
+            target: p.to_string(),
+            from: "disk",
+        }),
+    };
+    Ok(Local { access, platform })
 }
 
 /// Checks the engine before pulling: its architecture and the dind image
@@ -587,12 +646,22 @@ async fn pull(run: &Run<'_>) -> Result<Vec<PulledImage>> {
         INNER_SOCKET,
         "--jobs",
         &jobs,
+        "--platform",
+        &run.platform.target,
     ];
+    if cfg.allow_platform_mismatch {
+        cmd.push("--allow-platform-mismatch");
+    }
+    cmd.push("--");
     cmd.extend(names.iter().map(String::as_str));
-    let mut ids = vec![String::new(); names.len()];
+    // The credentials go over the helper's standard input only.
+    let mut secrets =
+        serde_json::to_vec(&run.access.secrets).context("passing the credentials to the pull")?;
+    secrets.push(b'\n');
+    let mut pulled = vec![None; names.len()];
     let mut failures = vec![];
     let mut progress = Pulls::new(&names);
-    let follow = engine.exec_lines(&dind, &cmd, |line| {
+    let follow = engine.exec_lines(&dind, &cmd, Some(&secrets), |line| {
         match serde_json::from_str::<PullEvent>(line) {
             Ok(PullEvent::Layer {
                 image,
@@ -600,19 +669,30 @@ async fn pull(run: &Run<'_>) -> Result<Vec<PulledImage>> {
                 current,
                 total,
             }) => progress.layer(image, &layer, current, total),
-            Ok(PullEvent::Done { image, id }) => {
-                progress.done(image, &id);
-                if let Some(slot) = ids.get_mut(image) {
-                    *slot = id;
+            Ok(PullEvent::Done {
+                image,
+                id,
+                platform,
+            }) => {
+                progress.done(image, &id, &platform);
+                if let Some(slot) = pulled.get_mut(image) {
+                    *slot = Some((id, platform));
                 }
             }
             Ok(PullEvent::Failed { image, message }) => {
                 progress.failed(image, &message);
+                let hint = cfg
+                    .images
+                    .get(image)
+                    .and_then(|r| registry_hint(run, r, &message))
+                    .map(|h| format!("\n    {h}"))
+                    .unwrap_or_default();
                 failures.push(format!(
-                    "{}: {message}",
+                    "{}: {message}{hint}",
                     names.get(image).map_or("?", |s| s.as_str())
                 ));
             }
+            Ok(PullEvent::Warning { message, .. }) => progress.warn(&message),
             Err(_) => eprintln!("dind: {line}"),
         }
     });
@@ -631,7 +711,7 @@ async fn pull(run: &Run<'_>) -> Result<Vec<PulledImage>> {
         }
         bail!(message);
     }
-    if finished.exit_code != 0 || ids.iter().any(|i| i.is_empty()) {
+    if finished.exit_code != 0 || pulled.iter().any(Option::is_none) {
         bail!(
             "the pull helper in the dind failed (exit code {}): {}\nthe dind's last lines:\n{}",
             finished.exit_code,
@@ -642,12 +722,58 @@ async fn pull(run: &Run<'_>) -> Result<Vec<PulledImage>> {
     Ok(cfg
         .images
         .iter()
-        .zip(ids)
-        .map(|(r, id)| PulledImage {
+        .zip(pulled.into_iter().flatten())
+        .map(|(r, (id, platform))| PulledImage {
             reference: r.to_string(),
             id,
+            platform,
         })
         .collect())
+}
+
+/// What to do about a pull of `r` that failed with `message`, when it is
+/// the registry's certificate or a login, or the target platform.
+fn registry_hint(run: &Run<'_>, r: &ImageRef, message: &str) -> Option<String> {
+    let registry = r.registry();
+    let m = message.to_lowercase();
+    if m.contains("x509") || m.contains("certificate") || m.contains("tls:") {
+        let dir = match &run.cfg.registry.certs_dir() {
+            Some(d) => d.display().to_string(),
+            None => DEFAULT_CERTS_DIR.to_string(),
+        };
+        return Some(format!(
+            "the TLS certificate of registry {registry} is not trusted: put the CA that signed it in \
+             {dir}/{registry}/ca.crt (or give a directory laid out so with --registry-certs), \
+             or, for a registry you trust without TLS verification, pass --insecure-registry {registry}"
+        ));
+    }
+    if m.contains("unauthorized")
+        || m.contains("authentication required")
+        || m.contains("denied")
+        || m.contains("no basic auth credentials")
+    {
+        return Some(match run.access.sources.get(registry) {
+            Some(from) => format!(
+                "registry {registry} refused the credentials from {from}: check them (docker login {registry})"
+            ),
+            None => format!(
+                "no credentials for registry {registry} were found (docker's config.json: {}); log in with `docker login {registry}` or pass --registry-config",
+                run.access.config_path.as_deref().map_or("none".to_string(), |p| p.display().to_string())
+            ),
+        });
+    }
+    if m.contains("platform") {
+        return Some(format!(
+            "the target platform {} comes from {}",
+            run.platform.target,
+            match run.platform.from {
+                "option" => "--platform".to_string(),
+                "disk" => format!("the EFI loader of {}", run.cfg.disk.display()),
+                _ => "the Docker engine".to_string(),
+            }
+        ));
+    }
+    None
 }
 
 /// Stops the inner daemon cleanly (the container stays, with a store in
@@ -854,8 +980,9 @@ impl Summary {
             HumanBytes(s.bytes_written)
         );
         for i in &s.images {
-            eprintln!("  {} {}", i.reference, i.id);
+            eprintln!("  {} {} {}", i.reference, i.id, i.platform);
         }
+        eprintln!("platform: {} (from {})", s.platform.target, s.platform.from);
         if s.containerd_entries > 0 {
             eprintln!("containerd root: {} entries", s.containerd_entries);
         }

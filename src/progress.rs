@@ -173,19 +173,29 @@ impl Pulls {
         }
     }
 
-    pub fn done(&mut self, i: usize, id: &str) {
+    pub fn done(&mut self, i: usize, id: &str, platform: &str) {
         let short = id
             .trim_start_matches("sha256:")
             .get(..12)
             .unwrap_or(id)
             .to_string();
         match self.bars.get(i) {
-            Some(Some(b)) => b.finish_with_message(format!("pulled {short}")),
+            Some(Some(b)) => b.finish_with_message(format!("pulled {short} {platform}")),
             _ => eprintln!(
-                "pulled {} ({short}) after {:.1} s",
+                "pulled {} ({short}, {platform}) after {:.1} s",
                 self.names.get(i).map_or("?", |s| s.as_str()),
                 self.start.elapsed().as_secs_f64()
             ),
+        }
+    }
+
+    /// A warning about image `i`, printed above the bars.
+    pub fn warn(&mut self, msg: &str) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(format!("warning: {msg}"));
+            }
+            None => eprintln!("warning: {msg}"),
         }
     }
 

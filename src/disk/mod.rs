@@ -3,6 +3,7 @@
 //! growing (`grow`).
 
 mod copy;
+pub(crate) mod esp;
 mod grow;
 
 pub use copy::{convert_to_raw, sparse_copy, Format};

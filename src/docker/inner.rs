@@ -5,13 +5,18 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{CreateImageOptions, TagImageOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::auth::Credentials;
 use super::refs::ImageRef;
+use crate::platform::Platform;
 
 /// One progress report of the pull helper, a JSON line on its stdout.
 #[derive(Debug, Serialize, Deserialize)]
@@ -24,14 +29,41 @@ pub enum PullEvent {
         current: u64,
         total: u64,
     },
+    /// Image `image` is pulled: its ID and its platform.
     Done {
         image: usize,
         id: String,
+        platform: String,
     },
     Failed {
         image: usize,
         message: String,
     },
+    /// Something the user should know that does not stop the pull.
+    Warning {
+        image: usize,
+        message: String,
+    },
+}
+
+/// What the pull helper reads as one JSON line from its standard input,
+/// never from its command line or environment (both show in `docker
+/// inspect`): the credentials of each registry (by `host[:port]`, or
+/// `docker.io`).
+#[derive(Default, Serialize, Deserialize)]
+pub struct PullSecrets {
+    pub credentials: HashMap<String, Credentials>,
+}
+
+/// What the pull helper is asked to do.
+pub struct PullRequest {
+    pub refs: Vec<ImageRef>,
+    pub jobs: usize,
+    /// The platform the images must be for.
+    pub platform: Platform,
+    /// Pull a single-platform image of another platform anyway.
+    pub allow_platform_mismatch: bool,
+    pub secrets: PullSecrets,
 }
 
 fn emit(ev: &PullEvent) {
@@ -61,24 +93,120 @@ async fn connect_when_ready(socket: &str) -> Result<Docker> {
     }
 }
 
-async fn pull_one(docker: &Docker, index: usize, r: &ImageRef) -> Result<String> {
+/// The daemon's message of an API error, without bollard's wrapping.
+fn api_message(e: bollard::errors::Error) -> anyhow::Error {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => anyhow!(message),
+        e => anyhow!(e),
+    }
+}
+
+/// Credentials as the Docker API takes them (X-Registry-Auth).
+fn to_bollard(c: &Credentials) -> DockerCredentials {
+    DockerCredentials {
+        username: c.username.clone(),
+        password: c.password.clone(),
+        identitytoken: c.identity_token.clone(),
+        serveraddress: Some(c.server_address.clone()),
+        ..Default::default()
+    }
+}
+
+/// What the registry says an image reference is: the platforms it has,
+/// and whether it is an index (a multi-platform image).
+struct Manifest {
+    platforms: Vec<Platform>,
+    index: bool,
+}
+
+/// Reads the manifest of `r` from its registry through the inner daemon
+/// (this is where a wrong password or an untrusted certificate shows,
+/// before anything is pulled).
+async fn read_manifest(
+    docker: &Docker,
+    r: &ImageRef,
+    creds: Option<DockerCredentials>,
+) -> Result<Manifest> {
+    let (from, tag) = r.pull_spec();
+    let spec = match tag {
+        Some(t) => format!("{from}:{t}"),
+        None => from,
+    };
+    let d = docker
+        .inspect_registry_image(&spec, creds)
+        .await
+        .map_err(api_message)?;
+    let media = d.descriptor.media_type.unwrap_or_default();
+    Ok(Manifest {
+        index: media.contains("manifest.list") || media.contains("image.index"),
+        platforms: d
+            .platforms
+            .iter()
+            .filter_map(|p| {
+                Some(Platform::new(
+                    p.os.as_deref()?,
+                    p.architecture.as_deref()?,
+                    p.variant.as_deref(),
+                ))
+            })
+            .collect(),
+    })
+}
+
+/// The platform to pull `r` for, from what its registry has: the target
+/// platform when it has it; a single-platform image of another platform
+/// only when allowed (with a warning).
+fn choose_platform(
+    index: usize,
+    r: &ImageRef,
+    m: &Manifest,
+    want: &Platform,
+    allow_mismatch: bool,
+) -> Result<Platform> {
+    if m.platforms.is_empty() || m.platforms.iter().any(|p| want.accepts(p)) {
+        return Ok(want.clone());
+    }
+    let has: Vec<String> = m.platforms.iter().map(Platform::to_string).collect();
+    if m.index {
+        bail!(
+            "{r} has no image for {want} (it has {}); pass --platform to choose one of those",
+            has.join(", ")
+        );
+    }
+    let own = m.platforms[0].clone();
+    if !allow_mismatch {
+        bail!(
+            "{r} is a {own} image only, but the target platform is {want}: it could not run there; \
+             pass --allow-platform-mismatch to preload it anyway"
+        );
+    }
+    emit(&PullEvent::Warning {
+        image: index,
+        message: format!("{r} is a {own} image only, preloaded for a {want} target (--allow-platform-mismatch)"),
+    });
+    Ok(own)
+}
+
+async fn pull_one(
+    docker: &Docker,
+    index: usize,
+    r: &ImageRef,
+    platform: &Platform,
+    creds: Option<DockerCredentials>,
+) -> Result<(String, Platform)> {
     let (from, tag) = r.pull_spec();
     let mut s = docker.create_image(
         Some(CreateImageOptions {
             from_image: Some(from.clone()),
             tag,
+            platform: platform.to_string(),
             ..Default::default()
         }),
         None,
-        None,
+        creds,
     );
     while let Some(item) = s.next().await {
-        let item = item.map_err(|e| match e {
-            bollard::errors::Error::DockerResponseServerError { message, .. } => {
-                anyhow::anyhow!(message)
-            }
-            e => anyhow::anyhow!(e),
-        })?;
+        let item = item.map_err(api_message)?;
         if let Some(msg) = item.error_detail.and_then(|d| d.message) {
             bail!(msg);
         }
@@ -99,12 +227,19 @@ async fn pull_one(docker: &Docker, index: usize, r: &ImageRef) -> Result<String>
         Some(_) => from.clone(),
         None => r.to_string(),
     };
-    let id = docker
+    let image = docker
         .inspect_image(&pulled)
         .await
-        .with_context(|| format!("inspecting {pulled} after the pull"))?
-        .id
-        .unwrap_or_default();
+        .with_context(|| format!("inspecting {pulled} after the pull"))?;
+    let id = image.id.unwrap_or_default();
+    let got = Platform::new(
+        image.os.as_deref().unwrap_or("linux"),
+        image.architecture.as_deref().unwrap_or(""),
+        image.variant.as_deref(),
+    );
+    if !platform.accepts(&got) {
+        bail!("{r} was pulled as a {got} image, not the {platform} one asked for");
+    }
     // name:tag@digest pulls by digest, which leaves the image untagged.
     if let (Some(_), Some(tag)) = (&r.digest, &r.tag) {
         docker
@@ -118,32 +253,29 @@ async fn pull_one(docker: &Docker, index: usize, r: &ImageRef) -> Result<String>
             .await
             .with_context(|| format!("tagging {} as {}:{tag}", id, r.name))?;
     }
-    Ok(id)
+    Ok((id, got))
 }
 
-/// Pulls every reference with at most `jobs` at once. Returns an error
-/// when any pull failed (each failure was reported as an event).
-pub async fn pull_images(socket: &str, refs: &[ImageRef], jobs: usize) -> Result<()> {
-    let docker = connect_when_ready(socket).await?;
-    let docker = docker
-        .negotiate_version()
-        .await
-        .context("talking to the inner dockerd")?;
-    let results: Vec<bool> = futures_util::stream::iter(refs.iter().enumerate())
+/// Runs `f` for every reference with at most `jobs` at once, reporting a
+/// failure of each as an event. Returns the successes (None for a
+/// failure).
+async fn each_ref<'a, T, F, Fut>(refs: &'a [ImageRef], jobs: usize, f: F) -> Vec<Option<T>>
+where
+    F: Fn(usize, &'a ImageRef) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut results: Vec<(usize, Option<T>)> = futures_util::stream::iter(refs.iter().enumerate())
         .map(|(i, r)| {
-            let docker = &docker;
+            let f = &f;
             async move {
-                match pull_one(docker, i, r).await {
-                    Ok(id) => {
-                        emit(&PullEvent::Done { image: i, id });
-                        true
-                    }
+                match f(i, r).await {
+                    Ok(v) => (i, Some(v)),
                     Err(e) => {
                         emit(&PullEvent::Failed {
                             image: i,
                             message: format!("{e:#}"),
                         });
-                        false
+                        (i, None)
                     }
                 }
             }
@@ -151,10 +283,63 @@ pub async fn pull_images(socket: &str, refs: &[ImageRef], jobs: usize) -> Result
         .buffer_unordered(jobs.max(1))
         .collect()
         .await;
-    if results.iter().any(|ok| !ok) {
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, v)| v).collect()
+}
+
+/// Reads the manifest of every reference first (credentials, certificates
+/// and platforms are checked before anything is pulled), then pulls them
+/// with at most `jobs` at once. Returns an error when any step failed
+/// (each failure was reported as an event).
+pub async fn pull_images(socket: &str, req: &PullRequest) -> Result<()> {
+    let docker = connect_when_ready(socket).await?;
+    let docker = docker
+        .negotiate_version()
+        .await
+        .context("talking to the inner dockerd")?;
+    let creds = |r: &ImageRef| {
+        req.secrets
+            .credentials
+            .get(r.registry())
+            .map(to_bollard)
+    };
+    let chosen = each_ref(&req.refs, req.jobs, |i, r| {
+        let docker = &docker;
+        async move {
+            let m = read_manifest(docker, r, creds(r)).await?;
+            choose_platform(i, r, &m, &req.platform, req.allow_platform_mismatch)
+        }
+    })
+    .await;
+    if chosen.iter().any(Option::is_none) {
+        bail!("some images cannot be pulled");
+    }
+    let pulled = each_ref(&req.refs, req.jobs, |i, r| {
+        let (docker, platform) = (&docker, chosen[i].as_ref().expect("checked above"));
+        async move {
+            let (id, got) = pull_one(docker, i, r, platform, creds(r)).await?;
+            emit(&PullEvent::Done {
+                image: i,
+                id,
+                platform: got.to_string(),
+            });
+            Ok(())
+        }
+    })
+    .await;
+    if pulled.iter().any(Option::is_none) {
         bail!("some pulls failed");
     }
     Ok(())
+}
+
+/// Reads the [`PullSecrets`] line from standard input.
+pub fn read_secrets() -> Result<PullSecrets> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the credentials from standard input")?;
+    serde_json::from_str(&line).context("reading the credentials from standard input")
 }
 
 /// Where the dind's init writes the inner dockerd's exit code once it has

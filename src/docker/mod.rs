@@ -2,8 +2,12 @@
 //! dind container, and the helper side that runs inside it.
 //! No bollard type leaves this module.
 
+pub mod auth;
 pub mod inner;
 pub mod refs;
+pub mod registry;
+
+pub use registry::{RegistryAccess, RegistryOptions};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -45,6 +49,7 @@ pub struct Engine {
     local: bool,
     /// Its architecture and memory, from one `docker info`.
     arch: String,
+    os: String,
     mem_total: u64,
 }
 
@@ -100,6 +105,11 @@ pub struct DindSpec {
     pub run_id: String,
     /// The inner daemon's --max-concurrent-downloads.
     pub downloads: usize,
+    /// More flags of the inner daemon (registries, mirrors).
+    pub daemon_args: Vec<String>,
+    /// A tar unpacked at / of the dind before it starts (the registry
+    /// certificates in /etc/docker/certs.d).
+    pub files: Option<Vec<u8>>,
 }
 
 /// Where the inner daemon's store lives.
@@ -221,6 +231,7 @@ impl Engine {
             docker,
             local: where_.starts_with("unix://"),
             arch: info.architecture.unwrap_or_default(),
+            os: info.os_type.unwrap_or_default(),
             mem_total: info.mem_total.unwrap_or(0).max(0) as u64,
         })
     }
@@ -228,6 +239,12 @@ impl Engine {
     /// Whether the engine runs on this machine (its socket is a local one).
     pub fn is_local(&self) -> bool {
         self.local
+    }
+
+    /// The platform of the engine's machine (what `docker pull` pulls by
+    /// default).
+    pub fn platform(&self) -> crate::platform::Platform {
+        crate::platform::Platform::of_engine(&self.os, &self.arch)
     }
 
     /// The memory of the engine's machine, in bytes (0 when unknown).
@@ -375,6 +392,7 @@ impl Engine {
                 ]
                 .iter()
                 .map(|s| s.to_string())
+                .chain(spec.daemon_args.iter().cloned())
                 .collect(),
             ),
             env: Some(vec!["DOCKER_TLS_CERTDIR=".into()]),
@@ -394,7 +412,11 @@ impl Engine {
             ..Default::default()
         };
         self.create(name, body).await?;
-        self.upload_helper(name).await?;
+        self.upload(name, helper_tar()?, "the export helper").await?;
+        if let Some(files) = &spec.files {
+            let chunks = vec![Bytes::copy_from_slice(files)];
+            self.upload(name, chunks, "the registry certificates").await?;
+        }
         self.docker
             .start_container(name, None)
             .await
@@ -402,8 +424,8 @@ impl Engine {
         Ok(())
     }
 
-    async fn upload_helper(&self, container: &str) -> Result<()> {
-        let tar = helper_tar()?;
+    /// Unpacks the tar `tar` at / of `container`; `what` names it in errors.
+    async fn upload(&self, container: &str, tar: Vec<Bytes>, what: &str) -> Result<()> {
         self.docker
             .upload_to_container(
                 container,
@@ -414,7 +436,7 @@ impl Engine {
                 bollard::body_stream(futures_util::stream::iter(tar)),
             )
             .await
-            .with_context(|| format!("copying the export helper into {container}"))
+            .with_context(|| format!("copying {what} into {container}"))
     }
 
     /// The last lines of a container's output, for error messages.
@@ -435,17 +457,18 @@ impl Engine {
         out
     }
 
-    /// Runs `cmd` in a running container; each stdout line goes to
-    /// `on_line`, stderr is collected.
+    /// Runs `cmd` in a running container with `stdin` as its standard
+    /// input; each stdout line goes to `on_line`, stderr is collected.
     pub async fn exec_lines(
         &self,
         container: &str,
         cmd: &[&str],
+        stdin: Option<&[u8]>,
         mut on_line: impl FnMut(&str),
     ) -> Result<Finished> {
         let mut line = Vec::new();
         let (finished, _) = self
-            .exec_stream(container, cmd, |chunk| {
+            .exec_stream(container, cmd, stdin, |chunk| {
                 for &b in chunk.iter() {
                     if b == b'\n' {
                         on_line(&String::from_utf8_lossy(&line));
@@ -481,7 +504,7 @@ impl Engine {
     ) -> Result<T> {
         let mut out = Vec::new();
         let (finished, _) = self
-            .exec_stream(container, cmd, |chunk| {
+            .exec_stream(container, cmd, None, |chunk| {
                 out.extend_from_slice(&chunk);
                 async { true }
             })
@@ -497,12 +520,15 @@ impl Engine {
     }
 
     /// Runs `cmd` in the running `container`, passing its stdout chunk by
-    /// chunk to `sink` until the sink returns false. The second value is
-    /// the number of stdout bytes passed.
+    /// chunk to `sink` until the sink returns false. `stdin` is written to
+    /// its standard input (which is how secrets reach it: an exec's command
+    /// and environment show in `docker inspect`, its input does not). The
+    /// second value is the number of stdout bytes passed.
     async fn exec_stream<F, Fut>(
         &self,
         container: &str,
         cmd: &[&str],
+        stdin: Option<&[u8]>,
         mut sink: F,
     ) -> Result<(Finished, u64)>
     where
@@ -517,6 +543,7 @@ impl Engine {
                 bollard::models::ExecConfig {
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
+                    attach_stdin: Some(stdin.is_some()),
                     cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
                     ..Default::default()
                 },
@@ -528,9 +555,22 @@ impl Engine {
             .start_exec(&exec.id, None)
             .await
             .with_context(|| format!("running {what} in {container}"))?;
-        let bollard::exec::StartExecResults::Attached { mut output, .. } = started else {
+        let bollard::exec::StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started
+        else {
             bail!("the engine did not attach to {what} in {container}");
         };
+        if let Some(data) = stdin {
+            use tokio::io::AsyncWriteExt;
+            // Kept open until the output ends: the helper reads one line.
+            input
+                .write_all(data)
+                .await
+                .and(input.flush().await)
+                .with_context(|| format!("writing to the input of {what} in {container}"))?;
+        }
         let mut stderr = String::new();
         let mut passed = 0u64;
         while let Some(chunk) = output.next().await {
@@ -583,7 +623,7 @@ impl Engine {
         };
         let Some(dir) = socket_dir else {
             let cmd = [HELPER_PATH, "__export-store", "/var/lib/docker"];
-            let (finished, _) = self.exec_stream(container, &cmd, forward).await?;
+            let (finished, _) = self.exec_stream(container, &cmd, None, forward).await?;
             let via = ExportVia::Attach;
             return Ok(Exported { finished, via });
         };
@@ -614,7 +654,7 @@ impl Engine {
             "--socket",
             &inside,
         ];
-        let helper = self.exec_stream(container, &cmd, forward).await;
+        let helper = self.exec_stream(container, &cmd, None, forward).await;
         let (finished, stdout_bytes) = match helper {
             Ok(h) => h,
             Err(e) => {

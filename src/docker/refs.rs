@@ -15,6 +15,9 @@ pub struct ImageRef {
     pub digest: Option<String>,
 }
 
+/// Docker Hub's registry name.
+pub const DOCKER_HUB: &str = "docker.io";
+
 fn is_path_component(c: &str) -> bool {
     // [a-z0-9]+ ((\.|_|__|-+) [a-z0-9]+)*
     let b = c.as_bytes();
@@ -125,6 +128,15 @@ impl ImageRef {
         })
     }
 
+    /// The registry the image comes from, as its credentials are looked
+    /// up: `host[:port]` when the name starts with one, else `docker.io`.
+    pub fn registry(&self) -> &str {
+        match self.name.split_once('/') {
+            Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+            _ => DOCKER_HUB,
+        }
+    }
+
     /// What to ask the daemon to pull: the digest when pinned, else the tag
     /// (latest when none).
     pub fn pull_spec(&self) -> (String, Option<String>) {
@@ -204,6 +216,15 @@ mod tests {
         assert_eq!(r.pull_spec(), (format!("nginx@{D}"), None));
         let r = ImageRef::parse("busybox").unwrap();
         assert_eq!(r.pull_spec(), ("busybox".into(), Some("latest".into())));
+        assert_eq!(r.registry(), "docker.io");
+        for (s, registry) in [
+            ("library/nginx", "docker.io"),
+            ("ghcr.io/o/r:tag", "ghcr.io"),
+            ("localhost/a", "localhost"),
+            ("10.0.0.1:5443/a/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "10.0.0.1:5443"),
+        ] {
+            assert_eq!(ImageRef::parse(s).unwrap().registry(), registry, "{s}");
+        }
     }
 
     #[test]

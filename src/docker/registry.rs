@@ -1,0 +1,290 @@
+//! What the pulling daemon needs to reach private registries, prepared on
+//! the build machine before any engine is contacted: the credentials of
+//! each registry of the list (docker's client configuration), the
+//! certificates of /etc/docker/certs.d, insecure registries and mirrors.
+//! None of it is written into the disk image: the inner daemon keeps its
+//! certificates in /etc/docker of the dind, and credentials only travel
+//! over the pull helper's standard input.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::auth::ClientConfig;
+use super::inner::PullSecrets;
+use super::refs::{ImageRef, DOCKER_HUB};
+
+/// Where dockerd looks for registry certificates.
+pub const DEFAULT_CERTS_DIR: &str = "/etc/docker/certs.d";
+
+/// The registry options of the command line, checked for form.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// --registry-config (None: where the docker CLI looks).
+    config: Option<PathBuf>,
+    /// --registry-certs (None: [`DEFAULT_CERTS_DIR`] when it exists).
+    certs: Option<PathBuf>,
+    insecure: Vec<String>,
+    mirrors: Vec<String>,
+}
+
+/// What the run gives the pulling daemon.
+pub struct RegistryAccess {
+    /// For the pull helper's standard input.
+    pub secrets: PullSecrets,
+    /// Where each registry's credentials came from (for messages).
+    pub sources: BTreeMap<String, String>,
+    /// The docker client configuration read (None: there is none).
+    pub config_path: Option<PathBuf>,
+    /// certs.d directories as a tar to unpack at / in the dind (None when
+    /// there are none).
+    pub certs: Option<Vec<u8>>,
+    /// Flags of the inner dockerd.
+    pub daemon_args: Vec<String>,
+}
+
+/// A `host[:port]` or CIDR, as dockerd's --insecure-registry takes it.
+fn check_insecure(s: &str) -> Result<()> {
+    if s.contains("://") {
+        bail!("--insecure-registry {s:?}: give HOST[:PORT] or a CIDR, without a scheme");
+    }
+    let host_ok = |h: &str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    };
+    let ok = match s.split_once('/') {
+        Some((ip, bits)) => {
+            ip.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 128)
+        }
+        None => host_ok(s),
+    };
+    if !ok {
+        bail!("--insecure-registry {s:?} is not HOST[:PORT] or a CIDR (e.g. registry.local:5000, 10.0.0.0/8)");
+    }
+    Ok(())
+}
+
+/// The host[:port] of a mirror URL `http(s)://HOST[:PORT][/]`, as dockerd's
+/// --registry-mirror takes it.
+fn mirror_host(s: &str) -> Result<&str> {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .with_context(|| format!("--registry-mirror {s:?}: give a URL, http(s)://HOST[:PORT]"))?;
+    let host = rest.strip_suffix('/').unwrap_or(rest);
+    if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+        bail!("--registry-mirror {s:?}: give http(s)://HOST[:PORT], with no path, user or query");
+    }
+    Ok(host)
+}
+
+impl RegistryOptions {
+    pub fn new(
+        config: Option<PathBuf>,
+        certs: Option<PathBuf>,
+        insecure: Vec<String>,
+        mirrors: Vec<String>,
+    ) -> Result<RegistryOptions> {
+        for i in &insecure {
+            check_insecure(i)?;
+        }
+        for m in &mirrors {
+            mirror_host(m)?;
+        }
+        Ok(RegistryOptions {
+            config,
+            certs,
+            insecure,
+            mirrors,
+        })
+    }
+
+    /// --registry-certs, when given.
+    pub fn certs_dir(&self) -> Option<&Path> {
+        self.certs.as_deref()
+    }
+
+    /// Reads everything the pull of `refs` needs from the build machine:
+    /// runs credential helpers and reads certificates. Fails naming the
+    /// file or helper that is wrong; contacts no engine.
+    pub fn prepare(&self, refs: &[ImageRef]) -> Result<RegistryAccess> {
+        let registries: BTreeSet<&str> = refs.iter().map(ImageRef::registry).collect();
+        let config = ClientConfig::load(self.config.as_deref())?;
+        let mut secrets = PullSecrets::default();
+        let mut sources = BTreeMap::new();
+        for r in &registries {
+            if let Some((creds, from)) = config
+                .credentials(r)
+                .with_context(|| format!("looking up the credentials of registry {r}"))?
+            {
+                secrets.credentials.insert(r.to_string(), creds);
+                sources.insert(r.to_string(), from);
+            }
+        }
+        // The certs.d directories dockerd reads for these registries: their
+        // names, Docker Hub's endpoint, the mirrors.
+        let mut hosts: BTreeSet<&str> = registries.clone();
+        if registries.contains(DOCKER_HUB) {
+            hosts.insert("registry-1.docker.io");
+            hosts.insert("index.docker.io");
+        }
+        for m in &self.mirrors {
+            hosts.insert(mirror_host(m)?);
+        }
+        let certs = match &self.certs {
+            Some(dir) => Some(read_certs(dir, &hosts, true)?),
+            None if Path::new(DEFAULT_CERTS_DIR).is_dir() => {
+                Some(read_certs(Path::new(DEFAULT_CERTS_DIR), &hosts, false)?)
+            }
+            None => None,
+        }
+        .flatten();
+        let daemon_args = self
+            .insecure
+            .iter()
+            .map(|i| format!("--insecure-registry={i}"))
+            .chain(self.mirrors.iter().map(|m| format!("--registry-mirror={m}")))
+            .collect();
+        Ok(RegistryAccess {
+            secrets,
+            sources,
+            config_path: config.path().map(Path::to_path_buf),
+            certs,
+            daemon_args,
+        })
+    }
+}
+
+/// The certificate files dockerd reads in a certs.d host directory.
+fn is_cert_file(name: &str) -> bool {
+    name.ends_with(".crt") || name.ends_with(".cert") || name.ends_with(".key")
+}
+
+/// Reads the directories of `hosts` in the certs.d directory `dir` into a
+/// tar for the dind's /etc/docker/certs.d (None when none of them exists).
+/// Files are followed through symlinks (certs.d often links to the
+/// system's CA files). A client certificate needs its key and the other
+/// way round, as dockerd checks. `explicit`: `dir` was given, so it must
+/// exist.
+fn read_certs(dir: &Path, hosts: &BTreeSet<&str>, explicit: bool) -> Result<Option<Vec<u8>>> {
+    if explicit && !dir.is_dir() {
+        bail!("--registry-certs {}: not a directory", dir.display());
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    let mut any = false;
+    let add_dir = |b: &mut tar::Builder<Vec<u8>>, path: &str| -> Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, path, std::io::empty())
+            .context("making the certificates archive")
+    };
+    for host in hosts {
+        let hdir = dir.join(host);
+        if !hdir.is_dir() {
+            continue;
+        }
+        let mut names = vec![];
+        for e in std::fs::read_dir(&hdir).with_context(|| format!("reading {}", hdir.display()))? {
+            let e = e.with_context(|| format!("reading {}", hdir.display()))?;
+            if let Some(n) = e.file_name().to_str().filter(|n| is_cert_file(n)) {
+                names.push(n.to_string());
+            }
+        }
+        names.sort();
+        for n in &names {
+            let pair = match n.strip_suffix(".cert") {
+                Some(stem) => Some(format!("{stem}.key")),
+                None => n.strip_suffix(".key").map(|stem| format!("{stem}.cert")),
+            };
+            if let Some(p) = pair.filter(|p| !names.contains(p)) {
+                bail!(
+                    "{}: {n} has no {p} beside it (a client certificate needs its key and the key its certificate)",
+                    hdir.display()
+                );
+            }
+        }
+        if names.is_empty() {
+            continue;
+        }
+        if !any {
+            add_dir(&mut b, "etc/docker")?;
+            add_dir(&mut b, "etc/docker/certs.d")?;
+            any = true;
+        }
+        add_dir(&mut b, &format!("etc/docker/certs.d/{host}"))?;
+        for n in &names {
+            let p = hdir.join(n);
+            let data = std::fs::read(&p).with_context(|| {
+                format!(
+                    "reading the registry certificate {} (make it readable for this user, or give another directory with --registry-certs)",
+                    p.display()
+                )
+            })?;
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(if n.ends_with(".key") { 0o600 } else { 0o644 });
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, format!("etc/docker/certs.d/{host}/{n}"), &data[..])
+                .context("making the certificates archive")?;
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    Ok(Some(b.into_inner().context("making the certificates archive")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insecure_and_mirror_forms() {
+        for ok in ["registry.local:5000", "10.1.2.3", "10.0.0.0/8", "[::1]:5000", "fd00::/8"] {
+            check_insecure(ok).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
+        }
+        for bad in ["http://r:5000", "r/x", "10.0.0.0/200", "", "a b"] {
+            assert!(check_insecure(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(mirror_host("https://mirror.local:5000/").unwrap(), "mirror.local:5000");
+        assert_eq!(mirror_host("http://10.0.0.1").unwrap(), "10.0.0.1");
+        for bad in ["mirror.local", "https://", "https://m/v2", "https://u@m", "ftp://m"] {
+            assert!(mirror_host(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn certs_of_the_registries_pulled_from_only() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = d.path().join("reg.local:5443");
+        std::fs::create_dir(&reg).unwrap();
+        std::fs::write(reg.join("ca.crt"), b"CA").unwrap();
+        std::fs::write(reg.join("README"), b"not a cert").unwrap();
+        let other = d.path().join("other.local");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("ca.crt"), b"OTHER").unwrap();
+        let hosts = BTreeSet::from(["reg.local:5443", "absent.local"]);
+        let tar = read_certs(d.path(), &hosts, true).unwrap().unwrap();
+        let mut names = vec![];
+        for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+            names.push(e.unwrap().path().unwrap().display().to_string());
+        }
+        assert_eq!(
+            names,
+            [
+                "etc/docker",
+                "etc/docker/certs.d",
+                "etc/docker/certs.d/reg.local:5443",
+                "etc/docker/certs.d/reg.local:5443/ca.crt"
+            ]
+        );
+        assert!(read_certs(d.path(), &BTreeSet::from(["x"]), true).unwrap().is_none());
+        std::fs::write(reg.join("client.cert"), b"C").unwrap();
+        let e = read_certs(d.path(), &hosts, true).unwrap_err();
+        assert!(format!("{e:#}").contains("client.key"), "{e:#}");
+        assert!(read_certs(&d.path().join("nope"), &hosts, true).is_err());
+    }
+}
