@@ -1023,3 +1023,590 @@ fn local_inputs_fail_before_the_engine() {
     let err = run_with("", &disk, &busybox);
     assert!(err.contains("unix:///var/run/docker.sock"), "{err}");
 }
+
+// ---- private registries (TLS, logins) and platforms -------------------------
+
+/// Runs `populate ARGS` as the test user with extra environment `envs`
+/// (e.g. DOCKER_CONFIG, PATH).
+fn populate_env(envs: &[(&str, &str)], args: &[&str]) -> Output {
+    let e = env();
+    let mut c = Command::new("runuser");
+    c.args(["-u", &e.test_user, "--", "env"]);
+    for (k, v) in envs {
+        c.arg(format!("{k}={v}"));
+    }
+    c.arg(format!("DOCKER_HOST={}", e.docker_host))
+        .arg(user_bin())
+        .arg("populate")
+        .args(args)
+        .args([
+            "--dind-image",
+            &e.dind_image,
+            "--dind-network",
+            &format!("container:{}", e.registry_container),
+        ]);
+    c.output().unwrap()
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A registry behind TLS (a CA made here) and basic auth, serving the same
+/// storage as the test registry. It shares the test registry's network
+/// namespace, as the dinds of the tests do, and is reached at that
+/// namespace's bridge address: not a loopback one, which Docker would
+/// treat as insecure (no certificate check).
+struct TlsRegistry {
+    /// host:port as the dind reaches it.
+    host: String,
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+const REG_USER: &str = "fp-user";
+/// A password with a ':' (auth is base64("user:password")) and a marker
+/// to search for.
+const REG_PASSWORD: &str = "PW-7q2:x9Zk-secret";
+
+impl TlsRegistry {
+    fn start() -> TlsRegistry {
+        let e = env();
+        let ip = docker_out(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &e.registry_container,
+        ]);
+        assert!(!ip.is_empty() && !ip.starts_with("127."), "{ip}");
+        let host = format!("{ip}:5443");
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let d = dir.path();
+        let ssl = |args: &[&str]| {
+            run_ok(Command::new("openssl").args(args).current_dir(d));
+        };
+        ssl(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.crt", "-days", "2", "-subj", "/CN=flatcar-preload test CA",
+        ]);
+        ssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=fp-tls-registry",
+        ]);
+        fs::write(d.join("san.ext"), format!("subjectAltName=IP:{ip}\n")).unwrap();
+        ssl(&[
+            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext",
+        ]);
+        let hash = bcrypt::hash(REG_PASSWORD, 5).unwrap();
+        fs::write(d.join("htpasswd"), format!("{REG_USER}:{hash}\n")).unwrap();
+        fs::write(
+            d.join("config.yml"),
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/docker-registry\n\
+             http:\n  addr: :5443\n  tls:\n    certificate: /fp-tls/server.crt\n    key: /fp-tls/server.key\n\
+             auth:\n  htpasswd:\n    realm: fp-realm\n    path: /fp-tls/htpasswd\n",
+        )
+        .unwrap();
+        for f in ["server.key", "ca.key"] {
+            fs::set_permissions(d.join(f), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let name = "fp-tls-registry".to_string();
+        let _ = Command::new("docker")
+            .env("DOCKER_HOST", &e.docker_host)
+            .args(["rm", "-f", &name])
+            .output();
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            &format!("container:{}", e.registry_container),
+            "-v",
+            "fp-registry-data:/var/lib/docker-registry",
+            "-v",
+            &format!("{}:/fp-tls:ro", d.display()),
+            &e.dind_image,
+            "docker-registry",
+            "serve",
+            "/fp-tls/config.yml",
+        ]);
+        let reg = TlsRegistry { host, dir, name };
+        // Up when it answers TLS with a 401 (it wants a login).
+        let url = format!("https://{}/v2/", reg.host);
+        let ca = reg.dir.path().join("ca.crt");
+        for _ in 0..100 {
+            let o = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+                .arg(&ca)
+                .arg(&url)
+                .output()
+                .unwrap();
+            if o.stdout == b"401" {
+                return reg;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the TLS registry does not answer on {url}: {}",
+            docker_out(&["logs", "--tail", "20", &reg.name])
+        );
+    }
+
+    /// A certs.d directory with this registry's CA.
+    fn certs_d(&self, under: &Path) -> std::path::PathBuf {
+        let certs = under.join("certs.d");
+        fs::create_dir_all(certs.join(&self.host)).unwrap();
+        fs::copy(
+            self.dir.path().join("ca.crt"),
+            certs.join(&self.host).join("ca.crt"),
+        )
+        .unwrap();
+        certs
+    }
+}
+
+impl Drop for TlsRegistry {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .env("DOCKER_HOST", &env().docker_host)
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
+
+fn base64(b: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in b.chunks(3) {
+        let n = c.iter().enumerate().fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// Whether `needle` occurs in the bytes of ROOT of `disk`.
+fn root_holds(disk: &Path, needle: &[u8]) -> bool {
+    let r = root(disk);
+    let mut f = fs::File::open(disk).unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(r.offset)).unwrap();
+    let mut f = f.take(r.size);
+    let mut buf = vec![0u8; 8 << 20];
+    let mut carry: Vec<u8> = vec![];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return false;
+        }
+        let mut hay = std::mem::take(&mut carry);
+        hay.extend_from_slice(&buf[..n]);
+        if hay.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+        carry = hay[hay.len().saturating_sub(needle.len())..].to_vec();
+    }
+}
+
+/// `docker inspect` of the containers of the run `run_id` and of every
+/// exec they ran, as one text.
+fn inspect_run(run_label: &str) -> String {
+    let ids = docker_out(&["ps", "-aq", "--filter", &format!("label={run_label}")]);
+    let mut text = String::new();
+    for id in ids.lines() {
+        let c = docker_out(&["inspect", id]);
+        let v: serde_json::Value = serde_json::from_str(&c).unwrap();
+        for exec in v[0]["ExecIDs"].as_array().into_iter().flatten() {
+            let sock = env().docker_host.trim_start_matches("unix://").to_string();
+            text.push_str(&run_ok(Command::new("curl").args([
+                "-sS",
+                "--unix-socket",
+                &sock,
+                &format!("http://docker/exec/{}/json", exec.as_str().unwrap()),
+            ])));
+        }
+        text.push_str(&c);
+    }
+    text
+}
+
+/// Pulls from a registry behind TLS and a login: credentials from
+/// `auths`, from a credential store helper and from `credHelpers` for that
+/// host only; a wrong password and a missing CA fail naming the registry,
+/// the image and the problem. No credential bytes in ROOT, in `docker
+/// inspect` of the run's containers and execs, or in the output.
+#[test]
+fn private_registry_with_tls_and_login() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    let reg = TlsRegistry::start();
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let before = file_digest(&disk);
+    let certs = reg.certs_d(tmp.path());
+    let image = format!("{}/fp/layers:1", reg.host);
+    let want_id = &f.listed[0].1;
+    let auth = base64(format!("{REG_USER}:{REG_PASSWORD}").as_bytes());
+    let secrets = [REG_PASSWORD.to_string(), auth.clone()];
+    let no_secret_in = |what: &str, text: &str| {
+        for s in &secrets {
+            assert!(!text.contains(s.as_str()), "a credential shows in {what}:\n{text}");
+        }
+    };
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        fs::write(&p, text).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    // A credential helper: `get` answers for this registry only.
+    let bin = tmp.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let helper = bin.join("docker-credential-fptest");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread -r url\n\
+             if [ \"$url\" = '{}' ]; then printf '{{\"ServerURL\":\"%s\",\"Username\":\"{REG_USER}\",\"Secret\":\"{REG_PASSWORD}\"}}' \"$url\"; \
+             else echo 'credentials not found in native keychain'; exit 1; fi\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display());
+    let out = tmp.path().join("out.bin");
+    let (d, o_, c_) = (
+        disk.to_str().unwrap(),
+        out.to_str().unwrap(),
+        certs.to_str().unwrap(),
+    );
+    let check_ok = |o: &Output, how: &str| {
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(o));
+        assert!(o.status.success(), "{how}: populate failed:\n{text}");
+        no_secret_in(&format!("the output of the run ({how})"), &text);
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(summary["images"][0]["id"], want_id.as_str(), "{how}");
+        assert_eq!(summary["images"][0]["reference"], image.as_str(), "{how}");
+        assert_fsck_clean(&out);
+        for s in &secrets {
+            assert!(!root_holds(&out, s.as_bytes()), "{how}: ROOT holds a credential");
+        }
+        assert!(
+            !root_holds(&out, b"BEGIN CERTIFICATE"),
+            "{how}: ROOT holds a certificate"
+        );
+        fs::remove_file(&out).unwrap();
+    };
+
+    // 1. `auths` of $DOCKER_CONFIG/config.json; the run's containers kept
+    //    to inspect them and their execs.
+    let cfg_dir = tmp.path().join("docker-config");
+    fs::create_dir(&cfg_dir).unwrap();
+    fs::set_permissions(&cfg_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(
+        cfg_dir.join("config.json"),
+        format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}", reg.host),
+    )
+    .unwrap();
+    let o = populate_env(
+        &[("DOCKER_CONFIG", cfg_dir.to_str().unwrap())],
+        &[d, &image, "-o", o_, "--registry-certs", c_, "--json", "--keep-dind"],
+    );
+    let kept = stderr(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("keeping containers "))
+        .and_then(|l| l.split(',').next())
+        .map(|c| c.trim().to_string());
+    if let Some(c) = &kept {
+        let run_id = docker_out(&[
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"org.flatcar-preload.run\"}}",
+            c,
+        ]);
+        let label = format!("org.flatcar-preload.run={run_id}");
+        let inspected = inspect_run(&label);
+        assert!(inspected.contains("__pull"), "no exec of the pull:\n{inspected}");
+        no_secret_in("docker inspect of the run's containers and execs", &inspected);
+        for c in docker_out(&["ps", "-aq", "--filter", &format!("label={label}")]).lines() {
+            docker(&["rm", "-f", "-v", c]);
+        }
+        for v in docker_out(&["volume", "ls", "-q", "--filter", &format!("label={label}")]).lines() {
+            docker(&["volume", "rm", v]);
+        }
+    }
+    check_ok(&o, "auths");
+    assert!(kept.is_some(), "no kept container named:\n{}", stderr(&o));
+
+    // 2. A credential store (credsStore) helper, config from --registry-config.
+    let store_cfg = write("store.json", "{\"credsStore\":\"fptest\"}");
+    let o = populate_env(
+        &[("PATH", &path)],
+        &[d, &image, "-o", o_, "--registry-certs", c_, "--json", "--registry-config", store_cfg.to_str().unwrap()],
+    );
+    check_ok(&o, "credsStore");
+
+    // 3. credHelpers for this host only: it wins over a wrong `auths` entry.
+    let wrong = base64(format!("{REG_USER}:wrong-password").as_bytes());
+    let helpers_cfg = write(
+        "helpers.json",
+        &format!(
+            "{{\"auths\":{{\"{h}\":{{\"auth\":\"{wrong}\"}}}},\"credHelpers\":{{\"{h}\":\"fptest\"}}}}",
+            h = reg.host
+        ),
+    );
+    let o = populate_env(
+        &[("PATH", &path)],
+        &[d, &image, "-o", o_, "--registry-certs", c_, "--json", "--registry-config", helpers_cfg.to_str().unwrap()],
+    );
+    check_ok(&o, "credHelpers");
+
+    // 4. A wrong password: fails naming the registry and the image.
+    let wrong_cfg = write(
+        "wrong.json",
+        &format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{wrong}\"}}}}}}", reg.host),
+    );
+    let o = populate_env(
+        &[],
+        &[d, &image, "-o", o_, "--registry-certs", c_, "--registry-config", wrong_cfg.to_str().unwrap()],
+    );
+    assert_clean_failure(&o, &disk, before, &out, &image);
+    let err = stderr(&o);
+    assert!(err.contains(&format!("registry {}", reg.host)), "{err}");
+    assert!(!err.contains("wrong-password") && !err.contains(&wrong), "{err}");
+
+    // 5. The CA missing: the certificate problem is named.
+    let o = populate_env(
+        &[("DOCKER_CONFIG", cfg_dir.to_str().unwrap())],
+        &[d, &image, "-o", o_],
+    );
+    assert_clean_failure(&o, &disk, before, &out, &image);
+    let err = stderr(&o);
+    assert!(err.contains("certificate"), "{err}");
+    assert!(err.contains(&format!("{}/ca.crt", reg.host)), "{err}");
+    no_secret_in("the output of a failed run", &err);
+}
+
+/// Uploads `data` as a blob of `repo` in the test registry (its HTTP API)
+/// and returns its digest.
+fn push_blob(repo: &str, data: &[u8]) -> String {
+    let digest = sha256(data);
+    let base = format!("http://{}", env().registry);
+    let head = run_ok(Command::new("curl").args([
+        "-sS",
+        "-f",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        &format!("{base}/v2/{repo}/blobs/uploads/"),
+    ]));
+    let loc = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location").then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no upload location:\n{head}"));
+    let loc = if loc.starts_with('/') {
+        format!("{base}{loc}")
+    } else {
+        loc
+    };
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    fs::write(tmp.path(), data).unwrap();
+    run_ok(
+        Command::new("curl")
+            .args(["-sS", "-f", "-X", "PUT", "-H", "Content-Type: application/octet-stream"])
+            .arg("--data-binary")
+            .arg(format!("@{}", tmp.path().display()))
+            .arg(format!("{loc}{sep}digest={digest}")),
+    );
+    digest
+}
+
+/// Puts a manifest of `media_type` as `repo:reference` and returns its
+/// descriptor (size, digest).
+fn push_manifest(repo: &str, reference: &str, media_type: &str, body: &[u8]) -> (usize, String) {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    fs::write(tmp.path(), body).unwrap();
+    run_ok(
+        Command::new("curl")
+            .args(["-sS", "-f", "-X", "PUT", "-H"])
+            .arg(format!("Content-Type: {media_type}"))
+            .arg("--data-binary")
+            .arg(format!("@{}", tmp.path().display()))
+            .arg(format!("http://{}/v2/{repo}/manifests/{reference}", env().registry)),
+    );
+    (body.len(), sha256(body))
+}
+
+const MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// One image for `arch` made of files only (a file /arch saying which),
+/// pushed by digest into `repo`: (image ID, manifest size, manifest digest).
+fn push_arch_image(repo: &str, arch: &str, variant: Option<&str>) -> (String, usize, String) {
+    let text = format!("{arch}\n");
+    let tar = layer(&[L::File("arch", text.as_bytes(), 0o644)]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut config = serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]},
+        "history": [{"created_by": "flatcar-preload tests"}],
+    });
+    if let Some(v) = variant {
+        config["variant"] = v.into();
+    }
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_digest = push_blob(repo, &config);
+    let layer_digest = push_blob(repo, &gz);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": MANIFEST_V2,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": config.len(), "digest": config_digest},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": gz.len(), "digest": layer_digest}],
+    }))
+    .unwrap();
+    let (size, digest) = push_manifest(repo, &sha256(&manifest), MANIFEST_V2, &manifest);
+    (config_digest, size, digest)
+}
+
+/// A multi-platform image (linux/amd64 and linux/arm64 under one index)
+/// in the test registry: (reference, amd64 image ID, arm64 image ID).
+fn multi_arch_fixture() -> &'static (String, String, String) {
+    static F: OnceLock<(String, String, String)> = OnceLock::new();
+    F.get_or_init(|| {
+        let repo = "fp/multi";
+        let (amd_id, amd_size, amd_digest) = push_arch_image(repo, "amd64", None);
+        let (arm_id, arm_size, arm_digest) = push_arch_image(repo, "arm64", Some("v8"));
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": MANIFEST_LIST,
+            "manifests": [
+                {"mediaType": MANIFEST_V2, "size": amd_size, "digest": amd_digest,
+                 "platform": {"architecture": "amd64", "os": "linux"}},
+                {"mediaType": MANIFEST_V2, "size": arm_size, "digest": arm_digest,
+                 "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+            ],
+        }))
+        .unwrap();
+        push_manifest(repo, "1", MANIFEST_LIST, &index);
+        (format!("{}/{repo}:1", env().registry), amd_id, arm_id)
+    })
+}
+
+/// The `architecture` of image `id` in the image database of ROOT.
+fn stored_architecture(disk: &Path, id: &str) -> String {
+    let view = ext4_view(disk);
+    let p = format!(
+        "/var/lib/docker/image/overlay2/imagedb/content/sha256/{}",
+        id.trim_start_matches("sha256:")
+    );
+    let config: serde_json::Value = serde_json::from_slice(&view.read(p.as_str()).unwrap()).unwrap();
+    config["architecture"].as_str().unwrap().to_string()
+}
+
+/// The target platform: from --platform, from the EFI loader of the disk
+/// (an arm64 disk picks the arm64 image of a multi-platform index by
+/// itself), and a single-platform image of another platform refused
+/// unless --allow-platform-mismatch.
+#[test]
+fn platform_from_option_and_from_the_disk() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    let (multi, amd_id, arm_id) = multi_arch_fixture();
+    let tmp = user_dir();
+    let out = tmp.path().join("out.bin");
+    let o_ = out.to_str().unwrap();
+    let json = |o: &Output| -> serde_json::Value {
+        assert!(o.status.success(), "populate failed: {}", stderr(o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+
+    // --platform linux/arm64 on a disk that does not say (no ESP loader).
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let o = populate(&[disk.to_str().unwrap(), multi, "-o", o_, "--platform", "linux/arm64", "--json"]);
+    let s = json(&o);
+    assert_eq!(s["images"][0]["id"], arm_id.as_str(), "{s}");
+    assert_eq!(s["images"][0]["platform"], "linux/arm64", "{s}");
+    assert_eq!(s["platform"]["from"], "option", "{s}");
+    assert_eq!(stored_architecture(&out, arm_id), "arm64");
+    let text = with_real_docker(
+        &out,
+        &format!("docker image inspect -f 'ARCH {{{{.Os}}}}/{{{{.Architecture}}}} {{{{.Id}}}}' {multi}"),
+    );
+    assert_eq!(
+        text.matches(&format!("ARCH linux/arm64 {arm_id}")).count(),
+        env().target_dockers.len(),
+        "{text}"
+    );
+    fs::remove_file(&out).unwrap();
+
+    // A multi-platform image with no image for the platform asked for.
+    let before = file_digest(&disk);
+    let o = populate(&[disk.to_str().unwrap(), multi, "-o", o_, "--platform", "linux/s390x"]);
+    assert_clean_failure(&o, &disk, before, &out, "has no image for linux/s390x");
+    assert!(stderr(&o).contains("linux/amd64, linux/arm64"), "{}", stderr(&o));
+
+    // A disk whose ESP holds EFI/boot/bootaa64.efi: arm64 by itself.
+    let arm_dir = user_dir();
+    let arm_disk = disk_copy(&["--layout", "small", "--esp-loader", "bootaa64.efi"], arm_dir.path());
+    let a = arm_disk.to_str().unwrap();
+    let o = populate(&[a, multi, "-o", o_, "--json"]);
+    let s = json(&o);
+    assert_eq!(s["platform"]["target"], "linux/arm64", "{s}");
+    assert_eq!(s["platform"]["from"], "disk", "{s}");
+    assert_eq!(s["images"][0]["id"], arm_id.as_str(), "{s}");
+    assert_eq!(stored_architecture(&out, arm_id), "arm64");
+    assert_fsck_clean(&out);
+    fs::remove_file(&out).unwrap();
+
+    // An amd64-only image into the arm64 disk: refused naming both ...
+    let before = file_digest(&arm_disk);
+    let amd_only = &f.listed[0].0;
+    let o = populate(&[a, amd_only, "-o", o_]);
+    assert_clean_failure(&o, &arm_disk, before, &out, "--allow-platform-mismatch");
+    let err = stderr(&o);
+    assert!(err.contains("linux/amd64") && err.contains("linux/arm64"), "{err}");
+    assert!(err.contains(amd_only.as_str()), "{err}");
+    // ... unless allowed.
+    let o = populate(&[a, amd_only, "-o", o_, "--allow-platform-mismatch", "--json"]);
+    let s = json(&o);
+    assert_eq!(s["images"][0]["platform"], "linux/amd64", "{s}");
+    assert_eq!(s["images"][0]["id"], f.listed[0].1.as_str(), "{s}");
+    assert!(stderr(&o).contains("warning"), "{}", stderr(&o));
+    fs::remove_file(&out).unwrap();
+
+    // A disk that does not say and no --platform: the engine's platform
+    // (amd64 here), with a warning.
+    let o = populate(&[disk.to_str().unwrap(), multi, "-o", o_, "--json"]);
+    let s = json(&o);
+    assert_eq!(s["platform"]["from"], "engine", "{s}");
+    assert_eq!(s["images"][0]["id"], amd_id.as_str(), "{s}");
+    assert!(stderr(&o).contains("cannot tell the platform"), "{}", stderr(&o));
+    assert_eq!(leftovers(), "");
+}
