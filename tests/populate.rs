@@ -1221,25 +1221,46 @@ fn root_holds(disk: &Path, needle: &[u8]) -> bool {
     }
 }
 
-/// `docker inspect` of the containers of the run `run_id` and of every
-/// exec they ran, as one text.
-fn inspect_run(run_label: &str) -> String {
-    let ids = docker_out(&["ps", "-aq", "--filter", &format!("label={run_label}")]);
+/// What Docker shows of the run labelled `run_label` that started at
+/// `since` (unix seconds): `docker inspect` of its containers, its events
+/// (which name each exec's command line) and the inspect of every exec
+/// (finished execs are no longer listed by their container, but the
+/// daemon keeps them for inspection; their IDs are in the events).
+fn inspect_run(run_label: &str, since: u64) -> String {
     let mut text = String::new();
-    for id in ids.lines() {
-        let c = docker_out(&["inspect", id]);
-        let v: serde_json::Value = serde_json::from_str(&c).unwrap();
-        for exec in v[0]["ExecIDs"].as_array().into_iter().flatten() {
-            let sock = env().docker_host.trim_start_matches("unix://").to_string();
+    for id in docker_out(&["ps", "-aq", "--filter", &format!("label={run_label}")]).lines() {
+        text.push_str(&docker_out(&["inspect", id]));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let events = docker_out(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &now.to_string(),
+        "--filter",
+        &format!("label={run_label}"),
+        "--format",
+        "{{json .}}",
+    ]);
+    let sock = env().docker_host.trim_start_matches("unix://").to_string();
+    for line in events.lines() {
+        let ev: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(exec) = ev["Actor"]["Attributes"]["execID"].as_str() {
             text.push_str(&run_ok(Command::new("curl").args([
                 "-sS",
+                "-f",
                 "--unix-socket",
                 &sock,
-                &format!("http://docker/exec/{}/json", exec.as_str().unwrap()),
+                &format!("http://docker/exec/{exec}/json"),
             ])));
         }
-        text.push_str(&c);
     }
+    text.push_str(&events);
     text
 }
 
@@ -1325,6 +1346,11 @@ fn private_registry_with_tls_and_login() {
         format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}", reg.host),
     )
     .unwrap();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
     let o = populate_env(
         &[("DOCKER_CONFIG", cfg_dir.to_str().unwrap())],
         &[d, &image, "-o", o_, "--registry-certs", c_, "--json", "--keep-dind"],
@@ -1332,7 +1358,7 @@ fn private_registry_with_tls_and_login() {
     let kept = stderr(&o)
         .lines()
         .find_map(|l| l.strip_prefix("keeping containers "))
-        .and_then(|l| l.split(',').next())
+        .and_then(|l| l.split([',', ' ']).next())
         .map(|c| c.trim().to_string());
     if let Some(c) = &kept {
         let run_id = docker_out(&[
@@ -1342,8 +1368,12 @@ fn private_registry_with_tls_and_login() {
             c,
         ]);
         let label = format!("org.flatcar-preload.run={run_id}");
-        let inspected = inspect_run(&label);
-        assert!(inspected.contains("__pull"), "no exec of the pull:\n{inspected}");
+        let inspected = inspect_run(&label, since);
+        assert!(
+            inspected.contains("\"ProcessConfig\"") && inspected.contains("__pull"),
+            "no exec of the pull:\n{inspected}\n{}",
+            stderr(&o)
+        );
         no_secret_in("docker inspect of the run's containers and execs", &inspected);
         for c in docker_out(&["ps", "-aq", "--filter", &format!("label={label}")]).lines() {
             docker(&["rm", "-f", "-v", c]);

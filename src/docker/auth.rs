@@ -186,6 +186,15 @@ impl ClientConfig {
         let text = match std::fs::read(&wanted) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => None,
+            // As the CLI's LoadDefaultConfigFile: the default file that
+            // cannot be read is a warning, and no configuration.
+            Err(e) if explicit.is_none() => {
+                eprintln!(
+                    "warning: cannot read the docker client configuration {}: {e}; pulling without its credentials",
+                    wanted.display()
+                );
+                None
+            }
             Err(e) => {
                 return Err(e).with_context(|| {
                     format!(

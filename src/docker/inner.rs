@@ -107,6 +107,7 @@ fn to_bollard(c: &Credentials) -> DockerCredentials {
         username: c.username.clone(),
         password: c.password.clone(),
         identitytoken: c.identity_token.clone(),
+        registrytoken: c.registry_token.clone(),
         serveraddress: Some(c.server_address.clone()),
         ..Default::default()
     }
