@@ -413,8 +413,10 @@ impl Seek for Volume<'_, '_> {
     }
 }
 
+// The fixture ESP writer the integration tests use too.
 #[cfg(test)]
 #[path = "../../tests/common/esp.rs"]
+#[allow(dead_code)]
 mod fixture;
 
 #[cfg(test)]

@@ -165,3 +165,28 @@ pub fn write_esp(disk: &Path, fat: Fat, dirs: (&str, &str), loaders: &[&str], di
         );
     }
 }
+
+/// The names of the files in `EFI/boot` of the ESP of `disk`, sorted
+/// (panics unless the ESP is FAT with that directory).
+pub fn loader_names(disk: &Path) -> Vec<String> {
+    let (start, len) = esp_range(disk);
+    let win = Window {
+        f: File::open(disk).unwrap(),
+        start,
+        len,
+        pos: 0,
+    };
+    let fs = fatfs::FileSystem::new(win, fatfs::FsOptions::new()).expect("p1 holds no FAT");
+    let boot = fs
+        .root_dir()
+        .open_dir("EFI/boot")
+        .expect("no EFI/boot on p1");
+    let mut names: Vec<String> = boot
+        .iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.is_file())
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    names
+}
