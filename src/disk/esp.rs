@@ -557,7 +557,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_file_is_an_error() {
+    fn unreadable_input_is_an_error() {
         let err = detect_platform(Path::new("/nonexistent/disk.bin")).unwrap_err();
         assert!(
             format!("{err:#}").contains("/nonexistent/disk.bin"),
@@ -605,7 +605,7 @@ mod tests {
     }
 
     #[test]
-    fn compressed_and_qcow2_copies_give_the_same_answer() {
+    fn compressed_qcow2_and_vmdk_copies_give_the_same_answer() {
         let dir = tempfile::tempdir().unwrap();
         let disk = esp_disk(dir.path(), Fat::Fat32, ("EFI", "boot"), &["bootaa64.efi"]);
         let raw = std::fs::read(&disk).unwrap();
@@ -617,18 +617,22 @@ mod tests {
         let zst = dir.path().join("disk.bin.zst");
         std::fs::write(&zst, zstd::encode_all(&raw[..], 1).unwrap()).unwrap();
         let mut inputs = vec![gz, zst];
-        let qcow2 = dir.path().join("disk.qcow2");
-        match std::process::Command::new("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "qcow2"])
-            .arg(&disk)
-            .arg(&qcow2)
-            .status()
-        {
-            Ok(st) if st.success() => inputs.push(qcow2),
-            _ if std::env::var_os("CI").is_some_and(|v| v == "true") => {
-                panic!("qemu-img convert failed in CI")
+        for format in ["qcow2", "vmdk"] {
+            let out = dir.path().join(format!("disk.{format}"));
+            match std::process::Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", format])
+                .arg(&disk)
+                .arg(&out)
+                .status()
+            {
+                Ok(st) if st.success() => inputs.push(out),
+                _ if std::env::var_os("CI").is_some_and(|v| v == "true") => {
+                    panic!("qemu-img convert to {format} failed in CI")
+                }
+                _ => {
+                    eprintln!("SKIPPED the {format} case: qemu-img (qemu-utils) is not usable here")
+                }
             }
-            _ => eprintln!("SKIPPED the qcow2 case: qemu-img (qemu-utils) is not usable here"),
         }
         for input in inputs {
             let before = digest(&input);
