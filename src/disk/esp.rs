@@ -229,14 +229,18 @@ impl<'a> Image<'a> {
             Err(gptman::Error::Io(e)) if e.kind() != io::ErrorKind::UnexpectedEof => {
                 return Err(e).with_context(|| format!("reading {}", self.path.display()))
             }
-            Err(e) => return Ok(Err(format!("it has no valid GPT partition table ({e})"))),
+            Err(e) => {
+                return Ok(Err(format!(
+                    "the disk image has no valid GPT partition table ({e})"
+                )))
+            }
         };
         let Some((number, p)) = gpt
             .iter()
             .find(|(_, p)| p.is_used() && guid_to_string(&p.partition_type_guid) == ESP_TYPE_GUID)
         else {
             return Ok(Err(format!(
-                "it has no EFI system partition (type {ESP_TYPE_GUID})"
+                "the disk image has no EFI system partition (type {ESP_TYPE_GUID})"
             )));
         };
         let range = p
@@ -250,12 +254,12 @@ impl<'a> Image<'a> {
             });
         let Some((start, len, end)) = range else {
             return Ok(Err(format!(
-                "its EFI system partition (partition {number}) has an impossible extent"
+                "the EFI system partition (partition {number}) has an impossible extent"
             )));
         };
         if disk_len.is_some_and(|l| end > l) {
             return Ok(Err(format!(
-                "its EFI system partition (partition {number}) ends past the end of the file"
+                "the EFI system partition (partition {number}) ends past the end of the disk image"
             )));
         }
         Ok(Ok((start, len)))
