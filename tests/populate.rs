@@ -1604,7 +1604,7 @@ fn platform_from_option_and_from_the_disk() {
 
     // A disk whose ESP holds EFI/boot/bootaa64.efi: arm64 by itself.
     let arm_dir = user_dir();
-    let arm_disk = disk_copy(&["--layout", "small", "--esp-loader", "bootaa64.efi"], arm_dir.path());
+    let arm_disk = disk_copy_with_esp(&["--layout", "small"], &["bootaa64.efi"], arm_dir.path());
     let a = arm_disk.to_str().unwrap();
     let o = populate(&[a, multi, "-o", o_, "--json"]);
     let s = json(&o);

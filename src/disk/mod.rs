@@ -1,6 +1,6 @@
 //! The disk image: finding Flatcar's ROOT partition in its GPT, making the
 //! output file (published only when complete), input formats (`copy`) and
-//! growing (`grow`).
+//! growing (`grow`), and the platform it is built for (`esp`).
 
 mod copy;
 pub(crate) mod esp;

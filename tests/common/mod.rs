@@ -3,6 +3,8 @@
 //! (ext4-view, debugfs, the kernel through a read-only loop mount).
 #![allow(dead_code)]
 
+pub mod esp;
+
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -61,6 +63,18 @@ pub fn disk_copy(args: &[&str], dir: &Path) -> PathBuf {
         .unwrap();
     assert!(st.success());
     dst
+}
+
+/// A private sparse copy of a fixture in `dir` whose ESP (p1) is a FAT
+/// filesystem (label EFI-SYSTEM, FAT type chosen by size as mkfs.fat does)
+/// holding `EFI/boot/NAME` for each of `loaders` (none: an ESP without a
+/// loader), as Flatcar's amd64 image has `bootx64.efi` and its arm64 image
+/// `bootaa64.efi`. Formatted with the fatfs crate: no root, loop device,
+/// mkfs.fat or mtools needed.
+pub fn disk_copy_with_esp(args: &[&str], loaders: &[&str], dir: &Path) -> PathBuf {
+    let disk = disk_copy(args, dir);
+    esp::write_esp(&disk, esp::Fat::Auto, ("EFI", "boot"), loaders, false);
+    disk
 }
 
 pub fn root(disk: &Path) -> RootPartition {
