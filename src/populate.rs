@@ -240,6 +240,8 @@ struct Run<'a> {
     res: Resources,
     /// Credentials and certificates for the pull.
     access: RegistryAccess,
+    /// Set once the pull helper has read the manifest of every image.
+    manifests_read: tokio::sync::watch::Sender<bool>,
     platform: TargetPlatform,
     /// The private directory of the export socket (bind-mounted into the
     /// dind); None forces the attach stream.
@@ -312,6 +314,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         socket_dir: None,
         access,
         platform,
+        manifests_read: tokio::sync::watch::Sender::new(false),
     };
     let result = populate(&mut run, start).await;
     let Run { engine, res, .. } = run;
@@ -381,8 +384,11 @@ async fn populate(run: &mut Run<'_>, origin: Instant) -> Result<Summary> {
 }
 
 /// Pulls (see [`pull_store`]) and makes the output (see [`make_output`])
-/// at the same time: neither needs the other. The first to fail stops the
-/// other, and its error is returned.
+/// at the same time: neither needs the other. The output is only started
+/// once the registries have answered for every image, so that a run that
+/// cannot pull (a wrong password, an untrusted certificate, another
+/// platform) writes nothing. The first to fail stops the other, and its
+/// error is returned.
 async fn pull_beside_copy(
     run: &mut Run<'_>,
     clock: &Clock,
@@ -399,7 +405,18 @@ async fn pull_beside_copy(
             both.cancel();
         }
     };
-    let copy = clock.time(Phase::Copy, make_output(cfg, both.clone()));
+    let mut checked = run.manifests_read.subscribe();
+    let copy = async {
+        // Nothing is written before the registries have answered for every
+        // image (logins, certificates, platforms).
+        let answered = checked.wait_for(|read| *read);
+        if both.run_until_cancelled(answered).await.is_none() {
+            bail!("interrupted");
+        }
+        clock
+            .time(Phase::Copy, make_output(cfg, both.clone()))
+            .await
+    };
     let pull = async {
         let r = pull_store(run, clock, memory_cap).await;
         failing(r.is_err(), 0);
@@ -693,6 +710,9 @@ async fn pull(run: &Run<'_>) -> Result<Vec<PulledImage>> {
                 ));
             }
             Ok(PullEvent::Warning { message, .. }) => progress.warn(&message),
+            Ok(PullEvent::Checked) => {
+                run.manifests_read.send_replace(true);
+            }
             Err(_) => eprintln!("dind: {line}"),
         }
     });

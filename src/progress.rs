@@ -123,6 +123,7 @@ pub struct Pulls {
     names: Vec<String>,
     layers: Vec<std::collections::HashMap<String, (u64, u64)>>,
     start: Instant,
+    failed: usize,
 }
 
 impl Pulls {
@@ -156,6 +157,7 @@ impl Pulls {
             names: names.to_vec(),
             layers: vec![Default::default(); names.len()],
             start: Instant::now(),
+            failed: 0,
         }
     }
 
@@ -200,6 +202,7 @@ impl Pulls {
     }
 
     pub fn failed(&mut self, i: usize, msg: &str) {
+        self.failed += 1;
         match self.bars.get(i) {
             Some(Some(b)) => b.abandon_with_message("failed"),
             _ => eprintln!(
@@ -213,10 +216,12 @@ impl Pulls {
         if let Some(m) = &self.multi {
             let _ = m.clear();
         }
-        eprintln!(
-            "pulled {} image(s) in {:.1} s",
-            self.names.len(),
-            self.start.elapsed().as_secs_f64()
-        );
+        if self.failed == 0 {
+            eprintln!(
+                "pulled {} image(s) in {:.1} s",
+                self.names.len(),
+                self.start.elapsed().as_secs_f64()
+            );
+        }
     }
 }

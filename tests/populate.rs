@@ -1419,6 +1419,7 @@ fn private_registry_with_tls_and_login() {
     );
     assert_clean_failure(&o, &disk, before, &out, &image);
     let err = stderr(&o);
+    eprintln!("a wrong password:\n{err}");
     assert!(err.contains(&format!("registry {}", reg.host)), "{err}");
     assert!(!err.contains("wrong-password") && !err.contains(&wrong), "{err}");
 
@@ -1429,6 +1430,7 @@ fn private_registry_with_tls_and_login() {
     );
     assert_clean_failure(&o, &disk, before, &out, &image);
     let err = stderr(&o);
+    eprintln!("no CA:\n{err}");
     assert!(err.contains("certificate"), "{err}");
     assert!(err.contains(&format!("{}/ca.crt", reg.host)), "{err}");
     no_secret_in("the output of a failed run", &err);

@@ -39,6 +39,9 @@ pub enum PullEvent {
         image: usize,
         message: String,
     },
+    /// The manifest of every image is read: the registries accept the
+    /// credentials and certificates, and each image has the platform.
+    Checked,
     /// Something the user should know that does not stop the pull.
     Warning {
         image: usize,
@@ -170,14 +173,14 @@ fn choose_platform(
     let has: Vec<String> = m.platforms.iter().map(Platform::to_string).collect();
     if m.index {
         bail!(
-            "{r} has no image for {want} (it has {}); pass --platform to choose one of those",
+            "its index has no image for {want} (it has {}); pass --platform to choose one of those",
             has.join(", ")
         );
     }
     let own = m.platforms[0].clone();
     if !allow_mismatch {
         bail!(
-            "{r} is a {own} image only, but the target platform is {want}: it could not run there; \
+            "it is a {own} image only, but the target platform is {want}: it could not run there; \
              pass --allow-platform-mismatch to preload it anyway"
         );
     }
@@ -239,7 +242,7 @@ async fn pull_one(
         image.variant.as_deref(),
     );
     if !platform.accepts(&got) {
-        bail!("{r} was pulled as a {got} image, not the {platform} one asked for");
+        bail!("it was pulled as a {got} image, not the {platform} one asked for");
     }
     // name:tag@digest pulls by digest, which leaves the image untagged.
     if let (Some(_), Some(tag)) = (&r.digest, &r.tag) {
@@ -315,6 +318,7 @@ pub async fn pull_images(socket: &str, req: &PullRequest) -> Result<()> {
     if chosen.iter().any(Option::is_none) {
         bail!("some images cannot be pulled");
     }
+    emit(&PullEvent::Checked);
     let pulled = each_ref(&req.refs, req.jobs, |i, r| {
         let (docker, platform) = (&docker, chosen[i].as_ref().expect("checked above"));
         async move {
