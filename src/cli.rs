@@ -32,7 +32,7 @@ pub enum Command {
     /// Pull container images in a docker:dind container and write its
     /// image store into ROOT (/var/lib/docker), ready for Docker at first
     /// boot.
-    Populate(PopulateArgs),
+    Populate(Box<PopulateArgs>),
     /// (internal) Runs inside the dind container: pulls images through the
     /// inner daemon's socket, reporting progress as JSON lines.
     #[command(name = "__pull", hide = true)]

@@ -30,8 +30,8 @@ use crate::docker::{
     DindNetwork, DindSpec, Engine, ExportVia, RegistryAccess, RegistryOptions, StoreMount,
     HELPER_PATH, INNER_SOCKET,
 };
-use crate::platform::Platform;
 use crate::ext4::{self, Need};
+use crate::platform::Platform;
 use crate::progress::{Bar, Pulls, ReadProgress};
 use crate::store::{self, CONTAINERD_ROOT, DOCKER_ROOT, REPOSITORIES};
 use crate::unpack::{open_archive, Input, OutputMode, Space};
@@ -678,8 +678,11 @@ async fn pull(run: &Run<'_>) -> Result<Vec<PulledImage>> {
     let mut pulled = vec![None; names.len()];
     let mut failures = vec![];
     let mut progress = Pulls::new(&names);
-    let follow = engine.exec_lines(&dind, &cmd, Some(&secrets), |line| {
-        match serde_json::from_str::<PullEvent>(line) {
+    let follow = engine.exec_lines(
+        &dind,
+        &cmd,
+        Some(&secrets),
+        |line| match serde_json::from_str::<PullEvent>(line) {
             Ok(PullEvent::Layer {
                 image,
                 layer,
@@ -714,8 +717,8 @@ async fn pull(run: &Run<'_>) -> Result<Vec<PulledImage>> {
                 run.manifests_read.send_replace(true);
             }
             Err(_) => eprintln!("dind: {line}"),
-        }
-    });
+        },
+    );
     let finished = run.or_cancel(follow).await?;
     progress.finish();
     if !failures.is_empty() {

@@ -1011,6 +1011,63 @@ fn local_inputs_fail_before_the_engine() {
         err.contains("line 3") && !err.contains("Docker engine"),
         "{err}"
     );
+    // Registry settings are local inputs too.
+    let missing_cfg = tmp.path().join("no-config.json");
+    let err = run_with(
+        &nowhere,
+        &disk,
+        &[
+            "busybox".as_ref(),
+            "--registry-config".as_ref(),
+            missing_cfg.as_os_str(),
+        ],
+    );
+    assert!(
+        err.contains("no-config.json") && !err.contains("Docker engine"),
+        "{err}"
+    );
+    let helper_cfg = tmp.path().join("helper.json");
+    fs::write(&helper_cfg, r#"{"credsStore":"fp-absent-helper"}"#).unwrap();
+    let err = run_with(
+        &nowhere,
+        &disk,
+        &[
+            "busybox".as_ref(),
+            "--registry-config".as_ref(),
+            helper_cfg.as_os_str(),
+        ],
+    );
+    assert!(
+        err.contains("docker-credential-fp-absent-helper")
+            && err.contains("PATH")
+            && !err.contains("Docker engine"),
+        "{err}"
+    );
+    let err = run_with(
+        &nowhere,
+        &disk,
+        &[
+            "busybox".as_ref(),
+            "--registry-certs".as_ref(),
+            missing_cfg.as_os_str(),
+        ],
+    );
+    assert!(
+        err.contains("--registry-certs") && !err.contains("Docker engine"),
+        "{err}"
+    );
+    for (flag, bad) in [
+        ("--registry-mirror", "mirror.local"),
+        ("--insecure-registry", "http://r.local"),
+        ("--platform", "arm64"),
+    ] {
+        let err = run_with(
+            &nowhere,
+            &disk,
+            &["busybox".as_ref(), flag.as_ref(), bad.as_ref()],
+        );
+        assert!(err.contains(bad) && !err.contains("Docker engine"), "{err}");
+    }
     // Good local inputs: only now is the engine contacted.
     let err = run_with(&nowhere, &disk, &busybox);
     assert!(err.contains("no-engine.sock"), "{err}");
@@ -1094,17 +1151,49 @@ impl TlsRegistry {
             run_ok(Command::new("openssl").args(args).current_dir(d));
         };
         ssl(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.crt", "-days", "2", "-subj", "/CN=flatcar-preload test CA",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=flatcar-preload test CA",
         ]);
         ssl(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-            "server.csr", "-subj", "/CN=fp-tls-registry",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=fp-tls-registry",
         ]);
         fs::write(d.join("san.ext"), format!("subjectAltName=IP:{ip}\n")).unwrap();
         ssl(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
         ]);
         let hash = bcrypt::hash(REG_PASSWORD, 5).unwrap();
         fs::write(d.join("htpasswd"), format!("{REG_USER}:{hash}\n")).unwrap();
@@ -1187,7 +1276,10 @@ fn base64(b: &[u8]) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();
     for c in b.chunks(3) {
-        let n = c.iter().enumerate().fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
         for i in 0..4 {
             if i <= c.len() {
                 s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -1286,7 +1378,10 @@ fn private_registry_with_tls_and_login() {
     let secrets = [REG_PASSWORD.to_string(), auth.clone()];
     let no_secret_in = |what: &str, text: &str| {
         for s in &secrets {
-            assert!(!text.contains(s.as_str()), "a credential shows in {what}:\n{text}");
+            assert!(
+                !text.contains(s.as_str()),
+                "a credential shows in {what}:\n{text}"
+            );
         }
     };
     let write = |name: &str, text: &str| {
@@ -1327,7 +1422,10 @@ fn private_registry_with_tls_and_login() {
         assert_eq!(summary["images"][0]["reference"], image.as_str(), "{how}");
         assert_fsck_clean(&out);
         for s in &secrets {
-            assert!(!root_holds(&out, s.as_bytes()), "{how}: ROOT holds a credential");
+            assert!(
+                !root_holds(&out, s.as_bytes()),
+                "{how}: ROOT holds a credential"
+            );
         }
         assert!(
             !root_holds(&out, b"BEGIN CERTIFICATE"),
@@ -1353,7 +1451,16 @@ fn private_registry_with_tls_and_login() {
         - 1;
     let o = populate_env(
         &[("DOCKER_CONFIG", cfg_dir.to_str().unwrap())],
-        &[d, &image, "-o", o_, "--registry-certs", c_, "--json", "--keep-dind"],
+        &[
+            d,
+            &image,
+            "-o",
+            o_,
+            "--registry-certs",
+            c_,
+            "--json",
+            "--keep-dind",
+        ],
     );
     let kept = stderr(&o)
         .lines()
@@ -1374,11 +1481,15 @@ fn private_registry_with_tls_and_login() {
             "no exec of the pull:\n{inspected}\n{}",
             stderr(&o)
         );
-        no_secret_in("docker inspect of the run's containers and execs", &inspected);
+        no_secret_in(
+            "docker inspect of the run's containers and execs",
+            &inspected,
+        );
         for c in docker_out(&["ps", "-aq", "--filter", &format!("label={label}")]).lines() {
             docker(&["rm", "-f", "-v", c]);
         }
-        for v in docker_out(&["volume", "ls", "-q", "--filter", &format!("label={label}")]).lines() {
+        for v in docker_out(&["volume", "ls", "-q", "--filter", &format!("label={label}")]).lines()
+        {
             docker(&["volume", "rm", v]);
         }
     }
@@ -1389,7 +1500,17 @@ fn private_registry_with_tls_and_login() {
     let store_cfg = write("store.json", "{\"credsStore\":\"fptest\"}");
     let o = populate_env(
         &[("PATH", &path)],
-        &[d, &image, "-o", o_, "--registry-certs", c_, "--json", "--registry-config", store_cfg.to_str().unwrap()],
+        &[
+            d,
+            &image,
+            "-o",
+            o_,
+            "--registry-certs",
+            c_,
+            "--json",
+            "--registry-config",
+            store_cfg.to_str().unwrap(),
+        ],
     );
     check_ok(&o, "credsStore");
 
@@ -1404,24 +1525,49 @@ fn private_registry_with_tls_and_login() {
     );
     let o = populate_env(
         &[("PATH", &path)],
-        &[d, &image, "-o", o_, "--registry-certs", c_, "--json", "--registry-config", helpers_cfg.to_str().unwrap()],
+        &[
+            d,
+            &image,
+            "-o",
+            o_,
+            "--registry-certs",
+            c_,
+            "--json",
+            "--registry-config",
+            helpers_cfg.to_str().unwrap(),
+        ],
     );
     check_ok(&o, "credHelpers");
 
     // 4. A wrong password: fails naming the registry and the image.
     let wrong_cfg = write(
         "wrong.json",
-        &format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{wrong}\"}}}}}}", reg.host),
+        &format!(
+            "{{\"auths\":{{\"{}\":{{\"auth\":\"{wrong}\"}}}}}}",
+            reg.host
+        ),
     );
     let o = populate_env(
         &[],
-        &[d, &image, "-o", o_, "--registry-certs", c_, "--registry-config", wrong_cfg.to_str().unwrap()],
+        &[
+            d,
+            &image,
+            "-o",
+            o_,
+            "--registry-certs",
+            c_,
+            "--registry-config",
+            wrong_cfg.to_str().unwrap(),
+        ],
     );
     assert_clean_failure(&o, &disk, before, &out, &image);
     let err = stderr(&o);
     eprintln!("a wrong password:\n{err}");
     assert!(err.contains(&format!("registry {}", reg.host)), "{err}");
-    assert!(!err.contains("wrong-password") && !err.contains(&wrong), "{err}");
+    assert!(
+        !err.contains("wrong-password") && !err.contains(&wrong),
+        "{err}"
+    );
 
     // 5. The CA missing: the certificate problem is named.
     let o = populate_env(
@@ -1456,7 +1602,8 @@ fn push_blob(repo: &str, data: &[u8]) -> String {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("location").then(|| v.trim().to_string())
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_string())
         })
         .unwrap_or_else(|| panic!("no upload location:\n{head}"));
     let loc = if loc.starts_with('/') {
@@ -1469,7 +1616,14 @@ fn push_blob(repo: &str, data: &[u8]) -> String {
     fs::write(tmp.path(), data).unwrap();
     run_ok(
         Command::new("curl")
-            .args(["-sS", "-f", "-X", "PUT", "-H", "Content-Type: application/octet-stream"])
+            .args([
+                "-sS",
+                "-f",
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/octet-stream",
+            ])
             .arg("--data-binary")
             .arg(format!("@{}", tmp.path().display()))
             .arg(format!("{loc}{sep}digest={digest}")),
@@ -1488,7 +1642,10 @@ fn push_manifest(repo: &str, reference: &str, media_type: &str, body: &[u8]) -> 
             .arg(format!("Content-Type: {media_type}"))
             .arg("--data-binary")
             .arg(format!("@{}", tmp.path().display()))
-            .arg(format!("http://{}/v2/{repo}/manifests/{reference}", env().registry)),
+            .arg(format!(
+                "http://{}/v2/{repo}/manifests/{reference}",
+                env().registry
+            )),
     );
     (body.len(), sha256(body))
 }
@@ -1556,7 +1713,8 @@ fn stored_architecture(disk: &Path, id: &str) -> String {
         "/var/lib/docker/image/overlay2/imagedb/content/sha256/{}",
         id.trim_start_matches("sha256:")
     );
-    let config: serde_json::Value = serde_json::from_slice(&view.read(p.as_str()).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&view.read(p.as_str()).unwrap()).unwrap();
     config["architecture"].as_str().unwrap().to_string()
 }
 
@@ -1581,7 +1739,15 @@ fn platform_from_option_and_from_the_disk() {
 
     // --platform linux/arm64 on a disk that does not say (no ESP loader).
     let disk = disk_copy(&["--layout", "small"], tmp.path());
-    let o = populate(&[disk.to_str().unwrap(), multi, "-o", o_, "--platform", "linux/arm64", "--json"]);
+    let o = populate(&[
+        disk.to_str().unwrap(),
+        multi,
+        "-o",
+        o_,
+        "--platform",
+        "linux/arm64",
+        "--json",
+    ]);
     let s = json(&o);
     assert_eq!(s["images"][0]["id"], arm_id.as_str(), "{s}");
     assert_eq!(s["images"][0]["platform"], "linux/arm64", "{s}");
@@ -1589,7 +1755,9 @@ fn platform_from_option_and_from_the_disk() {
     assert_eq!(stored_architecture(&out, arm_id), "arm64");
     let text = with_real_docker(
         &out,
-        &format!("docker image inspect -f 'ARCH {{{{.Os}}}}/{{{{.Architecture}}}} {{{{.Id}}}}' {multi}"),
+        &format!(
+            "docker image inspect -f 'ARCH {{{{.Os}}}}/{{{{.Architecture}}}} {{{{.Id}}}}' {multi}"
+        ),
     );
     assert_eq!(
         text.matches(&format!("ARCH linux/arm64 {arm_id}")).count(),
@@ -1600,9 +1768,20 @@ fn platform_from_option_and_from_the_disk() {
 
     // A multi-platform image with no image for the platform asked for.
     let before = file_digest(&disk);
-    let o = populate(&[disk.to_str().unwrap(), multi, "-o", o_, "--platform", "linux/s390x"]);
+    let o = populate(&[
+        disk.to_str().unwrap(),
+        multi,
+        "-o",
+        o_,
+        "--platform",
+        "linux/s390x",
+    ]);
     assert_clean_failure(&o, &disk, before, &out, "has no image for linux/s390x");
-    assert!(stderr(&o).contains("linux/amd64, linux/arm64"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("linux/amd64, linux/arm64"),
+        "{}",
+        stderr(&o)
+    );
 
     // A disk whose ESP holds EFI/boot/bootaa64.efi: arm64 by itself.
     let arm_dir = user_dir();
@@ -1623,7 +1802,10 @@ fn platform_from_option_and_from_the_disk() {
     let o = populate(&[a, amd_only, "-o", o_]);
     assert_clean_failure(&o, &arm_disk, before, &out, "--allow-platform-mismatch");
     let err = stderr(&o);
-    assert!(err.contains("linux/amd64") && err.contains("linux/arm64"), "{err}");
+    assert!(
+        err.contains("linux/amd64") && err.contains("linux/arm64"),
+        "{err}"
+    );
     assert!(err.contains(amd_only.as_str()), "{err}");
     // ... unless allowed.
     let o = populate(&[a, amd_only, "-o", o_, "--allow-platform-mismatch", "--json"]);
@@ -1639,6 +1821,10 @@ fn platform_from_option_and_from_the_disk() {
     let s = json(&o);
     assert_eq!(s["platform"]["from"], "engine", "{s}");
     assert_eq!(s["images"][0]["id"], amd_id.as_str(), "{s}");
-    assert!(stderr(&o).contains("cannot tell the platform"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot tell the platform"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(leftovers(), "");
 }

@@ -186,7 +186,9 @@ fn choose_platform(
     }
     emit(&PullEvent::Warning {
         image: index,
-        message: format!("{r} is a {own} image only, preloaded for a {want} target (--allow-platform-mismatch)"),
+        message: format!(
+            "{r} is a {own} image only, preloaded for a {want} target (--allow-platform-mismatch)"
+        ),
     });
     Ok(own)
 }
@@ -301,12 +303,7 @@ pub async fn pull_images(socket: &str, req: &PullRequest) -> Result<()> {
         .negotiate_version()
         .await
         .context("talking to the inner dockerd")?;
-    let creds = |r: &ImageRef| {
-        req.secrets
-            .credentials
-            .get(r.registry())
-            .map(to_bollard)
-    };
+    let creds = |r: &ImageRef| req.secrets.credentials.get(r.registry()).map(to_bollard);
     let chosen = each_ref(&req.refs, req.jobs, |i, r| {
         let docker = &docker;
         async move {

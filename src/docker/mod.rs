@@ -412,10 +412,12 @@ impl Engine {
             ..Default::default()
         };
         self.create(name, body).await?;
-        self.upload(name, helper_tar()?, "the export helper").await?;
+        self.upload(name, helper_tar()?, "the export helper")
+            .await?;
         if let Some(files) = &spec.files {
             let chunks = vec![Bytes::copy_from_slice(files)];
-            self.upload(name, chunks, "the registry certificates").await?;
+            self.upload(name, chunks, "the registry certificates")
+                .await?;
         }
         self.docker
             .start_container(name, None)

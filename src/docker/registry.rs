@@ -145,7 +145,11 @@ impl RegistryOptions {
             .insecure
             .iter()
             .map(|i| format!("--insecure-registry={i}"))
-            .chain(self.mirrors.iter().map(|m| format!("--registry-mirror={m}")))
+            .chain(
+                self.mirrors
+                    .iter()
+                    .map(|m| format!("--registry-mirror={m}")),
+            )
             .collect();
         Ok(RegistryAccess {
             secrets,
@@ -234,7 +238,9 @@ fn read_certs(dir: &Path, hosts: &BTreeSet<&str>, explicit: bool) -> Result<Opti
     if !any {
         return Ok(None);
     }
-    Ok(Some(b.into_inner().context("making the certificates archive")?))
+    Ok(Some(
+        b.into_inner().context("making the certificates archive")?,
+    ))
 }
 
 #[cfg(test)]
@@ -243,15 +249,30 @@ mod tests {
 
     #[test]
     fn insecure_and_mirror_forms() {
-        for ok in ["registry.local:5000", "10.1.2.3", "10.0.0.0/8", "[::1]:5000", "fd00::/8"] {
+        for ok in [
+            "registry.local:5000",
+            "10.1.2.3",
+            "10.0.0.0/8",
+            "[::1]:5000",
+            "fd00::/8",
+        ] {
             check_insecure(ok).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
         }
         for bad in ["http://r:5000", "r/x", "10.0.0.0/200", "", "a b"] {
             assert!(check_insecure(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(mirror_host("https://mirror.local:5000/").unwrap(), "mirror.local:5000");
+        assert_eq!(
+            mirror_host("https://mirror.local:5000/").unwrap(),
+            "mirror.local:5000"
+        );
         assert_eq!(mirror_host("http://10.0.0.1").unwrap(), "10.0.0.1");
-        for bad in ["mirror.local", "https://", "https://m/v2", "https://u@m", "ftp://m"] {
+        for bad in [
+            "mirror.local",
+            "https://",
+            "https://m/v2",
+            "https://u@m",
+            "ftp://m",
+        ] {
             assert!(mirror_host(bad).is_err(), "{bad:?}");
         }
     }
@@ -281,7 +302,9 @@ mod tests {
                 "etc/docker/certs.d/reg.local:5443/ca.crt"
             ]
         );
-        assert!(read_certs(d.path(), &BTreeSet::from(["x"]), true).unwrap().is_none());
+        assert!(read_certs(d.path(), &BTreeSet::from(["x"]), true)
+            .unwrap()
+            .is_none());
         std::fs::write(reg.join("client.cert"), b"C").unwrap();
         let e = read_certs(d.path(), &hosts, true).unwrap_err();
         assert!(format!("{e:#}").contains("client.key"), "{e:#}");
