@@ -1496,70 +1496,40 @@ fn private_registry_with_tls_and_login() {
     check_ok(&o, "auths");
     assert!(kept.is_some(), "no kept container named:\n{}", stderr(&o));
 
+    // `populate DISK IMAGE -o OUT --registry-certs CERTS --registry-config
+    // CONFIG` with the helper on PATH.
+    let with_config = |config: &Path| {
+        let config = config.to_str().unwrap();
+        let args = [d, &image, "-o", o_, "--registry-certs", c_, "--json"];
+        populate_env(
+            &[("PATH", &path)],
+            &[&args[..], &["--registry-config", config]].concat(),
+        )
+    };
+
     // 2. A credential store (credsStore) helper, config from --registry-config.
-    let store_cfg = write("store.json", "{\"credsStore\":\"fptest\"}");
-    let o = populate_env(
-        &[("PATH", &path)],
-        &[
-            d,
-            &image,
-            "-o",
-            o_,
-            "--registry-certs",
-            c_,
-            "--json",
-            "--registry-config",
-            store_cfg.to_str().unwrap(),
-        ],
-    );
+    let o = with_config(&write("store.json", "{\"credsStore\":\"fptest\"}"));
     check_ok(&o, "credsStore");
 
     // 3. credHelpers for this host only: it wins over a wrong `auths` entry.
     let wrong = base64(format!("{REG_USER}:wrong-password").as_bytes());
-    let helpers_cfg = write(
+    let o = with_config(&write(
         "helpers.json",
         &format!(
             "{{\"auths\":{{\"{h}\":{{\"auth\":\"{wrong}\"}}}},\"credHelpers\":{{\"{h}\":\"fptest\"}}}}",
             h = reg.host
         ),
-    );
-    let o = populate_env(
-        &[("PATH", &path)],
-        &[
-            d,
-            &image,
-            "-o",
-            o_,
-            "--registry-certs",
-            c_,
-            "--json",
-            "--registry-config",
-            helpers_cfg.to_str().unwrap(),
-        ],
-    );
+    ));
     check_ok(&o, "credHelpers");
 
     // 4. A wrong password: fails naming the registry and the image.
-    let wrong_cfg = write(
+    let o = with_config(&write(
         "wrong.json",
         &format!(
             "{{\"auths\":{{\"{}\":{{\"auth\":\"{wrong}\"}}}}}}",
             reg.host
         ),
-    );
-    let o = populate_env(
-        &[],
-        &[
-            d,
-            &image,
-            "-o",
-            o_,
-            "--registry-certs",
-            c_,
-            "--registry-config",
-            wrong_cfg.to_str().unwrap(),
-        ],
-    );
+    ));
     assert_clean_failure(&o, &disk, before, &out, &image);
     let err = stderr(&o);
     eprintln!("a wrong password:\n{err}");
