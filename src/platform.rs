@@ -42,11 +42,9 @@ impl Platform {
         }
     }
 
-    /// The platform Docker means by an engine's `OSType` and
-    /// `Architecture` (`docker info`).
-    pub fn of_engine(os: &str, architecture: &str) -> Platform {
-        let os = if os.is_empty() { "linux" } else { os };
-        Platform::new(os, architecture, None)
+    /// The platform of this machine (and of this build of the tool).
+    pub fn of_host() -> Platform {
+        Platform::new("linux", std::env::consts::ARCH, None)
     }
 
     /// Whether an image of platform `image` is what `self` asks for: the
@@ -118,12 +116,9 @@ mod tests {
             assert!(bad.parse::<Platform>().is_err(), "{bad:?}");
         }
         assert_eq!(
-            Platform::of_engine("linux", "x86_64").to_string(),
-            "linux/amd64"
-        );
-        assert_eq!(
-            Platform::of_engine("", "aarch64").to_string(),
+            Platform::new("linux", "aarch64", None).to_string(),
             "linux/arm64"
         );
+        assert_eq!(Platform::of_host().os, "linux");
     }
 }

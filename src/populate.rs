@@ -54,7 +54,7 @@ pub struct PopulateConfig {
     pub store_memory_cap: Option<u64>,
     pub jobs: usize,
     pub registry: RegistryOptions,
-    /// --platform (None: the disk's, else the engine's).
+    /// --platform (None: the disk's, else this machine's).
     pub platform: Option<Platform>,
     pub allow_platform_mismatch: bool,
 }
@@ -64,16 +64,16 @@ pub struct PopulateConfig {
 pub struct TargetPlatform {
     /// os/arch[/variant]
     pub target: String,
-    /// "option" (--platform), "disk" (the EFI loader of DISK) or "engine"
-    /// (the Docker engine's, when the disk's could not be read).
+    /// "option" (--platform), "disk" (the EFI loader of DISK) or "host"
+    /// (this machine's, when the disk's could not be read; the engine runs
+    /// on the same, see [`Engine::check_arch`]).
     pub from: &'static str,
 }
 
 /// What the local inputs gave: checked before any engine is contacted.
 struct Local {
     access: RegistryAccess,
-    /// None: to be taken from the engine (`reason` says why).
-    platform: std::result::Result<TargetPlatform, String>,
+    platform: TargetPlatform,
 }
 
 /// Where the inner daemon's store lives while pulling.
@@ -279,17 +279,6 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
     // fails before any engine is contacted.
     let Local { access, platform } = check_local_inputs(cfg)?;
     let engine = Engine::connect().await?;
-    let platform = platform.unwrap_or_else(|reason| {
-        let target = engine.platform().to_string();
-        eprintln!(
-            "warning: cannot tell the platform of {} ({reason}): pulling for the Docker engine's, {target}; pass --platform to choose",
-            cfg.disk.display()
-        );
-        TargetPlatform {
-            target,
-            from: "engine",
-        }
-    });
     let spec = DindSpec {
         image: cfg.dind_image.clone(),
         network: cfg.dind_network.clone(),
@@ -618,14 +607,27 @@ fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     }
     let access = cfg.registry.prepare(&cfg.images)?;
     let platform = match &cfg.platform {
-        Some(p) => Ok(TargetPlatform {
+        Some(p) => TargetPlatform {
             target: p.to_string(),
             from: "option",
-        }),
-        None => disk::esp::detect_platform(&cfg.disk)?.map(|p| TargetPlatform {
-            target: p.to_string(),
-            from: "disk",
-        }),
+        },
+        None => match disk::esp::detect_platform(&cfg.disk)? {
+            Ok(p) => TargetPlatform {
+                target: p.to_string(),
+                from: "disk",
+            },
+            Err(reason) => {
+                let target = Platform::of_host().to_string();
+                eprintln!(
+                    "warning: cannot tell the platform of {} ({reason}): pulling for this machine's, {target}; pass --platform to choose",
+                    cfg.disk.display()
+                );
+                TargetPlatform {
+                    target,
+                    from: "host",
+                }
+            }
+        },
     };
     Ok(Local { access, platform })
 }
@@ -792,7 +794,7 @@ fn registry_hint(run: &Run<'_>, r: &ImageRef, message: &str) -> Option<String> {
             match run.platform.from {
                 "option" => "--platform".to_string(),
                 "disk" => format!("the EFI loader of {}", run.cfg.disk.display()),
-                _ => "the Docker engine".to_string(),
+                _ => "this machine (the disk image does not say)".to_string(),
             }
         ));
     }

@@ -1785,11 +1785,11 @@ fn platform_from_option_and_from_the_disk() {
     assert!(stderr(&o).contains("warning"), "{}", stderr(&o));
     fs::remove_file(&out).unwrap();
 
-    // A disk that does not say and no --platform: the engine's platform
+    // A disk that does not say and no --platform: this machine's platform
     // (amd64 here), with a warning.
     let o = populate(&[disk.to_str().unwrap(), multi, "-o", o_, "--json"]);
     let s = json(&o);
-    assert_eq!(s["platform"]["from"], "engine", "{s}");
+    assert_eq!(s["platform"]["from"], "host", "{s}");
     assert_eq!(s["images"][0]["id"], amd_id.as_str(), "{s}");
     assert!(
         stderr(&o).contains("cannot tell the platform"),

@@ -49,7 +49,6 @@ pub struct Engine {
     local: bool,
     /// Its architecture and memory, from one `docker info`.
     arch: String,
-    os: String,
     mem_total: u64,
 }
 
@@ -231,7 +230,6 @@ impl Engine {
             docker,
             local: where_.starts_with("unix://"),
             arch: info.architecture.unwrap_or_default(),
-            os: info.os_type.unwrap_or_default(),
             mem_total: info.mem_total.unwrap_or(0).max(0) as u64,
         })
     }
@@ -239,12 +237,6 @@ impl Engine {
     /// Whether the engine runs on this machine (its socket is a local one).
     pub fn is_local(&self) -> bool {
         self.local
-    }
-
-    /// The platform of the engine's machine (what `docker pull` pulls by
-    /// default).
-    pub fn platform(&self) -> crate::platform::Platform {
-        crate::platform::Platform::of_engine(&self.os, &self.arch)
     }
 
     /// The memory of the engine's machine, in bytes (0 when unknown).
