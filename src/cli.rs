@@ -2,14 +2,14 @@
 //! structs these convert into.
 
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::disk::{parse_size, Grow};
-use crate::docker::refs::{self, ImageRef};
+use crate::docker::refs::{self, Listed, Source};
 use crate::docker::{DindNetwork, RegistryOptions};
 use crate::platform::Platform;
 use crate::populate::{PopulateConfig, StoreChoice};
@@ -37,6 +37,16 @@ pub enum Command {
     /// inner daemon's socket, reporting progress as JSON lines.
     #[command(name = "__pull", hide = true)]
     InnerPull(InnerPullArgs),
+    /// (internal) Runs inside the dind container: loads a docker-archive
+    /// tar from standard input into the inner daemon.
+    #[command(name = "__load", hide = true)]
+    InnerLoad {
+        #[arg(long)]
+        socket: String,
+        /// The number of the source, for the progress events.
+        #[arg(long)]
+        index: usize,
+    },
     /// (internal) Runs inside the dind container: writes Docker's store
     /// as a PAX tar with all xattrs to stdout.
     #[command(name = "__export-store", hide = true)]
@@ -92,12 +102,19 @@ pub struct PopulateArgs {
     /// The Flatcar disk image (raw, e.g. flatcar_production_image.bin).
     #[arg(value_name = "disk")]
     pub disk: PathBuf,
-    /// Image references (nginx, nginx:1.27, ghcr.io/o/r:tag, name@sha256:...,
-    /// name:tag@sha256:...), in addition to --list.
+    /// Images, in addition to --list: registry references (nginx,
+    /// nginx:1.27, ghcr.io/o/r:tag, name@sha256:..., name:tag@sha256:...,
+    /// docker://REF), image archives (docker-archive:PATH[:NAME], a `docker
+    /// save` tar, compressed or not; oci-archive:PATH[:NAME] and
+    /// oci:DIR[:NAME], an OCI image layout as a tar or a directory; NAME is
+    /// the name the image gets, default the names the archive carries), or
+    /// docker-daemon:REF, an image of the Docker engine the tool uses.
     #[arg(value_name = "image")]
     pub images: Vec<String>,
-    /// A file with one image reference per line (# comments). Default:
-    /// images.list in the current directory when no image is given.
+    /// A file with one image per line, written as the image arguments
+    /// (# comments; relative archive paths are taken from the list's
+    /// directory). Default: images.list in the current directory when no
+    /// image is given.
     #[arg(short = 'l', long = "list", value_name = "list")]
     pub list: Option<PathBuf>,
     #[command(flatten)]
@@ -140,6 +157,18 @@ pub struct PopulateArgs {
     pub store_memory_cap: Option<u64>,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Keep the pulling daemon's store between runs in the Docker volume
+    /// of this cache (made when missing): a later run with the same cache
+    /// downloads only the layers it does not have. The store is then on
+    /// disk, whatever --store says. Images of the cache that are not in
+    /// this run's list are not written into DISK. One run at a time per
+    /// cache. See `flatcar-preload cache ls|rm`.
+    #[arg(long, value_name = "name", value_parser = parse_cache_name)]
+    pub cache: Option<String>,
+    /// With --cache: remove the images of the cache that are not in this
+    /// run's list from it.
+    #[arg(long, requires = "cache")]
+    pub cache_prune: bool,
     /// The platform of the images (os/arch[/variant], e.g. linux/arm64):
     /// a multi-platform image is pulled for it, a single-platform image of
     /// another platform is refused. Default: the platform of DISK, from the
@@ -259,6 +288,20 @@ pub enum OutputFormat {
     Raw,
 }
 
+/// A cache name: what a Docker volume name may hold.
+fn parse_cache_name(s: &str) -> Result<String, String> {
+    let ok = s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok {
+        return Err(format!(
+            "{s:?}: a cache name is letters, digits, '_', '.' and '-' (at most 64, starting with a letter or digit)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| format!("{e:#}"))
 }
@@ -303,7 +346,9 @@ impl PopulateArgs {
     pub(crate) fn into_config(self) -> Result<PopulateConfig> {
         let mut images = vec![];
         for s in &self.images {
-            images.push(ImageRef::parse(s)?);
+            let origin = format!("argument {s:?}");
+            let source = Source::parse(s, Path::new("")).with_context(|| origin.clone())?;
+            images.push(Listed { source, origin });
         }
         let list = match (&self.list, images.is_empty()) {
             (Some(l), _) => Some(l.clone()),
@@ -342,6 +387,8 @@ impl PopulateArgs {
             )?,
             platform: self.platform,
             allow_platform_mismatch: self.allow_platform_mismatch,
+            cache: self.cache,
+            cache_prune: self.cache_prune,
         })
     }
 }

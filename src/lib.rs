@@ -13,6 +13,7 @@ pub mod ext4;
 mod hooks;
 mod platform;
 mod populate;
+mod source;
 mod progress;
 mod store;
 mod unpack;
@@ -64,6 +65,9 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
                 secrets: docker::inner::read_secrets()?,
             };
             runtime()?.block_on(docker::inner::pull_images(&args.socket, &req))
+        }
+        Command::InnerLoad { socket, index } => {
+            runtime()?.block_on(docker::inner::load_images(&socket, index))
         }
         Command::InnerMeasure { root, block_size } => {
             let need = store::measure_docker_store(&root, block_size)?;

@@ -29,11 +29,12 @@ pub enum PullEvent {
         current: u64,
         total: u64,
     },
-    /// Image `image` is pulled: its ID and its platform.
+    /// An image of source `image` is in the daemon (a registry source has
+    /// one, an archive one or more).
     Done {
         image: usize,
-        id: String,
-        platform: String,
+        #[serde(flatten)]
+        got: Got,
     },
     Failed {
         image: usize,
@@ -47,6 +48,39 @@ pub enum PullEvent {
         image: usize,
         message: String,
     },
+}
+
+/// An image in the inner daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Got {
+    pub id: String,
+    /// os/arch[/variant]
+    pub platform: String,
+    /// Its names in the daemon (RepoTags and RepoDigests).
+    pub names: Vec<String>,
+}
+
+/// What the daemon says of image `name`.
+async fn describe(docker: &Docker, name: &str) -> Result<Got> {
+    let image = docker
+        .inspect_image(name)
+        .await
+        .with_context(|| format!("inspecting {name}"))?;
+    let platform = Platform::new(
+        image.os.as_deref().unwrap_or("linux"),
+        image.architecture.as_deref().unwrap_or(""),
+        image.variant.as_deref(),
+    );
+    Ok(Got {
+        id: image.id.unwrap_or_default(),
+        platform: platform.to_string(),
+        names: image
+            .repo_tags
+            .into_iter()
+            .flatten()
+            .chain(image.repo_digests.into_iter().flatten())
+            .collect(),
+    })
 }
 
 /// What the pull helper reads as one JSON line from its standard input,
@@ -199,7 +233,7 @@ async fn pull_one(
     r: &ImageRef,
     platform: &Platform,
     creds: Option<DockerCredentials>,
-) -> Result<(String, Platform)> {
+) -> Result<Got> {
     let (from, tag) = r.pull_spec();
     let mut s = docker.create_image(
         Some(CreateImageOptions {
@@ -233,33 +267,26 @@ async fn pull_one(
         Some(_) => from.clone(),
         None => r.to_string(),
     };
-    let image = docker
-        .inspect_image(&pulled)
-        .await
-        .with_context(|| format!("inspecting {pulled} after the pull"))?;
-    let id = image.id.unwrap_or_default();
-    let got = Platform::new(
-        image.os.as_deref().unwrap_or("linux"),
-        image.architecture.as_deref().unwrap_or(""),
-        image.variant.as_deref(),
-    );
-    if !platform.accepts(&got) {
-        bail!("it was pulled as a {got} image, not the {platform} one asked for");
+    let got = describe(docker, &pulled).await?;
+    let got_platform: Platform = got.platform.parse()?;
+    if !platform.accepts(&got_platform) {
+        bail!("it was pulled as a {got_platform} image, not the {platform} one asked for");
     }
     // name:tag@digest pulls by digest, which leaves the image untagged.
     if let (Some(_), Some(tag)) = (&r.digest, &r.tag) {
         docker
             .tag_image(
-                &id,
+                &got.id,
                 Some(TagImageOptions {
                     repo: Some(r.name.clone()),
                     tag: Some(tag.clone()),
                 }),
             )
             .await
-            .with_context(|| format!("tagging {} as {}:{tag}", id, r.name))?;
+            .with_context(|| format!("tagging {} as {}:{tag}", got.id, r.name))?;
+        return describe(docker, &pulled).await;
     }
-    Ok((id, got))
+    Ok(got)
 }
 
 /// Runs `f` for every reference with at most `jobs` at once, reporting a
@@ -319,12 +346,8 @@ pub async fn pull_images(socket: &str, req: &PullRequest) -> Result<()> {
     let pulled = each_ref(&req.refs, req.jobs, |i, r| {
         let (docker, platform) = (&docker, chosen[i].as_ref().expect("checked above"));
         async move {
-            let (id, got) = pull_one(docker, i, r, platform, creds(r)).await?;
-            emit(&PullEvent::Done {
-                image: i,
-                id,
-                platform: got.to_string(),
-            });
+            let got = pull_one(docker, i, r, platform, creds(r)).await?;
+            emit(&PullEvent::Done { image: i, got });
             Ok(())
         }
     })
@@ -333,6 +356,70 @@ pub async fn pull_images(socket: &str, req: &PullRequest) -> Result<()> {
         bail!("some pulls failed");
     }
     Ok(())
+}
+
+/// `__load`, run in the dind: loads the docker-archive tar on standard
+/// input into the inner daemon (`docker load`) and reports each image it
+/// loaded as one of source number `index`.
+pub async fn load_images(socket: &str, index: usize) -> Result<()> {
+    let result = async {
+        let docker = connect_when_ready(socket).await?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .context("talking to the inner dockerd")?;
+        let input = tokio_util::io::ReaderStream::with_capacity(tokio::io::stdin(), 1 << 20);
+        let mut s = docker.import_image_stream(
+            bollard::query_parameters::ImportImageOptions {
+                quiet: true,
+                ..Default::default()
+            },
+            input,
+            None,
+        );
+        let mut loaded: Vec<String> = vec![];
+        while let Some(item) = s.next().await {
+            let item = item.map_err(api_message)?;
+            if let Some(msg) = item.error_detail.and_then(|d| d.message) {
+                bail!(msg);
+            }
+            for line in item.stream.iter().flat_map(|s| s.lines()) {
+                let name = line
+                    .strip_prefix("Loaded image: ")
+                    .or_else(|| line.strip_prefix("Loaded image ID: "));
+                if let Some(n) = name {
+                    loaded.push(n.trim().to_string());
+                }
+            }
+        }
+        if loaded.is_empty() {
+            bail!("the daemon loaded no image from the archive");
+        }
+        let mut got: Vec<Got> = vec![];
+        for name in &loaded {
+            let g = describe(&docker, name).await?;
+            if !got.iter().any(|o| o.id == g.id) {
+                got.push(g);
+            }
+        }
+        Ok(got)
+    }
+    .await;
+    match result {
+        Ok(got) => {
+            for got in got {
+                emit(&PullEvent::Done { image: index, got });
+            }
+            Ok(())
+        }
+        Err(e) => {
+            emit(&PullEvent::Failed {
+                image: index,
+                message: format!("{e:#}"),
+            });
+            Err(e)
+        }
+    }
 }
 
 /// Reads the [`PullSecrets`] line from standard input.

@@ -124,6 +124,9 @@ pub enum StoreMount {
 const SOCKET_MOUNT: &str = "/fp-out";
 const EXPORT_SOCKET: &str = "export.sock";
 
+/// What a command run in a container reads as its standard input.
+pub type Input = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
 /// Result of a command run to completion in a container.
 pub struct Finished {
     pub exit_code: i64,
@@ -261,6 +264,29 @@ impl Engine {
             );
         }
         Ok(())
+    }
+
+    /// The ID and platform of image `name` of the engine.
+    pub async fn image_platform(&self, name: &str) -> Result<(String, crate::platform::Platform)> {
+        let image = self.docker.inspect_image(name).await.with_context(|| {
+            format!("the Docker engine has no image {name} (`docker images` lists those it has)")
+        })?;
+        let platform = crate::platform::Platform::new(
+            image.os.as_deref().unwrap_or("linux"),
+            image.architecture.as_deref().unwrap_or(""),
+            image.variant.as_deref(),
+        );
+        Ok((image.id.unwrap_or_default(), platform))
+    }
+
+    /// `docker save` of image `name` (a docker-archive tar naming it), as
+    /// it streams from the engine.
+    pub fn save_image(&self, name: &str) -> Input {
+        let stream = self
+            .docker
+            .export_image(name)
+            .map(|chunk| chunk.map_err(std::io::Error::other));
+        Box::new(tokio_util::io::StreamReader::new(Box::pin(stream)))
     }
 
     /// Makes sure `image` is present, pulling it when missing.
@@ -457,7 +483,7 @@ impl Engine {
         &self,
         container: &str,
         cmd: &[&str],
-        stdin: Option<&[u8]>,
+        stdin: Option<Input>,
         mut on_line: impl FnMut(&str),
     ) -> Result<Finished> {
         let mut line = Vec::new();
@@ -522,7 +548,7 @@ impl Engine {
         &self,
         container: &str,
         cmd: &[&str],
-        stdin: Option<&[u8]>,
+        stdin: Option<Input>,
         mut sink: F,
     ) -> Result<(Finished, u64)>
     where
@@ -556,15 +582,15 @@ impl Engine {
         else {
             bail!("the engine did not attach to {what} in {container}");
         };
-        if let Some(data) = stdin {
-            use tokio::io::AsyncWriteExt;
-            // Kept open until the output ends: the helper reads one line.
-            input
-                .write_all(data)
-                .await
-                .and(input.flush().await)
-                .with_context(|| format!("writing to the input of {what} in {container}"))?;
-        }
+        // The input is written while the output is read (a helper may
+        // answer before it has read all), then closed.
+        let feeding = stdin.map(|mut data| {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                tokio::io::copy(&mut data, &mut input).await?;
+                input.shutdown().await
+            })
+        });
         let mut stderr = String::new();
         let mut passed = 0u64;
         while let Some(chunk) = output.next().await {
@@ -574,6 +600,9 @@ impl Engine {
                     if !sink(message).await {
                         // The consumer stopped (and will say why); dropping
                         // the stream ends the helper's output.
+                        if let Some(f) = feeding {
+                            f.abort();
+                        }
                         let finished = Finished {
                             exit_code: 0,
                             stderr,
@@ -593,6 +622,14 @@ impl Engine {
             exit_code: inspect.exit_code.unwrap_or(-1),
             stderr: tail(&stderr, 20),
         };
+        if let Some(f) = feeding {
+            let fed = f.await.map_err(|e| anyhow::anyhow!("feeding {what}: {e}"));
+            // A helper that failed says why; that it stopped reading its
+            // input is no news then.
+            if finished.exit_code == 0 {
+                fed?.with_context(|| format!("writing to the input of {what} in {container}"))?;
+            }
+        }
         Ok((finished, passed))
     }
 

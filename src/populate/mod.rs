@@ -23,23 +23,25 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
 use crate::disk::{self, Prepared, ROOT_NAME};
-use crate::docker::inner::PullEvent;
-use crate::docker::refs::ImageRef;
-use crate::docker::registry::DEFAULT_CERTS_DIR;
+use crate::docker::refs::{ArchiveFormat, ImageRef, Listed, Source};
 use crate::docker::{
     DindNetwork, DindSpec, Engine, ExportVia, RegistryAccess, RegistryOptions, StoreMount,
-    HELPER_PATH, INNER_SOCKET,
 };
+use crate::source::archive::{self, ArchiveKind};
 use crate::ext4::{self, Need};
 use crate::platform::Platform;
-use crate::progress::{Bar, Pulls, ReadProgress};
+use crate::progress::{Bar, ReadProgress};
 use crate::store::{self, CONTAINERD_ROOT, DOCKER_ROOT, REPOSITORIES};
 use crate::unpack::{open_archive, Input, OutputMode, Space};
+
+mod images;
+
+use images::{Checked, PulledImage};
 
 #[derive(Debug, Clone)]
 pub struct PopulateConfig {
     pub disk: PathBuf,
-    pub images: Vec<ImageRef>,
+    pub images: Vec<Listed>,
     pub space: Space,
     pub output: OutputMode,
     pub dind_image: String,
@@ -57,6 +59,11 @@ pub struct PopulateConfig {
     /// --platform (None: the disk's, else this machine's).
     pub platform: Option<Platform>,
     pub allow_platform_mismatch: bool,
+    /// --cache NAME: the store lives in that volume, kept between runs.
+    pub cache: Option<String>,
+    /// --cache-prune: images of the cache that are not in the list are
+    /// removed from it.
+    pub cache_prune: bool,
 }
 
 /// The platform the images are pulled for, and where it came from.
@@ -73,6 +80,8 @@ pub struct TargetPlatform {
 /// What the local inputs gave: checked before any engine is contacted.
 struct Local {
     access: RegistryAccess,
+    /// Per source, what the local checks learnt.
+    prepared: Vec<Checked>,
     platform: TargetPlatform,
 }
 
@@ -130,14 +139,6 @@ pub struct Summary {
     pub export_via: ExportVia,
     pub store: StoreReport,
     pub platform: TargetPlatform,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PulledImage {
-    pub reference: String,
-    pub id: String,
-    /// The platform of the image pulled (os/arch[/variant]).
-    pub platform: String,
 }
 
 /// Seconds spent in each phase. Phases overlap: each one's start and end
@@ -242,6 +243,10 @@ struct Run<'a> {
     access: RegistryAccess,
     /// Set once the pull helper has read the manifest of every image.
     manifests_read: tokio::sync::watch::Sender<bool>,
+    /// Each source as text, for progress and messages.
+    names: Vec<String>,
+    /// Per source, what the checks learnt (archives, the engine's images).
+    prepared: Vec<Checked>,
     platform: TargetPlatform,
     /// The private directory of the export socket (bind-mounted into the
     /// dind); None forces the attach stream.
@@ -277,7 +282,11 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
     let start = Instant::now();
     // Local inputs first: a wrong path, list, credential or certificate
     // fails before any engine is contacted.
-    let Local { access, platform } = check_local_inputs(cfg)?;
+    let Local {
+        access,
+        platform,
+        prepared,
+    } = check_local_inputs(cfg)?;
     let engine = Engine::connect().await?;
     let spec = DindSpec {
         image: cfg.dind_image.clone(),
@@ -304,6 +313,8 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         access,
         platform,
         manifests_read: tokio::sync::watch::Sender::new(false),
+        names: cfg.images.iter().map(|l| l.source.to_string()).collect(),
+        prepared,
     };
     let result = populate(&mut run, start).await;
     let Run { engine, res, .. } = run;
@@ -527,7 +538,7 @@ async fn pull_store(
     if let Some(cap) = memory_cap {
         let memory = StoreMount::Memory { cap };
         clock.time(Phase::Pull, start_dind(run, &memory)).await?;
-        match clock.time(Phase::Pull, pull(run)).await {
+        match clock.time(Phase::Pull, images::acquire(run)).await {
             Ok(images) => {
                 let report = StoreReport {
                     kind: "memory",
@@ -554,7 +565,7 @@ async fn pull_store(
     run.res.volumes.push(volume.clone());
     let disk = StoreMount::Volume(volume);
     clock.time(Phase::Pull, start_dind(run, &disk)).await?;
-    let images = clock.time(Phase::Pull, pull(run)).await?;
+    let images = clock.time(Phase::Pull, images::acquire(run)).await?;
     let report = StoreReport {
         kind: "disk",
         memory_cap_bytes: memory_cap,
@@ -605,7 +616,12 @@ fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     if let (_, Some(root)) = disk::check_input(&cfg.disk, cfg.output.path().is_none())? {
         check_existing(cfg, &ext4::Root::new(&cfg.disk, root.offset))?;
     }
-    let access = cfg.registry.prepare(&cfg.images)?;
+    let refs: Vec<ImageRef> = cfg
+        .images
+        .iter()
+        .filter_map(|l| l.source.registry_ref().cloned())
+        .collect();
+    let access = cfg.registry.prepare(&refs)?;
     let platform = match &cfg.platform {
         Some(p) => TargetPlatform {
             target: p.to_string(),
@@ -629,13 +645,64 @@ fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
             }
         },
     };
-    Ok(Local { access, platform })
+    let target: Platform = platform.target.parse()?;
+    let mut prepared = vec![];
+    for l in &cfg.images {
+        prepared.push(match &l.source {
+            Source::Registry(_) => Checked::Registry,
+            // Checked against the engine (see check_engine).
+            Source::Daemon(r) => Checked::Daemon(r.to_string(), String::new()),
+            Source::Archive { format, path, name } => {
+                let kind = match format {
+                    ArchiveFormat::DockerArchive => ArchiveKind::DockerArchive,
+                    ArchiveFormat::OciArchive => ArchiveKind::OciArchive,
+                    ArchiveFormat::OciDir => ArchiveKind::OciDir,
+                };
+                let checked = archive::check(
+                    kind,
+                    path,
+                    name.as_ref(),
+                    &target,
+                    cfg.allow_platform_mismatch,
+                )
+                .with_context(|| format!("{} ({})", l.source, l.origin))?;
+                Checked::Archive(std::sync::Arc::new(checked))
+            }
+        });
+    }
+    Ok(Local {
+        access,
+        platform,
+        prepared,
+    })
 }
 
-/// Checks the engine before pulling: its architecture and the dind image
-/// (pulled when missing). Leaves nothing behind.
-async fn check_engine(run: &Run<'_>) -> Result<()> {
+/// Checks the engine before pulling: its architecture, the images of the
+/// engine the list names (present, of the target platform) and the dind
+/// image (pulled when missing). Leaves nothing behind.
+async fn check_engine(run: &mut Run<'_>) -> Result<()> {
     run.engine.check_arch()?;
+    let target: Platform = run.platform.target.parse()?;
+    for (l, prepared) in run.cfg.images.iter().zip(run.prepared.iter_mut()) {
+        let Source::Daemon(r) = &l.source else {
+            continue;
+        };
+        let name = r.to_string();
+        let (id, platform) = run
+            .engine
+            .image_platform(&name)
+            .await
+            .with_context(|| format!("{} ({})", l.source, l.origin))?;
+        if !target.accepts(&platform) && !run.cfg.allow_platform_mismatch {
+            bail!(
+                "{} ({}): it is a {platform} image, but the target platform is {target}: it could not run there; \
+                 pass --allow-platform-mismatch to preload it anyway",
+                l.source,
+                l.origin
+            );
+        }
+        *prepared = Checked::Daemon(name, id);
+    }
     run.or_cancel(run.engine.ensure_image(&run.cfg.dind_image))
         .await
 }
@@ -648,157 +715,6 @@ async fn start_dind(run: &mut Run<'_>, store: &StoreMount) -> Result<()> {
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
     run.or_cancel(run.engine.start_dind(&dind, &run.spec, store, socket_dir))
         .await
-}
-
-/// Runs the pull helper in the dind and follows its progress. On failure
-/// nothing was written; the dind is left for removal.
-async fn pull(run: &Run<'_>) -> Result<Vec<PulledImage>> {
-    #[cfg(feature = "test-hooks")]
-    crate::hooks::pause("pull", &run.cancel).await;
-    let (cfg, engine, dind) = (run.cfg, &run.engine, run.name("dind"));
-    let names: Vec<String> = cfg.images.iter().map(|r| r.to_string()).collect();
-    let jobs = cfg.jobs.to_string();
-    let mut cmd = vec![
-        HELPER_PATH,
-        "__pull",
-        "--socket",
-        INNER_SOCKET,
-        "--jobs",
-        &jobs,
-        "--platform",
-        &run.platform.target,
-    ];
-    if cfg.allow_platform_mismatch {
-        cmd.push("--allow-platform-mismatch");
-    }
-    cmd.push("--");
-    cmd.extend(names.iter().map(String::as_str));
-    // The credentials go over the helper's standard input only.
-    let mut secrets =
-        serde_json::to_vec(&run.access.secrets).context("passing the credentials to the pull")?;
-    secrets.push(b'\n');
-    let mut pulled = vec![None; names.len()];
-    let mut failures = vec![];
-    let mut progress = Pulls::new(&names);
-    let follow = engine.exec_lines(
-        &dind,
-        &cmd,
-        Some(&secrets),
-        |line| match serde_json::from_str::<PullEvent>(line) {
-            Ok(PullEvent::Layer {
-                image,
-                layer,
-                current,
-                total,
-            }) => progress.layer(image, &layer, current, total),
-            Ok(PullEvent::Done {
-                image,
-                id,
-                platform,
-            }) => {
-                progress.done(image, &id, &platform);
-                if let Some(slot) = pulled.get_mut(image) {
-                    *slot = Some((id, platform));
-                }
-            }
-            Ok(PullEvent::Failed { image, message }) => {
-                progress.failed(image, &message);
-                let hint = cfg
-                    .images
-                    .get(image)
-                    .and_then(|r| registry_hint(run, r, &message))
-                    .map(|h| format!("\n    {h}"))
-                    .unwrap_or_default();
-                failures.push(format!(
-                    "{}: {message}{hint}",
-                    names.get(image).map_or("?", |s| s.as_str())
-                ));
-            }
-            Ok(PullEvent::Warning { message, .. }) => progress.warn(&message),
-            Ok(PullEvent::Checked) => {
-                run.manifests_read.send_replace(true);
-            }
-            Err(_) => eprintln!("dind: {line}"),
-        },
-    );
-    let finished = run.or_cancel(follow).await?;
-    progress.finish();
-    if !failures.is_empty() {
-        let message = format!(
-            "pulling failed, nothing was written:\n  {}",
-            failures.join("\n  ")
-        );
-        if failures
-            .iter()
-            .any(|f| f.to_lowercase().contains("no space left on device"))
-        {
-            return Err(OutOfSpace(message).into());
-        }
-        bail!(message);
-    }
-    if finished.exit_code != 0 || pulled.iter().any(Option::is_none) {
-        bail!(
-            "the pull helper in the dind failed (exit code {}): {}\nthe dind's last lines:\n{}",
-            finished.exit_code,
-            finished.stderr.trim(),
-            engine.logs_tail(&dind).await
-        );
-    }
-    Ok(cfg
-        .images
-        .iter()
-        .zip(pulled.into_iter().flatten())
-        .map(|(r, (id, platform))| PulledImage {
-            reference: r.to_string(),
-            id,
-            platform,
-        })
-        .collect())
-}
-
-/// What to do about a pull of `r` that failed with `message`, when it is
-/// the registry's certificate or a login, or the target platform.
-fn registry_hint(run: &Run<'_>, r: &ImageRef, message: &str) -> Option<String> {
-    let registry = r.registry();
-    let m = message.to_lowercase();
-    if m.contains("x509") || m.contains("certificate") || m.contains("tls:") {
-        let dir = match &run.cfg.registry.certs_dir() {
-            Some(d) => d.display().to_string(),
-            None => DEFAULT_CERTS_DIR.to_string(),
-        };
-        return Some(format!(
-            "the TLS certificate of registry {registry} is not trusted: put the CA that signed it in \
-             {dir}/{registry}/ca.crt (or give a directory laid out so with --registry-certs), \
-             or, for a registry you trust without TLS verification, pass --insecure-registry {registry}"
-        ));
-    }
-    if m.contains("unauthorized")
-        || m.contains("authentication required")
-        || m.contains("denied")
-        || m.contains("no basic auth credentials")
-    {
-        return Some(match run.access.sources.get(registry) {
-            Some(from) => format!(
-                "registry {registry} refused the credentials from {from}: check them (docker login {registry})"
-            ),
-            None => format!(
-                "no credentials for registry {registry} were found (docker's config.json: {}); log in with `docker login {registry}` or pass --registry-config",
-                run.access.config_path.as_deref().map_or("none".to_string(), |p| p.display().to_string())
-            ),
-        });
-    }
-    if m.contains("platform") {
-        return Some(format!(
-            "the target platform {} comes from {}",
-            run.platform.target,
-            match run.platform.from {
-                "option" => "--platform".to_string(),
-                "disk" => format!("the EFI loader of {}", run.cfg.disk.display()),
-                _ => "this machine (the disk image does not say)".to_string(),
-            }
-        ));
-    }
-    None
 }
 
 /// Stops the inner daemon cleanly (the container stays, with a store in

@@ -1,0 +1,345 @@
+//! Getting the images of the run into the dind's daemon: registry
+//! references pulled by the pull helper, archives and images of the
+//! engine loaded by the load helper, both followed as progress events.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use tokio_util::io::SyncIoBridge;
+
+use super::{OutOfSpace, Run};
+use crate::docker::inner::{Got, PullEvent};
+use crate::docker::refs::{ImageRef, Source};
+use crate::docker::registry::DEFAULT_CERTS_DIR;
+use crate::docker::{Input, HELPER_PATH, INNER_SOCKET};
+use crate::progress::Pulls;
+use crate::source::archive::{self, CheckedArchive};
+
+/// One image of the run, in the inner daemon.
+#[derive(Debug, Serialize)]
+pub struct PulledImage {
+    /// The source as given (a reference, `docker-archive:PATH[:NAME]`, ...).
+    pub reference: String,
+    pub id: String,
+    /// The platform of the image (os/arch[/variant]).
+    pub platform: String,
+    /// Its names in the store (tags and digests).
+    pub names: Vec<String>,
+    /// Where it came from: "registry", "cache" (a registry image whose
+    /// layers were all in the cache already), "archive" or "daemon".
+    pub source: &'static str,
+    /// The layers downloaded from the registry (by the digest prefix the
+    /// daemon reports); empty when all were there already.
+    pub downloaded_layers: Vec<String>,
+}
+
+/// What was learnt of a source before anything was written, for loading it.
+#[derive(Clone)]
+pub enum Checked {
+    Registry,
+    Archive(Arc<CheckedArchive>),
+    /// The image's name and ID on the engine.
+    Daemon(String, String),
+}
+
+/// The events of the helpers, gathered per source.
+struct Follow<'a> {
+    run: &'a Run<'a>,
+    progress: Pulls,
+    got: Vec<Vec<Got>>,
+    downloaded: Vec<Vec<String>>,
+    failures: Vec<String>,
+}
+
+impl Follow<'_> {
+    /// An event of a helper whose image `i` is source number `map(i)`.
+    fn event(&mut self, line: &str, map: impl Fn(usize) -> usize) {
+        let names = &self.run.names;
+        match serde_json::from_str::<PullEvent>(line) {
+            Ok(PullEvent::Layer {
+                image,
+                layer,
+                current,
+                total,
+            }) => {
+                let image = map(image);
+                self.progress.layer(image, &layer, current, total);
+                if let Some(d) = self.downloaded.get_mut(image) {
+                    if !d.contains(&layer) {
+                        d.push(layer);
+                    }
+                }
+            }
+            Ok(PullEvent::Done { image, got }) => {
+                let image = map(image);
+                self.progress.done(image, &got.id, &got.platform);
+                if let Some(slot) = self.got.get_mut(image) {
+                    slot.push(got);
+                }
+            }
+            Ok(PullEvent::Failed { image, message }) => {
+                let image = map(image);
+                self.progress.failed(image, &message);
+                let listed = self.run.cfg.images.get(image);
+                let hint = listed
+                    .and_then(|l| l.source.registry_ref())
+                    .and_then(|r| registry_hint(self.run, r, &message))
+                    .map(|h| format!("\n    {h}"))
+                    .unwrap_or_default();
+                self.failures.push(format!(
+                    "{} ({}): {message}{hint}",
+                    names.get(image).map_or("?", |s| s.as_str()),
+                    listed.map_or("?", |l| l.origin.as_str()),
+                ));
+            }
+            Ok(PullEvent::Warning { message, .. }) => self.progress.warn(&message),
+            Ok(PullEvent::Checked) => {
+                self.run.manifests_read.send_replace(true);
+            }
+            Err(_) => eprintln!("dind: {line}"),
+        }
+    }
+}
+
+/// Gets every image of the run into the dind's daemon: the registry ones
+/// pulled by the pull helper while the others are loaded one by one.
+/// Returns them in the order given. On failure nothing was written; the
+/// dind is left for removal.
+pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
+    #[cfg(feature = "test-hooks")]
+    crate::hooks::pause("pull", &run.cancel).await;
+    let cfg = run.cfg;
+    let n = cfg.images.len();
+    let follow = RefCell::new(Follow {
+        run,
+        progress: Pulls::new(&run.names),
+        got: vec![vec![]; n],
+        downloaded: vec![vec![]; n],
+        failures: vec![],
+    });
+    let registry: Vec<usize> = (0..n)
+        .filter(|&i| matches!(run.prepared[i], Checked::Registry))
+        .collect();
+    if registry.is_empty() {
+        run.manifests_read.send_replace(true);
+    }
+    let pulls = async {
+        if registry.is_empty() {
+            return Ok(());
+        }
+        pull(run, &registry, &follow).await
+    };
+    let loads = async {
+        for i in (0..n).filter(|i| !registry.contains(i)) {
+            load(run, i, &follow).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (pulled, loaded) = tokio::join!(run.or_cancel(pulls), run.or_cancel(loads));
+    let Follow {
+        progress,
+        got,
+        downloaded,
+        failures,
+        ..
+    } = follow.into_inner();
+    progress.finish();
+    if !failures.is_empty() {
+        let message = format!(
+            "getting the images failed, nothing was written:\n  {}",
+            failures.join("\n  ")
+        );
+        if failures
+            .iter()
+            .any(|f| f.to_lowercase().contains("no space left on device"))
+        {
+            return Err(OutOfSpace(message).into());
+        }
+        bail!(message);
+    }
+    pulled?;
+    loaded?;
+    let mut images = vec![];
+    for (i, ((listed, got), downloaded)) in cfg.images.iter().zip(got).zip(downloaded).enumerate() {
+        let mut ids: Vec<&str> = got.iter().map(|g| g.id.as_str()).collect();
+        let mut want: Vec<&str> = match &run.prepared[i] {
+            Checked::Archive(a) => a.images().iter().map(|m| m.id.as_str()).collect(),
+            Checked::Daemon(_, id) => vec![id.as_str()],
+            Checked::Registry => ids.iter().take(1).copied().collect(),
+        };
+        ids.sort_unstable();
+        want.sort_unstable();
+        if ids.is_empty() || ids != want {
+            bail!(
+                "{} ({}) gave the images [{}], not [{}]: did the archive or the engine's image change during the run?",
+                listed.source,
+                listed.origin,
+                ids.join(", "),
+                want.join(", ")
+            );
+        }
+        let source = match &listed.source {
+            Source::Registry(_) if downloaded.is_empty() && cfg.cache.is_some() => "cache",
+            Source::Registry(_) => "registry",
+            Source::Archive { .. } => "archive",
+            Source::Daemon(_) => "daemon",
+        };
+        for g in got {
+            images.push(PulledImage {
+                reference: listed.source.to_string(),
+                id: g.id,
+                platform: g.platform,
+                names: g.names,
+                source,
+                downloaded_layers: downloaded.clone(),
+            });
+        }
+    }
+    Ok(images)
+}
+
+/// Runs the pull helper for the registry sources `which` (indices in the
+/// run's list) and follows its events.
+async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> Result<()> {
+    let cfg = run.cfg;
+    let jobs = cfg.jobs.to_string();
+    let mut cmd = vec![
+        HELPER_PATH,
+        "__pull",
+        "--socket",
+        INNER_SOCKET,
+        "--jobs",
+        &jobs,
+        "--platform",
+        &run.platform.target,
+    ];
+    if cfg.allow_platform_mismatch {
+        cmd.push("--allow-platform-mismatch");
+    }
+    cmd.push("--");
+    cmd.extend(which.iter().map(|&i| run.names[i].as_str()));
+    // The credentials go over the helper's standard input only.
+    let mut secrets =
+        serde_json::to_vec(&run.access.secrets).context("passing the credentials to the pull")?;
+    secrets.push(b'\n');
+    let secrets: Input = Box::new(std::io::Cursor::new(secrets));
+    let dind = run.name("dind");
+    let finished = run
+        .engine
+        .exec_lines(&dind, &cmd, Some(secrets), |line| {
+            follow
+                .borrow_mut()
+                .event(line, |i| which.get(i).copied().unwrap_or(usize::MAX))
+        })
+        .await?;
+    if finished.exit_code != 0 && follow.borrow().failures.is_empty() {
+        bail!(
+            "the pull helper in the dind failed (exit code {}): {}\nthe dind's last lines:\n{}",
+            finished.exit_code,
+            finished.stderr.trim(),
+            run.engine.logs_tail(&dind).await
+        );
+    }
+    Ok(())
+}
+
+/// Loads source `i` (an archive or an image of the engine) into the dind's
+/// daemon with the load helper, streaming it from where it is: nothing is
+/// copied on this machine.
+async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<()> {
+    let listed = &run.cfg.images[i];
+    let (input, writer): (Input, Option<tokio::task::JoinHandle<Result<()>>>) =
+        match &run.prepared[i] {
+            Checked::Archive(a) => {
+                let (reader, writer) = tokio::io::duplex(1 << 20);
+                let (a, sink) = (a.clone(), SyncIoBridge::new(writer));
+                let writing =
+                    tokio::task::spawn_blocking(move || archive::write_docker_archive(&a, sink));
+                (Box::new(reader), Some(writing))
+            }
+            Checked::Daemon(name, _) => (run.engine.save_image(name), None),
+            Checked::Registry => bail!("{} is not loaded but pulled", listed.source),
+        };
+    let index = i.to_string();
+    let cmd = [
+        HELPER_PATH,
+        "__load",
+        "--socket",
+        INNER_SOCKET,
+        "--index",
+        &index,
+    ];
+    let dind = run.name("dind");
+    let finished = run
+        .engine
+        .exec_lines(&dind, &cmd, Some(input), |line| {
+            follow.borrow_mut().event(line, |i| i)
+        })
+        .await;
+    let written = match writer {
+        Some(w) => w.await.map_err(|e| anyhow!("the archive reader failed: {e}"))?,
+        None => Ok(()),
+    };
+    // What the archive reader says comes first: the daemon only saw the
+    // stream end early.
+    written.with_context(|| format!("reading {} ({})", listed.source, listed.origin))?;
+    let finished = finished?;
+    if finished.exit_code != 0 && follow.borrow().failures.is_empty() {
+        bail!(
+            "the load helper in the dind failed (exit code {}): {}",
+            finished.exit_code,
+            finished.stderr.trim()
+        );
+    }
+    Ok(())
+}
+
+/// What to do about a pull of `r` that failed with `message`, when it is
+/// the registry's certificate or a login, or the target platform.
+fn registry_hint(run: &Run<'_>, r: &ImageRef, message: &str) -> Option<String> {
+    let registry = r.registry();
+    let m = message.to_lowercase();
+    if m.contains("x509") || m.contains("certificate") || m.contains("tls:") {
+        let dir = match &run.cfg.registry.certs_dir() {
+            Some(d) => d.display().to_string(),
+            None => DEFAULT_CERTS_DIR.to_string(),
+        };
+        return Some(format!(
+            "the TLS certificate of registry {registry} is not trusted: put the CA that signed it in \
+             {dir}/{registry}/ca.crt (or give a directory laid out so with --registry-certs), \
+             or, for a registry you trust without TLS verification, pass --insecure-registry {registry}"
+        ));
+    }
+    if m.contains("unauthorized")
+        || m.contains("authentication required")
+        || m.contains("denied")
+        || m.contains("no basic auth credentials")
+    {
+        return Some(match run.access.sources.get(registry) {
+            Some(from) => format!(
+                "registry {registry} refused the credentials from {from}: check them (docker login {registry})"
+            ),
+            None => format!(
+                "no credentials for registry {registry} were found (docker's config.json: {}); log in with `docker login {registry}` or pass --registry-config",
+                run.access
+                    .config_path
+                    .as_deref()
+                    .map_or("none".to_string(), |p| p.display().to_string())
+            ),
+        });
+    }
+    if m.contains("platform") {
+        return Some(format!(
+            "the target platform {} comes from {}",
+            run.platform.target,
+            match run.platform.from {
+                "option" => "--platform".to_string(),
+                "disk" => format!("the EFI loader of {}", run.cfg.disk.display()),
+                _ => "this machine (the disk image does not say)".to_string(),
+            }
+        ));
+    }
+    None
+}
