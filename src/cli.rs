@@ -37,6 +37,17 @@ pub enum Command {
     /// inner daemon's socket, reporting progress as JSON lines.
     #[command(name = "__pull", hide = true)]
     InnerPull(InnerPullArgs),
+    /// See and remove the image caches of `populate --cache` (Docker volumes
+    /// of the engine).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// (internal) Runs inside the dind container: removes the images not
+    /// listed (JSON on standard input).
+    #[command(name = "__prune", hide = true)]
+    InnerPrune {
+        #[arg(long)]
+        socket: String,
+    },
     /// (internal) Runs inside the dind container: loads a docker-archive
     /// tar from standard input into the inner daemon.
     #[command(name = "__load", hide = true)]
@@ -79,6 +90,17 @@ pub enum Command {
     InnerStop {
         /// The inner daemon's store (its used space is reported).
         root: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List the caches: name, when made, whether a run is using it, volume.
+    Ls,
+    /// Remove caches (their volumes); refused while a run is using one.
+    Rm {
+        #[arg(required = true, value_name = "name")]
+        names: Vec<String>,
     },
 }
 

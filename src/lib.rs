@@ -13,8 +13,8 @@ pub mod ext4;
 mod hooks;
 mod platform;
 mod populate;
-mod source;
 mod progress;
+mod source;
 mod store;
 mod unpack;
 
@@ -66,6 +66,13 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
             };
             runtime()?.block_on(docker::inner::pull_images(&args.socket, &req))
         }
+        Command::Cache(c) => runtime()?.block_on(async {
+            match c {
+                cli::CacheCommand::Ls => populate::cache::list().await,
+                cli::CacheCommand::Rm { names } => populate::cache::remove(&names).await,
+            }
+        }),
+        Command::InnerPrune { socket } => runtime()?.block_on(docker::inner::prune_images(&socket)),
         Command::InnerLoad { socket, index } => {
             runtime()?.block_on(docker::inner::load_images(&socket, index))
         }

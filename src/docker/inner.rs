@@ -422,6 +422,49 @@ pub async fn load_images(socket: &str, index: usize) -> Result<()> {
     }
 }
 
+/// `__prune`, run in the dind: removes every image of the inner daemon
+/// whose ID is not in the JSON list on standard input, printing
+/// `removed ID` for each.
+pub async fn prune_images(socket: &str) -> Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the images to keep from standard input")?;
+    let keep: Vec<String> =
+        serde_json::from_str(&line).context("reading the images to keep from standard input")?;
+    let docker = connect_when_ready(socket).await?;
+    let docker = docker
+        .negotiate_version()
+        .await
+        .context("talking to the inner dockerd")?;
+    let images = docker
+        .list_images(Some(bollard::query_parameters::ListImagesOptions {
+            all: false,
+            ..Default::default()
+        }))
+        .await
+        .map_err(api_message)?;
+    for image in images {
+        if keep.contains(&image.id) {
+            continue;
+        }
+        docker
+            .remove_image(
+                &image.id,
+                Some(bollard::query_parameters::RemoveImageOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+                None,
+            )
+            .await
+            .map_err(api_message)
+            .with_context(|| format!("removing {}", image.id))?;
+        println!("removed {}", image.id);
+    }
+    Ok(())
+}
+
 /// Reads the [`PullSecrets`] line from standard input.
 pub fn read_secrets() -> Result<PullSecrets> {
     let mut line = String::new();

@@ -127,6 +127,26 @@ const EXPORT_SOCKET: &str = "export.sock";
 /// What a command run in a container reads as its standard input.
 pub type Input = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 
+/// A container could not be made: one of that name exists.
+#[derive(Debug)]
+pub struct NameInUse(pub String);
+
+impl std::fmt::Display for NameInUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a container named {} exists already", self.0)
+    }
+}
+
+impl std::error::Error for NameInUse {}
+
+/// A cache volume (`populate --cache`).
+pub struct Cache {
+    pub name: String,
+    pub volume: String,
+    /// When it was made, as the engine says.
+    pub created: String,
+}
+
 /// Result of a command run to completion in a container.
 pub struct Finished {
     pub exit_code: i64,
@@ -346,8 +366,11 @@ impl Engine {
             .with_context(|| format!("removing container {name}"))
     }
 
+    /// Creates container `name`; [`NameInUse`] when a container of that
+    /// name exists.
     async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<()> {
-        self.docker
+        let created = self
+            .docker
             .create_container(
                 Some(CreateContainerOptions {
                     name: Some(name.to_string()),
@@ -355,9 +378,81 @@ impl Engine {
                 }),
                 body,
             )
+            .await;
+        match created {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Err(NameInUse(name.to_string()).into()),
+            r => r
+                .map(|_| ())
+                .with_context(|| format!("creating container {name}")),
+        }
+    }
+
+    /// Whether a container `name` exists.
+    pub async fn container_exists(&self, name: &str) -> Result<bool> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("looking for container {name}")),
+        }
+    }
+
+    /// Makes the volume `volume` of cache `name` unless it exists; an
+    /// existing volume of that name must be that cache's.
+    pub async fn ensure_cache_volume(&self, volume: &str, name: &str) -> Result<()> {
+        use crate::populate::cache::CACHE_LABEL;
+        match self.docker.inspect_volume(volume).await {
+            Ok(v) => {
+                if v.labels.get(CACHE_LABEL).map(String::as_str) != Some(name) {
+                    bail!("the Docker volume {volume} exists but is not the flatcar-preload cache {name:?}; remove it or use another --cache name");
+                }
+                Ok(())
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                self.docker
+                    .create_volume(bollard::models::VolumeCreateRequest {
+                        name: Some(volume.to_string()),
+                        labels: Some(HashMap::from([(CACHE_LABEL.to_string(), name.to_string())])),
+                        ..Default::default()
+                    })
+                    .await
+                    .with_context(|| format!("creating the cache volume {volume}"))?;
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("looking for the cache volume {volume}")),
+        }
+    }
+
+    /// The cache volumes of the engine.
+    pub async fn caches(&self) -> Result<Vec<Cache>> {
+        use crate::populate::cache::CACHE_LABEL;
+        let listed = self
+            .docker
+            .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![CACHE_LABEL.to_string()],
+                )])),
+            }))
             .await
-            .with_context(|| format!("creating container {name}"))?;
-        Ok(())
+            .context("asking the Docker engine for its volumes")?;
+        let mut out = vec![];
+        for v in listed.volumes.into_iter().flatten() {
+            if let Some(name) = v.labels.get(CACHE_LABEL) {
+                out.push(Cache {
+                    name: name.clone(),
+                    volume: v.name.clone(),
+                    created: v.created_at.map(|c| c.to_string()).unwrap_or_default(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// Creates and starts the dind container: an inner dockerd with the

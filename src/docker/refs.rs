@@ -217,9 +217,10 @@ impl Source {
                 bail!("{s:?}: the {} transport needs a path", format.transport());
             }
             let name = match name {
-                Some(r) => Some(ImageRef::parse(r).with_context(|| {
-                    format!("{s:?}: the name after the path")
-                })?),
+                Some(r) => Some(
+                    ImageRef::parse(r)
+                        .with_context(|| format!("{s:?}: the name after the path"))?,
+                ),
                 None => None,
             };
             Ok(Source::Archive {
@@ -373,7 +374,10 @@ mod tests {
     fn transports() {
         let base = Path::new("/lists");
         let p = |s: &str| Source::parse(s, base).unwrap();
-        assert_eq!(p("nginx:1"), Source::Registry(ImageRef::parse("nginx:1").unwrap()));
+        assert_eq!(
+            p("nginx:1"),
+            Source::Registry(ImageRef::parse("nginx:1").unwrap())
+        );
         assert_eq!(p("docker://nginx:1"), p("nginx:1"));
         assert_eq!(
             p("docker-archive:img.tar.gz:reg.local:5000/a/b:2"),
@@ -391,12 +395,20 @@ mod tests {
                 name: None,
             }
         );
-        assert_eq!(p("oci-archive:x.tar").to_string(), "oci-archive:/lists/x.tar");
+        assert_eq!(
+            p("oci-archive:x.tar").to_string(),
+            "oci-archive:/lists/x.tar"
+        );
         assert_eq!(
             p("docker-daemon:app:dev"),
             Source::Daemon(ImageRef::parse("app:dev").unwrap())
         );
-        for bad in ["docker-archive:", "oci:x:BAD NAME", "docker-daemon:", "docker:nginx"] {
+        for bad in [
+            "docker-archive:",
+            "oci:x:BAD NAME",
+            "docker-daemon:",
+            "docker:nginx",
+        ] {
             assert!(Source::parse(bad, base).is_err(), "{bad:?}");
         }
     }

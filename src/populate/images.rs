@@ -279,7 +279,9 @@ async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<(
         })
         .await;
     let written = match writer {
-        Some(w) => w.await.map_err(|e| anyhow!("the archive reader failed: {e}"))?,
+        Some(w) => w
+            .await
+            .map_err(|e| anyhow!("the archive reader failed: {e}"))?,
         None => Ok(()),
     };
     // What the archive reader says comes first: the daemon only saw the
@@ -292,6 +294,41 @@ async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<(
             finished.exit_code,
             finished.stderr.trim()
         );
+    }
+    Ok(())
+}
+
+/// Removes the images of the cache that are not `kept` (--cache-prune),
+/// with the prune helper in the dind.
+pub(super) async fn prune(run: &Run<'_>, kept: &[PulledImage]) -> Result<()> {
+    let ids: Vec<&str> = kept.iter().map(|i| i.id.as_str()).collect();
+    let mut list = serde_json::to_vec(&ids).context("listing the images to keep")?;
+    list.push(b'\n');
+    let cmd = [HELPER_PATH, "__prune", "--socket", INNER_SOCKET];
+    let mut removed = 0;
+    let finished = run
+        .engine
+        .exec_lines(
+            &run.dind,
+            &cmd,
+            Some(Box::new(std::io::Cursor::new(list))),
+            |line| {
+                if let Some(id) = line.strip_prefix("removed ") {
+                    eprintln!("removed {id} from the cache (--cache-prune)");
+                    removed += 1;
+                }
+            },
+        )
+        .await?;
+    if finished.exit_code != 0 {
+        bail!(
+            "removing the other images from the cache failed (exit code {}): {}",
+            finished.exit_code,
+            finished.stderr.trim()
+        );
+    }
+    if removed == 0 {
+        eprintln!("the cache holds no other image (--cache-prune)");
     }
     Ok(())
 }

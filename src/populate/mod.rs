@@ -25,15 +25,17 @@ use tokio_util::sync::CancellationToken;
 use crate::disk::{self, Prepared, ROOT_NAME};
 use crate::docker::refs::{ArchiveFormat, ImageRef, Listed, Source};
 use crate::docker::{
-    DindNetwork, DindSpec, Engine, ExportVia, RegistryAccess, RegistryOptions, StoreMount,
+    DindNetwork, DindSpec, Engine, ExportVia, NameInUse, RegistryAccess, RegistryOptions,
+    StoreMount,
 };
-use crate::source::archive::{self, ArchiveKind};
 use crate::ext4::{self, Need};
 use crate::platform::Platform;
 use crate::progress::{Bar, ReadProgress};
+use crate::source::archive::{self, ArchiveKind};
 use crate::store::{self, CONTAINERD_ROOT, DOCKER_ROOT, REPOSITORIES};
 use crate::unpack::{open_archive, Input, OutputMode, Space};
 
+pub mod cache;
 mod images;
 
 use images::{Checked, PulledImage};
@@ -106,7 +108,8 @@ const MEMORY_RESERVE: u64 = 1 << 30;
 /// Where the store was pulled, for the summary.
 #[derive(Debug, Serialize)]
 pub struct StoreReport {
-    /// "memory" (a tmpfs) or "disk" (a Docker volume).
+    /// "memory" (a tmpfs), "disk" (a Docker volume) or "cache" (the
+    /// volume of --cache).
     pub kind: &'static str,
     /// The size cap of the tmpfs, when memory was tried.
     pub memory_cap_bytes: Option<u64>,
@@ -248,6 +251,9 @@ struct Run<'a> {
     /// Per source, what the checks learnt (archives, the engine's images).
     prepared: Vec<Checked>,
     platform: TargetPlatform,
+    /// The dind container's name (with --cache, the cache's: only one run
+    /// at a time may use it).
+    dind: String,
     /// The private directory of the export socket (bind-mounted into the
     /// dind); None forces the attach stream.
     socket_dir: Option<tempfile::TempDir>,
@@ -288,6 +294,13 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         prepared,
     } = check_local_inputs(cfg)?;
     let engine = Engine::connect().await?;
+    let run_id = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() % 100_000)
+    );
     let spec = DindSpec {
         image: cfg.dind_image.clone(),
         network: cfg.dind_network.clone(),
@@ -295,13 +308,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         downloads: cfg.jobs,
         daemon_args: access.daemon_args.clone(),
         files: access.certs.clone(),
-        run_id: format!(
-            "{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos() % 100_000)
-        ),
+        run_id: run_id.clone(),
     };
     let mut run = Run {
         cfg,
@@ -315,6 +322,10 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         manifests_read: tokio::sync::watch::Sender::new(false),
         names: cfg.images.iter().map(|l| l.source.to_string()).collect(),
         prepared,
+        dind: match &cfg.cache {
+            Some(c) => cache::dind_name(c),
+            None => format!("flatcar-preload-{run_id}-dind"),
+        },
     };
     let result = populate(&mut run, start).await;
     let Run { engine, res, .. } = run;
@@ -535,6 +546,24 @@ async fn pull_store(
     clock: &Clock,
     memory_cap: Option<u64>,
 ) -> Result<(Vec<PulledImage>, StoreReport)> {
+    if let Some(name) = run.cfg.cache.clone() {
+        let volume = cache::volume_name(&name);
+        run.engine.ensure_cache_volume(&volume, &name).await?;
+        clock
+            .time(Phase::Pull, start_dind(run, &StoreMount::Volume(volume)))
+            .await?;
+        let images = clock.time(Phase::Pull, images::acquire(run)).await?;
+        if run.cfg.cache_prune {
+            images::prune(run, &images).await?;
+        }
+        let report = StoreReport {
+            kind: "cache",
+            memory_cap_bytes: None,
+            fell_back_to_disk: false,
+            used_bytes: 0,
+        };
+        return Ok((images, report));
+    }
     if let Some(cap) = memory_cap {
         let memory = StoreMount::Memory { cap };
         clock.time(Phase::Pull, start_dind(run, &memory)).await?;
@@ -553,7 +582,7 @@ async fn pull_store(
                     "the images do not fit in the store in memory ({} at most): pulling them again with the store on disk",
                     indicatif::HumanBytes(cap)
                 );
-                let dind = run.name("dind");
+                let dind = run.dind.clone();
                 run.engine.remove_container(&dind).await?;
                 run.res.containers.retain(|c| *c != dind);
             }
@@ -708,20 +737,33 @@ async fn check_engine(run: &mut Run<'_>) -> Result<()> {
 }
 
 /// Starts the dind with its store in `store`. On failure the container is
-/// already recorded for removal.
+/// already recorded for removal (unless it was not made because a run
+/// using the same cache has it).
 async fn start_dind(run: &mut Run<'_>, store: &StoreMount) -> Result<()> {
-    let dind = run.name("dind");
-    run.res.containers.push(dind.clone());
+    let dind = run.dind.clone();
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
-    run.or_cancel(run.engine.start_dind(&dind, &run.spec, store, socket_dir))
-        .await
+    let started = run.engine.start_dind(&dind, &run.spec, store, socket_dir);
+    match run.or_cancel(started).await {
+        Err(e) if e.downcast_ref::<NameInUse>().is_some() => match &run.cfg.cache {
+            Some(c) => bail!(
+                "the cache {c:?} is in use by another run (its container {dind} exists); \
+                 run again when it is done, or use another --cache. If no run is using it \
+                 (one was killed), remove the container: docker rm -f {dind}"
+            ),
+            None => Err(e),
+        },
+        result => {
+            run.res.containers.push(dind);
+            result
+        }
+    }
 }
 
 /// Stops the inner daemon cleanly (the container stays, with a store in
 /// memory) and returns what the store takes: the store must be quiescent
 /// before it is exported. On failure nothing was written.
 async fn stop_dind(run: &Run<'_>) -> Result<u64> {
-    let dind = run.name("dind");
+    let dind = run.dind.clone();
     let stopped = run.or_cancel(run.engine.stop_inner(&dind)).await?;
     if stopped.exit_code != 0 {
         bail!(
@@ -752,7 +794,7 @@ async fn make_output(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<
 /// with the helper in the dind. Writes nothing.
 async fn measure(run: &Run<'_>, prepared: &Prepared) -> Result<Need> {
     let block_size = ext4::inspect(&prepared.fs(), ROOT_NAME)?.block_size;
-    let dind = run.name("dind");
+    let dind = run.dind.clone();
     let measured = run.engine.measure_store(&dind, block_size);
     let mut need = run.or_cancel(measured).await?;
     if let Some(src) = &run.cfg.containerd {
@@ -814,7 +856,7 @@ async fn export_and_write(run: &Run<'_>, root: &ext4::Root) -> Result<Written> {
     };
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
     let exported = run
-        .or_cancel(run.engine.export_store(&run.name("dind"), socket_dir, tx))
+        .or_cancel(run.engine.export_store(&run.dind.clone(), socket_dir, tx))
         .await;
     // The writer stops by itself once the stream ends or is cancelled; the
     // filesystem is closed consistently either way.
