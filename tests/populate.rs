@@ -1798,3 +1798,360 @@ fn platform_from_option_and_from_the_disk() {
     );
     assert_eq!(leftovers(), "");
 }
+
+// ---- sources without a registry, and the cache ---------------------------
+
+/// GET `path` of the test registry with `accept`, as bytes.
+fn registry_get(path: &str, accept: &str) -> Vec<u8> {
+    let o = Command::new("curl")
+        .args(["-sS", "-f", "-H"])
+        .arg(format!("Accept: {accept}"))
+        .arg(format!("http://{}/v2/{path}", env().registry))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "GET {path}: {}", String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
+/// Writes `repo:tag` of the test registry (an image, or an index and the
+/// images it lists) as an OCI image layout in `dir`, with
+/// `org.opencontainers.image.ref.name` = `ref_name` on its index entry.
+fn oci_layout_from_registry(repo: &str, tag: &str, dir: &Path, ref_name: &str) {
+    const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let digest = sha256(bytes);
+        fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes).unwrap();
+        digest
+    };
+    // A manifest and its blobs; returns (media type, digest, size).
+    let manifest = |reference: &str| -> (String, String, usize) {
+        let m = registry_get(&format!("{repo}/manifests/{reference}"), ACCEPT);
+        let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        (v["mediaType"].as_str().unwrap().to_string(), put(&m), m.len())
+    };
+    let (media, digest, size) = manifest(tag);
+    let top: serde_json::Value =
+        serde_json::from_slice(&fs::read(blobs.join(digest.trim_start_matches("sha256:"))).unwrap())
+            .unwrap();
+    let mut image_manifests = vec![];
+    match top["manifests"].as_array() {
+        Some(list) => {
+            for m in list {
+                let (_, d, _) = manifest(m["digest"].as_str().unwrap());
+                image_manifests.push(d);
+            }
+        }
+        None => image_manifests.push(digest.clone()),
+    }
+    for d in image_manifests {
+        let m: serde_json::Value =
+            serde_json::from_slice(&fs::read(blobs.join(d.trim_start_matches("sha256:"))).unwrap())
+                .unwrap();
+        let mut digests = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+        for l in m["layers"].as_array().unwrap() {
+            digests.push(l["digest"].as_str().unwrap().to_string());
+        }
+        for b in digests {
+            let bytes = registry_get(&format!("{repo}/blobs/{b}"), "*/*");
+            assert_eq!(put(&bytes), b);
+        }
+    }
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": media, "digest": digest, "size": size,
+                       "annotations": {"org.opencontainers.image.ref.name": ref_name}}],
+    });
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// A tar of the directory `dir` (its contents at the top).
+fn tar_dir(dir: &Path, out: &Path) {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(out)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// The same fixture image from every transport: a `docker save` tar
+/// (gzip-compressed), an OCI layout made from the registry's blobs (as a
+/// directory and as a tar) and the engine's own copy. Each gets the image
+/// ID the registry pull gives, under the name asked for, and a real Docker
+/// on the result lists and runs them.
+#[test]
+fn images_from_archives_and_the_engine() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    let (layers_ref, layers_id) = (&f.listed[0].0, &f.listed[0].1);
+    let tmp = user_dir();
+    let d = tmp.path();
+    // docker save, gzip-compressed.
+    let saved = d.join("saved.tar");
+    docker(&["save", "-o", saved.to_str().unwrap(), layers_ref]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &fs::read(&saved).unwrap()).unwrap();
+    fs::write(d.join("saved.tar.gz"), gz.finish().unwrap()).unwrap();
+    // An OCI layout of the registry's blobs, as a directory and a tar.
+    let layout = d.join("layout");
+    oci_layout_from_registry("fp/layers", "1", &layout, "1");
+    tar_dir(&layout, &d.join("layout.tar"));
+    for e in walk_paths(d) {
+        let mode = if e.is_dir() { 0o755 } else { 0o644 };
+        fs::set_permissions(&e, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let list = d.join("images.list");
+    fs::write(
+        &list,
+        format!(
+            "# every transport, relative paths from the list's directory\n\
+             docker-archive:saved.tar.gz:fp/from-save:1\n\
+             oci:layout:fp/from-oci:1\n\
+             oci-archive:layout.tar:fp/from-oci-archive:1\n\
+             docker-daemon:{layers_ref}\n"
+        ),
+    )
+    .unwrap();
+    let disk = disk_copy(&["--layout", "small"], d);
+    let out = d.join("out.bin");
+    let o = populate(&[
+        disk.to_str().unwrap(),
+        "-l",
+        list.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "populate failed: {}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let images = s["images"].as_array().unwrap();
+    assert_eq!(images.len(), 4, "{s}");
+    for (img, source) in images.iter().zip(["archive", "archive", "archive", "daemon"]) {
+        assert_eq!(img["id"], layers_id.as_str(), "{s}");
+        assert_eq!(img["source"], source, "{s}");
+    }
+    assert_eq!(leftovers(), "");
+    assert_fsck_clean(&out);
+    let m = Mount::new(&out);
+    let mut tags: Vec<String> = stored_tags(&m.dir.path().join("var/lib/docker"))
+        .into_iter()
+        .map(|t| t.split(' ').next().unwrap().to_string())
+        .collect();
+    drop(m);
+    tags.sort();
+    let mut want = vec![
+        "fp/from-oci-archive:1".to_string(),
+        "fp/from-oci:1".to_string(),
+        "fp/from-save:1".to_string(),
+        layers_ref.clone(),
+    ];
+    want.sort();
+    assert_eq!(tags, want);
+    let text = with_real_docker(
+        &out,
+        "docker run --rm --network none fp/from-oci:1 /bin/busybox cat /data/a/new; echo",
+    );
+    assert_eq!(text.matches("\nnew\n").count(), env().target_dockers.len(), "{text}");
+}
+
+/// Every path below `dir`.
+fn walk_paths(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_paths(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// Bad sources fail before anything is written, naming their line: a
+/// missing file, a truncated archive, an OCI index with no image for the
+/// platform, an unnamed archive without `:NAME`, an image the engine does
+/// not have.
+#[test]
+fn bad_sources_fail_naming_their_line() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    multi_arch_fixture();
+    let tmp = user_dir();
+    let d = tmp.path();
+    let saved = d.join("saved.tar");
+    docker(&["save", "-o", saved.to_str().unwrap(), &f.listed[0].0]);
+    let bytes = fs::read(&saved).unwrap();
+    fs::write(d.join("truncated.tar"), &bytes[..bytes.len() / 2]).unwrap();
+    let unnamed = d.join("unnamed");
+    oci_layout_from_registry("fp/layers", "1", &unnamed, "1");
+    let multi = d.join("multi");
+    oci_layout_from_registry("fp/multi", "1", &multi, "1");
+    for e in walk_paths(d) {
+        let mode = if e.is_dir() { 0o755 } else { 0o644 };
+        fs::set_permissions(&e, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let disk = disk_copy(&["--layout", "small"], d);
+    let before = file_digest(&disk);
+    let out = d.join("out.bin");
+    for (line, extra, want) in [
+        ("docker-archive:missing.tar:fp/x:1", None, "missing.tar"),
+        ("docker-archive:truncated.tar:fp/x:1", None, "truncated.tar"),
+        ("oci:multi:fp/m:1", Some("linux/s390x"), "linux/s390x"),
+        ("oci:unnamed", None, "unnamed"),
+        ("docker-daemon:fp/not-on-the-engine:1", None, "fp/not-on-the-engine:1"),
+    ] {
+        let list = d.join("images.list");
+        fs::write(&list, format!("{}\n# the bad one\n{line}\n", f.listed[0].0)).unwrap();
+        let mut args = vec![
+            disk.to_str().unwrap(),
+            "-l",
+            list.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        if let Some(p) = extra {
+            args.extend(["--platform", p]);
+        }
+        let o = populate(&args);
+        assert_clean_failure(&o, &disk, before, &out, want);
+        let err = stderr(&o);
+        assert!(err.contains("images.list, line 3"), "{line}: {err}");
+        assert!(!err.contains("pulled"), "{line}: something was pulled first: {err}");
+    }
+}
+
+/// The layers each image of a `--json` summary downloaded.
+fn downloaded(s: &serde_json::Value) -> Vec<usize> {
+    s["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["downloaded_layers"].as_array().unwrap().len())
+        .collect()
+}
+
+/// The image IDs in the image database of ROOT.
+fn stored_ids(disk: &Path) -> Vec<String> {
+    let view = ext4_view(disk);
+    let mut ids: Vec<String> = view
+        .read_dir("/var/lib/docker/image/overlay2/imagedb/content/sha256")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_str().unwrap().to_string())
+        .filter(|n| n != "." && n != "..")
+        .map(|n| format!("sha256:{n}"))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// `--cache NAME`: a cold run, a warm run of the same list (nothing
+/// downloaded), a run with one image changed (only its layer downloaded);
+/// every result holds exactly the listed images and passes the truth
+/// checks; a second run on a cache in use fails clearly and the cache
+/// still works after; `cache ls` and `cache rm`.
+#[test]
+fn cache_downloads_only_what_changed() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    let reg = &env().registry;
+    let changing = format!("{reg}/fp/cached:1");
+    let busybox = fs::read("/bin/busybox").unwrap();
+    let base = layer(&[L::Dir("bin"), L::File("bin/busybox", &busybox, 0o755)]);
+    let (id_a, _) = make_image(&changing, &[base.clone(), layer(&[L::File("v", b"A", 0o644)])]);
+    let cache = format!("fptest-{}", std::process::id());
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let list = tmp.path().join("images.list");
+    fs::write(&list, format!("{}\n{changing}\n", f.listed[0].0)).unwrap();
+    let out = tmp.path().join("out.bin");
+    let (d, l, o_) = (
+        disk.to_str().unwrap(),
+        list.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let run = |what: &str| -> serde_json::Value {
+        let _ = fs::remove_file(&out);
+        let o = populate(&[d, "-l", l, "-o", o_, "--cache", &cache, "--json"]);
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+        assert_eq!(leftovers(), "", "{what}");
+        assert_fsck_clean(&out);
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let cold = run("cold");
+    assert!(downloaded(&cold).iter().all(|&n| n > 0), "{cold}");
+    assert_eq!(cold["store"]["kind"], "cache", "{cold}");
+    let warm = run("warm");
+    assert_eq!(downloaded(&warm), [0, 0], "{warm}");
+    for i in warm["images"].as_array().unwrap() {
+        assert_eq!(i["source"], "cache", "{warm}");
+    }
+    let mut want = vec![f.listed[0].1.clone(), id_a.clone()];
+    want.sort();
+    assert_eq!(stored_ids(&out), want);
+    // One image changed: only its new layer comes down, and its old
+    // version, still in the cache, is not written.
+    let (id_b, _) = make_image(&changing, &[base, layer(&[L::File("v", b"B", 0o644)])]);
+    let changed = run("one changed");
+    assert_eq!(downloaded(&changed), [0, 1], "{changed}");
+    assert_eq!(changed["images"][1]["id"], id_b.as_str());
+    let mut want = vec![f.listed[0].1.clone(), id_b.clone()];
+    want.sort();
+    assert_eq!(stored_ids(&out), want, "the old version was exported too");
+    let text = with_real_docker(
+        &out,
+        &format!("docker run --rm --network none {changing} /bin/busybox cat /v; echo"),
+    );
+    assert_eq!(text.matches("\nB\n").count(), env().target_dockers.len(), "{text}");
+
+    // A run on the cache while another has it: refused, naming the cache.
+    let mut first = populate_cmd(&[d, "-l", l, "-o", o_, "--cache", &cache])
+        .env("FLATCAR_PRELOAD_PAUSE_AT", "pull")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(first.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("paused at pull") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the first run ended early");
+    }
+    let out2 = tmp.path().join("out2.bin");
+    let o = populate(&[d, "-l", l, "-o", out2.to_str().unwrap(), "--cache", &cache]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("in use by another run"), "{}", stderr(&o));
+    assert!(!out2.exists());
+    Command::new("pkill")
+        .args(["-INT", "-P", &first.id().to_string()])
+        .status()
+        .unwrap();
+    first.wait().unwrap();
+    // ... and the cache is intact.
+    let again = run("after the refused run");
+    assert_eq!(downloaded(&again), [0, 0], "{again}");
+
+    let ls = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .env("DOCKER_HOST", &env().docker_host)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(ls(&["cache", "ls"]).contains(&cache));
+    ls(&["cache", "rm", &cache]);
+    assert!(!ls(&["cache", "ls"]).contains(&cache));
+}
