@@ -151,3 +151,93 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 # Median of the numbers given (the lower of the middle two for an even
 # count; the benches make odd counts).
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# --- the bench image of bench-populate.sh and bench-cache.sh -----------------
+# Bump the tag when bench_context changes, so that a stale image in the
+# registry is not reused.
+readonly BENCH_IMAGE=127.0.0.1:5000/fp/bench:1
+# Build context: 3 COPY layers, ~500 MB in ~7,000 files, shaped like a real
+# image store's hard part: a few big incompressible files (layer blobs,
+# binaries) and thousands of 1-64 KiB files in nested dirs, with hard links
+# and symlinks.
+#   big/    4 files of 50-100 MiB from /dev/urandom               (~294 MiB)
+#   tree1/  20 x 17 dirs x 10 files of 1-64 KiB, 100 symlinks     (~108 MiB)
+#   tree2/  the same, plus ~150 hard links (within the layer: a
+#           hard link cannot span layers)                        (~108 MiB)
+bench_context() {
+    local ctx=$1
+    rm -rf -- "$ctx"
+    mkdir -p -- "$ctx/big"
+    local mib
+    for mib in 50 64 80 100; do
+        head -c "${mib}M" /dev/urandom >"$ctx/big/blob-${mib}m"
+    done
+    # perl writes the ~7,000 files from one process; a process per file
+    # would take minutes.
+    perl -e '
+        use strict; use warnings;
+        use File::Path qw(make_path);
+        my $root = shift;
+        open(my $rnd, "<:raw", "/dev/urandom") or die "urandom: $!";
+        srand(42);
+        for my $t (1, 2) {
+            my $n = 0;
+            for my $a (0 .. 19) {
+                for my $b (0 .. 16) {
+                    my $dir = sprintf("%s/tree%d/a%02d/b%02d", $root, $t, $a, $b);
+                    make_path($dir);
+                    for my $f (0 .. 9) {
+                        my $size = 1024 + int(rand(63 * 1024 + 1));
+                        read($rnd, my $buf, $size) == $size or die "short read";
+                        my $path = sprintf("%s/f%02d", $dir, $f);
+                        open(my $o, ">:raw", $path) or die "$path: $!";
+                        print {$o} $buf or die "$path: $!";
+                        close($o) or die "$path: $!";
+                        $n++;
+                        # Relative symlinks, as packages ship them.
+                        if ($n % 34 == 0) {
+                            symlink("f$f", "$path.lnk") or die "$path.lnk: $!";
+                        }
+                        # Hard links in tree2, next to their file.
+                        if ($t == 2 && $n % 23 == 0) {
+                            link($path, "$path.hl") or die "$path.hl: $!";
+                        }
+                    }
+                }
+            }
+            # A symlink to a dir and an absolute one.
+            symlink("a00/b00", "$root/tree$t/first") or die "first: $!";
+            symlink("/opt/big/blob-50m", "$root/tree$t/abs") or die "abs: $!";
+        }' "$ctx"
+    printf '%s\n' 'FROM scratch' \
+        'COPY big/ /opt/big/' \
+        'COPY tree1/ /usr/share/tree1/' \
+        'COPY tree2/ /srv/tree2/' >"$ctx/Dockerfile"
+}
+
+# Makes sure the bench image REF is in the test registry: built from
+# bench_context in CTX and pushed once (the registry is its cache), with the
+# build's log in LOG.
+ensure_bench_image() {
+    local ref=$1 ctx=$2 log=$3 registry=${1%%/*} repo=${1#*/}
+    repo=${repo%:*}
+    manifest_exists() {
+        curl -sf -o /dev/null "http://$registry/v2/$repo/manifests/${ref##*:}" \
+            -H 'Accept: application/vnd.docker.distribution.manifest.v2+json'
+    }
+    if manifest_exists; then
+        echo "bench image: $ref (cached in the registry)" >&2
+        return
+    fi
+    echo "bench image: making $ref (once; cached in the registry)" >&2
+    bench_context "$ctx"
+    # Legacy builder: the 28.x CLI has no buildx plugin here, and the 20.10
+    # daemon's BuildKit would need it.
+    DOCKER_BUILDKIT=0 docker build -q -t "$ref" "$ctx" >"$log" 2>&1 ||
+        { tail -n 20 -- "$log" >&2; die "docker build of $ref failed"; }
+    docker push -q "$ref" >/dev/null || die "docker push $ref failed"
+    # The registry is the cache: drop the context and the host's copy (~1 GB).
+    rm -rf -- "$ctx"
+    docker image rm "$ref" >/dev/null || true
+    manifest_exists || die "pushed $ref but the registry has no manifest for it"
+}

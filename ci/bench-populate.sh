@@ -51,9 +51,8 @@ readonly RUNS=${BENCH_RUNS:-3}
 readonly GOAL_RATIO=1.00 GOAL_RSS_MIB=64
 # More arguments for the tool (word-split on purpose).
 read -r -a tool_args <<<"${BENCH_TOOL_ARGS:-}"
-# The bench image. Bump the tag when make_context changes, so that a stale
-# image in the registry is not reused.
-readonly BENCH_REF=127.0.0.1:5000/fp/bench:1
+# The bench image (see ensure_bench_image in bench-lib.sh).
+readonly BENCH_REF=$BENCH_IMAGE
 # Our manual paths' dinds and B's store. Fixed names (not labelled with the
 # tool's run label): stale ones from a killed run are replaced at start.
 readonly B_CTR=fpbench-dind B_VOL=fpbench-vol C_CTR=fpbench-balena
@@ -141,84 +140,7 @@ trap 'exit 130' INT TERM
 need_space 4
 
 # --- the bench image --------------------------------------------------------
-# Build context: 3 COPY layers, ~500 MB in ~7,000 files, shaped like a real
-# image store's hard part: a few big incompressible files (layer blobs,
-# binaries) and thousands of 1-64 KiB files in nested dirs, with hard links
-# and symlinks.
-#   big/    4 files of 50-100 MiB from /dev/urandom               (~294 MiB)
-#   tree1/  20 x 17 dirs x 10 files of 1-64 KiB, 100 symlinks     (~108 MiB)
-#   tree2/  the same, plus ~150 hard links (within the layer: a
-#           hard link cannot span layers)                        (~108 MiB)
-make_context() {
-    rm -rf -- "$ctx"
-    mkdir -p -- "$ctx/big"
-    local mib
-    for mib in 50 64 80 100; do
-        head -c "${mib}M" /dev/urandom >"$ctx/big/blob-${mib}m"
-    done
-    # perl writes the ~7,000 files from one process; a process per file
-    # would take minutes.
-    perl -e '
-        use strict; use warnings;
-        use File::Path qw(make_path);
-        my $root = shift;
-        open(my $rnd, "<:raw", "/dev/urandom") or die "urandom: $!";
-        srand(42);
-        for my $t (1, 2) {
-            my $n = 0;
-            for my $a (0 .. 19) {
-                for my $b (0 .. 16) {
-                    my $dir = sprintf("%s/tree%d/a%02d/b%02d", $root, $t, $a, $b);
-                    make_path($dir);
-                    for my $f (0 .. 9) {
-                        my $size = 1024 + int(rand(63 * 1024 + 1));
-                        read($rnd, my $buf, $size) == $size or die "short read";
-                        my $path = sprintf("%s/f%02d", $dir, $f);
-                        open(my $o, ">:raw", $path) or die "$path: $!";
-                        print {$o} $buf or die "$path: $!";
-                        close($o) or die "$path: $!";
-                        $n++;
-                        # Relative symlinks, as packages ship them.
-                        if ($n % 34 == 0) {
-                            symlink("f$f", "$path.lnk") or die "$path.lnk: $!";
-                        }
-                        # Hard links in tree2, next to their file.
-                        if ($t == 2 && $n % 23 == 0) {
-                            link($path, "$path.hl") or die "$path.hl: $!";
-                        }
-                    }
-                }
-            }
-            # A symlink to a dir and an absolute one.
-            symlink("a00/b00", "$root/tree$t/first") or die "first: $!";
-            symlink("/opt/big/blob-50m", "$root/tree$t/abs") or die "abs: $!";
-        }' "$ctx"
-    printf '%s\n' 'FROM scratch' \
-        'COPY big/ /opt/big/' \
-        'COPY tree1/ /usr/share/tree1/' \
-        'COPY tree2/ /srv/tree2/' >"$ctx/Dockerfile"
-}
-
-manifest_exists() {
-    curl -sf -o /dev/null "http://$registry/v2/fp/bench/manifests/${BENCH_REF##*:}" \
-        -H 'Accept: application/vnd.docker.distribution.manifest.v2+json'
-}
-
-if manifest_exists; then
-    echo "bench image: $BENCH_REF (cached in the registry)" >&2
-else
-    echo "bench image: making $BENCH_REF (once; cached in the registry)" >&2
-    make_context
-    # Legacy builder: the 28.x CLI has no buildx plugin here, and the 20.10
-    # daemon's BuildKit would need it.
-    DOCKER_BUILDKIT=0 docker build -q -t "$BENCH_REF" "$ctx" >"$work/populate-build.log" 2>&1 ||
-        { tail -n 20 -- "$work/populate-build.log" >&2; die "docker build of $BENCH_REF failed"; }
-    docker push -q "$BENCH_REF" >/dev/null || die "docker push $BENCH_REF failed"
-    # The registry is the cache: drop the context and the host's copy (~1 GB).
-    rm -rf -- "$ctx"
-    docker image rm "$BENCH_REF" >/dev/null || true
-    manifest_exists || die "pushed $BENCH_REF but the registry has no manifest for it"
-fi
+ensure_bench_image "$BENCH_REF" "$ctx" "$work/populate-build.log"
 
 # The fixture is cheap (about a second), so make it fresh: a stale one from an
 # older make-disk.sh would skew the comparison.

@@ -41,6 +41,13 @@ pub enum Command {
     /// of the engine).
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// (internal) Runs inside the dind container: waits until the inner
+    /// dockerd answers.
+    #[command(name = "__ready", hide = true)]
+    InnerReady {
+        #[arg(long)]
+        socket: String,
+    },
     /// (internal) Runs inside the dind container: removes the images not
     /// listed (JSON on standard input).
     #[command(name = "__prune", hide = true)]

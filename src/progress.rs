@@ -175,16 +175,23 @@ impl Pulls {
         }
     }
 
+    /// Image `i` (or one of its images, for an archive) is in the daemon;
+    /// "no download" when none of its layers came from a registry (a cache
+    /// hit, or a load).
     pub fn done(&mut self, i: usize, id: &str, platform: &str) {
         let short = id
             .trim_start_matches("sha256:")
             .get(..12)
             .unwrap_or(id)
             .to_string();
+        let how = match self.layers.get(i).is_some_and(|l| l.is_empty()) {
+            true => ", no download",
+            false => "",
+        };
         match self.bars.get(i) {
-            Some(Some(b)) => b.finish_with_message(format!("pulled {short} {platform}")),
+            Some(Some(b)) => b.finish_with_message(format!("{short} {platform}{how}")),
             _ => eprintln!(
-                "pulled {} ({short}, {platform}) after {:.1} s",
+                "got {} ({short}, {platform}{how}) after {:.1} s",
                 self.names.get(i).map_or("?", |s| s.as_str()),
                 self.start.elapsed().as_secs_f64()
             ),

@@ -130,6 +130,11 @@ async fn connect_when_ready(socket: &str) -> Result<Docker> {
     }
 }
 
+/// `__ready`: returns once the inner dockerd answers on `socket`.
+pub async fn ready(socket: &str) -> Result<()> {
+    connect_when_ready(socket).await.map(|_| ())
+}
+
 /// The daemon's message of an API error, without bollard's wrapping.
 fn api_message(e: bollard::errors::Error) -> anyhow::Error {
     match e {

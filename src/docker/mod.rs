@@ -536,6 +536,15 @@ impl Engine {
             .start_container(name, None)
             .await
             .with_context(|| format!("starting the dind container {name} from {}", spec.image))?;
+        let cmd = [HELPER_PATH, "__ready", "--socket", INNER_SOCKET];
+        let ready = self.exec_lines(name, &cmd, None, |_| {}).await?;
+        if ready.exit_code != 0 {
+            bail!(
+                "the inner dockerd of {name} did not start: {}\nits last lines:\n{}",
+                ready.stderr.trim(),
+                self.logs_tail(name).await
+            );
+        }
         Ok(())
     }
 

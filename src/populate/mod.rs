@@ -149,6 +149,9 @@ pub struct Summary {
 /// wall time of the run.
 #[derive(Debug, Default, Serialize)]
 pub struct Phases {
+    /// Starting the dind (its dockerd answering).
+    pub start: f64,
+    /// Getting the images into the dind's daemon.
     pub pull: f64,
     pub stop: f64,
     pub measure: f64,
@@ -171,6 +174,7 @@ pub struct Span {
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    Start,
     Pull,
     Stop,
     Measure,
@@ -217,6 +221,7 @@ impl Clock {
 impl Phases {
     fn slot(&mut self, phase: Phase) -> &mut f64 {
         match phase {
+            Phase::Start => &mut self.start,
             Phase::Pull => &mut self.pull,
             Phase::Stop => &mut self.stop,
             Phase::Measure => &mut self.measure,
@@ -550,7 +555,7 @@ async fn pull_store(
         let volume = cache::volume_name(&name);
         run.engine.ensure_cache_volume(&volume, &name).await?;
         clock
-            .time(Phase::Pull, start_dind(run, &StoreMount::Volume(volume)))
+            .time(Phase::Start, start_dind(run, &StoreMount::Volume(volume)))
             .await?;
         let images = clock.time(Phase::Pull, images::acquire(run)).await?;
         if run.cfg.cache_prune {
@@ -566,7 +571,7 @@ async fn pull_store(
     }
     if let Some(cap) = memory_cap {
         let memory = StoreMount::Memory { cap };
-        clock.time(Phase::Pull, start_dind(run, &memory)).await?;
+        clock.time(Phase::Start, start_dind(run, &memory)).await?;
         match clock.time(Phase::Pull, images::acquire(run)).await {
             Ok(images) => {
                 let report = StoreReport {
@@ -593,7 +598,7 @@ async fn pull_store(
     run.engine.create_volume(&volume, &run.spec.run_id).await?;
     run.res.volumes.push(volume.clone());
     let disk = StoreMount::Volume(volume);
-    clock.time(Phase::Pull, start_dind(run, &disk)).await?;
+    clock.time(Phase::Start, start_dind(run, &disk)).await?;
     let images = clock.time(Phase::Pull, images::acquire(run)).await?;
     let report = StoreReport {
         kind: "disk",
@@ -988,7 +993,8 @@ impl Summary {
             HumanBytes(s.store.used_bytes)
         );
         eprintln!(
-            "time: pull {:.1} s, stop {:.1} s, measure {:.1} s, copy {:.1} s, grow {:.1} s, export+write {:.1} s, containerd {:.1} s, total {:.1} s (phases overlap)",
+            "time: start {:.1} s, pull {:.1} s, stop {:.1} s, measure {:.1} s, copy {:.1} s, grow {:.1} s, export+write {:.1} s, containerd {:.1} s, total {:.1} s (phases overlap)",
+            p.start,
             p.pull, p.stop, p.measure, p.copy, p.grow, p.export_and_write, p.containerd, p.total
         );
     }
