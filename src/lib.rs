@@ -14,6 +14,8 @@ mod hooks;
 mod platform;
 mod populate;
 mod progress;
+#[allow(dead_code)] // wired by populate (issue 11)
+mod source;
 mod store;
 mod unpack;
 
