@@ -323,9 +323,9 @@ fn scan_tar(path: &Path) -> Result<TarListing> {
             let n = read_full(&mut hashing, &mut head)
                 .with_context(|| format!("{}: reading {name:?}", path.display()))?;
             let first = head[..n].iter().find(|b| !b.is_ascii_whitespace());
-            let json_like = name.ends_with(".json")
-                || !name.contains('/')
-                || matches!(first, Some(b'{' | b'['));
+            // Layers (tar, compressed) never start like JSON: they are not
+            // kept, however small (skopeo writes them as top-level files).
+            let json_like = name.ends_with(".json") || matches!(first, Some(b'{' | b'['));
             let mut content = None;
             if json_like && size <= MAX_JSON {
                 kept += size;
@@ -1687,8 +1687,11 @@ mod tests {
         assert!(e.contains("oci-archive:"), "{e}");
     }
 
+    /// The files of a layout, its arm64 config and arm64 layer.
+    type MultiPlatform = (Vec<(String, Vec<u8>)>, Vec<u8>, Vec<u8>);
+
     /// buildx-like: index.json -> index -> amd64, arm64 and an attestation.
-    fn multi_platform() -> (Vec<(String, Vec<u8>)>, Vec<u8>, Vec<u8>) {
+    fn multi_platform() -> MultiPlatform {
         let mut o = Oci::default();
         let (amd, _) = o.image("amd64", &[layer("f", "amd")]);
         let (arm, arm_cfg) = o.image("arm64", &[layer("f", "arm")]);
