@@ -72,6 +72,7 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
                 cli::CacheCommand::Rm { names } => populate::cache::remove(&names).await,
             }
         }),
+        Command::InnerReady { socket } => runtime()?.block_on(docker::inner::ready(&socket)),
         Command::InnerPrune { socket } => runtime()?.block_on(docker::inner::prune_images(&socket)),
         Command::InnerLoad { socket, index } => {
             runtime()?.block_on(docker::inner::load_images(&socket, index))
