@@ -74,6 +74,10 @@ pub enum Command {
         /// on the tool's machine), else to stdout.
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Export only the images of this JSON selection (`-`: standard
+        /// input).
+        #[arg(long, value_name = "file")]
+        only: Option<PathBuf>,
     },
     /// (internal) Runs inside the dind container: prints what the store
     /// will take in ext4 (JSON).
@@ -83,6 +87,10 @@ pub enum Command {
         /// The block size of the filesystem the store goes into.
         #[arg(long)]
         block_size: u64,
+        /// Measure only the images of this JSON selection (`-`: standard
+        /// input).
+        #[arg(long, value_name = "file")]
+        only: Option<PathBuf>,
     },
     /// (internal) The dind container's first process: runs the inner
     /// dockerd and keeps the container alive once it has stopped.

@@ -77,13 +77,21 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
         Command::InnerLoad { socket, index } => {
             runtime()?.block_on(docker::inner::load_images(&socket, index))
         }
-        Command::InnerMeasure { root, block_size } => {
-            let need = store::measure_docker_store(&root, block_size)?;
+        Command::InnerMeasure {
+            root,
+            block_size,
+            only,
+        } => {
+            let only = only.as_deref().map(store::read_selection).transpose()?;
+            let need = store::measure_docker_store(&root, only.as_ref(), block_size)?;
             serde_json::to_writer(std::io::stdout().lock(), &need)
                 .context("writing the measurements to standard output")?;
             Ok(())
         }
-        Command::InnerExport { root, socket } => store::export_to(&root, socket.as_deref()),
+        Command::InnerExport { root, socket, only } => {
+            let only = only.as_deref().map(store::read_selection).transpose()?;
+            store::export_to(&root, only.as_ref(), socket.as_deref())
+        }
         Command::InnerInit { cmd } => docker::inner::dind_init(&cmd),
         Command::InnerStop { root } => {
             docker::inner::stop_dockerd(&root, std::time::Duration::from_secs(60))

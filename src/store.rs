@@ -11,9 +11,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::ext4::estimate::{Estimator, Item, Need};
+
+pub mod select;
+
+pub use select::{read_selection, Selection};
+use select::{Plan, Rule};
 
 /// Where Flatcar's Docker keeps its store (no --data-root on Flatcar).
 pub const DOCKER_ROOT: &str = "/var/lib/docker";
@@ -73,25 +78,31 @@ struct Exporter<W: Write> {
 }
 
 impl<W: Write> Exporter<W> {
-    fn entry(&mut self, path: &Path, name: &[u8]) -> Result<()> {
+    /// Writes the entry at `path` as `name`; with `content`, a regular file
+    /// holding it instead of what is on disk (mode 0600, as Docker writes
+    /// its generated files).
+    fn entry(&mut self, path: &Path, name: &[u8], content: Option<&[u8]>) -> Result<()> {
         let md =
             fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
         let ft = md.file_type();
         if ft.is_socket() {
             return Ok(()); // tar cannot hold sockets; nothing in a store needs one
         }
+        if content.is_some() && !ft.is_file() {
+            bail!("{} is not a regular file", path.display());
+        }
+        // A generated file is an inode of its own, whatever the disk's has.
+        let linked = content.is_none() && !ft.is_dir() && md.nlink() > 1;
+        let size = content.map_or(md.len(), |c| c.len() as u64);
         let attrs =
             xattrs(path).with_context(|| format!("reading xattrs of {}", path.display()))?;
         if let Some(est) = &mut self.measure {
-            let item = if !ft.is_dir()
-                && md.nlink() > 1
-                && self.links.insert((md.dev(), md.ino()), vec![]).is_some()
-            {
+            let item = if linked && self.links.insert((md.dev(), md.ino()), vec![]).is_some() {
                 Item::HardLink
             } else if ft.is_dir() {
                 Item::Dir
             } else if ft.is_file() {
-                Item::File { size: md.len() }
+                Item::File { size }
             } else if ft.is_symlink() {
                 Item::Symlink {
                     target_len: fs::read_link(path)?.as_os_str().len(),
@@ -114,14 +125,18 @@ impl<W: Write> Exporter<W> {
             format!("{}.{:09}", md.mtime(), md.mtime_nsec()).into_bytes(),
         ));
         let mut h = tar::Header::new_gnu();
-        h.set_mode(md.mode() & 0o7777);
+        h.set_mode(if content.is_some() {
+            0o600
+        } else {
+            md.mode() & 0o7777
+        });
         h.set_uid(md.uid() as u64);
         h.set_gid(md.gid() as u64);
         h.set_mtime(md.mtime().max(0) as u64);
         h.set_size(0);
         let name_path = Path::new(std::ffi::OsStr::from_bytes(name));
         self.stats.entries += 1;
-        if !ft.is_dir() && md.nlink() > 1 {
+        if linked {
             if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
                 h.set_entry_type(tar::EntryType::Link);
                 let first = Path::new(std::ffi::OsStr::from_bytes(first)).to_path_buf();
@@ -136,10 +151,16 @@ impl<W: Write> Exporter<W> {
             self.tar.append_data(&mut h, name_path, io::empty())?;
         } else if ft.is_file() {
             h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(md.len());
-            let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            self.tar.append_data(&mut h, name_path, f)?;
-            self.stats.bytes += md.len();
+            h.set_size(size);
+            match content {
+                Some(c) => self.tar.append_data(&mut h, name_path, c)?,
+                None => {
+                    let f =
+                        File::open(path).with_context(|| format!("opening {}", path.display()))?;
+                    self.tar.append_data(&mut h, name_path, f)?;
+                }
+            }
+            self.stats.bytes += size;
         } else if ft.is_symlink() {
             h.set_entry_type(tar::EntryType::Symlink);
             let target = fs::read_link(path)?;
@@ -160,8 +181,17 @@ impl<W: Write> Exporter<W> {
         Ok(())
     }
 
-    /// Writes `dir` (as `name`) and everything below it, in name order.
-    fn tree(&mut self, dir: &Path, name: &[u8], skip: &[&str]) -> Result<()> {
+    /// Writes what is below `dir` (named `name`), in name order: everything
+    /// but `skip` and what `plan` skips, or, when `filtered`, only the
+    /// children that `plan` names.
+    fn tree(
+        &mut self,
+        dir: &Path,
+        name: &[u8],
+        skip: &[&str],
+        plan: Option<&Plan>,
+        filtered: bool,
+    ) -> Result<()> {
         let mut children = BTreeMap::new();
         for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
             let e = e.with_context(|| format!("listing {}", dir.display()))?;
@@ -176,9 +206,17 @@ impl<W: Write> Exporter<W> {
             if skip.iter().any(|s| s.as_bytes() == child_name) {
                 continue;
             }
-            self.entry(&path, &child_name)?;
+            let rule = plan.and_then(|p| p.rules.get(&child_name));
+            let content = match rule {
+                None if filtered => continue,
+                Some(Rule::Skip) => continue,
+                Some(Rule::Generated(c)) => Some(&c[..]),
+                _ => None,
+            };
+            self.entry(&path, &child_name, content)?;
             if fs::symlink_metadata(&path)?.is_dir() {
-                self.tree(&path, &child_name, skip)?;
+                let filtered = matches!(rule, Some(Rule::Dir));
+                self.tree(&path, &child_name, skip, plan, filtered)?;
             }
         }
         Ok(())
@@ -193,7 +231,7 @@ pub fn export_tree(
     skip: &[&str],
     out: impl Write,
 ) -> Result<ExportStats> {
-    walk(root, keep, skip, out, None).map(|(stats, _)| stats)
+    walk(root, keep, skip, None, out, None).map(|(stats, _)| stats)
 }
 
 /// Counts the blocks and inodes `root` will take in ext4, reading metadata
@@ -208,16 +246,20 @@ pub fn measure_tree(
         root,
         keep,
         skip,
+        None,
         io::sink(),
         Some(Estimator::new(block_size)),
     )?;
     Ok(need.unwrap_or_default())
 }
 
+/// The one walk behind exporting and measuring: `keep` and `skip` as for
+/// [`export_tree`], or, with a `plan`, only what the plan names.
 fn walk(
     root: &Path,
     keep: Option<&[&str]>,
     skip: &[&str],
+    plan: Option<&Plan>,
     out: impl Write,
     measure: Option<Estimator>,
 ) -> Result<(ExportStats, Option<Need>)> {
@@ -228,21 +270,22 @@ fn walk(
         stats: ExportStats::default(),
     };
     ex.tar.follow_symlinks(false);
-    ex.entry(root, b"./")?;
-    match keep {
-        Some(keep) => {
+    ex.entry(root, b"./", None)?;
+    match (plan, keep) {
+        (Some(plan), _) => ex.tree(root, b"", skip, Some(plan), true)?,
+        (None, Some(keep)) => {
             for top in keep {
                 let path = root.join(top);
                 if fs::symlink_metadata(&path).is_err() {
                     continue;
                 }
-                ex.entry(&path, top.as_bytes())?;
+                ex.entry(&path, top.as_bytes(), None)?;
                 if path.is_dir() {
-                    ex.tree(&path, top.as_bytes(), skip)?;
+                    ex.tree(&path, top.as_bytes(), skip, None, false)?;
                 }
             }
         }
-        None => ex.tree(root, b"", skip)?,
+        (None, None) => ex.tree(root, b"", skip, None, false)?,
     }
     let need = ex.measure.take().map(Estimator::finish);
     let mut out = ex.tar.into_inner().context("finishing the tar stream")?;
@@ -251,24 +294,58 @@ fn walk(
 }
 
 /// Exports Docker's store at `root` (normally /var/lib/docker of a stopped
-/// daemon) with only what the image needs.
-pub fn export_docker_store(root: &Path, out: impl Write) -> Result<ExportStats> {
-    export_tree(root, Some(DOCKER_KEEP), DOCKER_SKIP, out)
+/// daemon) with only what the images need: all of its images, or `only`
+/// those of the selection.
+pub fn export_docker_store(
+    root: &Path,
+    only: Option<&Selection>,
+    out: impl Write,
+) -> Result<ExportStats> {
+    let plan = only.map(|sel| Plan::new(root, sel)).transpose()?;
+    walk(
+        root,
+        Some(DOCKER_KEEP),
+        DOCKER_SKIP,
+        plan.as_ref(),
+        out,
+        None,
+    )
+    .map(|(stats, _)| stats)
 }
 
-/// What exporting Docker's store at `root` will take in ext4.
-pub fn measure_docker_store(root: &Path, block_size: u64) -> Result<Need> {
-    measure_tree(root, Some(DOCKER_KEEP), DOCKER_SKIP, block_size)
+/// What exporting Docker's store at `root` (with the same `only`) will take
+/// in ext4.
+pub fn measure_docker_store(
+    root: &Path,
+    only: Option<&Selection>,
+    block_size: u64,
+) -> Result<Need> {
+    let plan = only.map(|sel| Plan::new(root, sel)).transpose()?;
+    let est = Some(Estimator::new(block_size));
+    let (_, need) = walk(
+        root,
+        Some(DOCKER_KEEP),
+        DOCKER_SKIP,
+        plan.as_ref(),
+        io::sink(),
+        est,
+    )?;
+    Ok(need.unwrap_or_default())
 }
 
-/// Writes Docker's store at `root` as a tar stream to the unix socket
-/// `socket` when it accepts a connection (the tool's machine; this skips
-/// the daemon's attach stream, the slowest link), else to stdout.
-pub fn export_to(root: &Path, socket: Option<&Path>) -> Result<()> {
+/// Writes Docker's store at `root` (all of it, or `only` the selection)
+/// as a tar stream to the unix socket `socket` when it accepts a connection
+/// (the tool's machine; this skips the daemon's attach stream, the slowest
+/// link), else to stdout.
+pub fn export_to(root: &Path, only: Option<&Selection>, socket: Option<&Path>) -> Result<()> {
     const BUF: usize = 1 << 20;
     let stats = match socket.and_then(|s| std::os::unix::net::UnixStream::connect(s).ok()) {
-        Some(stream) => export_docker_store(root, io::BufWriter::with_capacity(BUF, stream)),
-        None => export_docker_store(root, io::BufWriter::with_capacity(BUF, io::stdout().lock())),
+        Some(stream) => export_docker_store(root, only, io::BufWriter::with_capacity(BUF, stream)),
+        None => export_docker_store(
+            root,
+            only,
+            io::BufWriter::with_capacity(BUF, io::stdout().lock()),
+        ),
     };
     stats.map(|_| ())
 }
@@ -364,7 +441,7 @@ mod tests {
         .unwrap();
         std::os::unix::fs::symlink("../abc/diff", root.join("overlay2/l")).unwrap();
         let mut buf = vec![];
-        export_docker_store(root, &mut buf).unwrap();
+        export_docker_store(root, None, &mut buf).unwrap();
         let mut names = vec![];
         let mut ar = tar::Archive::new(&buf[..]);
         for e in ar.entries().unwrap() {

@@ -1,0 +1,742 @@
+//! The part of a Docker overlay2 store (a stopped daemon's /var/lib/docker)
+//! that belongs to some of its images, as moby lays it out
+//! (daemon/internal/image/fs.go, layer/filestore.go, refstore/store.go,
+//! distribution/metadata, graphdriver/overlay2):
+//!
+//! - `image/overlay2/imagedb/content/sha256/<id>`: the image config (its
+//!   digest is the image ID) and `imagedb/metadata/sha256/<id>/`
+//!   (`lastUpdated`, `parent`, ...). A `parent` naming an image that is not
+//!   selected is left out, as Docker deletes it when that parent goes:
+//!   Docker never needs the parent, and `docker rmi` would fail on a
+//!   dangling one.
+//! - `image/overlay2/layerdb/sha256/<chain-id>/` for every chain ID of the
+//!   config's `rootfs.diff_ids` (`diff`, `size`, `cache-id`, `parent`,
+//!   `tar-split.json.gz`, ...). Not `layerdb/mounts/`, `layerdb/tmp/` nor
+//!   `<chain-id>-removing` leftovers.
+//! - `overlay2/<cache-id>/` of each of those layers and the short link
+//!   `overlay2/l/<link>` its `link` file names (the `lower` files of the
+//!   layers above reach it through that link). `<id>-init` directories
+//!   belong to containers (their init layer), never to image layers.
+//! - `image/overlay2/repositories.json`, regenerated with only the selected
+//!   names, in Docker's own shape.
+//! - `image/overlay2/distribution/`: `diffid-by-digest/sha256/<digest>`
+//!   holding a selected diff ID, and `v2metadata-by-diffid/sha256/<diff-id>`
+//!   of the selected diff IDs (what lets Docker skip layers it has when
+//!   pulling or pushing again).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::io::{self, Read};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::docker::refs::ImageRef;
+
+/// What of a store to export: the images with these IDs and the names
+/// (repo:tag, and repo@digest) that point at them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Selection {
+    pub images: Vec<SelectedImage>,
+}
+
+/// One image of a [`Selection`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SelectedImage {
+    /// `sha256:<hex>`, the digest of the image's config.
+    pub id: String,
+    /// Names as Docker takes them (`nginx:1.27`, `reg:5000/a/b@sha256:...`);
+    /// each must point at `id` in the store.
+    pub names: Vec<String>,
+}
+
+/// Reads a JSON [`Selection`] from `path`, or from standard input when it
+/// is `-`.
+pub fn read_selection(path: &Path) -> Result<Selection> {
+    let (text, from) = if path == Path::new("-") {
+        let mut text = vec![];
+        io::stdin()
+            .lock()
+            .read_to_end(&mut text)
+            .context("reading the image selection from standard input")?;
+        (text, "standard input".to_string())
+    } else {
+        let text = fs::read(path)
+            .with_context(|| format!("reading the image selection {}", path.display()))?;
+        (text, path.display().to_string())
+    };
+    serde_json::from_slice(&text).with_context(|| format!("parsing the image selection in {from}"))
+}
+
+/// What the walk does with an entry of the store.
+pub(super) enum Rule {
+    /// A directory written with only those of its children that have a
+    /// rule.
+    Dir,
+    /// The entry and everything below it (but what is [`Rule::Skip`]).
+    Whole,
+    /// A regular file written with this content instead of its own.
+    Generated(Vec<u8>),
+    /// Left out, below a [`Rule::Whole`] directory.
+    Skip,
+}
+
+/// Which entries of a store a selection exports, by '/'-separated path
+/// relative to the store.
+pub(super) struct Plan {
+    pub(super) rules: HashMap<Vec<u8>, Rule>,
+}
+
+const CONTENT: &str = "image/overlay2/imagedb/content/sha256";
+const METADATA: &str = "image/overlay2/imagedb/metadata/sha256";
+const LAYERDB: &str = "image/overlay2/layerdb/sha256";
+const DIFFID_BY_DIGEST: &str = "image/overlay2/distribution/diffid-by-digest/sha256";
+const V2META_BY_DIFFID: &str = "image/overlay2/distribution/v2metadata-by-diffid/sha256";
+const LAYERS: &str = "overlay2";
+const LINKS: &str = "overlay2/l";
+
+/// Directories a daemon makes at start anyway; kept (when there) so that
+/// the exported store has Docker's layout even for images without layers.
+const SKELETON: &[&str] = &[CONTENT, METADATA, LAYERDB, LINKS];
+
+/// The hex part of `sha256:<64 hex>`, or `None`.
+fn sha256_hex(digest: &str) -> Option<&str> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(hex)
+}
+
+/// Chain IDs as Docker computes them (image-spec identity.ChainIDs):
+/// chain[0] = diff[0], chain[i] = sha256 of "chain[i-1] diff[i]".
+pub(super) fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for diff in diff_ids {
+        let next = match out.last() {
+            None => diff.clone(),
+            Some(prev) => {
+                let sum = Sha256::digest(format!("{prev} {diff}").as_bytes());
+                let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
+                format!("sha256:{hex}")
+            }
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// A name as Docker compares it: registry, repository path (`library/`
+/// for Docker Hub's official images), and the digest, else the tag
+/// (`latest` when none). Docker keeps only the digest of `name:tag@digest`.
+fn normalized(name: &str) -> Result<String> {
+    let r = ImageRef::parse(name)?;
+    let (domain, path) = match r.name.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (first, rest),
+        _ => ("docker.io", r.name.as_str()),
+    };
+    let domain = if domain == "index.docker.io" {
+        "docker.io"
+    } else {
+        domain
+    };
+    let path = if domain == "docker.io" && !path.contains('/') {
+        format!("library/{path}")
+    } else {
+        path.to_string()
+    };
+    Ok(match (&r.digest, &r.tag) {
+        (Some(d), _) => format!("{domain}/{path}@{d}"),
+        (None, Some(t)) => format!("{domain}/{path}:{t}"),
+        (None, None) => format!("{domain}/{path}:latest"),
+    })
+}
+
+/// Reads a small metadata file of the store, trimmed as Docker trims it.
+fn read_text(path: &Path) -> Result<String> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.trim().to_string())
+}
+
+/// A file name made by the daemon (a cache ID, a short link name): one
+/// plain path component.
+fn is_component(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\0'])
+}
+
+#[derive(Deserialize)]
+struct ImageConfig {
+    rootfs: Option<RootFs>,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Repositories {
+    #[serde(rename = "Repositories", default)]
+    repositories: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Plan {
+    fn whole(&mut self, path: &str) {
+        self.rules.insert(path.as_bytes().to_vec(), Rule::Whole);
+        self.parents(path);
+    }
+
+    /// Marks the directories above `path` as [`Rule::Dir`].
+    fn parents(&mut self, path: &str) {
+        let mut p = path;
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            self.rules
+                .entry(parent.as_bytes().to_vec())
+                .or_insert(Rule::Dir);
+            p = parent;
+        }
+    }
+
+    fn dir(&mut self, path: &str) {
+        self.rules
+            .entry(path.as_bytes().to_vec())
+            .or_insert(Rule::Dir);
+        self.parents(path);
+    }
+
+    /// Reads the store's metadata at `root` to find what of it belongs to
+    /// the selected images. Fails naming a selected image, layer or name
+    /// that the store does not have.
+    pub(super) fn new(root: &Path, sel: &Selection) -> Result<Plan> {
+        let mut plan = Plan {
+            rules: HashMap::new(),
+        };
+        for dir in SKELETON {
+            if root.join(dir).is_dir() {
+                plan.dir(dir);
+            }
+        }
+        let mut ids = BTreeSet::new();
+        for img in &sel.images {
+            if sha256_hex(&img.id).is_none() {
+                bail!(
+                    "{:?} is not an image ID (sha256: and 64 lowercase hex digits)",
+                    img.id
+                );
+            }
+            ids.insert(img.id.as_str());
+        }
+        let mut diff_ids = BTreeSet::new();
+        for id in &ids {
+            let hex = &id["sha256:".len()..];
+            let content = format!("{CONTENT}/{hex}");
+            let config = match fs::read(root.join(&content)) {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    bail!("image {id} is not in the store at {}", root.display())
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading the config of image {id}"))
+                }
+            };
+            let config: ImageConfig = serde_json::from_slice(&config)
+                .with_context(|| format!("parsing the config of image {id}"))?;
+            plan.whole(&content);
+            let meta = format!("{METADATA}/{hex}");
+            if root.join(&meta).is_dir() {
+                plan.whole(&meta);
+                let parent = root.join(&meta).join("parent");
+                if parent.is_file() && !ids.contains(read_text(&parent)?.as_str()) {
+                    plan.rules
+                        .insert(format!("{meta}/parent").into_bytes(), Rule::Skip);
+                }
+            }
+            let diffs = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+            for (diff, chain) in diffs.iter().zip(chain_ids(&diffs)) {
+                let Some(chain_hex) = sha256_hex(&chain) else {
+                    bail!("image {id}: {diff:?} is not a sha256 layer diff ID");
+                };
+                let layer = format!("{LAYERDB}/{chain_hex}");
+                if !root.join(&layer).is_dir() {
+                    bail!("layer {chain} of image {id} is not in the store's layer database ({layer} is missing)");
+                }
+                plan.whole(&layer);
+                let cache_id = read_text(&root.join(&layer).join("cache-id"))
+                    .with_context(|| format!("reading layer {chain} of image {id}"))?;
+                if !is_component(&cache_id) {
+                    bail!("layer {chain} of image {id} has an invalid cache-id {cache_id:?}");
+                }
+                let dir = format!("{LAYERS}/{cache_id}");
+                if !root.join(&dir).is_dir() {
+                    bail!("layer {chain} of image {id}: its overlay2 directory {dir} is missing");
+                }
+                plan.whole(&dir);
+                let link = root.join(&dir).join("link");
+                if link.is_file() {
+                    let short = read_text(&link)?;
+                    if !is_component(&short) {
+                        bail!("{} holds an invalid link name {short:?}", link.display());
+                    }
+                    let l = format!("{LINKS}/{short}");
+                    if fs::symlink_metadata(root.join(&l)).is_ok() {
+                        plan.whole(&l);
+                    }
+                }
+                diff_ids.insert(diff.clone());
+            }
+        }
+        plan.distribution(root, &diff_ids)?;
+        plan.repositories(root, sel)?;
+        Ok(plan)
+    }
+
+    /// The distribution metadata of the selected layers.
+    fn distribution(&mut self, root: &Path, diff_ids: &BTreeSet<String>) -> Result<()> {
+        let by_digest = root.join(DIFFID_BY_DIGEST);
+        if by_digest.is_dir() {
+            let list = || format!("listing {}", by_digest.display());
+            for e in fs::read_dir(&by_digest).with_context(list)? {
+                let e = e.with_context(list)?;
+                if !e.file_type().with_context(list)?.is_file() {
+                    continue;
+                }
+                if diff_ids.contains(&read_text(&e.path())?) {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    self.whole(&format!("{DIFFID_BY_DIGEST}/{name}"));
+                }
+            }
+        }
+        for diff in diff_ids {
+            let Some(hex) = sha256_hex(diff) else {
+                continue;
+            };
+            let path = format!("{V2META_BY_DIFFID}/{hex}");
+            if root.join(&path).is_file() {
+                self.whole(&path);
+            }
+        }
+        Ok(())
+    }
+
+    /// repositories.json with only the selected names, each checked to
+    /// point at its image.
+    fn repositories(&mut self, root: &Path, sel: &Selection) -> Result<()> {
+        let path = root.join(super::REPOSITORIES);
+        let have: Repositories = match fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .with_context(|| format!("parsing {}", path.display()))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if sel.images.iter().all(|i| i.names.is_empty()) {
+                    return Ok(());
+                }
+                Repositories::default()
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        // Normalized name -> (repository, name as Docker wrote it, image).
+        let mut index = HashMap::new();
+        for (repo, refs) in &have.repositories {
+            for (name, id) in refs {
+                // Docker itself ignores names it cannot parse.
+                if let Ok(n) = normalized(name) {
+                    index.insert(n, (repo, name, id));
+                }
+            }
+        }
+        let mut out = Repositories::default();
+        for img in &sel.images {
+            for name in &img.names {
+                let n = normalized(name).with_context(|| format!("image {}", img.id))?;
+                let Some((repo, stored, id)) = index.get(&n) else {
+                    bail!(
+                        "the store has no image named {name} (to export with image {})",
+                        img.id
+                    );
+                };
+                if **id != img.id {
+                    bail!(
+                        "{name} names image {id} in the store, not the selected {}",
+                        img.id
+                    );
+                }
+                out.repositories
+                    .entry(repo.to_string())
+                    .or_default()
+                    .insert(stored.to_string(), img.id.clone());
+            }
+        }
+        let json = serde_json::to_vec(&out).context("making repositories.json")?;
+        self.rules.insert(
+            super::REPOSITORIES.as_bytes().to_vec(),
+            Rule::Generated(json),
+        );
+        self.parents(super::REPOSITORIES);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::path::PathBuf;
+
+    use super::super::{export_docker_store, measure_docker_store};
+    use super::*;
+
+    fn sha(data: &[u8]) -> String {
+        let sum = Sha256::digest(data);
+        let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+
+    fn hex(d: &str) -> &str {
+        d.strip_prefix("sha256:").unwrap()
+    }
+
+    fn write(root: &Path, rel: &str, data: &str) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, data).unwrap();
+    }
+
+    /// A stopped daemon's store with two images sharing their base layer:
+    /// `a` (layers d1, d2, named reg:5000/fp/a:1 and by digest) and `b`
+    /// (layers d1, d3, named busybox:latest), plus state of the daemon.
+    struct FakeStore {
+        dir: tempfile::TempDir,
+        a: String,
+        b: String,
+        /// Per layer (d1, d2, d3): diff ID, chain ID in `a` or `b`, cache ID.
+        layers: Vec<(String, String, String)>,
+    }
+
+    impl FakeStore {
+        fn root(&self) -> PathBuf {
+            self.dir.path().to_path_buf()
+        }
+
+        fn new() -> FakeStore {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path();
+            let d: Vec<String> = (1..=3)
+                .map(|i| sha(format!("layer {i}").as_bytes()))
+                .collect();
+            let chains_a = chain_ids(&[d[0].clone(), d[1].clone()]);
+            let chains_b = chain_ids(&[d[0].clone(), d[2].clone()]);
+            let chains = [&chains_a[0], &chains_a[1], &chains_b[1]];
+            let mut layers = vec![];
+            for (i, (diff, chain)) in d.iter().zip(chains).enumerate() {
+                let cache = format!("cache{i}");
+                let short = format!("SHORT{i}");
+                let ldb = format!("{LAYERDB}/{}", hex(chain));
+                write(root, &format!("{ldb}/cache-id"), &cache);
+                write(root, &format!("{ldb}/diff"), diff);
+                write(root, &format!("{ldb}/size"), "4");
+                if i > 0 {
+                    write(root, &format!("{ldb}/parent"), &chains_a[0]);
+                    write(root, &format!("overlay2/{cache}/lower"), "l/SHORT0");
+                    write(root, &format!("overlay2/{cache}/work/.keep"), "");
+                }
+                write(root, &format!("overlay2/{cache}/diff/file{i}"), "data");
+                write(root, &format!("overlay2/{cache}/link"), &short);
+                fs::create_dir_all(root.join(LINKS)).unwrap();
+                symlink(
+                    format!("../{cache}/diff"),
+                    root.join(format!("{LINKS}/{short}")),
+                )
+                .unwrap();
+                // The registry digest of the compressed layer.
+                let blob = sha(format!("blob {i}").as_bytes());
+                write(root, &format!("{DIFFID_BY_DIGEST}/{}", hex(&blob)), diff);
+                write(
+                    root,
+                    &format!("{V2META_BY_DIFFID}/{}", hex(diff)),
+                    &format!(r#"[{{"Digest":"{blob}","SourceRepository":"x"}}]"#),
+                );
+                layers.push((diff.clone(), chain.clone(), cache));
+            }
+            let config = |diffs: [&str; 2]| {
+                format!(
+                    r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}","{}"]}}}}"#,
+                    diffs[0], diffs[1]
+                )
+            };
+            let (ca, cb) = (config([&d[0], &d[1]]), config([&d[0], &d[2]]));
+            let (a, b) = (sha(ca.as_bytes()), sha(cb.as_bytes()));
+            write(root, &format!("{CONTENT}/{}", hex(&a)), &ca);
+            write(root, &format!("{CONTENT}/{}", hex(&b)), &cb);
+            write(root, &format!("{METADATA}/{}/lastUpdated", hex(&a)), "2026");
+            write(root, &format!("{METADATA}/{}/parent", hex(&a)), &b);
+            write(root, &format!("{METADATA}/{}/lastUpdated", hex(&b)), "2026");
+            let digest = sha(b"manifest");
+            let repos = format!(
+                r#"{{"Repositories":{{"busybox":{{"busybox:latest":"{b}"}},"reg:5000/fp/a":{{"reg:5000/fp/a:1":"{a}","reg:5000/fp/a@{digest}":"{a}"}}}}}}"#
+            );
+            write(root, super::super::REPOSITORIES, &repos);
+            let repos_path = root.join(super::super::REPOSITORIES);
+            fs::set_permissions(&repos_path, fs::Permissions::from_mode(0o600)).unwrap();
+            // State of the daemon that must never travel.
+            write(root, "image/overlay2/layerdb/mounts/c1/mount-id", "cache9");
+            write(root, "image/overlay2/layerdb/tmp/write-set-1/x", "");
+            write(root, "overlay2/cache9-init/diff/etc", "");
+            write(root, "engine-id", "id");
+            FakeStore { dir, a, b, layers }
+        }
+    }
+
+    /// The entries of a tar stream: (path, content of regular files, mode).
+    fn entries(tar: &[u8]) -> Vec<(String, Option<Vec<u8>>, u32)> {
+        let mut out = vec![];
+        let mut ar = tar::Archive::new(tar);
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            let mode = e.header().mode().unwrap();
+            let data = if e.header().entry_type() == tar::EntryType::Regular {
+                let mut v = vec![];
+                e.read_to_end(&mut v).unwrap();
+                Some(v)
+            } else {
+                None
+            };
+            out.push((name, data, mode));
+        }
+        out
+    }
+
+    fn select(id: &str, names: &[&str]) -> Selection {
+        Selection {
+            images: vec![SelectedImage {
+                id: id.into(),
+                names: names.iter().map(|n| n.to_string()).collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn chain_ids_as_docker_computes_them() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        // printf 'sha256:aaa... sha256:bbb...' | sha256sum
+        let want = "sha256:ccd722928bd92476ba1745586fed6e45a102504185ad88cd89e01ff116fd146c";
+        assert_eq!(chain_ids(&[a.clone(), b]), [a, want.to_string()]);
+        assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn exports_only_the_selected_image() {
+        let store = FakeStore::new();
+        let root = store.root();
+        let sel = select(&store.a, &["reg:5000/fp/a:1"]);
+        let mut buf = vec![];
+        export_docker_store(&root, Some(&sel), &mut buf).unwrap();
+        let got = entries(&buf);
+        let names: Vec<&str> = got.iter().map(|(n, _, _)| n.as_str()).collect();
+        let (a, l) = (hex(&store.a), &store.layers);
+        let (d1, d2) = (hex(&l[0].0), hex(&l[1].0));
+        let (c1, c2) = (hex(&l[0].1), hex(&l[1].1));
+        let blob = |i: usize| hex(&sha(format!("blob {i}").as_bytes())).to_string();
+        let mut want = vec![
+            "./".to_string(),
+            "image".into(),
+            "image/overlay2".into(),
+            "image/overlay2/distribution".into(),
+            "image/overlay2/distribution/diffid-by-digest".into(),
+            format!("{DIFFID_BY_DIGEST}"),
+        ];
+        let mut blobs = [blob(0), blob(1)];
+        blobs.sort();
+        want.extend(blobs.iter().map(|b| format!("{DIFFID_BY_DIGEST}/{b}")));
+        want.push("image/overlay2/distribution/v2metadata-by-diffid".into());
+        want.push(V2META_BY_DIFFID.into());
+        let mut diffs = [d1, d2];
+        diffs.sort();
+        want.extend(diffs.iter().map(|d| format!("{V2META_BY_DIFFID}/{d}")));
+        want.extend([
+            "image/overlay2/imagedb".into(),
+            "image/overlay2/imagedb/content".into(),
+            CONTENT.into(),
+            format!("{CONTENT}/{a}"),
+            "image/overlay2/imagedb/metadata".into(),
+            METADATA.into(),
+            format!("{METADATA}/{a}"),
+            // Not its parent: image b is not exported.
+            format!("{METADATA}/{a}/lastUpdated"),
+            "image/overlay2/layerdb".into(),
+            LAYERDB.into(),
+        ]);
+        let mut chains = [c1, c2];
+        chains.sort();
+        for c in chains {
+            want.push(format!("{LAYERDB}/{c}"));
+            want.push(format!("{LAYERDB}/{c}/cache-id"));
+            want.push(format!("{LAYERDB}/{c}/diff"));
+            if c == c2 {
+                want.push(format!("{LAYERDB}/{c}/parent"));
+            }
+            want.push(format!("{LAYERDB}/{c}/size"));
+        }
+        want.push(super::super::REPOSITORIES.into());
+        want.push("overlay2".into());
+        for (i, cache) in ["cache0", "cache1"].iter().enumerate() {
+            want.push(format!("overlay2/{cache}"));
+            want.push(format!("overlay2/{cache}/diff"));
+            want.push(format!("overlay2/{cache}/diff/file{i}"));
+            want.push(format!("overlay2/{cache}/link"));
+            if i > 0 {
+                want.push(format!("overlay2/{cache}/lower"));
+                want.push(format!("overlay2/{cache}/work"));
+                want.push(format!("overlay2/{cache}/work/.keep"));
+            }
+        }
+        want.extend(["overlay2/l".into(), "overlay2/l/SHORT0".into()]);
+        want.push("overlay2/l/SHORT1".into());
+        assert_eq!(names, want);
+
+        let (_, repos, mode) = got
+            .iter()
+            .find(|(n, _, _)| n == super::super::REPOSITORIES)
+            .unwrap();
+        assert_eq!(*mode, 0o600);
+        assert_eq!(
+            String::from_utf8(repos.clone().unwrap()).unwrap(),
+            format!(
+                r#"{{"Repositories":{{"reg:5000/fp/a":{{"reg:5000/fp/a:1":"{}"}}}}}}"#,
+                store.a
+            )
+        );
+    }
+
+    #[test]
+    fn names_are_matched_as_docker_normalizes_them() {
+        let store = FakeStore::new();
+        let sel = select(&store.b, &["docker.io/library/busybox"]);
+        let mut buf = vec![];
+        export_docker_store(&store.root(), Some(&sel), &mut buf).unwrap();
+        let repos = entries(&buf)
+            .into_iter()
+            .find(|(n, _, _)| n == super::super::REPOSITORIES)
+            .and_then(|(_, d, _)| d)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(repos).unwrap(),
+            format!(
+                r#"{{"Repositories":{{"busybox":{{"busybox:latest":"{}"}}}}}}"#,
+                store.b
+            )
+        );
+    }
+
+    #[test]
+    fn both_images_share_their_base_layer_once() {
+        let store = FakeStore::new();
+        let sel = Selection {
+            images: vec![
+                SelectedImage {
+                    id: store.a.clone(),
+                    names: vec![],
+                },
+                SelectedImage {
+                    id: store.b.clone(),
+                    names: vec!["busybox:latest".into()],
+                },
+            ],
+        };
+        let mut buf = vec![];
+        export_docker_store(&store.root(), Some(&sel), &mut buf).unwrap();
+        let names: Vec<String> = entries(&buf).into_iter().map(|(n, _, _)| n).collect();
+        for (i, (_, chain, cache)) in store.layers.iter().enumerate() {
+            assert!(names.contains(&format!("{LAYERDB}/{}", hex(chain))));
+            assert!(names.contains(&format!("overlay2/{cache}/diff/file{i}")));
+        }
+        let base = format!("{LAYERDB}/{}", hex(&store.layers[0].1));
+        assert_eq!(names.iter().filter(|n| **n == base).count(), 1);
+        // Both images are there, so a's parent (b) is kept.
+        let parent = format!("{METADATA}/{}/parent", hex(&store.a));
+        assert!(names.contains(&parent), "{names:#?}");
+        assert!(!names.iter().any(|n| n.contains("mounts")
+            || n.contains("tmp")
+            || n.contains("-init")
+            || n == "engine-id"));
+    }
+
+    #[test]
+    fn measure_counts_what_export_writes() {
+        let store = FakeStore::new();
+        let root = store.root();
+        let sels = [
+            None,
+            Some(select(&store.a, &["reg:5000/fp/a:1"])),
+            Some(Selection::default()),
+        ];
+        for sel in &sels {
+            let mut buf = vec![];
+            export_docker_store(&root, sel.as_ref(), &mut buf).unwrap();
+            let written = crate::ext4::estimate_tar(&buf[..], 4096).unwrap();
+            let measured = measure_docker_store(&root, sel.as_ref(), 4096).unwrap();
+            assert_eq!(measured, written, "selection {sel:?}");
+        }
+    }
+
+    #[test]
+    fn missing_parts_are_errors_naming_them() {
+        let store = FakeStore::new();
+        let root = store.root();
+        let err = |sel: &Selection| {
+            let e = export_docker_store(&root, Some(sel), io::sink()).unwrap_err();
+            format!("{e:#}")
+        };
+        let absent = format!("sha256:{}", "0".repeat(64));
+        let e = err(&select(&absent, &[]));
+        assert!(
+            e.contains(&format!("image {absent} is not in the store")),
+            "{e}"
+        );
+        let e = err(&select("sha256:../../etc", &[]));
+        assert!(e.contains("is not an image ID"), "{e}");
+        let e = err(&select(&store.a, &["reg:5000/fp/a:2"]));
+        assert!(e.contains("no image named reg:5000/fp/a:2"), "{e}");
+        let e = err(&select(&store.a, &["busybox"]));
+        assert!(
+            e.contains(&format!("busybox names image {} in the store", store.b)),
+            "{e}"
+        );
+        // A layer whose overlay2 directory is gone.
+        fs::remove_dir_all(root.join("overlay2/cache1")).unwrap();
+        let e = err(&select(&store.a, &[]));
+        let chain = &store.layers[1].1;
+        assert!(
+            e.contains(&format!(
+                "layer {chain} of image {}: its overlay2 directory overlay2/cache1 is missing",
+                store.a
+            )),
+            "{e}"
+        );
+        // Measuring fails the same way.
+        let e = measure_docker_store(&root, Some(&select(&store.a, &[])), 4096).unwrap_err();
+        assert!(format!("{e:#}").contains("overlay2/cache1 is missing"));
+        // The other image does not need that layer.
+        export_docker_store(&root, Some(&select(&store.b, &[])), io::sink()).unwrap();
+    }
+
+    #[test]
+    fn selection_file_or_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sel.json");
+        fs::write(
+            &path,
+            r#"{"images":[{"id":"sha256:ab","names":["a:1","a@sha256:cd"]}]}"#,
+        )
+        .unwrap();
+        let sel = read_selection(&path).unwrap();
+        assert_eq!(sel.images[0].names, ["a:1", "a@sha256:cd"]);
+        fs::write(&path, "{").unwrap();
+        let e = format!("{:#}", read_selection(&path).unwrap_err());
+        assert!(e.contains("parsing the image selection in"), "{e}");
+    }
+}
