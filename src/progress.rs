@@ -198,13 +198,18 @@ impl Pulls {
         }
     }
 
-    /// A warning about image `i`, printed above the bars.
+    /// A warning, printed above the bars.
     pub fn warn(&mut self, msg: &str) {
+        self.say(&format!("warning: {msg}"));
+    }
+
+    /// A line printed above the bars.
+    pub fn say(&mut self, line: &str) {
         match &self.multi {
             Some(m) => {
-                let _ = m.println(format!("warning: {msg}"));
+                let _ = m.println(line);
             }
-            None => eprintln!("warning: {msg}"),
+            None => eprintln!("{line}"),
         }
     }
 

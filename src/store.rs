@@ -17,7 +17,7 @@ use crate::ext4::estimate::{Estimator, Item, Need};
 
 pub mod select;
 
-pub use select::{read_selection, Selection};
+pub use select::{read_selection, SelectedImage, Selection};
 use select::{Plan, Rule};
 
 /// Where Flatcar's Docker keeps its store (no --data-root on Flatcar).

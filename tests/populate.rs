@@ -1809,7 +1809,11 @@ fn registry_get(path: &str, accept: &str) -> Vec<u8> {
         .arg(format!("http://{}/v2/{path}", env().registry))
         .output()
         .unwrap();
-    assert!(o.status.success(), "GET {path}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "GET {path}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     o.stdout
 }
 
@@ -1829,12 +1833,17 @@ fn oci_layout_from_registry(repo: &str, tag: &str, dir: &Path, ref_name: &str) {
     let manifest = |reference: &str| -> (String, String, usize) {
         let m = registry_get(&format!("{repo}/manifests/{reference}"), ACCEPT);
         let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
-        (v["mediaType"].as_str().unwrap().to_string(), put(&m), m.len())
+        (
+            v["mediaType"].as_str().unwrap().to_string(),
+            put(&m),
+            m.len(),
+        )
     };
     let (media, digest, size) = manifest(tag);
-    let top: serde_json::Value =
-        serde_json::from_slice(&fs::read(blobs.join(digest.trim_start_matches("sha256:"))).unwrap())
-            .unwrap();
+    let top: serde_json::Value = serde_json::from_slice(
+        &fs::read(blobs.join(digest.trim_start_matches("sha256:"))).unwrap(),
+    )
+    .unwrap();
     let mut image_manifests = vec![];
     match top["manifests"].as_array() {
         Some(list) => {
@@ -1935,7 +1944,10 @@ fn images_from_archives_and_the_engine() {
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let images = s["images"].as_array().unwrap();
     assert_eq!(images.len(), 4, "{s}");
-    for (img, source) in images.iter().zip(["archive", "archive", "archive", "daemon"]) {
+    for (img, source) in images
+        .iter()
+        .zip(["archive", "archive", "archive", "daemon"])
+    {
         assert_eq!(img["id"], layers_id.as_str(), "{s}");
         assert_eq!(img["source"], source, "{s}");
     }
@@ -1960,7 +1972,11 @@ fn images_from_archives_and_the_engine() {
         &out,
         "docker run --rm --network none fp/from-oci:1 /bin/busybox cat /data/a/new; echo",
     );
-    assert_eq!(text.matches("\nnew\n").count(), env().target_dockers.len(), "{text}");
+    assert_eq!(
+        text.matches("\nnew\n").count(),
+        env().target_dockers.len(),
+        "{text}"
+    );
 }
 
 /// Every path below `dir`.
@@ -2009,7 +2025,11 @@ fn bad_sources_fail_naming_their_line() {
         ("docker-archive:truncated.tar:fp/x:1", None, "truncated.tar"),
         ("oci:multi:fp/m:1", Some("linux/s390x"), "linux/s390x"),
         ("oci:unnamed", None, "unnamed"),
-        ("docker-daemon:fp/not-on-the-engine:1", None, "fp/not-on-the-engine:1"),
+        (
+            "docker-daemon:fp/not-on-the-engine:1",
+            None,
+            "fp/not-on-the-engine:1",
+        ),
     ] {
         let list = d.join("images.list");
         fs::write(&list, format!("{}\n# the bad one\n{line}\n", f.listed[0].0)).unwrap();
@@ -2027,7 +2047,10 @@ fn bad_sources_fail_naming_their_line() {
         assert_clean_failure(&o, &disk, before, &out, want);
         let err = stderr(&o);
         assert!(err.contains("images.list, line 3"), "{line}: {err}");
-        assert!(!err.contains("pulled"), "{line}: something was pulled first: {err}");
+        assert!(
+            !err.contains("pulled"),
+            "{line}: something was pulled first: {err}"
+        );
     }
 }
 
@@ -2070,7 +2093,10 @@ fn cache_downloads_only_what_changed() {
     let changing = format!("{reg}/fp/cached:1");
     let busybox = fs::read("/bin/busybox").unwrap();
     let base = layer(&[L::Dir("bin"), L::File("bin/busybox", &busybox, 0o755)]);
-    let (id_a, _) = make_image(&changing, &[base.clone(), layer(&[L::File("v", b"A", 0o644)])]);
+    let (id_a, _) = make_image(
+        &changing,
+        &[base.clone(), layer(&[L::File("v", b"A", 0o644)])],
+    );
     let cache = format!("fptest-{}", std::process::id());
     let tmp = user_dir();
     let disk = disk_copy(&["--layout", "small"], tmp.path());
@@ -2114,7 +2140,11 @@ fn cache_downloads_only_what_changed() {
         &out,
         &format!("docker run --rm --network none {changing} /bin/busybox cat /v; echo"),
     );
-    assert_eq!(text.matches("\nB\n").count(), env().target_dockers.len(), "{text}");
+    assert_eq!(
+        text.matches("\nB\n").count(),
+        env().target_dockers.len(),
+        "{text}"
+    );
 
     // A run on the cache while another has it: refused, naming the cache.
     let mut first = populate_cmd(&[d, "-l", l, "-o", o_, "--cache", &cache])
@@ -2126,12 +2156,19 @@ fn cache_downloads_only_what_changed() {
     let mut line = String::new();
     while !line.contains("paused at pull") {
         line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "the first run ended early");
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "the first run ended early"
+        );
     }
     let out2 = tmp.path().join("out2.bin");
     let o = populate(&[d, "-l", l, "-o", out2.to_str().unwrap(), "--cache", &cache]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("in use by another run"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("in use by another run"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!out2.exists());
     Command::new("pkill")
         .args(["-INT", "-P", &first.id().to_string()])

@@ -173,6 +173,18 @@ fn labels(run_id: &str) -> HashMap<String, String> {
     HashMap::from([(RUN_LABEL.to_string(), run_id.to_string())])
 }
 
+/// The helper arguments and standard input that pass a selection of the
+/// store (JSON) to the export and measure helpers.
+fn selection_input(only: Option<&[u8]>) -> (&'static [&'static str], Option<Input>) {
+    match only {
+        Some(json) => (
+            &["--only", "-"],
+            Some(Box::new(std::io::Cursor::new(json.to_vec()))),
+        ),
+        None => (&[], None),
+    }
+}
+
 /// Whether this executable is statically linked (no ELF interpreter), so
 /// that it can run in a container with any libc or none (it is the dind's
 /// init and runs the pull, measure and export helpers there).
@@ -614,7 +626,7 @@ impl Engine {
     /// a store on tmpfs stay) and waits until it has exited.
     pub async fn stop_inner(&self, container: &str) -> Result<inner::Stopped> {
         let cmd = [HELPER_PATH, "__stop-dockerd", "/var/lib/docker"];
-        self.exec_json(container, &cmd, "stopping the inner dockerd")
+        self.exec_json(container, &cmd, None, "stopping the inner dockerd")
             .await
     }
 
@@ -624,11 +636,12 @@ impl Engine {
         &self,
         container: &str,
         cmd: &[&str],
+        stdin: Option<Input>,
         what: &str,
     ) -> Result<T> {
         let mut out = Vec::new();
         let (finished, _) = self
-            .exec_stream(container, cmd, None, |chunk| {
+            .exec_stream(container, cmd, stdin, |chunk| {
                 out.extend_from_slice(&chunk);
                 async { true }
             })
@@ -750,15 +763,22 @@ impl Engine {
         &self,
         container: &str,
         socket_dir: Option<&Path>,
+        only: Option<&[u8]>,
         tx: mpsc::Sender<Bytes>,
     ) -> Result<Exported> {
+        // With a selection (JSON), only its images, read from stdin.
+        let (only_args, input) = selection_input(only);
         let forward = |chunk: Bytes| {
             let tx = tx.clone();
             async move { tx.send(chunk).await.is_ok() }
         };
         let Some(dir) = socket_dir else {
-            let cmd = [HELPER_PATH, "__export-store", "/var/lib/docker"];
-            let (finished, _) = self.exec_stream(container, &cmd, None, forward).await?;
+            let cmd = [
+                &[HELPER_PATH, "__export-store", "/var/lib/docker"],
+                only_args,
+            ]
+            .concat();
+            let (finished, _) = self.exec_stream(container, &cmd, input, forward).await?;
             let via = ExportVia::Attach;
             return Ok(Exported { finished, via });
         };
@@ -783,13 +803,17 @@ impl Engine {
         });
         let inside = format!("{SOCKET_MOUNT}/{EXPORT_SOCKET}");
         let cmd = [
-            HELPER_PATH,
-            "__export-store",
-            "/var/lib/docker",
-            "--socket",
-            &inside,
-        ];
-        let helper = self.exec_stream(container, &cmd, None, forward).await;
+            &[
+                HELPER_PATH,
+                "__export-store",
+                "/var/lib/docker",
+                "--socket",
+                &inside,
+            ],
+            only_args,
+        ]
+        .concat();
+        let helper = self.exec_stream(container, &cmd, input, forward).await;
         let (finished, stdout_bytes) = match helper {
             Ok(h) => h,
             Err(e) => {
@@ -818,16 +842,23 @@ impl Engine {
         &self,
         container: &str,
         block_size: u64,
+        only: Option<&[u8]>,
     ) -> Result<crate::ext4::Need> {
         let block_size = block_size.to_string();
+        let (only_args, input) = selection_input(only);
         let cmd = [
-            HELPER_PATH,
-            "__measure-store",
-            "/var/lib/docker",
-            "--block-size",
-            &block_size,
-        ];
-        self.exec_json(container, &cmd, "measuring the store").await
+            &[
+                HELPER_PATH,
+                "__measure-store",
+                "/var/lib/docker",
+                "--block-size",
+                &block_size,
+            ],
+            only_args,
+        ]
+        .concat();
+        self.exec_json(container, &cmd, input, "measuring the store")
+            .await
     }
 }
 

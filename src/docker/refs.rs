@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::source::archive::ArchiveKind;
+
 /// `[registry/]path[:tag][@sha256:hex]`, checked against Docker's grammar.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRef {
@@ -173,7 +175,7 @@ pub enum Source {
     /// `oci:DIR[:REF]`: REF is the name the image gets (default: the names
     /// the archive carries).
     Archive {
-        format: ArchiveFormat,
+        format: ArchiveKind,
         path: PathBuf,
         name: Option<ImageRef>,
     },
@@ -181,40 +183,17 @@ pub enum Source {
     Daemon(ImageRef),
 }
 
-/// The image archives a source may be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ArchiveFormat {
-    /// A `docker save` tar, possibly compressed.
-    DockerArchive,
-    /// An OCI image layout in a tar, possibly compressed.
-    OciArchive,
-    /// An OCI image layout directory.
-    OciDir,
-}
-
-impl ArchiveFormat {
-    /// Its transport name.
-    pub fn transport(self) -> &'static str {
-        match self {
-            ArchiveFormat::DockerArchive => "docker-archive",
-            ArchiveFormat::OciArchive => "oci-archive",
-            ArchiveFormat::OciDir => "oci",
-        }
-    }
-}
-
 impl Source {
     /// Parses one source; relative archive paths are taken from `base`.
     pub fn parse(s: &str, base: &Path) -> Result<Source> {
-        let archive = |format: ArchiveFormat, rest: &str| -> Result<Source> {
+        let archive = |format: ArchiveKind, rest: &str| -> Result<Source> {
             // PATH[:REF]: paths with ':' are not supported, as in skopeo.
             let (path, name) = match rest.split_once(':') {
                 Some((p, r)) => (p, Some(r)),
                 None => (rest, None),
             };
             if path.is_empty() {
-                bail!("{s:?}: the {} transport needs a path", format.transport());
+                bail!("{s:?}: the {} transport needs a path", format);
             }
             let name = match name {
                 Some(r) => Some(
@@ -230,9 +209,9 @@ impl Source {
             })
         };
         Ok(match s.split_once(':') {
-            Some(("docker-archive", rest)) => archive(ArchiveFormat::DockerArchive, rest)?,
-            Some(("oci-archive", rest)) => archive(ArchiveFormat::OciArchive, rest)?,
-            Some(("oci", rest)) => archive(ArchiveFormat::OciDir, rest)?,
+            Some(("docker-archive", rest)) => archive(ArchiveKind::DockerArchive, rest)?,
+            Some(("oci-archive", rest)) => archive(ArchiveKind::OciArchive, rest)?,
+            Some(("oci", rest)) => archive(ArchiveKind::OciDir, rest)?,
             Some(("docker-daemon", rest)) => Source::Daemon(ImageRef::parse(rest)?),
             Some(("docker", rest)) => match rest.strip_prefix("//") {
                 Some(r) => Source::Registry(ImageRef::parse(r)?),
@@ -256,7 +235,7 @@ impl fmt::Display for Source {
         match self {
             Source::Registry(r) => write!(f, "{r}"),
             Source::Archive { format, path, name } => {
-                write!(f, "{}:{}", format.transport(), path.display())?;
+                write!(f, "{format}:{}", path.display())?;
                 match name {
                     Some(n) => write!(f, ":{n}"),
                     None => Ok(()),
@@ -382,7 +361,7 @@ mod tests {
         assert_eq!(
             p("docker-archive:img.tar.gz:reg.local:5000/a/b:2"),
             Source::Archive {
-                format: ArchiveFormat::DockerArchive,
+                format: ArchiveKind::DockerArchive,
                 path: "/lists/img.tar.gz".into(),
                 name: Some(ImageRef::parse("reg.local:5000/a/b:2").unwrap()),
             }
@@ -390,7 +369,7 @@ mod tests {
         assert_eq!(
             p("oci:/abs/layout"),
             Source::Archive {
-                format: ArchiveFormat::OciDir,
+                format: ArchiveKind::OciDir,
                 path: "/abs/layout".into(),
                 name: None,
             }

@@ -253,6 +253,21 @@ async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<(
     let (input, writer): (Input, Option<tokio::task::JoinHandle<Result<()>>>) =
         match &run.prepared[i] {
             Checked::Archive(a) => {
+                let (layers, bytes) = a
+                    .images()
+                    .iter()
+                    .fold((0, 0), |(l, b), i| (l + i.layers, b + i.size));
+                follow.borrow_mut().progress.say(&format!(
+                    "loading {}: {} image(s) of {}, {layers} layers, {}",
+                    listed.source,
+                    a.images().len(),
+                    a.images()
+                        .iter()
+                        .map(|i| i.platform.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    indicatif::HumanBytes(bytes)
+                ));
                 let (reader, writer) = tokio::io::duplex(1 << 20);
                 let (a, sink) = (a.clone(), SyncIoBridge::new(writer));
                 let writing =
@@ -296,6 +311,26 @@ async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<(
         );
     }
     Ok(())
+}
+
+/// The store selection (JSON) of `images`: their IDs and every name the
+/// store gives them.
+pub(super) fn selection(images: &[PulledImage]) -> Result<Vec<u8>> {
+    let mut sel = crate::store::Selection { images: vec![] };
+    for i in images {
+        match sel.images.iter_mut().find(|s| s.id == i.id) {
+            Some(s) => s.names.extend(i.names.iter().cloned()),
+            None => sel.images.push(crate::store::SelectedImage {
+                id: i.id.clone(),
+                names: i.names.clone(),
+            }),
+        }
+    }
+    for s in &mut sel.images {
+        s.names.sort();
+        s.names.dedup();
+    }
+    serde_json::to_vec(&sel).context("describing the images to export")
 }
 
 /// Removes the images of the cache that are not `kept` (--cache-prune),

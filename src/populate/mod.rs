@@ -23,7 +23,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
 use crate::disk::{self, Prepared, ROOT_NAME};
-use crate::docker::refs::{ArchiveFormat, ImageRef, Listed, Source};
+use crate::docker::refs::{ImageRef, Listed, Source};
 use crate::docker::{
     DindNetwork, DindSpec, Engine, ExportVia, NameInUse, RegistryAccess, RegistryOptions,
     StoreMount,
@@ -31,7 +31,7 @@ use crate::docker::{
 use crate::ext4::{self, Need};
 use crate::platform::Platform;
 use crate::progress::{Bar, ReadProgress};
-use crate::source::archive::{self, ArchiveKind};
+use crate::source::archive;
 use crate::store::{self, CONTAINERD_ROOT, DOCKER_ROOT, REPOSITORIES};
 use crate::unpack::{open_archive, Input, OutputMode, Space};
 
@@ -259,6 +259,9 @@ struct Run<'a> {
     /// The dind container's name (with --cache, the cache's: only one run
     /// at a time may use it).
     dind: String,
+    /// With --cache: the images of this run (a JSON store selection), the
+    /// only ones exported from a store that may hold others.
+    selection: Option<Vec<u8>>,
     /// The private directory of the export socket (bind-mounted into the
     /// dind); None forces the attach stream.
     socket_dir: Option<tempfile::TempDir>,
@@ -331,6 +334,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             Some(c) => cache::dind_name(c),
             None => format!("flatcar-preload-{run_id}-dind"),
         },
+        selection: None,
     };
     let result = populate(&mut run, start).await;
     let Run { engine, res, .. } = run;
@@ -561,6 +565,7 @@ async fn pull_store(
         if run.cfg.cache_prune {
             images::prune(run, &images).await?;
         }
+        run.selection = Some(images::selection(&images)?);
         let report = StoreReport {
             kind: "cache",
             memory_cap_bytes: None,
@@ -687,13 +692,8 @@ fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
             // Checked against the engine (see check_engine).
             Source::Daemon(r) => Checked::Daemon(r.to_string(), String::new()),
             Source::Archive { format, path, name } => {
-                let kind = match format {
-                    ArchiveFormat::DockerArchive => ArchiveKind::DockerArchive,
-                    ArchiveFormat::OciArchive => ArchiveKind::OciArchive,
-                    ArchiveFormat::OciDir => ArchiveKind::OciDir,
-                };
                 let checked = archive::check(
-                    kind,
+                    *format,
                     path,
                     name.as_ref(),
                     &target,
@@ -800,7 +800,9 @@ async fn make_output(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<
 async fn measure(run: &Run<'_>, prepared: &Prepared) -> Result<Need> {
     let block_size = ext4::inspect(&prepared.fs(), ROOT_NAME)?.block_size;
     let dind = run.dind.clone();
-    let measured = run.engine.measure_store(&dind, block_size);
+    let measured = run
+        .engine
+        .measure_store(&dind, block_size, run.selection.as_deref());
     let mut need = run.or_cancel(measured).await?;
     if let Some(src) = &run.cfg.containerd {
         need += containerd_need(src, block_size)?;
@@ -861,7 +863,10 @@ async fn export_and_write(run: &Run<'_>, root: &ext4::Root) -> Result<Written> {
     };
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
     let exported = run
-        .or_cancel(run.engine.export_store(&run.dind.clone(), socket_dir, tx))
+        .or_cancel(
+            run.engine
+                .export_store(&run.dind, socket_dir, run.selection.as_deref(), tx),
+        )
         .await;
     // The writer stops by itself once the stream ends or is cancelled; the
     // filesystem is closed consistently either way.

@@ -113,14 +113,6 @@ impl CheckedArchive {
     pub fn images(&self) -> &[ArchiveImage] {
         &self.images
     }
-
-    pub fn kind(&self) -> ArchiveKind {
-        self.kind
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
