@@ -2127,6 +2127,7 @@ fn cache_downloads_only_what_changed() {
     let mut want = vec![f.listed[0].1.clone(), id_a.clone()];
     want.sort();
     assert_eq!(stored_ids(&out), want);
+    on_each_real_docker(&out, "true");
     // One image changed: only its new layer comes down, and its old
     // version, still in the cache, is not written.
     let (id_b, _) = make_image(&changing, &[base, layer(&[L::File("v", b"B", 0o644)])]);

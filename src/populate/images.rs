@@ -225,10 +225,10 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
         serde_json::to_vec(&run.access.secrets).context("passing the credentials to the pull")?;
     secrets.push(b'\n');
     let secrets: Input = Box::new(std::io::Cursor::new(secrets));
-    let dind = run.name("dind");
+    let dind = &run.dind;
     let finished = run
         .engine
-        .exec_lines(&dind, &cmd, Some(secrets), |line| {
+        .exec_lines(dind, &cmd, Some(secrets), |line| {
             follow
                 .borrow_mut()
                 .event(line, |i| which.get(i).copied().unwrap_or(usize::MAX))
@@ -239,7 +239,7 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
             "the pull helper in the dind failed (exit code {}): {}\nthe dind's last lines:\n{}",
             finished.exit_code,
             finished.stderr.trim(),
-            run.engine.logs_tail(&dind).await
+            run.engine.logs_tail(dind).await
         );
     }
     Ok(())
@@ -286,10 +286,10 @@ async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<(
         "--index",
         &index,
     ];
-    let dind = run.name("dind");
+    let dind = &run.dind;
     let finished = run
         .engine
-        .exec_lines(&dind, &cmd, Some(input), |line| {
+        .exec_lines(dind, &cmd, Some(input), |line| {
             follow.borrow_mut().event(line, |i| i)
         })
         .await;

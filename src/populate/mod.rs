@@ -973,7 +973,17 @@ impl Summary {
             HumanBytes(s.bytes_written)
         );
         for i in &s.images {
-            eprintln!("  {} {} {}", i.reference, i.id, i.platform);
+            eprintln!(
+                "  {} {} {} (from {}{})",
+                i.reference,
+                i.id,
+                i.platform,
+                i.source,
+                match i.downloaded_layers.len() {
+                    0 => String::new(),
+                    n => format!(", {n} layers downloaded"),
+                }
+            );
         }
         eprintln!("platform: {} (from {})", s.platform.target, s.platform.from);
         if s.containerd_entries > 0 {
