@@ -66,7 +66,7 @@ push_small() {
     cp /bin/busybox "$ctx/busybox"
     head -c 4096 /dev/urandom >"$ctx/v"
     printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY v /v\n' >"$ctx/Dockerfile"
-    DOCKER_BUILDKIT=0 docker build -q -t "$SMALL" "$ctx" >/dev/null || die "docker build of $SMALL failed"
+    DOCKER_BUILDKIT=0 docker build -q -t "$SMALL" "$ctx" >/dev/null 2>&1 || die "docker build of $SMALL failed"
     docker push -q "$SMALL" >/dev/null || die "docker push $SMALL failed"
     docker image rm "$SMALL" >/dev/null || true
 }
