@@ -79,7 +79,8 @@ run() {
         --dind-image "$FP_DIND_IMAGE" --dind-network "container:$FP_REGISTRY_CONTAINER" \
         --platform linux/amd64 --json >"$json" 2>"$work/cache-run.log" ||
         { tail -n 20 -- "$work/cache-run.log" >&2; die "populate failed"; }
-    jq -r '[.seconds.total, .seconds.pull, ([.images[].downloaded_layers | length] | add)] | @tsv' "$json"
+    jq -r '[(.seconds.total * 1000 | round / 1000), (.seconds.pull * 1000 | round / 1000),
+            ([.images[].downloaded_layers | length] | add)] | @tsv' "$json"
 }
 
 cold_t=() cold_p=() warm_t=() warm_p=() chg_t=() chg_p=()
