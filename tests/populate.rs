@@ -1914,10 +1914,7 @@ fn images_from_archives_and_the_engine() {
     let layout = d.join("layout");
     oci_layout_from_registry("fp/layers", "1", &layout, "1");
     tar_dir(&layout, &d.join("layout.tar"));
-    for e in walk_paths(d) {
-        let mode = if e.is_dir() { 0o755 } else { 0o644 };
-        fs::set_permissions(&e, fs::Permissions::from_mode(mode)).unwrap();
-    }
+    readable_by_all(d);
     let list = d.join("images.list");
     fs::write(
         &list,
@@ -1979,17 +1976,17 @@ fn images_from_archives_and_the_engine() {
     );
 }
 
-/// Every path below `dir`.
-fn walk_paths(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
+/// Makes everything below `dir` readable by the test user (what root
+/// made there, e.g. `docker save -o`, is 0600).
+fn readable_by_all(dir: &Path) {
     for e in fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
         if p.is_dir() {
-            out.extend(walk_paths(&p));
+            readable_by_all(&p);
         }
-        out.push(p);
     }
-    out
 }
 
 /// Bad sources fail before anything is written, naming their line: a
@@ -2013,10 +2010,7 @@ fn bad_sources_fail_naming_their_line() {
     oci_layout_from_registry("fp/layers", "1", &unnamed, "1");
     let multi = d.join("multi");
     oci_layout_from_registry("fp/multi", "1", &multi, "1");
-    for e in walk_paths(d) {
-        let mode = if e.is_dir() { 0o755 } else { 0o644 };
-        fs::set_permissions(&e, fs::Permissions::from_mode(mode)).unwrap();
-    }
+    readable_by_all(d);
     let disk = disk_copy(&["--layout", "small"], d);
     let before = file_digest(&disk);
     let out = d.join("out.bin");
