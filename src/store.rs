@@ -15,6 +15,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::ext4::estimate::{Estimator, Item, Need};
 
+#[allow(dead_code)] // used by inspect and verify (issue 12)
+pub mod fsread;
 pub mod select;
 
 pub use select::{read_selection, SelectedImage, Selection};

@@ -1,0 +1,163 @@
+//! Reading a filesystem tree the way `inspect` and `verify` need: by byte
+//! paths, without following symlinks, with device numbers and xattrs. ROOT
+//! of a disk image is read through libext2fs (`ext4::Reader`, read-only,
+//! no root, no mount); a host directory (`HostDir`) serves the unit tests.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+/// What a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    CharDev,
+    BlockDev,
+    Fifo,
+    Socket,
+}
+
+/// `lstat` of a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: Kind,
+    /// Permission bits (and setuid/setgid/sticky), without the type.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// (major, minor) of a device, else (0, 0).
+    pub rdev: (u32, u32),
+    pub ino: u64,
+    pub nlink: u32,
+}
+
+/// A read-only tree. Paths are absolute byte strings (`/var/lib/docker/...`):
+/// names may hold any byte but `/` and NUL.
+pub trait FsRead {
+    /// `lstat`; None when the path does not exist.
+    fn stat(&self, path: &[u8]) -> Result<Option<Stat>>;
+    /// The names in a directory, without `.` and `..`, in no set order.
+    fn read_dir(&self, path: &[u8]) -> Result<Vec<Vec<u8>>>;
+    /// Streams a regular file's content into `sink`, chunk by chunk, and
+    /// returns its length.
+    fn read_file(&self, path: &[u8], sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64>;
+    /// A symlink's target.
+    fn read_link(&self, path: &[u8]) -> Result<Vec<u8>>;
+    /// Every xattr (`trusted.overlay.opaque`, `security.capability`, ...)
+    /// with its value.
+    fn xattrs(&self, path: &[u8]) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// A whole (small) file.
+    fn read_all(&self, path: &[u8]) -> Result<Vec<u8>> {
+        let mut out = vec![];
+        self.read_file(path, &mut |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+/// A directory of this machine read as if it were `/` (for tests: reading
+/// `trusted.*` xattrs needs root).
+pub struct HostDir(pub PathBuf);
+
+impl HostDir {
+    fn host(&self, path: &[u8]) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let rel = path.strip_prefix(b"/").unwrap_or(path);
+        self.0.join(std::ffi::OsStr::from_bytes(rel))
+    }
+}
+
+impl FsRead for HostDir {
+    fn stat(&self, path: &[u8]) -> Result<Option<Stat>> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let p = self.host(path);
+        let md = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("{}", p.display()))),
+        };
+        let t = md.file_type();
+        let kind = if t.is_dir() {
+            Kind::Dir
+        } else if t.is_symlink() {
+            Kind::Symlink
+        } else if t.is_char_device() {
+            Kind::CharDev
+        } else if t.is_block_device() {
+            Kind::BlockDev
+        } else if t.is_fifo() {
+            Kind::Fifo
+        } else if t.is_socket() {
+            Kind::Socket
+        } else {
+            Kind::File
+        };
+        let rdev = md.rdev();
+        Ok(Some(Stat {
+            kind,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.len(),
+            rdev: (
+                rustix::fs::major(rdev) as u32,
+                rustix::fs::minor(rdev) as u32,
+            ),
+            ino: md.ino(),
+            nlink: md.nlink() as u32,
+        }))
+    }
+
+    fn read_dir(&self, path: &[u8]) -> Result<Vec<Vec<u8>>> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = vec![];
+        for e in std::fs::read_dir(self.host(path))? {
+            out.push(e?.file_name().as_bytes().to_vec());
+        }
+        Ok(out)
+    }
+
+    fn read_file(&self, path: &[u8], sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(self.host(path))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            let k = f.read(&mut buf)?;
+            if k == 0 {
+                return Ok(n);
+            }
+            sink(&buf[..k])?;
+            n += k as u64;
+        }
+    }
+
+    fn read_link(&self, path: &[u8]) -> Result<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(std::fs::read_link(self.host(path))?
+            .as_os_str()
+            .as_bytes()
+            .to_vec())
+    }
+
+    fn xattrs(&self, path: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+        let p = self.host(path);
+        let mut names = vec![0u8; 64 * 1024];
+        let n = rustix::fs::llistxattr(&p, &mut names[..])?;
+        let mut out = vec![];
+        for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+            let name = String::from_utf8_lossy(name).into_owned();
+            let mut value = vec![0u8; 64 * 1024];
+            let k = rustix::fs::lgetxattr(&p, name.as_str(), &mut value[..])?;
+            value.truncate(k);
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+}
