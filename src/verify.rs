@@ -1000,7 +1000,7 @@ mod tests {
     impl MemFs {
         fn put(&mut self, path: &str, kind: Kind, data: &[u8], rdev: (u32, u32)) {
             if let Some(i) = path.rfind('/') {
-                if i > 0 && !self.nodes.contains_key(path[..i].as_bytes()) {
+                if i > 0 && !self.nodes.contains_key(&path.as_bytes()[..i]) {
                     self.put(&path[..i], Kind::Dir, b"", (0, 0));
                 }
             }
