@@ -541,11 +541,15 @@ pub fn print_table(inv: &Inventory, out: &mut dyn Write) -> std::io::Result<()> 
                     &rows,
                 )?;
             }
-            let digests: Vec<&String> = d.images.iter().flat_map(|i| &i.digests).collect();
+            let digests: Vec<(&str, &String)> = d
+                .images
+                .iter()
+                .flat_map(|i| i.digests.iter().map(|g| (short_id(&i.id), g)))
+                .collect();
             if !digests.is_empty() {
-                writeln!(out, "Digests:")?;
-                for g in digests {
-                    writeln!(out, "  {g}")?;
+                writeln!(out, "Digests (IMAGE ID  REFERENCE):")?;
+                for (id, g) in digests {
+                    writeln!(out, "  {id}  {g}")?;
                 }
             }
             writeln!(out, "Used by:")?;

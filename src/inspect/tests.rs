@@ -266,7 +266,12 @@ fn bolt_reads_nested_and_inline_buckets() {
         .into_iter()
         .map(|(k, _)| k.to_vec())
         .collect();
-    assert_eq!(ns, [b"k8s.io".to_vec(), b"ns1".to_vec()]);
+    // Namespaces, and containerd's schema version as a plain value.
+    assert_eq!(
+        ns,
+        [b"k8s.io".to_vec(), b"ns1".to_vec(), b"version".to_vec()]
+    );
+    assert!(v1.value(b"version").unwrap().is_some());
     // Keys come in bbolt's (byte) order, and plain values are not buckets.
     let target = v1
         .bucket(b"ns1")
@@ -369,7 +374,11 @@ fn the_table_shows_what_a_user_needs() {
         row.contains("linux/arm64/v8") && row.contains("42B"),
         "{row}"
     );
-    assert!(out.contains(&format!("  registry.example/app@sha256:{}", "d".repeat(64))));
+    assert!(out.contains(&format!(
+        "  {}  registry.example/app@sha256:{}",
+        &f.app_id[7..19],
+        "d".repeat(64)
+    )));
     assert!(out.contains("Docker 29 (alpha): yes"), "{out}");
     assert!(
         lines
