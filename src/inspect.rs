@@ -107,7 +107,7 @@ pub struct ContainerdNamespace {
 /// One containerd image record.
 #[derive(Debug, Serialize)]
 pub struct ContainerdImage {
-    /// The image name (a reference such as "docker.io/library/nginx:1.27").
+    /// The image name (a reference such as "example.com/library/nginx:1.27").
     pub name: String,
     /// Digest of the target: the manifest or index ("sha256:...").
     pub digest: String,
