@@ -11,6 +11,8 @@ mod docker;
 pub mod ext4;
 #[cfg(feature = "test-hooks")]
 mod hooks;
+#[allow(dead_code)] // wired by the CLI (issue 12)
+mod inspect;
 mod platform;
 mod populate;
 mod progress;

@@ -1,0 +1,275 @@
+//! A small read-only reader of bbolt (etcd-io/bbolt, ex boltdb) files, for
+//! containerd's metadata database (`io.containerd.metadata.v1.bolt/meta.db`).
+//!
+//! Why not a crate: `bbolt-rs` (a port of bbolt) opens files by host path
+//! with mmap and file locks, and we read ROOT through `FsRead`, not through
+//! the host; it also brings a large dependency tree for a few hundred bytes
+//! of metadata. The format is simple and stable (version 2 since 2014):
+//!
+//! - page 0 and page 1 are meta pages; the valid one (magic, version, FNV-1a
+//!   checksum) with the higher transaction id is current;
+//! - every page starts with `id u64, flags u16, count u16, overflow u32`
+//!   and spans `(overflow + 1) * page_size` bytes;
+//! - branch pages hold `pos u32, ksize u32, pgid u64` elements, leaf pages
+//!   `flags u32, pos u32, ksize u32, vsize u32` elements, where `pos` is
+//!   the offset of the key from the element itself;
+//! - a leaf value with flag 1 is a bucket: `root u64, sequence u64`, and
+//!   when root is 0 an inline page follows in the value itself.
+//!
+//! Everything is bounds-checked: a damaged file gives an error, never a
+//! panic, and a page cycle is cut by a depth limit.
+
+use anyhow::{bail, ensure, Context, Result};
+
+const MAGIC: u32 = 0xED0C_DAED;
+const VERSION: u32 = 2;
+const PAGE_HEADER: usize = 16;
+const ELEMENT: usize = 16;
+const BRANCH: u16 = 0x01;
+const LEAF: u16 = 0x02;
+const BUCKET_LEAF_FLAG: u32 = 0x01;
+const BUCKET_HEADER: usize = 16;
+/// bbolt trees of any real size are a few levels deep; deeper means a loop.
+const MAX_DEPTH: usize = 64;
+
+/// An open database: the whole file in memory.
+#[derive(Clone, Copy)]
+pub struct Db<'a> {
+    data: &'a [u8],
+    page_size: usize,
+    root: u64,
+}
+
+/// A value in a bucket: a nested bucket or plain bytes.
+pub enum Entry<'a> {
+    Bucket(Bucket<'a>),
+    Value(&'a [u8]),
+}
+
+/// A bucket: its B+tree on pages, or inline in its parent's leaf.
+#[derive(Clone, Copy)]
+pub struct Bucket<'a> {
+    db: Db<'a>,
+    root: Root<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum Root<'a> {
+    Page(u64),
+    Inline(&'a [u8]),
+}
+
+fn u16_at(b: &[u8], off: usize) -> Result<u16> {
+    let s = b
+        .get(off..off + 2)
+        .context("bbolt: field past the end of its page")?;
+    Ok(u16::from_le_bytes([s[0], s[1]]))
+}
+
+fn u32_at(b: &[u8], off: usize) -> Result<u32> {
+    let s = b
+        .get(off..off + 4)
+        .context("bbolt: field past the end of its page")?;
+    Ok(u32::from_le_bytes(s.try_into().expect("4 bytes")))
+}
+
+fn u64_at(b: &[u8], off: usize) -> Result<u64> {
+    let s = b
+        .get(off..off + 8)
+        .context("bbolt: field past the end of its page")?;
+    Ok(u64::from_le_bytes(s.try_into().expect("8 bytes")))
+}
+
+fn fnv1a64(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in b {
+        h ^= u64::from(x);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A meta page's (txid, page size, root bucket's page) when it is valid.
+fn meta_at(data: &[u8], off: usize) -> Option<(u64, usize, u64)> {
+    // The meta struct follows the page header: magic, version, pageSize,
+    // flags (u32 each), root bucket (root u64, sequence u64), freelist,
+    // pgid, txid, checksum (u64 each).
+    let m = data.get(off + PAGE_HEADER..off + PAGE_HEADER + 64)?;
+    let magic = u32_at(m, 0).ok()?;
+    let version = u32_at(m, 4).ok()?;
+    let page_size = u32_at(m, 8).ok()? as usize;
+    let root = u64_at(m, 16).ok()?;
+    let txid = u64_at(m, 48).ok()?;
+    let checksum = u64_at(m, 56).ok()?;
+    if magic != MAGIC || version != VERSION || fnv1a64(&m[..56]) != checksum {
+        return None;
+    }
+    if !(512..=1 << 20).contains(&page_size) || !page_size.is_power_of_two() {
+        return None;
+    }
+    Some((txid, page_size, root))
+}
+
+impl<'a> Db<'a> {
+    /// Reads the meta pages of a whole bbolt file.
+    pub fn open(data: &'a [u8]) -> Result<Self> {
+        let first = meta_at(data, 0);
+        // The second meta page sits one page further; when the first is
+        // damaged its page size is unknown: try the usual ones.
+        let mut sizes = vec![];
+        if let Some((_, ps, _)) = first {
+            sizes.push(ps);
+        }
+        sizes.extend([4096, 8192, 16384, 65536]);
+        let second = sizes.iter().find_map(|&ps| meta_at(data, ps));
+        let (_, page_size, root) = match (first, second) {
+            (Some(a), Some(b)) => {
+                if b.0 > a.0 {
+                    b
+                } else {
+                    a
+                }
+            }
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => {
+                bail!("not a bbolt database (no valid meta page: wrong magic, version or checksum)")
+            }
+        };
+        Ok(Db {
+            data,
+            page_size,
+            root,
+        })
+    }
+
+    /// The top-level bucket (its keys are the root buckets' names).
+    pub fn root(&self) -> Bucket<'a> {
+        Bucket {
+            db: *self,
+            root: Root::Page(self.root),
+        }
+    }
+
+    fn page(&self, id: u64) -> Result<&'a [u8]> {
+        let start = usize::try_from(id)
+            .ok()
+            .and_then(|i| i.checked_mul(self.page_size))
+            .filter(|&s| s + PAGE_HEADER <= self.data.len())
+            .with_context(|| format!("bbolt: page {id} is past the end of the file"))?;
+        let overflow = u32_at(self.data, start + 12)? as usize;
+        let len = (overflow + 1)
+            .checked_mul(self.page_size)
+            .context("bbolt: page overflow count too large")?;
+        let end = (start + len).min(self.data.len());
+        Ok(&self.data[start..end])
+    }
+}
+
+impl<'a> Bucket<'a> {
+    /// Every key of the bucket with its value, in key order.
+    pub fn entries(&self) -> Result<Vec<(&'a [u8], Entry<'a>)>> {
+        let mut out = vec![];
+        match self.root {
+            Root::Page(id) => self.walk(self.db.page(id)?, 0, &mut out)?,
+            Root::Inline(page) => self.walk(page, 0, &mut out)?,
+        }
+        Ok(out)
+    }
+
+    /// The value under `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry<'a>>> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v))
+    }
+
+    /// The nested bucket under `key` (None when absent or not a bucket).
+    pub fn bucket(&self, key: &[u8]) -> Result<Option<Bucket<'a>>> {
+        Ok(match self.get(key)? {
+            Some(Entry::Bucket(b)) => Some(b),
+            _ => None,
+        })
+    }
+
+    /// The plain value under `key` (None when absent or a bucket).
+    pub fn value(&self, key: &[u8]) -> Result<Option<&'a [u8]>> {
+        Ok(match self.get(key)? {
+            Some(Entry::Value(v)) => Some(v),
+            _ => None,
+        })
+    }
+
+    fn walk(
+        &self,
+        page: &'a [u8],
+        depth: usize,
+        out: &mut Vec<(&'a [u8], Entry<'a>)>,
+    ) -> Result<()> {
+        ensure!(
+            depth < MAX_DEPTH,
+            "bbolt: tree deeper than {MAX_DEPTH} levels (a page loop?)"
+        );
+        let flags = u16_at(page, 8)?;
+        let count = u16_at(page, 10)? as usize;
+        for i in 0..count {
+            let e = PAGE_HEADER + i * ELEMENT;
+            if flags & BRANCH != 0 {
+                let child = u64_at(page, e + 8)?;
+                self.walk(self.db.page(child)?, depth + 1, out)?;
+            } else if flags & LEAF != 0 {
+                let eflags = u32_at(page, e)?;
+                let pos = u32_at(page, e + 4)? as usize;
+                let ksize = u32_at(page, e + 8)? as usize;
+                let vsize = u32_at(page, e + 12)? as usize;
+                let k0 = e + pos;
+                let key = page
+                    .get(k0..k0 + ksize)
+                    .context("bbolt: key past the end of its page")?;
+                let value = page
+                    .get(k0 + ksize..k0 + ksize + vsize)
+                    .context("bbolt: value past the end of its page")?;
+                let entry = if eflags & BUCKET_LEAF_FLAG != 0 {
+                    let root = u64_at(value, 0)?;
+                    let root = if root == 0 {
+                        Root::Inline(
+                            value
+                                .get(BUCKET_HEADER..)
+                                .context("bbolt: inline bucket without its page")?,
+                        )
+                    } else {
+                        Root::Page(root)
+                    };
+                    Entry::Bucket(Bucket { db: self.db, root })
+                } else {
+                    Entry::Value(value)
+                };
+                out.push((key, entry));
+            } else {
+                bail!("bbolt: page with flags {flags:#x} where a branch or leaf page belongs");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_what_is_not_bbolt() {
+        let err = Db::open(&[0u8; 8192]).err().expect("zeros are no database");
+        assert!(err.to_string().contains("not a bbolt database"), "{err}");
+        assert!(Db::open(b"short").is_err());
+    }
+
+    #[test]
+    fn fnv_matches_the_reference_values() {
+        // FNV-1a 64 test vectors ("" and "a").
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
