@@ -525,6 +525,9 @@ pub struct Run {
     pub uninit: bool,
 }
 
+/// An extended attribute: full name and value.
+pub type Xattr = (Vec<u8>, Vec<u8>);
+
 /// The file type of a directory entry as stored in it (EXT2_FT_*); 0 when
 /// the filesystem does not record it.
 pub const FT_DIR: u8 = 2;
@@ -584,7 +587,7 @@ impl Fs {
 
     /// Fills `buf` (a whole number of blocks) from physical block `pblk` on.
     pub fn read_blocks(&self, pblk: u64, buf: &mut [u8]) -> Result<(), Errcode> {
-        if buf.len() as u64 % self.block_size != 0 {
+        if !(buf.len() as u64).is_multiple_of(self.block_size) {
             return Err(Errcode(libc_einval()));
         }
         let count = buf.len() as u64 / self.block_size;
@@ -610,7 +613,7 @@ impl Fs {
 
     /// Every extended attribute of `ino`, with its full name
     /// (`trusted.overlay.opaque`, `system.posix_acl_access`, ...).
-    pub fn xattrs(&self, ino: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errcode> {
+    pub fn xattrs(&self, ino: u32) -> Result<Vec<Xattr>, Errcode> {
         extern "C" fn collect(
             ctx: *mut c_void,
             name: *const c_char,
@@ -623,7 +626,7 @@ impl Fs {
             // owned by the xattr handle during the callback.
             let (out, name, value) = unsafe {
                 (
-                    &mut *(ctx as *mut Vec<(Vec<u8>, Vec<u8>)>),
+                    &mut *(ctx as *mut Vec<Xattr>),
                     CStr::from_ptr(name).to_bytes().to_vec(),
                     if len == 0 || value.is_null() {
                         vec![]
@@ -635,14 +638,14 @@ impl Fs {
             out.push((name, value));
             0
         }
-        let mut out: Vec<(Vec<u8>, Vec<u8>)> = vec![];
+        let mut out: Vec<Xattr> = vec![];
         // SAFETY: the callback only uses ctx as the Vec it was made for.
         check(unsafe {
             fp_list_xattrs(
                 self.raw,
                 ino,
                 collect,
-                &mut out as *mut Vec<(Vec<u8>, Vec<u8>)> as *mut c_void,
+                &mut out as *mut Vec<Xattr> as *mut c_void,
             )
         })?;
         Ok(out)

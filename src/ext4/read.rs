@@ -57,7 +57,7 @@ impl Reader {
         let fs = Fs::open(&root.image, root.offset, false)
             .with_context(|| format!("opening {root} read-only"))?;
         let block_size = fs.block_size();
-        if block_size == 0 || CHUNK % block_size != 0 {
+        if block_size == 0 || !CHUNK.is_multiple_of(block_size) {
             bail!("{root} has an unusable block size of {block_size} bytes");
         }
         let top = fs
