@@ -925,6 +925,45 @@ mod tests {
         assert!(sha(&img) == before, "reading changed the image file");
     }
 
+    /// A damaged extent tree is an error naming the file, not a crash.
+    #[test]
+    fn corrupt_extents_are_an_error() {
+        let (Some(mke2fs), Some(debugfs)) = (tool("mke2fs"), tool("debugfs")) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), pattern(40_000, 9)).unwrap();
+        let img = dir.path().join("root.img");
+        // Without metadata_csum the inode checksum does not catch it first.
+        mkfs(&mke2fs, &img, 16, &["-O", "^metadata_csum"], Some(&src));
+        let out = run(Command::new(&debugfs).arg("-R").arg("imap /f").arg(&img));
+        // "Inode 12 is part of block group 0\n\tlocated at block 1234, offset 0x0b00"
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let block: u64 = text
+            .split("located at block ")
+            .nth(1)
+            .and_then(|t| t.split(',').next())
+            .and_then(|b| b.trim().parse().ok())
+            .unwrap_or_else(|| panic!("debugfs imap: {text}"));
+        let offset = text
+            .split("offset 0x")
+            .nth(1)
+            .and_then(|t| u64::from_str_radix(t.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("debugfs imap: {text}"));
+        // i_block (the extent header's magic first) is at byte 40 of the inode.
+        let at = block * 4096 + offset + 40;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0xde, 0xad], at).unwrap();
+        drop(f);
+
+        let r = Reader::open(&Root::new(&img, 0)).unwrap();
+        assert_eq!(r.stat(b"/f").unwrap().unwrap().size, 40_000);
+        let e = err_of(r.read_all(b"/f"));
+        assert!(e.contains("reading /f in"), "{e}");
+    }
+
     /// Not an assertion: how fast a large file streams, against `cat`.
     #[test]
     fn throughput_against_cat() {
