@@ -53,6 +53,31 @@ struct RawStat {
 }
 
 type DirentCb = extern "C" fn(*mut c_void, *const c_char, c_int, u32) -> c_int;
+type DirentTypeCb = extern "C" fn(*mut c_void, *const c_char, c_int, u32, c_int) -> c_int;
+type XattrCb = extern "C" fn(*mut c_void, *const c_char, *const c_void, usize) -> c_int;
+
+#[repr(C)]
+#[derive(Default)]
+struct RawInode {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    links: u32,
+    flags: u32,
+    major: u32,
+    minor: u32,
+    fast_symlink: u32,
+    size: u64,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct RawRun {
+    lblk: u64,
+    pblk: u64,
+    len: u64,
+    uninit: u32,
+}
 
 extern "C" {
     fn fp_strerror(err: c_long) -> *const c_char;
@@ -110,6 +135,32 @@ extern "C" {
         mode: u32,
     ) -> c_long;
     fn fp_unlink(fs: *mut RawFs, dir: u32, name: *const c_char, len: c_int, ino: u32) -> c_long;
+    fn fp_read_inode(fs: *mut RawFs, ino: u32, st: *mut RawInode) -> c_long;
+    fn fp_read_link(
+        fs: *mut RawFs,
+        ino: u32,
+        buf: *mut c_char,
+        bufsize: usize,
+        len: *mut usize,
+    ) -> c_long;
+    fn fp_file_runs(
+        fs: *mut RawFs,
+        ino: u32,
+        from: u64,
+        runs: *mut RawRun,
+        max: u32,
+        n: *mut u32,
+    ) -> c_long;
+    fn fp_read_blocks(fs: *mut RawFs, pblk: u64, count: u64, buf: *mut c_void) -> c_long;
+    fn fp_read_inline(
+        fs: *mut RawFs,
+        ino: u32,
+        buf: *mut c_void,
+        bufsize: usize,
+        len: *mut usize,
+    ) -> c_long;
+    fn fp_list_xattrs(fs: *mut RawFs, ino: u32, cb: XattrCb, ctx: *mut c_void) -> c_long;
+    fn fp_read_dir(fs: *mut RawFs, dir: u32, cb: DirentTypeCb, ctx: *mut c_void) -> c_long;
 }
 
 /// A libext2fs error code with its message.
@@ -446,6 +497,191 @@ impl Fs {
         // SAFETY: ptr points to len readable bytes of name, which outlives
         // the call.
         check(unsafe { fp_unlink(self.raw, dir, ptr, len, ino) })
+    }
+}
+
+/// An inode as `lstat` shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Inode {
+    /// Full st_mode (type and permission bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub links: u32,
+    /// i_flags (EXT4_INLINE_DATA_FL, ...).
+    pub flags: u32,
+    /// (major, minor) of a character or block device, else (0, 0).
+    pub rdev: (u32, u32),
+    pub size: u64,
+}
+
+/// A run of mapped blocks of a file: logical start, physical start, length
+/// in blocks; `uninit` blocks are allocated but read as zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub lblk: u64,
+    pub pblk: u64,
+    pub len: u64,
+    pub uninit: bool,
+}
+
+/// An extended attribute: full name and value.
+pub type Xattr = (Vec<u8>, Vec<u8>);
+
+/// The file type of a directory entry as stored in it (EXT2_FT_*); 0 when
+/// the filesystem does not record it.
+pub const FT_DIR: u8 = 2;
+pub const FT_SYMLINK: u8 = 7;
+
+/// Reading: none of these writes anything, so they take `&self`.
+impl Fs {
+    pub fn read_inode(&self, ino: u32) -> Result<Inode, Errcode> {
+        let mut raw = RawInode::default();
+        // SAFETY: self.raw is a live filesystem; raw matches struct
+        // fp_inode and is valid for the call.
+        check(unsafe { fp_read_inode(self.raw, ino, &mut raw) })?;
+        Ok(Inode {
+            mode: raw.mode,
+            uid: raw.uid,
+            gid: raw.gid,
+            links: raw.links,
+            flags: raw.flags,
+            rdev: (raw.major, raw.minor),
+            size: raw.size,
+        })
+    }
+
+    /// The target of the symlink `ino` (fast, slow or inline).
+    pub fn read_link(&self, ino: u32) -> Result<Vec<u8>, Errcode> {
+        let mut buf = vec![0u8; self.block_size.max(4096) as usize];
+        let mut len = 0usize;
+        // SAFETY: buf is writable for buf.len() bytes, which the shim never
+        // exceeds; len is valid for the call.
+        check(unsafe {
+            fp_read_link(self.raw, ino, buf.as_mut_ptr().cast(), buf.len(), &mut len)
+        })?;
+        buf.truncate(len.min(buf.len()));
+        Ok(buf)
+    }
+
+    /// Up to `max` runs of the mapped blocks of `ino`, in logical order,
+    /// from the first one that ends after logical block `from`; empty when
+    /// no block at or after `from` is mapped.
+    pub fn file_runs(&self, ino: u32, from: u64, max: usize) -> Result<Vec<Run>, Errcode> {
+        let max = max.clamp(1, 1 << 16);
+        let mut raw = vec![RawRun::default(); max];
+        let mut n = 0u32;
+        // SAFETY: raw holds max elements, which is the limit given to the
+        // shim; n is valid for the call.
+        check(unsafe { fp_file_runs(self.raw, ino, from, raw.as_mut_ptr(), max as u32, &mut n) })?;
+        Ok(raw[..(n as usize).min(max)]
+            .iter()
+            .map(|r| Run {
+                lblk: r.lblk,
+                pblk: r.pblk,
+                len: r.len,
+                uninit: r.uninit != 0,
+            })
+            .collect())
+    }
+
+    /// Fills `buf` (a whole number of blocks) from physical block `pblk` on.
+    pub fn read_blocks(&self, pblk: u64, buf: &mut [u8]) -> Result<(), Errcode> {
+        if !(buf.len() as u64).is_multiple_of(self.block_size) {
+            return Err(Errcode(libc_einval()));
+        }
+        let count = buf.len() as u64 / self.block_size;
+        // SAFETY: buf is writable for count whole blocks; the shim reads
+        // exactly that many.
+        check(unsafe { fp_read_blocks(self.raw, pblk, count, buf.as_mut_ptr().cast()) })
+    }
+
+    /// The content of an inline-data inode.
+    pub fn read_inline(&self, ino: u32) -> Result<Vec<u8>, Errcode> {
+        // Inline data lives in i_block and the inode's xattr space: never
+        // more than an inode (at most a block).
+        let mut buf = vec![0u8; self.block_size.max(4096) as usize];
+        let mut len = 0usize;
+        // SAFETY: buf is writable for buf.len() bytes, the limit given to
+        // the shim; len is valid for the call.
+        check(unsafe {
+            fp_read_inline(self.raw, ino, buf.as_mut_ptr().cast(), buf.len(), &mut len)
+        })?;
+        buf.truncate(len.min(buf.len()));
+        Ok(buf)
+    }
+
+    /// Every extended attribute of `ino`, with its full name
+    /// (`trusted.overlay.opaque`, `system.posix_acl_access`, ...).
+    pub fn xattrs(&self, ino: u32) -> Result<Vec<Xattr>, Errcode> {
+        extern "C" fn collect(
+            ctx: *mut c_void,
+            name: *const c_char,
+            value: *const c_void,
+            len: usize,
+        ) -> c_int {
+            // SAFETY: ctx is the Vec passed below, alive for the whole
+            // fp_list_xattrs call; name is a NUL-terminated string and
+            // value points to len bytes (or is unused when len is 0), both
+            // owned by the xattr handle during the callback.
+            let (out, name, value) = unsafe {
+                (
+                    &mut *(ctx as *mut Vec<Xattr>),
+                    CStr::from_ptr(name).to_bytes().to_vec(),
+                    if len == 0 || value.is_null() {
+                        vec![]
+                    } else {
+                        std::slice::from_raw_parts(value.cast::<u8>(), len).to_vec()
+                    },
+                )
+            };
+            out.push((name, value));
+            0
+        }
+        let mut out: Vec<Xattr> = vec![];
+        // SAFETY: the callback only uses ctx as the Vec it was made for.
+        check(unsafe {
+            fp_list_xattrs(
+                self.raw,
+                ino,
+                collect,
+                &mut out as *mut Vec<Xattr> as *mut c_void,
+            )
+        })?;
+        Ok(out)
+    }
+
+    /// The entries of `dir` but "." and "..": (name, inode, EXT2_FT_* type).
+    pub fn read_dir(&self, dir: u32) -> Result<Vec<(Vec<u8>, u32, u8)>, Errcode> {
+        extern "C" fn collect(
+            ctx: *mut c_void,
+            name: *const c_char,
+            len: c_int,
+            ino: u32,
+            ftype: c_int,
+        ) -> c_int {
+            // SAFETY: ctx is the Vec passed below, alive for the whole
+            // fp_read_dir call; name points to len bytes of a dir entry.
+            let (out, name) = unsafe {
+                (
+                    &mut *(ctx as *mut Vec<(Vec<u8>, u32, u8)>),
+                    std::slice::from_raw_parts(name.cast::<u8>(), len.max(0) as usize),
+                )
+            };
+            out.push((name.to_vec(), ino, ftype as u8));
+            0
+        }
+        let mut out: Vec<(Vec<u8>, u32, u8)> = vec![];
+        // SAFETY: the callback only uses ctx as the Vec it was made for.
+        check(unsafe {
+            fp_read_dir(
+                self.raw,
+                dir,
+                collect,
+                &mut out as *mut Vec<(Vec<u8>, u32, u8)> as *mut c_void,
+            )
+        })?;
+        Ok(out)
     }
 }
 

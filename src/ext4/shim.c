@@ -617,3 +617,332 @@ long fp_unlink(ext2_filsys fs, uint32_t dir, const char *name, int len,
 	cname[len] = 0;
 	return ext2fs_unlink(fs, dir, cname, ino, 0);
 }
+
+/* ---- Reading (src/ext4/read.rs): nothing below writes. ---- */
+
+struct fp_inode {
+	uint32_t mode;
+	uint32_t uid;
+	uint32_t gid;
+	uint32_t links;
+	uint32_t flags;
+	uint32_t major;
+	uint32_t minor;
+	uint32_t fast_symlink;
+	uint64_t size;
+};
+
+/*
+ * Everything lstat shows of an inode. Device numbers are decoded as the
+ * kernel does (ext4_iget): the old 8:8 encoding in i_block[0] when it is
+ * not zero, else the new 12:20 one in i_block[1].
+ */
+long fp_read_inode(ext2_filsys fs, uint32_t ino, struct fp_inode *st)
+{
+	struct ext2_inode inode;
+	errcode_t err;
+
+	if (ino == 0 || ino > fs->super->s_inodes_count)
+		return EXT2_ET_BAD_INODE_NUM;
+	err = ext2fs_read_inode(fs, ino, &inode);
+	if (err)
+		return err;
+	memset(st, 0, sizeof(*st));
+	st->mode = inode.i_mode;
+	st->uid = inode_uid(inode);
+	st->gid = inode_gid(inode);
+	st->links = inode.i_links_count;
+	st->flags = inode.i_flags;
+	st->size = EXT2_I_SIZE(&inode);
+	if (LINUX_S_ISCHR(inode.i_mode) || LINUX_S_ISBLK(inode.i_mode)) {
+		uint32_t old = inode.i_block[0];
+		uint32_t new = inode.i_block[1];
+
+		if (old) {
+			st->major = (old >> 8) & 0xff;
+			st->minor = old & 0xff;
+		} else {
+			st->major = (new & 0xfff00) >> 8;
+			st->minor = (new & 0xff) | ((new >> 12) & 0xfff00);
+		}
+	}
+	if (LINUX_S_ISLNK(inode.i_mode))
+		st->fast_symlink = ext2fs_is_fast_symlink(&inode) &&
+				   !(inode.i_flags & EXT4_INLINE_DATA_FL);
+	return 0;
+}
+
+/* A symlink's target into buf (bufsize >= the block size); *len its length. */
+long fp_read_link(ext2_filsys fs, uint32_t ino, char *buf, size_t bufsize,
+		  size_t *len)
+{
+	struct ext2_inode inode;
+	uint64_t size;
+	blk64_t pblk = 0;
+	char *block = NULL;
+	errcode_t err;
+
+	err = ext2fs_read_inode(fs, ino, &inode);
+	if (err)
+		return err;
+	if (!LINUX_S_ISLNK(inode.i_mode))
+		return EXT2_ET_INVALID_ARGUMENT;
+	size = EXT2_I_SIZE(&inode);
+	if (inode.i_flags & EXT4_INLINE_DATA_FL) {
+		size_t n = 0;
+
+		err = ext2fs_inline_data_size(fs, ino, &n);
+		if (err)
+			return err;
+		if (n > bufsize)
+			return EXT2_ET_INLINE_DATA_NO_SPACE;
+		err = ext2fs_inline_data_get(fs, ino, &inode, buf, &n);
+		if (err)
+			return err;
+		*len = n < size ? n : size;
+		return 0;
+	}
+	if (ext2fs_is_fast_symlink(&inode)) {
+		if (size >= sizeof(inode.i_block) || size > bufsize)
+			return EXT2_ET_INODE_CORRUPTED;
+		memcpy(buf, inode.i_block, size);
+		*len = size;
+		return 0;
+	}
+	if (size >= fs->blocksize || size > bufsize)
+		return EXT2_ET_INODE_CORRUPTED;
+	err = ext2fs_bmap2(fs, ino, &inode, NULL, 0, 0, NULL, &pblk);
+	if (err)
+		return err;
+	if (pblk == 0 || pblk >= ext2fs_blocks_count(fs->super))
+		return EXT2_ET_INODE_CORRUPTED;
+	err = ext2fs_get_mem(fs->blocksize, &block);
+	if (err)
+		return err;
+	err = io_channel_read_blk64(fs->io, pblk, 1, block);
+	if (!err) {
+		memcpy(buf, block, size);
+		*len = size;
+	}
+	ext2fs_free_mem(&block);
+	return err;
+}
+
+/* A run of a file's blocks: logical start, physical start (0 for none), length. */
+struct fp_run {
+	uint64_t lblk;
+	uint64_t pblk;
+	uint64_t len;
+	uint32_t uninit;
+};
+
+/* Block-mapped (ext2/3) files: one bmap per block, coalesced into runs. */
+static errcode_t runs_blockmap(ext2_filsys fs, uint32_t ino,
+			       struct ext2_inode *inode, uint64_t from,
+			       struct fp_run *runs, uint32_t max, uint32_t *n)
+{
+	uint64_t end = (EXT2_I_SIZE(inode) + fs->blocksize - 1) / fs->blocksize;
+	uint64_t lblk;
+
+	*n = 0;
+	for (lblk = from; lblk < end; lblk++) {
+		blk64_t pblk = 0;
+		errcode_t err = ext2fs_bmap2(fs, ino, inode, NULL, 0, lblk,
+					     NULL, &pblk);
+
+		if (err)
+			return err;
+		if (pblk == 0)
+			continue;
+		if (*n > 0 && runs[*n - 1].lblk + runs[*n - 1].len == lblk &&
+		    runs[*n - 1].pblk + runs[*n - 1].len == pblk) {
+			runs[*n - 1].len++;
+			continue;
+		}
+		if (*n == max)
+			break;
+		runs[*n].lblk = lblk;
+		runs[*n].pblk = pblk;
+		runs[*n].len = 1;
+		runs[*n].uninit = 0;
+		(*n)++;
+	}
+	return 0;
+}
+
+/*
+ * Up to max runs of ino's mapped blocks, in logical order, starting with the
+ * first one that ends after logical block `from`. Holes are the gaps between
+ * runs. *n == 0: no mapped block at or after `from`.
+ */
+long fp_file_runs(ext2_filsys fs, uint32_t ino, uint64_t from,
+		  struct fp_run *runs, uint32_t max, uint32_t *n)
+{
+	struct ext2_inode inode;
+	ext2_extent_handle_t handle;
+	struct ext2fs_extent e;
+	errcode_t err;
+
+	*n = 0;
+	err = ext2fs_read_inode(fs, ino, &inode);
+	if (err)
+		return err;
+	if (inode.i_flags & EXT4_INLINE_DATA_FL)
+		return EXT2_ET_INLINE_DATA_CANT_ITERATE;
+	if (!(inode.i_flags & EXT4_EXTENTS_FL))
+		return runs_blockmap(fs, ino, &inode, from, runs, max, n);
+	err = ext2fs_extent_open2(fs, ino, &inode, &handle);
+	if (err)
+		return err;
+	/* goto leaves the handle on the extent holding `from`, or next to it */
+	err = ext2fs_extent_goto(handle, from);
+	if (err && err != EXT2_ET_EXTENT_NOT_FOUND)
+		goto out;
+	err = ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &e);
+	if (err == EXT2_ET_NO_CURRENT_NODE) {
+		err = 0; /* no extent at all */
+		goto out;
+	}
+	while (!err) {
+		if (!(e.e_flags & EXT2_EXTENT_FLAGS_LEAF)) {
+			/* left on an index node: go down to the leaves */
+			err = ext2fs_extent_get(handle, EXT2_EXTENT_NEXT_LEAF,
+						&e);
+			continue;
+		}
+		if (e.e_len == 0) {
+			err = EXT2_ET_EXTENT_INVALID_LENGTH;
+			break;
+		}
+		if (e.e_lblk + e.e_len > from) {
+			if (*n == max)
+				break;
+			runs[*n].lblk = e.e_lblk;
+			runs[*n].pblk = e.e_pblk;
+			runs[*n].len = e.e_len;
+			runs[*n].uninit =
+				!!(e.e_flags & EXT2_EXTENT_FLAGS_UNINIT);
+			(*n)++;
+		}
+		err = ext2fs_extent_get(handle, EXT2_EXTENT_NEXT_LEAF, &e);
+	}
+	if (err == EXT2_ET_EXTENT_NO_NEXT)
+		err = 0;
+out:
+	ext2fs_extent_free(handle);
+	return err;
+}
+
+/* Reads count whole blocks from physical block pblk (straight from the file
+ * for large runs: libext2fs' cache is bypassed above 4 blocks). */
+long fp_read_blocks(ext2_filsys fs, uint64_t pblk, uint64_t count, void *buf)
+{
+	uint64_t done = 0;
+
+	if (pblk + count < pblk || pblk + count > ext2fs_blocks_count(fs->super))
+		return EXT2_ET_BAD_BLOCK_NUM;
+	while (done < count) {
+		uint64_t n = count - done;
+		errcode_t err;
+
+		if (n > (1U << 30) / fs->blocksize)
+			n = (1U << 30) / fs->blocksize;
+		err = io_channel_read_blk64(fs->io, pblk + done, (int)n,
+					    (char *)buf + done * fs->blocksize);
+		if (err)
+			return err;
+		done += n;
+	}
+	return 0;
+}
+
+/* The content of an inline-data file: *len its length (<= bufsize). */
+long fp_read_inline(ext2_filsys fs, uint32_t ino, void *buf, size_t bufsize,
+		    size_t *len)
+{
+	struct ext2_inode inode;
+	size_t n = 0;
+	errcode_t err;
+
+	err = ext2fs_read_inode(fs, ino, &inode);
+	if (err)
+		return err;
+	err = ext2fs_inline_data_size(fs, ino, &n);
+	if (err)
+		return err;
+	if (n > bufsize)
+		return EXT2_ET_INLINE_DATA_NO_SPACE;
+	err = ext2fs_inline_data_get(fs, ino, &inode, buf, &n);
+	if (!err)
+		*len = n;
+	return err;
+}
+
+/* Calls cb(ctx, name, value, len) for each extended attribute of ino. */
+typedef int (*fp_xattr_cb)(void *ctx, const char *name, const void *value,
+			   size_t len);
+
+struct xattr_ctx {
+	fp_xattr_cb cb;
+	void *ctx;
+};
+
+static int xattr_proc(char *name, char *value, size_t value_len, void *data)
+{
+	struct xattr_ctx *xc = data;
+
+	return xc->cb(xc->ctx, name, value, value_len) ? XATTR_ABORT : 0;
+}
+
+long fp_list_xattrs(ext2_filsys fs, uint32_t ino, fp_xattr_cb cb, void *ctx)
+{
+	struct ext2_xattr_handle *h;
+	struct xattr_ctx xc = { cb, ctx };
+	errcode_t err, err2;
+
+	err = ext2fs_xattrs_open(fs, ino, &h);
+	if (err)
+		return err;
+	err = ext2fs_xattrs_read(h);
+	if (!err)
+		err = ext2fs_xattrs_iterate(h, xattr_proc, &xc);
+	err2 = ext2fs_xattrs_close(&h);
+	return err ? err : err2;
+}
+
+/* Like fp_list_dir, with each entry's file type (EXT2_FT_*, 0 if unknown). */
+typedef int (*fp_dirent_type_cb)(void *ctx, const char *name, int len,
+				 uint32_t ino, int ftype);
+
+struct read_dir_ctx {
+	fp_dirent_type_cb cb;
+	void *ctx;
+	int filetype;
+};
+
+static int read_dir_proc(struct ext2_dir_entry *dirent,
+			 int offset EXT2FS_ATTR((unused)),
+			 int blocksize EXT2FS_ATTR((unused)),
+			 char *buf EXT2FS_ATTR((unused)), void *priv)
+{
+	struct read_dir_ctx *rc = priv;
+	int len = ext2fs_dirent_name_len(dirent);
+	int ftype = rc->filetype ? ext2fs_dirent_file_type(dirent) : 0;
+
+	if (dirent->inode == 0)
+		return 0;
+	if ((len == 1 && dirent->name[0] == '.') ||
+	    (len == 2 && dirent->name[0] == '.' && dirent->name[1] == '.'))
+		return 0;
+	return rc->cb(rc->ctx, dirent->name, len, dirent->inode, ftype) ?
+		       DIRENT_ABORT :
+		       0;
+}
+
+long fp_read_dir(ext2_filsys fs, uint32_t dir, fp_dirent_type_cb cb, void *ctx)
+{
+	struct read_dir_ctx rc = { cb, ctx,
+				   ext2fs_has_feature_filetype(fs->super) };
+
+	return ext2fs_dir_iterate(fs, dir, 0, NULL, read_dir_proc, &rc);
+}
