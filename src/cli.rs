@@ -37,6 +37,16 @@ pub enum Command {
     /// inner daemon's socket, reporting progress as JSON lines.
     #[command(name = "__pull", hide = true)]
     InnerPull(InnerPullArgs),
+    /// List the images a Flatcar disk image carries in ROOT (Docker's
+    /// store and containerd's), offline and without root: names, IDs,
+    /// platforms, sizes, and ROOT's free space.
+    Inspect(CheckArgs),
+    /// Prove that ROOT holds every byte of every image layer: image IDs,
+    /// chain IDs, overlay2 links, each layer's tar stream rebuilt from
+    /// tar-split against its diff ID, overlay xattrs and whiteouts, names.
+    /// Exit status 0 only when all of it holds; each failure names the
+    /// image, the layer and the path.
+    Verify(CheckArgs),
     /// See and remove the image caches of `populate --cache` (Docker volumes
     /// of the engine).
     #[command(subcommand)]
@@ -106,6 +116,17 @@ pub enum Command {
         /// The inner daemon's store (its used space is reported).
         root: PathBuf,
     },
+}
+
+/// `inspect` and `verify`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The Flatcar disk image (raw, compressed, qcow2 or vmdk); read only.
+    #[arg(value_name = "disk")]
+    pub disk: PathBuf,
+    /// Print a machine-readable report on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +239,10 @@ pub struct PopulateArgs {
     /// platform (with a warning).
     #[arg(long)]
     pub allow_platform_mismatch: bool,
+    /// Do not verify what was written (by default the run ends with
+    /// `verify` of ROOT, and a failure leaves no output).
+    #[arg(long)]
+    pub no_verify: bool,
     /// Images pulled at the same time (the inner daemon also downloads
     /// this many layers at once).
     #[arg(long, value_name = "n", default_value_t = 6)]
@@ -426,6 +451,7 @@ impl PopulateArgs {
             allow_platform_mismatch: self.allow_platform_mismatch,
             cache: self.cache,
             cache_prune: self.cache_prune,
+            verify: !self.no_verify,
         })
     }
 }

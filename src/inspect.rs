@@ -600,3 +600,26 @@ pub fn print_table(inv: &Inventory, out: &mut dyn Write) -> std::io::Result<()> 
 
 #[cfg(test)]
 mod tests;
+
+/// `flatcar-preload inspect DISK [--json]`: the inventory of ROOT, read
+/// only, as a table on stdout (or the JSON of [`Inventory`]).
+pub fn run(disk: &std::path::Path, json: bool) -> Result<()> {
+    let opened = crate::disk::open_for_reading(disk)?;
+    let root = opened.prepared.fs();
+    let fs = crate::ext4::read::Reader::open(&root)?;
+    let mut inv = inventory(&fs)?;
+    let summary = crate::ext4::inspect(&root, crate::disk::ROOT_NAME)?;
+    inv.root = RootSpace {
+        size_bytes: summary.size_bytes(),
+        free_bytes: summary.free_bytes(),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &inv)
+            .map_err(std::io::Error::from)
+            .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
+    } else {
+        print_table(&inv, &mut out)
+    }
+    .context("writing to standard output")
+}

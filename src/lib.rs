@@ -11,7 +11,6 @@ mod docker;
 pub mod ext4;
 #[cfg(feature = "test-hooks")]
 mod hooks;
-#[allow(dead_code)] // wired by the CLI (issue 12)
 mod inspect;
 mod platform;
 mod populate;
@@ -19,7 +18,6 @@ mod progress;
 mod source;
 mod store;
 mod unpack;
-#[allow(dead_code)] // wired by the CLI (issue 12)
 mod verify;
 
 use std::io::Write;
@@ -70,6 +68,8 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
             };
             runtime()?.block_on(docker::inner::pull_images(&args.socket, &req))
         }
+        Command::Verify(a) => verify::run(&a.disk, a.json),
+        Command::Inspect(a) => inspect::run(&a.disk, a.json),
         Command::Cache(c) => runtime()?.block_on(async {
             match c {
                 cli::CacheCommand::Ls => populate::cache::list().await,

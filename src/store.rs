@@ -15,7 +15,6 @@ use anyhow::{bail, Context, Result};
 
 use crate::ext4::estimate::{Estimator, Item, Need};
 
-#[allow(dead_code)] // used by inspect and verify (issue 12)
 pub mod fsread;
 pub mod select;
 

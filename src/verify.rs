@@ -974,6 +974,72 @@ impl Pass<'_> {
     }
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = vec![];
+        if let Some(i) = &self.image {
+            parts.push(format!("image {i}"));
+        }
+        if let Some(l) = &self.layer {
+            parts.push(format!("layer {l}"));
+        }
+        if let Some(p) = &self.path {
+            parts.push(format!("path {p}"));
+        }
+        write!(f, "{}: {}", parts.join(", "), self.problem)
+    }
+}
+
+/// Verifies the Docker store in ROOT of `root` with a progress bar by
+/// bytes; the report, whatever it found (Err: ROOT cannot be read).
+pub fn check_root(root: &crate::ext4::Root) -> Result<Report> {
+    let fs = crate::ext4::read::Reader::open(root)?;
+    let opts = Options {
+        root: crate::store::DOCKER_ROOT.as_bytes().to_vec(),
+    };
+    let total = total_bytes(&fs, &opts)?;
+    let mut bar = crate::progress::Bar::bytes("verifying layers", Some(total));
+    let report = verify(&fs, &opts, &mut |n| bar.inc(n))?;
+    bar.finish();
+    Ok(report)
+}
+
+/// `flatcar-preload verify DISK [--json]`: exit 0 only when every check
+/// holds; each failure names the image, the layer and the path.
+pub fn run(disk: &std::path::Path, json: bool) -> Result<()> {
+    let opened = crate::disk::open_for_reading(disk)?;
+    let report = check_root(&opened.prepared.fs())?;
+    if json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
+            .context("writing the report to standard output")?;
+    }
+    for f in &report.failures {
+        eprintln!("FAILED {f}");
+    }
+    eprintln!(
+        "{}: {} image(s), {} layer(s), {} of layer data hashed: {}",
+        disk.display(),
+        report.images,
+        report.layers,
+        indicatif::HumanBytes(report.bytes_hashed),
+        match report.failures.len() {
+            0 => "all checks hold".to_string(),
+            n => format!("{n} check(s) failed"),
+        }
+    );
+    if !report.failures.is_empty() {
+        anyhow::bail!(
+            "{} does not hold what its store says: {} check(s) failed",
+            disk.display(),
+            report.failures.len()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

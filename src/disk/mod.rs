@@ -260,6 +260,44 @@ pub fn prepare(
     })
 }
 
+/// A disk image opened for reading its ROOT: in place when raw, else a
+/// raw copy (decompressed or converted) in a private temporary directory,
+/// removed when this is dropped. Nothing of `disk` is written.
+pub struct ForReading {
+    /// The raw image and where ROOT is in it.
+    pub prepared: Prepared,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Opens `disk` (any format `populate` takes) for reading its ROOT.
+pub fn open_for_reading(disk: &Path) -> Result<ForReading> {
+    let (format, root) = check_input(disk, false)?;
+    if let Some(root) = root {
+        return Ok(ForReading {
+            prepared: Prepared {
+                output: None,
+                image: disk.to_path_buf(),
+                root,
+            },
+            _dir: None,
+        });
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("flatcar-preload-read-")
+        .tempdir()
+        .context("creating a private directory for a raw copy of the image")?;
+    eprintln!(
+        "{} is a {format} image: reading it through a raw copy in {}",
+        disk.display(),
+        dir.path().display()
+    );
+    let prepared = prepare(disk, Some(&dir.path().join("raw.bin")), true, None)?;
+    Ok(ForReading {
+        prepared,
+        _dir: Some(dir),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

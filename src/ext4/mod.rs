@@ -5,7 +5,6 @@ pub(crate) mod archive;
 pub(crate) mod estimate;
 #[allow(unsafe_code)]
 mod ffi;
-#[allow(dead_code)] // wired by verify (issue 12)
 pub(crate) mod read;
 mod untar;
 mod writer;

@@ -66,6 +66,8 @@ pub struct PopulateConfig {
     /// --cache-prune: images of the cache that are not in the list are
     /// removed from it.
     pub cache_prune: bool,
+    /// End with `verify` of what was written.
+    pub verify: bool,
 }
 
 /// The platform the images are pulled for, and where it came from.
@@ -142,6 +144,38 @@ pub struct Summary {
     pub export_via: ExportVia,
     pub store: StoreReport,
     pub platform: TargetPlatform,
+    /// What the final verify checked (None: --no-verify).
+    pub verified: Option<Verified>,
+}
+
+/// What the final verify of ROOT checked (all of it held).
+#[derive(Debug, Serialize)]
+pub struct Verified {
+    pub images: usize,
+    pub layers: usize,
+    pub bytes_hashed: u64,
+}
+
+/// Verifies the store written into ROOT (see `verify`); fails naming every
+/// check that does not hold, so that the output is not published.
+async fn verify_written(root: ext4::Root) -> Result<Verified> {
+    blocking(move || {
+        let report = crate::verify::check_root(&root)?;
+        if !report.failures.is_empty() {
+            let lines: Vec<String> = report.failures.iter().map(|f| f.to_string()).collect();
+            bail!(
+                "the store written into ROOT does not verify ({} check(s) failed); the output is not kept:\n  {}",
+                lines.len(),
+                lines.join("\n  ")
+            );
+        }
+        Ok(Verified {
+            images: report.images,
+            layers: report.layers,
+            bytes_hashed: report.bytes_hashed,
+        })
+    })
+    .await
 }
 
 /// Seconds spent in each phase. Phases overlap: each one's start and end
@@ -159,6 +193,7 @@ pub struct Phases {
     pub grow: f64,
     pub export_and_write: f64,
     pub containerd: f64,
+    pub verify: f64,
     pub total: f64,
     pub spans: Vec<Span>,
 }
@@ -182,6 +217,7 @@ pub enum Phase {
     Grow,
     ExportAndWrite,
     Containerd,
+    Verify,
 }
 
 /// The one place that times the phases (which may run at the same time).
@@ -229,6 +265,7 @@ impl Phases {
             Phase::Grow => &mut self.grow,
             Phase::ExportAndWrite => &mut self.export_and_write,
             Phase::Containerd => &mut self.containerd,
+            Phase::Verify => &mut self.verify,
         }
     }
 }
@@ -384,6 +421,14 @@ async fn populate(run: &mut Run<'_>, origin: Instant) -> Result<Summary> {
         }
         None => 0,
     };
+    let verified = match cfg.verify {
+        true => Some(
+            clock
+                .time(Phase::Verify, verify_written(root.clone()))
+                .await?,
+        ),
+        false => None,
+    };
     let (fs, layers) = publish(prepared)?;
     Ok(Summary {
         images,
@@ -400,6 +445,7 @@ async fn populate(run: &mut Run<'_>, origin: Instant) -> Result<Summary> {
         export_via: written.via,
         store,
         platform: run.platform.clone(),
+        verified,
     })
 }
 
@@ -986,6 +1032,15 @@ impl Summary {
             );
         }
         eprintln!("platform: {} (from {})", s.platform.target, s.platform.from);
+        match &s.verified {
+            Some(v) => eprintln!(
+                "verified: {} image(s), {} layer(s), {} of layer data hashed against their digests",
+                v.images,
+                v.layers,
+                HumanBytes(v.bytes_hashed)
+            ),
+            None => eprintln!("not verified (--no-verify)"),
+        }
         if s.containerd_entries > 0 {
             eprintln!("containerd root: {} entries", s.containerd_entries);
         }
@@ -1008,9 +1063,9 @@ impl Summary {
             HumanBytes(s.store.used_bytes)
         );
         eprintln!(
-            "time: start {:.1} s, pull {:.1} s, stop {:.1} s, measure {:.1} s, copy {:.1} s, grow {:.1} s, export+write {:.1} s, containerd {:.1} s, total {:.1} s (phases overlap)",
+            "time: start {:.1} s, pull {:.1} s, stop {:.1} s, measure {:.1} s, copy {:.1} s, grow {:.1} s, export+write {:.1} s, containerd {:.1} s, verify {:.1} s, total {:.1} s (phases overlap)",
             p.start,
-            p.pull, p.stop, p.measure, p.copy, p.grow, p.export_and_write, p.containerd, p.total
+            p.pull, p.stop, p.measure, p.copy, p.grow, p.export_and_write, p.containerd, p.verify, p.total
         );
     }
 }

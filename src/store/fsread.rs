@@ -3,6 +3,7 @@
 //! of a disk image is read through libext2fs (`ext4::Reader`, read-only,
 //! no root, no mount); a host directory (`HostDir`) serves the unit tests.
 
+#[cfg(test)]
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -63,8 +64,10 @@ pub trait FsRead {
 
 /// A directory of this machine read as if it were `/` (for tests: reading
 /// `trusted.*` xattrs needs root).
+#[cfg(test)]
 pub struct HostDir(pub PathBuf);
 
+#[cfg(test)]
 impl HostDir {
     fn host(&self, path: &[u8]) -> PathBuf {
         use std::os::unix::ffi::OsStrExt;
@@ -73,6 +76,7 @@ impl HostDir {
     }
 }
 
+#[cfg(test)]
 impl FsRead for HostDir {
     fn stat(&self, path: &[u8]) -> Result<Option<Stat>> {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
