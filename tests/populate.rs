@@ -2187,3 +2187,183 @@ fn cache_downloads_only_what_changed() {
     ls(&["cache", "rm", &cache]);
     assert!(!ls(&["cache", "ls"]).contains(&cache));
 }
+
+// ---- inspect and verify ------------------------------------------------------
+
+/// `flatcar-preload ARGS` as the unprivileged test user.
+fn as_user(args: &[&str]) -> Output {
+    Command::new("runuser")
+        .args(["-u", &env().test_user, "--"])
+        .arg(user_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The first path below `dir` (depth first) for which `pick` holds.
+fn find_below(dir: &Path, pick: &dyn Fn(&Path) -> bool) -> Option<std::path::PathBuf> {
+    for e in fs::read_dir(dir).ok()? {
+        let p = e.unwrap().path();
+        if pick(&p) {
+            return Some(p);
+        }
+        let is_dir = fs::symlink_metadata(&p)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        if is_dir {
+            if let Some(found) = find_below(&p, pick) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// `inspect` lists exactly what populate pulled; `verify` passes, as the
+/// unprivileged user, on the result; then, each in its own copy, one byte
+/// of a layer file changed, an opaque xattr removed, an `l/` symlink
+/// deleted, a tar-split truncated and an image config edited: `verify`
+/// fails naming exactly that.
+#[test]
+fn inspect_and_verify_the_result() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    if !require_root("the corrupted copies are made through a loop mount") {
+        return;
+    }
+    let f = fixtures();
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let out = tmp.path().join("out.bin");
+    let o = populate(&[
+        disk.to_str().unwrap(),
+        &f.listed[0].0,
+        &f.listed[1].0,
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["verified"]["images"], 2, "{s}");
+
+    let o = as_user(&["inspect", out.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let inv: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut listed: Vec<(String, String)> = inv["docker"]["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| {
+            let id = i["id"].as_str().unwrap().to_string();
+            i["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |t| (t.as_str().unwrap().to_string(), id.clone()))
+        })
+        .collect();
+    listed.sort();
+    let second_tag = f.listed[1].0.split('@').next().unwrap().to_string();
+    let mut want = vec![
+        (f.listed[0].0.clone(), f.listed[0].1.clone()),
+        (second_tag, f.listed[1].1.clone()),
+    ];
+    want.sort();
+    assert_eq!(listed, want, "{inv}");
+    assert!(inv["root"]["free_bytes"].as_u64().unwrap() > 0, "{inv}");
+    let o = as_user(&["verify", out.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "verify of a good result: {}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("all checks hold"), "{}", stderr(&o));
+
+    // Each corruption in its own copy: (what, how, what the report names).
+    type Corrupt = Box<dyn Fn(&Path) -> String>;
+    let cases: Vec<(&str, Corrupt)> = vec![
+        (
+            "a layer file changed",
+            Box::new(|store: &Path| {
+                let p = find_below(&store.join("overlay2"), &|p| p.ends_with("diff/data/a/new"))
+                    .expect("data/a/new in a layer");
+                fs::write(&p, b"NEW").unwrap();
+                "/data/a/new".to_string()
+            }),
+        ),
+        (
+            "an opaque xattr removed",
+            Box::new(|store: &Path| {
+                let p = find_below(&store.join("overlay2"), &|p| {
+                    let mut b = [0u8; 8];
+                    p.is_dir()
+                        && rustix::fs::lgetxattr(p, "trusted.overlay.opaque", &mut b[..]).is_ok()
+                })
+                .expect("an opaque directory");
+                rustix::fs::lremovexattr(&p, "trusted.overlay.opaque").unwrap();
+                let rel = p.strip_prefix(store).unwrap();
+                format!("/var/lib/docker/{}", rel.display())
+            }),
+        ),
+        (
+            "an l/ symlink deleted",
+            Box::new(|store: &Path| {
+                let l = store.join("overlay2/l");
+                let p = fs::read_dir(&l).unwrap().next().unwrap().unwrap().path();
+                fs::remove_file(&p).unwrap();
+                format!(
+                    "/var/lib/docker/overlay2/l/{}",
+                    p.file_name().unwrap().to_str().unwrap()
+                )
+            }),
+        ),
+        (
+            "a tar-split truncated",
+            Box::new(|store: &Path| {
+                let p = find_below(&store.join("image/overlay2/layerdb/sha256"), &|p| {
+                    p.ends_with("tar-split.json.gz") && fs::metadata(p).unwrap().len() > 100
+                })
+                .expect("a tar-split");
+                let b = fs::read(&p).unwrap();
+                fs::write(&p, &b[..b.len() / 2]).unwrap();
+                let rel = p.strip_prefix(store).unwrap();
+                format!("/var/lib/docker/{}", rel.display())
+            }),
+        ),
+        (
+            "an image config edited",
+            Box::new(|store: &Path| {
+                let dir = store.join("image/overlay2/imagedb/content/sha256");
+                let p = fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+                let text = fs::read_to_string(&p).unwrap();
+                fs::write(&p, text.replacen("amd64", "arm64", 1)).unwrap();
+                format!("sha256:{}", p.file_name().unwrap().to_str().unwrap())
+            }),
+        ),
+    ];
+    for (what, corrupt) in cases {
+        let copy = tmp.path().join("corrupt.bin");
+        let st = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&out)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let named = {
+            let m = Mount::with(&copy, true);
+            corrupt(&m.dir.path().join("var/lib/docker"))
+        };
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o644)).unwrap();
+        let o = as_user(&["verify", copy.to_str().unwrap(), "--json"]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{what}: verify passed:\n{err}");
+        assert!(
+            err.contains("FAILED") && err.contains(&named),
+            "{what}: the report does not name {named}:\n{err}"
+        );
+        fs::remove_file(&copy).unwrap();
+    }
+}
