@@ -33,13 +33,7 @@ readonly SMALL=127.0.0.1:5000/fp/bench-small:1
 bench_init "Docker's socket of the test environment is root's" "$@"
 need jq jq
 need curl curl
-env_vars=$("$repo/ci/docker-env.sh" 2>/dev/null) || {
-    "$repo/ci/docker-env.sh" >/dev/null || true
-    die "ci/docker-env.sh failed"
-}
-set -a
-eval "$env_vars"
-set +a
+bench_docker_env
 bench_workdir
 bench_lock "bench"
 fixture=$work/cache-disk.bin

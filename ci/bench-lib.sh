@@ -152,7 +152,21 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 # count; the benches make odd counts).
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-# --- the bench image of bench-populate.sh and bench-cache.sh -----------------
+# Brings up the Docker test environment of ci/docker-env.sh (or only checks
+# it when it is up) and exports its variables (DOCKER_HOST, FP_DIND_IMAGE,
+# FP_REGISTRY_CONTAINER, ...).
+bench_docker_env() {
+    local vars
+    vars=$("$repo/ci/docker-env.sh" 2>/dev/null) || {
+        "$repo/ci/docker-env.sh" >/dev/null || true # again, to show its errors
+        die "ci/docker-env.sh failed"
+    }
+    set -a
+    eval "$vars"
+    set +a
+}
+
+# --- the bench image of bench-populate.sh, bench-cache.sh, bench-verify.sh ---
 # Bump the tag when bench_context changes, so that a stale image in the
 # registry is not reused.
 readonly BENCH_IMAGE=127.0.0.1:5000/fp/bench:1

@@ -68,13 +68,7 @@ need curl curl
 
 # The Docker environment. Its output is KEY=VALUE lines without `export`;
 # set -a exports them so that the docker CLI (a child) sees DOCKER_HOST.
-env_vars=$("$repo/ci/docker-env.sh" 2>/dev/null) || {
-    "$repo/ci/docker-env.sh" >/dev/null || true # again, to show its errors
-    die "ci/docker-env.sh failed"
-}
-set -a
-eval "$env_vars"
-set +a
+bench_docker_env
 [[ -n ${DOCKER_HOST:-} && -n ${FP_DIND_IMAGE:-} && -n ${FP_REGISTRY_CONTAINER:-} ]] ||
     die "ci/docker-env.sh did not give DOCKER_HOST, FP_DIND_IMAGE and FP_REGISTRY_CONTAINER"
 registry=${BENCH_REF%%/*}

@@ -21,10 +21,7 @@ readonly GOAL_RATIO=0.8 GOAL_RSS_MIB=64
 bench_init "the comparison loop-mounts ROOT" "$@"
 need /usr/bin/time time
 need jq jq
-env_vars=$("$repo/ci/docker-env.sh" 2>/dev/null) || die "ci/docker-env.sh failed"
-set -a
-eval "$env_vars"
-set +a
+bench_docker_env
 bench_workdir
 bench_lock "bench"
 fixture=$work/verify-disk.bin
