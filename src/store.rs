@@ -354,12 +354,12 @@ pub fn export_to(root: &Path, only: Option<&Selection>, socket: Option<&Path>) -
 /// Where Docker keeps the names of its images, relative to [`DOCKER_ROOT`].
 pub const REPOSITORIES: &str = "image/overlay2/repositories.json";
 
-/// A tar stream of one file, `repositories.json` holding `content`, with
-/// the owner and mode Docker gives it (root, 0600).
-pub fn repositories_tar(content: &[u8]) -> Result<Vec<u8>> {
+/// A tar stream of one root-owned file `name` holding `content` with
+/// `mode`, to replace that file in a directory of ROOT.
+pub fn file_tar(name: &str, content: &[u8], mode: u32) -> Result<Vec<u8>> {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o600);
+    h.set_mode(mode);
     h.set_uid(0);
     h.set_gid(0);
     h.set_size(content.len() as u64);
@@ -369,10 +369,35 @@ pub fn repositories_tar(content: &[u8]) -> Result<Vec<u8>> {
             .map_or(0, |d| d.as_secs()),
     );
     let mut tar = tar::Builder::new(Vec::new());
-    tar.append_data(&mut h, "repositories.json", content)
-        .context("making the merged repositories.json entry")?;
+    tar.append_data(&mut h, name, content)
+        .with_context(|| format!("making the {name} entry"))?;
     tar.into_inner()
-        .context("making the merged repositories.json entry")
+        .with_context(|| format!("making the {name} entry"))
+}
+
+/// A tar stream of one file, `repositories.json` holding `content`, with
+/// the owner and mode Docker gives it (root, 0600).
+pub fn repositories_tar(content: &[u8]) -> Result<Vec<u8>> {
+    file_tar("repositories.json", content, 0o600)
+}
+
+/// The cache-id (overlay2 directory) of every layer in the layerdb of the
+/// store at `root` (`/var/lib/docker` in `fs`), by chain ID.
+pub fn layer_dirs(fs: &dyn fsread::FsRead, root: &str) -> Result<BTreeMap<String, String>> {
+    let db = format!("{root}/image/overlay2/layerdb/sha256");
+    let mut out = BTreeMap::new();
+    if fs.stat(db.as_bytes())?.is_none() {
+        return Ok(out);
+    }
+    for chain in fs.read_dir(db.as_bytes())? {
+        let chain = String::from_utf8_lossy(&chain).into_owned();
+        let cache_id = format!("{db}/{chain}/cache-id");
+        if fs.stat(cache_id.as_bytes())?.is_some() {
+            let id = fs.read_all(cache_id.as_bytes())?;
+            out.insert(chain, String::from_utf8_lossy(&id).trim().to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// Merges Docker's image/overlay2/repositories.json files: every

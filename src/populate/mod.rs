@@ -10,6 +10,7 @@
 //! growing with stopping the inner daemon.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use crate::ext4::{self, Need};
 use crate::platform::Platform;
 use crate::progress::{Bar, ReadProgress};
 use crate::source::archive;
+use crate::store::fsread::FsRead;
 use crate::store::{self, CONTAINERD_ROOT, DOCKER_ROOT, REPOSITORIES};
 use crate::unpack::{open_archive, Input, OutputMode, Space};
 
@@ -886,11 +888,14 @@ struct Written {
 /// caller must not publish the output.
 async fn export_and_write(run: &Run<'_>, root: &ext4::Root) -> Result<Written> {
     let repositories = format!("{DOCKER_ROOT}/{REPOSITORIES}");
-    let existing_names = if run.cfg.merge {
-        ext4::read_file(root, &repositories)?
-    } else {
-        None
-    };
+    let existing_names = match run.cfg.merge {
+        true => ext4::read_file(root, &repositories)?.map(|names| {
+            let fs = ext4::read::Reader::open(root)?;
+            Ok::<_, anyhow::Error>((names, store::layer_dirs(&fs, DOCKER_ROOT)?))
+        }),
+        false => None,
+    }
+    .transpose()?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(64);
     let chunks = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|c| c.map(Ok::<_, std::io::Error>))
@@ -926,7 +931,8 @@ async fn export_and_write(run: &Run<'_>, root: &ext4::Root) -> Result<Written> {
             exported.finished.stderr.trim()
         );
     }
-    if let Some(old) = existing_names {
+    if let Some((old, layers_before)) = existing_names {
+        relink_shared_layers(root, &layers_before)?;
         let new = ext4::read_file(root, &repositories)?.unwrap_or_else(|| b"{}".to_vec());
         let merged = store::merge_repositories(&old, &new)?;
         let dir = format!("{DOCKER_ROOT}/image/overlay2");
@@ -943,6 +949,66 @@ async fn export_and_write(run: &Run<'_>, root: &ext4::Root) -> Result<Written> {
         bytes: stats.bytes,
         via: exported.via,
     })
+}
+
+/// --merge: a layer the new images share with the images already in ROOT
+/// (the same chain ID) was written again under a new overlay2 directory,
+/// and its layerdb entry now names that one. The layers of the older
+/// images above it still list the old directory's short link in their
+/// `lower` file: point them at the new one, as Docker would have, so that
+/// every layer's `lower` agrees with the layerdb. (The old directory stays,
+/// unused.)
+fn relink_shared_layers(root: &ext4::Root, before: &BTreeMap<String, String>) -> Result<()> {
+    let fs = ext4::read::Reader::open(root)?;
+    let after = store::layer_dirs(&fs, DOCKER_ROOT)?;
+    let overlay = format!("{DOCKER_ROOT}/overlay2");
+    let link_of = |cache_id: &str| -> Result<String> {
+        let l = fs.read_all(format!("{overlay}/{cache_id}/link").as_bytes())?;
+        Ok(String::from_utf8_lossy(&l).trim().to_string())
+    };
+    let mut moved = BTreeMap::new();
+    for (chain, old) in before {
+        match after.get(chain) {
+            Some(new) if new != old => {
+                moved.insert(
+                    format!("l/{}", link_of(old)?),
+                    format!("l/{}", link_of(new)?),
+                );
+            }
+            _ => {}
+        }
+    }
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let mut rewrites = vec![];
+    for dir in fs.read_dir(overlay.as_bytes())? {
+        let dir = String::from_utf8_lossy(&dir).into_owned();
+        let lower = format!("{overlay}/{dir}/lower");
+        if dir == "l" || fs.stat(lower.as_bytes())?.is_none() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&fs.read_all(lower.as_bytes())?).into_owned();
+        let relinked: Vec<&str> = text
+            .split(':')
+            .map(|l| moved.get(l).map_or(l, String::as_str))
+            .collect();
+        let relinked = relinked.join(":");
+        if relinked != text {
+            rewrites.push((format!("{overlay}/{dir}"), relinked));
+        }
+    }
+    drop(fs);
+    for (dir, lower) in rewrites {
+        ext4::write_tar(
+            root,
+            dir.as_bytes(),
+            &store::file_tar("lower", lower.as_bytes(), 0o644)?[..],
+            None,
+        )
+        .with_context(|| format!("relinking {dir}/lower to the shared layers"))?;
+    }
+    Ok(())
 }
 
 /// Re-reads ROOT (its free space and the layers in the store: directories
