@@ -42,6 +42,9 @@ pub fn write_tar(input: impl Read, writer: &mut TreeWriter<'_>) -> Result<Stats>
             EntryType::Fifo => Kind::Fifo,
             other => bail!("{}: unsupported tar entry type {:?}", ctx(), other),
         };
+        for (name, _) in &meta.xattrs {
+            check_xattr_name(name).with_context(ctx)?;
+        }
         writer.put(Entry {
             path: meta.path,
             kind,
@@ -54,6 +57,25 @@ pub fn write_tar(input: impl Read, writer: &mut TreeWriter<'_>) -> Result<Stats>
         })?;
     }
     Ok(writer.stats())
+}
+
+/// The xattr namespaces Linux (and ext4) has.
+const XATTR_NAMESPACES: &[&[u8]] = &[b"user.", b"trusted.", b"security.", b"system."];
+
+/// Refuses an xattr that Linux could not hold: outside its namespaces, an
+/// empty name after the namespace, or one longer than ext4 stores (255
+/// bytes after the prefix).
+fn check_xattr_name(name: &[u8]) -> Result<()> {
+    let rest = XATTR_NAMESPACES
+        .iter()
+        .find_map(|ns| name.strip_prefix(*ns));
+    match rest {
+        Some(r) if !r.is_empty() && r.len() <= 255 && !r.contains(&0) => Ok(()),
+        _ => bail!(
+            "extended attribute {:?} is not one Linux can hold (a name in user., trusted., security. or system., at most 255 bytes after it)",
+            String::from_utf8_lossy(name)
+        ),
+    }
 }
 
 /// Counts what the archive will take in ext4, from its headers.
