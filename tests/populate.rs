@@ -313,10 +313,18 @@ fn user_bin() -> &'static Path {
 /// `flatcar-preload populate ARGS` as the unprivileged test user, through
 /// the test dockerd, with the local registry reachable as 127.0.0.1:5000.
 fn populate_cmd(args: &[&str]) -> Command {
+    populate_cmd_with(&[], args)
+}
+
+/// `populate_cmd` with more environment (`envs`, e.g. DOCKER_CONFIG, PATH).
+fn populate_cmd_with(envs: &[(&str, &str)], args: &[&str]) -> Command {
     let e = env();
     let mut c = Command::new("runuser");
-    c.args(["-u", &e.test_user, "--", "env"])
-        .arg(format!("DOCKER_HOST={}", e.docker_host))
+    c.args(["-u", &e.test_user, "--", "env"]);
+    for (k, v) in envs {
+        c.arg(format!("{k}={v}"));
+    }
+    c.arg(format!("DOCKER_HOST={}", e.docker_host))
         .arg(user_bin())
         .arg("populate")
         .args(args)
@@ -1086,23 +1094,7 @@ fn local_inputs_fail_before_the_engine() {
 /// Runs `populate ARGS` as the test user with extra environment `envs`
 /// (e.g. DOCKER_CONFIG, PATH).
 fn populate_env(envs: &[(&str, &str)], args: &[&str]) -> Output {
-    let e = env();
-    let mut c = Command::new("runuser");
-    c.args(["-u", &e.test_user, "--", "env"]);
-    for (k, v) in envs {
-        c.arg(format!("{k}={v}"));
-    }
-    c.arg(format!("DOCKER_HOST={}", e.docker_host))
-        .arg(user_bin())
-        .arg("populate")
-        .args(args)
-        .args([
-            "--dind-image",
-            &e.dind_image,
-            "--dind-network",
-            &format!("container:{}", e.registry_container),
-        ]);
-    c.output().unwrap()
+    populate_cmd_with(envs, args).output().unwrap()
 }
 
 fn run_ok(cmd: &mut Command) -> String {

@@ -66,11 +66,7 @@ async fn describe(docker: &Docker, name: &str) -> Result<Got> {
         .inspect_image(name)
         .await
         .with_context(|| format!("inspecting {name}"))?;
-    let platform = Platform::new(
-        image.os.as_deref().unwrap_or("linux"),
-        image.architecture.as_deref().unwrap_or(""),
-        image.variant.as_deref(),
-    );
+    let platform = super::platform_of(&image);
     Ok(Got {
         id: image.id.unwrap_or_default(),
         platform: platform.to_string(),

@@ -173,6 +173,15 @@ fn labels(run_id: &str) -> HashMap<String, String> {
     HashMap::from([(RUN_LABEL.to_string(), run_id.to_string())])
 }
 
+/// The platform of an image as the daemon describes it.
+fn platform_of(image: &bollard::models::ImageInspect) -> crate::platform::Platform {
+    crate::platform::Platform::new(
+        image.os.as_deref().unwrap_or("linux"),
+        image.architecture.as_deref().unwrap_or(""),
+        image.variant.as_deref(),
+    )
+}
+
 /// The helper arguments and standard input that pass a selection of the
 /// store (JSON) to the export and measure helpers.
 fn selection_input(only: Option<&[u8]>) -> (&'static [&'static str], Option<Input>) {
@@ -303,11 +312,7 @@ impl Engine {
         let image = self.docker.inspect_image(name).await.with_context(|| {
             format!("the Docker engine has no image {name} (`docker images` lists those it has)")
         })?;
-        let platform = crate::platform::Platform::new(
-            image.os.as_deref().unwrap_or("linux"),
-            image.architecture.as_deref().unwrap_or(""),
-            image.variant.as_deref(),
-        );
+        let platform = platform_of(&image);
         Ok((image.id.unwrap_or_default(), platform))
     }
 
