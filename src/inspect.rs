@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::fsread::{FsRead, Kind};
+use crate::fsread::{FsRead, Kind};
 
 const DOCKER: &[u8] = b"/var/lib/docker";
 const DOCKER_IMAGE: &[u8] = b"/var/lib/docker/image/overlay2";

@@ -9,6 +9,7 @@ mod compress;
 pub mod disk;
 mod docker;
 pub mod ext4;
+mod fsread;
 #[cfg(feature = "test-hooks")]
 mod hooks;
 mod inspect;

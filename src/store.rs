@@ -15,7 +15,6 @@ use anyhow::{bail, Context, Result};
 
 use crate::ext4::estimate::{Estimator, Item, Need};
 
-pub mod fsread;
 pub mod select;
 
 pub use select::{read_selection, SelectedImage, Selection};
@@ -383,7 +382,7 @@ pub fn repositories_tar(content: &[u8]) -> Result<Vec<u8>> {
 
 /// The cache-id (overlay2 directory) of every layer in the layerdb of the
 /// store at `root` (`/var/lib/docker` in `fs`), by chain ID.
-pub fn layer_dirs(fs: &dyn fsread::FsRead, root: &str) -> Result<BTreeMap<String, String>> {
+pub fn layer_dirs(fs: &dyn crate::fsread::FsRead, root: &str) -> Result<BTreeMap<String, String>> {
     let db = format!("{root}/image/overlay2/layerdb/sha256");
     let mut out = BTreeMap::new();
     if fs.stat(db.as_bytes())?.is_none() {

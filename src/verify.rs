@@ -25,7 +25,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::fsread::{FsRead, Kind};
+use crate::fsread::{FsRead, Kind};
 
 /// Where the store is.
 pub struct Options {
@@ -1046,7 +1046,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::store::fsread::Stat;
+    use crate::fsread::Stat;
 
     const ROOT: &str = "/var/lib/docker";
 
@@ -1501,7 +1501,7 @@ mod tests {
         let f = fixture_of([l1, l2, l3]);
         let tmp = tempfile::tempdir().unwrap();
         materialize(&f.fs, tmp.path());
-        let host = crate::store::fsread::HostDir(tmp.path().to_path_buf());
+        let host = crate::fsread::HostDir(tmp.path().to_path_buf());
         let opts = Options {
             root: ROOT.as_bytes().to_vec(),
         };

@@ -37,6 +37,8 @@ const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
 /// Label on every container and volume a run creates.
 pub const RUN_LABEL: &str = "org.flatcar-preload.run";
+/// Label of a cache volume (`populate --cache`); its value is the cache's name.
+pub const CACHE_LABEL: &str = "org.flatcar-preload.cache";
 
 /// Calls to the engine may wait for long pulls and large exports.
 const API_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
@@ -420,7 +422,6 @@ impl Engine {
     /// Makes the volume `volume` of cache `name` unless it exists; an
     /// existing volume of that name must be that cache's.
     pub async fn ensure_cache_volume(&self, volume: &str, name: &str) -> Result<()> {
-        use crate::populate::cache::CACHE_LABEL;
         match self.docker.inspect_volume(volume).await {
             Ok(v) => {
                 if v.labels.get(CACHE_LABEL).map(String::as_str) != Some(name) {
@@ -447,7 +448,6 @@ impl Engine {
 
     /// The cache volumes of the engine.
     pub async fn caches(&self) -> Result<Vec<Cache>> {
-        use crate::populate::cache::CACHE_LABEL;
         let listed = self
             .docker
             .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::ffi::{self, Fs, FT_DIR, FT_SYMLINK, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use super::Root;
-use crate::store::fsread::{FsRead, Kind, Stat};
+use crate::fsread::{FsRead, Kind, Stat};
 
 /// Bytes handed to the sink per call (the last chunk of a file is shorter).
 const CHUNK: u64 = 4 << 20;

@@ -4,7 +4,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::*;
-use crate::store::fsread::HostDir;
+use crate::fsread::HostDir;
 
 /// A real containerd 1.6 metadata database (see its .gen.sh).
 const META_DB_GZ: &[u8] = include_bytes!("../../tests/fixtures/containerd-meta.db.gz");

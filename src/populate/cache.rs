@@ -5,9 +5,6 @@ use anyhow::{bail, Result};
 
 use crate::docker::Engine;
 
-/// Label of a cache volume; its value is the cache's name.
-pub const CACHE_LABEL: &str = "org.flatcar-preload.cache";
-
 /// The Docker volume of cache `name`.
 pub fn volume_name(name: &str) -> String {
     format!("flatcar-preload-cache-{name}")

@@ -30,10 +30,10 @@ use crate::docker::{
     StoreMount,
 };
 use crate::ext4::{self, Need};
+use crate::fsread::FsRead;
 use crate::platform::Platform;
 use crate::progress::{Bar, ReadProgress};
 use crate::source::archive;
-use crate::store::fsread::FsRead;
 use crate::store::{self, CONTAINERD_ROOT, DOCKER_ROOT, REPOSITORIES};
 use crate::unpack::{open_archive, Input, OutputMode, Space};
 
