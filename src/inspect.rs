@@ -9,8 +9,8 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::digest::chain_ids;
 use crate::fsread::{FsRead, Kind};
 
 const DOCKER: &[u8] = b"/var/lib/docker";
@@ -168,23 +168,6 @@ struct ImageConfig {
 struct RootFs {
     #[serde(default)]
     diff_ids: Vec<String>,
-}
-
-/// Chain IDs of a layer stack: the first is the first diff ID, each next
-/// one the sha256 of "<previous chain ID> <diff ID>".
-fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(prev) => format!(
-                "sha256:{:x}",
-                Sha256::digest(format!("{prev} {d}").as_bytes())
-            ),
-        };
-        out.push(next);
-    }
-    out
 }
 
 fn docker_store(fs: &dyn FsRead) -> Result<DockerStore> {

@@ -6,6 +6,7 @@
 pub mod cli;
 mod command;
 mod compress;
+mod digest;
 pub mod disk;
 mod docker;
 pub mod ext4;

@@ -25,6 +25,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::digest::{chain_ids, hex, is_hex64, sha256_hex};
 use crate::fsread::{FsRead, Kind};
 
 /// Where the store is.
@@ -93,38 +94,6 @@ fn join_bytes(dir: &[u8], rel: &[u8]) -> Vec<u8> {
 
 fn show(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// chain[0] = diff[0], chain[i] = "sha256:" + sha256("chain[i-1] diff[i]").
-fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(prev) => format!("sha256:{}", sha256_hex(format!("{prev} {d}").as_bytes())),
-        };
-        out.push(next);
-    }
-    out
 }
 
 /// Who a failure is about.

@@ -34,6 +34,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::compress::{self, read_full, Compression, SNIFF_LEN};
+use crate::digest::{hex, is_hex64, sha256_hex};
 use crate::docker::refs::ImageRef;
 use crate::ext4::archive::{Archive, EntryType};
 use crate::platform::Platform;
@@ -113,20 +114,6 @@ impl CheckedArchive {
     pub fn images(&self) -> &[ArchiveImage] {
         &self.images
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn short(hex: &str) -> &str {

@@ -31,8 +31,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::digest::{chain_ids, sha256_part};
 use crate::docker::refs::ImageRef;
 
 /// What of a store to export: the images with these IDs and the names
@@ -100,34 +100,6 @@ const LINKS: &str = "overlay2/l";
 /// Directories a daemon makes at start anyway; kept (when there) so that
 /// the exported store has Docker's layout even for images without layers.
 const SKELETON: &[&str] = &[CONTENT, METADATA, LAYERDB, LINKS];
-
-/// The hex part of `sha256:<64 hex>`, or `None`.
-fn sha256_hex(digest: &str) -> Option<&str> {
-    let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-    .then_some(hex)
-}
-
-/// Chain IDs as Docker computes them (image-spec identity.ChainIDs):
-/// chain[0] = diff[0], chain[i] = sha256 of "chain[i-1] diff[i]".
-pub(super) fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for diff in diff_ids {
-        let next = match out.last() {
-            None => diff.clone(),
-            Some(prev) => {
-                let sum = Sha256::digest(format!("{prev} {diff}").as_bytes());
-                let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
-                format!("sha256:{hex}")
-            }
-        };
-        out.push(next);
-    }
-    out
-}
 
 /// A name as Docker compares it: registry, repository path (`library/`
 /// for Docker Hub's official images), and the digest, else the tag
@@ -222,7 +194,7 @@ impl Plan {
         }
         let mut ids = BTreeSet::new();
         for img in &sel.images {
-            if sha256_hex(&img.id).is_none() {
+            if sha256_part(&img.id).is_none() {
                 bail!(
                     "{:?} is not an image ID (sha256: and 64 lowercase hex digits)",
                     img.id
@@ -257,7 +229,7 @@ impl Plan {
             }
             let diffs = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
             for (diff, chain) in diffs.iter().zip(chain_ids(&diffs)) {
-                let Some(chain_hex) = sha256_hex(&chain) else {
+                let Some(chain_hex) = sha256_part(&chain) else {
                     bail!("image {id}: {diff:?} is not a sha256 layer diff ID");
                 };
                 let layer = format!("{LAYERDB}/{chain_hex}");
@@ -312,7 +284,7 @@ impl Plan {
             }
         }
         for diff in diff_ids {
-            let Some(hex) = sha256_hex(diff) else {
+            let Some(hex) = sha256_part(diff) else {
                 continue;
             };
             let path = format!("{V2META_BY_DIFFID}/{hex}");
@@ -389,9 +361,7 @@ mod tests {
     use super::*;
 
     fn sha(data: &[u8]) -> String {
-        let sum = Sha256::digest(data);
-        let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
-        format!("sha256:{hex}")
+        format!("sha256:{}", crate::digest::sha256_hex(data))
     }
 
     fn hex(d: &str) -> &str {
