@@ -19,6 +19,7 @@ mod populate;
 mod progress;
 mod source;
 mod store;
+mod tar;
 mod unpack;
 mod verify;
 

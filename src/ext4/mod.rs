@@ -1,7 +1,6 @@
 //! The ext4 side: checking that a filesystem is one we may write, and
 //! writing a tar stream into it through libext2fs (no root, no mount).
 
-pub(crate) mod archive;
 pub(crate) mod estimate;
 #[allow(unsafe_code)]
 mod ffi;

@@ -5,8 +5,8 @@ use std::io::Read;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::archive::{Archive, Entry as TarEntry, EntryType};
 use super::writer::{Entry, Kind, Stats, TreeWriter};
+use crate::tar::{Archive, Entry as TarEntry, EntryType};
 
 /// Writes every entry of the tar stream `input` through `writer`.
 pub fn write_tar(input: impl Read, writer: &mut TreeWriter<'_>) -> Result<Stats> {

@@ -36,8 +36,8 @@ use sha2::{Digest, Sha256};
 use crate::compress::{self, read_full, Compression, SNIFF_LEN};
 use crate::digest::{hex, is_hex64, sha256_hex};
 use crate::docker::refs::ImageRef;
-use crate::ext4::archive::{Archive, EntryType};
 use crate::platform::Platform;
+use crate::tar::{Archive, EntryType};
 
 /// Largest JSON document read (manifest.json, index.json, a manifest, a
 /// config): real ones are a few KiB, big configs some hundred KiB.

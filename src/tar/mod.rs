@@ -1,0 +1,7 @@
+//! Tar streams: the strict reader (PAX records framed by their length, GNU
+//! long names, global headers) that every tar the tool takes in goes
+//! through, and the writers of the tars it makes.
+
+mod read;
+
+pub use read::{Archive, Entry, EntryType};
