@@ -33,10 +33,6 @@ pub enum Command {
     /// image store into ROOT (/var/lib/docker), ready for Docker at first
     /// boot.
     Populate(Box<PopulateArgs>),
-    /// (internal) Runs inside the dind container: pulls images through the
-    /// inner daemon's socket, reporting progress as JSON lines.
-    #[command(name = "__pull", hide = true)]
-    InnerPull(InnerPullArgs),
     /// List the images a Flatcar disk image carries in ROOT (Docker's
     /// store and containerd's), offline and without root: names, IDs,
     /// platforms, sizes, and ROOT's free space.
@@ -51,71 +47,10 @@ pub enum Command {
     /// of the engine).
     #[command(subcommand)]
     Cache(CacheCommand),
-    /// (internal) Runs inside the dind container: waits until the inner
-    /// dockerd answers.
-    #[command(name = "__ready", hide = true)]
-    InnerReady {
-        #[arg(long)]
-        socket: String,
-    },
-    /// (internal) Runs inside the dind container: removes the images not
-    /// listed (JSON on standard input).
-    #[command(name = "__prune", hide = true)]
-    InnerPrune {
-        #[arg(long)]
-        socket: String,
-    },
-    /// (internal) Runs inside the dind container: loads a docker-archive
-    /// tar from standard input into the inner daemon.
-    #[command(name = "__load", hide = true)]
-    InnerLoad {
-        #[arg(long)]
-        socket: String,
-        /// The number of the source, for the progress events.
-        #[arg(long)]
-        index: usize,
-    },
-    /// (internal) Runs inside the dind container: writes Docker's store
-    /// as a PAX tar with all xattrs to stdout.
-    #[command(name = "__export-store", hide = true)]
-    InnerExport {
-        root: PathBuf,
-        /// Write to this unix socket when it accepts a connection (a daemon
-        /// on the tool's machine), else to stdout.
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        /// Export only the images of this JSON selection (`-`: standard
-        /// input).
-        #[arg(long, value_name = "file")]
-        only: Option<PathBuf>,
-    },
-    /// (internal) Runs inside the dind container: prints what the store
-    /// will take in ext4 (JSON).
-    #[command(name = "__measure-store", hide = true)]
-    InnerMeasure {
-        root: PathBuf,
-        /// The block size of the filesystem the store goes into.
-        #[arg(long)]
-        block_size: u64,
-        /// Measure only the images of this JSON selection (`-`: standard
-        /// input).
-        #[arg(long, value_name = "file")]
-        only: Option<PathBuf>,
-    },
-    /// (internal) The dind container's first process: runs the inner
-    /// dockerd and keeps the container alive once it has stopped.
-    #[command(name = "__dind-init", hide = true)]
-    InnerInit {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        cmd: Vec<String>,
-    },
-    /// (internal) Runs in the dind container: stops the inner dockerd and
-    /// waits until it has exited.
-    #[command(name = "__stop-dockerd", hide = true)]
-    InnerStop {
-        /// The inner daemon's store (its used space is reported).
-        root: PathBuf,
-    },
+    /// (internal) What the tool runs inside its build container (see
+    /// `protocol`).
+    #[command(subcommand, hide = true)]
+    Internal(crate::protocol::Request),
 }
 
 /// `inspect` and `verify`.
@@ -138,21 +73,6 @@ pub enum CacheCommand {
         #[arg(required = true, value_name = "name")]
         names: Vec<String>,
     },
-}
-
-#[derive(Debug, Args)]
-pub struct InnerPullArgs {
-    #[arg(long)]
-    pub socket: String,
-    #[arg(long, default_value_t = 3)]
-    pub jobs: usize,
-    /// The platform to pull for.
-    #[arg(long)]
-    pub platform: Platform,
-    #[arg(long)]
-    pub allow_platform_mismatch: bool,
-    /// Credentials come as one JSON line on standard input.
-    pub refs: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,12 +1,11 @@
 //! Reading a filesystem tree the way `inspect` and `verify` need: by byte
 //! paths, without following symlinks, with device numbers and xattrs. ROOT
 //! of a disk image is read through libext2fs (`ext4::Reader`, read-only,
-//! no root, no mount); a host directory (`HostDir`) serves the unit tests.
+//! no root, no mount); a directory of this machine through `HostDir`.
 
-#[cfg(test)]
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// What a file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +61,33 @@ pub trait FsRead {
     }
 }
 
-/// A directory of this machine read as if it were `/` (for tests: reading
-/// `trusted.*` xattrs needs root).
-#[cfg(test)]
+/// Whether `path` is a directory in `fs`.
+pub fn is_dir(fs: &dyn FsRead, path: &[u8]) -> Result<bool> {
+    Ok(matches!(fs.stat(path)?, Some(s) if s.kind == Kind::Dir))
+}
+
+/// `dir/rel` (just `dir` when `rel` is empty).
+pub fn join(dir: &[u8], rel: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if !rel.is_empty() {
+        if !p.ends_with(b"/") {
+            p.push(b'/');
+        }
+        p.extend_from_slice(rel);
+    }
+    p
+}
+
+/// A byte path for messages.
+pub fn show(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// A directory of this machine read as if it were `/`: the store of the
+/// stopped daemon in the build container, which the export helper plans
+/// from, and the unit tests' trees (reading `trusted.*` xattrs needs root).
 pub struct HostDir(pub PathBuf);
 
-#[cfg(test)]
 impl HostDir {
     fn host(&self, path: &[u8]) -> PathBuf {
         use std::os::unix::ffi::OsStrExt;
@@ -76,7 +96,6 @@ impl HostDir {
     }
 }
 
-#[cfg(test)]
 impl FsRead for HostDir {
     fn stat(&self, path: &[u8]) -> Result<Option<Stat>> {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -121,19 +140,25 @@ impl FsRead for HostDir {
     fn read_dir(&self, path: &[u8]) -> Result<Vec<Vec<u8>>> {
         use std::os::unix::ffi::OsStrExt;
         let mut out = vec![];
-        for e in std::fs::read_dir(self.host(path))? {
-            out.push(e?.file_name().as_bytes().to_vec());
+        let dir = self.host(path);
+        let listing = || format!("listing {}", dir.display());
+        for e in std::fs::read_dir(&dir).with_context(listing)? {
+            out.push(e.with_context(listing)?.file_name().as_bytes().to_vec());
         }
         Ok(out)
     }
 
     fn read_file(&self, path: &[u8], sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
         use std::io::Read;
-        let mut f = std::fs::File::open(self.host(path))?;
+        let file = self.host(path);
+        let mut f =
+            std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
         let mut buf = vec![0u8; 1 << 20];
         let mut n = 0u64;
         loop {
-            let k = f.read(&mut buf)?;
+            let k = f
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", file.display()))?;
             if k == 0 {
                 return Ok(n);
             }
@@ -144,7 +169,9 @@ impl FsRead for HostDir {
 
     fn read_link(&self, path: &[u8]) -> Result<Vec<u8>> {
         use std::os::unix::ffi::OsStrExt;
-        Ok(std::fs::read_link(self.host(path))?
+        let link = self.host(path);
+        Ok(std::fs::read_link(&link)
+            .with_context(|| format!("reading the link {}", link.display()))?
             .as_os_str()
             .as_bytes()
             .to_vec())
@@ -153,12 +180,14 @@ impl FsRead for HostDir {
     fn xattrs(&self, path: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
         let p = self.host(path);
         let mut names = vec![0u8; 64 * 1024];
-        let n = rustix::fs::llistxattr(&p, &mut names[..])?;
+        let n = rustix::fs::llistxattr(&p, &mut names[..])
+            .with_context(|| format!("listing the xattrs of {}", p.display()))?;
         let mut out = vec![];
         for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
             let name = String::from_utf8_lossy(name).into_owned();
             let mut value = vec![0u8; 64 * 1024];
-            let k = rustix::fs::lgetxattr(&p, name.as_str(), &mut value[..])?;
+            let k = rustix::fs::lgetxattr(&p, name.as_str(), &mut value[..])
+                .with_context(|| format!("reading xattr {name} of {}", p.display()))?;
             value.truncate(k);
             out.push((name, value));
         }

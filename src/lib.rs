@@ -17,6 +17,7 @@ mod inspect;
 mod platform;
 mod populate;
 mod progress;
+mod protocol;
 mod source;
 mod store;
 mod tar;
@@ -56,21 +57,6 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
             }
             Ok(())
         }
-        Command::InnerPull(args) => {
-            let refs = args
-                .refs
-                .iter()
-                .map(|r| docker::refs::ImageRef::parse(r))
-                .collect::<Result<Vec<_>>>()?;
-            let req = docker::inner::PullRequest {
-                refs,
-                jobs: args.jobs,
-                platform: args.platform,
-                allow_platform_mismatch: args.allow_platform_mismatch,
-                secrets: docker::inner::read_secrets()?,
-            };
-            runtime()?.block_on(docker::inner::pull_images(&args.socket, &req))
-        }
         Command::Verify(a) => verify::run(&a.disk, a.json),
         Command::Inspect(a) => inspect::run(&a.disk, a.json),
         Command::Cache(c) => runtime()?.block_on(async {
@@ -79,28 +65,67 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
                 cli::CacheCommand::Rm { names } => populate::cache::remove(&names).await,
             }
         }),
-        Command::InnerReady { socket } => runtime()?.block_on(docker::inner::ready(&socket)),
-        Command::InnerPrune { socket } => runtime()?.block_on(docker::inner::prune_images(&socket)),
-        Command::InnerLoad { socket, index } => {
+        Command::Internal(request) => serve(request),
+    }
+}
+
+/// Runs a request of the tool inside its build container (the binary was
+/// uploaded there; see `protocol`).
+fn serve(request: protocol::Request) -> Result<()> {
+    use protocol::Request;
+    match request {
+        Request::Init { cmd } => docker::inner::dind_init(&cmd),
+        Request::Ready { socket } => runtime()?.block_on(docker::inner::ready(&socket)),
+        Request::Pull {
+            socket,
+            jobs,
+            platform,
+            allow_platform_mismatch,
+            refs,
+        } => {
+            let refs = refs
+                .iter()
+                .map(|r| docker::refs::ImageRef::parse(r))
+                .collect::<Result<Vec<_>>>()?;
+            let req = docker::inner::PullRequest {
+                refs,
+                jobs,
+                platform,
+                allow_platform_mismatch,
+                secrets: docker::inner::read_secrets()?,
+            };
+            runtime()?.block_on(docker::inner::pull_images(&socket, &req))
+        }
+        Request::Load { socket, index } => {
             runtime()?.block_on(docker::inner::load_images(&socket, index))
         }
-        Command::InnerMeasure {
+        Request::Prune { socket } => runtime()?.block_on(docker::inner::prune_images(&socket)),
+        Request::Measure {
+            store,
             root,
             block_size,
-            only,
+            selection,
         } => {
-            let only = only.as_deref().map(store::read_selection).transpose()?;
-            let need = store::measure_docker_store(&root, only.as_ref(), block_size)?;
+            let only = selection.then(store::read_selection_stdin).transpose()?;
+            let need = store::backend(store).measure(&root, only.as_ref(), block_size)?;
             serde_json::to_writer(std::io::stdout().lock(), &need)
-                .context("writing the measurements to standard output")?;
-            Ok(())
+                .context("writing the measurements to standard output")
         }
-        Command::InnerExport { root, socket, only } => {
-            let only = only.as_deref().map(store::read_selection).transpose()?;
-            store::export_to(&root, only.as_ref(), socket.as_deref())
+        Request::Export {
+            store,
+            root,
+            socket,
+            selection,
+        } => {
+            let only = selection.then(store::read_selection_stdin).transpose()?;
+            store::export_to(
+                store::backend(store),
+                &root,
+                only.as_ref(),
+                socket.as_deref(),
+            )
         }
-        Command::InnerInit { cmd } => docker::inner::dind_init(&cmd),
-        Command::InnerStop { root } => {
+        Request::Stop { root } => {
             docker::inner::stop_dockerd(&root, std::time::Duration::from_secs(60))
         }
     }

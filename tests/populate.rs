@@ -1469,7 +1469,9 @@ fn private_registry_with_tls_and_login() {
         let label = format!("org.flatcar-preload.run={run_id}");
         let inspected = inspect_run(&label, since);
         assert!(
-            inspected.contains("\"ProcessConfig\"") && inspected.contains("__pull"),
+            inspected.contains("\"ProcessConfig\"")
+                && inspected.contains("\"internal\"")
+                && inspected.contains("\"pull\""),
             "no exec of the pull:\n{inspected}\n{}",
             stderr(&o)
         );

@@ -1,4 +1,4 @@
-//! The helper side, run inside the dind container (`__pull`): drives the
+//! The helper side, run inside the dind container (the pull, load and prune requests): drives the
 //! inner daemon through its unix socket and reports progress to the outer
 //! tool as JSON lines on stdout.
 
@@ -17,47 +17,64 @@ use serde::{Deserialize, Serialize};
 use super::auth::Credentials;
 use super::refs::ImageRef;
 use crate::platform::Platform;
+use crate::protocol::{Event, FailureKind, Got, Stopped};
 
-/// One progress report of the pull helper, a JSON line on its stdout.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "lowercase")]
-pub enum PullEvent {
-    /// Bytes of one layer of image number `image` (index in the list).
-    Layer {
-        image: usize,
-        layer: String,
-        current: u64,
-        total: u64,
-    },
-    /// An image of source `image` is in the daemon (a registry source has
-    /// one, an archive one or more).
-    Done {
-        image: usize,
-        #[serde(flatten)]
-        got: Got,
-    },
-    Failed {
-        image: usize,
-        message: String,
-    },
-    /// The manifest of every image is read: the registries accept the
-    /// credentials and certificates, and each image has the platform.
-    Checked,
-    /// Something the user should know that does not stop the pull.
-    Warning {
-        image: usize,
-        message: String,
-    },
+/// A failure whose kind the helper knows from where it happened (not from
+/// the daemon's words).
+#[derive(Debug)]
+struct Classified {
+    kind: FailureKind,
+    message: String,
 }
 
-/// An image in the inner daemon.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Got {
-    pub id: String,
-    /// os/arch[/variant]
-    pub platform: String,
-    /// Its names in the daemon (RepoTags and RepoDigests).
-    pub names: Vec<String>,
+impl std::fmt::Display for Classified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Classified {}
+
+fn classified(kind: FailureKind, message: String) -> anyhow::Error {
+    Classified { kind, message }.into()
+}
+
+/// The kind of a failure: ours where we made it, else what the daemon's
+/// message says (its API gives registry and storage errors as text only;
+/// this is the one place that reads it).
+fn kind_of(e: &anyhow::Error) -> FailureKind {
+    if let Some(c) = e.downcast_ref::<Classified>() {
+        return c.kind;
+    }
+    let m = format!("{e:#}").to_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| m.contains(w));
+    if has(&["no space left on device"]) {
+        FailureKind::OutOfSpace
+    } else if has(&["x509", "certificate", "tls:"]) {
+        FailureKind::Tls
+    } else if has(&[
+        "unauthorized",
+        "authentication required",
+        "denied",
+        "no basic auth credentials",
+    ]) {
+        FailureKind::Auth
+    } else if has(&["platform", "no matching manifest"]) {
+        FailureKind::Platform
+    } else if has(&["manifest unknown", "not found"]) {
+        FailureKind::NotFound
+    } else {
+        FailureKind::Other
+    }
+}
+
+/// Reports `e` as the failure of image `image`.
+fn failed(image: usize, e: &anyhow::Error) {
+    emit(&Event::Failed {
+        image,
+        kind: kind_of(e),
+        message: format!("{e:#}"),
+    });
 }
 
 /// What the daemon says of image `name`.
@@ -99,7 +116,7 @@ pub struct PullRequest {
     pub secrets: PullSecrets,
 }
 
-fn emit(ev: &PullEvent) {
+fn emit(ev: &Event) {
     let mut out = std::io::stdout().lock();
     if let Ok(s) = serde_json::to_string(ev) {
         let _ = writeln!(out, "{s}");
@@ -126,7 +143,7 @@ async fn connect_when_ready(socket: &str) -> Result<Docker> {
     }
 }
 
-/// `__ready`: returns once the inner dockerd answers on `socket`.
+/// Returns once the inner dockerd answers on `socket`.
 pub async fn ready(socket: &str) -> Result<()> {
     connect_when_ready(socket).await.map(|_| ())
 }
@@ -207,19 +224,25 @@ fn choose_platform(
     }
     let has: Vec<String> = m.platforms.iter().map(Platform::to_string).collect();
     if m.index {
-        bail!(
-            "its index has no image for {want} (it has {}); pass --platform to choose one of those",
-            has.join(", ")
-        );
+        return Err(classified(
+            FailureKind::Platform,
+            format!(
+                "its index has no image for {want} (it has {}); pass --platform to choose one of those",
+                has.join(", ")
+            ),
+        ));
     }
     let own = m.platforms[0].clone();
     if !allow_mismatch {
-        bail!(
-            "it is a {own} image only, but the target platform is {want}: it could not run there; \
-             pass --allow-platform-mismatch to preload it anyway"
-        );
+        return Err(classified(
+            FailureKind::Platform,
+            format!(
+                "it is a {own} image only, but the target platform is {want}: it could not run there; \
+                 pass --allow-platform-mismatch to preload it anyway"
+            ),
+        ));
     }
-    emit(&PullEvent::Warning {
+    emit(&Event::Warning {
         image: index,
         message: format!(
             "{r} is a {own} image only, preloaded for a {want} target (--allow-platform-mismatch)"
@@ -254,7 +277,7 @@ async fn pull_one(
         if let (Some(layer), Some(p)) = (item.id, item.progress_detail) {
             if let (Some(cur), Some(total)) = (p.current, p.total) {
                 if item.status.as_deref() == Some("Downloading") {
-                    emit(&PullEvent::Layer {
+                    emit(&Event::Layer {
                         image: index,
                         layer,
                         current: cur.max(0) as u64,
@@ -271,7 +294,10 @@ async fn pull_one(
     let got = describe(docker, &pulled).await?;
     let got_platform: Platform = got.platform.parse()?;
     if !platform.accepts(&got_platform) {
-        bail!("it was pulled as a {got_platform} image, not the {platform} one asked for");
+        return Err(classified(
+            FailureKind::Platform,
+            format!("it was pulled as a {got_platform} image, not the {platform} one asked for"),
+        ));
     }
     // name:tag@digest pulls by digest, which leaves the image untagged.
     if let (Some(_), Some(tag)) = (&r.digest, &r.tag) {
@@ -305,10 +331,7 @@ where
                 match f(i, r).await {
                     Ok(v) => (i, Some(v)),
                     Err(e) => {
-                        emit(&PullEvent::Failed {
-                            image: i,
-                            message: format!("{e:#}"),
-                        });
+                        failed(i, &e);
                         (i, None)
                     }
                 }
@@ -343,12 +366,12 @@ pub async fn pull_images(socket: &str, req: &PullRequest) -> Result<()> {
     if chosen.iter().any(Option::is_none) {
         bail!("some images cannot be pulled");
     }
-    emit(&PullEvent::Checked);
+    emit(&Event::Checked);
     let pulled = each_ref(&req.refs, req.jobs, |i, r| {
         let (docker, platform) = (&docker, chosen[i].as_ref().expect("checked above"));
         async move {
             let got = pull_one(docker, i, r, platform, creds(r)).await?;
-            emit(&PullEvent::Done { image: i, got });
+            emit(&Event::Done { image: i, got });
             Ok(())
         }
     })
@@ -359,7 +382,7 @@ pub async fn pull_images(socket: &str, req: &PullRequest) -> Result<()> {
     Ok(())
 }
 
-/// `__load`, run in the dind: loads the docker-archive tar on standard
+/// Run in the dind: loads the docker-archive tar on standard
 /// input into the inner daemon (`docker load`) and reports each image it
 /// loaded as one of source number `index`.
 pub async fn load_images(socket: &str, index: usize) -> Result<()> {
@@ -409,21 +432,18 @@ pub async fn load_images(socket: &str, index: usize) -> Result<()> {
     match result {
         Ok(got) => {
             for got in got {
-                emit(&PullEvent::Done { image: index, got });
+                emit(&Event::Done { image: index, got });
             }
             Ok(())
         }
         Err(e) => {
-            emit(&PullEvent::Failed {
-                image: index,
-                message: format!("{e:#}"),
-            });
+            failed(index, &e);
             Err(e)
         }
     }
 }
 
-/// `__prune`, run in the dind: removes every image of the inner daemon
+/// Run in the dind: removes every image of the inner daemon
 /// whose ID is not in the JSON list on standard input, printing
 /// `removed ID` for each.
 pub async fn prune_images(socket: &str) -> Result<()> {
@@ -480,14 +500,6 @@ pub fn read_secrets() -> Result<PullSecrets> {
 /// the helper is uploaded (not every image has /run).
 pub const DOCKERD_EXIT: &str = "/fp-helper/dockerd.exit";
 
-/// What `__stop-dockerd` prints: the inner dockerd's exit code and what the
-/// store takes on its filesystem.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Stopped {
-    pub exit_code: i32,
-    pub store_used_bytes: u64,
-}
-
 /// What dockerd logs once its store is closed (after the image service
 /// and the graph driver are shut down). What follows is only stopping the
 /// containerd it started, whose state is not exported; measured, that took
@@ -502,7 +514,7 @@ fn record_exit(code: i32) -> Result<()> {
         .with_context(|| format!("writing {DOCKERD_EXIT}"))
 }
 
-/// The dind container's first process (`__dind-init`): runs `cmd` (the
+/// The dind container's first process (`Request::Init`): runs `cmd` (the
 /// inner dockerd), forwards SIGTERM and SIGINT to it, records in
 /// [`DOCKERD_EXIT`] that it has stopped (0 once it logs that its shutdown
 /// is complete, else its exit code) and then keeps the container (and a
@@ -515,7 +527,7 @@ pub fn dind_init(cmd: &[String]) -> Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    let (prog, args) = cmd.split_first().context("__dind-init needs a command")?;
+    let (prog, args) = cmd.split_first().context("the init needs a command")?;
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -577,7 +589,7 @@ pub fn dind_init(cmd: &[String]) -> Result<()> {
     }
 }
 
-/// `__stop-dockerd`, run in the dind: asks the init to stop the inner
+/// Run in the dind: asks the init to stop the inner
 /// dockerd (SIGTERM), waits until it has exited (its store is then
 /// quiescent) and prints a [`Stopped`] as JSON.
 pub fn stop_dockerd(store: &std::path::Path, grace: Duration) -> Result<()> {

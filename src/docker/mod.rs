@@ -26,10 +26,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::command::tail;
+use crate::protocol::{Request, Stopped, StoreKind, HELPER_DIR, HELPER_PATH};
 
-/// Where the helper binary is put inside containers.
-pub const HELPER_DIR: &str = "/fp-helper";
-pub const HELPER_PATH: &str = "/fp-helper/flatcar-preload";
 /// The inner daemon's only endpoint: a unix socket inside the container.
 pub const INNER_SOCKET: &str = "/var/run/docker.sock";
 /// Where Docker listens when DOCKER_HOST is unset or empty.
@@ -104,10 +102,11 @@ pub struct DindSpec {
     pub network: DindNetwork,
     pub privileged: bool,
     pub run_id: String,
-    /// The inner daemon's --max-concurrent-downloads.
-    pub downloads: usize,
-    /// More flags of the inner daemon (registries, mirrors).
-    pub daemon_args: Vec<String>,
+    /// The command line of the daemon that writes the store (the store
+    /// backend's), run by the helper's init.
+    pub daemon: Vec<String>,
+    /// Where that daemon keeps its store, in the container.
+    pub store_root: String,
     /// A tar unpacked at / of the dind before it starts (the registry
     /// certificates in /etc/docker/certs.d).
     pub files: Option<Vec<u8>>,
@@ -184,16 +183,10 @@ fn platform_of(image: &bollard::models::ImageInspect) -> crate::platform::Platfo
     )
 }
 
-/// The helper arguments and standard input that pass a selection of the
-/// store (JSON) to the export and measure helpers.
-fn selection_input(only: Option<&[u8]>) -> (&'static [&'static str], Option<Input>) {
-    match only {
-        Some(json) => (
-            &["--only", "-"],
-            Some(Box::new(std::io::Cursor::new(json.to_vec()))),
-        ),
-        None => (&[], None),
-    }
+/// The standard input that passes a selection of the store (JSON) to the
+/// export and measure helpers.
+fn selection_input(only: Option<&[u8]>) -> Option<Input> {
+    only.map(|json| Box::new(std::io::Cursor::new(json.to_vec())) as Input)
 }
 
 /// Whether this executable is statically linked (no ELF interpreter), so
@@ -488,11 +481,11 @@ impl Engine {
     ) -> Result<()> {
         let host_net = spec.network == DindNetwork::Host;
         let (binds, mounts) = match store {
-            StoreMount::Volume(v) => (vec![format!("{v}:/var/lib/docker")], None),
+            StoreMount::Volume(v) => (vec![format!("{v}:{}", spec.store_root)], None),
             StoreMount::Memory { cap } => (
                 vec![],
                 Some(vec![bollard::models::Mount {
-                    target: Some("/var/lib/docker".into()),
+                    target: Some(spec.store_root.clone()),
                     typ: Some(bollard::models::MountType::TMPFS),
                     tmpfs_options: Some(bollard::models::MountTmpfsOptions {
                         size_bytes: Some(i64::try_from(*cap).unwrap_or(i64::MAX)),
@@ -509,21 +502,11 @@ impl Engine {
             .collect();
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            entrypoint: Some(vec![HELPER_PATH.into(), "__dind-init".into()]),
-            cmd: Some(
-                [
-                    "dockerd",
-                    "--storage-driver=overlay2",
-                    &format!("--host=unix://{INNER_SOCKET}"),
-                    "--iptables=false",
-                    "--ip6tables=false",
-                    "--bridge=none",
-                    &format!("--max-concurrent-downloads={}", spec.downloads.max(1)),
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .chain(spec.daemon_args.iter().cloned())
-                .collect(),
+            entrypoint: Some(
+                Request::Init {
+                    cmd: spec.daemon.clone(),
+                }
+                .argv(),
             ),
             env: Some(vec!["DOCKER_TLS_CERTDIR=".into()]),
             labels: Some(labels(&spec.run_id)),
@@ -553,8 +536,10 @@ impl Engine {
             .start_container(name, None)
             .await
             .with_context(|| format!("starting the dind container {name} from {}", spec.image))?;
-        let cmd = [HELPER_PATH, "__ready", "--socket", INNER_SOCKET];
-        let ready = self.exec_lines(name, &cmd, None, |_| {}).await?;
+        let ready = Request::Ready {
+            socket: INNER_SOCKET.into(),
+        };
+        let ready = self.helper_lines(name, &ready, None, |_| {}).await?;
         if ready.exit_code != 0 {
             bail!(
                 "the inner dockerd of {name} did not start: {}\nits last lines:\n{}",
@@ -598,18 +583,19 @@ impl Engine {
         out
     }
 
-    /// Runs `cmd` in a running container with `stdin` as its standard
-    /// input; each stdout line goes to `on_line`, stderr is collected.
-    pub async fn exec_lines(
+    /// Runs the helper `request` in a running container with `stdin` as
+    /// its standard input; each stdout line goes to `on_line`, stderr is
+    /// collected.
+    pub async fn helper_lines(
         &self,
         container: &str,
-        cmd: &[&str],
+        request: &Request,
         stdin: Option<Input>,
         mut on_line: impl FnMut(&str),
     ) -> Result<Finished> {
         let mut line = Vec::new();
         let (finished, _) = self
-            .exec_stream(container, cmd, stdin, |chunk| {
+            .exec_stream(container, request, stdin, |chunk| {
                 for &b in chunk.iter() {
                     if b == b'\n' {
                         on_line(&String::from_utf8_lossy(&line));
@@ -627,26 +613,26 @@ impl Engine {
         Ok(finished)
     }
 
-    /// Stops the inner dockerd of the dind `container` (the container and
-    /// a store on tmpfs stay) and waits until it has exited.
-    pub async fn stop_inner(&self, container: &str) -> Result<inner::Stopped> {
-        let cmd = [HELPER_PATH, "__stop-dockerd", "/var/lib/docker"];
-        self.exec_json(container, &cmd, None, "stopping the inner dockerd")
-            .await
+    /// Stops the inner daemon of the dind `container` (the container and
+    /// a store on tmpfs stay) and waits until it has exited; what its store
+    /// at `root` takes is reported.
+    pub async fn stop_inner(&self, container: &str, root: &str) -> Result<Stopped> {
+        let stop = Request::Stop { root: root.into() };
+        self.helper_json(container, &stop, None).await
     }
 
-    /// Runs the helper command `cmd` in `container` and reads its stdout
-    /// as JSON; `what` names the step in errors.
-    async fn exec_json<T: serde::de::DeserializeOwned>(
+    /// Runs the helper `request` in `container` and reads its stdout as
+    /// JSON.
+    async fn helper_json<T: serde::de::DeserializeOwned>(
         &self,
         container: &str,
-        cmd: &[&str],
+        request: &Request,
         stdin: Option<Input>,
-        what: &str,
     ) -> Result<T> {
+        let what = request.what();
         let mut out = Vec::new();
         let (finished, _) = self
-            .exec_stream(container, cmd, stdin, |chunk| {
+            .exec_stream(container, request, stdin, |chunk| {
                 out.extend_from_slice(&chunk);
                 async { true }
             })
@@ -661,7 +647,7 @@ impl Engine {
         serde_json::from_slice(&out).with_context(|| format!("reading what {what} reported"))
     }
 
-    /// Runs `cmd` in the running `container`, passing its stdout chunk by
+    /// Runs the helper `request` in the running `container`, passing its stdout chunk by
     /// chunk to `sink` until the sink returns false. `stdin` is written to
     /// its standard input (which is how secrets reach it: an exec's command
     /// and environment show in `docker inspect`, its input does not). The
@@ -669,7 +655,7 @@ impl Engine {
     async fn exec_stream<F, Fut>(
         &self,
         container: &str,
-        cmd: &[&str],
+        request: &Request,
         stdin: Option<Input>,
         mut sink: F,
     ) -> Result<(Finished, u64)>
@@ -677,7 +663,7 @@ impl Engine {
         F: FnMut(Bytes) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let what = cmd.get(1).copied().unwrap_or("a helper");
+        let what = request.what();
         let exec = self
             .docker
             .create_exec(
@@ -686,7 +672,7 @@ impl Engine {
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     attach_stdin: Some(stdin.is_some()),
-                    cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                    cmd: Some(request.argv()),
                     ..Default::default()
                 },
             )
@@ -767,23 +753,28 @@ impl Engine {
     pub async fn export_store(
         &self,
         container: &str,
+        (store, root): (StoreKind, &str),
         socket_dir: Option<&Path>,
         only: Option<&[u8]>,
         tx: mpsc::Sender<Bytes>,
     ) -> Result<Exported> {
         // With a selection (JSON), only its images, read from stdin.
-        let (only_args, input) = selection_input(only);
+        let input = selection_input(only);
+        let export = |socket: Option<String>| Request::Export {
+            store,
+            root: root.into(),
+            socket: socket.map(Into::into),
+            selection: only.is_some(),
+        };
         let forward = |chunk: Bytes| {
             let tx = tx.clone();
             async move { tx.send(chunk).await.is_ok() }
         };
         let Some(dir) = socket_dir else {
-            let cmd = [
-                &[HELPER_PATH, "__export-store", "/var/lib/docker"],
-                only_args,
-            ]
-            .concat();
-            let (finished, _) = self.exec_stream(container, &cmd, input, forward).await?;
+            let request = export(None);
+            let (finished, _) = self
+                .exec_stream(container, &request, input, forward)
+                .await?;
             let via = ExportVia::Attach;
             return Ok(Exported { finished, via });
         };
@@ -807,18 +798,8 @@ impl Engine {
             }
         });
         let inside = format!("{SOCKET_MOUNT}/{EXPORT_SOCKET}");
-        let cmd = [
-            &[
-                HELPER_PATH,
-                "__export-store",
-                "/var/lib/docker",
-                "--socket",
-                &inside,
-            ],
-            only_args,
-        ]
-        .concat();
-        let helper = self.exec_stream(container, &cmd, input, forward).await;
+        let request = export(Some(inside));
+        let helper = self.exec_stream(container, &request, input, forward).await;
         let (finished, stdout_bytes) = match helper {
             Ok(h) => h,
             Err(e) => {
@@ -841,28 +822,22 @@ impl Engine {
         Ok(Exported { finished, via })
     }
 
-    /// What the store of the dind `container` will take in an ext4 with
-    /// `block_size` (metadata only).
+    /// What the store at `root` of the dind `container` will take in an
+    /// ext4 with `block_size` (metadata only).
     pub async fn measure_store(
         &self,
         container: &str,
+        (store, root): (StoreKind, &str),
         block_size: u64,
         only: Option<&[u8]>,
     ) -> Result<crate::ext4::Need> {
-        let block_size = block_size.to_string();
-        let (only_args, input) = selection_input(only);
-        let cmd = [
-            &[
-                HELPER_PATH,
-                "__measure-store",
-                "/var/lib/docker",
-                "--block-size",
-                &block_size,
-            ],
-            only_args,
-        ]
-        .concat();
-        self.exec_json(container, &cmd, input, "measuring the store")
+        let measure = Request::Measure {
+            store,
+            root: root.into(),
+            block_size,
+            selection: only.is_some(),
+        };
+        self.helper_json(container, &measure, selection_input(only))
             .await
     }
 }

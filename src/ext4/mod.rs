@@ -1,7 +1,7 @@
 //! The ext4 side: checking that a filesystem is one we may write, and
 //! writing a tar stream into it through libext2fs (no root, no mount).
 
-pub(crate) mod estimate;
+mod estimate;
 #[allow(unsafe_code)]
 mod ffi;
 pub(crate) mod read;
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-pub use estimate::Need;
+pub use estimate::{Estimator, Item, Need};
 pub use untar::{estimate_tar, estimate_tar_file};
 pub use writer::Stats;
 

@@ -10,11 +10,11 @@ use serde::Serialize;
 use tokio_util::io::SyncIoBridge;
 
 use super::{OutOfSpace, Run};
-use crate::docker::inner::{Got, PullEvent};
 use crate::docker::refs::{ImageRef, Source};
 use crate::docker::registry::DEFAULT_CERTS_DIR;
-use crate::docker::{Input, HELPER_PATH, INNER_SOCKET};
+use crate::docker::{Input, INNER_SOCKET};
 use crate::progress::Pulls;
+use crate::protocol::{Event, FailureKind, Got, Request};
 use crate::source::archive::{self, CheckedArchive};
 
 /// One image of the run, in the inner daemon.
@@ -51,14 +51,16 @@ struct Follow<'a> {
     got: Vec<Vec<Got>>,
     downloaded: Vec<Vec<String>>,
     failures: Vec<String>,
+    /// The kind of each failure.
+    kinds: Vec<FailureKind>,
 }
 
 impl Follow<'_> {
     /// An event of a helper whose image `i` is source number `map(i)`.
     fn event(&mut self, line: &str, map: impl Fn(usize) -> usize) {
         let names = &self.run.names;
-        match serde_json::from_str::<PullEvent>(line) {
-            Ok(PullEvent::Layer {
+        match serde_json::from_str::<Event>(line) {
+            Ok(Event::Layer {
                 image,
                 layer,
                 current,
@@ -72,20 +74,25 @@ impl Follow<'_> {
                     }
                 }
             }
-            Ok(PullEvent::Done { image, got }) => {
+            Ok(Event::Done { image, got }) => {
                 let image = map(image);
                 self.progress.done(image, &got.id, &got.platform);
                 if let Some(slot) = self.got.get_mut(image) {
                     slot.push(got);
                 }
             }
-            Ok(PullEvent::Failed { image, message }) => {
+            Ok(Event::Failed {
+                image,
+                kind,
+                message,
+            }) => {
                 let image = map(image);
                 self.progress.failed(image, &message);
+                self.kinds.push(kind);
                 let listed = self.run.cfg.images.get(image);
                 let hint = listed
                     .and_then(|l| l.source.registry_ref())
-                    .and_then(|r| registry_hint(self.run, r, &message))
+                    .and_then(|r| registry_hint(self.run, r, kind))
                     .map(|h| format!("\n    {h}"))
                     .unwrap_or_default();
                 self.failures.push(format!(
@@ -94,8 +101,8 @@ impl Follow<'_> {
                     listed.map_or("?", |l| l.origin.as_str()),
                 ));
             }
-            Ok(PullEvent::Warning { message, .. }) => self.progress.warn(&message),
-            Ok(PullEvent::Checked) => {
+            Ok(Event::Warning { message, .. }) => self.progress.warn(&message),
+            Ok(Event::Checked) => {
                 self.run.manifests_read.send_replace(true);
             }
             Err(_) => eprintln!("dind: {line}"),
@@ -118,6 +125,7 @@ pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
         got: vec![vec![]; n],
         downloaded: vec![vec![]; n],
         failures: vec![],
+        kinds: vec![],
     });
     let registry: Vec<usize> = (0..n)
         .filter(|&i| matches!(run.prepared[i], Checked::Registry))
@@ -143,6 +151,7 @@ pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
         got,
         downloaded,
         failures,
+        kinds,
         ..
     } = follow.into_inner();
     progress.finish();
@@ -151,10 +160,7 @@ pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
             "getting the images failed, nothing was written:\n  {}",
             failures.join("\n  ")
         );
-        if failures
-            .iter()
-            .any(|f| f.to_lowercase().contains("no space left on device"))
-        {
+        if kinds.contains(&FailureKind::OutOfSpace) {
             return Err(OutOfSpace(message).into());
         }
         bail!(message);
@@ -204,22 +210,13 @@ pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
 /// run's list) and follows its events.
 async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> Result<()> {
     let cfg = run.cfg;
-    let jobs = cfg.jobs.to_string();
-    let mut cmd = vec![
-        HELPER_PATH,
-        "__pull",
-        "--socket",
-        INNER_SOCKET,
-        "--jobs",
-        &jobs,
-        "--platform",
-        &run.platform.target,
-    ];
-    if cfg.allow_platform_mismatch {
-        cmd.push("--allow-platform-mismatch");
-    }
-    cmd.push("--");
-    cmd.extend(which.iter().map(|&i| run.names[i].as_str()));
+    let request = Request::Pull {
+        socket: INNER_SOCKET.into(),
+        jobs: cfg.jobs,
+        platform: run.platform.target.parse()?,
+        allow_platform_mismatch: cfg.allow_platform_mismatch,
+        refs: which.iter().map(|&i| run.names[i].clone()).collect(),
+    };
     // The credentials go over the helper's standard input only.
     let mut secrets =
         serde_json::to_vec(&run.access.secrets).context("passing the credentials to the pull")?;
@@ -228,7 +225,7 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
     let dind = &run.dind;
     let finished = run
         .engine
-        .exec_lines(dind, &cmd, Some(secrets), |line| {
+        .helper_lines(dind, &request, Some(secrets), |line| {
             follow
                 .borrow_mut()
                 .event(line, |i| which.get(i).copied().unwrap_or(usize::MAX))
@@ -277,19 +274,14 @@ async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<(
             Checked::Daemon(name, _) => (run.engine.save_image(name), None),
             Checked::Registry => bail!("{} is not loaded but pulled", listed.source),
         };
-    let index = i.to_string();
-    let cmd = [
-        HELPER_PATH,
-        "__load",
-        "--socket",
-        INNER_SOCKET,
-        "--index",
-        &index,
-    ];
+    let request = Request::Load {
+        socket: INNER_SOCKET.into(),
+        index: i,
+    };
     let dind = &run.dind;
     let finished = run
         .engine
-        .exec_lines(dind, &cmd, Some(input), |line| {
+        .helper_lines(dind, &request, Some(input), |line| {
             follow.borrow_mut().event(line, |i| i)
         })
         .await;
@@ -339,13 +331,15 @@ pub(super) async fn prune(run: &Run<'_>, kept: &[PulledImage]) -> Result<()> {
     let ids: Vec<&str> = kept.iter().map(|i| i.id.as_str()).collect();
     let mut list = serde_json::to_vec(&ids).context("listing the images to keep")?;
     list.push(b'\n');
-    let cmd = [HELPER_PATH, "__prune", "--socket", INNER_SOCKET];
+    let request = Request::Prune {
+        socket: INNER_SOCKET.into(),
+    };
     let mut removed = 0;
     let finished = run
         .engine
-        .exec_lines(
+        .helper_lines(
             &run.dind,
-            &cmd,
+            &request,
             Some(Box::new(std::io::Cursor::new(list))),
             |line| {
                 if let Some(id) = line.strip_prefix("removed ") {
@@ -368,12 +362,11 @@ pub(super) async fn prune(run: &Run<'_>, kept: &[PulledImage]) -> Result<()> {
     Ok(())
 }
 
-/// What to do about a pull of `r` that failed with `message`, when it is
-/// the registry's certificate or a login, or the target platform.
-fn registry_hint(run: &Run<'_>, r: &ImageRef, message: &str) -> Option<String> {
+/// What to do about a pull of `r` that failed for `kind`, when it is the
+/// registry's certificate or a login, or the target platform.
+fn registry_hint(run: &Run<'_>, r: &ImageRef, kind: FailureKind) -> Option<String> {
     let registry = r.registry();
-    let m = message.to_lowercase();
-    if m.contains("x509") || m.contains("certificate") || m.contains("tls:") {
+    if kind == FailureKind::Tls {
         let dir = match &run.cfg.registry.certs_dir() {
             Some(d) => d.display().to_string(),
             None => DEFAULT_CERTS_DIR.to_string(),
@@ -384,11 +377,7 @@ fn registry_hint(run: &Run<'_>, r: &ImageRef, message: &str) -> Option<String> {
              or, for a registry you trust without TLS verification, pass --insecure-registry {registry}"
         ));
     }
-    if m.contains("unauthorized")
-        || m.contains("authentication required")
-        || m.contains("denied")
-        || m.contains("no basic auth credentials")
-    {
+    if kind == FailureKind::Auth {
         return Some(match run.access.sources.get(registry) {
             Some(from) => format!(
                 "registry {registry} refused the credentials from {from}: check them (docker login {registry})"
@@ -402,7 +391,7 @@ fn registry_hint(run: &Run<'_>, r: &ImageRef, message: &str) -> Option<String> {
             ),
         });
     }
-    if m.contains("platform") {
+    if kind == FailureKind::Platform {
         return Some(format!(
             "the target platform {} comes from {}",
             run.platform.target,

@@ -10,7 +10,7 @@
 //! growing with stopping the inner daemon.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -30,11 +30,12 @@ use crate::docker::{
     StoreMount,
 };
 use crate::ext4::{self, Need};
-use crate::fsread::FsRead;
+
 use crate::platform::Platform;
 use crate::progress::{Bar, ReadProgress};
+use crate::protocol::StoreKind;
 use crate::source::archive;
-use crate::store::{self, CONTAINERD_ROOT, DOCKER_ROOT, REPOSITORIES};
+use crate::store::{self, Backend, CONTAINERD_ROOT};
 use crate::unpack::{open_archive, Input, OutputMode, Space};
 
 pub mod cache;
@@ -282,6 +283,8 @@ struct Resources {
 /// One run: the engine, its names and what it created.
 struct Run<'a> {
     cfg: &'a PopulateConfig,
+    /// The store written.
+    backend: &'static dyn Backend,
     engine: Engine,
     cancel: CancellationToken,
     spec: DindSpec,
@@ -348,17 +351,23 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() % 100_000)
     );
+    let backend = store::backend(StoreKind::Docker);
     let spec = DindSpec {
         image: cfg.dind_image.clone(),
         network: cfg.dind_network.clone(),
         privileged: cfg.privileged,
-        downloads: cfg.jobs,
-        daemon_args: access.daemon_args.clone(),
+        daemon: backend.daemon(&store::DaemonOptions {
+            socket: crate::docker::INNER_SOCKET,
+            downloads: cfg.jobs,
+            extra: &access.daemon_args,
+        }),
+        store_root: backend.root().into(),
         files: access.certs.clone(),
         run_id: run_id.clone(),
     };
     let mut run = Run {
         cfg,
+        backend,
         engine,
         cancel,
         spec,
@@ -431,7 +440,7 @@ async fn populate(run: &mut Run<'_>, origin: Instant) -> Result<Summary> {
         ),
         false => None,
     };
-    let (fs, layers) = publish(prepared)?;
+    let (fs, layers) = publish(prepared, run.backend)?;
     Ok(Summary {
         images,
         layers,
@@ -677,8 +686,9 @@ impl std::error::Error for OutOfSpace {}
 /// Refuses a ROOT that already has a store, unless merging.
 fn check_existing(cfg: &PopulateConfig, root: &ext4::Root) -> Result<()> {
     let mut present = vec![];
-    if ext4::exists(root, DOCKER_ROOT)? {
-        present.push(DOCKER_ROOT);
+    let docker = store::backend(StoreKind::Docker).root();
+    if ext4::exists(root, docker)? {
+        present.push(docker);
     }
     if cfg.containerd.is_some() && ext4::exists(root, CONTAINERD_ROOT)? {
         present.push(CONTAINERD_ROOT);
@@ -817,7 +827,9 @@ async fn start_dind(run: &mut Run<'_>, store: &StoreMount) -> Result<()> {
 /// before it is exported. On failure nothing was written.
 async fn stop_dind(run: &Run<'_>) -> Result<u64> {
     let dind = run.dind.clone();
-    let stopped = run.or_cancel(run.engine.stop_inner(&dind)).await?;
+    let stopped = run
+        .or_cancel(run.engine.stop_inner(&dind, run.backend.root()))
+        .await?;
     if stopped.exit_code != 0 {
         bail!(
             "the inner dockerd did not shut down cleanly (exit code {}); its last lines:\n{}",
@@ -848,9 +860,10 @@ async fn make_output(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<
 async fn measure(run: &Run<'_>, prepared: &Prepared) -> Result<Need> {
     let block_size = ext4::inspect(&prepared.fs(), ROOT_NAME)?.block_size;
     let dind = run.dind.clone();
+    let store = (run.backend.kind(), run.backend.root());
     let measured = run
         .engine
-        .measure_store(&dind, block_size, run.selection.as_deref());
+        .measure_store(&dind, store, block_size, run.selection.as_deref());
     let mut need = run.or_cancel(measured).await?;
     if let Some(src) = &run.cfg.containerd {
         need += containerd_need(src, block_size)?;
@@ -887,15 +900,11 @@ struct Written {
 /// is closed consistently with the entries before the failure written; the
 /// caller must not publish the output.
 async fn export_and_write(run: &Run<'_>, root: &ext4::Root) -> Result<Written> {
-    let repositories = format!("{DOCKER_ROOT}/{REPOSITORIES}");
-    let existing_names = match run.cfg.merge {
-        true => ext4::read_file(root, &repositories)?.map(|names| {
-            let fs = ext4::read::Reader::open(root)?;
-            Ok::<_, anyhow::Error>((names, store::layer_dirs(&fs, DOCKER_ROOT)?))
-        }),
+    let backend = run.backend;
+    let merge = match run.cfg.merge {
+        true => backend.merge(&ext4::read::Reader::open(root)?)?,
         false => None,
-    }
-    .transpose()?;
+    };
     let (tx, mut rx) = mpsc::channel::<Bytes>(64);
     let chunks = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|c| c.map(Ok::<_, std::io::Error>))
@@ -909,15 +918,18 @@ async fn export_and_write(run: &Run<'_>, root: &ext4::Root) -> Result<Written> {
     let writer = {
         let (root, cancel) = (root.clone(), run.cancel.clone());
         tokio::task::spawn_blocking(move || {
-            ext4::write_tar(&root, DOCKER_ROOT.as_bytes(), stream, Some(&cancel))
+            ext4::write_tar(&root, backend.root().as_bytes(), stream, Some(&cancel))
         })
     };
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
     let exported = run
-        .or_cancel(
-            run.engine
-                .export_store(&run.dind, socket_dir, run.selection.as_deref(), tx),
-        )
+        .or_cancel(run.engine.export_store(
+            &run.dind,
+            (backend.kind(), backend.root()),
+            socket_dir,
+            run.selection.as_deref(),
+            tx,
+        ))
         .await;
     // The writer stops by itself once the stream ends or is cancelled; the
     // filesystem is closed consistently either way.
@@ -931,18 +943,8 @@ async fn export_and_write(run: &Run<'_>, root: &ext4::Root) -> Result<Written> {
             exported.finished.stderr.trim()
         );
     }
-    if let Some((old, layers_before)) = existing_names {
-        relink_shared_layers(root, &layers_before)?;
-        let new = ext4::read_file(root, &repositories)?.unwrap_or_else(|| b"{}".to_vec());
-        let merged = store::merge_repositories(&old, &new)?;
-        let dir = format!("{DOCKER_ROOT}/image/overlay2");
-        ext4::write_tar(
-            root,
-            dir.as_bytes(),
-            &store::repositories_tar(&merged)?[..],
-            None,
-        )
-        .context("writing the merged repositories.json")?;
+    if let Some(merge) = merge {
+        merge.finish(root)?;
     }
     Ok(Written {
         entries: stats.entries,
@@ -951,77 +953,14 @@ async fn export_and_write(run: &Run<'_>, root: &ext4::Root) -> Result<Written> {
     })
 }
 
-/// --merge: a layer the new images share with the images already in ROOT
-/// (the same chain ID) was written again under a new overlay2 directory,
-/// and its layerdb entry now names that one. The layers of the older
-/// images above it still list the old directory's short link in their
-/// `lower` file: point them at the new one, as Docker would have, so that
-/// every layer's `lower` agrees with the layerdb. (The old directory stays,
-/// unused.)
-fn relink_shared_layers(root: &ext4::Root, before: &BTreeMap<String, String>) -> Result<()> {
-    let fs = ext4::read::Reader::open(root)?;
-    let after = store::layer_dirs(&fs, DOCKER_ROOT)?;
-    let overlay = format!("{DOCKER_ROOT}/overlay2");
-    let link_of = |cache_id: &str| -> Result<String> {
-        let l = fs.read_all(format!("{overlay}/{cache_id}/link").as_bytes())?;
-        Ok(String::from_utf8_lossy(&l).trim().to_string())
-    };
-    let mut moved = BTreeMap::new();
-    for (chain, old) in before {
-        match after.get(chain) {
-            Some(new) if new != old => {
-                moved.insert(
-                    format!("l/{}", link_of(old)?),
-                    format!("l/{}", link_of(new)?),
-                );
-            }
-            _ => {}
-        }
-    }
-    if moved.is_empty() {
-        return Ok(());
-    }
-    let mut rewrites = vec![];
-    for dir in fs.read_dir(overlay.as_bytes())? {
-        let dir = String::from_utf8_lossy(&dir).into_owned();
-        let lower = format!("{overlay}/{dir}/lower");
-        if dir == "l" || fs.stat(lower.as_bytes())?.is_none() {
-            continue;
-        }
-        let text = String::from_utf8_lossy(&fs.read_all(lower.as_bytes())?).into_owned();
-        let relinked: Vec<&str> = text
-            .split(':')
-            .map(|l| moved.get(l).map_or(l, String::as_str))
-            .collect();
-        let relinked = relinked.join(":");
-        if relinked != text {
-            rewrites.push((format!("{overlay}/{dir}"), relinked));
-        }
-    }
-    drop(fs);
-    for (dir, lower) in rewrites {
-        ext4::write_tar(
-            root,
-            dir.as_bytes(),
-            &store::file_tar("lower", lower.as_bytes(), 0o644)?[..],
-            None,
-        )
-        .with_context(|| format!("relinking {dir}/lower to the shared layers"))?;
-    }
-    Ok(())
-}
-
 /// Re-reads ROOT (its free space and the layers in the store: directories
 /// of overlay2 but `l`) and moves the output to its name (converted back
 /// to qcow2/vmdk when it came from there). On failure the output is
 /// removed; in place, the disk holds the complete store.
-fn publish(prepared: Prepared) -> Result<(ext4::FsSummary, u64)> {
+fn publish(prepared: Prepared, backend: &dyn Backend) -> Result<(ext4::FsSummary, u64)> {
     let root = prepared.fs();
     let fs = ext4::inspect(&root, ROOT_NAME).context("re-reading ROOT after writing")?;
-    let layers = ext4::list_dir(&root, &format!("{DOCKER_ROOT}/overlay2"))?
-        .iter()
-        .filter(|n| n.as_str() != "l")
-        .count() as u64;
+    let layers = backend.layers(&ext4::read::Reader::open(&root)?)?;
     if let Some(out) = prepared.output {
         out.publish()?;
     }
@@ -1043,7 +982,7 @@ async fn write_containerd(
         let stats = if md.is_dir() {
             let (reader, writer) = std::io::pipe().context("making a pipe")?;
             let dir = src.clone();
-            let export = std::thread::spawn(move || store::export_tree(&dir, None, &[], writer));
+            let export = std::thread::spawn(move || store::export::tree(&dir, writer));
             let written = ext4::write_tar(&root, target, reader, Some(&cancel));
             let exported = export
                 .join()
@@ -1065,7 +1004,7 @@ fn containerd_need(src: &Path, block_size: u64) -> Result<Need> {
     let md = std::fs::metadata(src)
         .with_context(|| format!("reading --containerd {}", src.display()))?;
     if md.is_dir() {
-        store::measure_tree(src, None, &[], block_size)
+        store::export::measure_tree(src, block_size)
     } else {
         crate::unpack::measure_archive(src, block_size)
     }

@@ -25,77 +25,18 @@
 //!   pulling or pushing again).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs;
-use std::io::{self, Read};
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::layout::{
+    CONTENT, DIFFID_BY_DIGEST, LAYERDB, LAYERS, LINKS, METADATA, REPOSITORIES, V2META_BY_DIFFID,
+};
 use crate::digest::{chain_ids, sha256_part};
 use crate::docker::refs::ImageRef;
-
-/// What of a store to export: the images with these IDs and the names
-/// (repo:tag, and repo@digest) that point at them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Selection {
-    pub images: Vec<SelectedImage>,
-}
-
-/// One image of a [`Selection`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SelectedImage {
-    /// `sha256:<hex>`, the digest of the image's config.
-    pub id: String,
-    /// Names as Docker takes them (`nginx:1.27`, `reg:5000/a/b@sha256:...`);
-    /// each must point at `id` in the store.
-    pub names: Vec<String>,
-}
-
-/// Reads a JSON [`Selection`] from `path`, or from standard input when it
-/// is `-`.
-pub fn read_selection(path: &Path) -> Result<Selection> {
-    let (text, from) = if path == Path::new("-") {
-        let mut text = vec![];
-        io::stdin()
-            .lock()
-            .read_to_end(&mut text)
-            .context("reading the image selection from standard input")?;
-        (text, "standard input".to_string())
-    } else {
-        let text = fs::read(path)
-            .with_context(|| format!("reading the image selection {}", path.display()))?;
-        (text, path.display().to_string())
-    };
-    serde_json::from_slice(&text).with_context(|| format!("parsing the image selection in {from}"))
-}
-
-/// What the walk does with an entry of the store.
-pub(super) enum Rule {
-    /// A directory written with only those of its children that have a
-    /// rule.
-    Dir,
-    /// The entry and everything below it (but what is [`Rule::Skip`]).
-    Whole,
-    /// A regular file written with this content instead of its own.
-    Generated(Vec<u8>),
-    /// Left out, below a [`Rule::Whole`] directory.
-    Skip,
-}
-
-/// Which entries of a store a selection exports, by '/'-separated path
-/// relative to the store.
-pub(super) struct Plan {
-    pub(super) rules: HashMap<Vec<u8>, Rule>,
-}
-
-const CONTENT: &str = "image/overlay2/imagedb/content/sha256";
-const METADATA: &str = "image/overlay2/imagedb/metadata/sha256";
-const LAYERDB: &str = "image/overlay2/layerdb/sha256";
-const DIFFID_BY_DIGEST: &str = "image/overlay2/distribution/diffid-by-digest/sha256";
-const V2META_BY_DIFFID: &str = "image/overlay2/distribution/v2metadata-by-diffid/sha256";
-const LAYERS: &str = "overlay2";
-const LINKS: &str = "overlay2/l";
+use crate::fsread::{FsRead, Kind};
+use crate::store::export::{Plan, Rule};
+use crate::store::Selection;
 
 /// Directories a daemon makes at start anyway; kept (when there) so that
 /// the exported store has Docker's layout even for images without layers.
@@ -127,14 +68,6 @@ fn normalized(name: &str) -> Result<String> {
     })
 }
 
-/// Reads a small metadata file of the store, trimmed as Docker trims it.
-fn read_text(path: &Path) -> Result<String> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.trim().to_string())
-}
-
-/// A file name made by the daemon (a cache ID, a short link name): one
-/// plain path component.
 fn is_component(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\0'])
 }
@@ -156,200 +89,216 @@ struct Repositories {
     repositories: BTreeMap<String, BTreeMap<String, String>>,
 }
 
-impl Plan {
-    fn whole(&mut self, path: &str) {
-        self.rules.insert(path.as_bytes().to_vec(), Rule::Whole);
-        self.parents(path);
+/// The store of a stopped daemon, read through [`FsRead`] by paths
+/// relative to it.
+struct Store<'a>(&'a dyn FsRead);
+
+impl Store<'_> {
+    fn abs(rel: &str) -> Vec<u8> {
+        format!("/{rel}").into_bytes()
     }
 
-    /// Marks the directories above `path` as [`Rule::Dir`].
-    fn parents(&mut self, path: &str) {
-        let mut p = path;
-        while let Some((parent, _)) = p.rsplit_once('/') {
-            self.rules
-                .entry(parent.as_bytes().to_vec())
-                .or_insert(Rule::Dir);
-            p = parent;
+    fn kind(&self, rel: &str) -> Result<Option<Kind>> {
+        Ok(self.0.stat(&Self::abs(rel))?.map(|s| s.kind))
+    }
+
+    fn is_dir(&self, rel: &str) -> Result<bool> {
+        Ok(self.kind(rel)? == Some(Kind::Dir))
+    }
+
+    fn is_file(&self, rel: &str) -> Result<bool> {
+        Ok(self.kind(rel)? == Some(Kind::File))
+    }
+
+    /// The content of the file `rel`, None when there is nothing there.
+    fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        if self.kind(rel)?.is_none() {
+            return Ok(None);
+        }
+        let data = self
+            .0
+            .read_all(&Self::abs(rel))
+            .with_context(|| format!("reading {rel}"))?;
+        Ok(Some(data))
+    }
+
+    /// A small metadata file, trimmed as Docker trims it.
+    fn read_text(&self, rel: &str) -> Result<String> {
+        let data = self
+            .0
+            .read_all(&Self::abs(rel))
+            .with_context(|| format!("reading {rel}"))?;
+        Ok(String::from_utf8_lossy(&data).trim().to_string())
+    }
+
+    fn list(&self, rel: &str) -> Result<Vec<String>> {
+        let names = self
+            .0
+            .read_dir(&Self::abs(rel))
+            .with_context(|| format!("listing {rel}"))?;
+        Ok(names
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect())
+    }
+}
+
+/// Reads the metadata of the store in `fs` (a stopped daemon's
+/// /var/lib/docker, as `/`) to find what of it belongs to the selected
+/// images. Fails naming a selected image, layer or name that the store
+/// does not have.
+pub(super) fn plan(fs: &dyn FsRead, sel: &Selection) -> Result<Plan> {
+    let store = Store(fs);
+    let mut plan = Plan::default();
+    for dir in SKELETON {
+        if store.is_dir(dir)? {
+            plan.dir(dir);
         }
     }
-
-    fn dir(&mut self, path: &str) {
-        self.rules
-            .entry(path.as_bytes().to_vec())
-            .or_insert(Rule::Dir);
-        self.parents(path);
+    let mut ids = BTreeSet::new();
+    for img in &sel.images {
+        if sha256_part(&img.id).is_none() {
+            bail!(
+                "{:?} is not an image ID (sha256: and 64 lowercase hex digits)",
+                img.id
+            );
+        }
+        ids.insert(img.id.as_str());
     }
-
-    /// Reads the store's metadata at `root` to find what of it belongs to
-    /// the selected images. Fails naming a selected image, layer or name
-    /// that the store does not have.
-    pub(super) fn new(root: &Path, sel: &Selection) -> Result<Plan> {
-        let mut plan = Plan {
-            rules: HashMap::new(),
+    let mut diff_ids = BTreeSet::new();
+    for id in &ids {
+        let hex = &id["sha256:".len()..];
+        let content = format!("{CONTENT}/{hex}");
+        let Some(config) = store
+            .read(&content)
+            .with_context(|| format!("reading the config of image {id}"))?
+        else {
+            bail!("image {id} is not in the store")
         };
-        for dir in SKELETON {
-            if root.join(dir).is_dir() {
-                plan.dir(dir);
+        let config: ImageConfig = serde_json::from_slice(&config)
+            .with_context(|| format!("parsing the config of image {id}"))?;
+        plan.whole(&content);
+        let meta = format!("{METADATA}/{hex}");
+        if store.is_dir(&meta)? {
+            plan.whole(&meta);
+            let parent = format!("{meta}/parent");
+            if store.is_file(&parent)? && !ids.contains(store.read_text(&parent)?.as_str()) {
+                plan.rules.insert(parent.into_bytes(), Rule::Skip);
             }
         }
-        let mut ids = BTreeSet::new();
-        for img in &sel.images {
-            if sha256_part(&img.id).is_none() {
+        let diffs = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+        for (diff, chain) in diffs.iter().zip(chain_ids(&diffs)) {
+            let Some(chain_hex) = sha256_part(&chain) else {
+                bail!("image {id}: {diff:?} is not a sha256 layer diff ID");
+            };
+            let layer = format!("{LAYERDB}/{chain_hex}");
+            if !store.is_dir(&layer)? {
+                bail!("layer {chain} of image {id} is not in the store's layer database ({layer} is missing)");
+            }
+            plan.whole(&layer);
+            let cache_id = store
+                .read_text(&format!("{layer}/cache-id"))
+                .with_context(|| format!("reading layer {chain} of image {id}"))?;
+            if !is_component(&cache_id) {
+                bail!("layer {chain} of image {id} has an invalid cache-id {cache_id:?}");
+            }
+            let dir = format!("{LAYERS}/{cache_id}");
+            if !store.is_dir(&dir)? {
+                bail!("layer {chain} of image {id}: its overlay2 directory {dir} is missing");
+            }
+            plan.whole(&dir);
+            let link = format!("{dir}/link");
+            if store.is_file(&link)? {
+                let short = store.read_text(&link)?;
+                if !is_component(&short) {
+                    bail!("{link} holds an invalid link name {short:?}");
+                }
+                let l = format!("{LINKS}/{short}");
+                if store.kind(&l)?.is_some() {
+                    plan.whole(&l);
+                }
+            }
+            diff_ids.insert(diff.clone());
+        }
+    }
+    distribution(&store, &mut plan, &diff_ids)?;
+    repositories(&store, &mut plan, sel)?;
+    Ok(plan)
+}
+
+/// The distribution metadata of the selected layers.
+fn distribution(store: &Store<'_>, plan: &mut Plan, diff_ids: &BTreeSet<String>) -> Result<()> {
+    if store.is_dir(DIFFID_BY_DIGEST)? {
+        for name in store.list(DIFFID_BY_DIGEST)? {
+            let path = format!("{DIFFID_BY_DIGEST}/{name}");
+            if store.is_file(&path)? && diff_ids.contains(&store.read_text(&path)?) {
+                plan.whole(&path);
+            }
+        }
+    }
+    for diff in diff_ids {
+        let Some(hex) = sha256_part(diff) else {
+            continue;
+        };
+        let path = format!("{V2META_BY_DIFFID}/{hex}");
+        if store.is_file(&path)? {
+            plan.whole(&path);
+        }
+    }
+    Ok(())
+}
+
+/// repositories.json with only the selected names, each checked to point
+/// at its image.
+fn repositories(store: &Store<'_>, plan: &mut Plan, sel: &Selection) -> Result<()> {
+    let have: Repositories = match store.read(REPOSITORIES)? {
+        Some(text) => {
+            serde_json::from_slice(&text).with_context(|| format!("parsing {REPOSITORIES}"))?
+        }
+        None => {
+            if sel.images.iter().all(|i| i.names.is_empty()) {
+                return Ok(());
+            }
+            Repositories::default()
+        }
+    };
+    // Normalized name -> (repository, name as Docker wrote it, image).
+    let mut index = HashMap::new();
+    for (repo, refs) in &have.repositories {
+        for (name, id) in refs {
+            // Docker itself ignores names it cannot parse.
+            if let Ok(n) = normalized(name) {
+                index.insert(n, (repo, name, id));
+            }
+        }
+    }
+    let mut out = Repositories::default();
+    for img in &sel.images {
+        for name in &img.names {
+            let n = normalized(name).with_context(|| format!("image {}", img.id))?;
+            let Some((repo, stored, id)) = index.get(&n) else {
                 bail!(
-                    "{:?} is not an image ID (sha256: and 64 lowercase hex digits)",
+                    "the store has no image named {name} (to export with image {})",
+                    img.id
+                );
+            };
+            if **id != img.id {
+                bail!(
+                    "{name} names image {id} in the store, not the selected {}",
                     img.id
                 );
             }
-            ids.insert(img.id.as_str());
+            out.repositories
+                .entry(repo.to_string())
+                .or_default()
+                .insert(stored.to_string(), img.id.clone());
         }
-        let mut diff_ids = BTreeSet::new();
-        for id in &ids {
-            let hex = &id["sha256:".len()..];
-            let content = format!("{CONTENT}/{hex}");
-            let config = match fs::read(root.join(&content)) {
-                Ok(c) => c,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    bail!("image {id} is not in the store at {}", root.display())
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("reading the config of image {id}"))
-                }
-            };
-            let config: ImageConfig = serde_json::from_slice(&config)
-                .with_context(|| format!("parsing the config of image {id}"))?;
-            plan.whole(&content);
-            let meta = format!("{METADATA}/{hex}");
-            if root.join(&meta).is_dir() {
-                plan.whole(&meta);
-                let parent = root.join(&meta).join("parent");
-                if parent.is_file() && !ids.contains(read_text(&parent)?.as_str()) {
-                    plan.rules
-                        .insert(format!("{meta}/parent").into_bytes(), Rule::Skip);
-                }
-            }
-            let diffs = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-            for (diff, chain) in diffs.iter().zip(chain_ids(&diffs)) {
-                let Some(chain_hex) = sha256_part(&chain) else {
-                    bail!("image {id}: {diff:?} is not a sha256 layer diff ID");
-                };
-                let layer = format!("{LAYERDB}/{chain_hex}");
-                if !root.join(&layer).is_dir() {
-                    bail!("layer {chain} of image {id} is not in the store's layer database ({layer} is missing)");
-                }
-                plan.whole(&layer);
-                let cache_id = read_text(&root.join(&layer).join("cache-id"))
-                    .with_context(|| format!("reading layer {chain} of image {id}"))?;
-                if !is_component(&cache_id) {
-                    bail!("layer {chain} of image {id} has an invalid cache-id {cache_id:?}");
-                }
-                let dir = format!("{LAYERS}/{cache_id}");
-                if !root.join(&dir).is_dir() {
-                    bail!("layer {chain} of image {id}: its overlay2 directory {dir} is missing");
-                }
-                plan.whole(&dir);
-                let link = root.join(&dir).join("link");
-                if link.is_file() {
-                    let short = read_text(&link)?;
-                    if !is_component(&short) {
-                        bail!("{} holds an invalid link name {short:?}", link.display());
-                    }
-                    let l = format!("{LINKS}/{short}");
-                    if fs::symlink_metadata(root.join(&l)).is_ok() {
-                        plan.whole(&l);
-                    }
-                }
-                diff_ids.insert(diff.clone());
-            }
-        }
-        plan.distribution(root, &diff_ids)?;
-        plan.repositories(root, sel)?;
-        Ok(plan)
     }
-
-    /// The distribution metadata of the selected layers.
-    fn distribution(&mut self, root: &Path, diff_ids: &BTreeSet<String>) -> Result<()> {
-        let by_digest = root.join(DIFFID_BY_DIGEST);
-        if by_digest.is_dir() {
-            let list = || format!("listing {}", by_digest.display());
-            for e in fs::read_dir(&by_digest).with_context(list)? {
-                let e = e.with_context(list)?;
-                if !e.file_type().with_context(list)?.is_file() {
-                    continue;
-                }
-                if diff_ids.contains(&read_text(&e.path())?) {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    self.whole(&format!("{DIFFID_BY_DIGEST}/{name}"));
-                }
-            }
-        }
-        for diff in diff_ids {
-            let Some(hex) = sha256_part(diff) else {
-                continue;
-            };
-            let path = format!("{V2META_BY_DIFFID}/{hex}");
-            if root.join(&path).is_file() {
-                self.whole(&path);
-            }
-        }
-        Ok(())
-    }
-
-    /// repositories.json with only the selected names, each checked to
-    /// point at its image.
-    fn repositories(&mut self, root: &Path, sel: &Selection) -> Result<()> {
-        let path = root.join(super::REPOSITORIES);
-        let have: Repositories = match fs::read(&path) {
-            Ok(text) => serde_json::from_slice(&text)
-                .with_context(|| format!("parsing {}", path.display()))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if sel.images.iter().all(|i| i.names.is_empty()) {
-                    return Ok(());
-                }
-                Repositories::default()
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        // Normalized name -> (repository, name as Docker wrote it, image).
-        let mut index = HashMap::new();
-        for (repo, refs) in &have.repositories {
-            for (name, id) in refs {
-                // Docker itself ignores names it cannot parse.
-                if let Ok(n) = normalized(name) {
-                    index.insert(n, (repo, name, id));
-                }
-            }
-        }
-        let mut out = Repositories::default();
-        for img in &sel.images {
-            for name in &img.names {
-                let n = normalized(name).with_context(|| format!("image {}", img.id))?;
-                let Some((repo, stored, id)) = index.get(&n) else {
-                    bail!(
-                        "the store has no image named {name} (to export with image {})",
-                        img.id
-                    );
-                };
-                if **id != img.id {
-                    bail!(
-                        "{name} names image {id} in the store, not the selected {}",
-                        img.id
-                    );
-                }
-                out.repositories
-                    .entry(repo.to_string())
-                    .or_default()
-                    .insert(stored.to_string(), img.id.clone());
-            }
-        }
-        let json = serde_json::to_vec(&out).context("making repositories.json")?;
-        self.rules.insert(
-            super::REPOSITORIES.as_bytes().to_vec(),
-            Rule::Generated(json),
-        );
-        self.parents(super::REPOSITORIES);
-        Ok(())
-    }
+    let json = serde_json::to_vec(&out).context("making repositories.json")?;
+    plan.rules
+        .insert(REPOSITORIES.as_bytes().to_vec(), Rule::Generated(json));
+    plan.parents(REPOSITORIES);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -357,8 +306,13 @@ mod tests {
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::path::PathBuf;
 
-    use super::super::{export_docker_store, measure_docker_store};
+    use std::fs;
+    use std::io::{self, Read};
+    use std::path::Path;
+
+    use super::super::Docker;
     use super::*;
+    use crate::store::{read_selection, Backend, SelectedImage};
 
     fn sha(data: &[u8]) -> String {
         format!("sha256:{}", crate::digest::sha256_hex(data))
@@ -447,8 +401,8 @@ mod tests {
             let repos = format!(
                 r#"{{"Repositories":{{"busybox":{{"busybox:latest":"{b}"}},"reg:5000/fp/a":{{"reg:5000/fp/a:1":"{a}","reg:5000/fp/a@{digest}":"{a}"}}}}}}"#
             );
-            write(root, super::super::REPOSITORIES, &repos);
-            let repos_path = root.join(super::super::REPOSITORIES);
+            write(root, REPOSITORIES, &repos);
+            let repos_path = root.join(REPOSITORIES);
             fs::set_permissions(&repos_path, fs::Permissions::from_mode(0o600)).unwrap();
             // State of the daemon that must never travel.
             write(root, "image/overlay2/layerdb/mounts/c1/mount-id", "cache9");
@@ -504,7 +458,7 @@ mod tests {
         let root = store.root();
         let sel = select(&store.a, &["reg:5000/fp/a:1"]);
         let mut buf = vec![];
-        export_docker_store(&root, Some(&sel), &mut buf).unwrap();
+        Docker.export(&root, Some(&sel), &mut buf).unwrap();
         let got = entries(&buf);
         let names: Vec<&str> = got.iter().map(|(n, _, _)| n.as_str()).collect();
         let (a, l) = (hex(&store.a), &store.layers);
@@ -551,7 +505,7 @@ mod tests {
             }
             want.push(format!("{LAYERDB}/{c}/size"));
         }
-        want.push(super::super::REPOSITORIES.into());
+        want.push(REPOSITORIES.into());
         want.push("overlay2".into());
         for (i, cache) in ["cache0", "cache1"].iter().enumerate() {
             want.push(format!("overlay2/{cache}"));
@@ -568,10 +522,7 @@ mod tests {
         want.push("overlay2/l/SHORT1".into());
         assert_eq!(names, want);
 
-        let (_, repos, mode) = got
-            .iter()
-            .find(|(n, _, _)| n == super::super::REPOSITORIES)
-            .unwrap();
+        let (_, repos, mode) = got.iter().find(|(n, _, _)| n == REPOSITORIES).unwrap();
         assert_eq!(*mode, 0o600);
         assert_eq!(
             String::from_utf8(repos.clone().unwrap()).unwrap(),
@@ -587,10 +538,10 @@ mod tests {
         let store = FakeStore::new();
         let sel = select(&store.b, &["docker.io/library/busybox"]);
         let mut buf = vec![];
-        export_docker_store(&store.root(), Some(&sel), &mut buf).unwrap();
+        Docker.export(&store.root(), Some(&sel), &mut buf).unwrap();
         let repos = entries(&buf)
             .into_iter()
-            .find(|(n, _, _)| n == super::super::REPOSITORIES)
+            .find(|(n, _, _)| n == REPOSITORIES)
             .and_then(|(_, d, _)| d)
             .unwrap();
         assert_eq!(
@@ -618,7 +569,7 @@ mod tests {
             ],
         };
         let mut buf = vec![];
-        export_docker_store(&store.root(), Some(&sel), &mut buf).unwrap();
+        Docker.export(&store.root(), Some(&sel), &mut buf).unwrap();
         let names: Vec<String> = entries(&buf).into_iter().map(|(n, _, _)| n).collect();
         for (i, (_, chain, cache)) in store.layers.iter().enumerate() {
             assert!(names.contains(&format!("{LAYERDB}/{}", hex(chain))));
@@ -646,9 +597,9 @@ mod tests {
         ];
         for sel in &sels {
             let mut buf = vec![];
-            export_docker_store(&root, sel.as_ref(), &mut buf).unwrap();
+            Docker.export(&root, sel.as_ref(), &mut buf).unwrap();
             let written = crate::ext4::estimate_tar(&buf[..], 4096).unwrap();
-            let measured = measure_docker_store(&root, sel.as_ref(), 4096).unwrap();
+            let measured = Docker.measure(&root, sel.as_ref(), 4096).unwrap();
             assert_eq!(measured, written, "selection {sel:?}");
         }
     }
@@ -658,7 +609,9 @@ mod tests {
         let store = FakeStore::new();
         let root = store.root();
         let err = |sel: &Selection| {
-            let e = export_docker_store(&root, Some(sel), io::sink()).unwrap_err();
+            let e = Docker
+                .export(&root, Some(sel), &mut io::sink())
+                .unwrap_err();
             format!("{e:#}")
         };
         let absent = format!("sha256:{}", "0".repeat(64));
@@ -688,10 +641,14 @@ mod tests {
             "{e}"
         );
         // Measuring fails the same way.
-        let e = measure_docker_store(&root, Some(&select(&store.a, &[])), 4096).unwrap_err();
+        let e = Docker
+            .measure(&root, Some(&select(&store.a, &[])), 4096)
+            .unwrap_err();
         assert!(format!("{e:#}").contains("overlay2/cache1 is missing"));
         // The other image does not need that layer.
-        export_docker_store(&root, Some(&select(&store.b, &[])), io::sink()).unwrap();
+        Docker
+            .export(&root, Some(&select(&store.b, &[])), &mut io::sink())
+            .unwrap();
     }
 
     #[test]
@@ -703,10 +660,11 @@ mod tests {
             r#"{"images":[{"id":"sha256:ab","names":["a:1","a@sha256:cd"]}]}"#,
         )
         .unwrap();
-        let sel = read_selection(&path).unwrap();
+        let read = |p: &Path| read_selection(fs::File::open(p).unwrap(), &p.display().to_string());
+        let sel = read(&path).unwrap();
         assert_eq!(sel.images[0].names, ["a:1", "a@sha256:cd"]);
         fs::write(&path, "{").unwrap();
-        let e = format!("{:#}", read_selection(&path).unwrap_err());
+        let e = format!("{:#}", read(&path).unwrap_err());
         assert!(e.contains("parsing the image selection in"), "{e}");
     }
 }

@@ -1,0 +1,365 @@
+//! The helpers the tool runs in its build container, as one typed
+//! protocol: what the tool asks ([`Request`], rendered to a command line in
+//! one place, [`Request::argv`], and parsed back by clap under the hidden
+//! `internal` command of the same binary, uploaded into the container) and
+//! what the helpers answer ([`Event`] lines on stdout, with failures of a
+//! [`FailureKind`] the tool branches on, and the JSON results of
+//! [`Stopped`] and measuring).
+//!
+//! Secrets and bulk data never go on the command line (it shows in `docker
+//! inspect` and `docker events`): they are the helper's standard input.
+
+use std::path::PathBuf;
+
+use clap::{Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::platform::Platform;
+
+/// Where the helper binary is put inside the build container.
+pub const HELPER_DIR: &str = "/fp-helper";
+pub const HELPER_PATH: &str = "/fp-helper/flatcar-preload";
+/// The hidden command of the binary that the requests are subcommands of.
+pub const INTERNAL: &str = "internal";
+
+/// Which image store a request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Docker's overlay2 store (/var/lib/docker).
+    Docker,
+}
+
+/// What the tool asks a helper in the build container to do.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Request {
+    /// The build container's first process: runs the daemon `cmd`, and
+    /// keeps the container (and a store in memory) alive once the daemon
+    /// has stopped.
+    Init {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Returns once the daemon answers on `socket`.
+    Ready {
+        #[arg(long)]
+        socket: String,
+    },
+    /// Pulls `refs` through the daemon on `socket` for `platform`, with at
+    /// most `jobs` at once, reporting [`Event`]s. Input: one JSON line of
+    /// credentials.
+    Pull {
+        #[arg(long)]
+        socket: String,
+        #[arg(long)]
+        jobs: usize,
+        #[arg(long)]
+        platform: Platform,
+        #[arg(long)]
+        allow_platform_mismatch: bool,
+        refs: Vec<String>,
+    },
+    /// Loads the docker-archive tar of its input into the daemon, reporting
+    /// each image as one of source number `index`.
+    Load {
+        #[arg(long)]
+        socket: String,
+        #[arg(long)]
+        index: usize,
+    },
+    /// Removes the daemon's images whose IDs are not in the JSON list of
+    /// its input, printing `removed ID` for each.
+    Prune {
+        #[arg(long)]
+        socket: String,
+    },
+    /// Prints (JSON) what the store at `root` will take in an ext4 with
+    /// `block_size`. With `selection`, only the images of the JSON
+    /// selection of its input.
+    Measure {
+        #[arg(long, value_enum)]
+        store: StoreKind,
+        root: PathBuf,
+        #[arg(long)]
+        block_size: u64,
+        #[arg(long)]
+        selection: bool,
+    },
+    /// Writes the store at `root` as a PAX tar with every xattr, to the
+    /// unix socket `socket` when it accepts a connection, else to stdout.
+    /// With `selection`, only the images of the JSON selection of its
+    /// input.
+    Export {
+        #[arg(long, value_enum)]
+        store: StoreKind,
+        root: PathBuf,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long)]
+        selection: bool,
+    },
+    /// Stops the daemon (through the init), waits until it has exited and
+    /// prints a [`Stopped`] for the store at `root`.
+    Stop { root: PathBuf },
+}
+
+impl Request {
+    /// The command line that runs this request in the build container.
+    pub fn argv(&self) -> Vec<String> {
+        let mut v: Vec<String> = vec![HELPER_PATH.into(), INTERNAL.into()];
+        let mut push = |args: &[&str]| v.extend(args.iter().map(|s| s.to_string()));
+        match self {
+            Request::Init { cmd } => {
+                push(&["init", "--"]);
+                v.extend(cmd.iter().cloned());
+            }
+            Request::Ready { socket } => push(&["ready", "--socket", socket]),
+            Request::Pull {
+                socket,
+                jobs,
+                platform,
+                allow_platform_mismatch,
+                refs,
+            } => {
+                let (jobs, platform) = (jobs.to_string(), platform.to_string());
+                push(&["pull", "--socket", socket, "--jobs", &jobs]);
+                push(&["--platform", &platform]);
+                if *allow_platform_mismatch {
+                    push(&["--allow-platform-mismatch"]);
+                }
+                push(&["--"]);
+                v.extend(refs.iter().cloned());
+            }
+            Request::Load { socket, index } => {
+                push(&["load", "--socket", socket, "--index", &index.to_string()])
+            }
+            Request::Prune { socket } => push(&["prune", "--socket", socket]),
+            Request::Measure {
+                store,
+                root,
+                block_size,
+                selection,
+            } => {
+                let block_size = block_size.to_string();
+                push(&["measure", "--store", store.name()]);
+                push(&["--block-size", &block_size]);
+                if *selection {
+                    push(&["--selection"]);
+                }
+                push(&["--", &root.to_string_lossy()]);
+            }
+            Request::Export {
+                store,
+                root,
+                socket,
+                selection,
+            } => {
+                push(&["export", "--store", store.name()]);
+                if let Some(s) = socket {
+                    push(&["--socket", &s.to_string_lossy()]);
+                }
+                if *selection {
+                    push(&["--selection"]);
+                }
+                push(&["--", &root.to_string_lossy()]);
+            }
+            Request::Stop { root } => push(&["stop", "--", &root.to_string_lossy()]),
+        }
+        v
+    }
+
+    /// A short name for messages ("the pull helper").
+    pub fn what(&self) -> &'static str {
+        match self {
+            Request::Init { .. } => "the build container's init",
+            Request::Ready { .. } => "the readiness check",
+            Request::Pull { .. } => "the pull helper",
+            Request::Load { .. } => "the load helper",
+            Request::Prune { .. } => "the prune helper",
+            Request::Measure { .. } => "the measure helper",
+            Request::Export { .. } => "the export helper",
+            Request::Stop { .. } => "the stop helper",
+        }
+    }
+}
+
+impl StoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            StoreKind::Docker => "docker",
+        }
+    }
+}
+
+/// Why a helper could not get an image: what the tool does next depends on
+/// it (pull again with the store on disk, name the certificate file or the
+/// credentials, name where the target platform came from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The store's filesystem is full.
+    OutOfSpace,
+    /// The registry refused the credentials, or wants some.
+    Auth,
+    /// The registry's TLS certificate is not trusted.
+    Tls,
+    /// The registry has no such image or tag.
+    NotFound,
+    /// The image has no variant for the target platform.
+    Platform,
+    Other,
+}
+
+/// One report of the pull and load helpers, a JSON line on their stdout.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    /// Bytes of one layer of image number `image` (index in the request).
+    Layer {
+        image: usize,
+        layer: String,
+        current: u64,
+        total: u64,
+    },
+    /// An image of source `image` is in the daemon (a registry source has
+    /// one, an archive one or more).
+    Done {
+        image: usize,
+        #[serde(flatten)]
+        got: Got,
+    },
+    Failed {
+        image: usize,
+        kind: FailureKind,
+        message: String,
+    },
+    /// The manifest of every image is read: the registries accept the
+    /// credentials and certificates, and each image has the platform.
+    Checked,
+    /// Something the user should know that does not stop the pull.
+    Warning { image: usize, message: String },
+}
+
+/// An image in the build container's daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Got {
+    pub id: String,
+    /// os/arch[/variant]
+    pub platform: String,
+    /// Its names in the daemon (RepoTags and RepoDigests).
+    pub names: Vec<String>,
+}
+
+/// What [`Request::Stop`] prints: the daemon's exit code and what the
+/// store takes on its filesystem.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stopped {
+    pub exit_code: i32,
+    pub store_used_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Bin {
+        #[command(subcommand)]
+        internal: Internal,
+    }
+
+    #[derive(Subcommand)]
+    enum Internal {
+        #[command(subcommand)]
+        Internal(Request),
+    }
+
+    #[test]
+    fn every_request_is_parsed_back_from_its_command_line() {
+        let requests = [
+            Request::Init {
+                cmd: vec!["dockerd".into(), "--host=unix:///x".into(), "-D".into()],
+            },
+            Request::Ready {
+                socket: "/var/run/docker.sock".into(),
+            },
+            Request::Pull {
+                socket: "/s".into(),
+                jobs: 3,
+                platform: "linux/arm64/v8".parse().unwrap(),
+                allow_platform_mismatch: true,
+                refs: vec![
+                    "nginx".into(),
+                    "--not-an-option".into(),
+                    "a:1@sha256:00".into(),
+                ],
+            },
+            Request::Pull {
+                socket: "/s".into(),
+                jobs: 1,
+                platform: "linux/amd64".parse().unwrap(),
+                allow_platform_mismatch: false,
+                refs: vec![],
+            },
+            Request::Load {
+                socket: "/s".into(),
+                index: 7,
+            },
+            Request::Prune {
+                socket: "/s".into(),
+            },
+            Request::Measure {
+                store: StoreKind::Docker,
+                root: "/var/lib/docker".into(),
+                block_size: 4096,
+                selection: true,
+            },
+            Request::Measure {
+                store: StoreKind::Docker,
+                root: "-odd root".into(),
+                block_size: 1024,
+                selection: false,
+            },
+            Request::Export {
+                store: StoreKind::Docker,
+                root: "/var/lib/docker".into(),
+                socket: Some("/fp-out/export.sock".into()),
+                selection: true,
+            },
+            Request::Export {
+                store: StoreKind::Docker,
+                root: "-r".into(),
+                socket: None,
+                selection: false,
+            },
+            Request::Stop {
+                root: "/var/lib/docker".into(),
+            },
+        ];
+        for req in requests {
+            let argv = req.argv();
+            assert_eq!(argv[0], HELPER_PATH);
+            let Bin {
+                internal: Internal::Internal(back),
+            } = Bin::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert_eq!(back, req, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn failures_carry_their_kind() {
+        let line = serde_json::to_string(&Event::Failed {
+            image: 2,
+            kind: FailureKind::OutOfSpace,
+            message: "write /var/lib/docker/x: no space left on device".into(),
+        })
+        .unwrap();
+        assert!(line.contains(r#""kind":"out_of_space""#), "{line}");
+        match serde_json::from_str::<Event>(&line).unwrap() {
+            Event::Failed { image: 2, kind, .. } => assert_eq!(kind, FailureKind::OutOfSpace),
+            e => panic!("{e:?}"),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Image stores as backends: what a store brings to a run, behind one
+//! interface ([`Backend`]) that the phases of `populate`, `inspect` and
+//! `verify` use without knowing which store it is. Docker's overlay2 store
+//! ([`docker`]) is the first; containerd's will be the next, implementing
+//! the same functions:
+//!
+//! - the daemon of the build container that writes it ([`Backend::daemon`])
+//!   and where its root is there and in ROOT ([`Backend::root`]);
+//! - what of that root is exported, and what is left out as the build
+//!   machine's state ([`Backend::export`], [`Backend::measure`], run inside
+//!   the build container by the export and measure helpers);
+//! - what a `--merge` over an existing store must keep ([`Backend::merge`]);
+//! - what is in it ([`Backend::inspect`]) and whether all of it holds
+//!   ([`Backend::verify`]), read from ROOT through [`FsRead`].
+//!
+//! How images get into the daemon is the daemon's API (the pull and load
+//! helpers of `docker::inner`), and the selection of a store's images for
+//! `--cache` is a [`Selection`] that [`Backend::export`] honours.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::ext4::{self, Need};
+use crate::fsread::FsRead;
+use crate::protocol::StoreKind;
+
+pub mod docker;
+pub mod export;
+
+pub use export::ExportStats;
+
+/// Where Flatcar's containerd keeps its root (`populate --containerd`
+/// copies a tree there).
+pub const CONTAINERD_ROOT: &str = "/var/lib/containerd";
+
+/// The backend of `kind`.
+pub fn backend(kind: StoreKind) -> &'static dyn Backend {
+    match kind {
+        StoreKind::Docker => &docker::Docker,
+    }
+}
+
+/// What the daemon of the build container is asked for, whichever it is.
+pub struct DaemonOptions<'a> {
+    /// The unix socket it answers on, inside the build container.
+    pub socket: &'a str,
+    /// Layers downloaded at once.
+    pub downloads: usize,
+    /// More flags (registries, mirrors).
+    pub extra: &'a [String],
+}
+
+/// One image store the tool can bake into ROOT.
+pub trait Backend: Sync {
+    /// Which store this is (the helpers' requests name it).
+    fn kind(&self) -> StoreKind;
+
+    /// Where the store lives: the same path in the build container and in
+    /// ROOT.
+    fn root(&self) -> &'static str;
+
+    /// The command line of the daemon that writes this store in the build
+    /// container (run by the container's init).
+    fn daemon(&self, opts: &DaemonOptions<'_>) -> Vec<String>;
+
+    /// In the build container, its daemon stopped: the store at `root` as
+    /// a PAX tar on `out` with every xattr, all of it or `only` the
+    /// selected images, without the state of the daemon that pulled.
+    fn export(
+        &self,
+        root: &Path,
+        only: Option<&Selection>,
+        out: &mut dyn Write,
+    ) -> Result<ExportStats>;
+
+    /// What [`Backend::export`] of the same images will take in an ext4
+    /// with `block_size` (metadata only).
+    fn measure(&self, root: &Path, only: Option<&Selection>, block_size: u64) -> Result<Need>;
+
+    /// Before a new store is written over the one in ROOT (`--merge`):
+    /// what the merge must remember of the old one, to reconcile the two
+    /// once written ([`Merge::finish`]). None when ROOT has no such store.
+    fn merge(&self, before: &dyn FsRead) -> Result<Option<Box<dyn Merge>>>;
+
+    /// The layers of the store in `fs` (for the summary).
+    fn layers(&self, fs: &dyn FsRead) -> Result<u64>;
+
+    /// What images the store in `fs` holds; None when there is none.
+    fn inspect(&self, fs: &dyn FsRead) -> Result<Option<Inventory>>;
+
+    /// The bytes [`Backend::verify`] will hash (for its progress).
+    fn verify_total(&self, fs: &dyn FsRead) -> Result<u64>;
+
+    /// Checks that everything the store in `fs` says it holds is there,
+    /// intact; `progress` is given the bytes hashed as they are.
+    fn verify(&self, fs: &dyn FsRead, progress: &mut dyn FnMut(u64)) -> Result<Report>;
+}
+
+/// The second half of a `--merge`, once the new store is written.
+pub trait Merge: Send {
+    /// Reconciles the store written into `root` with what was there.
+    fn finish(self: Box<Self>, root: &ext4::Root) -> Result<()>;
+}
+
+/// What [`Backend::inspect`] found, in the shape of its store
+/// (docs/inspect-schema.md).
+pub enum Inventory {
+    Docker(docker::inspect::DockerStore),
+}
+
+/// Writes the store at `root` (all of it, or `only` the selection) as a
+/// tar stream to the unix socket `socket` when it accepts a connection (the
+/// tool's machine; this skips the daemon's attach stream, the slowest
+/// link), else to stdout. Run in the build container.
+pub fn export_to(
+    backend: &dyn Backend,
+    root: &Path,
+    only: Option<&Selection>,
+    socket: Option<&Path>,
+) -> Result<()> {
+    const BUF: usize = 1 << 20;
+    let stats = match socket.and_then(|s| std::os::unix::net::UnixStream::connect(s).ok()) {
+        Some(stream) => backend.export(root, only, &mut io::BufWriter::with_capacity(BUF, stream)),
+        None => backend.export(
+            root,
+            only,
+            &mut io::BufWriter::with_capacity(BUF, io::stdout().lock()),
+        ),
+    };
+    stats.map(|_| ())
+}
+
+/// What of a store to export: the images with these IDs and the names
+/// (repo:tag, and repo@digest) that point at them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Selection {
+    pub images: Vec<SelectedImage>,
+}
+
+/// One image of a [`Selection`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SelectedImage {
+    /// `sha256:<hex>`, the digest of the image's config.
+    pub id: String,
+    /// Names as Docker takes them (`nginx:1.27`, `reg:5000/a/b@sha256:...`);
+    /// each must point at `id` in the store.
+    pub names: Vec<String>,
+}
+
+/// Reads a JSON [`Selection`] from `input`; `from` names it in errors.
+pub fn read_selection(mut input: impl Read, from: &str) -> Result<Selection> {
+    let mut text = vec![];
+    input
+        .read_to_end(&mut text)
+        .with_context(|| format!("reading the image selection from {from}"))?;
+    serde_json::from_slice(&text).with_context(|| format!("parsing the image selection in {from}"))
+}
+
+/// Reads the JSON [`Selection`] a helper gets on its standard input.
+pub fn read_selection_stdin() -> Result<Selection> {
+    read_selection(io::stdin().lock(), "standard input")
+}
+
+/// One failed check of [`Backend::verify`]: which image, layer and path,
+/// and what is wrong.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    /// Image ID (`sha256:...`), when the failure concerns an image.
+    pub image: Option<String>,
+    /// The layer's diff ID (`sha256:...`, as `docker image inspect` lists
+    /// it under `RootFS.Layers`).
+    pub layer: Option<String>,
+    /// Absolute path in the checked tree.
+    pub path: Option<String>,
+    pub problem: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = vec![];
+        if let Some(i) = &self.image {
+            parts.push(format!("image {i}"));
+        }
+        if let Some(l) = &self.layer {
+            parts.push(format!("layer {l}"));
+        }
+        if let Some(p) = &self.path {
+            parts.push(format!("path {p}"));
+        }
+        write!(f, "{}: {}", parts.join(", "), self.problem)
+    }
+}
+
+/// What [`Backend::verify`] found.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Images in the store.
+    pub images: usize,
+    /// Distinct layers checked.
+    pub layers: usize,
+    /// Bytes of layer file content read and hashed (the unit of
+    /// `progress` and [`Backend::verify_total`]).
+    pub bytes_hashed: u64,
+    pub failures: Vec<Failure>,
+}
