@@ -56,6 +56,11 @@ impl Platform {
     }
 }
 
+/// Serializes a platform as its `os/arch[/variant]` string (for reports).
+pub fn as_string<S: serde::Serializer>(p: &Platform, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(p)
+}
+
 impl std::str::FromStr for Platform {
     type Err = anyhow::Error;
 

@@ -9,8 +9,10 @@ fn missing_libext2fs_names_the_packages_in_one_line() {
     let manifest = env!("CARGO_MANIFEST_DIR");
     // A crate of nothing but this repository's build.rs (and its build
     // dependencies, at the versions of Cargo.lock), so that the check needs
-    // none of the tool's dependencies; under target/, reused by later runs.
-    let probe = std::path::Path::new(manifest).join("target/no-libext2fs");
+    // none of the tool's dependencies; in cargo's directory for the tests'
+    // files (the checkout itself may belong to another user), reused by
+    // later runs.
+    let probe = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-libext2fs");
     std::fs::create_dir_all(probe.join("src")).unwrap();
     std::fs::write(probe.join("src/lib.rs"), "").unwrap();
     std::fs::write(

@@ -13,7 +13,7 @@
 //!
 //! - `FP_FUZZ_SECONDS` (default 10; `ci/test.sh` gives 60): how long.
 //! - `FP_FUZZ_SEED`: the random seed (printed at the start), to replay a run.
-//! - A failing case is saved under `target/fuzz-failures/`; copy it into
+//! - A failing case is saved under cargo's `target/tmp/fuzz-failures/`; copy it into
 //!   `tests/fuzz/regressions/`, where every file is replayed on each run.
 
 use std::collections::HashSet;
@@ -362,7 +362,7 @@ fn run_case(fixture: &Path, work: &Path, input: &[u8]) -> Result<String, String>
 }
 
 fn save_failure(input: &[u8], why: &str) -> PathBuf {
-    let dir = manifest().join("target/fuzz-failures");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures");
     fs::create_dir_all(&dir).unwrap();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(input, &mut h);

@@ -9,7 +9,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use tokio_util::io::SyncIoBridge;
 
-use super::{OutOfSpace, Run};
+use super::context::Run;
+use super::report::PlatformSource;
 use crate::docker::refs::{ImageRef, Source};
 use crate::docker::registry::DEFAULT_CERTS_DIR;
 use crate::docker::{Input, INNER_SOCKET};
@@ -27,12 +28,33 @@ pub struct PulledImage {
     pub platform: String,
     /// Its names in the store (tags and digests).
     pub names: Vec<String>,
-    /// Where it came from: "registry", "cache" (a registry image whose
-    /// layers were all in the cache already), "archive" or "daemon".
-    pub source: &'static str,
+    /// Where it came from.
+    pub source: ImageSource,
     /// The layers downloaded from the registry (by the digest prefix the
     /// daemon reports); empty when all were there already.
     pub downloaded_layers: Vec<String>,
+}
+
+/// Where an image of the run came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageSource {
+    Registry,
+    /// A registry image whose layers were all in the cache already.
+    Cache,
+    Archive,
+    Daemon,
+}
+
+impl std::fmt::Display for ImageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ImageSource::Registry => "registry",
+            ImageSource::Cache => "cache",
+            ImageSource::Archive => "archive",
+            ImageSource::Daemon => "daemon",
+        })
+    }
 }
 
 /// What was learnt of a source before anything was written, for loading it.
@@ -187,10 +209,12 @@ pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
             );
         }
         let source = match &listed.source {
-            Source::Registry(_) if downloaded.is_empty() && cfg.cache.is_some() => "cache",
-            Source::Registry(_) => "registry",
-            Source::Archive { .. } => "archive",
-            Source::Daemon(_) => "daemon",
+            Source::Registry(_) if downloaded.is_empty() && cfg.cache.is_some() => {
+                ImageSource::Cache
+            }
+            Source::Registry(_) => ImageSource::Registry,
+            Source::Archive { .. } => ImageSource::Archive,
+            Source::Daemon(_) => ImageSource::Daemon,
         };
         for g in got {
             images.push(PulledImage {
@@ -213,7 +237,7 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
     let request = Request::Pull {
         socket: INNER_SOCKET.into(),
         jobs: cfg.jobs,
-        platform: run.platform.target.parse()?,
+        platform: run.platform.target.clone(),
         allow_platform_mismatch: cfg.allow_platform_mismatch,
         refs: which.iter().map(|&i| run.names[i].clone()).collect(),
     };
@@ -396,11 +420,23 @@ fn registry_hint(run: &Run<'_>, r: &ImageRef, kind: FailureKind) -> Option<Strin
             "the target platform {} comes from {}",
             run.platform.target,
             match run.platform.from {
-                "option" => "--platform".to_string(),
-                "disk" => format!("the EFI loader of {}", run.cfg.disk.display()),
-                _ => "this machine (the disk image does not say)".to_string(),
+                PlatformSource::Option => "--platform".to_string(),
+                PlatformSource::Disk => format!("the EFI loader of {}", run.cfg.disk.display()),
+                PlatformSource::Host => "this machine (the disk image does not say)".to_string(),
             }
         ));
     }
     None
 }
+
+/// A pull failed because the store's filesystem is full.
+#[derive(Debug)]
+pub(super) struct OutOfSpace(pub(super) String);
+
+impl std::fmt::Display for OutOfSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OutOfSpace {}

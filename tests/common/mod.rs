@@ -22,11 +22,12 @@ pub fn manifest_dir() -> PathBuf {
 }
 
 /// A fixture disk made by tests/fixtures/make-disk.sh, built once per
-/// argument set and cached under target/fixtures.
+/// argument set and cached in cargo's directory for the tests' files
+/// (`target/tmp/fixtures`).
 pub fn fixture(args: &[&str]) -> PathBuf {
     static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
     let _guard = LOCK.get_or_init(|| Mutex::new(())).lock().unwrap();
-    let dir = manifest_dir().join("target/fixtures");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
     fs::create_dir_all(&dir).unwrap();
     let script = manifest_dir().join("tests/fixtures/make-disk.sh");
     let stamp = fs::metadata(&script).unwrap().mtime();

@@ -1,0 +1,94 @@
+//! One run of `populate`: the engine, the names and the choices made
+//! before the phases start, read by every phase, and what the run created
+//! (removed at its end).
+
+use std::cell::RefCell;
+use std::future::Future;
+
+use anyhow::{anyhow, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::docker::{DindSpec, Engine, RegistryAccess};
+
+use crate::store::Backend;
+
+use super::images::Checked;
+use super::report::TargetPlatform;
+use super::PopulateConfig;
+
+/// Containers and volumes a run created, removed at the end.
+#[derive(Default)]
+pub(super) struct Resources {
+    pub(super) containers: Vec<String>,
+    pub(super) volumes: Vec<String>,
+}
+
+/// One run: what the phases read (settled before they start), and what
+/// the run created.
+pub(super) struct Run<'a> {
+    pub(super) cfg: &'a PopulateConfig,
+    /// The store written.
+    pub(super) backend: &'static dyn Backend,
+    pub(super) engine: Engine,
+    /// Cancelled on Ctrl-C, and when one of two phases that run side by
+    /// side fails (the other stops).
+    pub(super) cancel: CancellationToken,
+    pub(super) spec: DindSpec,
+    /// What the run created: the only state the phases change.
+    pub(super) res: RefCell<Resources>,
+    /// Credentials and certificates for the pull.
+    pub(super) access: RegistryAccess,
+    /// Set once the pull helper has read the manifest of every image.
+    pub(super) manifests_read: tokio::sync::watch::Sender<bool>,
+    /// Each source as text, for progress and messages.
+    pub(super) names: Vec<String>,
+    /// Per source, what the checks learnt (archives, the engine's images).
+    pub(super) prepared: Vec<Checked>,
+    pub(super) platform: TargetPlatform,
+    /// The dind container's name (with --cache, the cache's: only one run
+    /// at a time may use it).
+    pub(super) dind: String,
+    /// The private directory of the export socket (bind-mounted into the
+    /// dind); None forces the attach stream.
+    pub(super) socket_dir: Option<tempfile::TempDir>,
+}
+
+impl Run<'_> {
+    /// A name for a container or volume of this run.
+    pub(super) fn name(&self, what: &str) -> String {
+        format!("flatcar-preload-{}-{what}", self.spec.run_id)
+    }
+
+    /// Records container `name` for removal at the end of the run.
+    pub(super) fn created_container(&self, name: &str) {
+        self.res.borrow_mut().containers.push(name.to_string());
+    }
+
+    /// Records volume `name` for removal at the end of the run.
+    pub(super) fn created_volume(&self, name: &str) {
+        self.res.borrow_mut().volumes.push(name.to_string());
+    }
+
+    /// Container `name` was removed already.
+    pub(super) fn removed_container(&self, name: &str) {
+        self.res.borrow_mut().containers.retain(|c| c != name);
+    }
+
+    /// Awaits `fut` unless the run is cancelled first.
+    pub(super) async fn or_cancel<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        self.cancel
+            .run_until_cancelled(fut)
+            .await
+            .unwrap_or_else(|| Err(anyhow!("interrupted")))
+    }
+}
+
+/// Runs `f` on a blocking thread (disk and CPU work) and returns its
+/// result.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow!("a worker thread failed: {e}"))?
+}

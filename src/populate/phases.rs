@@ -1,0 +1,586 @@
+//! The phases of `populate`, each a function that says what it leaves
+//! behind when it fails; `populate()` (mod.rs) runs them in order.
+
+use std::cell::Cell;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+use tokio_util::sync::CancellationToken;
+
+use crate::disk::{self, Prepared, ROOT_NAME};
+use crate::docker::refs::{ImageRef, Source};
+use crate::docker::{Engine, ExportVia, NameInUse, RegistryAccess, StoreMount};
+use crate::ext4::{self, Need};
+
+use crate::platform::Platform;
+use crate::progress::{Bar, ReadProgress};
+use crate::protocol::StoreKind;
+use crate::source::archive;
+use crate::store::{self, Backend, CONTAINERD_ROOT};
+use crate::unpack::{open_archive, Input};
+
+use super::context::{blocking, Run};
+use super::images::{self, Checked, OutOfSpace, PulledImage};
+use super::report::*;
+use super::{cache, PopulateConfig};
+
+/// What the local inputs gave: checked before any engine is contacted.
+pub(super) struct Local {
+    pub(super) access: RegistryAccess,
+    /// Per source, what the local checks learnt.
+    pub(super) prepared: Vec<Checked>,
+    pub(super) platform: TargetPlatform,
+}
+
+/// Checks the local inputs: the list, the disk (a compressed or
+/// qcow2/vmdk one only once converted), the registry credentials and
+/// certificates; finds the target platform. Leaves nothing behind.
+pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
+    if cfg.images.is_empty() {
+        bail!("no images to preload: give references or an image list with entries");
+    }
+    if let (_, Some(root)) = disk::check_input(&cfg.disk, cfg.output.path().is_none())? {
+        check_existing(cfg, &ext4::Root::new(&cfg.disk, root.offset))?;
+    }
+    let refs: Vec<ImageRef> = cfg
+        .images
+        .iter()
+        .filter_map(|l| l.source.registry_ref().cloned())
+        .collect();
+    let access = cfg.registry.prepare(&refs)?;
+    let platform = match &cfg.platform {
+        Some(p) => TargetPlatform {
+            target: p.clone(),
+            from: PlatformSource::Option,
+        },
+        None => match disk::esp::detect_platform(&cfg.disk)? {
+            Ok(p) => TargetPlatform {
+                target: p,
+                from: PlatformSource::Disk,
+            },
+            Err(reason) => {
+                let target = Platform::of_host();
+                eprintln!(
+                    "warning: cannot tell the platform of {} ({reason}): pulling for this machine's, {target}; pass --platform to choose",
+                    cfg.disk.display()
+                );
+                TargetPlatform {
+                    target,
+                    from: PlatformSource::Host,
+                }
+            }
+        },
+    };
+    let target = &platform.target;
+    let mut prepared = vec![];
+    for l in &cfg.images {
+        prepared.push(match &l.source {
+            Source::Registry(_) => Checked::Registry,
+            // Checked against the engine (see check_engine).
+            Source::Daemon(r) => Checked::Daemon(r.to_string(), String::new()),
+            Source::Archive { format, path, name } => {
+                let checked = archive::check(
+                    *format,
+                    path,
+                    name.as_ref(),
+                    target,
+                    cfg.allow_platform_mismatch,
+                )
+                .with_context(|| format!("{} ({})", l.source, l.origin))?;
+                Checked::Archive(std::sync::Arc::new(checked))
+            }
+        });
+    }
+    Ok(Local {
+        access,
+        platform,
+        prepared,
+    })
+}
+
+/// Refuses a ROOT that already has a store, unless merging.
+pub(super) fn check_existing(cfg: &PopulateConfig, root: &ext4::Root) -> Result<()> {
+    let mut present = vec![];
+    let docker = store::backend(StoreKind::Docker).root();
+    if ext4::exists(root, docker)? {
+        present.push(docker);
+    }
+    if cfg.containerd.is_some() && ext4::exists(root, CONTAINERD_ROOT)? {
+        present.push(CONTAINERD_ROOT);
+    }
+    if !present.is_empty() && !cfg.merge {
+        bail!(
+            "ROOT of {} already has {}; pass --merge to add the images to what is there",
+            cfg.disk.display(),
+            present.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+/// Checks the engine before pulling: its architecture, the images of the
+/// engine the list names (present, of the target platform) and the dind
+/// image (pulled when missing). Leaves nothing behind.
+pub(super) async fn check_engine(
+    engine: &Engine,
+    cfg: &PopulateConfig,
+    platform: &TargetPlatform,
+    mut prepared: Vec<Checked>,
+    cancel: &CancellationToken,
+) -> Result<Vec<Checked>> {
+    engine.check_arch()?;
+    let target = &platform.target;
+    for (l, prepared) in cfg.images.iter().zip(prepared.iter_mut()) {
+        let Source::Daemon(r) = &l.source else {
+            continue;
+        };
+        let name = r.to_string();
+        let (id, platform) = engine
+            .image_platform(&name)
+            .await
+            .with_context(|| format!("{} ({})", l.source, l.origin))?;
+        if !target.accepts(&platform) && !cfg.allow_platform_mismatch {
+            bail!(
+                "{} ({}): it is a {platform} image, but the target platform is {target}: it could not run there; \
+                 pass --allow-platform-mismatch to preload it anyway",
+                l.source,
+                l.origin
+            );
+        }
+        *prepared = Checked::Daemon(name, id);
+    }
+    match cancel
+        .run_until_cancelled(engine.ensure_image(&cfg.dind_image))
+        .await
+    {
+        Some(ensured) => ensured.map(|()| prepared),
+        None => bail!("interrupted"),
+    }
+}
+
+/// What [`pull_store`] got.
+pub(super) struct Pulled {
+    pub(super) images: Vec<PulledImage>,
+    pub(super) store: StoreReport,
+    /// With --cache: the images of this run (a JSON store selection), the
+    /// only ones exported from a store that may hold others.
+    pub(super) selection: Option<Vec<u8>>,
+}
+
+/// Pulls (see [`pull_store`]) and makes the output (see [`make_output`])
+/// at the same time: neither needs the other. The output is only started
+/// once the registries have answered for every image, so that a run that
+/// cannot pull (a wrong password, an untrusted certificate, another
+/// platform) writes nothing. The first to fail stops the other, and its
+/// error is returned.
+pub(super) async fn pull_beside_copy(
+    run: &Run<'_>,
+    clock: &Clock,
+    memory_cap: Option<u64>,
+) -> Result<(Pulled, Prepared)> {
+    let cfg = run.cfg;
+    let both = &run.cancel;
+    let first_failed = Cell::new(None);
+    let failing = |failed: bool, which: u8| {
+        if failed && first_failed.get().is_none() {
+            first_failed.set(Some(which));
+            both.cancel();
+        }
+    };
+    let mut checked = run.manifests_read.subscribe();
+    let copy = async {
+        // Nothing is written before the registries have answered for every
+        // image (logins, certificates, platforms).
+        let answered = checked.wait_for(|read| *read);
+        if both.run_until_cancelled(answered).await.is_none() {
+            bail!("interrupted");
+        }
+        clock
+            .time(Phase::Copy, make_output(cfg, both.clone()))
+            .await
+    };
+    let pull = async {
+        let r = pull_store(run, clock, memory_cap).await;
+        failing(r.is_err(), 0);
+        r
+    };
+    let copy = async {
+        let r = copy.await;
+        failing(r.is_err(), 1);
+        r
+    };
+    let (pulled, prepared) = tokio::join!(pull, copy);
+    match (pulled, prepared, first_failed.get()) {
+        (Ok(p), Ok(o), _) => Ok((p, o)),
+        (Err(e), _, Some(0)) | (_, Err(e), Some(1)) => Err(e),
+        (Err(e), _, _) | (_, Err(e), _) => Err(e),
+    }
+}
+
+/// Starts the dind and pulls, with the store in a tmpfs of at most
+/// `memory_cap` bytes when given, else on a volume. When the images
+/// outgrow the tmpfs, says so and pulls them again on a volume. On failure
+/// nothing was written; the dind (and volume) are recorded for removal.
+pub(super) async fn pull_store(
+    run: &Run<'_>,
+    clock: &Clock,
+    memory_cap: Option<u64>,
+) -> Result<Pulled> {
+    if let Some(name) = run.cfg.cache.clone() {
+        let volume = cache::volume_name(&name);
+        run.engine.ensure_cache_volume(&volume, &name).await?;
+        clock
+            .time(Phase::Start, start_dind(run, &StoreMount::Volume(volume)))
+            .await?;
+        let images = clock.time(Phase::Pull, images::acquire(run)).await?;
+        if run.cfg.cache_prune {
+            images::prune(run, &images).await?;
+        }
+        let selection = Some(images::selection(&images)?);
+        let store = StoreReport {
+            kind: StoreLocation::Cache,
+            memory_cap_bytes: None,
+            fell_back_to_disk: false,
+            used_bytes: 0,
+        };
+        return Ok(Pulled {
+            images,
+            store,
+            selection,
+        });
+    }
+    if let Some(cap) = memory_cap {
+        let memory = StoreMount::Memory { cap };
+        clock.time(Phase::Start, start_dind(run, &memory)).await?;
+        match clock.time(Phase::Pull, images::acquire(run)).await {
+            Ok(images) => {
+                let store = StoreReport {
+                    kind: StoreLocation::Memory,
+                    memory_cap_bytes: Some(cap),
+                    fell_back_to_disk: false,
+                    used_bytes: 0,
+                };
+                return Ok(Pulled {
+                    images,
+                    store,
+                    selection: None,
+                });
+            }
+            Err(e) if e.downcast_ref::<OutOfSpace>().is_some() => {
+                eprintln!(
+                    "the images do not fit in the store in memory ({} at most): pulling them again with the store on disk",
+                    indicatif::HumanBytes(cap)
+                );
+                let dind = run.dind.clone();
+                run.engine.remove_container(&dind).await?;
+                run.removed_container(&dind);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let volume = run.name("store");
+    run.engine.create_volume(&volume, &run.spec.run_id).await?;
+    run.created_volume(&volume);
+    let disk = StoreMount::Volume(volume);
+    clock.time(Phase::Start, start_dind(run, &disk)).await?;
+    let images = clock.time(Phase::Pull, images::acquire(run)).await?;
+    let store = StoreReport {
+        kind: StoreLocation::Disk,
+        memory_cap_bytes: memory_cap,
+        fell_back_to_disk: memory_cap.is_some(),
+        used_bytes: 0,
+    };
+    Ok(Pulled {
+        images,
+        store,
+        selection: None,
+    })
+}
+
+/// Starts the dind with its store in `store`. On failure the container is
+/// already recorded for removal (unless it was not made because a run
+/// using the same cache has it).
+pub(super) async fn start_dind(run: &Run<'_>, store: &StoreMount) -> Result<()> {
+    let dind = run.dind.clone();
+    let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
+    let started = run.engine.start_dind(&dind, &run.spec, store, socket_dir);
+    match run.or_cancel(started).await {
+        Err(e) if e.downcast_ref::<NameInUse>().is_some() => match &run.cfg.cache {
+            Some(c) => bail!(
+                "the cache {c:?} is in use by another run (its container {dind} exists); \
+                 run again when it is done, or use another --cache. If no run is using it \
+                 (one was killed), remove the container: docker rm -f {dind}"
+            ),
+            None => Err(e),
+        },
+        result => {
+            run.created_container(&dind);
+            result
+        }
+    }
+}
+
+/// Makes the image to write into: the disk itself (--in-place) or a
+/// sparse, decompressed or converted copy, and checks its ROOT again. On
+/// failure a partial copy is removed and the disk is untouched.
+pub(super) async fn make_output(
+    cfg: &PopulateConfig,
+    cancel: CancellationToken,
+) -> Result<Prepared> {
+    let (disk, out, raw) = (
+        cfg.disk.clone(),
+        cfg.output.path().map(Path::to_path_buf),
+        cfg.space.raw_output,
+    );
+    let prepared =
+        blocking(move || disk::prepare(&disk, out.as_deref(), raw, Some(&cancel))).await?;
+    check_existing(cfg, &prepared.fs())?;
+    Ok(prepared)
+}
+
+/// Stops the inner daemon (see [`stop_dind`]) while measuring the store and
+/// making room for it: stopping changes nothing that is exported (the
+/// layers and the image database are complete once the pulls have
+/// returned). Returns what the store took, the output with room made and
+/// what the store needs. The export must wait for all of it.
+pub(super) async fn stop_beside_measure(
+    run: &Run<'_>,
+    clock: &Clock,
+    prepared: Prepared,
+    only: Option<&[u8]>,
+) -> Result<(u64, (Prepared, Option<disk::GrowReport>), Need)> {
+    let stop = clock.time(Phase::Stop, stop_dind(run));
+    let room = async {
+        let need = clock
+            .time(Phase::Measure, measure(run, &prepared, only))
+            .await?;
+        let grown = clock
+            .time(Phase::Grow, make_room(run.cfg, prepared, need))
+            .await?;
+        Ok::<_, anyhow::Error>((grown, need))
+    };
+    let (stopped, room) = tokio::join!(stop, room);
+    let used = stopped?;
+    let (grown, need) = room?;
+    Ok((used, grown, need))
+}
+
+/// Stops the inner daemon cleanly (the container stays, with a store in
+/// memory) and returns what the store takes: the store must be quiescent
+/// before it is exported. On failure nothing was written.
+pub(super) async fn stop_dind(run: &Run<'_>) -> Result<u64> {
+    let dind = run.dind.clone();
+    let stopped = run
+        .or_cancel(run.engine.stop_inner(&dind, run.backend.root()))
+        .await?;
+    if stopped.exit_code != 0 {
+        bail!(
+            "the inner dockerd did not shut down cleanly (exit code {}); its last lines:\n{}",
+            stopped.exit_code,
+            run.engine.logs_tail(&dind).await
+        );
+    }
+    Ok(stopped.store_used_bytes)
+}
+
+/// Measures what the store (and the containerd root) will take in ROOT,
+/// with the helper in the dind. Writes nothing.
+pub(super) async fn measure(
+    run: &Run<'_>,
+    prepared: &Prepared,
+    only: Option<&[u8]>,
+) -> Result<Need> {
+    let block_size = ext4::inspect(&prepared.fs(), ROOT_NAME)?.block_size;
+    let dind = run.dind.clone();
+    let store = (run.backend.kind(), run.backend.root());
+    let measured = run.engine.measure_store(&dind, store, block_size, only);
+    let mut need = run.or_cancel(measured).await?;
+    if let Some(src) = &run.cfg.containerd {
+        need += containerd_need(src, block_size)?;
+    }
+    Ok(need)
+}
+
+/// Grows the image, partition 9 and ROOT when `need` does not fit, as
+/// --grow allows. On failure the caller must not publish the output: ROOT
+/// may be half grown (in place, the disk image may be longer).
+pub(super) async fn make_room(
+    cfg: &PopulateConfig,
+    mut prepared: Prepared,
+    need: Need,
+) -> Result<(Prepared, Option<disk::GrowReport>)> {
+    let (grow, headroom) = (cfg.space.grow, cfg.space.headroom);
+    blocking(move || {
+        let grown = disk::ensure_room(&mut prepared, Some(need), grow, headroom)?;
+        Ok((prepared, grown))
+    })
+    .await
+}
+
+/// The private directory of the export socket, or None when the tests
+/// force the attach stream.
+pub(super) fn socket_dir() -> Result<Option<tempfile::TempDir>> {
+    #[cfg(feature = "test-hooks")]
+    if crate::hooks::no_export_socket() {
+        return Ok(None);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("flatcar-preload-")
+        .tempdir()
+        .context("creating a private directory for the export socket")?;
+    Ok(Some(dir))
+}
+
+/// What [`export_and_write`] did.
+pub(super) struct Written {
+    pub(super) entries: u64,
+    pub(super) bytes: u64,
+    pub(super) via: ExportVia,
+}
+
+/// Exports the store with the helper in the stopped dind and writes it into ROOT as it
+/// streams in; when merging, merges the names of the images that were
+/// there (repositories.json) into the new ones. On failure or Ctrl-C, ROOT
+/// is closed consistently with the entries before the failure written; the
+/// caller must not publish the output.
+pub(super) async fn export_and_write(
+    run: &Run<'_>,
+    root: &ext4::Root,
+    only: Option<&[u8]>,
+) -> Result<Written> {
+    let backend = run.backend;
+    let merge = match run.cfg.merge {
+        true => backend.merge(&ext4::read::Reader::open(root)?)?,
+        false => None,
+    };
+    let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+    let chunks = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|c| c.map(Ok::<_, std::io::Error>))
+    });
+    let stream = ReadProgress::new(
+        SyncIoBridge::new(StreamReader::new(chunks)),
+        Bar::bytes("exporting store", None),
+    );
+    #[cfg(feature = "test-hooks")]
+    let stream = crate::hooks::pause_on_first_read("write", stream, run.cancel.clone());
+    let writer = {
+        let (root, cancel) = (root.clone(), run.cancel.clone());
+        tokio::task::spawn_blocking(move || {
+            ext4::write_tar(&root, backend.root().as_bytes(), stream, Some(&cancel))
+        })
+    };
+    let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
+    let exported = run
+        .or_cancel(run.engine.export_store(
+            &run.dind,
+            (backend.kind(), backend.root()),
+            socket_dir,
+            only,
+            tx,
+        ))
+        .await;
+    // The writer stops by itself once the stream ends or is cancelled; the
+    // filesystem is closed consistently either way.
+    let written = writer.await.context("the ext4 writer panicked")?;
+    let exported = exported?;
+    let stats = written.context("writing Docker's store into ROOT")?;
+    if exported.finished.exit_code != 0 {
+        bail!(
+            "the export helper failed (exit code {}): {}",
+            exported.finished.exit_code,
+            exported.finished.stderr.trim()
+        );
+    }
+    if let Some(merge) = merge {
+        merge.finish(root)?;
+    }
+    Ok(Written {
+        entries: stats.entries,
+        bytes: stats.bytes,
+        via: exported.via,
+    })
+}
+
+/// Writes a containerd root (a directory or a tar) under
+/// /var/lib/containerd and returns the entries written. On failure ROOT is
+/// consistent with part of it written; the caller must not publish.
+pub(super) async fn write_containerd(
+    root: ext4::Root,
+    src: PathBuf,
+    cancel: CancellationToken,
+) -> Result<u64> {
+    blocking(move || {
+        let md = std::fs::metadata(&src)
+            .with_context(|| format!("reading --containerd {}", src.display()))?;
+        let target = CONTAINERD_ROOT.as_bytes();
+        let stats = if md.is_dir() {
+            let (reader, writer) = std::io::pipe().context("making a pipe")?;
+            let dir = src.clone();
+            let export = std::thread::spawn(move || store::export::tree(&dir, writer));
+            let written = ext4::write_tar(&root, target, reader, Some(&cancel));
+            let exported = export
+                .join()
+                .map_err(|_| anyhow!("the containerd export panicked"))?;
+            let stats = written?;
+            exported.with_context(|| format!("reading the containerd root {}", src.display()))?;
+            stats
+        } else {
+            let archive: Box<dyn Read + Send> = open_archive(&Input::File(src), true)?;
+            ext4::write_tar(&root, target, archive, Some(&cancel))?
+        };
+        Ok(stats.entries)
+    })
+    .await
+}
+
+/// What the containerd root will take in an ext4 with `block_size`.
+pub(super) fn containerd_need(src: &Path, block_size: u64) -> Result<Need> {
+    let md = std::fs::metadata(src)
+        .with_context(|| format!("reading --containerd {}", src.display()))?;
+    if md.is_dir() {
+        store::export::measure_tree(src, block_size)
+    } else {
+        crate::unpack::measure_archive(src, block_size)
+    }
+}
+
+/// Verifies the store written into ROOT (see `verify`); fails naming every
+/// check that does not hold, so that the output is not published.
+pub(super) async fn verify_written(root: ext4::Root) -> Result<Verified> {
+    blocking(move || {
+        let report = crate::verify::check_root(&root)?;
+        if !report.failures.is_empty() {
+            let lines: Vec<String> = report.failures.iter().map(|f| f.to_string()).collect();
+            bail!(
+                "the store written into ROOT does not verify ({} check(s) failed); the output is not kept:\n  {}",
+                lines.len(),
+                lines.join("\n  ")
+            );
+        }
+        Ok(Verified {
+            images: report.images,
+            layers: report.layers,
+            bytes_hashed: report.bytes_hashed,
+        })
+    })
+    .await
+}
+
+/// Re-reads ROOT (its free space and the layers in the store: directories
+/// of overlay2 but `l`) and moves the output to its name (converted back
+/// to qcow2/vmdk when it came from there). On failure the output is
+/// removed; in place, the disk holds the complete store.
+pub(super) fn publish(prepared: Prepared, backend: &dyn Backend) -> Result<(ext4::FsSummary, u64)> {
+    let root = prepared.fs();
+    let fs = ext4::inspect(&root, ROOT_NAME).context("re-reading ROOT after writing")?;
+    let layers = backend.layers(&ext4::read::Reader::open(&root)?)?;
+    if let Some(out) = prepared.output {
+        out.publish()?;
+    }
+    Ok((fs, layers))
+}
