@@ -83,7 +83,7 @@ async fn describe(docker: &Docker, name: &str) -> Result<Got> {
         .inspect_image(name)
         .await
         .with_context(|| format!("inspecting {name}"))?;
-    let platform = super::platform_of(&image);
+    let platform = super::engine::platform_of(&image);
     Ok(Got {
         id: image.id.unwrap_or_default(),
         platform: platform.to_string(),

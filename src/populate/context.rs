@@ -8,7 +8,7 @@ use std::future::Future;
 use anyhow::{anyhow, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{DindSpec, Engine, RegistryAccess};
+use crate::docker::{Dind, DindSpec, Engine, RegistryAccess};
 
 use crate::store::Backend;
 
@@ -57,6 +57,11 @@ impl Run<'_> {
     /// A name for a container or volume of this run.
     pub(super) fn name(&self, what: &str) -> String {
         format!("flatcar-preload-{}-{what}", self.spec.run_id)
+    }
+
+    /// The build container of the run.
+    pub(super) fn dind(&self) -> Dind<'_> {
+        self.engine.dind(&self.dind)
     }
 
     /// Records container `name` for removal at the end of the run.

@@ -249,7 +249,8 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
     let dind = &run.dind;
     let finished = run
         .engine
-        .helper_lines(dind, &request, Some(secrets), |line| {
+        .dind(dind)
+        .helper_lines(&request, Some(secrets), |line| {
             follow
                 .borrow_mut()
                 .event(line, |i| which.get(i).copied().unwrap_or(usize::MAX))
@@ -302,10 +303,9 @@ async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<(
         socket: INNER_SOCKET.into(),
         index: i,
     };
-    let dind = &run.dind;
     let finished = run
-        .engine
-        .helper_lines(dind, &request, Some(input), |line| {
+        .dind()
+        .helper_lines(&request, Some(input), |line| {
             follow.borrow_mut().event(line, |i| i)
         })
         .await;
@@ -360,9 +360,8 @@ pub(super) async fn prune(run: &Run<'_>, kept: &[PulledImage]) -> Result<()> {
     };
     let mut removed = 0;
     let finished = run
-        .engine
+        .dind()
         .helper_lines(
-            &run.dind,
             &request,
             Some(Box::new(std::io::Cursor::new(list))),
             |line| {

@@ -308,7 +308,8 @@ pub(super) async fn pull_store(
 pub(super) async fn start_dind(run: &Run<'_>, store: &StoreMount) -> Result<()> {
     let dind = run.dind.clone();
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
-    let started = run.engine.start_dind(&dind, &run.spec, store, socket_dir);
+    let container = run.dind();
+    let started = container.start(&run.spec, store, socket_dir);
     match run.or_cancel(started).await {
         Err(e) if e.downcast_ref::<NameInUse>().is_some() => match &run.cfg.cache {
             Some(c) => bail!(
@@ -375,9 +376,7 @@ pub(super) async fn stop_beside_measure(
 /// before it is exported. On failure nothing was written.
 pub(super) async fn stop_dind(run: &Run<'_>) -> Result<u64> {
     let dind = run.dind.clone();
-    let stopped = run
-        .or_cancel(run.engine.stop_inner(&dind, run.backend.root()))
-        .await?;
+    let stopped = run.or_cancel(run.dind().stop(run.backend.root())).await?;
     if stopped.exit_code != 0 {
         bail!(
             "the inner dockerd did not shut down cleanly (exit code {}); its last lines:\n{}",
@@ -396,9 +395,9 @@ pub(super) async fn measure(
     only: Option<&[u8]>,
 ) -> Result<Need> {
     let block_size = ext4::inspect(&prepared.fs(), ROOT_NAME)?.block_size;
-    let dind = run.dind.clone();
     let store = (run.backend.kind(), run.backend.root());
-    let measured = run.engine.measure_store(&dind, store, block_size, only);
+    let dind = run.dind();
+    let measured = dind.measure(store, block_size, only);
     let mut need = run.or_cancel(measured).await?;
     if let Some(src) = &run.cfg.containerd {
         need += containerd_need(src, block_size)?;
@@ -476,13 +475,10 @@ pub(super) async fn export_and_write(
     };
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
     let exported = run
-        .or_cancel(run.engine.export_store(
-            &run.dind,
-            (backend.kind(), backend.root()),
-            socket_dir,
-            only,
-            tx,
-        ))
+        .or_cancel(
+            run.dind()
+                .export((backend.kind(), backend.root()), socket_dir, only, tx),
+        )
         .await;
     // The writer stops by itself once the stream ends or is cancelled; the
     // filesystem is closed consistently either way.

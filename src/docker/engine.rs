@@ -1,0 +1,406 @@
+//! The Docker engine the tool drives, through its API (bollard): images,
+//! volumes, containers and commands run in them. The recipe of the build
+//! container is `dind.rs`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, LogsOptions, RemoveContainerOptions,
+    RemoveVolumeOptions, UploadToContainerOptions,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::command::tail;
+use crate::protocol::Request;
+
+use super::{Finished, Input, NameInUse, CACHE_LABEL, RUN_LABEL};
+
+/// Where Docker listens when DOCKER_HOST is unset or empty.
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Calls to the engine may wait for long pulls and large exports.
+const API_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
+
+/// The Docker engine the tool drives (DOCKER_HOST, DOCKER_CERT_PATH and
+/// DOCKER_TLS_VERIFY are honored).
+pub struct Engine {
+    pub(super) docker: Docker,
+    /// The engine runs on this machine (a unix socket).
+    local: bool,
+    /// Its architecture and memory, from one `docker info`.
+    arch: String,
+    mem_total: u64,
+}
+
+/// A cache volume (`populate --cache`).
+pub struct Cache {
+    pub name: String,
+    pub volume: String,
+    /// When it was made, as the engine says.
+    pub created: String,
+}
+
+pub(super) fn labels(run_id: &str) -> HashMap<String, String> {
+    HashMap::from([(RUN_LABEL.to_string(), run_id.to_string())])
+}
+
+/// The platform of an image as the daemon describes it.
+pub(super) fn platform_of(image: &bollard::models::ImageInspect) -> crate::platform::Platform {
+    crate::platform::Platform::new(
+        image.os.as_deref().unwrap_or("linux"),
+        image.architecture.as_deref().unwrap_or(""),
+        image.variant.as_deref(),
+    )
+}
+
+impl Engine {
+    /// Connects to the engine and agrees on an API version.
+    pub async fn connect() -> Result<Engine> {
+        // An empty DOCKER_HOST means the default socket, as for docker.
+        let where_ = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| DEFAULT_HOST.into());
+        let docker = Docker::connect_with_host(&where_)
+            .with_context(|| format!("connecting to the Docker engine at {where_}"))?
+            .with_timeout(API_TIMEOUT);
+        let docker = docker
+            .negotiate_version()
+            .await
+            .with_context(|| format!("cannot reach the Docker engine at {where_} (set DOCKER_HOST, or check that your user may use its socket)"))?;
+        let info = docker
+            .info()
+            .await
+            .with_context(|| format!("asking the Docker engine at {where_} for its info"))?;
+        Ok(Engine {
+            docker,
+            local: where_.starts_with("unix://"),
+            arch: info.architecture.unwrap_or_default(),
+            mem_total: info.mem_total.unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    /// Whether the engine runs on this machine (its socket is a local one).
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
+
+    /// The memory of the engine's machine, in bytes (0 when unknown).
+    pub fn mem_total(&self) -> u64 {
+        self.mem_total
+    }
+
+    /// Fails when the engine runs on another architecture than this
+    /// binary, which is uploaded into containers and run there.
+    pub fn check_arch(&self) -> Result<()> {
+        let arch = &self.arch;
+        let normalized = match arch.as_str() {
+            "amd64" => "x86_64",
+            "arm64" => "aarch64",
+            a => a,
+        };
+        if normalized != std::env::consts::ARCH {
+            bail!(
+                "the Docker engine runs on {arch}, but this flatcar-preload binary is built for {}: \
+                 its export helper could not run there; use a {arch} build of flatcar-preload",
+                std::env::consts::ARCH
+            );
+        }
+        Ok(())
+    }
+
+    /// The ID and platform of image `name` of the engine.
+    pub async fn image_platform(&self, name: &str) -> Result<(String, crate::platform::Platform)> {
+        let image = self.docker.inspect_image(name).await.with_context(|| {
+            format!("the Docker engine has no image {name} (`docker images` lists those it has)")
+        })?;
+        let platform = platform_of(&image);
+        Ok((image.id.unwrap_or_default(), platform))
+    }
+
+    /// `docker save` of image `name` (a docker-archive tar naming it), as
+    /// it streams from the engine.
+    pub fn save_image(&self, name: &str) -> Input {
+        let stream = self
+            .docker
+            .export_image(name)
+            .map(|chunk| chunk.map_err(std::io::Error::other));
+        Box::new(tokio_util::io::StreamReader::new(Box::pin(stream)))
+    }
+
+    /// Makes sure `image` is present, pulling it when missing.
+    pub async fn ensure_image(&self, image: &str) -> Result<()> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        let mut s = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.to_string()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(item) = s.next().await {
+            let item = item.with_context(|| {
+                format!("the dind image {image} is not present and pulling it failed")
+            })?;
+            if let Some(e) = item.error_detail.and_then(|d| d.message) {
+                bail!("the dind image {image} is not present and pulling it failed: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_volume(&self, name: &str, run_id: &str) -> Result<()> {
+        self.docker
+            .create_volume(bollard::models::VolumeCreateRequest {
+                name: Some(name.to_string()),
+                labels: Some(labels(run_id)),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating volume {name}"))?;
+        Ok(())
+    }
+
+    pub async fn remove_volume(&self, name: &str) -> Result<()> {
+        self.docker
+            .remove_volume(name, Some(RemoveVolumeOptions { force: true }))
+            .await
+            .with_context(|| format!("removing volume {name}"))
+    }
+
+    pub async fn remove_container(&self, name: &str) -> Result<()> {
+        self.docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .with_context(|| format!("removing container {name}"))
+    }
+
+    /// Creates container `name`; [`NameInUse`] when a container of that
+    /// name exists.
+    pub(super) async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<()> {
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.to_string()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await;
+        match created {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Err(NameInUse(name.to_string()).into()),
+            r => r
+                .map(|_| ())
+                .with_context(|| format!("creating container {name}")),
+        }
+    }
+
+    /// Whether a container `name` exists.
+    pub async fn container_exists(&self, name: &str) -> Result<bool> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("looking for container {name}")),
+        }
+    }
+
+    /// Makes the volume `volume` of cache `name` unless it exists; an
+    /// existing volume of that name must be that cache's.
+    pub async fn ensure_cache_volume(&self, volume: &str, name: &str) -> Result<()> {
+        match self.docker.inspect_volume(volume).await {
+            Ok(v) => {
+                if v.labels.get(CACHE_LABEL).map(String::as_str) != Some(name) {
+                    bail!("the Docker volume {volume} exists but is not the flatcar-preload cache {name:?}; remove it or use another --cache name");
+                }
+                Ok(())
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                self.docker
+                    .create_volume(bollard::models::VolumeCreateRequest {
+                        name: Some(volume.to_string()),
+                        labels: Some(HashMap::from([(CACHE_LABEL.to_string(), name.to_string())])),
+                        ..Default::default()
+                    })
+                    .await
+                    .with_context(|| format!("creating the cache volume {volume}"))?;
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("looking for the cache volume {volume}")),
+        }
+    }
+
+    /// The cache volumes of the engine.
+    pub async fn caches(&self) -> Result<Vec<Cache>> {
+        let listed = self
+            .docker
+            .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![CACHE_LABEL.to_string()],
+                )])),
+            }))
+            .await
+            .context("asking the Docker engine for its volumes")?;
+        let mut out = vec![];
+        for v in listed.volumes.into_iter().flatten() {
+            if let Some(name) = v.labels.get(CACHE_LABEL) {
+                out.push(Cache {
+                    name: name.clone(),
+                    volume: v.name.clone(),
+                    created: v.created_at.map(|c| c.to_string()).unwrap_or_default(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Unpacks the tar `tar` at / of `container`; `what` names it in errors.
+    pub(super) async fn upload(&self, container: &str, tar: Vec<Bytes>, what: &str) -> Result<()> {
+        self.docker
+            .upload_to_container(
+                container,
+                Some(UploadToContainerOptions {
+                    path: "/".into(),
+                    ..Default::default()
+                }),
+                bollard::body_stream(futures_util::stream::iter(tar)),
+            )
+            .await
+            .with_context(|| format!("copying {what} into {container}"))
+    }
+
+    /// The last lines of a container's output, for error messages.
+    pub async fn logs_tail(&self, container: &str) -> String {
+        let mut s = self.docker.logs(
+            container,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: "15".into(),
+                ..Default::default()
+            }),
+        );
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = s.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        out
+    }
+
+    /// Runs the helper `request` in the running `container`, passing its stdout chunk by
+    /// chunk to `sink` until the sink returns false. `stdin` is written to
+    /// its standard input (which is how secrets reach it: an exec's command
+    /// and environment show in `docker inspect`, its input does not). The
+    /// second value is the number of stdout bytes passed.
+    pub(super) async fn exec_stream<F, Fut>(
+        &self,
+        container: &str,
+        request: &Request,
+        stdin: Option<Input>,
+        mut sink: F,
+    ) -> Result<(Finished, u64)>
+    where
+        F: FnMut(Bytes) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let what = request.what();
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                bollard::models::ExecConfig {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    attach_stdin: Some(stdin.is_some()),
+                    cmd: Some(request.argv()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("running {what} in {container}"))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .with_context(|| format!("running {what} in {container}"))?;
+        let bollard::exec::StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started
+        else {
+            bail!("the engine did not attach to {what} in {container}");
+        };
+        // The input is written while the output is read (a helper may
+        // answer before it has read all), then closed.
+        let feeding = stdin.map(|mut data| {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                tokio::io::copy(&mut data, &mut input).await?;
+                input.shutdown().await
+            })
+        });
+        let mut stderr = String::new();
+        let mut passed = 0u64;
+        while let Some(chunk) = output.next().await {
+            match chunk.with_context(|| format!("reading the output of {what} in {container}"))? {
+                bollard::container::LogOutput::StdOut { message } => {
+                    passed += message.len() as u64;
+                    if !sink(message).await {
+                        // The consumer stopped (and will say why); dropping
+                        // the stream ends the helper's output.
+                        if let Some(f) = feeding {
+                            f.abort();
+                        }
+                        let finished = Finished {
+                            exit_code: 0,
+                            stderr,
+                        };
+                        return Ok((finished, passed));
+                    }
+                }
+                other => stderr.push_str(&String::from_utf8_lossy(&other.into_bytes())),
+            }
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .with_context(|| format!("reading the exit code of {what} in {container}"))?;
+        let finished = Finished {
+            exit_code: inspect.exit_code.unwrap_or(-1),
+            stderr: tail(&stderr, 20),
+        };
+        if let Some(f) = feeding {
+            let fed = f.await.map_err(|e| anyhow::anyhow!("feeding {what}: {e}"));
+            // A helper that failed says why; that it stopped reading its
+            // input is no news then.
+            if finished.exit_code == 0 {
+                fed?.with_context(|| format!("writing to the input of {what} in {container}"))?;
+            }
+        }
+        Ok((finished, passed))
+    }
+}
