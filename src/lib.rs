@@ -60,7 +60,7 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
             let refs = args
                 .refs
                 .iter()
-                .map(|r| docker::refs::ImageRef::parse(r))
+                .map(|r| source::ImageRef::parse(r))
                 .collect::<Result<Vec<_>>>()?;
             let req = docker::inner::PullRequest {
                 refs,

@@ -15,8 +15,8 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Credentials;
-use super::refs::ImageRef;
 use crate::platform::Platform;
+use crate::source::ImageRef;
 
 /// One progress report of the pull helper, a JSON line on its stdout.
 #[derive(Debug, Serialize, Deserialize)]

@@ -11,11 +11,11 @@ use tokio_util::io::SyncIoBridge;
 
 use super::{OutOfSpace, Run};
 use crate::docker::inner::{Got, PullEvent};
-use crate::docker::refs::{ImageRef, Source};
 use crate::docker::registry::DEFAULT_CERTS_DIR;
 use crate::docker::{Input, HELPER_PATH, INNER_SOCKET};
 use crate::progress::Pulls;
 use crate::source::archive::{self, CheckedArchive};
+use crate::source::{ImageRef, Source};
 
 /// One image of the run, in the inner daemon.
 #[derive(Debug, Serialize)]

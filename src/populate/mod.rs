@@ -24,7 +24,6 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
 use crate::disk::{self, Prepared, ROOT_NAME};
-use crate::docker::refs::{ImageRef, Listed, Source};
 use crate::docker::{
     DindNetwork, DindSpec, Engine, ExportVia, NameInUse, RegistryAccess, RegistryOptions,
     StoreMount,
@@ -34,6 +33,7 @@ use crate::fsread::FsRead;
 use crate::platform::Platform;
 use crate::progress::{Bar, ReadProgress};
 use crate::source::archive;
+use crate::source::{ImageRef, Listed, Source};
 use crate::store::{self, CONTAINERD_ROOT, DOCKER_ROOT, REPOSITORIES};
 use crate::unpack::{open_archive, Input, OutputMode, Space};
 

@@ -33,9 +33,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::refs::ImageRef;
 use crate::compress::{self, read_full, Compression, SNIFF_LEN};
 use crate::digest::{hex, is_hex64, sha256_hex};
-use crate::docker::refs::ImageRef;
 use crate::platform::Platform;
 use crate::tar::{Archive, EntryType};
 
@@ -163,25 +163,6 @@ fn digest_in_name(path: &str) -> Option<&str> {
     }
     let name = path.strip_suffix(".json").or(path.strip_suffix(".tar"))?;
     Some(name).filter(|h| is_hex64(h))
-}
-
-/// A reference in one spelling for comparing: `docker.io/library/x:latest`.
-fn canonical(r: &ImageRef) -> String {
-    let (domain, rest) = match r.name.split_once('/') {
-        Some((d, rest)) if d.contains(['.', ':']) || d == "localhost" => (d, rest.to_string()),
-        _ => ("docker.io", r.name.clone()),
-    };
-    let domain = if domain == "index.docker.io" {
-        "docker.io"
-    } else {
-        domain
-    };
-    let rest = if domain == "docker.io" && !rest.contains('/') {
-        format!("library/{rest}")
-    } else {
-        rest
-    };
-    format!("{domain}/{rest}:{}", r.tag.as_deref().unwrap_or("latest"))
 }
 
 /// A name an image can be tagged with: a tag (`latest` when none), no
@@ -735,9 +716,9 @@ fn check_docker(
     }
     let selected: Vec<usize> = match reference {
         Some(r) if items.len() > 1 => {
-            let want = canonical(r);
+            let want = r.normalized();
             let hit: Vec<usize> = (0..items.len())
-                .filter(|&i| named[i].iter().any(|t| canonical(t) == want))
+                .filter(|&i| named[i].iter().any(|t| t.normalized() == want))
                 .collect();
             if hit.is_empty() {
                 let all: Vec<String> = named.iter().flatten().map(|t| t.to_string()).collect();
@@ -984,13 +965,13 @@ fn check_oci(
     let names: Vec<Vec<ImageRef>> = entries.iter().map(oci_names).collect();
     let mut chosen: Vec<usize> = (0..entries.len()).collect();
     if let Some(r) = reference.filter(|_| entries.len() > 1) {
-        let want = canonical(r);
+        let want = r.normalized();
         let written = r.to_string();
         let hit: Vec<usize> = chosen
             .iter()
             .copied()
             .filter(|&i| {
-                names[i].iter().any(|n| canonical(n) == want)
+                names[i].iter().any(|n| n.normalized() == want)
                     || entries[i].annotation("org.opencontainers.image.ref.name")
                         == Some(written.as_str())
             })

@@ -33,7 +33,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{chain_ids, sha256_part};
-use crate::docker::refs::ImageRef;
+use crate::source::ImageRef;
 
 /// What of a store to export: the images with these IDs and the names
 /// (repo:tag, and repo@digest) that point at them.
@@ -105,26 +105,7 @@ const SKELETON: &[&str] = &[CONTENT, METADATA, LAYERDB, LINKS];
 /// for Docker Hub's official images), and the digest, else the tag
 /// (`latest` when none). Docker keeps only the digest of `name:tag@digest`.
 fn normalized(name: &str) -> Result<String> {
-    let r = ImageRef::parse(name)?;
-    let (domain, path) = match r.name.split_once('/') {
-        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (first, rest),
-        _ => ("docker.io", r.name.as_str()),
-    };
-    let domain = if domain == "index.docker.io" {
-        "docker.io"
-    } else {
-        domain
-    };
-    let path = if domain == "docker.io" && !path.contains('/') {
-        format!("library/{path}")
-    } else {
-        path.to_string()
-    };
-    Ok(match (&r.digest, &r.tag) {
-        (Some(d), _) => format!("{domain}/{path}@{d}"),
-        (None, Some(t)) => format!("{domain}/{path}:{t}"),
-        (None, None) => format!("{domain}/{path}:latest"),
-    })
+    Ok(ImageRef::parse(name)?.normalized())
 }
 
 /// Reads a small metadata file of the store, trimmed as Docker trims it.
