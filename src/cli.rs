@@ -9,10 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use anyhow::{bail, Context, Result};
 
 use crate::disk::{parse_size, Grow};
-use crate::docker::refs::{self, Listed, Source};
 use crate::docker::{DindNetwork, RegistryOptions};
 use crate::platform::Platform;
 use crate::populate::{PopulateConfig, StoreChoice};
+use crate::source::{self, Listed, Source};
 use crate::unpack::{Input, OutputMode, Space, UnpackConfig};
 
 /// Bake files and container images into a Flatcar Container Linux disk
@@ -338,7 +338,7 @@ impl PopulateArgs {
             (None, false) => None,
         };
         if let Some(l) = list {
-            images.extend(refs::read_list(&l)?);
+            images.extend(source::read_list(&l)?);
         }
         if self.privileged && self.dind_network == DindNetwork::Host {
             bail!("--privileged with --dind-network host would let the inner daemon change the host's network; use one of them");

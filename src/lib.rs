@@ -85,7 +85,7 @@ fn serve(request: protocol::Request) -> Result<()> {
         } => {
             let refs = refs
                 .iter()
-                .map(|r| docker::refs::ImageRef::parse(r))
+                .map(|r| source::ImageRef::parse(r))
                 .collect::<Result<Vec<_>>>()?;
             let req = docker::inner::PullRequest {
                 refs,

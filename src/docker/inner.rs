@@ -15,9 +15,9 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Credentials;
-use super::refs::ImageRef;
 use crate::platform::Platform;
 use crate::protocol::{Event, FailureKind, Got, Stopped};
+use crate::source::ImageRef;
 
 /// A failure whose kind the helper knows from where it happened (not from
 /// the daemon's words).

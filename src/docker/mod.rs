@@ -4,7 +4,6 @@
 
 pub mod auth;
 pub mod inner;
-pub mod refs;
 pub mod registry;
 
 pub use registry::{RegistryAccess, RegistryOptions};

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use super::auth::ClientConfig;
 use super::inner::PullSecrets;
-use super::refs::{ImageRef, DOCKER_HUB};
+use crate::source::refs::{ImageRef, DOCKER_HUB};
 
 /// Where dockerd looks for registry certificates.
 pub const DEFAULT_CERTS_DIR: &str = "/etc/docker/certs.d";

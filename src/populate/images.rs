@@ -11,12 +11,12 @@ use tokio_util::io::SyncIoBridge;
 
 use super::context::Run;
 use super::report::PlatformSource;
-use crate::docker::refs::{ImageRef, Source};
 use crate::docker::registry::DEFAULT_CERTS_DIR;
 use crate::docker::{Input, INNER_SOCKET};
 use crate::progress::Pulls;
 use crate::protocol::{Event, FailureKind, Got, Request};
 use crate::source::archive::{self, CheckedArchive};
+use crate::source::{ImageRef, Source};
 
 /// One image of the run, in the inner daemon.
 #[derive(Debug, Serialize)]

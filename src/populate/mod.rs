@@ -15,10 +15,10 @@ use std::time::Instant;
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::refs::Listed;
 use crate::docker::{DindNetwork, DindSpec, Engine, RegistryOptions};
 use crate::platform::Platform;
 use crate::protocol::StoreKind;
+use crate::source::Listed;
 use crate::store;
 use crate::unpack::{OutputMode, Space};
 

@@ -13,9 +13,9 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
 use crate::disk::{self, Prepared, ROOT_NAME};
-use crate::docker::refs::{ImageRef, Source};
 use crate::docker::{Engine, ExportVia, NameInUse, RegistryAccess, StoreMount};
 use crate::ext4::{self, Need};
+use crate::source::{ImageRef, Source};
 
 use crate::platform::Platform;
 use crate::progress::{Bar, ReadProgress};

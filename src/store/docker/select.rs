@@ -33,8 +33,8 @@ use super::layout::{
     CONTENT, DIFFID_BY_DIGEST, LAYERDB, LAYERS, LINKS, METADATA, REPOSITORIES, V2META_BY_DIFFID,
 };
 use crate::digest::{chain_ids, sha256_part};
-use crate::docker::refs::ImageRef;
 use crate::fsread::{FsRead, Kind};
+use crate::source::ImageRef;
 use crate::store::export::{Plan, Rule};
 use crate::store::Selection;
 
@@ -46,26 +46,7 @@ const SKELETON: &[&str] = &[CONTENT, METADATA, LAYERDB, LINKS];
 /// for Docker Hub's official images), and the digest, else the tag
 /// (`latest` when none). Docker keeps only the digest of `name:tag@digest`.
 fn normalized(name: &str) -> Result<String> {
-    let r = ImageRef::parse(name)?;
-    let (domain, path) = match r.name.split_once('/') {
-        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (first, rest),
-        _ => ("docker.io", r.name.as_str()),
-    };
-    let domain = if domain == "index.docker.io" {
-        "docker.io"
-    } else {
-        domain
-    };
-    let path = if domain == "docker.io" && !path.contains('/') {
-        format!("library/{path}")
-    } else {
-        path.to_string()
-    };
-    Ok(match (&r.digest, &r.tag) {
-        (Some(d), _) => format!("{domain}/{path}@{d}"),
-        (None, Some(t)) => format!("{domain}/{path}:{t}"),
-        (None, None) => format!("{domain}/{path}:latest"),
-    })
+    Ok(ImageRef::parse(name)?.normalized())
 }
 
 fn is_component(s: &str) -> bool {
