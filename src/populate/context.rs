@@ -4,17 +4,18 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::{Dind, DindSpec, Engine, RegistryAccess};
 
+use crate::source::archive::CheckedArchive;
 use crate::store::Backend;
 
-use super::images::Checked;
+use super::config::PopulateConfig;
 use super::report::TargetPlatform;
-use super::PopulateConfig;
 
 /// Containers and volumes a run created, removed at the end.
 #[derive(Default)]
@@ -96,4 +97,13 @@ pub(super) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| anyhow!("a worker thread failed: {e}"))?
+}
+
+/// What was learnt of a source before anything was written, for loading it.
+#[derive(Clone)]
+pub enum Checked {
+    Registry,
+    Archive(Arc<CheckedArchive>),
+    /// The image's name and ID on the engine.
+    Daemon(String, String),
 }

@@ -3,68 +3,19 @@
 //! engine loaded by the load helper, both followed as progress events.
 
 use std::cell::RefCell;
-use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Serialize;
 use tokio_util::io::SyncIoBridge;
 
+use super::context::Checked;
 use super::context::Run;
-use super::report::PlatformSource;
+use super::report::{ImageSource, PlatformSource, PulledImage};
 use crate::docker::registry::DEFAULT_CERTS_DIR;
 use crate::docker::{Input, INNER_SOCKET};
 use crate::progress::Pulls;
 use crate::protocol::{Event, FailureKind, Got, Request};
-use crate::source::archive::{self, CheckedArchive};
+use crate::source::archive::{self};
 use crate::source::{ImageRef, Source};
-
-/// One image of the run, in the inner daemon.
-#[derive(Debug, Serialize)]
-pub struct PulledImage {
-    /// The source as given (a reference, `docker-archive:PATH[:NAME]`, ...).
-    pub reference: String,
-    pub id: String,
-    /// The platform of the image (os/arch[/variant]).
-    pub platform: String,
-    /// Its names in the store (tags and digests).
-    pub names: Vec<String>,
-    /// Where it came from.
-    pub source: ImageSource,
-    /// The layers downloaded from the registry (by the digest prefix the
-    /// daemon reports); empty when all were there already.
-    pub downloaded_layers: Vec<String>,
-}
-
-/// Where an image of the run came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageSource {
-    Registry,
-    /// A registry image whose layers were all in the cache already.
-    Cache,
-    Archive,
-    Daemon,
-}
-
-impl std::fmt::Display for ImageSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ImageSource::Registry => "registry",
-            ImageSource::Cache => "cache",
-            ImageSource::Archive => "archive",
-            ImageSource::Daemon => "daemon",
-        })
-    }
-}
-
-/// What was learnt of a source before anything was written, for loading it.
-#[derive(Clone)]
-pub enum Checked {
-    Registry,
-    Archive(Arc<CheckedArchive>),
-    /// The image's name and ID on the engine.
-    Daemon(String, String),
-}
 
 /// The events of the helpers, gathered per source.
 struct Follow<'a> {

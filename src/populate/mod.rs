@@ -9,65 +9,33 @@
 //! run at the same time: the output copy with the pull, measuring and
 //! growing with stopping the inner daemon.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{DindNetwork, DindSpec, Engine, RegistryOptions};
-use crate::platform::Platform;
+use crate::docker::{DindSpec, Engine};
 use crate::protocol::StoreKind;
-use crate::source::Listed;
 use crate::store;
-use crate::unpack::{OutputMode, Space};
 
 pub mod cache;
+mod config;
 mod context;
 mod images;
 mod phases;
 mod plan;
 mod report;
 
+pub use config::{PopulateConfig, StoreChoice};
 use context::Run;
 use phases::{
     check_engine, check_local_inputs, export_and_write, publish, pull_beside_copy, socket_dir,
     stop_beside_measure, verify_written, write_containerd, Local, Pulled,
 };
 use plan::plan_store;
-pub use plan::StoreChoice;
+
 pub use report::Summary;
 use report::{Clock, Phase};
-
-#[derive(Debug, Clone)]
-pub struct PopulateConfig {
-    pub disk: PathBuf,
-    pub images: Vec<Listed>,
-    pub space: Space,
-    pub output: OutputMode,
-    pub dind_image: String,
-    pub dind_network: DindNetwork,
-    pub privileged: bool,
-    pub merge: bool,
-    pub containerd: Option<PathBuf>,
-    pub keep_dind: bool,
-    pub store: StoreChoice,
-    /// The most memory the in-memory store may take (None: see
-    /// [`memory_budget`]).
-    pub store_memory_cap: Option<u64>,
-    pub jobs: usize,
-    pub registry: RegistryOptions,
-    /// --platform (None: the disk's, else this machine's).
-    pub platform: Option<Platform>,
-    pub allow_platform_mismatch: bool,
-    /// --cache NAME: the store lives in that volume, kept between runs.
-    pub cache: Option<String>,
-    /// --cache-prune: images of the cache that are not in the list are
-    /// removed from it.
-    pub cache_prune: bool,
-    /// End with `verify` of what was written.
-    pub verify: bool,
-}
 
 /// Runs the command; whatever happens, removes the containers and volumes
 /// it created (unless --keep-dind).

@@ -24,10 +24,11 @@ use crate::source::archive;
 use crate::store::{self, Backend, CONTAINERD_ROOT};
 use crate::unpack::{open_archive, Input};
 
-use super::context::{blocking, Run};
-use super::images::{self, Checked, OutOfSpace, PulledImage};
+use super::cache;
+use super::config::PopulateConfig;
+use super::context::{blocking, Checked, Run};
+use super::images::{self, OutOfSpace};
 use super::report::*;
-use super::{cache, PopulateConfig};
 
 /// What the local inputs gave: checked before any engine is contacted.
 pub(super) struct Local {

@@ -3,16 +3,8 @@
 
 use anyhow::Result;
 
+use super::config::StoreChoice;
 use super::context::Run;
-
-/// Where the inner daemon's store lives while pulling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreChoice {
-    /// Memory when the cap is at least [`MIN_MEMORY_STORE`], else disk.
-    Auto,
-    Memory,
-    Disk,
-}
 
 /// `--store auto` takes memory only with at least this much to spare:
 /// below, most image sets would not fit and would be pulled twice.

@@ -11,7 +11,6 @@ use serde::Serialize;
 use crate::disk::{self};
 use crate::docker::ExportVia;
 
-use super::images::PulledImage;
 use crate::platform::Platform;
 
 /// The platform the images are pulled for, and where it came from.
@@ -259,5 +258,44 @@ impl Summary {
             p.start,
             p.pull, p.stop, p.measure, p.copy, p.grow, p.export_and_write, p.containerd, p.verify, p.total
         );
+    }
+}
+
+/// One image of the run, in the inner daemon.
+#[derive(Debug, Serialize)]
+pub struct PulledImage {
+    /// The source as given (a reference, `docker-archive:PATH[:NAME]`, ...).
+    pub reference: String,
+    pub id: String,
+    /// The platform of the image (os/arch[/variant]).
+    pub platform: String,
+    /// Its names in the store (tags and digests).
+    pub names: Vec<String>,
+    /// Where it came from.
+    pub source: ImageSource,
+    /// The layers downloaded from the registry (by the digest prefix the
+    /// daemon reports); empty when all were there already.
+    pub downloaded_layers: Vec<String>,
+}
+
+/// Where an image of the run came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageSource {
+    Registry,
+    /// A registry image whose layers were all in the cache already.
+    Cache,
+    Archive,
+    Daemon,
+}
+
+impl std::fmt::Display for ImageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ImageSource::Registry => "registry",
+            ImageSource::Cache => "cache",
+            ImageSource::Archive => "archive",
+            ImageSource::Daemon => "daemon",
+        })
     }
 }

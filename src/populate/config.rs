@@ -1,0 +1,47 @@
+//! What `populate` is asked to do, as the command line gave it.
+
+use std::path::PathBuf;
+
+use crate::docker::{DindNetwork, RegistryOptions};
+use crate::platform::Platform;
+use crate::source::Listed;
+use crate::unpack::{OutputMode, Space};
+
+#[derive(Debug, Clone)]
+pub struct PopulateConfig {
+    pub disk: PathBuf,
+    pub images: Vec<Listed>,
+    pub space: Space,
+    pub output: OutputMode,
+    pub dind_image: String,
+    pub dind_network: DindNetwork,
+    pub privileged: bool,
+    pub merge: bool,
+    pub containerd: Option<PathBuf>,
+    pub keep_dind: bool,
+    pub store: StoreChoice,
+    /// The most memory the in-memory store may take (None: see
+    /// [`memory_budget`]).
+    pub store_memory_cap: Option<u64>,
+    pub jobs: usize,
+    pub registry: RegistryOptions,
+    /// --platform (None: the disk's, else this machine's).
+    pub platform: Option<Platform>,
+    pub allow_platform_mismatch: bool,
+    /// --cache NAME: the store lives in that volume, kept between runs.
+    pub cache: Option<String>,
+    /// --cache-prune: images of the cache that are not in the list are
+    /// removed from it.
+    pub cache_prune: bool,
+    /// End with `verify` of what was written.
+    pub verify: bool,
+}
+
+/// Where the inner daemon's store lives while pulling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// Memory when the cap is at least `plan::MIN_MEMORY_STORE`, else disk.
+    Auto,
+    Memory,
+    Disk,
+}
