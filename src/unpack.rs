@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::disk::{self, Grow, ROOT_NAME};
+use crate::disk::{self, Grow};
 use crate::progress::{Bar, ReadProgress};
 use crate::{compress, ext4};
 
@@ -106,7 +106,7 @@ pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
         cfg.space.raw_output,
         Some(cancel),
     )?;
-    let block_size = ext4::inspect(&prepared.fs(), ROOT_NAME)?.block_size;
+    let block_size = prepared.block_size()?;
     // Measured from the archive's headers when it is a file; standard
     // input can be read only once.
     let need = match &cfg.archive {
@@ -121,10 +121,7 @@ pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
     let stats = ext4::write_tar(&root, &cfg.target, archive, Some(cancel))
         .context("writing the archive into ROOT")?;
     let write_secs = write_start.elapsed().as_secs_f64();
-    let fs = ext4::inspect(&root, ROOT_NAME).context("re-reading ROOT after writing")?;
-    if let Some(out) = prepared.output {
-        out.publish()?;
-    }
+    let fs = prepared.publish()?;
     if let Some(g) = grown {
         eprintln!("{g}");
     }

@@ -186,10 +186,31 @@ pub struct Prepared {
     pub root: RootPartition,
 }
 
+/// What `unpack` and `populate` both do with an output: [`prepare`] it,
+/// measure what will be written in ROOT's blocks ([`Prepared::block_size`]),
+/// make room ([`ensure_room`]), write, and [`Prepared::publish`].
 impl Prepared {
     /// ROOT's filesystem in the image being written.
     pub fn fs(&self) -> crate::ext4::Root {
         crate::ext4::Root::new(&self.image, self.root.offset)
+    }
+
+    /// ROOT's block size, the unit what is written is measured in.
+    pub fn block_size(&self) -> Result<u64> {
+        Ok(crate::ext4::inspect(&self.fs(), ROOT_NAME)?.block_size)
+    }
+
+    /// Re-reads ROOT (what it holds once written) and moves the output to
+    /// its name (converted back to qcow2/vmdk when it came from there). On
+    /// failure the output is removed; in place, the disk holds what was
+    /// written.
+    pub fn publish(self) -> Result<crate::ext4::FsSummary> {
+        let fs =
+            crate::ext4::inspect(&self.fs(), ROOT_NAME).context("re-reading ROOT after writing")?;
+        if let Some(out) = self.output {
+            out.publish()?;
+        }
+        Ok(fs)
     }
 }
 

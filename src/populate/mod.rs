@@ -154,7 +154,7 @@ async fn populate(run: &Run<'_>, origin: Instant) -> Result<Summary> {
         ),
         false => None,
     };
-    let (fs, layers) = publish(prepared, run.backend)?;
+    let (fs, layers) = publish(prepared, run.backend).await?;
     Ok(Summary {
         images,
         layers,

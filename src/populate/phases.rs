@@ -46,7 +46,8 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
         bail!("no images to preload: give references or an image list with entries");
     }
     if let (_, Some(root)) = disk::check_input(&cfg.disk, cfg.output.path().is_none())? {
-        check_existing(cfg, &ext4::Root::new(&cfg.disk, root.offset))?;
+        let root = ext4::Root::new(&cfg.disk, root.offset);
+        check_existing(&cfg.disk, cfg.merge, cfg.containerd.is_some(), &root)?;
     }
     let refs: Vec<ImageRef> = cfg
         .images
@@ -105,19 +106,24 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
 }
 
 /// Refuses a ROOT that already has a store, unless merging.
-pub(super) fn check_existing(cfg: &PopulateConfig, root: &ext4::Root) -> Result<()> {
+pub(super) fn check_existing(
+    disk: &Path,
+    merge: bool,
+    containerd: bool,
+    root: &ext4::Root,
+) -> Result<()> {
     let mut present = vec![];
     let docker = store::backend(StoreKind::Docker).root();
     if ext4::exists(root, docker)? {
         present.push(docker);
     }
-    if cfg.containerd.is_some() && ext4::exists(root, CONTAINERD_ROOT)? {
+    if containerd && ext4::exists(root, CONTAINERD_ROOT)? {
         present.push(CONTAINERD_ROOT);
     }
-    if !present.is_empty() && !cfg.merge {
+    if !present.is_empty() && !merge {
         bail!(
             "ROOT of {} already has {}; pass --merge to add the images to what is there",
-            cfg.disk.display(),
+            disk.display(),
             present.join(" and ")
         );
     }
@@ -339,10 +345,13 @@ pub(super) async fn make_output(
         cfg.output.path().map(Path::to_path_buf),
         cfg.space.raw_output,
     );
-    let prepared =
-        blocking(move || disk::prepare(&disk, out.as_deref(), raw, Some(&cancel))).await?;
-    check_existing(cfg, &prepared.fs())?;
-    Ok(prepared)
+    let (merge, containerd) = (cfg.merge, cfg.containerd.is_some());
+    blocking(move || {
+        let prepared = disk::prepare(&disk, out.as_deref(), raw, Some(&cancel))?;
+        check_existing(&disk, merge, containerd, &prepared.fs())?;
+        Ok(prepared)
+    })
+    .await
 }
 
 /// Stops the inner daemon (see [`stop_dind`]) while measuring the store and
@@ -395,13 +404,14 @@ pub(super) async fn measure(
     prepared: &Prepared,
     only: Option<&[u8]>,
 ) -> Result<Need> {
-    let block_size = ext4::inspect(&prepared.fs(), ROOT_NAME)?.block_size;
+    let root = prepared.fs();
+    let block_size = blocking(move || Ok(ext4::inspect(&root, ROOT_NAME)?.block_size)).await?;
     let store = (run.backend.kind(), run.backend.root());
     let dind = run.dind();
     let measured = dind.measure(store, block_size, only);
     let mut need = run.or_cancel(measured).await?;
-    if let Some(src) = &run.cfg.containerd {
-        need += containerd_need(src, block_size)?;
+    if let Some(src) = run.cfg.containerd.clone() {
+        need += blocking(move || containerd_need(&src, block_size)).await?;
     }
     Ok(need)
 }
@@ -455,7 +465,10 @@ pub(super) async fn export_and_write(
 ) -> Result<Written> {
     let backend = run.backend;
     let merge = match run.cfg.merge {
-        true => backend.merge(&ext4::read::Reader::open(root)?)?,
+        true => {
+            let root = root.clone();
+            blocking(move || backend.merge(&ext4::read::Reader::open(&root)?)).await?
+        }
         false => None,
     };
     let (tx, mut rx) = mpsc::channel::<Bytes>(64);
@@ -494,7 +507,8 @@ pub(super) async fn export_and_write(
         );
     }
     if let Some(merge) = merge {
-        merge.finish(root)?;
+        let root = root.clone();
+        blocking(move || merge.finish(&root)).await?;
     }
     Ok(Written {
         entries: stats.entries,
@@ -572,12 +586,13 @@ pub(super) async fn verify_written(root: ext4::Root) -> Result<Verified> {
 /// of overlay2 but `l`) and moves the output to its name (converted back
 /// to qcow2/vmdk when it came from there). On failure the output is
 /// removed; in place, the disk holds the complete store.
-pub(super) fn publish(prepared: Prepared, backend: &dyn Backend) -> Result<(ext4::FsSummary, u64)> {
-    let root = prepared.fs();
-    let fs = ext4::inspect(&root, ROOT_NAME).context("re-reading ROOT after writing")?;
-    let layers = backend.layers(&ext4::read::Reader::open(&root)?)?;
-    if let Some(out) = prepared.output {
-        out.publish()?;
-    }
-    Ok((fs, layers))
+pub(super) async fn publish(
+    prepared: Prepared,
+    backend: &'static dyn Backend,
+) -> Result<(ext4::FsSummary, u64)> {
+    blocking(move || {
+        let layers = backend.layers(&ext4::read::Reader::open(&prepared.fs())?)?;
+        Ok((prepared.publish()?, layers))
+    })
+    .await
 }
