@@ -329,13 +329,7 @@ impl Dind<'_> {
                 async { true }
             })
             .await?;
-        if finished.exit_code != 0 {
-            bail!(
-                "{what} failed (exit code {}): {}",
-                finished.exit_code,
-                finished.stderr.trim()
-            );
-        }
+        finished.success(what)?;
         serde_json::from_slice(&out).with_context(|| format!("reading what {what} reported"))
     }
 

@@ -30,6 +30,21 @@ pub type Input = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 #[derive(Debug)]
 pub struct NameInUse(pub String);
 
+impl Finished {
+    /// Ok when the command exited with 0, else an error saying that `what`
+    /// failed, with its exit code and the tail of its stderr.
+    pub fn success(&self, what: &str) -> anyhow::Result<()> {
+        if self.exit_code != 0 {
+            anyhow::bail!(
+                "{what} failed (exit code {}): {}",
+                self.exit_code,
+                self.stderr.trim()
+            );
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Display for NameInUse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "a container named {} exists already", self.0)

@@ -499,13 +499,7 @@ pub(super) async fn export_and_write(
     let written = writer.await.context("the ext4 writer panicked")?;
     let exported = exported?;
     let stats = written.context("writing Docker's store into ROOT")?;
-    if exported.finished.exit_code != 0 {
-        bail!(
-            "the export helper failed (exit code {}): {}",
-            exported.finished.exit_code,
-            exported.finished.stderr.trim()
-        );
-    }
+    exported.finished.success("the export helper")?;
     if let Some(merge) = merge {
         let root = root.clone();
         blocking(move || merge.finish(&root)).await?;
