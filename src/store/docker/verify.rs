@@ -364,6 +364,52 @@ fn check_layer(
 ) -> LayerInfo {
     let mut info = LayerInfo { link: None };
     // 2. layerdb/<chain>/
+    let Some(entry) = check_layerdb(fs, root, layer, who, failures) else {
+        return info;
+    };
+    // 3. overlay2/<cache-id>/ with diff/, link, lower and l/<link>.
+    let diff_dir = check_overlay_dir(
+        fs,
+        root,
+        layer,
+        &entry.cache_id,
+        who,
+        failures,
+        &mut info.link,
+    );
+    // 4. and 5. The tar stream and the overlay whiteouts.
+    if let (Some(ts), Some(diff_dir)) = (&entry.tar_split_data, &diff_dir) {
+        let stream = Stream {
+            fs,
+            diff_dir,
+            ts,
+            tar_split: &entry.tar_split,
+            who,
+        };
+        check_stream(&stream, layer, failures, bytes_hashed, progress);
+    }
+    info
+}
+
+/// A layer's entry in the layer database, as far as the rest of the checks
+/// need it.
+struct LayerDbEntry {
+    cache_id: String,
+    /// The path of its tar-split metadata, and the metadata when readable.
+    tar_split: Vec<u8>,
+    tar_split_data: Option<Vec<u8>>,
+}
+
+/// Checks `layerdb/<chain>/` of `layer`: diff, size, parent, cache-id and
+/// tar-split. None when the rest cannot be checked (no entry, no valid
+/// cache-id).
+fn check_layerdb(
+    fs: &dyn FsRead,
+    root: &[u8],
+    layer: &Layer,
+    who: &Subject,
+    failures: &mut Vec<Failure>,
+) -> Option<LayerDbEntry> {
     let chain_hex = layer.chain.trim_start_matches("sha256:");
     let ldb = join(root, &format!("{LAYERDB}/{chain_hex}"));
     match fs.stat(&ldb) {
@@ -376,11 +422,11 @@ fn check_layer(
                     layer.diff_id, layer.chain
                 ),
             ));
-            return info;
+            return None;
         }
         Err(e) => {
             failures.push(who.fail(Some(&ldb), format!("reading the layer database: {e:#}")));
-            return info;
+            return None;
         }
     }
     let file = |name: &str| join_bytes(&ldb, name.as_bytes());
@@ -453,9 +499,7 @@ fn check_layer(
             None
         }
     };
-    let Some(cache_id) = cache_id else {
-        return info;
-    };
+    let cache_id = cache_id?;
     if cache_id.is_empty()
         || cache_id.contains('/')
         || cache_id == "."
@@ -466,16 +510,33 @@ fn check_layer(
             Some(&file("cache-id")),
             format!("holds {cache_id:?}, not a cache ID"),
         ));
-        return info;
+        return None;
     }
+    Some(LayerDbEntry {
+        cache_id,
+        tar_split,
+        tar_split_data: ts,
+    })
+}
 
-    // 3. overlay2/<cache-id>/ with diff/, link, lower and l/<link>.
+/// Checks `overlay2/<cache_id>/` of `layer`: the directory, `diff/`,
+/// `link` and its `l/` symlink (whose name goes to `link_name`), `lower`.
+/// Its `diff/` when there is one to check the tar stream against.
+fn check_overlay_dir(
+    fs: &dyn FsRead,
+    root: &[u8],
+    layer: &Layer,
+    cache_id: &str,
+    who: &Subject,
+    failures: &mut Vec<Failure>,
+    link_name: &mut Option<String>,
+) -> Option<Vec<u8>> {
     let dir = join(root, &format!("{LAYERS}/{cache_id}"));
     match fs.stat(&dir) {
         Ok(Some(st)) if st.kind == Kind::Dir => {}
         _ => {
             failures.push(who.fail(Some(&dir), "the layer's overlay2 directory is missing"));
-            return info;
+            return None;
         }
     }
     let diff_dir = join_bytes(&dir, b"diff");
@@ -509,7 +570,7 @@ fn check_layer(
                 )),
                 Err(e) => failures.push(who.fail(Some(&l), format!("reading the symlink: {e:#}"))),
             }
-            info.link = Some(link);
+            *link_name = Some(link);
         }
     }
     let lower_path = join_bytes(&dir, b"lower");
@@ -535,58 +596,81 @@ fn check_layer(
             }
         }
     }
+    diff_ok.then_some(diff_dir)
+}
 
-    // 4. and 5. The tar stream and the overlay whiteouts.
-    if let (Some(ts), true) = (ts, diff_ok) {
-        let mut pass = Pass {
-            fs,
-            diff_dir: &diff_dir,
-            who,
-            diagnose: false,
-            failures: vec![],
-            crc_mismatches: vec![],
-            broken: false,
-            bytes: 0,
-        };
-        let hashed = pass.run(&ts, &tar_split, progress);
-        *bytes_hashed += pass.bytes;
-        failures.append(&mut pass.failures);
-        if let Some(got) = hashed {
-            let got = format!("sha256:{got}");
-            if got != layer.diff_id {
-                // Find the files that differ (tar-split keeps a crc64 of each).
-                let mut diag = Pass {
-                    fs,
-                    diff_dir: &diff_dir,
-                    who,
-                    diagnose: true,
-                    failures: vec![],
-                    crc_mismatches: vec![],
-                    broken: false,
-                    bytes: 0,
-                };
-                diag.run(&ts, &tar_split, &mut |_| {});
-                let why = format!(
-                    "the layer's tar stream rebuilt from diff/ hashes to {got}, not to its diff ID"
-                );
-                if diag.crc_mismatches.is_empty() {
-                    failures.push(who.fail(
-                        Some(&tar_split),
-                        format!("{why}, yet every file matches the tar-split checksums: the tar-split metadata was changed"),
-                    ));
-                }
-                for p in diag.crc_mismatches {
-                    failures.push(who.fail(
-                        Some(&p),
-                        format!(
-                            "the file's content differs from the layer's (tar-split crc64); {why}"
-                        ),
-                    ));
-                }
+/// What a layer's tar stream is checked from.
+struct Stream<'a> {
+    fs: &'a dyn FsRead,
+    diff_dir: &'a [u8],
+    /// The tar-split metadata, and its path.
+    ts: &'a [u8],
+    tar_split: &'a [u8],
+    who: &'a Subject,
+}
+
+/// Rebuilds the layer's tar stream from its tar-split metadata and
+/// `diff/`, checks it against the diff ID (naming the files that differ
+/// when it does not match) and the overlay whiteouts.
+fn check_stream(
+    stream: &Stream<'_>,
+    layer: &Layer,
+    failures: &mut Vec<Failure>,
+    bytes_hashed: &mut u64,
+    progress: &mut dyn FnMut(u64),
+) {
+    let Stream {
+        fs,
+        diff_dir,
+        ts,
+        tar_split,
+        who,
+    } = *stream;
+    let mut pass = Pass {
+        fs,
+        diff_dir,
+        who,
+        diagnose: false,
+        failures: vec![],
+        crc_mismatches: vec![],
+        broken: false,
+        bytes: 0,
+    };
+    let hashed = pass.run(ts, tar_split, progress);
+    *bytes_hashed += pass.bytes;
+    failures.append(&mut pass.failures);
+    if let Some(got) = hashed {
+        let got = format!("sha256:{got}");
+        if got != layer.diff_id {
+            // Find the files that differ (tar-split keeps a crc64 of each).
+            let mut diag = Pass {
+                fs,
+                diff_dir,
+                who,
+                diagnose: true,
+                failures: vec![],
+                crc_mismatches: vec![],
+                broken: false,
+                bytes: 0,
+            };
+            diag.run(ts, tar_split, &mut |_| {});
+            let why = format!(
+                "the layer's tar stream rebuilt from diff/ hashes to {got}, not to its diff ID"
+            );
+            if diag.crc_mismatches.is_empty() {
+                failures.push(who.fail(
+                    Some(tar_split),
+                    format!("{why}, yet every file matches the tar-split checksums: the tar-split metadata was changed"),
+                ));
+            }
+            for p in diag.crc_mismatches {
+                failures.push(who.fail(
+                    Some(&p),
+                    format!("the file's content differs from the layer's (tar-split crc64); {why}"),
+                ));
             }
         }
     }
-    info
 }
 
 /// One tar-split entry (vbatts/tar-split `tar/storage/entry.go`).
