@@ -11,8 +11,9 @@ set -euo pipefail
 # e2fsprogs: e2fsck and resize2fs that the tool runs, debugfs that the tests
 # read results back with; gdisk: sgdisk for fixtures; attr: getfattr/setfattr
 # for the benchmark; time: peak RSS in benchmarks; qemu-utils: qcow2 and
-# vmdk inputs and their tests; bzip2, zstd: compressed inputs in the tests.
-packages=(libext2fs-dev pkg-config gcc libc6-dev e2fsprogs gdisk attr time gzip qemu-utils bzip2 zstd)
+# vmdk inputs and their tests; bzip2, zstd: compressed inputs in the tests;
+# python3: ci/modules.py, the module graph check.
+packages=(libext2fs-dev pkg-config gcc libc6-dev e2fsprogs gdisk attr time gzip qemu-utils bzip2 zstd python3)
 
 if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
     echo "setup: not Debian/Ubuntu: install libext2fs with its headers and static archives, pkg-config," \

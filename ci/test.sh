@@ -25,6 +25,8 @@ else
     PATH=$PATH:/usr/sbin:/sbin
 fi
 cargo fmt --check
+# No import cycles, no module using its parent's internals.
+python3 ci/modules.py
 cargo clippy --all-targets --quiet -- -D warnings
 cargo clippy --all-targets --features test-hooks --quiet -- -D warnings
 # The tar fuzzer (tests/fuzz_tar.rs) runs for a minute here; 10 s otherwise.

@@ -93,7 +93,7 @@ fn new_output(src: &Path, dst: &Path) -> Result<(Output, File)> {
             );
         }
     }
-    let (file, tmp) = super::hidden_temp(dst, "partial")?.into_parts();
+    let (file, tmp) = hidden_temp(dst, "partial")?.into_parts();
     let out = Output {
         tmp,
         path: dst.to_path_buf(),
@@ -252,4 +252,25 @@ pub fn convert_to_raw(
     ])?;
     out.convert = back_to;
     Ok(out)
+}
+
+/// A hidden temporary file next to `dst` (`.NAME.WHAT-XXXXXX`), removed
+/// when dropped unless persisted; created with the usual 0666 & umask mode.
+pub(super) fn hidden_temp(dst: &Path, what: &str) -> Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = dst
+        .file_name()
+        .with_context(|| format!("the output path {} has no file name", dst.display()))?;
+    let dir = match dst.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(format!(".{what}-"));
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .permissions(fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))
 }

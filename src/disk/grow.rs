@@ -70,7 +70,7 @@ pub fn grow_disk(image: &Path, new_len: u64) -> Result<RootPartition> {
 /// `?offset=`, which would cut the end of the disk image off; so it works
 /// on a sparse copy of the partition that is copied back.
 fn resize_root(image: &Path, root: RootPartition, old_size: u64, block_size: u64) -> Result<()> {
-    let (part, tmp) = super::hidden_temp(image, "root")?.into_parts();
+    let (part, tmp) = super::copy::hidden_temp(image, "root")?.into_parts();
     let img = OpenOptions::new()
         .read(true)
         .write(true)

@@ -115,27 +115,6 @@ pub fn locate_root(image: &Path) -> Result<RootPartition> {
     Ok(RootPartition { offset, size })
 }
 
-/// A hidden temporary file next to `dst` (`.NAME.WHAT-XXXXXX`), removed
-/// when dropped unless persisted; created with the usual 0666 & umask mode.
-pub(crate) fn hidden_temp(dst: &Path, what: &str) -> Result<tempfile::NamedTempFile> {
-    use std::os::unix::fs::PermissionsExt;
-    let name = dst
-        .file_name()
-        .with_context(|| format!("the output path {} has no file name", dst.display()))?;
-    let dir = match dst.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut prefix = std::ffi::OsString::from(".");
-    prefix.push(name);
-    prefix.push(format!(".{what}-"));
-    tempfile::Builder::new()
-        .prefix(&prefix)
-        .permissions(fs::Permissions::from_mode(0o666))
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))
-}
-
 /// An output file being made: a hidden temporary next to the final path,
 /// renamed into place by [`Output::publish`] and removed if dropped before.
 pub struct Output {
@@ -157,7 +136,7 @@ impl Output {
         let Output { tmp, path, convert } = self;
         let done = match convert.and_then(Format::qemu_name) {
             Some(format) => {
-                let converted = hidden_temp(&path, "partial")?.into_temp_path();
+                let converted = copy::hidden_temp(&path, "partial")?.into_temp_path();
                 copy::qemu_img(&[
                     "convert".as_ref(),
                     "-f".as_ref(),
