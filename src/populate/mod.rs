@@ -47,7 +47,12 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         access,
         platform,
         prepared,
-    } = check_local_inputs(cfg)?;
+    } = {
+        // Archives are read whole (every blob hashed): not on the runtime's
+        // thread.
+        let cfg = cfg.clone();
+        context::blocking(move || check_local_inputs(&cfg)).await?
+    };
     let engine = Engine::connect().await?;
     let prepared = check_engine(&engine, cfg, &platform, prepared, &cancel).await?;
     let run_id = format!(
