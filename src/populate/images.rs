@@ -168,10 +168,14 @@ pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
             Source::Daemon(_) => ImageSource::Daemon,
         };
         for g in got {
+            let platform = g
+                .platform
+                .parse()
+                .with_context(|| format!("the platform the daemon gives image {}", g.id))?;
             images.push(PulledImage {
                 reference: listed.source.to_string(),
                 id: g.id,
-                platform: g.platform,
+                platform,
                 names: g.names,
                 source,
                 downloaded_layers: downloaded.clone(),

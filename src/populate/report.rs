@@ -268,7 +268,8 @@ pub struct PulledImage {
     pub reference: String,
     pub id: String,
     /// The platform of the image (os/arch[/variant]).
-    pub platform: String,
+    #[serde(serialize_with = "crate::platform::as_string")]
+    pub platform: Platform,
     /// Its names in the store (tags and digests).
     pub names: Vec<String>,
     /// Where it came from.
