@@ -354,3 +354,321 @@ impl FsRead for Fs {
         self.view().xattrs(path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::super::testutil::{mkfs, pattern, sha, tool};
+    use super::super::{EntryKind, Keep};
+    use super::*;
+    use crate::fsread::Kind;
+    use crate::tar::{Attrs, Writer};
+
+    /// A fresh 32 MiB ROOT, or None when e2fsprogs is missing.
+    fn fresh(dir: &Path) -> Option<Root> {
+        let mke2fs = tool("mke2fs")?;
+        let img = dir.join("root.img");
+        mkfs(&mke2fs, &img, 32, &[], None);
+        Some(Root::new(img, 0))
+    }
+
+    /// e2fsck -fn finds nothing to fix.
+    fn assert_clean(root: &Root) {
+        let Some(e2fsck) = tool("e2fsck") else {
+            return;
+        };
+        let out = Command::new(e2fsck)
+            .arg("-fn")
+            .arg(&root.image)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "e2fsck -fn: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn attrs(mode: u32) -> Attrs {
+        Attrs {
+            mtime: 1_700_000_000,
+            ..Attrs::root_owned(mode)
+        }
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn reads_through_a_writing_handle_see_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(root) = fresh(dir.path()) else {
+            return;
+        };
+        let mut fs = root.open_write(None).unwrap();
+        let before = fs.inspect("ROOT").unwrap();
+        assert!(!fs.exists("/var/lib/docker").unwrap());
+        assert_eq!(fs.read_if_exists("/var/lib/docker/x").unwrap(), None);
+        assert!(fs.list_dir("/var").is_err());
+
+        let names = "/var/lib/docker/image/overlay2/repositories.json";
+        fs.write_file(names, b"{}", &FileAttrs::root_owned(0o600))
+            .unwrap();
+        assert!(fs.exists(names).unwrap());
+        assert_eq!(fs.read_if_exists(names).unwrap().unwrap(), b"{}");
+        let st = fs.stat(names.as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            (st.kind, st.mode, st.uid, st.size),
+            (Kind::File, 0o600, 0, 2)
+        );
+        assert_eq!(
+            fs.stat(b"/var/lib/docker/image").unwrap().unwrap().mode,
+            0o755
+        );
+        // Listed (and cached) before the next write...
+        assert_eq!(
+            fs.list_dir("/var/lib/docker/image/overlay2").unwrap(),
+            ["repositories.json"]
+        );
+
+        // ...and listed again after it: a new name, a replaced file.
+        let big = pattern(3 << 20, 5);
+        let mut w = Writer::new(Vec::new());
+        w.file_bytes(b"image/overlay2/layerdb", &attrs(0o644), b"db")
+            .unwrap();
+        w.file(
+            b"image/overlay2/big",
+            &attrs(0o644),
+            big.len() as u64,
+            &big[..],
+        )
+        .unwrap();
+        let tar = w.finish().unwrap();
+        let stats = fs.write_tar(b"/var/lib/docker", &tar[..], None).unwrap();
+        assert_eq!((stats.entries, stats.files), (2, 2));
+        assert_eq!(
+            sorted(fs.list_dir("/var/lib/docker/image/overlay2").unwrap()),
+            ["big", "layerdb", "repositories.json"]
+        );
+        assert!(fs.read_all(b"/var/lib/docker/image/overlay2/big").unwrap() == big);
+
+        let xattrs = vec![(b"user.k".to_vec(), vec![0, 10, 255])];
+        let replaced = FileAttrs {
+            uid: 7,
+            gid: 8,
+            xattrs: xattrs.clone(),
+            ..FileAttrs::root_owned(0o644)
+        };
+        fs.write_file(names, b"{\"Repositories\":{}}", &replaced)
+            .unwrap();
+        assert_eq!(
+            fs.read_if_exists(names).unwrap().unwrap(),
+            b"{\"Repositories\":{}}"
+        );
+        let st = fs.stat(names.as_bytes()).unwrap().unwrap();
+        assert_eq!((st.mode, st.uid, st.gid, st.nlink), (0o644, 7, 8, 1));
+        assert_eq!(
+            fs.xattrs(names.as_bytes()).unwrap(),
+            vec![("user.k".to_string(), vec![0, 10, 255])]
+        );
+
+        // The superblock in memory counts what was written.
+        let after = fs.inspect("ROOT").unwrap();
+        assert!(
+            after.free_blocks + (3 << 20) / 4096 <= before.free_blocks,
+            "{before:?} -> {after:?}"
+        );
+        assert!(after.free_inodes < before.free_inodes);
+        fs.close().unwrap();
+        assert_clean(&root);
+
+        let fs = root.open_read().unwrap();
+        assert_eq!(
+            sorted(fs.list_dir("/var/lib/docker/image/overlay2").unwrap()),
+            ["big", "layerdb", "repositories.json"]
+        );
+        assert_eq!(
+            fs.xattrs(names.as_bytes()).unwrap(),
+            vec![("user.k".to_string(), vec![0, 10, 255])]
+        );
+        assert_eq!(fs.summary().free_blocks, after.free_blocks);
+    }
+
+    #[test]
+    fn transform_relabels_remaps_and_skips() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(root) = fresh(dir.path()) else {
+            return;
+        };
+        let label = |l: &str| Attrs {
+            xattrs: vec![(b"security.selinux".to_vec(), l.as_bytes().to_vec())],
+            ..attrs(0o644)
+        };
+        let mut w = Writer::new(Vec::new());
+        w.dir(b"old", &label("dir_t")).unwrap();
+        w.file_bytes(b"old/keep", &label("file_t"), b"kept")
+            .unwrap();
+        w.file_bytes(b"old/drop", &label("file_t"), b"dropped")
+            .unwrap();
+        w.file_bytes(b"old/plain", &attrs(0o600), b"plain").unwrap();
+        w.hard_link(b"old/again", &attrs(0o644), b"old/keep")
+            .unwrap();
+        w.symlink(b"old/link", &attrs(0o777), b"keep").unwrap();
+        let tar = w.finish().unwrap();
+
+        let mut seen = vec![];
+        let mut transform = |e: &mut EntryMeta| -> Result<Keep> {
+            seen.push((e.path.clone(), e.kind().clone()));
+            if e.path == b"old/drop" {
+                return Ok(Keep::Skip);
+            }
+            for (name, value) in &mut e.xattrs {
+                if name == b"security.selinux" {
+                    *value = b"system_u:object_r:container_file_t:s0".to_vec();
+                }
+            }
+            e.path = [&b"new"[..], &e.path[3..]].concat();
+            if let (EntryKind::HardLink { .. }, Some(t)) = (e.kind().clone(), e.link_target_mut()) {
+                *t = [&b"new"[..], &t[3..]].concat();
+            }
+            Ok(Keep::Write)
+        };
+        let mut fs = root.open_write(None).unwrap();
+        let stats = fs
+            .write_tar(b"/srv", &tar[..], Some(&mut transform))
+            .unwrap();
+        assert_eq!(seen.len(), 6);
+        assert_eq!(seen[1], (b"old/keep".to_vec(), EntryKind::File { size: 4 }));
+        assert_eq!(
+            seen[5],
+            (
+                b"old/link".to_vec(),
+                EntryKind::Symlink {
+                    target: b"keep".to_vec()
+                }
+            )
+        );
+        assert_eq!((stats.entries, stats.files, stats.hardlinks), (5, 2, 1));
+
+        let label_of = |fs: &Fs, p: &str| fs.xattrs(p.as_bytes()).unwrap();
+        let relabelled = vec![(
+            "security.selinux".to_string(),
+            b"system_u:object_r:container_file_t:s0".to_vec(),
+        )];
+        assert!(!fs.exists("/srv/old").unwrap());
+        assert_eq!(
+            sorted(fs.list_dir("/srv/new").unwrap()),
+            ["again", "keep", "link", "plain"]
+        );
+        assert_eq!(label_of(&fs, "/srv/new"), relabelled);
+        assert_eq!(label_of(&fs, "/srv/new/keep"), relabelled);
+        assert_eq!(label_of(&fs, "/srv/new/plain"), vec![]);
+        let (keep, again) = (
+            fs.stat(b"/srv/new/keep").unwrap().unwrap(),
+            fs.stat(b"/srv/new/again").unwrap().unwrap(),
+        );
+        assert_eq!((keep.ino, keep.nlink), (again.ino, 2));
+        assert_eq!(fs.read_link(b"/srv/new/link").unwrap(), b"keep");
+        assert_eq!(fs.read_if_exists("/srv/new/drop").unwrap(), None);
+
+        // A transform's error names the entry and stops the writing.
+        let mut failing = |e: &mut EntryMeta| -> Result<Keep> {
+            if e.path.ends_with(b"plain") {
+                bail!("no label for it");
+            }
+            Ok(Keep::Write)
+        };
+        let e = fs
+            .write_tar(b"/other", &tar[..], Some(&mut failing))
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("old/plain") && e.contains("no label for it"),
+            "{e}"
+        );
+        assert!(fs.exists("/other/old/drop").unwrap());
+        assert!(!fs.exists("/other/old/plain").unwrap());
+        // ...and an xattr a transform adds is checked like the archive's.
+        let mut bad = |e: &mut EntryMeta| -> Result<Keep> {
+            e.xattrs.push((b"bogus.name".to_vec(), vec![]));
+            Ok(Keep::Write)
+        };
+        let e = fs.write_tar(b"/bad", &tar[..], Some(&mut bad)).unwrap_err();
+        assert!(format!("{e:#}").contains("bogus.name"), "{e:#}");
+        fs.close().unwrap();
+        assert_clean(&root);
+    }
+
+    #[test]
+    fn a_read_handle_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(root) = fresh(dir.path()) else {
+            return;
+        };
+        let before = sha(&root.image);
+        let mut fs = root.open_read().unwrap();
+        let e = fs
+            .write_file("/a", b"x", &FileAttrs::root_owned(0o644))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("read-only"), "{e:#}");
+        let e = fs.write_tar(b"/", &[0u8; 1024][..], None).unwrap_err();
+        assert!(format!("{e:#}").contains("read-only"), "{e:#}");
+        assert_eq!(fs.mode(), Mode::Read);
+        assert_eq!(fs.inspect("ROOT").unwrap().label, "ROOT");
+        assert!(format!("{:#}", fs.inspect("OEM").unwrap_err()).contains("not Flatcar's ROOT"));
+        fs.close().unwrap();
+        assert!(sha(&root.image) == before, "reading changed the image file");
+    }
+
+    #[test]
+    fn dropping_a_writing_handle_flushes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(root) = fresh(dir.path()) else {
+            return;
+        };
+        {
+            let mut fs = root.open_write(None).unwrap();
+            fs.write_file("/etc/x", b"kept", &FileAttrs::root_owned(0o644))
+                .unwrap();
+            let e = fs
+                .write_file("etc/y", b"", &FileAttrs::root_owned(0o644))
+                .unwrap_err();
+            assert!(format!("{e:#}").contains("not an absolute path"), "{e:#}");
+            let bad = FileAttrs {
+                xattrs: vec![(b"nonamespace".to_vec(), vec![])],
+                ..FileAttrs::root_owned(0o644)
+            };
+            assert!(fs.write_file("/etc/z", b"", &bad).is_err());
+        }
+        assert_clean(&root);
+        let fs = root.open_read().unwrap();
+        assert_eq!(fs.read_if_exists("/etc/x").unwrap().unwrap(), b"kept");
+        assert!(!fs.exists("/etc/z").unwrap());
+    }
+
+    #[test]
+    fn cancelling_stops_writing_at_an_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(root) = fresh(dir.path()) else {
+            return;
+        };
+        let cancel = CancellationToken::new();
+        let mut fs = root.open_write(Some(&cancel)).unwrap();
+        fs.write_file("/a", b"1", &FileAttrs::root_owned(0o644))
+            .unwrap();
+        cancel.cancel();
+        let e = fs
+            .write_file("/b", b"2", &FileAttrs::root_owned(0o644))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("interrupted"), "{e:#}");
+        fs.close().unwrap();
+        assert_clean(&root);
+        let fs = root.open_read().unwrap();
+        assert!(fs.exists("/a").unwrap() && !fs.exists("/b").unwrap());
+    }
+}
