@@ -1,8 +1,9 @@
-//! What of Docker's `/var/lib/docker` goes into the image, and the tar
-//! writer that exports a tree with everything overlayfs relies on: owners,
-//! modes, hard links, 0:0 whiteout devices and every xattr (as PAX
-//! `SCHILY.xattr.*` records), including `trusted.overlay.opaque`, which plain
-//! tar, busybox tar and Docker's archive API all drop.
+//! What of Docker's `/var/lib/docker` goes into the image, and the walk
+//! that exports a tree (through [`crate::tar::Writer`]) with everything
+//! overlayfs relies on: owners, modes, hard links, 0:0 whiteout devices and
+//! every xattr (as PAX `SCHILY.xattr.*` records), including
+//! `trusted.overlay.opaque`, which plain tar, busybox tar and Docker's
+//! archive API all drop.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
