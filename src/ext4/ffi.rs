@@ -1,5 +1,5 @@
 //! The only place that touches libext2fs (through `shim.c`). Everything
-//! outside this file sees the safe [`Fs`] handle and plain Rust types.
+//! outside this file sees the safe [`Filsys`] handle and plain Rust types.
 
 use std::ffi::{c_char, c_int, c_long, c_void, CStr, CString};
 use std::fmt;
@@ -264,11 +264,19 @@ impl Stat {
     }
 }
 
-/// An open ext2/3/4 filesystem inside a file at a byte offset.
-pub struct Fs {
+/// An open ext2/3/4 filesystem inside a file at a byte offset (libext2fs'
+/// `ext2_filsys`).
+pub struct Filsys {
     raw: *mut RawFs,
     block_size: u64,
 }
+
+// SAFETY: an ext2_filsys is heap state reached only through this pointer,
+// with no thread affinity (no thread-local state, no lock held between
+// calls). Filsys is not Sync and every call goes through &self or &mut
+// self, so one thread at a time uses it; moving it to another thread (a
+// blocking task writing ROOT) is sound.
+unsafe impl Send for Filsys {}
 
 fn cstring(bytes: &[u8]) -> Result<CString, Errcode> {
     // EXT2_ET_INVALID_ARGUMENT is not exported as a number; a name with a
@@ -286,15 +294,15 @@ fn name_arg(name: &[u8]) -> Result<(*const c_char, c_int), Errcode> {
     Ok((name.as_ptr().cast(), len))
 }
 
-impl Fs {
+impl Filsys {
     /// Opens the filesystem that starts `offset` bytes into `path`.
-    pub fn open(path: &Path, offset: u64, writable: bool) -> Result<Fs, Errcode> {
+    pub fn open(path: &Path, offset: u64, writable: bool) -> Result<Filsys, Errcode> {
         let cpath = cstring(path.as_os_str().as_bytes())?;
         let mut raw = std::ptr::null_mut();
         // SAFETY: cpath is a valid C string for the call; raw is written
-        // only on success and is then owned by the returned Fs.
+        // only on success and is then owned by the returned Filsys.
         check(unsafe { fp_open(cpath.as_ptr(), offset, writable as c_int, &mut raw) })?;
-        let mut fs = Fs { raw, block_size: 0 };
+        let mut fs = Filsys { raw, block_size: 0 };
         fs.block_size = fs.info().block_size as u64;
         Ok(fs)
     }
@@ -534,7 +542,7 @@ pub const FT_DIR: u8 = 2;
 pub const FT_SYMLINK: u8 = 7;
 
 /// Reading: none of these writes anything, so they take `&self`.
-impl Fs {
+impl Filsys {
     pub fn read_inode(&self, ino: u32) -> Result<Inode, Errcode> {
         let mut raw = RawInode::default();
         // SAFETY: self.raw is a live filesystem; raw matches struct
@@ -685,7 +693,7 @@ impl Fs {
     }
 }
 
-impl Drop for Fs {
+impl Drop for Filsys {
     fn drop(&mut self) {
         if !self.raw.is_null() {
             // SAFETY: raw is live and not used after this. Nothing is

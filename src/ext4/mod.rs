@@ -1,22 +1,27 @@
-//! The ext4 side: checking that a filesystem is one we may write, and
-//! writing a tar stream into it through libext2fs (no root, no mount).
+//! The ext4 side, through libext2fs (no root, no mount): a filesystem in
+//! an image opened once per phase ([`Fs`]), checked, read, and written from
+//! tar streams and single files.
 
 mod estimate;
 #[allow(unsafe_code)]
 mod ffi;
+mod handle;
 pub(crate) mod read;
+#[cfg(test)]
+mod testutil;
 mod untar;
 mod writer;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
 pub use estimate::{Estimator, Item, Need};
+pub use handle::{FileAttrs, Fs, Mode};
 pub use untar::{estimate_tar, estimate_tar_file};
-pub use writer::Stats;
+pub use writer::{EntryKind, EntryMeta, Keep, Stats, Transform};
 
 /// Where a filesystem lies: an image file and the byte offset of the
 /// filesystem's first byte in it.
@@ -35,8 +40,20 @@ impl Root {
     }
 
     /// The name e2fsprogs' tools take for it (`image?offset=N`).
-    fn device(&self) -> String {
+    pub fn device(&self) -> String {
         format!("{}?offset={}", self.image.display(), self.offset)
+    }
+
+    /// Opens the filesystem read-only (the image file too), for a phase
+    /// that only reads it.
+    pub fn open_read(&self) -> Result<Fs> {
+        Fs::open(self, Mode::Read, None)
+    }
+
+    /// Opens the filesystem for reading and writing; writes stop at the
+    /// next entry or chunk once `cancel` is cancelled.
+    pub fn open_write(&self, cancel: Option<&CancellationToken>) -> Result<Fs> {
+        Fs::open(self, Mode::Write, cancel)
     }
 }
 
@@ -73,174 +90,52 @@ impl FsSummary {
     }
 }
 
-const INCOMPAT_EXTENTS: u32 = 0x40;
-/// Features whose on-disk rules this writer does not follow.
-const INCOMPAT_REFUSED: &[(u32, &str)] = &[
-    (0x8000, "inline_data"),
-    (0x1_0000, "encrypt"),
-    (0x2_0000, "casefold"),
-];
-const RO_COMPAT_REFUSED: &[(u32, &str)] =
-    &[(0x100, "quota"), (0x200, "bigalloc"), (0x2000, "project")];
-const STATE_VALID: u32 = 1;
-const STATE_ERROR: u32 = 2;
-
-fn format_uuid(u: &[u8; 16]) -> String {
-    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h[0..4].concat(),
-        h[4..6].concat(),
-        h[6..8].concat(),
-        h[8..10].concat(),
-        h[10..16].concat()
-    )
-}
-
-/// Opens the filesystem `root` read-only and checks that it is an ext4
-/// labelled `label` that can be written safely.
+/// Checks that `root` is an ext4 labelled `label` that can be written
+/// safely (see [`Fs::inspect`]).
+///
+/// Opens a handle for this one call; callers holding a handle use its method.
 pub fn inspect(root: &Root, label: &str) -> Result<FsSummary> {
-    let (image, offset) = (&root.image, root.offset);
-    let fs = ffi::Fs::open(image, offset, false).with_context(|| {
-        format!(
-            "no usable ext4 filesystem at byte offset {offset} of {}",
-            image.display()
-        )
-    })?;
-    let info = fs.info();
-    drop(fs);
-    if info.feature_incompat & INCOMPAT_EXTENTS == 0 {
-        bail!("the filesystem at byte offset {offset} is ext2/ext3, not ext4 (no extents feature)");
-    }
-    if info.label != label {
-        bail!(
-            "the filesystem at byte offset {offset} is labelled {:?}, not {label:?}: this is not Flatcar's ROOT",
-            info.label
-        );
-    }
-    if info.needs_recovery {
-        bail!(
-            "the {label} filesystem's journal needs recovery: the image was probably booted or not cleanly unmounted. \
-             Writing would bypass the journal; run `e2fsck -f '{}'` first, or start from a fresh image",
-            root.device()
-        );
-    }
-    if info.state & STATE_ERROR != 0 || info.state & STATE_VALID == 0 || info.orphans_present {
-        bail!(
-            "the {label} filesystem is not clean (errors, orphans or not unmounted cleanly); run `e2fsck -f '{}'` first",
-            root.device()
-        );
-    }
-    for (bit, name) in INCOMPAT_REFUSED {
-        if info.feature_incompat & bit != 0 {
-            bail!("the {label} filesystem uses the ext4 feature {name}, which flatcar-preload cannot write");
-        }
-    }
-    for (bit, name) in RO_COMPAT_REFUSED {
-        if info.feature_ro_compat & bit != 0 {
-            bail!("the {label} filesystem uses the ext4 feature {name}, which flatcar-preload cannot write");
-        }
-    }
-    Ok(FsSummary {
-        label: info.label,
-        uuid: format_uuid(&info.uuid),
-        block_size: info.block_size as u64,
-        blocks: info.blocks_count,
-        free_blocks: info.free_blocks,
-        inodes: info.inodes_count as u64,
-        free_inodes: info.free_inodes as u64,
-        inode_size: info.inode_size as u64,
-    })
+    root.open_read()?.inspect(label)
 }
 
-/// Writes the tar stream `input` under `target` (an absolute directory) of
-/// the filesystem `root`, stopping at the next entry or chunk once `cancel`
-/// is cancelled. On failure the filesystem is left consistent, with the
-/// entries before the failing one written.
+/// Writes the tar stream `input` under `target` and closes (see
+/// [`Fs::write_tar`]).
+///
+/// Opens a handle for this one call; callers holding a handle use its method.
 pub fn write_tar(
     root: &Root,
     target: &[u8],
     input: impl Read,
     cancel: Option<&CancellationToken>,
 ) -> Result<Stats> {
-    let fs = ffi::Fs::open(&root.image, root.offset, true)
-        .with_context(|| format!("opening {root} for writing"))?;
-    let mut w = writer::TreeWriter::new(fs, cancel);
-    let written = w
-        .set_target(target)
-        .and_then(|()| untar::write_tar(input, &mut w));
-    let closed = w.finish();
+    let mut fs = root.open_write(cancel)?;
+    let written = fs.write_tar(target, input, None);
+    let closed = fs.close();
     let stats = written?;
     closed?;
     Ok(stats)
 }
 
-/// A read-only view of the filesystem at `offset` in `image` (ext4-view),
-/// for reading back what was written.
-pub fn view(image: &Path, offset: u64) -> Result<ext4_view::Ext4> {
-    struct At(std::fs::File, u64);
-    impl ext4_view::Ext4Read for At {
-        fn read(
-            &mut self,
-            start: u64,
-            dst: &mut [u8],
-        ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-            use std::os::unix::fs::FileExt;
-            self.0
-                .read_exact_at(dst, self.1 + start)
-                .map_err(Box::new)?;
-            Ok(())
-        }
-    }
-    let f = std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
-    ext4_view::Ext4::load(Box::new(At(f, offset))).with_context(|| {
-        format!(
-            "reading the filesystem at byte offset {offset} of {}",
-            image.display()
-        )
-    })
-}
-
-/// Whether `path` (absolute) exists in the filesystem.
+/// Whether `path` (absolute) exists (see [`Fs::exists`]).
+///
+/// Opens a handle for this one call; callers holding a handle use its method.
 pub fn exists(root: &Root, path: &str) -> Result<bool> {
-    view(&root.image, root.offset)?
-        .exists(path)
-        .with_context(|| format!("looking up {path} in {root}"))
+    root.open_read()?.exists(path)
 }
 
-/// The content of the regular file `path`, if there is one.
+/// The content of the regular file `path`, if there is one (see
+/// [`Fs::read_if_exists`]).
+///
+/// Opens a handle for this one call; callers holding a handle use its method.
 pub fn read_file(root: &Root, path: &str) -> Result<Option<Vec<u8>>> {
-    let fs = view(&root.image, root.offset)?;
-    if !fs
-        .exists(path)
-        .with_context(|| format!("looking up {path}"))?
-    {
-        return Ok(None);
-    }
-    Ok(Some(
-        fs.read(path)
-            .with_context(|| format!("reading {path} from {root}"))?,
-    ))
+    root.open_read()?.read_if_exists(path)
 }
 
-/// The names in directory `path` ("." and ".." left out).
+/// The names in directory `path` (see [`Fs::list_dir`]).
+///
+/// Opens a handle for this one call; callers holding a handle use its method.
 pub fn list_dir(root: &Root, path: &str) -> Result<Vec<String>> {
-    let fs = view(&root.image, root.offset)?;
-    let mut names = vec![];
-    for e in fs
-        .read_dir(path)
-        .with_context(|| format!("listing {path}"))?
-    {
-        let name = e
-            .with_context(|| format!("listing {path}"))?
-            .file_name()
-            .display()
-            .to_string();
-        if name != "." && name != ".." {
-            names.push(name);
-        }
-    }
-    Ok(names)
+    root.open_read()?.list_dir(path)
 }
 
 /// Grows the filesystem `root` to `blocks` blocks with e2fsprogs

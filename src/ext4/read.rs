@@ -1,15 +1,17 @@
-//! ROOT read through libext2fs without writing anything: the `FsRead` of
-//! `inspect` and `verify`. Unlike ext4-view it sees device numbers, link
-//! counts and every extended attribute, which `verify` compares with the
-//! layers' tar-split metadata.
+//! Reading ROOT through libext2fs, the tool's one way of reading it: the
+//! `FsRead` behind [`super::Fs`] (`inspect`, `verify`, what populate looks
+//! up). It sees device numbers, link counts and every extended attribute,
+//! which `verify` compares with the layers' tar-split metadata, and it
+//! reads through the same open filesystem that writes go to, so it sees
+//! them before they are flushed.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 
-use super::ffi::{self, Fs, FT_DIR, FT_SYMLINK, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
-use super::Root;
+use super::ffi::{self, Filsys, FT_DIR, FT_SYMLINK, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use super::{Fs, Root};
 use crate::fsread::{FsRead, Kind, Stat};
 
 /// Bytes handed to the sink per call (the last chunk of a file is shorter).
@@ -39,45 +41,60 @@ struct DirCache {
     entries: usize,
 }
 
-/// ROOT opened read-only through libext2fs (no root, no mount, nothing
-/// written: the image file is opened read-only). The filesystem stays open
-/// until the Reader is dropped.
-pub struct Reader {
-    fs: Fs,
-    root: Root,
-    block_size: u64,
-    cache: RefCell<DirCache>,
+/// The old way of reading ROOT, kept until its callers hold an [`Fs`].
+pub struct Reader;
+
+impl Reader {
+    /// Opens a handle for this one call; callers holding a handle use its method.
+    pub fn open(root: &Root) -> Result<Fs> {
+        root.open_read()
+    }
+}
+
+/// Checks, when opening, what every read relies on: a block size that
+/// divides the read chunk and a root directory.
+pub(super) fn check_readable(fs: &Filsys, root: &Root) -> Result<()> {
+    let block_size = fs.block_size();
+    if block_size == 0 || !CHUNK.is_multiple_of(block_size) {
+        bail!("{root} has an unusable block size of {block_size} bytes");
+    }
+    let top = fs
+        .read_inode(ROOT_INO)
+        .with_context(|| format!("reading the root directory of {root}"))?;
+    if top.mode & S_IFMT != S_IFDIR {
+        bail!("the root inode of {root} is not a directory: the filesystem is corrupt");
+    }
+    Ok(())
+}
+
+/// What reading keeps between calls on one open filesystem. Writing
+/// through the same filesystem must [`Cache::clear`] it.
+#[derive(Default)]
+pub(super) struct Cache {
+    dirs: RefCell<DirCache>,
     /// The read buffer, kept between files (try_borrow: a sink that reads
     /// another file gets a buffer of its own).
     buf: RefCell<Vec<u8>>,
 }
 
-impl Reader {
-    pub fn open(root: &Root) -> Result<Reader> {
-        let fs = Fs::open(&root.image, root.offset, false)
-            .with_context(|| format!("opening {root} read-only"))?;
-        let block_size = fs.block_size();
-        if block_size == 0 || !CHUNK.is_multiple_of(block_size) {
-            bail!("{root} has an unusable block size of {block_size} bytes");
-        }
-        let top = fs
-            .read_inode(ROOT_INO)
-            .with_context(|| format!("reading the root directory of {root}"))?;
-        if top.mode & S_IFMT != S_IFDIR {
-            bail!("the root inode of {root} is not a directory: the filesystem is corrupt");
-        }
-        Ok(Reader {
-            fs,
-            root: root.clone(),
-            block_size,
-            cache: RefCell::new(DirCache::default()),
-            buf: RefCell::new(vec![]),
-        })
+impl Cache {
+    /// Forgets every directory listed so far (the read buffer stays).
+    pub(super) fn clear(&mut self) {
+        *self.dirs.get_mut() = DirCache::default();
     }
+}
 
+/// An open filesystem being read: the handle's parts that reading needs.
+pub(super) struct View<'a> {
+    pub fs: &'a Filsys,
+    pub root: &'a Root,
+    pub cache: &'a Cache,
+}
+
+impl View<'_> {
     /// The entries of directory `dir` (whose path is `path`), cached.
     fn entries(&self, dir: u32, path: &[u8]) -> Result<Vec<(Vec<u8>, u32, u8)>> {
-        if let Some(map) = self.cache.borrow().dirs.get(&dir) {
+        if let Some(map) = self.cache.dirs.borrow().dirs.get(&dir) {
             return Ok(map.iter().map(|(n, &(i, t))| (n.clone(), i, t)).collect());
         }
         let list = self.load_dir(dir, path)?;
@@ -95,7 +112,7 @@ impl Reader {
         if list.len() > CACHE_ENTRIES {
             return;
         }
-        let mut cache = self.cache.borrow_mut();
+        let mut cache = self.cache.dirs.borrow_mut();
         if cache.entries + list.len() > CACHE_ENTRIES {
             *cache = DirCache::default();
         }
@@ -106,7 +123,7 @@ impl Reader {
 
     /// The entry `name` of directory `dir` (whose path is `path`).
     fn lookup(&self, dir: u32, path: &[u8], name: &[u8]) -> Result<Option<(u32, u8)>> {
-        if let Some(map) = self.cache.borrow().dirs.get(&dir) {
+        if let Some(map) = self.cache.dirs.borrow().dirs.get(&dir) {
             return Ok(map.get(name).copied());
         }
         let list = self.load_dir(dir, path)?;
@@ -120,7 +137,7 @@ impl Reader {
 
     /// The inode of `path`, following no symlink: None when it (or a
     /// directory on the way) does not exist.
-    fn resolve(&self, path: &[u8]) -> Result<Option<u32>> {
+    pub(super) fn resolve(&self, path: &[u8]) -> Result<Option<u32>> {
         if path.first() != Some(&b'/') {
             bail!("{} is not an absolute path", show(path));
         }
@@ -157,7 +174,7 @@ impl Reader {
     /// Checks that the inode `ino`, at `prefix` on the way to `path`, is a
     /// directory (not a symlink: paths are read as lstat reads them).
     fn require_dir(&self, ino: u32, ftype: u8, prefix: &[u8], path: &[u8]) -> Result<()> {
-        if self.cache.borrow().dirs.contains_key(&ino) {
+        if self.cache.dirs.borrow().dirs.contains_key(&ino) {
             return Ok(());
         }
         let mode = match ftype {
@@ -205,12 +222,12 @@ impl Reader {
         buf: &mut Vec<u8>,
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        let bs = self.block_size;
+        let bs = self.fs.block_size();
         let nblocks = size.div_ceil(bs);
         let cap = (CHUNK / bs).min(nblocks.max(1));
         buf.resize((cap * bs) as usize, 0);
         let mut out = Out {
-            fs: &self.fs,
+            fs: self.fs,
             buf,
             bs,
             cap,
@@ -260,7 +277,7 @@ impl Reader {
 /// The chunk being filled for the sink: whole blocks, the file's tail cut
 /// off at its size.
 struct Out<'a, 'b> {
-    fs: &'a Fs,
+    fs: &'a Filsys,
     buf: &'a mut Vec<u8>,
     bs: u64,
     /// Blocks the buffer holds.
@@ -337,7 +354,7 @@ fn kind_of(mode: u32) -> Option<Kind> {
     })
 }
 
-impl FsRead for Reader {
+impl FsRead for View<'_> {
     fn stat(&self, path: &[u8]) -> Result<Option<Stat>> {
         let Some(ino) = self.resolve(path)? else {
             return Ok(None);
@@ -402,7 +419,7 @@ impl FsRead for Reader {
             return Ok(i.size);
         }
         let mut own = vec![];
-        let mut shared = self.buf.try_borrow_mut();
+        let mut shared = self.cache.buf.try_borrow_mut();
         let buf = match shared.as_mut() {
             Ok(b) => &mut **b,
             Err(_) => &mut own,
@@ -439,78 +456,17 @@ impl FsRead for Reader {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
 
-    use sha2::{Digest, Sha256};
-
+    use super::super::testutil::{mkfs, pattern, run, sha, tool};
     use super::*;
 
-    /// An e2fsprogs tool, also from /usr/sbin and /sbin (not in a Debian
-    /// user's PATH). None (the test then skips, saying why) outside CI.
-    fn tool(name: &str) -> Option<PathBuf> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let found = std::env::split_paths(&path)
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-            .map(|d| d.join(name))
-            .find(|p| p.is_file());
-        if found.is_none() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{name} (e2fsprogs) is missing, and CI may not skip"
-            );
-            println!("SKIPPED ext4::read: {name} (e2fsprogs) is not installed");
-        }
-        found
-    }
-
-    fn run(cmd: &mut Command) -> std::process::Output {
-        let out = cmd.output().expect("starting an e2fsprogs tool");
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// An empty ext4 made as Flatcar makes ROOT, `mib` MiB large.
-    fn mkfs(mke2fs: &Path, img: &Path, mib: u64, extra: &[&str], from: Option<&Path>) {
-        std::fs::File::create(img)
-            .unwrap()
-            .set_len(mib << 20)
-            .unwrap();
-        let mut cmd = Command::new(mke2fs);
-        cmd.args([
-            "-q", "-F", "-t", "ext4", "-b", "4096", "-i", "4096", "-I", "256",
-        ])
-        .args(["-L", "ROOT"])
-        .args(extra);
-        if let Some(dir) = from {
-            cmd.arg("-d").arg(dir);
-        }
-        run(cmd.arg(img));
-    }
-
-    fn sha(img: &Path) -> Vec<u8> {
-        let mut f = std::fs::File::open(img).unwrap();
-        let mut h = Sha256::new();
-        std::io::copy(&mut f, &mut h).unwrap();
-        h.finalize().to_vec()
-    }
-
-    /// Deterministic bytes that are not all zero in any block.
-    fn pattern(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+    /// Writes the tar stream `tar` at the root of `root`, and closes.
+    fn write(root: &Root, tar: impl std::io::Read) {
+        let mut fs = root.open_write(None).unwrap();
+        fs.write_tar(b"/", tar, None).unwrap();
+        fs.close().unwrap();
     }
 
     struct Entry<'a> {
@@ -600,7 +556,7 @@ mod tests {
 
     /// Everything written, read back; `many_indexed`: whether /data/many is
     /// expected to be a hash-indexed directory.
-    fn check_tree(r: &Reader, x: &Expect, many_indexed: bool) {
+    fn check_tree(r: &Fs, x: &Expect, many_indexed: bool) {
         let st = |p: &[u8]| {
             r.stat(p)
                 .unwrap()
@@ -669,7 +625,7 @@ mod tests {
         // A sparse file (holes read as zeros, also at its end).
         let sparse = st(b"/data/sparse");
         assert_eq!(sparse.size, x.sparse.len() as u64);
-        let runs = r.fs.file_runs(sparse.ino as u32, 0, 64).unwrap();
+        let runs = r.raw().file_runs(sparse.ino as u32, 0, 64).unwrap();
         assert_eq!(runs.len(), 2, "the image should hold a hole: {runs:?}");
         assert!(runs[0].lblk + runs[0].len < runs[1].lblk, "{runs:?}");
         assert!(
@@ -727,7 +683,7 @@ mod tests {
 
         // 5,000 entries.
         let many = st(b"/data/many");
-        let flags = r.fs.read_inode(many.ino as u32).unwrap().flags;
+        let flags = r.raw().read_inode(many.ino as u32).unwrap().flags;
         assert_eq!(flags & INDEX_FL != 0, many_indexed, "flags {flags:#x}");
         assert_eq!(sorted(r.read_dir(b"/data/many").unwrap()), x.many);
         for name in x.many.iter().step_by(499) {
@@ -848,7 +804,7 @@ mod tests {
             });
         }
         let root = Root::new(&img, 0);
-        crate::ext4::write_tar(&root, b"/", &tar_of(&entries)[..], None).unwrap();
+        write(&root, &tar_of(&entries)[..]);
 
         // The writer allocates every block: a file with holes comes from
         // debugfs, which leaves all-zero blocks unallocated.
@@ -867,7 +823,7 @@ mod tests {
             .arg(&img));
 
         let before = sha(&img);
-        check_tree(&Reader::open(&root).unwrap(), &x, false);
+        check_tree(&root.open_read().unwrap(), &x, false);
         assert!(sha(&img) == before, "reading changed the image file");
 
         // e2fsck -D turns the large directory into a hash-indexed one.
@@ -881,7 +837,7 @@ mod tests {
             "e2fsck -fyD: {out:?}"
         );
         let before = sha(&img);
-        check_tree(&Reader::open(&root).unwrap(), &x, true);
+        check_tree(&root.open_read().unwrap(), &x, true);
         assert!(sha(&img) == before, "reading changed the image file");
     }
 
@@ -903,14 +859,14 @@ mod tests {
         mkfs(&mke2fs, &img, 16, &["-O", "inline_data"], Some(&src));
 
         let before = sha(&img);
-        let r = Reader::open(&Root::new(&img, 0)).unwrap();
+        let r = Root::new(&img, 0).open_read().unwrap();
         for (p, want) in [
             (&b"/small"[..], &b"hello\n"[..]),
             (b"/mid", &mid),
             (b"/sub/a", b"a"),
         ] {
             let ino = r.stat(p).unwrap().unwrap().ino as u32;
-            let flags = r.fs.read_inode(ino).unwrap().flags;
+            let flags = r.raw().read_inode(ino).unwrap().flags;
             assert!(
                 flags & EXT4_INLINE_DATA_FL != 0,
                 "{} is not inline",
@@ -958,7 +914,7 @@ mod tests {
         std::os::unix::fs::FileExt::write_all_at(&f, &[0xde, 0xad], at).unwrap();
         drop(f);
 
-        let r = Reader::open(&Root::new(&img, 0)).unwrap();
+        let r = Root::new(&img, 0).open_read().unwrap();
         assert_eq!(r.stat(b"/f").unwrap().unwrap().size, 40_000);
         let e = err_of(r.read_all(b"/f"));
         assert!(e.contains("reading /f in"), "{e}");
@@ -990,10 +946,10 @@ mod tests {
         mkfs(&mke2fs, &img, 300, &[], None);
         let root = Root::new(&img, 0);
         let tar = std::fs::File::open(&tar_path).unwrap();
-        crate::ext4::write_tar(&root, b"/", tar, None).unwrap();
+        write(&root, tar);
         std::fs::remove_file(&tar_path).unwrap();
 
-        let r = Reader::open(&root).unwrap();
+        let r = root.open_read().unwrap();
         let mut ours = f64::MAX;
         let mut cats = f64::MAX;
         for _ in 0..3 {
@@ -1017,7 +973,7 @@ mod tests {
         }
         let mb = SIZE as f64 / 1e6;
         println!(
-            "ext4::read throughput, 256 MiB file, best of 3: Reader {:.0} MB/s, cat {:.0} MB/s ({:.2}x)",
+            "ext4::read throughput, 256 MiB file, best of 3: ext4::Fs {:.0} MB/s, cat {:.0} MB/s ({:.2}x)",
             mb / ours,
             mb / cats,
             cats / ours

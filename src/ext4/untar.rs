@@ -1,15 +1,21 @@
 //! Reads a tar stream entry by entry (never the whole archive) and hands
-//! each entry to the [`TreeWriter`], with every PAX `SCHILY.xattr.*` record.
+//! each entry to the [`TreeWriter`], with every PAX `SCHILY.xattr.*` record,
+//! after the caller's [`Transform`].
 
 use std::io::Read;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::writer::{Entry, Kind, Stats, TreeWriter};
+use super::writer::{check_xattr_name, EntryKind, EntryMeta, Keep, Stats, Transform, TreeWriter};
 use crate::tar::{Archive, Entry as TarEntry, EntryType};
 
-/// Writes every entry of the tar stream `input` through `writer`.
-pub fn write_tar(input: impl Read, writer: &mut TreeWriter<'_>) -> Result<Stats> {
+/// Writes every entry of the tar stream `input` through `writer`, each
+/// changed (or left out) by `transform` first.
+pub fn write_tar(
+    input: impl Read,
+    writer: &mut TreeWriter<'_>,
+    mut transform: Option<&mut dyn Transform>,
+) -> Result<Stats> {
     let mut archive = Archive::new(input);
     while let Some(entry) = archive.next_entry().context("reading the archive")? {
         let TarEntry { meta, mut data } = entry;
@@ -26,56 +32,39 @@ pub fn write_tar(input: impl Read, writer: &mut TreeWriter<'_>) -> Result<Stats>
         };
         let (major, minor) = meta.dev;
         let kind = match meta.kind {
-            EntryType::Regular | EntryType::Continuous => Kind::File {
-                size: meta.size,
-                data: &mut data as &mut dyn Read,
-            },
-            EntryType::Directory => Kind::Dir,
-            EntryType::Symlink => Kind::Symlink {
+            EntryType::Regular | EntryType::Continuous => EntryKind::File { size: meta.size },
+            EntryType::Directory => EntryKind::Dir,
+            EntryType::Symlink => EntryKind::Symlink {
                 target: need_link()?,
             },
-            EntryType::Link => Kind::HardLink {
+            EntryType::Link => EntryKind::HardLink {
                 target: need_link()?,
             },
-            EntryType::Char => Kind::Char { major, minor },
-            EntryType::Block => Kind::Block { major, minor },
-            EntryType::Fifo => Kind::Fifo,
+            EntryType::Char => EntryKind::Char { major, minor },
+            EntryType::Block => EntryKind::Block { major, minor },
+            EntryType::Fifo => EntryKind::Fifo,
             other => bail!("{}: unsupported tar entry type {:?}", ctx(), other),
         };
-        for (name, _) in &meta.xattrs {
-            check_xattr_name(name).with_context(ctx)?;
-        }
-        writer.put(Entry {
-            path: meta.path,
-            kind,
+        let mut entry = EntryMeta {
             perm: meta.mode,
             uid,
             gid,
             mtime: meta.mtime,
             mtime_nsec: meta.mtime_nsec,
-            xattrs: meta.xattrs,
-        })?;
+            xattrs: meta.xattrs.clone(),
+            ..EntryMeta::new(meta.path.clone(), kind)
+        };
+        if let Some(t) = transform.as_deref_mut() {
+            if t.entry(&mut entry).with_context(ctx)? == Keep::Skip {
+                continue;
+            }
+        }
+        for (name, _) in &entry.xattrs {
+            check_xattr_name(name).with_context(ctx)?;
+        }
+        writer.put(entry, &mut data)?;
     }
     Ok(writer.stats())
-}
-
-/// The xattr namespaces Linux (and ext4) has.
-const XATTR_NAMESPACES: &[&[u8]] = &[b"user.", b"trusted.", b"security.", b"system."];
-
-/// Refuses an xattr that Linux could not hold: outside its namespaces, an
-/// empty name after the namespace, or one longer than ext4 stores (255
-/// bytes after the prefix).
-fn check_xattr_name(name: &[u8]) -> Result<()> {
-    let rest = XATTR_NAMESPACES
-        .iter()
-        .find_map(|ns| name.strip_prefix(*ns));
-    match rest {
-        Some(r) if !r.is_empty() && r.len() <= 255 && !r.contains(&0) => Ok(()),
-        _ => bail!(
-            "extended attribute {:?} is not one Linux can hold (a name in user., trusted., security. or system., at most 255 bytes after it)",
-            String::from_utf8_lossy(name)
-        ),
-    }
 }
 
 /// Counts what the archive will take in ext4, from its headers.

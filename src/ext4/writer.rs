@@ -11,14 +11,15 @@ use std::io::{self, Read};
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use super::ffi::{Attr, Errcode, Fs, Stat, ROOT_INO, S_IFDIR};
+use super::ffi::{Attr, Errcode, Filsys, Stat, ROOT_INO, S_IFDIR};
 
-/// What an entry is, with what each kind needs.
-pub enum Kind<'a> {
+/// What an entry is, with what each kind needs but its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
     Dir,
+    /// A regular file of `size` bytes, read from the entry's data.
     File {
         size: u64,
-        data: &'a mut dyn Read,
     },
     Symlink {
         target: Vec<u8>,
@@ -38,18 +39,74 @@ pub enum Kind<'a> {
     Fifo,
 }
 
-/// One entry of the tree. `path` is relative to the target directory, '/'
-/// separated, as it came from the archive (checked here).
-pub struct Entry<'a> {
+/// One entry of the tree, as a [`Transform`] sees it before it is written.
+/// `path` is relative to the target directory, '/' separated, as it came
+/// from the archive (checked after the transform).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryMeta {
     pub path: Vec<u8>,
-    pub kind: Kind<'a>,
-    /// Permission bits (07777) only; the type comes from `kind`.
+    /// Private: the data that follows a file is read by its size, so a
+    /// transform may not turn one kind into another.
+    pub(super) kind: EntryKind,
+    /// Permission bits (07777) only; the type comes from the kind.
     pub perm: u32,
     pub uid: u32,
     pub gid: u32,
     pub mtime: i64,
     pub mtime_nsec: u32,
+    /// Full names (`security.selinux`) and values.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EntryMeta {
+    pub(super) fn new(path: Vec<u8>, kind: EntryKind) -> EntryMeta {
+        EntryMeta {
+            path,
+            kind,
+            perm: 0,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            xattrs: vec![],
+        }
+    }
+
+    pub fn kind(&self) -> &EntryKind {
+        &self.kind
+    }
+
+    /// The target of a symlink or hard link, which remapping paths may
+    /// have to change along with `path`.
+    pub fn link_target_mut(&mut self) -> Option<&mut Vec<u8>> {
+        match &mut self.kind {
+            EntryKind::Symlink { target } | EntryKind::HardLink { target } => Some(target),
+            _ => None,
+        }
+    }
+}
+
+/// Whether an entry is written after its transform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    Write,
+    /// Leave this one entry out (a skipped directory's entries are still
+    /// written, under a directory made with default attributes).
+    Skip,
+}
+
+/// Changes entries between the archive and the filesystem: the place for
+/// labels (`security.selinux`) and for moving paths.
+pub trait Transform {
+    /// Called for every entry, in archive order, before it is checked and
+    /// written.
+    fn entry(&mut self, entry: &mut EntryMeta) -> Result<Keep>;
+}
+
+impl<F: FnMut(&mut EntryMeta) -> Result<Keep>> Transform for F {
+    fn entry(&mut self, entry: &mut EntryMeta) -> Result<Keep> {
+        self(entry)
+    }
 }
 
 /// Counts of what was written.
@@ -69,8 +126,10 @@ const MAX_NAME: usize = 255;
 /// Largest single write of file data; keeps memory flat for any file size.
 const CHUNK: usize = 1 << 20;
 
-pub struct TreeWriter<'c> {
-    fs: Fs,
+/// Writes entries under one target directory of an open filesystem, for
+/// one archive or one file; its caches hold for that writing only.
+pub struct TreeWriter<'a> {
+    fs: &'a mut Filsys,
     target: u32,
     now: i64,
     /// Directories seen so far: path relative to the target -> inode.
@@ -80,7 +139,7 @@ pub struct TreeWriter<'c> {
     names: HashMap<u32, HashSet<u64>>,
     buf: Vec<u8>,
     stats: Stats,
-    cancel: Option<&'c CancellationToken>,
+    cancel: Option<&'a CancellationToken>,
 }
 
 fn name_hash(name: &[u8]) -> u64 {
@@ -129,7 +188,7 @@ fn join(comps: &[&[u8]]) -> Vec<u8> {
     comps.join(&b'/')
 }
 
-fn full(err: Errcode, what: &str, fs: &Fs) -> anyhow::Error {
+fn full(err: Errcode, what: &str, fs: &Filsys) -> anyhow::Error {
     if err.is_full() {
         let info = fs.info();
         anyhow!(
@@ -144,8 +203,8 @@ fn full(err: Errcode, what: &str, fs: &Fs) -> anyhow::Error {
     }
 }
 
-impl<'c> TreeWriter<'c> {
-    pub fn new(fs: Fs, cancel: Option<&'c CancellationToken>) -> Self {
+impl<'a> TreeWriter<'a> {
+    pub fn new(fs: &'a mut Filsys, cancel: Option<&'a CancellationToken>) -> Self {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -177,19 +236,10 @@ impl<'c> TreeWriter<'c> {
         Ok(())
     }
 
+    /// What was written so far. Every entry is either complete or undone,
+    /// so the filesystem is consistent after a failed one too.
     pub fn stats(&self) -> Stats {
         self.stats
-    }
-
-    /// Writes superblock and bitmaps back. Must be called after a failed
-    /// entry too: every entry is either complete or undone, so the
-    /// filesystem is consistent at any entry boundary.
-    pub fn finish(self) -> Result<Stats> {
-        let stats = self.stats;
-        self.fs
-            .close()
-            .map_err(|e| anyhow!("closing the filesystem: {e}"))?;
-        Ok(stats)
     }
 
     fn check_cancel(&self) -> Result<()> {
@@ -238,7 +288,7 @@ impl<'c> TreeWriter<'c> {
     fn link(&mut self, dir: u32, name: &[u8], ino: u32, mode: u32, path: &[u8]) -> Result<()> {
         self.fs
             .link(dir, name, ino, mode)
-            .map_err(|e| full(e, &show(path), &self.fs))
+            .map_err(|e| full(e, &show(path), self.fs))
             .with_context(|| format!("adding {:?} to its directory", show(path)))?;
         self.names.entry(dir).or_default().insert(name_hash(name));
         Ok(())
@@ -287,7 +337,7 @@ impl<'c> TreeWriter<'c> {
         let ino = self
             .fs
             .mkdir(parent, attr)
-            .map_err(|e| full(e, &show(path), &self.fs))
+            .map_err(|e| full(e, &show(path), self.fs))
             .with_context(|| format!("creating directory {:?}", show(path)))?;
         self.names.insert(ino, HashSet::new());
         let linked = self
@@ -313,7 +363,7 @@ impl<'c> TreeWriter<'c> {
     fn set_xattrs(&mut self, ino: u32, xattrs: &[(Vec<u8>, Vec<u8>)], path: &[u8]) -> Result<()> {
         self.fs
             .set_xattrs(ino, xattrs)
-            .map_err(|e| full(e, &show(path), &self.fs))
+            .map_err(|e| full(e, &show(path), self.fs))
             .with_context(|| format!("setting extended attributes of {:?}", show(path)))?;
         self.stats.xattrs += xattrs.len() as u64;
         Ok(())
@@ -393,8 +443,9 @@ impl<'c> TreeWriter<'c> {
         })
     }
 
-    /// Writes one entry.
-    pub fn put(&mut self, entry: Entry<'_>) -> Result<()> {
+    /// Writes one entry; `data` holds a file's content (the size its kind
+    /// gives), and is not read for other kinds.
+    pub fn put(&mut self, entry: EntryMeta, data: &mut dyn Read) -> Result<()> {
         self.check_cancel()?;
         let comps = components(&entry.path)?;
         let path = join(&comps);
@@ -410,7 +461,7 @@ impl<'c> TreeWriter<'c> {
         let Some((name, parent_comps)) = comps.split_last() else {
             // "./": the target directory itself.
             return match entry.kind {
-                Kind::Dir => {
+                EntryKind::Dir => {
                     let target = self.target;
                     self.fs
                         .set_attr(target, &attr)
@@ -429,7 +480,7 @@ impl<'c> TreeWriter<'c> {
             None => None,
         };
 
-        if let Kind::Dir = entry.kind {
+        if let EntryKind::Dir = entry.kind {
             if let Some((ino, st)) = existing {
                 if st.is_dir() {
                     self.fs
@@ -450,7 +501,7 @@ impl<'c> TreeWriter<'c> {
             return Ok(());
         }
 
-        if let Kind::HardLink { target } = &entry.kind {
+        if let EntryKind::HardLink { target } = &entry.kind {
             let tcomps =
                 components(target).with_context(|| format!("hard link {:?}", show(&path)))?;
             let tpath = join(&tcomps);
@@ -480,7 +531,7 @@ impl<'c> TreeWriter<'c> {
         if let Some((ino, st)) = existing {
             self.remove(parent, name, ino, &st, &path)?;
         }
-        let ino = self.create(parent, attr, entry.kind, &path)?;
+        let ino = self.create(parent, attr, entry.kind, data, &path)?;
         let done = self
             .set_xattrs(ino, &entry.xattrs, &path)
             .and_then(|()| self.link(parent, name, ino, self.stat(ino, &path)?.mode, &path));
@@ -492,10 +543,17 @@ impl<'c> TreeWriter<'c> {
     }
 
     /// Creates the inode of a non-directory, with its content.
-    fn create(&mut self, parent: u32, attr: Attr, kind: Kind<'_>, path: &[u8]) -> Result<u32> {
-        let fail = |fs: &Fs, e: Errcode| full(e, &show(path), fs);
+    fn create(
+        &mut self,
+        parent: u32,
+        attr: Attr,
+        kind: EntryKind,
+        data: &mut dyn Read,
+        path: &[u8],
+    ) -> Result<u32> {
+        let fail = |fs: &Filsys, e: Errcode| full(e, &show(path), fs);
         let ino = match kind {
-            Kind::File { size, data } => {
+            EntryKind::File { size } => {
                 let attr = Attr {
                     mode: attr.mode | super::ffi::S_IFREG,
                     ..attr
@@ -503,7 +561,7 @@ impl<'c> TreeWriter<'c> {
                 let ino = self
                     .fs
                     .create(parent, &attr, (0, 0))
-                    .map_err(|e| fail(&self.fs, e))
+                    .map_err(|e| fail(self.fs, e))
                     .with_context(|| format!("creating {:?}", show(path)))?;
                 if let Err(e) = self.write_data(ino, size, data, path) {
                     self.undo(ino, None);
@@ -513,7 +571,7 @@ impl<'c> TreeWriter<'c> {
                 self.stats.bytes += size;
                 ino
             }
-            Kind::Symlink { target } => {
+            EntryKind::Symlink { target } => {
                 if target.is_empty() || target.len() >= self.fs.block_size() as usize {
                     bail!(
                         "symlink {:?}: its target is {} bytes; ext4 takes 1 to {}",
@@ -529,11 +587,11 @@ impl<'c> TreeWriter<'c> {
                 self.stats.symlinks += 1;
                 self.fs
                     .symlink(parent, &attr, &target)
-                    .map_err(|e| fail(&self.fs, e))
+                    .map_err(|e| fail(self.fs, e))
                     .with_context(|| format!("creating symlink {:?}", show(path)))?
             }
-            Kind::Char { major, minor } | Kind::Block { major, minor } => {
-                let ty = if matches!(kind, Kind::Char { .. }) {
+            EntryKind::Char { major, minor } | EntryKind::Block { major, minor } => {
+                let ty = if matches!(kind, EntryKind::Char { .. }) {
                     0o020000
                 } else {
                     0o060000
@@ -548,10 +606,10 @@ impl<'c> TreeWriter<'c> {
                         },
                         (major, minor),
                     )
-                    .map_err(|e| fail(&self.fs, e))
+                    .map_err(|e| fail(self.fs, e))
                     .with_context(|| format!("creating device node {:?}", show(path)))?
             }
-            Kind::Fifo => self
+            EntryKind::Fifo => self
                 .fs
                 .create(
                     parent,
@@ -561,9 +619,9 @@ impl<'c> TreeWriter<'c> {
                     },
                     (0, 0),
                 )
-                .map_err(|e| fail(&self.fs, e))
+                .map_err(|e| fail(self.fs, e))
                 .with_context(|| format!("creating FIFO {:?}", show(path)))?,
-            Kind::Dir | Kind::HardLink { .. } => unreachable!("handled by put"),
+            EntryKind::Dir | EntryKind::HardLink { .. } => unreachable!("handled by put"),
         };
         Ok(ino)
     }
@@ -576,7 +634,7 @@ impl<'c> TreeWriter<'c> {
         }
         self.fs
             .file_alloc(ino, size)
-            .map_err(|e| full(e, &format!("{:?} ({size} bytes)", show(path)), &self.fs))?;
+            .map_err(|e| full(e, &format!("{:?} ({size} bytes)", show(path)), self.fs))?;
         let bs = self.fs.block_size();
         let chunk_blocks = CHUNK as u64 / bs;
         if self.buf.len() < CHUNK {
@@ -612,6 +670,25 @@ impl<'c> TreeWriter<'c> {
             left -= nbytes as u64;
         }
         Ok(())
+    }
+}
+
+/// The xattr namespaces Linux (and ext4) has.
+const XATTR_NAMESPACES: &[&[u8]] = &[b"user.", b"trusted.", b"security.", b"system."];
+
+/// Refuses an xattr that Linux could not hold: outside its namespaces, an
+/// empty name after the namespace, or one longer than ext4 stores (255
+/// bytes after the prefix).
+pub fn check_xattr_name(name: &[u8]) -> Result<()> {
+    let rest = XATTR_NAMESPACES
+        .iter()
+        .find_map(|ns| name.strip_prefix(*ns));
+    match rest {
+        Some(r) if !r.is_empty() && r.len() <= 255 && !r.contains(&0) => Ok(()),
+        _ => bail!(
+            "extended attribute {:?} is not one Linux can hold (a name in user., trusted., security. or system., at most 255 bytes after it)",
+            String::from_utf8_lossy(name)
+        ),
     }
 }
 

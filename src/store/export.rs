@@ -1,4 +1,5 @@
-//! The one walk that exports a store's tree as a tar stream, or measures
+//! The one walk that exports a store's tree as a tar stream (through
+//! [`crate::tar::Writer`]), or measures
 //! what it will take in ext4, with everything overlayfs relies on: owners,
 //! modes, hard links, 0:0 whiteout devices and every xattr (as PAX
 //! `SCHILY.xattr.*` records), including `trusted.overlay.opaque`, which plain
@@ -24,7 +25,7 @@ pub struct ExportStats {
     pub bytes: u64,
 }
 
-fn xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+fn xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let size = rustix::fs::llistxattr_query(path).map_err(io::Error::from)?;
     if size == 0 {
         return Ok(vec![]);
@@ -33,19 +34,20 @@ fn xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     let n = rustix::fs::llistxattr(path, &mut names[..]).map_err(io::Error::from)?;
     let mut out = vec![];
     for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
-        let name_str = String::from_utf8_lossy(name).into_owned();
         let len = rustix::fs::lgetxattr_query(path, name).map_err(io::Error::from)?;
         let mut value = vec![0u8; len];
         let got = rustix::fs::lgetxattr(path, name, &mut value[..]).map_err(io::Error::from)?;
         value.truncate(got);
-        out.push((name_str, value));
+        out.push((name.to_vec(), value));
     }
     out.sort();
     Ok(out)
 }
 
+/// Walks a tree into a tar stream (or only measures it); the stream
+/// format is [`crate::tar::Writer`]'s.
 struct Exporter<W: Write> {
-    tar: tar::Builder<W>,
+    tar: crate::tar::Writer<W>,
     /// When set, entries are only counted (no data is read or written).
     measure: Option<Estimator>,
     /// (dev, ino) of files with several links -> the first path written.
@@ -92,67 +94,56 @@ impl<W: Write> Exporter<W> {
             est.add(rel, item, &sizes);
             return Ok(());
         }
-        let mut pax: Vec<(String, Vec<u8>)> = attrs
-            .into_iter()
-            .map(|(n, v)| (format!("SCHILY.xattr.{n}"), v))
-            .collect();
-        pax.push((
-            "mtime".into(),
-            format!("{}.{:09}", md.mtime(), md.mtime_nsec()).into_bytes(),
-        ));
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(if content.is_some() {
-            0o600
-        } else {
-            md.mode() & 0o7777
-        });
-        h.set_uid(md.uid() as u64);
-        h.set_gid(md.gid() as u64);
-        h.set_mtime(md.mtime().max(0) as u64);
-        h.set_size(0);
-        let name_path = Path::new(std::ffi::OsStr::from_bytes(name));
+        let attrs = crate::tar::Attrs {
+            mode: if content.is_some() {
+                0o600
+            } else {
+                md.mode() & 0o7777
+            },
+            uid: md.uid() as u64,
+            gid: md.gid() as u64,
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec() as u32,
+            xattrs: attrs,
+        };
         self.stats.entries += 1;
         if linked {
             if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
-                h.set_entry_type(tar::EntryType::Link);
-                let first = Path::new(std::ffi::OsStr::from_bytes(first)).to_path_buf();
-                return Ok(self.tar.append_link(&mut h, name_path, first)?);
+                // The first name carries the inode's xattrs.
+                let attrs = crate::tar::Attrs {
+                    xattrs: vec![],
+                    ..attrs
+                };
+                return self.tar.hard_link(name, &attrs, first);
             }
             self.links.insert((md.dev(), md.ino()), name.to_vec());
         }
-        self.tar
-            .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), &v[..])))?;
         if ft.is_dir() {
-            h.set_entry_type(tar::EntryType::Directory);
-            self.tar.append_data(&mut h, name_path, io::empty())?;
+            self.tar.dir(name, &attrs)?;
         } else if ft.is_file() {
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(size);
             match content {
-                Some(c) => self.tar.append_data(&mut h, name_path, c)?,
+                Some(c) => self.tar.file_bytes(name, &attrs, c)?,
                 None => {
                     let f =
                         File::open(path).with_context(|| format!("opening {}", path.display()))?;
-                    self.tar.append_data(&mut h, name_path, f)?;
+                    self.tar.file(name, &attrs, size, f)?;
                 }
             }
             self.stats.bytes += size;
         } else if ft.is_symlink() {
-            h.set_entry_type(tar::EntryType::Symlink);
-            let target = fs::read_link(path)?;
-            self.tar.append_link(&mut h, name_path, target)?;
+            let target =
+                fs::read_link(path).with_context(|| format!("reading {}", path.display()))?;
+            self.tar
+                .symlink(name, &attrs, target.as_os_str().as_bytes())?;
         } else if ft.is_char_device() || ft.is_block_device() {
-            h.set_entry_type(if ft.is_char_device() {
-                tar::EntryType::Char
+            let (major, minor) = (rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()));
+            if ft.is_char_device() {
+                self.tar.char_device(name, &attrs, major, minor)?;
             } else {
-                tar::EntryType::Block
-            });
-            h.set_device_major(rustix::fs::major(md.rdev()))?;
-            h.set_device_minor(rustix::fs::minor(md.rdev()))?;
-            self.tar.append_data(&mut h, name_path, io::empty())?;
+                self.tar.block_device(name, &attrs, major, minor)?;
+            }
         } else if ft.is_fifo() {
-            h.set_entry_type(tar::EntryType::Fifo);
-            self.tar.append_data(&mut h, name_path, io::empty())?;
+            self.tar.fifo(name, &attrs)?;
         }
         Ok(())
     }
@@ -226,12 +217,11 @@ pub(super) fn walk(
     measure: Option<Estimator>,
 ) -> Result<(ExportStats, Option<Need>)> {
     let mut ex = Exporter {
-        tar: tar::Builder::new(out),
+        tar: crate::tar::Writer::new(out),
         measure,
         links: HashMap::new(),
         stats: ExportStats::default(),
     };
-    ex.tar.follow_symlinks(false);
     ex.entry(root, b"./", None)?;
     match (plan, keep) {
         (Some(plan), _) => ex.tree(root, b"", skip, Some(plan), true)?,
@@ -250,8 +240,7 @@ pub(super) fn walk(
         (None, None) => ex.tree(root, b"", skip, None, false)?,
     }
     let need = ex.measure.take().map(Estimator::finish);
-    let mut out = ex.tar.into_inner().context("finishing the tar stream")?;
-    out.flush().context("flushing the tar stream")?;
+    ex.tar.finish()?;
     Ok((ex.stats, need))
 }
 

@@ -1,7 +1,9 @@
 //! Tar streams: the strict reader (PAX records framed by their length, GNU
 //! long names, global headers) that every tar the tool takes in goes
-//! through, and the writers of the tars it makes.
+//! through, and the PAX writer of the tars it makes.
 
 mod read;
+mod write;
 
 pub use read::{Archive, Entry, EntryType};
+pub use write::{Attrs, Writer};

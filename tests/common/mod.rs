@@ -471,9 +471,25 @@ fn link_counts(items: &[Item]) -> HashMap<String, u32> {
     out
 }
 
-/// An ext4-view handle on ROOT of `disk`.
+/// An ext4-view handle on ROOT of `disk`: a reader of its own, independent
+/// of the libext2fs the tool writes and reads with.
 pub fn ext4_view(disk: &Path) -> ext4_view::Ext4 {
-    flatcar_preload::ext4::view(disk, root(disk).offset).expect("ext4-view load")
+    struct At(File, u64);
+    impl ext4_view::Ext4Read for At {
+        fn read(
+            &mut self,
+            start: u64,
+            dst: &mut [u8],
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+            use std::os::unix::fs::FileExt;
+            self.0
+                .read_exact_at(dst, self.1 + start)
+                .map_err(Box::new)?;
+            Ok(())
+        }
+    }
+    let f = File::open(disk).unwrap_or_else(|e| panic!("opening {}: {e}", disk.display()));
+    ext4_view::Ext4::load(Box::new(At(f, root(disk).offset))).expect("ext4-view load")
 }
 
 fn join(target: &str, p: &str) -> String {
