@@ -311,9 +311,9 @@ mod tests;
 pub fn run(disk: &std::path::Path, json: bool) -> Result<()> {
     let opened = crate::disk::open_for_reading(disk)?;
     let root = opened.prepared.fs();
-    let fs = crate::ext4::read::Reader::open(&root)?;
+    let fs = root.open_read()?;
     let mut inv = inventory(&fs)?;
-    let summary = crate::ext4::inspect(&root, crate::disk::ROOT_NAME)?;
+    let summary = fs.inspect(crate::disk::ROOT_NAME)?;
     inv.root = RootSpace {
         size_bytes: summary.size_bytes(),
         free_bytes: summary.free_bytes(),

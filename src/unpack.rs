@@ -118,7 +118,10 @@ pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
     let root = prepared.fs();
 
     let write_start = Instant::now();
-    let stats = ext4::write_tar(&root, &cfg.target, archive, Some(cancel))
+    let mut fs = root.open_write(Some(cancel))?;
+    let written = fs.write_tar(&cfg.target, archive, None);
+    let stats = fs
+        .close_after(written)
         .context("writing the archive into ROOT")?;
     let write_secs = write_start.elapsed().as_secs_f64();
     let fs = prepared.publish()?;

@@ -9,7 +9,7 @@ use crate::store::{self, Report};
 /// Verifies the Docker store in ROOT of `root` with a progress bar by
 /// bytes; the report, whatever it found (Err: ROOT cannot be read).
 pub fn check_root(root: &crate::ext4::Root) -> Result<Report> {
-    let fs = crate::ext4::read::Reader::open(root)?;
+    let fs = root.open_read()?;
     let backend = store::backend(StoreKind::Docker);
     let total = backend.verify_total(&fs)?;
     let mut bar = crate::progress::Bar::bytes("verifying layers", Some(total));

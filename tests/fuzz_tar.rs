@@ -343,12 +343,9 @@ fn run_case(fixture: &Path, work: &Path, input: &[u8]) -> Result<String, String>
     let data = input.to_vec();
     std::thread::spawn(move || {
         let r = catch_unwind(AssertUnwindSafe(|| {
-            flatcar_preload::ext4::write_tar(
-                &flatcar_preload::ext4::Root::new(&img, 0),
-                b"/fuzz",
-                &data[..],
-                None,
-            )
+            let mut fs = flatcar_preload::ext4::Root::new(&img, 0).open_write(None)?;
+            let written = fs.write_tar(b"/fuzz", &data[..], None);
+            fs.close_after(written)
         }));
         let _ = tx.send(r);
     });

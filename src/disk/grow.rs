@@ -181,7 +181,7 @@ pub fn ensure_room(
     headroom: Option<u64>,
 ) -> Result<Option<GrowReport>> {
     let image = prepared.image.clone();
-    let fs = crate::ext4::inspect(&prepared.fs(), ROOT_NAME)?;
+    let fs = prepared.fs().open_read()?.inspect(ROOT_NAME)?;
     let bs = fs.block_size;
     let missing_blocks = need.map_or(0, |n| {
         let by_blocks = n.blocks.saturating_sub(fs.free_blocks);
@@ -245,7 +245,7 @@ pub fn ensure_room(
         root_bytes_before: before.size,
         root_bytes_after: root.size,
     };
-    let after = crate::ext4::inspect(&prepared.fs(), ROOT_NAME)?;
+    let after = prepared.fs().open_read()?.inspect(ROOT_NAME)?;
     if after.uuid != fs.uuid {
         bail!("growing ROOT changed its UUID");
     }

@@ -176,7 +176,7 @@ impl Prepared {
 
     /// ROOT's block size, the unit what is written is measured in.
     pub fn block_size(&self) -> Result<u64> {
-        Ok(crate::ext4::inspect(&self.fs(), ROOT_NAME)?.block_size)
+        Ok(self.fs().open_read()?.inspect(ROOT_NAME)?.block_size)
     }
 
     /// Re-reads ROOT (what it holds once written) and moves the output to
@@ -184,8 +184,8 @@ impl Prepared {
     /// failure the output is removed; in place, the disk holds what was
     /// written.
     pub fn publish(self) -> Result<crate::ext4::FsSummary> {
-        let fs =
-            crate::ext4::inspect(&self.fs(), ROOT_NAME).context("re-reading ROOT after writing")?;
+        let fs = (self.fs().open_read().and_then(|fs| fs.inspect(ROOT_NAME)))
+            .context("re-reading ROOT after writing")?;
         if let Some(out) = self.output {
             out.publish()?;
         }
@@ -213,7 +213,9 @@ pub fn check_input(disk: &Path, in_place: bool) -> Result<(Format, Option<RootPa
 /// Locates ROOT in `image` and checks that it may be written.
 fn check_root(image: &Path, disk: &Path) -> Result<RootPartition> {
     let root = locate_root(image)?;
-    crate::ext4::inspect(&crate::ext4::Root::new(image, root.offset), ROOT_NAME)
+    crate::ext4::Root::new(image, root.offset)
+        .open_read()
+        .and_then(|fs| fs.inspect(ROOT_NAME))
         .with_context(|| format!("checking partition 9 of {}", disk.display()))?;
     Ok(root)
 }

@@ -144,28 +144,18 @@ fn check_static(exe: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A tar holding the running executable as HELPER_PATH, as chunks that
-/// share the one in-memory copy of the executable.
+/// A tar holding the running executable as HELPER_PATH (its directory
+/// and the file, root's, 0755).
 fn helper_tar() -> Result<Vec<Bytes>> {
-    let exe =
-        Bytes::from(std::fs::read("/proc/self/exe").context("reading this program's executable")?);
+    let exe = std::fs::read("/proc/self/exe").context("reading this program's executable")?;
     check_static(&exe)?;
-    let header = |path: &str, ty: tar::EntryType, size: u64| -> Result<Bytes> {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(ty);
-        h.set_mode(0o755);
-        h.set_size(size);
-        h.set_path(path)?;
-        h.set_cksum();
-        Ok(Bytes::copy_from_slice(h.as_bytes()))
-    };
-    let pad = (512 - exe.len() % 512) % 512;
-    Ok(vec![
-        header(&HELPER_DIR[1..], tar::EntryType::Directory, 0)?,
-        header(&HELPER_PATH[1..], tar::EntryType::Regular, exe.len() as u64)?,
-        exe,
-        Bytes::from(vec![0u8; pad + 1024]),
-    ])
+    let attrs = crate::tar::Attrs::root_owned(0o755);
+    let mut tar = crate::tar::Writer::new(Vec::with_capacity(exe.len() + (8 << 10)));
+    tar.dir(&HELPER_DIR.as_bytes()[1..], &attrs)
+        .and_then(|()| tar.file_bytes(&HELPER_PATH.as_bytes()[1..], &attrs, &exe))
+        .context("making the helper's archive")?;
+    let tar = tar.finish().context("making the helper's archive")?;
+    Ok(vec![Bytes::from(tar)])
 }
 
 /// The build container `name` of `engine`.

@@ -176,14 +176,10 @@ fn read_certs(dir: &Path, hosts: &BTreeSet<&str>, explicit: bool) -> Result<Opti
     if explicit && !dir.is_dir() {
         bail!("--registry-certs {}: not a directory", dir.display());
     }
-    let mut b = tar::Builder::new(Vec::new());
+    let mut b = crate::tar::Writer::new(Vec::new());
     let mut any = false;
-    let add_dir = |b: &mut tar::Builder<Vec<u8>>, path: &str| -> Result<()> {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        b.append_data(&mut h, path, std::io::empty())
+    let add_dir = |b: &mut crate::tar::Writer<Vec<u8>>, path: &str| -> Result<()> {
+        b.dir(path.as_bytes(), &crate::tar::Attrs::root_owned(0o755))
             .context("making the certificates archive")
     };
     for host in hosts {
@@ -228,19 +224,16 @@ fn read_certs(dir: &Path, hosts: &BTreeSet<&str>, explicit: bool) -> Result<Opti
                     p.display()
                 )
             })?;
-            let mut h = tar::Header::new_ustar();
-            h.set_mode(if n.ends_with(".key") { 0o600 } else { 0o644 });
-            h.set_size(data.len() as u64);
-            b.append_data(&mut h, format!("etc/docker/certs.d/{host}/{n}"), &data[..])
+            let mode = if n.ends_with(".key") { 0o600 } else { 0o644 };
+            let path = format!("etc/docker/certs.d/{host}/{n}");
+            b.file_bytes(path.as_bytes(), &crate::tar::Attrs::root_owned(mode), &data)
                 .context("making the certificates archive")?;
         }
     }
     if !any {
         return Ok(None);
     }
-    Ok(Some(
-        b.into_inner().context("making the certificates archive")?,
-    ))
+    Ok(Some(b.finish().context("making the certificates archive")?))
 }
 
 #[cfg(test)]

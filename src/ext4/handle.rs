@@ -298,6 +298,16 @@ impl Fs {
         written.with_context(what)
     }
 
+    /// Closes the filesystem after `result`, the outcome of the writes made
+    /// through it: the writes' error first (the filesystem is closed
+    /// consistently either way), else the closing's.
+    pub fn close_after<T>(self, result: Result<T>) -> Result<T> {
+        let closed = self.close();
+        let value = result?;
+        closed?;
+        Ok(value)
+    }
+
     /// Closes the filesystem; for a writable one, writes its superblock,
     /// group descriptors and bitmaps back first.
     pub fn close(mut self) -> Result<()> {

@@ -12,7 +12,6 @@ mod testutil;
 mod untar;
 mod writer;
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -88,54 +87,6 @@ impl FsSummary {
     pub fn size_bytes(&self) -> u64 {
         self.blocks * self.block_size
     }
-}
-
-/// Checks that `root` is an ext4 labelled `label` that can be written
-/// safely (see [`Fs::inspect`]).
-///
-/// Opens a handle for this one call; callers holding a handle use its method.
-pub fn inspect(root: &Root, label: &str) -> Result<FsSummary> {
-    root.open_read()?.inspect(label)
-}
-
-/// Writes the tar stream `input` under `target` and closes (see
-/// [`Fs::write_tar`]).
-///
-/// Opens a handle for this one call; callers holding a handle use its method.
-pub fn write_tar(
-    root: &Root,
-    target: &[u8],
-    input: impl Read,
-    cancel: Option<&CancellationToken>,
-) -> Result<Stats> {
-    let mut fs = root.open_write(cancel)?;
-    let written = fs.write_tar(target, input, None);
-    let closed = fs.close();
-    let stats = written?;
-    closed?;
-    Ok(stats)
-}
-
-/// Whether `path` (absolute) exists (see [`Fs::exists`]).
-///
-/// Opens a handle for this one call; callers holding a handle use its method.
-pub fn exists(root: &Root, path: &str) -> Result<bool> {
-    root.open_read()?.exists(path)
-}
-
-/// The content of the regular file `path`, if there is one (see
-/// [`Fs::read_if_exists`]).
-///
-/// Opens a handle for this one call; callers holding a handle use its method.
-pub fn read_file(root: &Root, path: &str) -> Result<Option<Vec<u8>>> {
-    root.open_read()?.read_if_exists(path)
-}
-
-/// The names in directory `path` (see [`Fs::list_dir`]).
-///
-/// Opens a handle for this one call; callers holding a handle use its method.
-pub fn list_dir(root: &Root, path: &str) -> Result<Vec<String>> {
-    root.open_read()?.list_dir(path)
 }
 
 /// Grows the filesystem `root` to `blocks` blocks with e2fsprogs

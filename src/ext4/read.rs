@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 
 use super::ffi::{self, Filsys, FT_DIR, FT_SYMLINK, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
-use super::{Fs, Root};
+use super::Root;
 use crate::fsread::{FsRead, Kind, Stat};
 
 /// Bytes handed to the sink per call (the last chunk of a file is shorter).
@@ -39,16 +39,6 @@ fn show(path: &[u8]) -> String {
 struct DirCache {
     dirs: HashMap<u32, HashMap<Vec<u8>, (u32, u8)>>,
     entries: usize,
-}
-
-/// The old way of reading ROOT, kept until its callers hold an [`Fs`].
-pub struct Reader;
-
-impl Reader {
-    /// Opens a handle for this one call; callers holding a handle use its method.
-    pub fn open(root: &Root) -> Result<Fs> {
-        root.open_read()
-    }
 }
 
 /// Checks, when opening, what every read relies on: a block size that
@@ -460,6 +450,7 @@ mod tests {
     use std::process::Command;
 
     use super::super::testutil::{mkfs, pattern, run, sha, tool};
+    use super::super::Fs;
     use super::*;
 
     /// Writes the tar stream `tar` at the root of `root`, and closes.

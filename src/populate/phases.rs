@@ -3,7 +3,6 @@
 
 use std::cell::Cell;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -113,11 +112,12 @@ pub(super) fn check_existing(
     root: &ext4::Root,
 ) -> Result<()> {
     let mut present = vec![];
+    let fs = root.open_read()?;
     let docker = store::backend(StoreKind::Docker).root();
-    if ext4::exists(root, docker)? {
+    if fs.exists(docker)? {
         present.push(docker);
     }
-    if containerd && ext4::exists(root, CONTAINERD_ROOT)? {
+    if containerd && fs.exists(CONTAINERD_ROOT)? {
         present.push(CONTAINERD_ROOT);
     }
     if !present.is_empty() && !merge {
@@ -405,7 +405,7 @@ pub(super) async fn measure(
     only: Option<&[u8]>,
 ) -> Result<Need> {
     let root = prepared.fs();
-    let block_size = blocking(move || Ok(ext4::inspect(&root, ROOT_NAME)?.block_size)).await?;
+    let block_size = blocking(move || Ok(root.open_read()?.inspect(ROOT_NAME)?.block_size)).await?;
     let store = (run.backend.kind(), run.backend.root());
     let dind = run.dind();
     let measured = dind.measure(store, block_size, only);
@@ -464,13 +464,18 @@ pub(super) async fn export_and_write(
     only: Option<&[u8]>,
 ) -> Result<Written> {
     let backend = run.backend;
-    let merge = match run.cfg.merge {
-        true => {
-            let root = root.clone();
-            blocking(move || backend.merge(&ext4::read::Reader::open(&root)?)).await?
-        }
-        false => None,
-    };
+    // One handle for the phase: what a merge must remember is read through
+    // it, the store written, the merge finished.
+    let (root, cancel, merging) = (root.clone(), run.cancel.clone(), run.cfg.merge);
+    let (mut fs, merge) = blocking(move || {
+        let fs = root.open_write(Some(&cancel))?;
+        let merge = match merging {
+            true => backend.merge(&fs)?,
+            false => None,
+        };
+        Ok((fs, merge))
+    })
+    .await?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(64);
     let chunks = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|c| c.map(Ok::<_, std::io::Error>))
@@ -481,12 +486,10 @@ pub(super) async fn export_and_write(
     );
     #[cfg(feature = "test-hooks")]
     let stream = crate::hooks::pause_on_first_read("write", stream, run.cancel.clone());
-    let writer = {
-        let (root, cancel) = (root.clone(), run.cancel.clone());
-        tokio::task::spawn_blocking(move || {
-            ext4::write_tar(&root, backend.root().as_bytes(), stream, Some(&cancel))
-        })
-    };
+    let writer = tokio::task::spawn_blocking(move || {
+        let written = fs.write_tar(backend.root().as_bytes(), stream, None);
+        (fs, written)
+    });
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
     let exported = run
         .or_cancel(
@@ -496,18 +499,26 @@ pub(super) async fn export_and_write(
         .await;
     // The writer stops by itself once the stream ends or is cancelled; the
     // filesystem is closed consistently either way.
-    let written = writer.await.context("the ext4 writer panicked")?;
-    let exported = exported?;
-    let stats = written.context("writing Docker's store into ROOT")?;
-    exported.finished.success("the export helper")?;
-    if let Some(merge) = merge {
-        let root = root.clone();
-        blocking(move || merge.finish(&root)).await?;
-    }
+    let (fs, written) = writer.await.context("the ext4 writer panicked")?;
+    let stats = blocking(move || {
+        let mut fs = fs;
+        let done = (|| {
+            let exported = exported?;
+            let stats = written.context("writing Docker's store into ROOT")?;
+            exported.finished.success("the export helper")?;
+            if let Some(merge) = merge {
+                merge.finish(&mut fs)?;
+            }
+            Ok((stats, exported.via))
+        })();
+        fs.close_after(done)
+    })
+    .await?;
+    let (stats, via) = stats;
     Ok(Written {
         entries: stats.entries,
         bytes: stats.bytes,
-        via: exported.via,
+        via,
     })
 }
 
@@ -523,22 +534,27 @@ pub(super) async fn write_containerd(
         let md = std::fs::metadata(&src)
             .with_context(|| format!("reading --containerd {}", src.display()))?;
         let target = CONTAINERD_ROOT.as_bytes();
-        let stats = if md.is_dir() {
+        let mut fs = root.open_write(Some(&cancel))?;
+        let written = if md.is_dir() {
             let (reader, writer) = std::io::pipe().context("making a pipe")?;
             let dir = src.clone();
             let export = std::thread::spawn(move || store::export::tree(&dir, writer));
-            let written = ext4::write_tar(&root, target, reader, Some(&cancel));
-            let exported = export
+            let written = fs.write_tar(target, reader, None);
+            export
                 .join()
-                .map_err(|_| anyhow!("the containerd export panicked"))?;
-            let stats = written?;
-            exported.with_context(|| format!("reading the containerd root {}", src.display()))?;
-            stats
+                .map_err(|_| anyhow!("the containerd export panicked"))
+                .and_then(|exported| {
+                    let stats = written?;
+                    exported.with_context(|| {
+                        format!("reading the containerd root {}", src.display())
+                    })?;
+                    Ok(stats)
+                })
         } else {
-            let archive: Box<dyn Read + Send> = open_archive(&Input::File(src), true)?;
-            ext4::write_tar(&root, target, archive, Some(&cancel))?
+            open_archive(&Input::File(src), true)
+                .and_then(|archive| fs.write_tar(target, archive, None))
         };
-        Ok(stats.entries)
+        Ok(fs.close_after(written)?.entries)
     })
     .await
 }
@@ -585,7 +601,7 @@ pub(super) async fn publish(
     backend: &'static dyn Backend,
 ) -> Result<(ext4::FsSummary, u64)> {
     blocking(move || {
-        let layers = backend.layers(&ext4::read::Reader::open(&prepared.fs())?)?;
+        let layers = backend.layers(&prepared.fs().open_read()?)?;
         Ok((prepared.publish()?, layers))
     })
     .await

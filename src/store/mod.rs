@@ -101,8 +101,9 @@ pub trait Backend: Sync {
 
 /// The second half of a `--merge`, once the new store is written.
 pub trait Merge: Send {
-    /// Reconciles the store written into `root` with what was there.
-    fn finish(self: Box<Self>, root: &ext4::Root) -> Result<()>;
+    /// Reconciles the store written into `fs` (ROOT, open for writing)
+    /// with what was there.
+    fn finish(self: Box<Self>, fs: &mut ext4::Fs) -> Result<()>;
 }
 
 /// What [`Backend::inspect`] found, in the shape of its store

@@ -3,34 +3,28 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
 use super::image::{Blob, Plan};
-use super::scan::{blob_path, normalize, Hashing, COPY_BUF};
+use super::scan::{blob_path, normalize, Hashing};
 use super::{ArchiveImage, ArchiveKind};
 use crate::compress;
 use crate::source::ImageRef;
-use crate::tar::{Archive, EntryType};
+use crate::tar::{Archive, EntryType, Writer};
 
-fn tar_header(name: &str, size: u64) -> Result<tar::Header> {
-    let mut h = tar::Header::new_ustar();
-    h.set_path(name)
-        .with_context(|| format!("naming {name} in the output tar"))?;
-    h.set_size(size);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_cksum();
-    Ok(h)
-}
-
-fn pad(out: &mut impl Write, size: u64) -> io::Result<()> {
-    let n = (512 - size % 512) % 512;
-    out.write_all(&[0u8; 512][..n as usize])
-}
+/// Every entry of the archive: a regular file of root's, 0644, at time 0
+/// (what `docker save` writes; nothing of this machine).
+const ENTRY: crate::tar::Attrs = crate::tar::Attrs {
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    mtime: 0,
+    mtime_nsec: 0,
+    xattrs: Vec::new(),
+};
 
 /// Copies exactly `blob.size` bytes of `from` into `out` as the tar entry
 /// `blobs/sha256/<hex>`, checking the digest.
@@ -38,24 +32,12 @@ fn copy_blob(
     archive: &Path,
     blob: &Blob,
     from: impl Read,
-    out: &mut impl Write,
-    buf: &mut [u8],
+    out: &mut Writer<impl Write>,
 ) -> Result<()> {
     let name = blob_path(&blob.hex);
-    let h = tar_header(&name, blob.size)?;
-    out.write_all(h.as_bytes())
-        .context("writing the converted archive")?;
     let mut hashing = Hashing::new(from.take(blob.size));
-    loop {
-        let n = hashing
-            .read(buf)
-            .with_context(|| format!("{}: reading {}", archive.display(), blob.source))?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n])
-            .context("writing the converted archive")?;
-    }
+    out.file(name.as_bytes(), &ENTRY, blob.size, &mut hashing)
+        .with_context(|| format!("{}: copying {}", archive.display(), blob.source))?;
     let (hex, size) = hashing.finish();
     if size != blob.size || hex != blob.hex {
         bail!(
@@ -64,14 +46,11 @@ fn copy_blob(
             blob.source
         );
     }
-    pad(out, blob.size).context("writing the converted archive")
+    Ok(())
 }
 
-fn write_entry(out: &mut impl Write, name: &str, data: &[u8]) -> Result<()> {
-    let h = tar_header(name, data.len() as u64)?;
-    out.write_all(h.as_bytes())
-        .and_then(|()| out.write_all(data))
-        .and_then(|()| pad(out, data.len() as u64))
+fn write_entry(out: &mut Writer<impl Write>, name: &str, data: &[u8]) -> Result<()> {
+    out.file_bytes(name.as_bytes(), &ENTRY, data)
         .context("writing the converted archive")
 }
 
@@ -82,9 +61,9 @@ pub(super) fn docker_archive(
     path: &Path,
     images: &[ArchiveImage],
     plans: &[Plan],
-    mut out: impl Write,
+    out: impl Write,
 ) -> Result<()> {
-    let mut buf = vec![0u8; COPY_BUF];
+    let mut out = Writer::new(out);
     let mut written: BTreeSet<String> = BTreeSet::new();
     #[derive(serde::Serialize)]
     #[serde(rename_all = "PascalCase")]
@@ -122,7 +101,7 @@ pub(super) fn docker_archive(
                 }
                 let p = path.join(&blob.source);
                 let f = File::open(&p).with_context(|| format!("opening {}", p.display()))?;
-                copy_blob(path, blob, f, &mut out, &mut buf)?;
+                copy_blob(path, blob, f, &mut out)?;
             }
         }
         ArchiveKind::DockerArchive | ArchiveKind::OciArchive => {
@@ -149,7 +128,7 @@ pub(super) fn docker_archive(
                 if !written.insert(blob.hex.clone()) {
                     continue;
                 }
-                copy_blob(path, blob, entry.data, &mut out, &mut buf)?;
+                copy_blob(path, blob, entry.data, &mut out)?;
             }
             if let Some(name) = wanted.keys().next() {
                 bail!(
@@ -161,8 +140,8 @@ pub(super) fn docker_archive(
     }
     let json = serde_json::to_vec(&manifest).context("encoding manifest.json")?;
     write_entry(&mut out, "manifest.json", &json)?;
-    out.write_all(&[0u8; 1024])
-        .and_then(|()| out.flush())
+    out.finish()
+        .map(drop)
         .context("writing the converted archive")
 }
 

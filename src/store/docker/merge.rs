@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 
-use super::layout::{IMAGE, LAYERDB, LAYERS, REPOSITORIES};
+use super::layout::{LAYERDB, LAYERS, REPOSITORIES};
 use super::ROOT;
 use crate::ext4;
 use crate::fsread::FsRead;
@@ -37,15 +37,14 @@ impl Before {
 
 impl crate::store::Merge for Before {
     /// Relinks the shared layers, then writes the names of both stores.
-    fn finish(self: Box<Self>, root: &ext4::Root) -> Result<()> {
-        relink_shared_layers(root, &self.layers)?;
+    fn finish(self: Box<Self>, fs: &mut ext4::Fs) -> Result<()> {
+        relink_shared_layers(fs, &self.layers)?;
         let path = format!("{ROOT}/{REPOSITORIES}");
-        let new = ext4::read_file(root, &path)?.unwrap_or_else(|| b"{}".to_vec());
+        let new = fs.read_if_exists(&path)?.unwrap_or_else(|| b"{}".to_vec());
         let merged = merge_repositories(&self.repositories, &new)?;
-        let dir = format!("{ROOT}/{IMAGE}");
-        ext4::write_tar(root, dir.as_bytes(), &repositories_tar(&merged)?[..], None)
-            .context("writing the merged repositories.json")?;
-        Ok(())
+        // Root's, 0600, as Docker writes it.
+        fs.write_file(&path, &merged, &ext4::FileAttrs::root_owned(0o600))
+            .context("writing the merged repositories.json")
     }
 }
 
@@ -56,9 +55,8 @@ impl crate::store::Merge for Before {
 /// `lower` file: point them at the new one, as Docker would have, so that
 /// every layer's `lower` agrees with the layerdb. (The old directory stays,
 /// unused.)
-fn relink_shared_layers(root: &ext4::Root, before: &BTreeMap<String, String>) -> Result<()> {
-    let fs = ext4::read::Reader::open(root)?;
-    let after = layer_dirs(&fs, ROOT)?;
+fn relink_shared_layers(fs: &mut ext4::Fs, before: &BTreeMap<String, String>) -> Result<()> {
+    let after = layer_dirs(fs, ROOT)?;
     let overlay = format!("{ROOT}/{LAYERS}");
     let link_of = |cache_id: &str| -> Result<String> {
         let l = fs.read_all(format!("{overlay}/{cache_id}/link").as_bytes())?;
@@ -93,47 +91,18 @@ fn relink_shared_layers(root: &ext4::Root, before: &BTreeMap<String, String>) ->
             .collect();
         let relinked = relinked.join(":");
         if relinked != text {
-            rewrites.push((format!("{overlay}/{dir}"), relinked));
+            rewrites.push((lower, relinked));
         }
     }
-    drop(fs);
-    for (dir, lower) in rewrites {
-        ext4::write_tar(
-            root,
-            dir.as_bytes(),
-            &file_tar("lower", lower.as_bytes(), 0o644)?[..],
-            None,
+    for (lower, relinked) in rewrites {
+        fs.write_file(
+            &lower,
+            relinked.as_bytes(),
+            &ext4::FileAttrs::root_owned(0o644),
         )
-        .with_context(|| format!("relinking {dir}/lower to the shared layers"))?;
+        .with_context(|| format!("relinking {lower} to the shared layers"))?;
     }
     Ok(())
-}
-
-/// A tar stream of one root-owned file `name` holding `content` with
-/// `mode`, to replace that file in a directory of ROOT.
-fn file_tar(name: &str, content: &[u8], mode: u32) -> Result<Vec<u8>> {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_size(content.len() as u64);
-    h.set_mtime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    );
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.append_data(&mut h, name, content)
-        .with_context(|| format!("making the {name} entry"))?;
-    tar.into_inner()
-        .with_context(|| format!("making the {name} entry"))
-}
-
-/// A tar stream of one file, `repositories.json` holding `content`, with
-/// the owner and mode Docker gives it (root, 0600).
-fn repositories_tar(content: &[u8]) -> Result<Vec<u8>> {
-    file_tar("repositories.json", content, 0o600)
 }
 
 /// The cache-id (overlay2 directory) of every layer in the layerdb of the
