@@ -1,6 +1,6 @@
 //! Reading a filesystem tree the way `inspect` and `verify` need: by byte
 //! paths, without following symlinks, with device numbers and xattrs. ROOT
-//! of a disk image is read through libext2fs (`ext4::Reader`, read-only,
+//! of a disk image is read through libext2fs (an `ext4::Fs` opened read-only,
 //! no root, no mount); a directory of this machine through `HostDir`.
 
 use std::path::PathBuf;

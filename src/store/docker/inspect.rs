@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::layout::{IMAGE, LAYERS};
+use super::layout::{CONTENT, IMAGE, LAYERDB, LAYERS, REPOSITORIES};
 use super::ROOT;
 use crate::digest::chain_ids;
 use crate::fsread::{is_dir, join, show, FsRead, Kind};
@@ -20,7 +20,7 @@ pub fn store(fs: &dyn FsRead) -> Result<Option<DockerStore>> {
     if !is_dir(fs, image.as_bytes())? {
         return Ok(None);
     }
-    let store = docker_store(fs, image.as_bytes())
+    let store = docker_store(fs, ROOT.as_bytes())
         .with_context(|| format!("reading Docker's image store in {ROOT}"))?;
     Ok(Some(store))
 }
@@ -92,9 +92,9 @@ struct RootFs {
     diff_ids: Vec<String>,
 }
 
-fn docker_store(fs: &dyn FsRead, image: &[u8]) -> Result<DockerStore> {
+fn docker_store(fs: &dyn FsRead, root: &[u8]) -> Result<DockerStore> {
     let mut names: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
-    let repos_path = join(image, b"repositories.json");
+    let repos_path = join(root, REPOSITORIES.as_bytes());
     if fs.stat(&repos_path)?.is_some() {
         let raw = fs
             .read_all(&repos_path)
@@ -113,7 +113,7 @@ fn docker_store(fs: &dyn FsRead, image: &[u8]) -> Result<DockerStore> {
         }
     }
 
-    let content = join(image, b"imagedb/content/sha256");
+    let content = join(root, CONTENT.as_bytes());
     let mut hexes = if is_dir(fs, &content)? {
         fs.read_dir(&content)
             .with_context(|| format!("listing {}", show(&content)))?
@@ -143,7 +143,7 @@ fn docker_store(fs: &dyn FsRead, image: &[u8]) -> Result<DockerStore> {
         for chain in chain_ids(&diff_ids) {
             let hex = chain.strip_prefix("sha256:").unwrap_or(&chain);
             let size_path = join(
-                &join(image, b"layerdb/sha256"),
+                &join(root, LAYERDB.as_bytes()),
                 format!("{hex}/size").as_bytes(),
             );
             if fs.stat(&size_path)?.is_none() {
