@@ -13,6 +13,7 @@ use super::read::{self, View};
 use super::writer::{self, EntryKind, EntryMeta, Stats, Transform, TreeWriter};
 use super::{untar, FsSummary, Root};
 use crate::fsread::{FsRead, Stat};
+use crate::tar::Attrs;
 
 /// How a filesystem is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,37 +23,6 @@ pub enum Mode {
     /// Reads and writes; closing writes the superblock, group descriptors
     /// and bitmaps back.
     Write,
-}
-
-/// Owner, mode, time and xattrs of a file written with [`Fs::write_file`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileAttrs {
-    /// Permission bits (07777).
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: i64,
-    pub mtime_nsec: u32,
-    /// Full names (`security.selinux`) and values.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl FileAttrs {
-    /// Owned by root, modified now, no xattrs: how the tool's own files
-    /// (a merged repositories.json, a layer's `lower`) are written.
-    pub fn root_owned(mode: u32) -> FileAttrs {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        FileAttrs {
-            mode,
-            uid: 0,
-            gid: 0,
-            mtime: now,
-            mtime_nsec: 0,
-            xattrs: vec![],
-        }
-    }
 }
 
 /// An ext4 filesystem opened once, by [`Root::open_read`] or
@@ -267,7 +237,7 @@ impl Fs {
     /// Writes the regular file `path` (absolute) holding `content`,
     /// replacing what is there as tar would; missing parent directories
     /// are created as [`Fs::write_tar`] creates them.
-    pub fn write_file(&mut self, path: &str, content: &[u8], attrs: &FileAttrs) -> Result<()> {
+    pub fn write_file(&mut self, path: &str, content: &[u8], attrs: &Attrs) -> Result<()> {
         self.require_write()?;
         let what = || format!("writing {path} into {}", self.root);
         let Some(rel) = path.strip_prefix('/') else {
@@ -276,10 +246,13 @@ impl Fs {
         for (name, _) in &attrs.xattrs {
             writer::check_xattr_name(name).with_context(what)?;
         }
+        let id = |n: u64| {
+            u32::try_from(n).map_err(|_| anyhow!("owner {n} does not fit ext4's 32-bit ids"))
+        };
         let entry = EntryMeta {
             perm: attrs.mode & 0o7777,
-            uid: attrs.uid,
-            gid: attrs.gid,
+            uid: id(attrs.uid).with_context(what)?,
+            gid: id(attrs.gid).with_context(what)?,
             mtime: attrs.mtime,
             mtime_nsec: attrs.mtime_nsec,
             xattrs: attrs.xattrs.clone(),
@@ -374,7 +347,7 @@ mod tests {
     use super::super::{EntryKind, Keep};
     use super::*;
     use crate::fsread::Kind;
-    use crate::tar::{Attrs, Writer};
+    use crate::tar::Writer;
 
     /// A fresh 32 MiB ROOT, or None when e2fsprogs is missing.
     fn fresh(dir: &Path) -> Option<Root> {
@@ -427,7 +400,7 @@ mod tests {
         assert!(fs.list_dir("/var").is_err());
 
         let names = "/var/lib/docker/image/overlay2/repositories.json";
-        fs.write_file(names, b"{}", &FileAttrs::root_owned(0o600))
+        fs.write_file(names, b"{}", &Attrs::root_owned(0o600))
             .unwrap();
         assert!(fs.exists(names).unwrap());
         assert_eq!(fs.read_if_exists(names).unwrap().unwrap(), b"{}");
@@ -468,11 +441,11 @@ mod tests {
         assert!(fs.read_all(b"/var/lib/docker/image/overlay2/big").unwrap() == big);
 
         let xattrs = vec![(b"user.k".to_vec(), vec![0, 10, 255])];
-        let replaced = FileAttrs {
+        let replaced = Attrs {
             uid: 7,
             gid: 8,
             xattrs: xattrs.clone(),
-            ..FileAttrs::root_owned(0o644)
+            ..Attrs::root_owned(0o644)
         };
         fs.write_file(names, b"{\"Repositories\":{}}", &replaced)
             .unwrap();
@@ -623,7 +596,7 @@ mod tests {
         let before = sha(&root.image);
         let mut fs = root.open_read().unwrap();
         let e = fs
-            .write_file("/a", b"x", &FileAttrs::root_owned(0o644))
+            .write_file("/a", b"x", &Attrs::root_owned(0o644))
             .unwrap_err();
         assert!(format!("{e:#}").contains("read-only"), "{e:#}");
         let e = fs.write_tar(b"/", &[0u8; 1024][..], None).unwrap_err();
@@ -643,15 +616,15 @@ mod tests {
         };
         {
             let mut fs = root.open_write(None).unwrap();
-            fs.write_file("/etc/x", b"kept", &FileAttrs::root_owned(0o644))
+            fs.write_file("/etc/x", b"kept", &Attrs::root_owned(0o644))
                 .unwrap();
             let e = fs
-                .write_file("etc/y", b"", &FileAttrs::root_owned(0o644))
+                .write_file("etc/y", b"", &Attrs::root_owned(0o644))
                 .unwrap_err();
             assert!(format!("{e:#}").contains("not an absolute path"), "{e:#}");
-            let bad = FileAttrs {
+            let bad = Attrs {
                 xattrs: vec![(b"nonamespace".to_vec(), vec![])],
-                ..FileAttrs::root_owned(0o644)
+                ..Attrs::root_owned(0o644)
             };
             assert!(fs.write_file("/etc/z", b"", &bad).is_err());
         }
@@ -669,11 +642,11 @@ mod tests {
         };
         let cancel = CancellationToken::new();
         let mut fs = root.open_write(Some(&cancel)).unwrap();
-        fs.write_file("/a", b"1", &FileAttrs::root_owned(0o644))
+        fs.write_file("/a", b"1", &Attrs::root_owned(0o644))
             .unwrap();
         cancel.cancel();
         let e = fs
-            .write_file("/b", b"2", &FileAttrs::root_owned(0o644))
+            .write_file("/b", b"2", &Attrs::root_owned(0o644))
             .unwrap_err();
         assert!(format!("{e:#}").contains("interrupted"), "{e:#}");
         fs.close().unwrap();

@@ -18,7 +18,7 @@ use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
 pub use estimate::{Estimator, Item, Need};
-pub use handle::{FileAttrs, Fs, Mode};
+pub use handle::{Fs, Mode};
 pub use untar::{estimate_tar, estimate_tar_file};
 pub use writer::{EntryKind, EntryMeta, Keep, Stats, Transform};
 

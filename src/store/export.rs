@@ -17,6 +17,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::ext4::{Estimator, Item, Need};
+use crate::tar::Device;
 
 /// What an export wrote.
 #[derive(Debug, Default, Clone, Copy)]
@@ -137,11 +138,12 @@ impl<W: Write> Exporter<W> {
                 .symlink(name, &attrs, target.as_os_str().as_bytes())?;
         } else if ft.is_char_device() || ft.is_block_device() {
             let (major, minor) = (rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()));
-            if ft.is_char_device() {
-                self.tar.char_device(name, &attrs, major, minor)?;
+            let device = if ft.is_char_device() {
+                Device::Char
             } else {
-                self.tar.block_device(name, &attrs, major, minor)?;
-            }
+                Device::Block
+            };
+            self.tar.device(name, &attrs, device, major, minor)?;
         } else if ft.is_fifo() {
             self.tar.fifo(name, &attrs)?;
         }

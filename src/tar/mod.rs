@@ -6,4 +6,4 @@ mod read;
 mod write;
 
 pub use read::{Archive, Entry, EntryType};
-pub use write::{Attrs, Writer};
+pub use write::{Attrs, Device, Writer};

@@ -22,7 +22,15 @@ const MAX_OCTAL_12: u64 = 0o77777777777;
 /// Bytes of the name and link name fields of a header.
 const NAME_FIELD: usize = 100;
 
-/// Owner, permissions, time and xattrs of an entry.
+/// Which kind of device [`Writer::device`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Char,
+    Block,
+}
+
+/// Owner, permissions, time and xattrs of an entry: of a tar entry, and of
+/// a file written with `ext4::Fs::write_file`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attrs {
     /// Permission bits (07777); the type comes from the method called.
@@ -38,7 +46,9 @@ pub struct Attrs {
 }
 
 impl Attrs {
-    /// Owned by root, modified now, no xattrs.
+    /// Owned by root, modified now, no xattrs: how the tool's own files
+    /// (certificates, a merged repositories.json, a layer's `lower`) are
+    /// written.
     pub fn root_owned(mode: u32) -> Attrs {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -169,30 +179,22 @@ impl<W: Write> Writer<W> {
         self.entry(path, attrs, shape)
     }
 
-    pub fn char_device(
+    /// A character or block device (whiteouts are 0:0 character devices).
+    pub fn device(
         &mut self,
         path: &[u8],
         attrs: &Attrs,
+        device: Device,
         major: u32,
         minor: u32,
     ) -> Result<()> {
-        let shape = Shape {
-            dev: (major, minor),
-            ..Shape::of(EntryType::Char)
+        let kind = match device {
+            Device::Char => EntryType::Char,
+            Device::Block => EntryType::Block,
         };
-        self.entry(path, attrs, shape)
-    }
-
-    pub fn block_device(
-        &mut self,
-        path: &[u8],
-        attrs: &Attrs,
-        major: u32,
-        minor: u32,
-    ) -> Result<()> {
         let shape = Shape {
             dev: (major, minor),
-            ..Shape::of(EntryType::Block)
+            ..Shape::of(kind)
         };
         self.entry(path, attrs, shape)
     }
@@ -381,10 +383,12 @@ mod tests {
         w.symlink(b"dir/link", &attrs(0o777), b"to\nthere").unwrap();
         w.symlink(b"dir/far", &attrs(0o777), &long_target).unwrap();
         w.hard_link(b"dir/hard", &attrs(0o644), &long_path).unwrap();
-        w.char_device(b"dir/whiteout", &attrs(0), 0, 0).unwrap();
-        w.char_device(b"dir/chr", &attrs(0o600), 300, 70_000)
+        w.device(b"dir/whiteout", &attrs(0), Device::Char, 0, 0)
             .unwrap();
-        w.block_device(b"dir/blk", &attrs(0o660), 8, 1).unwrap();
+        w.device(b"dir/chr", &attrs(0o600), Device::Char, 300, 70_000)
+            .unwrap();
+        w.device(b"dir/blk", &attrs(0o660), Device::Block, 8, 1)
+            .unwrap();
         w.fifo(b"dir/fifo", &attrs(0o644)).unwrap();
         let bytes = w.finish().unwrap();
         assert_eq!(bytes.len() % 512, 0);
@@ -488,7 +492,7 @@ mod tests {
             ..attrs(0o644)
         };
         assert!(e(w.dir(b"d", &bad)).contains("user.a=b"));
-        assert!(e(w.char_device(b"c", &attrs(0), 1 << 22, 0)).contains("do not fit"));
+        assert!(e(w.device(b"c", &attrs(0), Device::Char, 1 << 22, 0)).contains("do not fit"));
         // A file that holds less than it said.
         let r = w.file(b"short", &attrs(0o644), 10, &b"12345"[..]);
         assert!(e(r).contains("only 5 of its 10 bytes"));

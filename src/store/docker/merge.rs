@@ -43,7 +43,7 @@ impl crate::store::Merge for Before {
         let new = fs.read_if_exists(&path)?.unwrap_or_else(|| b"{}".to_vec());
         let merged = merge_repositories(&self.repositories, &new)?;
         // Root's, 0600, as Docker writes it.
-        fs.write_file(&path, &merged, &ext4::FileAttrs::root_owned(0o600))
+        fs.write_file(&path, &merged, &crate::tar::Attrs::root_owned(0o600))
             .context("writing the merged repositories.json")
     }
 }
@@ -98,7 +98,7 @@ fn relink_shared_layers(fs: &mut ext4::Fs, before: &BTreeMap<String, String>) ->
         fs.write_file(
             &lower,
             relinked.as_bytes(),
-            &ext4::FileAttrs::root_owned(0o644),
+            &crate::tar::Attrs::root_owned(0o644),
         )
         .with_context(|| format!("relinking {lower} to the shared layers"))?;
     }
