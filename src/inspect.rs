@@ -2,20 +2,16 @@
 //! (no mount, no root, nothing written). The JSON shape of `Inventory` is a
 //! documented, stable interface (docs/inspect-schema.md): rename nothing.
 
-mod bolt;
-
 use std::io::Write;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::fsread::{is_dir, show, FsRead};
+use crate::fsread::FsRead;
 use crate::protocol::StoreKind;
 use crate::store;
+pub use crate::store::containerd::inspect::ContainerdStore;
 pub use crate::store::docker::inspect::DockerStore;
-
-const CONTAINERD: &[u8] = b"/var/lib/containerd";
-const CONTAINERD_META: &[u8] = b"/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db";
 
 /// Everything `inspect` reports about a ROOT filesystem.
 #[derive(Debug, Serialize)]
@@ -40,112 +36,21 @@ pub struct RootSpace {
     pub free_bytes: u64,
 }
 
-/// containerd's image metadata.
-#[derive(Debug, Serialize)]
-pub struct ContainerdStore {
-    /// Namespaces holding images ("moby", "k8s.io", "default", ...), sorted
-    /// by name; empty when containerd has no metadata database yet.
-    pub namespaces: Vec<ContainerdNamespace>,
-}
-
-/// One containerd namespace.
-#[derive(Debug, Serialize)]
-pub struct ContainerdNamespace {
-    /// The namespace's name.
-    pub name: String,
-    /// Its images, sorted by name.
-    pub images: Vec<ContainerdImage>,
-}
-
-/// One containerd image record.
-#[derive(Debug, Serialize)]
-pub struct ContainerdImage {
-    /// The image name (a reference such as "example.com/library/nginx:1.27").
-    pub name: String,
-    /// Digest of the target: the manifest or index ("sha256:...").
-    pub digest: String,
-    /// Media type of the target (manifest, index, ...).
-    pub media_type: String,
-}
-
 /// Reads what images `fs` (a ROOT filesystem) carries.
 pub fn inventory(fs: &dyn FsRead) -> Result<Inventory> {
-    let docker = store::backend(StoreKind::Docker)
-        .inspect(fs)?
-        .map(|store::Inventory::Docker(d)| d);
-    let containerd = if is_dir(fs, CONTAINERD)? {
-        Some(containerd_store(fs).context("reading containerd's metadata in /var/lib/containerd")?)
-    } else {
-        None
-    };
-    Ok(Inventory {
-        docker,
-        containerd,
+    let mut inv = Inventory {
+        docker: None,
+        containerd: None,
         root: RootSpace::default(),
-    })
-}
-
-fn utf8(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// containerd keeps images in its metadata database (core/metadata/
-/// buckets.go): v1 / <namespace> / images / <name> / target / {digest,
-/// mediatype, size}.
-fn containerd_store(fs: &dyn FsRead) -> Result<ContainerdStore> {
-    if fs.stat(CONTAINERD_META)?.is_none() {
-        return Ok(ContainerdStore { namespaces: vec![] });
-    }
-    let raw = fs
-        .read_all(CONTAINERD_META)
-        .with_context(|| format!("reading {}", show(CONTAINERD_META)))?;
-    let namespaces =
-        containerd_images(&raw).with_context(|| format!("reading {}", show(CONTAINERD_META)))?;
-    Ok(ContainerdStore { namespaces })
-}
-
-fn containerd_images(db: &[u8]) -> Result<Vec<ContainerdNamespace>> {
-    let db = bolt::Db::open(db)?;
-    let root = db.root();
-    let Some(v1) = root.bucket(b"v1")? else {
-        return Ok(vec![]);
     };
-    let mut out = vec![];
-    for (ns, entry) in v1.entries()? {
-        let bolt::Entry::Bucket(ns_bucket) = entry else {
-            continue;
-        };
-        let Some(images) = ns_bucket.bucket(b"images")? else {
-            continue;
-        };
-        let mut list = vec![];
-        for (name, entry) in images.entries()? {
-            let bolt::Entry::Bucket(image) = entry else {
-                continue;
-            };
-            let target = image.bucket(b"target")?;
-            let field = |k: &[u8]| -> Result<String> {
-                Ok(match &target {
-                    Some(t) => t.value(k)?.map(utf8).unwrap_or_default(),
-                    None => String::new(),
-                })
-            };
-            list.push(ContainerdImage {
-                name: utf8(name),
-                digest: field(b"digest")?,
-                media_type: field(b"mediatype")?,
-            });
-        }
-        if !list.is_empty() {
-            list.sort_by(|a, b| a.name.cmp(&b.name));
-            out.push(ContainerdNamespace {
-                name: utf8(ns),
-                images: list,
-            });
+    for kind in StoreKind::ALL {
+        match store::backend(kind).inspect(fs)? {
+            Some(store::Inventory::Docker(d)) => inv.docker = Some(d),
+            Some(store::Inventory::Containerd(c)) => inv.containerd = Some(c),
+            None => {}
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok(inv)
 }
 
 /// Sizes as `docker images` shows them (SI units).

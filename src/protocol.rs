@@ -28,6 +28,8 @@ pub const INTERNAL: &str = "internal";
 pub enum StoreKind {
     /// Docker's overlay2 store (/var/lib/docker).
     Docker,
+    /// containerd's store (/var/lib/containerd).
+    Containerd,
 }
 
 /// What the tool asks a helper in the build container to do.
@@ -184,9 +186,13 @@ impl Request {
 }
 
 impl StoreKind {
+    /// Every store, in the order `inspect` lists them.
+    pub const ALL: [StoreKind; 2] = [StoreKind::Docker, StoreKind::Containerd];
+
     fn name(self) -> &'static str {
         match self {
             StoreKind::Docker => "docker",
+            StoreKind::Containerd => "containerd",
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Image stores as backends: what a store brings to a run, behind one
 //! interface ([`Backend`]) that the phases of `populate`, `inspect` and
 //! `verify` use without knowing which store it is. Docker's overlay2 store
-//! ([`docker`]) is the first; containerd's will be the next, implementing
-//! the same functions:
+//! ([`docker`]) is the first, containerd's ([`containerd`]) the second,
+//! implementing the same functions:
 //!
 //! - the daemon of the build container that writes it ([`Backend::daemon`])
 //!   and where its root is there and in ROOT ([`Backend::root`]);
@@ -27,6 +27,7 @@ use crate::ext4::{self, Need};
 use crate::fsread::FsRead;
 use crate::protocol::StoreKind;
 
+pub mod containerd;
 pub mod docker;
 pub mod export;
 
@@ -34,12 +35,13 @@ pub use export::ExportStats;
 
 /// Where Flatcar's containerd keeps its root (`populate --containerd`
 /// copies a tree there).
-pub const CONTAINERD_ROOT: &str = "/var/lib/containerd";
+pub const CONTAINERD_ROOT: &str = containerd::ROOT;
 
 /// The backend of `kind`.
 pub fn backend(kind: StoreKind) -> &'static dyn Backend {
     match kind {
         StoreKind::Docker => &docker::Docker,
+        StoreKind::Containerd => &containerd::Containerd,
     }
 }
 
@@ -110,6 +112,7 @@ pub trait Merge: Send {
 /// (docs/inspect-schema.md).
 pub enum Inventory {
     Docker(docker::inspect::DockerStore),
+    Containerd(containerd::inspect::ContainerdStore),
 }
 
 /// Writes the store at `root` (all of it, or `only` the selection) as a

@@ -257,6 +257,8 @@ impl<'a> Bucket<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     #[test]
@@ -271,5 +273,105 @@ mod tests {
         // FNV-1a 64 test vectors ("" and "a").
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    /// A real containerd 1.6 metadata database (see its .gen.sh).
+    const META_DB_GZ: &[u8] = include_bytes!("../../../tests/fixtures/containerd-meta.db.gz");
+
+    fn meta_db() -> Vec<u8> {
+        let mut out = vec![];
+        flate2::read::GzDecoder::new(META_DB_GZ)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn bolt_reads_nested_and_inline_buckets() {
+        let data = meta_db();
+        let db = Db::open(&data).unwrap();
+        let root = db.root();
+        let names: Vec<Vec<u8>> = root
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        assert!(names.contains(&b"v1".to_vec()), "{names:?}");
+        let v1 = root.bucket(b"v1").unwrap().unwrap();
+        let ns: Vec<Vec<u8>> = v1
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        // Namespaces, and containerd's schema version as a plain value.
+        assert_eq!(
+            ns,
+            [b"k8s.io".to_vec(), b"ns1".to_vec(), b"version".to_vec()]
+        );
+        assert!(v1.value(b"version").unwrap().is_some());
+        // Keys come in bbolt's (byte) order, and plain values are not buckets.
+        let target = v1
+            .bucket(b"ns1")
+            .unwrap()
+            .unwrap()
+            .bucket(b"images")
+            .unwrap()
+            .unwrap()
+            .bucket(b"127.0.0.1:5000/fp/test:1")
+            .unwrap()
+            .unwrap()
+            .bucket(b"target")
+            .unwrap()
+            .unwrap();
+        assert!(target.bucket(b"digest").unwrap().is_none());
+        assert_eq!(
+            target.value(b"mediatype").unwrap(),
+            Some(&b"application/vnd.docker.distribution.manifest.v2+json"[..])
+        );
+    }
+
+    #[test]
+    fn bolt_falls_back_to_the_other_meta_page_and_rejects_damage() {
+        let mut data = meta_db();
+        let page_size = 4096;
+        // Break the checksum of meta page 1 then of meta page 0: with one left
+        // the database still opens, with none it is refused.
+        data[page_size + 16 + 56] ^= 0xff;
+        let db = Db::open(&data).unwrap();
+        assert!(db.root().bucket(b"v1").unwrap().is_some());
+        data[16 + 56] ^= 0xff;
+        let err = Db::open(&data).err().expect("both meta pages broken");
+        assert!(err.to_string().contains("not a bbolt database"), "{err}");
+    }
+
+    #[test]
+    fn bolt_errs_on_a_truncated_file_without_panicking() {
+        let data = meta_db();
+        let mut errors = 0;
+        for len in (0..data.len()).step_by(4093) {
+            let cut = &data[..len];
+            let r = Db::open(cut).and_then(|db| containerd_images_of(&db));
+            if r.is_err() {
+                errors += 1;
+            }
+        }
+        assert!(errors > 0);
+    }
+
+    fn containerd_images_of(db: &Db) -> Result<usize> {
+        let mut n = 0;
+        fn walk(b: Bucket, n: &mut usize) -> Result<()> {
+            for (_, e) in b.entries()? {
+                *n += 1;
+                if let Entry::Bucket(c) = e {
+                    walk(c, n)?;
+                }
+            }
+            Ok(())
+        }
+        walk(db.root(), &mut n)?;
+        Ok(n)
     }
 }

@@ -1,0 +1,296 @@
+//! containerd's image store (`/var/lib/containerd`): the content store
+//! (blobs by digest), the metadata database (`meta.db`: image records and
+//! labels per namespace) and the overlayfs snapshotter (unpacked layers),
+//! written by a containerd in the build container. It owns its on-disk
+//! layout; [`inspect`] lists its images and [`Containerd::verify`] hashes
+//! its content.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::export::{walk, ExportStats};
+use super::{Backend, DaemonOptions, Failure, Inventory, Merge, Report, Selection};
+use crate::digest::{hex, is_hex64};
+use crate::ext4::{Estimator, Need};
+use crate::fsread::{is_dir, join, show, FsRead, Kind};
+use crate::protocol::StoreKind;
+
+pub mod bolt;
+pub mod inspect;
+
+/// Where Flatcar's containerd keeps its root (its config's `root`).
+pub const ROOT: &str = "/var/lib/containerd";
+
+/// The layout below [`ROOT`], relative to it.
+pub mod layout {
+    /// Blobs (manifests, indexes, configs, compressed layers) by the hex
+    /// of their sha256 digest.
+    pub const BLOBS: &str = "io.containerd.content.v1.content/blobs/sha256";
+    /// The metadata database: images, labels, leases per namespace.
+    pub const META: &str = "io.containerd.metadata.v1.bolt/meta.db";
+    /// The overlayfs snapshotter: its own metadata.db and `snapshots/N/fs`.
+    pub const SNAPSHOTS: &str = "io.containerd.snapshotter.v1.overlayfs/snapshots";
+}
+
+/// The top-level entries of the root that a containerd needs to find the
+/// pulled images. Everything else is state of the containerd that pulled:
+/// `tmpmounts`, `io.containerd.runtime.v2.task` (tasks), the CRI plugin's
+/// `io.containerd.grpc.v1.cri` (containers, sandboxes),
+/// `io.containerd.grpc.v1.introspection/uuid` (the daemon's identity), the
+/// other snapshotters' empty directories.
+const KEEP: &[&str] = &[
+    "io.containerd.content.v1.content",
+    "io.containerd.metadata.v1.bolt",
+    "io.containerd.snapshotter.v1.overlayfs",
+];
+
+/// Within what is kept: downloads in progress.
+const SKIP: &[&str] = &["io.containerd.content.v1.content/ingest"];
+
+/// containerd's store, written by a containerd in the build container.
+pub struct Containerd;
+
+impl Backend for Containerd {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Containerd
+    }
+
+    fn root(&self) -> &'static str {
+        ROOT
+    }
+
+    /// The build container's containerd with its defaults (the overlayfs
+    /// snapshotter, content kept) and no configuration file of the image.
+    fn daemon(&self, opts: &DaemonOptions<'_>) -> Vec<String> {
+        [
+            "containerd",
+            "--config=/dev/null",
+            &format!("--root={ROOT}"),
+            "--state=/run/containerd",
+            &format!("--address={}", opts.socket),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(opts.extra.iter().cloned())
+        .collect()
+    }
+
+    fn export(
+        &self,
+        root: &Path,
+        only: Option<&Selection>,
+        out: &mut dyn Write,
+    ) -> Result<ExportStats> {
+        refuse_selection(only)?;
+        walk(root, Some(KEEP), SKIP, None, out, None).map(|(stats, _)| stats)
+    }
+
+    fn measure(&self, root: &Path, only: Option<&Selection>, block_size: u64) -> Result<Need> {
+        refuse_selection(only)?;
+        let est = Some(Estimator::new(block_size));
+        let (_, need) = walk(root, Some(KEEP), SKIP, None, io::sink(), est)?;
+        Ok(need.unwrap_or_default())
+    }
+
+    /// Merging two metadata databases means rewriting a bbolt file: not
+    /// done yet, so an existing store is refused rather than replaced.
+    fn merge(&self, before: &dyn FsRead) -> Result<Option<Box<dyn Merge>>> {
+        let meta = join(ROOT.as_bytes(), layout::META.as_bytes());
+        if before.stat(&meta)?.is_some() {
+            bail!(
+                "ROOT already has a containerd store ({}): adding to it (--merge) is not supported yet; \
+                 bake containerd's images into an image without one",
+                show(&meta)
+            );
+        }
+        Ok(None)
+    }
+
+    /// The overlayfs snapshots (one per unpacked layer).
+    fn layers(&self, fs: &dyn FsRead) -> Result<u64> {
+        let dir = join(ROOT.as_bytes(), layout::SNAPSHOTS.as_bytes());
+        if !is_dir(fs, &dir)? {
+            return Ok(0);
+        }
+        Ok(fs.read_dir(&dir)?.len() as u64)
+    }
+
+    fn inspect(&self, fs: &dyn FsRead) -> Result<Option<Inventory>> {
+        Ok(inspect::store(fs)?.map(Inventory::Containerd))
+    }
+
+    fn verify_total(&self, fs: &dyn FsRead) -> Result<u64> {
+        let mut total = 0;
+        for (path, _) in blobs(fs)? {
+            if let Some(st) = fs.stat(&path)? {
+                total += st.size;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Every blob of the content store hashes to the digest it is named
+    /// by.
+    fn verify(&self, fs: &dyn FsRead, progress: &mut dyn FnMut(u64)) -> Result<Report> {
+        let mut report = Report {
+            images: 0,
+            layers: self.layers(fs)? as usize,
+            bytes_hashed: 0,
+            failures: vec![],
+        };
+        if let Some(Inventory::Containerd(store)) = self.inspect(fs)? {
+            report.images = store.namespaces.iter().map(|n| n.images.len()).sum();
+        }
+        for (path, name) in blobs(fs)? {
+            let mut h = Sha256::new();
+            let n = fs
+                .read_file(&path, &mut |chunk| {
+                    h.update(chunk);
+                    progress(chunk.len() as u64);
+                    Ok(())
+                })
+                .with_context(|| format!("reading {}", show(&path)))?;
+            report.bytes_hashed += n;
+            let got = hex(&h.finalize());
+            if got != name {
+                report.failures.push(Failure {
+                    image: None,
+                    layer: None,
+                    path: Some(show(&path)),
+                    problem: format!("content hashes to sha256:{got}, not to its name"),
+                });
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// `--cache` selects images of a Docker store; containerd's is exported
+/// whole.
+fn refuse_selection(only: Option<&Selection>) -> Result<()> {
+    if only.is_some() {
+        bail!("containerd's store cannot be exported in part (--cache) yet");
+    }
+    Ok(())
+}
+
+/// The blobs of the content store: (path, hex digest of their name),
+/// sorted; a name that is not a sha256 hex digest is an error.
+fn blobs(fs: &dyn FsRead) -> Result<Vec<(Vec<u8>, String)>> {
+    let dir = join(ROOT.as_bytes(), layout::BLOBS.as_bytes());
+    if !is_dir(fs, &dir)? {
+        return Ok(vec![]);
+    }
+    let mut names = fs
+        .read_dir(&dir)
+        .with_context(|| format!("listing {}", show(&dir)))?;
+    names.sort();
+    let mut out = vec![];
+    for name in names {
+        let path = join(&dir, &name);
+        let text = String::from_utf8_lossy(&name).into_owned();
+        if !is_hex64(&text) {
+            bail!("{} is not named by a sha256 digest", show(&path));
+        }
+        match fs.stat(&path)? {
+            Some(st) if st.kind == Kind::File => out.push((path, text)),
+            _ => bail!("{} is not a regular file", show(&path)),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::fsread::HostDir;
+
+    fn names(buf: &[u8]) -> Vec<String> {
+        let mut ar = tar::Archive::new(buf);
+        ar.entries()
+            .unwrap()
+            .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn export_keeps_content_metadata_and_snapshots_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in [
+            "io.containerd.content.v1.content/blobs/sha256",
+            "io.containerd.content.v1.content/ingest/partial",
+            "io.containerd.metadata.v1.bolt",
+            "io.containerd.snapshotter.v1.overlayfs/snapshots/1/fs",
+            "io.containerd.grpc.v1.introspection",
+            "io.containerd.runtime.v2.task/k8s.io",
+            "tmpmounts",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join("io.containerd.grpc.v1.introspection/uuid"), "x").unwrap();
+        fs::write(root.join("io.containerd.metadata.v1.bolt/meta.db"), "db").unwrap();
+        let mut buf = vec![];
+        Containerd.export(root, None, &mut buf).unwrap();
+        assert_eq!(
+            names(&buf),
+            [
+                "./",
+                "io.containerd.content.v1.content",
+                "io.containerd.content.v1.content/blobs",
+                "io.containerd.content.v1.content/blobs/sha256",
+                "io.containerd.metadata.v1.bolt",
+                "io.containerd.metadata.v1.bolt/meta.db",
+                "io.containerd.snapshotter.v1.overlayfs",
+                "io.containerd.snapshotter.v1.overlayfs/snapshots",
+                "io.containerd.snapshotter.v1.overlayfs/snapshots/1",
+                "io.containerd.snapshotter.v1.overlayfs/snapshots/1/fs",
+            ]
+        );
+        let sel = Selection::default();
+        let err = Containerd
+            .export(root, Some(&sel), &mut vec![])
+            .unwrap_err();
+        assert!(err.to_string().contains("--cache"), "{err}");
+    }
+
+    #[test]
+    fn verify_hashes_every_blob_against_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("var/lib/containerd").join(layout::BLOBS);
+        fs::create_dir_all(&blobs).unwrap();
+        let good = crate::digest::sha256_hex(b"good");
+        fs::write(blobs.join(&good), b"good").unwrap();
+        let bad = crate::digest::sha256_hex(b"bad");
+        fs::write(blobs.join(&bad), b"changed").unwrap();
+        let fs_ = HostDir(dir.path().into());
+        assert_eq!(Containerd.verify_total(&fs_).unwrap(), 11);
+        let mut seen = 0;
+        let report = Containerd.verify(&fs_, &mut |n| seen += n).unwrap();
+        assert_eq!((report.bytes_hashed, seen), (11, 11));
+        assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+        let f = &report.failures[0];
+        assert!(f.path.as_deref().unwrap().ends_with(&bad), "{f}");
+        assert!(f.problem.contains("not to its name"), "{f}");
+        fs::write(blobs.join("nothex"), b"").unwrap();
+        let err = Containerd.verify(&fs_, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("sha256 digest"), "{err}");
+    }
+
+    #[test]
+    fn merge_refuses_an_existing_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs_ = HostDir(dir.path().into());
+        assert!(Containerd.merge(&fs_).unwrap().is_none());
+        let meta = dir.path().join("var/lib/containerd").join(layout::META);
+        fs::create_dir_all(meta.parent().unwrap()).unwrap();
+        fs::write(&meta, b"").unwrap();
+        let err = Containerd.merge(&fs_).err().unwrap();
+        assert!(err.to_string().contains("not supported yet"), "{err}");
+    }
+}
