@@ -1,4 +1,3 @@
-use std::io::Read;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -6,16 +5,7 @@ use sha2::{Digest, Sha256};
 use super::*;
 use crate::fsread::HostDir;
 
-/// A real containerd 1.6 metadata database (see its .gen.sh).
-const META_DB_GZ: &[u8] = include_bytes!("../../tests/fixtures/containerd-meta.db.gz");
-
-fn meta_db() -> Vec<u8> {
-    let mut out = vec![];
-    flate2::read::GzDecoder::new(META_DB_GZ)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
+use crate::store::containerd::bolt::fixture_meta_db as meta_db;
 
 const DIFF_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const DIFF_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";

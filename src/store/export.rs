@@ -292,3 +292,35 @@ impl Plan {
         self.parents(path);
     }
 }
+
+/// For the backends' tests: a tree of directories `dirs` and files `files`
+/// (path, content) made under a new temporary directory, and the entries
+/// (name, type) that `backend` exports of it.
+#[cfg(test)]
+pub(super) fn exported_entries(
+    backend: &dyn super::Backend,
+    dirs: &[&str],
+    files: &[(&str, &str)],
+    more: impl FnOnce(&Path),
+) -> Vec<(String, tar::EntryType)> {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for d in dirs {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (f, content) in files {
+        fs::write(root.join(f), content).unwrap();
+    }
+    more(root);
+    let mut buf = vec![];
+    backend.export(root, None, &mut buf).unwrap();
+    let mut ar = tar::Archive::new(&buf[..]);
+    ar.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            (name, e.header().entry_type())
+        })
+        .collect()
+}

@@ -255,10 +255,22 @@ impl<'a> Bucket<'a> {
     }
 }
 
+/// A real containerd 1.6 metadata database (tests/fixtures/
+/// containerd-meta.db.gz, see its .gen.sh), for the tests here and of
+/// `inspect`.
+#[cfg(test)]
+pub(crate) fn fixture_meta_db() -> Vec<u8> {
+    use std::io::Read;
+    const GZ: &[u8] = include_bytes!("../../../tests/fixtures/containerd-meta.db.gz");
+    let mut out = vec![];
+    flate2::read::GzDecoder::new(GZ)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
-
     use super::*;
 
     #[test]
@@ -275,16 +287,7 @@ mod tests {
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
-    /// A real containerd 1.6 metadata database (see its .gen.sh).
-    const META_DB_GZ: &[u8] = include_bytes!("../../../tests/fixtures/containerd-meta.db.gz");
-
-    fn meta_db() -> Vec<u8> {
-        let mut out = vec![];
-        flate2::read::GzDecoder::new(META_DB_GZ)
-            .read_to_end(&mut out)
-            .unwrap();
-        out
-    }
+    use super::fixture_meta_db as meta_db;
 
     #[test]
     fn bolt_reads_nested_and_inline_buckets() {

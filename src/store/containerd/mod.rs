@@ -207,38 +207,32 @@ fn blobs(fs: &dyn FsRead) -> Result<Vec<(Vec<u8>, String)>> {
 mod tests {
     use std::fs;
 
+    use super::super::export::exported_entries;
     use super::*;
     use crate::fsread::HostDir;
 
-    fn names(buf: &[u8]) -> Vec<String> {
-        let mut ar = tar::Archive::new(buf);
-        ar.entries()
-            .unwrap()
-            .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
-            .collect()
-    }
-
     #[test]
     fn export_keeps_content_metadata_and_snapshots_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        for d in [
-            "io.containerd.content.v1.content/blobs/sha256",
-            "io.containerd.content.v1.content/ingest/partial",
-            "io.containerd.metadata.v1.bolt",
-            "io.containerd.snapshotter.v1.overlayfs/snapshots/1/fs",
-            "io.containerd.grpc.v1.introspection",
-            "io.containerd.runtime.v2.task/k8s.io",
-            "tmpmounts",
-        ] {
-            fs::create_dir_all(root.join(d)).unwrap();
-        }
-        fs::write(root.join("io.containerd.grpc.v1.introspection/uuid"), "x").unwrap();
-        fs::write(root.join("io.containerd.metadata.v1.bolt/meta.db"), "db").unwrap();
-        let mut buf = vec![];
-        Containerd.export(root, None, &mut buf).unwrap();
+        let entries = exported_entries(
+            &Containerd,
+            &[
+                "io.containerd.content.v1.content/blobs/sha256",
+                "io.containerd.content.v1.content/ingest/partial",
+                "io.containerd.metadata.v1.bolt",
+                "io.containerd.snapshotter.v1.overlayfs/snapshots/1/fs",
+                "io.containerd.grpc.v1.introspection",
+                "io.containerd.runtime.v2.task/k8s.io",
+                "tmpmounts",
+            ],
+            &[
+                ("io.containerd.grpc.v1.introspection/uuid", "x"),
+                ("io.containerd.metadata.v1.bolt/meta.db", "db"),
+            ],
+            |_| {},
+        );
+        let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
-            names(&buf),
+            names,
             [
                 "./",
                 "io.containerd.content.v1.content",
@@ -253,8 +247,9 @@ mod tests {
             ]
         );
         let sel = Selection::default();
+        let dir = tempfile::tempdir().unwrap();
         let err = Containerd
-            .export(root, Some(&sel), &mut vec![])
+            .export(dir.path(), Some(&sel), &mut vec![])
             .unwrap_err();
         assert!(err.to_string().contains("--cache"), "{err}");
     }

@@ -140,39 +140,29 @@ impl Backend for Docker {
 mod tests {
     use std::fs;
 
+    use super::super::export::exported_entries;
     use super::*;
 
     #[test]
     fn export_keeps_only_the_image_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        for d in [
-            "image/overlay2/layerdb/mounts/x",
-            "overlay2/abc/diff",
-            "network/files",
-            "containers/c",
-        ] {
-            fs::create_dir_all(root.join(d)).unwrap();
-        }
-        fs::write(root.join("engine-id"), "id").unwrap();
-        fs::write(root.join("overlay2/abc/diff/f"), "data").unwrap();
-        fs::hard_link(
-            root.join("overlay2/abc/diff/f"),
-            root.join("overlay2/abc/diff/g"),
-        )
-        .unwrap();
-        std::os::unix::fs::symlink("../abc/diff", root.join("overlay2/l")).unwrap();
-        let mut buf = vec![];
-        Docker.export(root, None, &mut buf).unwrap();
-        let mut names = vec![];
-        let mut ar = tar::Archive::new(&buf[..]);
-        for e in ar.entries().unwrap() {
-            let e = e.unwrap();
-            names.push((
-                String::from_utf8_lossy(&e.path_bytes()).into_owned(),
-                e.header().entry_type(),
-            ));
-        }
+        let names = exported_entries(
+            &Docker,
+            &[
+                "image/overlay2/layerdb/mounts/x",
+                "overlay2/abc/diff",
+                "network/files",
+                "containers/c",
+            ],
+            &[("engine-id", "id"), ("overlay2/abc/diff/f", "data")],
+            |root| {
+                fs::hard_link(
+                    root.join("overlay2/abc/diff/f"),
+                    root.join("overlay2/abc/diff/g"),
+                )
+                .unwrap();
+                std::os::unix::fs::symlink("../abc/diff", root.join("overlay2/l")).unwrap();
+            },
+        );
         let just: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             just,
