@@ -243,16 +243,10 @@ impl Fs {
         let Some(rel) = path.strip_prefix('/') else {
             return Err(anyhow!("{path:?} is not an absolute path")).with_context(what);
         };
-        for (name, _) in &attrs.xattrs {
-            writer::check_xattr_name(name).with_context(what)?;
-        }
-        let id = |n: u64| {
-            u32::try_from(n).map_err(|_| anyhow!("owner {n} does not fit ext4's 32-bit ids"))
-        };
         let entry = EntryMeta {
             perm: attrs.mode & 0o7777,
-            uid: id(attrs.uid).with_context(what)?,
-            gid: id(attrs.gid).with_context(what)?,
+            uid: writer::owner_id(attrs.uid, "uid").with_context(what)?,
+            gid: writer::owner_id(attrs.gid, "gid").with_context(what)?,
             mtime: attrs.mtime,
             mtime_nsec: attrs.mtime_nsec,
             xattrs: attrs.xattrs.clone(),

@@ -6,7 +6,7 @@ use std::io::Read;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::writer::{check_xattr_name, EntryKind, EntryMeta, Keep, Stats, Transform, TreeWriter};
+use super::writer::{owner_id, EntryKind, EntryMeta, Keep, Stats, Transform, TreeWriter};
 use crate::tar::{Archive, Entry as TarEntry, EntryType};
 
 /// Writes every entry of the tar stream `input` through `writer`, each
@@ -20,11 +20,8 @@ pub fn write_tar(
     while let Some(entry) = archive.next_entry().context("reading the archive")? {
         let TarEntry { meta, mut data } = entry;
         let ctx = || format!("archive entry {:?}", meta.show());
-        let to_u32 = |v: u64, what: &str| {
-            u32::try_from(v).map_err(|_| anyhow!("{}: {what} {v} does not fit in 32 bits", ctx()))
-        };
-        let uid = to_u32(meta.uid, "uid")?;
-        let gid = to_u32(meta.gid, "gid")?;
+        let uid = owner_id(meta.uid, "uid").with_context(ctx)?;
+        let gid = owner_id(meta.gid, "gid").with_context(ctx)?;
         let need_link = || {
             meta.link
                 .clone()
@@ -58,9 +55,6 @@ pub fn write_tar(
             if t.entry(&mut entry).with_context(ctx)? == Keep::Skip {
                 continue;
             }
-        }
-        for (name, _) in &entry.xattrs {
-            check_xattr_name(name).with_context(ctx)?;
         }
         writer.put(entry, &mut data)?;
     }

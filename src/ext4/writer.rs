@@ -447,6 +447,9 @@ impl<'a> TreeWriter<'a> {
     /// gives), and is not read for other kinds.
     pub fn put(&mut self, entry: EntryMeta, data: &mut dyn Read) -> Result<()> {
         self.check_cancel()?;
+        for (name, _) in &entry.xattrs {
+            check_xattr_name(name).with_context(|| show(&entry.path))?;
+        }
         let comps = components(&entry.path)?;
         let path = join(&comps);
         let attr = Attr {
@@ -676,10 +679,15 @@ impl<'a> TreeWriter<'a> {
 /// The xattr namespaces Linux (and ext4) has.
 const XATTR_NAMESPACES: &[&[u8]] = &[b"user.", b"trusted.", b"security.", b"system."];
 
+/// An owner (`what`: uid or gid) as ext4 stores it, in 32 bits.
+pub fn owner_id(v: u64, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| anyhow!("{what} {v} does not fit ext4's 32-bit owner ids"))
+}
+
 /// Refuses an xattr that Linux could not hold: outside its namespaces, an
 /// empty name after the namespace, or one longer than ext4 stores (255
-/// bytes after the prefix).
-pub fn check_xattr_name(name: &[u8]) -> Result<()> {
+/// bytes after the prefix). [`TreeWriter::put`] checks every entry's.
+fn check_xattr_name(name: &[u8]) -> Result<()> {
     let rest = XATTR_NAMESPACES
         .iter()
         .find_map(|ns| name.strip_prefix(*ns));
