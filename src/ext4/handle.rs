@@ -337,7 +337,7 @@ mod tests {
     use std::path::Path;
     use std::process::Command;
 
-    use super::super::testutil::{mkfs, pattern, sha, tool};
+    use super::super::testutil::{mkfs, pattern, run, sha, tool};
     use super::super::{EntryKind, Keep};
     use super::*;
     use crate::fsread::Kind;
@@ -356,17 +356,7 @@ mod tests {
         let Some(e2fsck) = tool("e2fsck") else {
             return;
         };
-        let out = Command::new(e2fsck)
-            .arg("-fn")
-            .arg(&root.image)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "e2fsck -fn: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run(Command::new(e2fsck).arg("-fn").arg(&root.image));
     }
 
     fn attrs(mode: u32) -> Attrs {
