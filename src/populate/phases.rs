@@ -454,8 +454,8 @@ pub(super) struct Written {
 }
 
 /// Exports the store with the helper in the stopped dind and writes it into ROOT as it
-/// streams in; when merging, merges the names of the images that were
-/// there (repositories.json) into the new ones. On failure or Ctrl-C, ROOT
+/// streams in; when merging, the backend reconciles what was there with
+/// what was written ([`crate::store::Merge`]). On failure or Ctrl-C, ROOT
 /// is closed consistently with the entries before the failure written; the
 /// caller must not publish the output.
 pub(super) async fn export_and_write(
@@ -504,7 +504,8 @@ pub(super) async fn export_and_write(
         let mut fs = fs;
         let done = (|| {
             let exported = exported?;
-            let stats = written.context("writing Docker's store into ROOT")?;
+            let stats = written
+                .with_context(|| format!("writing the store {} into ROOT", backend.root()))?;
             exported.finished.success("the export helper")?;
             if let Some(merge) = merge {
                 merge.finish(&mut fs)?;
