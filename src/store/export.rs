@@ -192,29 +192,54 @@ impl<W: Write> Exporter<W> {
     }
 }
 
+/// What of a tree to export or measure: the root itself as `./`, then,
+/// when `keep` is given, only those top-level entries (and none of `skip`),
+/// or, with a `plan`, only what the plan names.
+#[derive(Clone, Copy)]
+pub(super) struct Scope<'a> {
+    pub keep: Option<&'a [&'a str]>,
+    pub skip: &'a [&'a str],
+    pub plan: Option<&'a Plan>,
+}
+
+impl Scope<'_> {
+    /// All of the tree.
+    const WHOLE: Scope<'static> = Scope {
+        keep: None,
+        skip: &[],
+        plan: None,
+    };
+
+    /// Writes this part of `root` as a tar stream to `out`.
+    pub(super) fn export(self, root: &Path, out: impl Write) -> Result<ExportStats> {
+        walk(root, self, out, None).map(|(stats, _)| stats)
+    }
+
+    /// Counts the blocks and inodes this part of `root` will take in an
+    /// ext4 with `block_size`, reading metadata only.
+    pub(super) fn measure(self, root: &Path, block_size: u64) -> Result<Need> {
+        let est = Some(Estimator::new(block_size));
+        let (_, need) = walk(root, self, io::sink(), est)?;
+        Ok(need.unwrap_or_default())
+    }
+}
+
 /// Writes the whole tree `root` as a tar stream to `out`, the root itself
 /// as `./` (a containerd root given with `populate --containerd`).
 pub fn tree(root: &Path, out: impl Write) -> Result<ExportStats> {
-    walk(root, None, &[], None, out, None).map(|(stats, _)| stats)
+    Scope::WHOLE.export(root, out)
 }
 
 /// Counts the blocks and inodes the tree `root` will take in ext4, reading
 /// metadata only.
 pub fn measure_tree(root: &Path, block_size: u64) -> Result<Need> {
-    let est = Some(Estimator::new(block_size));
-    let (_, need) = walk(root, None, &[], None, io::sink(), est)?;
-    Ok(need.unwrap_or_default())
+    Scope::WHOLE.measure(root, block_size)
 }
 
-/// The one walk behind exporting and measuring: `keep` and `skip` as for
-/// a backend: the root itself as `./`, then, when `keep` is given, only
-/// those top-level entries (and none of `skip`), or, with a `plan`, only
-/// what the plan names.
-pub(super) fn walk(
+/// The one walk behind exporting and measuring `scope` of `root`.
+fn walk(
     root: &Path,
-    keep: Option<&[&str]>,
-    skip: &[&str],
-    plan: Option<&Plan>,
+    Scope { keep, skip, plan }: Scope<'_>,
     out: impl Write,
     measure: Option<Estimator>,
 ) -> Result<(ExportStats, Option<Need>)> {

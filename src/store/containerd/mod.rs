@@ -5,16 +5,16 @@
 //! layout; [`inspect`] lists its images and [`Containerd::verify`] hashes
 //! its content.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::export::{walk, ExportStats};
+use super::export::{ExportStats, Scope};
 use super::{Backend, DaemonOptions, Failure, Inventory, Merge, Report, Selection};
 use crate::digest::{hex, is_hex64};
-use crate::ext4::{Estimator, Need};
+use crate::ext4::Need;
 use crate::fsread::{is_dir, join, show, FsRead, Kind};
 use crate::protocol::StoreKind;
 
@@ -49,6 +49,13 @@ const KEEP: &[&str] = &[
 
 /// Within what is kept: downloads in progress.
 const SKIP: &[&str] = &["io.containerd.content.v1.content/ingest"];
+
+/// What of the root is exported (all of it kept: no `--cache` selection).
+const SCOPE: Scope<'static> = Scope {
+    keep: Some(KEEP),
+    skip: SKIP,
+    plan: None,
+};
 
 /// containerd's store, written by a containerd in the build container.
 pub struct Containerd;
@@ -85,14 +92,12 @@ impl Backend for Containerd {
         out: &mut dyn Write,
     ) -> Result<ExportStats> {
         refuse_selection(only)?;
-        walk(root, Some(KEEP), SKIP, None, out, None).map(|(stats, _)| stats)
+        SCOPE.export(root, out)
     }
 
     fn measure(&self, root: &Path, only: Option<&Selection>, block_size: u64) -> Result<Need> {
         refuse_selection(only)?;
-        let est = Some(Estimator::new(block_size));
-        let (_, need) = walk(root, Some(KEEP), SKIP, None, io::sink(), est)?;
-        Ok(need.unwrap_or_default())
+        SCOPE.measure(root, block_size)
     }
 
     /// Merging two metadata databases means rewriting a bbolt file: not

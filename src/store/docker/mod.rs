@@ -3,14 +3,14 @@
 //! overlay2 links. Flatcar's Docker 26, 28 and 29 all use it when it is
 //! there at first boot.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
 
-use super::export::{walk, Plan};
+use super::export::{Plan, Scope};
 use super::{Backend, DaemonOptions, ExportStats, Inventory, Merge, Report, Selection};
-use crate::ext4::{Estimator, Need};
+use crate::ext4::Need;
 use crate::fsread::FsRead;
 use crate::protocol::StoreKind;
 
@@ -60,6 +60,15 @@ const SKIP: &[&str] = &[
 /// Docker's overlay2 store, written by a dockerd in the build container.
 pub struct Docker;
 
+/// What of the store is exported: what is kept, or what `plan` names.
+fn scope(plan: Option<&Plan>) -> Scope<'_> {
+    Scope {
+        keep: Some(KEEP),
+        skip: SKIP,
+        plan,
+    }
+}
+
 /// The plan of what to export of the store at `root` for `only`.
 fn plan(root: &Path, only: Option<&Selection>) -> Result<Option<Plan>> {
     only.map(|sel| select::plan(&crate::fsread::HostDir(root.into()), sel))
@@ -99,14 +108,12 @@ impl Backend for Docker {
         out: &mut dyn Write,
     ) -> Result<ExportStats> {
         let plan = plan(root, only)?;
-        walk(root, Some(KEEP), SKIP, plan.as_ref(), out, None).map(|(stats, _)| stats)
+        scope(plan.as_ref()).export(root, out)
     }
 
     fn measure(&self, root: &Path, only: Option<&Selection>, block_size: u64) -> Result<Need> {
         let plan = plan(root, only)?;
-        let est = Some(Estimator::new(block_size));
-        let (_, need) = walk(root, Some(KEEP), SKIP, plan.as_ref(), io::sink(), est)?;
-        Ok(need.unwrap_or_default())
+        scope(plan.as_ref()).measure(root, block_size)
     }
 
     fn merge(&self, before: &dyn FsRead) -> Result<Option<Box<dyn Merge>>> {
