@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use crate::disk::{parse_size, Grow};
 use crate::docker::{DindNetwork, RegistryOptions};
 use crate::platform::Platform;
-use crate::populate::{PopulateConfig, StoreChoice};
+use crate::populate::{ContainerdOptions, PopulateConfig, StoreChoice};
+use crate::protocol::ContainerdVersion;
 use crate::source::{self, Listed, Source};
 use crate::unpack::{Input, OutputMode, Space, UnpackConfig};
 
@@ -115,9 +116,12 @@ pub struct PopulateArgs {
     /// instead of refusing.
     #[arg(long)]
     pub merge: bool,
-    /// A containerd root (directory or tar) to write to /var/lib/containerd.
+    /// A containerd root (directory or tar) to write to /var/lib/containerd
+    /// as it is (see --containerd-image to have the tool make one).
     #[arg(long, value_name = "src")]
     pub containerd: Option<PathBuf>,
+    #[command(flatten)]
+    pub containerd_store: ContainerdArgs,
     /// Keep the dind containers and volumes (their names are printed).
     #[arg(long)]
     pub keep_dind: bool,
@@ -201,6 +205,43 @@ pub struct RegistryArgs {
     /// --registry-mirror. May be repeated.
     #[arg(long = "registry-mirror", value_name = "url")]
     pub registry_mirrors: Vec<String>,
+}
+
+/// Images for containerd's store (/var/lib/containerd), as a Kubernetes
+/// node's kubelet (namespace k8s.io) or Docker 29's containerd image store
+/// (namespace moby) reads it.
+#[derive(Debug, Args)]
+pub struct ContainerdArgs {
+    /// An image for containerd's store, in any form the image arguments
+    /// take. May be repeated. With this or --containerd-list and no Docker
+    /// image (argument or --list), no Docker store is written.
+    #[arg(long = "containerd-image", value_name = "image")]
+    pub containerd_images: Vec<String>,
+    /// A file of images for containerd's store, written as images.list.
+    #[arg(long = "containerd-list", value_name = "list")]
+    pub containerd_list: Option<PathBuf>,
+    /// The containerd namespace the images go to: k8s.io for the kubelet,
+    /// moby for Docker 29's containerd image store.
+    #[arg(long = "containerd-namespace", value_name = "name", default_value = "k8s.io")]
+    pub containerd_namespace: String,
+    /// Do not pin the images (io.cri-containerd.pinned=pinned keeps the
+    /// kubelet's image garbage collection off them).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// The sandbox (pause) image, baked and pinned under this name so that
+    /// a pod's first start needs no registry; `none` to leave it out.
+    /// Default: the target containerd's own (registry.k8s.io/pause:3.8 for
+    /// 1.7, 3.10 for 2.1, 3.10.1 for 2.2).
+    #[arg(long, value_name = "ref")]
+    pub sandbox_image: Option<String>,
+    /// The target's containerd: 1.7 (Flatcar LTS), 2.1 (stable), 2.2 (beta,
+    /// alpha). A build containerd whose store it cannot read is refused.
+    #[arg(long = "containerd-version", value_name = "version", value_enum, default_value_t = ContainerdVersion::V2_1)]
+    pub containerd_version: ContainerdVersion,
+    /// The image whose containerd (and ctr) writes containerd's store
+    /// (default: --dind-image).
+    #[arg(long = "containerd-build-image", value_name = "image")]
+    pub containerd_build_image: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -332,13 +373,19 @@ impl PopulateArgs {
             let source = Source::parse(s, Path::new("")).with_context(|| origin.clone())?;
             images.push(Listed { source, origin });
         }
-        let list = match (&self.list, images.is_empty()) {
+        let ctrd = &self.containerd_store;
+        let for_containerd = !ctrd.containerd_images.is_empty() || ctrd.containerd_list.is_some();
+        let list = match (&self.list, images.is_empty() && !for_containerd) {
             (Some(l), _) => Some(l.clone()),
             (None, true) => Some(PathBuf::from("images.list")),
             (None, false) => None,
         };
         if let Some(l) = list {
             images.extend(source::read_list(&l)?);
+        }
+        let (containerd_images, containerd_options) = self.containerd_store.into_config()?;
+        if !containerd_images.is_empty() && self.containerd.is_some() {
+            bail!("--containerd copies a containerd root as it is: it cannot be given with --containerd-image or --containerd-list, which make one");
         }
         if self.privileged && self.dind_network == DindNetwork::Host {
             bail!("--privileged with --dind-network host would let the inner daemon change the host's network; use one of them");
@@ -353,6 +400,8 @@ impl PopulateArgs {
             privileged: self.privileged,
             merge: self.merge,
             containerd: self.containerd,
+            containerd_images,
+            containerd_options,
             keep_dind: self.keep_dind,
             store: match self.store {
                 StoreArg::Auto => StoreChoice::Auto,
@@ -376,10 +425,82 @@ impl PopulateArgs {
     }
 }
 
+impl ContainerdArgs {
+    /// The images for containerd (the sandbox image last, unless listed or
+    /// `none`) and the options; no images when none is asked for.
+    fn into_config(self) -> Result<(Vec<Listed>, ContainerdOptions)> {
+        let mut images = vec![];
+        for s in &self.containerd_images {
+            let origin = format!("--containerd-image {s:?}");
+            let source = Source::parse(s, Path::new("")).with_context(|| origin.clone())?;
+            images.push(Listed { source, origin });
+        }
+        if let Some(l) = &self.containerd_list {
+            images.extend(source::read_list(l)?);
+        }
+        if !is_namespace(&self.containerd_namespace) {
+            bail!(
+                "--containerd-namespace {:?}: a containerd namespace is letters and digits, joined by single '.', '_' or '-'",
+                self.containerd_namespace
+            );
+        }
+        let sandbox = match self.sandbox_image.as_deref() {
+            Some("none") => None,
+            Some(r) => Some((r.to_string(), format!("--sandbox-image {r:?}"))),
+            None => Some((
+                crate::store::containerd::default_sandbox(self.containerd_version).to_string(),
+                format!("the sandbox image of containerd {} (--sandbox-image)", self.containerd_version),
+            )),
+        };
+        if let (Some((r, origin)), false) = (sandbox, images.is_empty()) {
+            let parsed = source::ImageRef::parse(&r).with_context(|| origin.clone())?;
+            let listed = images.iter().any(|l| {
+                l.source
+                    .registry_ref()
+                    .is_some_and(|x| x.normalized() == parsed.normalized())
+            });
+            if !listed {
+                images.push(Listed {
+                    source: Source::Registry(parsed),
+                    origin,
+                });
+            }
+        }
+        Ok((
+            images,
+            ContainerdOptions {
+                namespace: self.containerd_namespace,
+                pin: !self.no_pin,
+                version: self.containerd_version,
+                build_image: self.containerd_build_image,
+            },
+        ))
+    }
+}
+
+/// containerd's namespace names (identifiers.Validate):
+/// `[A-Za-z0-9]+([._-][A-Za-z0-9]+)*`, at most 76 characters.
+fn is_namespace(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 76
+        && s.split(['.', '_', '-'])
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn containerd_namespaces() {
+        for ok in ["k8s.io", "moby", "default", "a-b_c.d9"] {
+            assert!(is_namespace(ok), "{ok}");
+        }
+        for bad in ["", "k8s..io", "-a", "a/b", "a b", ".x"] {
+            assert!(!is_namespace(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn cli_is_consistent() {

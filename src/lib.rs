@@ -75,7 +75,55 @@ fn serve(request: protocol::Request) -> Result<()> {
     use protocol::Request;
     match request {
         Request::Init { cmd } => docker::inner::dind_init(&cmd),
-        Request::Ready { socket } => runtime()?.block_on(docker::inner::ready(&socket)),
+        Request::Ready {
+            socket,
+            store: protocol::StoreKind::Docker,
+            ..
+        } => runtime()?.block_on(docker::inner::ready(&socket)),
+        Request::Ready {
+            socket,
+            store: protocol::StoreKind::Containerd,
+            containerd_version,
+        } => store::containerd::ctr::ready(&socket, containerd_version),
+        Request::CtrPull {
+            socket,
+            namespace,
+            jobs,
+            platform,
+            allow_platform_mismatch,
+            pin,
+            hosts_dir,
+            refs,
+        } => {
+            let refs = refs
+                .iter()
+                .map(|r| source::ImageRef::parse(r))
+                .collect::<Result<Vec<_>>>()?;
+            store::containerd::ctr::pull(&store::containerd::ctr::PullRequest {
+                socket: &socket,
+                namespace: &namespace,
+                refs,
+                jobs,
+                platform,
+                allow_platform_mismatch,
+                pin,
+                hosts_dir: &hosts_dir,
+                secrets: docker::inner::read_secrets()?,
+            })
+        }
+        Request::CtrImport {
+            socket,
+            namespace,
+            platform,
+            pin,
+            index,
+        } => store::containerd::ctr::import(&store::containerd::ctr::ImportRequest {
+            socket: &socket,
+            namespace: &namespace,
+            platform,
+            pin,
+            index,
+        }),
         Request::Pull {
             socket,
             jobs,

@@ -42,10 +42,16 @@ pub enum Request {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
     },
-    /// Returns once the daemon answers on `socket`.
+    /// Returns once the daemon answers on `socket`. For containerd, also
+    /// refuses a daemon whose store the target's `containerd_version`
+    /// cannot read.
     Ready {
         #[arg(long)]
         socket: String,
+        #[arg(long, value_enum)]
+        store: StoreKind,
+        #[arg(long, value_enum)]
+        containerd_version: Option<ContainerdVersion>,
     },
     /// Pulls `refs` through the daemon on `socket` for `platform`, with at
     /// most `jobs` at once, reporting [`Event`]s. Input: one JSON line of
@@ -66,6 +72,43 @@ pub enum Request {
     Load {
         #[arg(long)]
         socket: String,
+        #[arg(long)]
+        index: usize,
+    },
+    /// Pulls `refs` into namespace `namespace` of the containerd on
+    /// `socket` (with `ctr`, the registries configured by `hosts_dir`) for
+    /// `platform`, and gives each image the records and labels a CRI pull
+    /// gives it (pinned when `pin`), reporting [`Event`]s. Input: one JSON
+    /// line of credentials.
+    CtrPull {
+        #[arg(long)]
+        socket: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        jobs: usize,
+        #[arg(long)]
+        platform: Platform,
+        #[arg(long)]
+        allow_platform_mismatch: bool,
+        #[arg(long)]
+        pin: bool,
+        #[arg(long)]
+        hosts_dir: String,
+        refs: Vec<String>,
+    },
+    /// Imports the docker-archive tar of its input into namespace
+    /// `namespace` of the containerd on `socket`, as [`Request::CtrPull`]
+    /// leaves an image, reporting each as one of source number `index`.
+    CtrImport {
+        #[arg(long)]
+        socket: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        platform: Platform,
+        #[arg(long)]
+        pin: bool,
         #[arg(long)]
         index: usize,
     },
@@ -115,7 +158,16 @@ impl Request {
                 push(&["init", "--"]);
                 v.extend(cmd.iter().cloned());
             }
-            Request::Ready { socket } => push(&["ready", "--socket", socket]),
+            Request::Ready {
+                socket,
+                store,
+                containerd_version,
+            } => {
+                push(&["ready", "--socket", socket, "--store", store.name()]);
+                if let Some(v) = containerd_version {
+                    push(&["--containerd-version", v.name()]);
+                }
+            }
             Request::Pull {
                 socket,
                 jobs,
@@ -134,6 +186,43 @@ impl Request {
             }
             Request::Load { socket, index } => {
                 push(&["load", "--socket", socket, "--index", &index.to_string()])
+            }
+            Request::CtrPull {
+                socket,
+                namespace,
+                jobs,
+                platform,
+                allow_platform_mismatch,
+                pin,
+                hosts_dir,
+                refs,
+            } => {
+                let (jobs, platform) = (jobs.to_string(), platform.to_string());
+                push(&["ctr-pull", "--socket", socket, "--namespace", namespace]);
+                push(&["--jobs", &jobs, "--platform", &platform]);
+                push(&["--hosts-dir", hosts_dir]);
+                if *allow_platform_mismatch {
+                    push(&["--allow-platform-mismatch"]);
+                }
+                if *pin {
+                    push(&["--pin"]);
+                }
+                push(&["--"]);
+                v.extend(refs.iter().cloned());
+            }
+            Request::CtrImport {
+                socket,
+                namespace,
+                platform,
+                pin,
+                index,
+            } => {
+                let (platform, index) = (platform.to_string(), index.to_string());
+                push(&["ctr-import", "--socket", socket, "--namespace", namespace]);
+                push(&["--platform", &platform, "--index", &index]);
+                if *pin {
+                    push(&["--pin"]);
+                }
             }
             Request::Prune { socket } => push(&["prune", "--socket", socket]),
             Request::Measure {
@@ -177,6 +266,8 @@ impl Request {
             Request::Ready { .. } => "the readiness check",
             Request::Pull { .. } => "the pull helper",
             Request::Load { .. } => "the load helper",
+            Request::CtrPull { .. } => "the containerd pull helper",
+            Request::CtrImport { .. } => "the containerd import helper",
             Request::Prune { .. } => "the prune helper",
             Request::Measure { .. } => "the measure helper",
             Request::Export { .. } => "the export helper",
@@ -193,6 +284,76 @@ impl StoreKind {
         match self {
             StoreKind::Docker => "docker",
             StoreKind::Containerd => "containerd",
+        }
+    }
+}
+
+/// The containerd release series of a target (Flatcar LTS 1.7, stable 2.1,
+/// beta and alpha 2.2): what its metadata database and sandbox image are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
+pub enum ContainerdVersion {
+    #[value(name = "1.7")]
+    #[serde(rename = "1.7")]
+    V1_7,
+    #[value(name = "2.1")]
+    #[serde(rename = "2.1")]
+    V2_1,
+    #[value(name = "2.2")]
+    #[serde(rename = "2.2")]
+    V2_2,
+}
+
+impl ContainerdVersion {
+    /// As written on the command line (`2.1`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ContainerdVersion::V1_7 => "1.7",
+            ContainerdVersion::V2_1 => "2.1",
+            ContainerdVersion::V2_2 => "2.2",
+        }
+    }
+}
+
+impl std::fmt::Display for ContainerdVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Writes one [`Event`] line on stdout (the helpers' side).
+pub fn emit(ev: &Event) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Ok(s) = serde_json::to_string(ev) {
+        let _ = writeln!(out, "{s}");
+        let _ = out.flush();
+    }
+}
+
+impl FailureKind {
+    /// The kind of a failure a daemon or its client reported as text only
+    /// (dockerd's API and ctr give registry and storage errors so; this is
+    /// the one place that reads them).
+    pub fn of_message(message: &str) -> FailureKind {
+        let m = message.to_lowercase();
+        let has = |words: &[&str]| words.iter().any(|w| m.contains(w));
+        if has(&["no space left on device"]) {
+            FailureKind::OutOfSpace
+        } else if has(&["x509", "certificate", "tls:"]) {
+            FailureKind::Tls
+        } else if has(&[
+            "unauthorized",
+            "authentication required",
+            "denied",
+            "no basic auth credentials",
+        ]) {
+            FailureKind::Auth
+        } else if has(&["platform", "no matching manifest"]) {
+            FailureKind::Platform
+        } else if has(&["manifest unknown", "not found"]) {
+            FailureKind::NotFound
+        } else {
+            FailureKind::Other
         }
     }
 }
@@ -290,6 +451,30 @@ mod tests {
             },
             Request::Ready {
                 socket: "/var/run/docker.sock".into(),
+                store: StoreKind::Docker,
+                containerd_version: None,
+            },
+            Request::Ready {
+                socket: "/run/c.sock".into(),
+                store: StoreKind::Containerd,
+                containerd_version: Some(ContainerdVersion::V1_7),
+            },
+            Request::CtrPull {
+                socket: "/s".into(),
+                namespace: "k8s.io".into(),
+                jobs: 2,
+                platform: "linux/arm/v7".parse().unwrap(),
+                allow_platform_mismatch: false,
+                pin: true,
+                hosts_dir: "/etc/h".into(),
+                refs: vec!["registry.k8s.io/pause:3.10".into(), "-x".into()],
+            },
+            Request::CtrImport {
+                socket: "/s".into(),
+                namespace: "moby".into(),
+                platform: "linux/amd64".parse().unwrap(),
+                pin: false,
+                index: 3,
             },
             Request::Pull {
                 socket: "/s".into(),

@@ -6,15 +6,37 @@ use anyhow::{bail, Context, Result};
 use crate::protocol::StoreKind;
 use crate::store::{self, Report};
 
-/// Verifies the Docker store in ROOT of `root` with a progress bar by
-/// bytes; the report, whatever it found (Err: ROOT cannot be read).
+/// Verifies the image stores in ROOT of `root` (each there is; Docker's
+/// when none is, which says so) with a progress bar by bytes; the report
+/// of all, whatever it found (Err: ROOT cannot be read).
 pub fn check_root(root: &crate::ext4::Root) -> Result<Report> {
     let fs = root.open_read()?;
-    let backend = store::backend(StoreKind::Docker);
-    let total = backend.verify_total(&fs)?;
-    let mut bar = crate::progress::Bar::bytes("verifying layers", Some(total));
-    let report = backend.verify(&fs, &mut |n| bar.inc(n))?;
-    bar.finish();
+    let mut report = Report {
+        images: 0,
+        layers: 0,
+        bytes_hashed: 0,
+        failures: vec![],
+    };
+    let mut present = vec![];
+    for kind in StoreKind::ALL {
+        if fs.exists(store::backend(kind).root())? {
+            present.push(kind);
+        }
+    }
+    if present.is_empty() {
+        present.push(StoreKind::Docker);
+    }
+    for kind in present {
+        let backend = store::backend(kind);
+        let total = backend.verify_total(&fs)?;
+        let mut bar = crate::progress::Bar::bytes("verifying layers", Some(total));
+        let one = backend.verify(&fs, &mut |n| bar.inc(n))?;
+        bar.finish();
+        report.images += one.images;
+        report.layers += one.layers;
+        report.bytes_hashed += one.bytes_hashed;
+        report.failures.extend(one.failures);
+    }
     Ok(report)
 }
 

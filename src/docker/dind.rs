@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use crate::protocol::{Request, Stopped, StoreKind, HELPER_DIR, HELPER_PATH};
 
 use super::engine::labels;
-use super::{Engine, Finished, Input, INNER_SOCKET};
+use super::{Engine, Finished, Input};
 
 /// The network of the dind container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +70,8 @@ pub struct DindSpec {
     pub daemon: Vec<String>,
     /// Where that daemon keeps its store, in the container.
     pub store_root: String,
+    /// The helper request that returns once that daemon answers.
+    pub ready: Request,
     /// A tar unpacked at / of the dind before it starts (the registry
     /// certificates in /etc/docker/certs.d).
     pub files: Option<Vec<u8>>,
@@ -250,14 +252,12 @@ impl Dind<'_> {
                     self.name, spec.image
                 )
             })?;
-        let ready = Request::Ready {
-            socket: INNER_SOCKET.into(),
-        };
-        let ready = self.helper_lines(&ready, None, |_| {}).await?;
+        let ready = self.helper_lines(&spec.ready, None, |_| {}).await?;
         if ready.exit_code != 0 {
             bail!(
-                "the inner dockerd of {} did not start: {}\nits last lines:\n{}",
+                "the daemon of the build container {} ({}) did not start: {}\nits last lines:\n{}",
                 self.name,
+                spec.daemon.first().map_or("?", String::as_str),
                 ready.stderr.trim(),
                 self.engine.logs_tail(self.name).await
             );

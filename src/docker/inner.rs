@@ -40,31 +40,11 @@ fn classified(kind: FailureKind, message: String) -> anyhow::Error {
 }
 
 /// The kind of a failure: ours where we made it, else what the daemon's
-/// message says (its API gives registry and storage errors as text only;
-/// this is the one place that reads it).
+/// message says.
 fn kind_of(e: &anyhow::Error) -> FailureKind {
-    if let Some(c) = e.downcast_ref::<Classified>() {
-        return c.kind;
-    }
-    let m = format!("{e:#}").to_lowercase();
-    let has = |words: &[&str]| words.iter().any(|w| m.contains(w));
-    if has(&["no space left on device"]) {
-        FailureKind::OutOfSpace
-    } else if has(&["x509", "certificate", "tls:"]) {
-        FailureKind::Tls
-    } else if has(&[
-        "unauthorized",
-        "authentication required",
-        "denied",
-        "no basic auth credentials",
-    ]) {
-        FailureKind::Auth
-    } else if has(&["platform", "no matching manifest"]) {
-        FailureKind::Platform
-    } else if has(&["manifest unknown", "not found"]) {
-        FailureKind::NotFound
-    } else {
-        FailureKind::Other
+    match e.downcast_ref::<Classified>() {
+        Some(c) => c.kind,
+        None => FailureKind::of_message(&format!("{e:#}")),
     }
 }
 
@@ -116,13 +96,7 @@ pub struct PullRequest {
     pub secrets: PullSecrets,
 }
 
-fn emit(ev: &Event) {
-    let mut out = std::io::stdout().lock();
-    if let Ok(s) = serde_json::to_string(ev) {
-        let _ = writeln!(out, "{s}");
-        let _ = out.flush();
-    }
-}
+use crate::protocol::emit;
 
 /// Connects once the inner dockerd has made its socket and answers.
 async fn connect_when_ready(socket: &str) -> Result<Docker> {

@@ -26,7 +26,22 @@ pub struct RegistryOptions {
     /// --registry-certs (None: [`DEFAULT_CERTS_DIR`] when it exists).
     certs: Option<PathBuf>,
     insecure: Vec<String>,
-    mirrors: Vec<String>,
+    /// (registry, mirror URL); Docker Hub's as `docker.io`.
+    mirrors: Vec<(String, String)>,
+}
+
+/// Where containerd's client looks for the registries' configuration in
+/// the build container (containerd's hosts directory layout:
+/// HOST[:PORT]/hosts.toml and the certificates it names).
+pub const CONTAINERD_HOSTS_DIR: &str = "/etc/fp-containerd/certs.d";
+
+/// One registry's directory of [`CONTAINERD_HOSTS_DIR`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryHost {
+    /// `host[:port]`, `docker.io` for Docker Hub.
+    pub host: String,
+    /// Files of the directory: name and content (hosts.toml, certificates).
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// What the run gives the pulling daemon.
@@ -42,6 +57,9 @@ pub struct RegistryAccess {
     pub certs: Option<Vec<u8>>,
     /// Flags of the inner dockerd.
     pub daemon_args: Vec<String>,
+    /// containerd's registry configuration (mirrors, plain HTTP,
+    /// certificates), for [`CONTAINERD_HOSTS_DIR`].
+    pub containerd_hosts: Vec<RegistryHost>,
 }
 
 /// A `host[:port]` or CIDR, as dockerd's --insecure-registry takes it.
@@ -64,6 +82,22 @@ fn check_insecure(s: &str) -> Result<()> {
         bail!("--insecure-registry {s:?} is not HOST[:PORT] or a CIDR (e.g. registry.local:5000, 10.0.0.0/8)");
     }
     Ok(())
+}
+
+/// A --registry-mirror: `URL` (Docker Hub's, as dockerd takes it) or
+/// `HOST=URL` (any registry's, as containerd's hosts.toml has it), as
+/// (registry, URL).
+fn parse_mirror(s: &str) -> Result<(String, String)> {
+    let (host, url) = match s.split_once('=') {
+        Some((h, u)) if !h.contains("://") => (h, u),
+        _ => (DOCKER_HUB, s),
+    };
+    if host.is_empty() || host.contains(['/', '@', ' ']) {
+        bail!("--registry-mirror {s:?}: give URL (a mirror of Docker Hub) or HOST[:PORT]=URL");
+    }
+    mirror_host(url)?;
+    let host = if host == "index.docker.io" { DOCKER_HUB } else { host };
+    Ok((host.to_string(), url.trim_end_matches('/').to_string()))
 }
 
 /// The host[:port] of a mirror URL `http(s)://HOST[:PORT][/]`, as dockerd's
@@ -90,9 +124,10 @@ impl RegistryOptions {
         for i in &insecure {
             check_insecure(i)?;
         }
-        for m in &mirrors {
-            mirror_host(m)?;
-        }
+        let mirrors = mirrors
+            .iter()
+            .map(|m| parse_mirror(m))
+            .collect::<Result<Vec<_>>>()?;
         Ok(RegistryOptions {
             config,
             certs,
@@ -130,17 +165,26 @@ impl RegistryOptions {
             hosts.insert("registry-1.docker.io");
             hosts.insert("index.docker.io");
         }
-        for m in &self.mirrors {
-            hosts.insert(mirror_host(m)?);
+        for (_, url) in &self.mirrors {
+            hosts.insert(mirror_host(url)?);
         }
-        let certs = match &self.certs {
-            Some(dir) => Some(read_certs(dir, &hosts, true)?),
-            None if Path::new(DEFAULT_CERTS_DIR).is_dir() => {
-                Some(read_certs(Path::new(DEFAULT_CERTS_DIR), &hosts, false)?)
-            }
+        let certs_dir = match &self.certs {
+            Some(dir) => Some((dir.as_path(), true)),
+            None if Path::new(DEFAULT_CERTS_DIR).is_dir() => Some((Path::new(DEFAULT_CERTS_DIR), false)),
             None => None,
+        };
+        let certs = match certs_dir {
+            Some((dir, explicit)) => read_certs(dir, &hosts, explicit)?,
+            None => None,
+        };
+        let mut containerd_hosts = vec![];
+        let mut registries_and_mirrors: BTreeSet<&str> = registries.clone();
+        registries_and_mirrors.extend(self.mirrors.iter().map(|(h, _)| h.as_str()));
+        for r in registries_and_mirrors {
+            if let Some(h) = self.containerd_host(r, certs_dir.map(|(d, _)| d))? {
+                containerd_hosts.push(h);
+            }
         }
-        .flatten();
         let daemon_args = self
             .insecure
             .iter()
@@ -148,7 +192,8 @@ impl RegistryOptions {
             .chain(
                 self.mirrors
                     .iter()
-                    .map(|m| format!("--registry-mirror={m}")),
+                    .filter(|(h, _)| h == DOCKER_HUB)
+                    .map(|(_, m)| format!("--registry-mirror={m}")),
             )
             .collect();
         Ok(RegistryAccess {
@@ -157,7 +202,103 @@ impl RegistryOptions {
             config_path: config.path().map(Path::to_path_buf),
             certs,
             daemon_args,
+            containerd_hosts,
         })
+    }
+
+    /// Registries whose images dockerd cannot pull as asked: dockerd
+    /// mirrors Docker Hub only, so a `HOST=URL` mirror of another registry
+    /// is for containerd's images.
+    pub fn check_docker_refs(&self, refs: &[ImageRef]) -> Result<()> {
+        for r in refs {
+            let registry = r.registry();
+            if let Some((_, url)) = self
+                .mirrors
+                .iter()
+                .find(|(h, _)| h == registry && registry != DOCKER_HUB)
+            {
+                bail!(
+                    "{r}: --registry-mirror {registry}={url} cannot be used by Docker, whose daemon mirrors                      Docker Hub only; bake it for containerd (--containerd-image), or pull it from {registry}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The hosts directory of `registry` for containerd's client: its
+    /// mirrors first, plain HTTP when it is an insecure registry, its
+    /// certificates from the certs.d directory `certs`. None when it
+    /// needs nothing but the defaults.
+    fn containerd_host(&self, registry: &str, certs: Option<&Path>) -> Result<Option<RegistryHost>> {
+        let cert_files = |host: &str| -> Result<Vec<(String, Vec<u8>)>> {
+            let Some(dir) = certs.map(|d| d.join(host)).filter(|d| d.is_dir()) else {
+                return Ok(vec![]);
+            };
+            let mut files = vec![];
+            for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+                let e = e.with_context(|| format!("reading {}", dir.display()))?;
+                if let Some(n) = e.file_name().to_str().filter(|n| is_cert_file(n)) {
+                    let data = std::fs::read(e.path())
+                        .with_context(|| format!("reading the registry certificate {}", e.path().display()))?;
+                    files.push((n.to_string(), data));
+                }
+            }
+            files.sort();
+            Ok(files)
+        };
+        let insecure = |host: &str| self.insecure.iter().any(|i| i == host);
+        // The TOML keys of one host's certificates, copied beside hosts.toml.
+        let tls = |host: &str, files: &mut Vec<(String, Vec<u8>)>, prefix: &str| -> Result<String> {
+            let own = cert_files(host)?;
+            let dir = format!("{CONTAINERD_HOSTS_DIR}/{registry}");
+            let mut toml = String::new();
+            let path = |n: &str| format!("{dir}/{prefix}{n}");
+            let cas: Vec<String> = own
+                .iter()
+                .filter(|(n, _)| n.ends_with(".crt"))
+                .map(|(n, _)| format!("{:?}", path(n)))
+                .collect();
+            if !cas.is_empty() {
+                toml += &format!("  ca = [{}]\n", cas.join(", "));
+            }
+            let clients: Vec<String> = own
+                .iter()
+                .filter_map(|(n, _)| n.strip_suffix(".cert"))
+                .map(|stem| format!("[{:?}, {:?}]", path(&format!("{stem}.cert")), path(&format!("{stem}.key"))))
+                .collect();
+            if !clients.is_empty() {
+                toml += &format!("  client = [{}]\n", clients.join(", "));
+            }
+            files.extend(own.into_iter().map(|(n, d)| (format!("{prefix}{n}"), d)));
+            Ok(toml)
+        };
+        let mut files = vec![];
+        let mut toml = String::new();
+        let mirrors: Vec<&String> = self
+            .mirrors
+            .iter()
+            .filter(|(h, _)| h == registry)
+            .map(|(_, u)| u)
+            .collect();
+        for (i, url) in mirrors.iter().enumerate() {
+            toml += &format!("[host.{url:?}]\n  capabilities = [\"pull\", \"resolve\"]\n");
+            toml += &tls(mirror_host(url)?, &mut files, &format!("mirror{i}-"))?;
+        }
+        let server_host = if registry == DOCKER_HUB { "registry-1.docker.io" } else { registry };
+        let scheme = if insecure(registry) { "http" } else { "https" };
+        let server = format!("{scheme}://{server_host}");
+        let own = tls(registry, &mut files, "")?;
+        if mirrors.is_empty() && own.is_empty() && !insecure(registry) {
+            return Ok(None);
+        }
+        let mut text = format!("server = {server:?}\n");
+        text += &own;
+        text += &toml;
+        files.insert(0, ("hosts.toml".to_string(), text.into_bytes()));
+        Ok(Some(RegistryHost {
+            host: registry.to_string(),
+            files,
+        }))
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::docker::{DindNetwork, RegistryOptions};
 use crate::platform::Platform;
+use crate::protocol::ContainerdVersion;
 use crate::source::Listed;
 use crate::unpack::{OutputMode, Space};
 
@@ -18,6 +19,10 @@ pub struct PopulateConfig {
     pub privileged: bool,
     pub merge: bool,
     pub containerd: Option<PathBuf>,
+    /// Images for containerd's store (the sandbox image included); none:
+    /// no containerd store is made.
+    pub containerd_images: Vec<Listed>,
+    pub containerd_options: ContainerdOptions,
     pub keep_dind: bool,
     pub store: StoreChoice,
     /// The most memory the in-memory store may take (None: see
@@ -35,6 +40,19 @@ pub struct PopulateConfig {
     pub cache_prune: bool,
     /// End with `verify` of what was written.
     pub verify: bool,
+}
+
+/// How containerd's store is made.
+#[derive(Debug, Clone)]
+pub struct ContainerdOptions {
+    /// The namespace the images go to (k8s.io, moby).
+    pub namespace: String,
+    /// Label every record io.cri-containerd.pinned=pinned.
+    pub pin: bool,
+    /// The target's containerd.
+    pub version: ContainerdVersion,
+    /// The image whose containerd makes the store (None: the dind image).
+    pub build_image: Option<String>,
 }
 
 /// Where the inner daemon's store lives while pulling.

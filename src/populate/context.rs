@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::docker::{Dind, DindSpec, Engine, RegistryAccess};
 
+use crate::protocol::StoreKind;
 use crate::source::archive::CheckedArchive;
+use crate::source::Listed;
 use crate::store::Backend;
 
 use super::config::PopulateConfig;
@@ -30,22 +32,24 @@ pub(super) struct Run<'a> {
     pub(super) cfg: &'a PopulateConfig,
     /// The store written.
     pub(super) backend: &'static dyn Backend,
-    pub(super) engine: Engine,
+    pub(super) engine: &'a Engine,
     /// Cancelled on Ctrl-C, and when one of two phases that run side by
     /// side fails (the other stops).
     pub(super) cancel: CancellationToken,
     pub(super) spec: DindSpec,
     /// What the run created: the only state the phases change.
-    pub(super) res: RefCell<Resources>,
+    pub(super) res: &'a RefCell<Resources>,
     /// Credentials and certificates for the pull.
-    pub(super) access: RegistryAccess,
+    pub(super) access: &'a RegistryAccess,
     /// Set once the pull helper has read the manifest of every image.
     pub(super) manifests_read: tokio::sync::watch::Sender<bool>,
+    /// The sources of this store's images.
+    pub(super) lines: &'a [Listed],
     /// Each source as text, for progress and messages.
     pub(super) names: Vec<String>,
     /// Per source, what the checks learnt (archives, the engine's images).
     pub(super) prepared: Vec<Checked>,
-    pub(super) platform: TargetPlatform,
+    pub(super) platform: &'a TargetPlatform,
     /// The dind container's name (with --cache, the cache's: only one run
     /// at a time may use it).
     pub(super) dind: String,
@@ -57,7 +61,11 @@ pub(super) struct Run<'a> {
 impl Run<'_> {
     /// A name for a container or volume of this run.
     pub(super) fn name(&self, what: &str) -> String {
-        format!("flatcar-preload-{}-{what}", self.spec.run_id)
+        let store = match self.backend.kind() {
+            StoreKind::Docker => "",
+            StoreKind::Containerd => "containerd-",
+        };
+        format!("flatcar-preload-{}-{store}{what}", self.spec.run_id)
     }
 
     /// The build container of the run.

@@ -10,10 +10,11 @@ use tokio_util::io::SyncIoBridge;
 use super::context::Checked;
 use super::context::Run;
 use super::report::{ImageSource, PlatformSource, PulledImage};
-use crate::docker::registry::DEFAULT_CERTS_DIR;
+use crate::docker::registry::{CONTAINERD_HOSTS_DIR, DEFAULT_CERTS_DIR};
 use crate::docker::{Input, INNER_SOCKET};
 use crate::progress::Pulls;
-use crate::protocol::{Event, FailureKind, Got, Request};
+use crate::protocol::{Event, FailureKind, Got, Request, StoreKind};
+use crate::store::containerd;
 use crate::source::archive::{self};
 use crate::source::{ImageRef, Source};
 
@@ -62,7 +63,7 @@ impl Follow<'_> {
                 let image = map(image);
                 self.progress.failed(image, &message);
                 self.kinds.push(kind);
-                let listed = self.run.cfg.images.get(image);
+                let listed = self.run.lines.get(image);
                 let hint = listed
                     .and_then(|l| l.source.registry_ref())
                     .and_then(|r| registry_hint(self.run, r, kind))
@@ -91,7 +92,7 @@ pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
     #[cfg(feature = "test-hooks")]
     crate::hooks::pause("pull", &run.cancel).await;
     let cfg = run.cfg;
-    let n = cfg.images.len();
+    let n = run.lines.len();
     let follow = RefCell::new(Follow {
         run,
         progress: Pulls::new(&run.names),
@@ -141,7 +142,7 @@ pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
     pulled?;
     loaded?;
     let mut images = vec![];
-    for (i, ((listed, got), downloaded)) in cfg.images.iter().zip(got).zip(downloaded).enumerate() {
+    for (i, ((listed, got), downloaded)) in run.lines.iter().zip(got).zip(downloaded).enumerate() {
         let mut ids: Vec<&str> = got.iter().map(|g| g.id.as_str()).collect();
         let mut want: Vec<&str> = match &run.prepared[i] {
             Checked::Archive(a) => a.images().iter().map(|m| m.id.as_str()).collect(),
@@ -189,12 +190,28 @@ pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
 /// run's list) and follows its events.
 async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> Result<()> {
     let cfg = run.cfg;
-    let request = Request::Pull {
-        socket: INNER_SOCKET.into(),
-        jobs: cfg.jobs,
-        platform: run.platform.target.clone(),
-        allow_platform_mismatch: cfg.allow_platform_mismatch,
-        refs: which.iter().map(|&i| run.names[i].clone()).collect(),
+    let refs = which.iter().map(|&i| run.names[i].clone()).collect();
+    let request = match run.backend.kind() {
+        StoreKind::Docker => Request::Pull {
+            socket: INNER_SOCKET.into(),
+            jobs: cfg.jobs,
+            platform: run.platform.target.clone(),
+            allow_platform_mismatch: cfg.allow_platform_mismatch,
+            refs,
+        },
+        StoreKind::Containerd => {
+            let o = &cfg.containerd_options;
+            Request::CtrPull {
+                socket: containerd::SOCKET.into(),
+                namespace: o.namespace.clone(),
+                jobs: cfg.jobs,
+                platform: run.platform.target.clone(),
+                allow_platform_mismatch: cfg.allow_platform_mismatch,
+                pin: o.pin,
+                hosts_dir: CONTAINERD_HOSTS_DIR.into(),
+                refs,
+            }
+        }
     };
     // The credentials go over the helper's standard input only.
     let mut secrets =
@@ -213,7 +230,8 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
         .await?;
     if finished.exit_code != 0 && follow.borrow().failures.is_empty() {
         bail!(
-            "the pull helper in the dind failed (exit code {}): {}\nthe dind's last lines:\n{}",
+            "{} in the build container failed (exit code {}): {}\nthe build container's last lines:\n{}",
+            request.what(),
             finished.exit_code,
             finished.stderr.trim(),
             run.engine.logs_tail(dind).await
@@ -226,7 +244,7 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
 /// daemon with the load helper, streaming it from where it is: nothing is
 /// copied on this machine.
 async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<()> {
-    let listed = &run.cfg.images[i];
+    let listed = &run.lines[i];
     let (input, writer): (Input, Option<tokio::task::JoinHandle<Result<()>>>) =
         match &run.prepared[i] {
             Checked::Archive(a) => {
@@ -254,9 +272,18 @@ async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<(
             Checked::Daemon(name, _) => (run.engine.save_image(name), None),
             Checked::Registry => bail!("{} is not loaded but pulled", listed.source),
         };
-    let request = Request::Load {
-        socket: INNER_SOCKET.into(),
-        index: i,
+    let request = match run.backend.kind() {
+        StoreKind::Docker => Request::Load {
+            socket: INNER_SOCKET.into(),
+            index: i,
+        },
+        StoreKind::Containerd => Request::CtrImport {
+            socket: containerd::SOCKET.into(),
+            namespace: run.cfg.containerd_options.namespace.clone(),
+            platform: run.platform.target.clone(),
+            pin: run.cfg.containerd_options.pin,
+            index: i,
+        },
     };
     let finished = run
         .dind()
@@ -275,7 +302,7 @@ async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<(
     written.with_context(|| format!("reading {} ({})", listed.source, listed.origin))?;
     let finished = finished?;
     if follow.borrow().failures.is_empty() {
-        finished.success("the load helper in the dind")?;
+        finished.success(request.what())?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::{DindSpec, Engine};
@@ -26,7 +26,7 @@ mod phases;
 mod plan;
 mod report;
 
-pub use config::{PopulateConfig, StoreChoice};
+pub use config::{ContainerdOptions, PopulateConfig, StoreChoice};
 use context::Run;
 use phases::{
     check_engine, check_local_inputs, export_and_write, publish, pull_beside_copy, socket_dir,
@@ -46,7 +46,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
     let Local {
         access,
         platform,
-        prepared,
+        mut prepared,
     } = {
         // Archives are read whole (every blob hashed): not on the runtime's
         // thread.
@@ -54,7 +54,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         context::blocking(move || check_local_inputs(&cfg)).await?
     };
     let engine = Engine::connect().await?;
-    let prepared = check_engine(&engine, cfg, &platform, prepared, &cancel).await?;
+    prepared = check_engine(&engine, cfg, &platform, prepared, &cancel).await?;
     let run_id = format!(
         "{}-{}",
         std::process::id(),
@@ -62,41 +62,77 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() % 100_000)
     );
-    let backend = store::backend(StoreKind::Docker);
-    let spec = DindSpec {
-        image: cfg.dind_image.clone(),
-        network: cfg.dind_network.clone(),
-        privileged: cfg.privileged,
-        daemon: backend.daemon(&store::DaemonOptions {
-            socket: crate::docker::INNER_SOCKET,
+    let res = Default::default();
+    // A child: cancelling it (a phase failed) leaves the caller's alone.
+    let cancel = cancel.child_token();
+    let containerd_prepared = prepared.split_off(cfg.images.len());
+    let mut runs = vec![];
+    for (kind, lines, prepared) in [
+        (StoreKind::Docker, &cfg.images, prepared),
+        (StoreKind::Containerd, &cfg.containerd_images, containerd_prepared),
+    ] {
+        if lines.is_empty() {
+            continue;
+        }
+        let backend = store::backend(kind);
+        let (image, socket, files, dind) = match kind {
+            StoreKind::Docker => (
+                cfg.dind_image.clone(),
+                crate::docker::INNER_SOCKET,
+                access.certs.clone(),
+                match &cfg.cache {
+                    Some(c) => cache::dind_name(c),
+                    None => format!("flatcar-preload-{run_id}-dind"),
+                },
+            ),
+            StoreKind::Containerd => (
+                cfg.containerd_options
+                    .build_image
+                    .clone()
+                    .unwrap_or_else(|| cfg.dind_image.clone()),
+                store::containerd::SOCKET,
+                Some(store::containerd::build_files(&access.containerd_hosts)?),
+                format!("flatcar-preload-{run_id}-containerd"),
+            ),
+        };
+        let opts = store::DaemonOptions {
+            socket,
             downloads: cfg.jobs,
-            extra: &access.daemon_args,
-        }),
-        store_root: backend.root().into(),
-        files: access.certs.clone(),
-        run_id: run_id.clone(),
-    };
-    let run = Run {
-        cfg,
-        backend,
-        engine,
-        // A child: cancelling it (a phase failed) leaves the caller's alone.
-        cancel: cancel.child_token(),
-        spec,
-        res: Default::default(),
-        socket_dir: socket_dir()?,
-        access,
-        platform,
-        manifests_read: tokio::sync::watch::Sender::new(false),
-        names: cfg.images.iter().map(|l| l.source.to_string()).collect(),
-        prepared,
-        dind: match &cfg.cache {
-            Some(c) => cache::dind_name(c),
-            None => format!("flatcar-preload-{run_id}-dind"),
-        },
-    };
-    let result = populate(&run, start).await;
-    let Run { engine, res, .. } = run;
+            extra: match kind {
+                StoreKind::Docker => &access.daemon_args,
+                StoreKind::Containerd => &[],
+            },
+            containerd_version: cfg.containerd_options.version,
+        };
+        let spec = DindSpec {
+            image,
+            network: cfg.dind_network.clone(),
+            privileged: cfg.privileged,
+            daemon: backend.daemon(&opts),
+            ready: backend.ready(&opts),
+            store_root: backend.root().into(),
+            files,
+            run_id: run_id.clone(),
+        };
+        runs.push(Run {
+            cfg,
+            backend,
+            engine: &engine,
+            cancel: cancel.clone(),
+            spec,
+            res: &res,
+            socket_dir: socket_dir()?,
+            access: &access,
+            platform: &platform,
+            manifests_read: tokio::sync::watch::Sender::new(false),
+            lines,
+            names: lines.iter().map(|l| l.source.to_string()).collect(),
+            prepared,
+            dind,
+        });
+    }
+    let result = populate(&runs, start).await;
+    drop(runs);
     let res = res.into_inner();
     if cfg.keep_dind {
         eprintln!(
@@ -124,29 +160,43 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
 /// The phases, top to bottom. Nothing is written before the output is
 /// made; a failure after that drops the output (removed) or, in place,
 /// leaves ROOT consistent with part of the store in it.
-async fn populate(run: &Run<'_>, origin: Instant) -> Result<Summary> {
-    let cfg = run.cfg;
+async fn populate(runs: &[Run<'_>], origin: Instant) -> Result<Summary> {
+    let first = runs.first().context("no image store to write")?;
+    let (cfg, cancel) = (first.cfg, &first.cancel);
     let clock = Clock::new(origin);
-    let memory_cap = plan_store(run).await?;
-    let (pulled, prepared) = pull_beside_copy(run, &clock, memory_cap).await?;
-    let only = pulled.selection.as_deref();
-    let (used, (prepared, grown), need) = stop_beside_measure(run, &clock, prepared, only).await?;
-    let Pulled {
-        images,
-        mut store,
-        selection,
-    } = pulled;
-    store.used_bytes = used;
+    let mut caps = vec![];
+    for run in runs {
+        caps.push(plan_store(run).await?);
+    }
+    let (pulled, prepared) = pull_beside_copy(runs, &clock, &caps).await?;
+    let only: Vec<Option<&[u8]>> = pulled.iter().map(|p| p.selection.as_deref()).collect();
+    let (used, (prepared, grown), need) = stop_beside_measure(runs, &clock, prepared, &only).await?;
     let root = prepared.fs();
-    let written = clock
-        .time(
-            Phase::ExportAndWrite,
-            export_and_write(run, &root, selection.as_deref()),
-        )
-        .await?;
+    let mut images = vec![];
+    let mut reports = vec![];
+    let (mut entries, mut bytes, mut via) = (0, 0, None);
+    for ((run, pulled), used) in runs.iter().zip(pulled).zip(used) {
+        let Pulled {
+            images: got,
+            mut store,
+            selection,
+        } = pulled;
+        store.used_bytes = used;
+        let written = clock
+            .time(
+                Phase::ExportAndWrite,
+                export_and_write(run, &root, selection.as_deref()),
+            )
+            .await?;
+        entries += written.entries;
+        bytes += written.bytes;
+        via.get_or_insert(written.via);
+        images.extend(got);
+        reports.push(store);
+    }
     let containerd_entries = match &cfg.containerd {
         Some(src) => {
-            let job = write_containerd(root.clone(), src.clone(), run.cancel.clone());
+            let job = write_containerd(root.clone(), src.clone(), cancel.clone());
             clock.time(Phase::Containerd, job).await?
         }
         None => 0,
@@ -159,12 +209,13 @@ async fn populate(run: &Run<'_>, origin: Instant) -> Result<Summary> {
         ),
         false => None,
     };
-    let (fs, layers) = publish(prepared, run.backend).await?;
+    let backends: Vec<_> = runs.iter().map(|r| r.backend).collect();
+    let (fs, layers) = publish(prepared, backends).await?;
     Ok(Summary {
         images,
         layers,
-        entries_written: written.entries,
-        bytes_written: written.bytes,
+        entries_written: entries,
+        bytes_written: bytes,
         containerd_entries,
         root_free_bytes: fs.free_bytes(),
         root_size_bytes: fs.size_bytes(),
@@ -172,9 +223,9 @@ async fn populate(run: &Run<'_>, origin: Instant) -> Result<Summary> {
         needed_blocks: need.blocks,
         seconds: clock.phases(),
         output: cfg.output.path().unwrap_or(&cfg.disk).display().to_string(),
-        export_via: written.via,
-        store,
-        platform: run.platform.clone(),
+        export_via: via.context("no store was exported")?,
+        store: reports.remove(0),
+        platform: first.platform.clone(),
         verified,
     })
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::disk::{self, Prepared, ROOT_NAME};
 use crate::docker::{Engine, ExportVia, NameInUse, RegistryAccess, StoreMount};
 use crate::ext4::{self, Need};
-use crate::source::{ImageRef, Source};
+use crate::source::{ImageRef, Listed, Source};
 
 use crate::platform::Platform;
 use crate::progress::{Bar, ReadProgress};
@@ -41,19 +41,29 @@ pub(super) struct Local {
 /// qcow2/vmdk one only once converted), the registry credentials and
 /// certificates; finds the target platform. Leaves nothing behind.
 pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
-    if cfg.images.is_empty() {
+    if cfg.images.is_empty() && cfg.containerd_images.is_empty() {
         bail!("no images to preload: give references or an image list with entries");
+    }
+    if cfg.cache.is_some() && !cfg.containerd_images.is_empty() {
+        bail!(
+            "--cache keeps Docker's store between runs; containerd's store is made afresh each run: \
+             leave out --cache, or bake the containerd images in a run of their own"
+        );
     }
     if let (_, Some(root)) = disk::check_input(&cfg.disk, cfg.output.path().is_none())? {
         let root = ext4::Root::new(&cfg.disk, root.offset);
-        check_existing(&cfg.disk, cfg.merge, cfg.containerd.is_some(), &root)?;
+        check_existing(&cfg.disk, cfg.merge, writes_containerd(cfg), &root)?;
     }
-    let refs: Vec<ImageRef> = cfg
-        .images
-        .iter()
-        .filter_map(|l| l.source.registry_ref().cloned())
-        .collect();
-    let access = cfg.registry.prepare(&refs)?;
+    let refs = |lines: &[Listed]| -> Vec<ImageRef> {
+        lines
+            .iter()
+            .filter_map(|l| l.source.registry_ref().cloned())
+            .collect()
+    };
+    cfg.registry.check_docker_refs(&refs(&cfg.images))?;
+    let mut all = refs(&cfg.images);
+    all.extend(refs(&cfg.containerd_images));
+    let access = cfg.registry.prepare(&all)?;
     let platform = match &cfg.platform {
         Some(p) => TargetPlatform {
             target: p.clone(),
@@ -79,7 +89,7 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     };
     let target = &platform.target;
     let mut prepared = vec![];
-    for l in &cfg.images {
+    for l in cfg.images.iter().chain(&cfg.containerd_images) {
         prepared.push(match &l.source {
             Source::Registry(_) => Checked::Registry,
             // Checked against the engine (see check_engine).
@@ -102,6 +112,11 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
         platform,
         prepared,
     })
+}
+
+/// Whether the run writes /var/lib/containerd.
+fn writes_containerd(cfg: &PopulateConfig) -> bool {
+    cfg.containerd.is_some() || !cfg.containerd_images.is_empty()
 }
 
 /// Refuses a ROOT that already has a store, unless merging.
@@ -142,7 +157,8 @@ pub(super) async fn check_engine(
 ) -> Result<Vec<Checked>> {
     engine.check_arch()?;
     let target = &platform.target;
-    for (l, prepared) in cfg.images.iter().zip(prepared.iter_mut()) {
+    let lines = cfg.images.iter().chain(&cfg.containerd_images);
+    for (l, prepared) in lines.zip(prepared.iter_mut()) {
         let Source::Daemon(r) = &l.source else {
             continue;
         };
@@ -161,13 +177,21 @@ pub(super) async fn check_engine(
         }
         *prepared = Checked::Daemon(name, id);
     }
-    match cancel
-        .run_until_cancelled(engine.ensure_image(&cfg.dind_image))
-        .await
-    {
-        Some(ensured) => ensured.map(|()| prepared),
-        None => bail!("interrupted"),
+    let mut images = vec![];
+    if !cfg.images.is_empty() {
+        images.push(&cfg.dind_image);
     }
+    if !cfg.containerd_images.is_empty() {
+        images.push(cfg.containerd_options.build_image.as_ref().unwrap_or(&cfg.dind_image));
+    }
+    images.dedup();
+    for image in images {
+        match cancel.run_until_cancelled(engine.ensure_image(image)).await {
+            Some(ensured) => ensured?,
+            None => bail!("interrupted"),
+        }
+    }
+    Ok(prepared)
 }
 
 /// What [`pull_store`] got.
@@ -186,12 +210,12 @@ pub(super) struct Pulled {
 /// platform) writes nothing. The first to fail stops the other, and its
 /// error is returned.
 pub(super) async fn pull_beside_copy(
-    run: &Run<'_>,
+    runs: &[Run<'_>],
     clock: &Clock,
-    memory_cap: Option<u64>,
-) -> Result<(Pulled, Prepared)> {
-    let cfg = run.cfg;
-    let both = &run.cancel;
+    memory_caps: &[Option<u64>],
+) -> Result<(Vec<Pulled>, Prepared)> {
+    let cfg = runs[0].cfg;
+    let both = &runs[0].cancel;
     let first_failed = Cell::new(None);
     let failing = |failed: bool, which: u8| {
         if failed && first_failed.get().is_none() {
@@ -199,20 +223,29 @@ pub(super) async fn pull_beside_copy(
             both.cancel();
         }
     };
-    let mut checked = run.manifests_read.subscribe();
     let copy = async {
         // Nothing is written before the registries have answered for every
-        // image (logins, certificates, platforms).
-        let answered = checked.wait_for(|read| *read);
-        if both.run_until_cancelled(answered).await.is_none() {
-            bail!("interrupted");
+        // image of every store (logins, certificates, platforms).
+        for run in runs {
+            let mut checked = run.manifests_read.subscribe();
+            let answered = checked.wait_for(|read| *read);
+            if both.run_until_cancelled(answered).await.is_none() {
+                bail!("interrupted");
+            }
         }
         clock
             .time(Phase::Copy, make_output(cfg, both.clone()))
             .await
     };
     let pull = async {
-        let r = pull_store(run, clock, memory_cap).await;
+        let pulls = runs
+            .iter()
+            .zip(memory_caps)
+            .map(|(run, cap)| pull_store(run, clock, *cap));
+        let r: Result<Vec<Pulled>> = futures_util::future::join_all(pulls)
+            .await
+            .into_iter()
+            .collect();
         failing(r.is_err(), 0);
         r
     };
@@ -345,7 +378,7 @@ pub(super) async fn make_output(
         cfg.output.path().map(Path::to_path_buf),
         cfg.space.raw_output,
     );
-    let (merge, containerd) = (cfg.merge, cfg.containerd.is_some());
+    let (merge, containerd) = (cfg.merge, writes_containerd(cfg));
     blocking(move || {
         let prepared = disk::prepare(&disk, out.as_deref(), raw, Some(&cancel))?;
         check_existing(&disk, merge, containerd, &prepared.fs())?;
@@ -360,23 +393,29 @@ pub(super) async fn make_output(
 /// returned). Returns what the store took, the output with room made and
 /// what the store needs. The export must wait for all of it.
 pub(super) async fn stop_beside_measure(
-    run: &Run<'_>,
+    runs: &[Run<'_>],
     clock: &Clock,
     prepared: Prepared,
-    only: Option<&[u8]>,
-) -> Result<(u64, (Prepared, Option<disk::GrowReport>), Need)> {
-    let stop = clock.time(Phase::Stop, stop_dind(run));
+    only: &[Option<&[u8]>],
+) -> Result<(Vec<u64>, (Prepared, Option<disk::GrowReport>), Need)> {
+    let stop = clock.time(
+        Phase::Stop,
+        futures_util::future::join_all(runs.iter().map(stop_dind)),
+    );
     let room = async {
-        let need = clock
-            .time(Phase::Measure, measure(run, &prepared, only))
-            .await?;
+        let mut need = Need::default();
+        for (run, only) in runs.iter().zip(only) {
+            need += clock
+                .time(Phase::Measure, measure(run, &prepared, *only))
+                .await?;
+        }
         let grown = clock
-            .time(Phase::Grow, make_room(run.cfg, prepared, need))
+            .time(Phase::Grow, make_room(runs[0].cfg, prepared, need))
             .await?;
         Ok::<_, anyhow::Error>((grown, need))
     };
     let (stopped, room) = tokio::join!(stop, room);
-    let used = stopped?;
+    let used = stopped.into_iter().collect::<Result<Vec<u64>>>()?;
     let (grown, need) = room?;
     Ok((used, grown, need))
 }
@@ -389,7 +428,8 @@ pub(super) async fn stop_dind(run: &Run<'_>) -> Result<u64> {
     let stopped = run.or_cancel(run.dind().stop(run.backend.root())).await?;
     if stopped.exit_code != 0 {
         bail!(
-            "the inner dockerd did not shut down cleanly (exit code {}); its last lines:\n{}",
+            "the daemon of the build container ({}) did not shut down cleanly (exit code {}); its last lines:\n{}",
+            run.spec.daemon.first().map_or("?", String::as_str),
             stopped.exit_code,
             run.engine.logs_tail(&dind).await
         );
@@ -410,7 +450,9 @@ pub(super) async fn measure(
     let dind = run.dind();
     let measured = dind.measure(store, block_size, only);
     let mut need = run.or_cancel(measured).await?;
-    if let Some(src) = run.cfg.containerd.clone() {
+    // The --containerd root (only given with Docker's images).
+    let docker = run.backend.kind() == StoreKind::Docker;
+    if let (Some(src), true) = (run.cfg.containerd.clone(), docker) {
         need += blocking(move || containerd_need(&src, block_size)).await?;
     }
     Ok(need)
@@ -599,10 +641,15 @@ pub(super) async fn verify_written(root: ext4::Root) -> Result<Verified> {
 /// removed; in place, the disk holds the complete store.
 pub(super) async fn publish(
     prepared: Prepared,
-    backend: &'static dyn Backend,
+    backends: Vec<&'static dyn Backend>,
 ) -> Result<(ext4::FsSummary, u64)> {
     blocking(move || {
-        let layers = backend.layers(&prepared.fs().open_read()?)?;
+        let fs = prepared.fs().open_read()?;
+        let mut layers = 0;
+        for b in backends {
+            layers += b.layers(&fs)?;
+        }
+        drop(fs);
         Ok((prepared.publish()?, layers))
     })
     .await

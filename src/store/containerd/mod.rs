@@ -16,13 +16,79 @@ use super::{Backend, DaemonOptions, Failure, Inventory, Merge, Report, Selection
 use crate::digest::{hex, is_hex64};
 use crate::ext4::Need;
 use crate::fsread::{is_dir, join, show, FsRead, Kind};
-use crate::protocol::StoreKind;
+use crate::protocol::{Request, StoreKind};
 
 pub mod bolt;
+pub mod ctr;
 pub mod inspect;
 
 /// Where Flatcar's containerd keeps its root (its config's `root`).
 pub const ROOT: &str = "/var/lib/containerd";
+
+/// The sandbox (pause) image a containerd of `version` is built with
+/// (its CRI default, which Flatcar's configuration keeps).
+pub fn default_sandbox(version: crate::protocol::ContainerdVersion) -> &'static str {
+    use crate::protocol::ContainerdVersion::*;
+    match version {
+        V1_7 => "registry.k8s.io/pause:3.8",
+        V2_1 => "registry.k8s.io/pause:3.10",
+        V2_2 => "registry.k8s.io/pause:3.10.1",
+    }
+}
+
+/// The build container's containerd answers on this socket only.
+pub const SOCKET: &str = "/run/fp-containerd/containerd.sock";
+
+/// Its state directory (sockets, mounts of running tasks: none here).
+const STATE: &str = "/run/fp-containerd";
+
+/// Its configuration file, put there by [`build_files`].
+const CONFIG: &str = "/etc/fp-containerd/config.toml";
+
+/// The configuration of the build container's containerd: the defaults
+/// (the overlayfs snapshotter, content kept after unpacking) without the
+/// CRI plugin, whose image service relabels images of `k8s.io` as they are
+/// made (racing the helper's labels) and which keeps state of its own.
+/// Version 2 is read by containerd 1.7 and 2.x alike; the names are those
+/// of both (unknown ones are ignored).
+pub fn config_toml() -> String {
+    [
+        "version = 2",
+        "disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \"io.containerd.cri.v1.runtime\"]",
+        "",
+    ]
+    .join("\n")
+}
+
+/// The files the build container needs before its containerd starts, as a
+/// tar to unpack at its `/`: the configuration and the registries' hosts
+/// directories.
+pub fn build_files(hosts: &[crate::docker::registry::RegistryHost]) -> Result<Vec<u8>> {
+    use crate::docker::registry::CONTAINERD_HOSTS_DIR;
+    use crate::tar::{Attrs, Writer};
+    let mut tar = Writer::new(Vec::new());
+    let dir = Attrs::root_owned(0o755);
+    let rel = |p: &str| p.trim_start_matches('/').to_string();
+    let config_dir = rel(CONFIG.rsplit_once('/').map_or(CONFIG, |(d, _)| d));
+    (|| {
+        tar.dir(rel("/etc").as_bytes(), &dir)?;
+        tar.dir(config_dir.as_bytes(), &dir)?;
+        tar.file_bytes(rel(CONFIG).as_bytes(), &Attrs::root_owned(0o644), config_toml().as_bytes())?;
+        tar.dir(rel(CONTAINERD_HOSTS_DIR).as_bytes(), &dir)?;
+        for h in hosts {
+            let hdir = format!("{}/{}", rel(CONTAINERD_HOSTS_DIR), h.host);
+            tar.dir(hdir.as_bytes(), &dir)?;
+            for (name, data) in &h.files {
+                let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+                tar.file_bytes(format!("{hdir}/{name}").as_bytes(), &Attrs::root_owned(mode), data)?;
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })()
+    .context("making the build container's containerd configuration")?;
+    tar.finish()
+        .context("making the build container's containerd configuration")
+}
 
 /// The layout below [`ROOT`], relative to it.
 pub mod layout {
@@ -69,20 +135,28 @@ impl Backend for Containerd {
         ROOT
     }
 
-    /// The build container's containerd with its defaults (the overlayfs
-    /// snapshotter, content kept) and no configuration file of the image.
+    /// The build container's containerd with [`config_toml`] (the
+    /// image's own configuration is not read).
     fn daemon(&self, opts: &DaemonOptions<'_>) -> Vec<String> {
         [
             "containerd",
-            "--config=/dev/null",
+            &format!("--config={CONFIG}"),
             &format!("--root={ROOT}"),
-            "--state=/run/containerd",
+            &format!("--state={STATE}"),
             &format!("--address={}", opts.socket),
         ]
         .iter()
         .map(|s| s.to_string())
         .chain(opts.extra.iter().cloned())
         .collect()
+    }
+
+    fn ready(&self, opts: &DaemonOptions<'_>) -> Request {
+        Request::Ready {
+            socket: opts.socket.into(),
+            store: StoreKind::Containerd,
+            containerd_version: Some(opts.containerd_version),
+        }
     }
 
     fn export(

@@ -12,7 +12,7 @@ use super::export::{Plan, Scope};
 use super::{Backend, DaemonOptions, ExportStats, Inventory, Merge, Report, Selection};
 use crate::ext4::Need;
 use crate::fsread::FsRead;
-use crate::protocol::StoreKind;
+use crate::protocol::{Request, StoreKind};
 
 pub mod inspect;
 pub mod merge;
@@ -82,6 +82,14 @@ impl Backend for Docker {
 
     fn root(&self) -> &'static str {
         ROOT
+    }
+
+    fn ready(&self, opts: &DaemonOptions<'_>) -> Request {
+        Request::Ready {
+            socket: opts.socket.into(),
+            store: StoreKind::Docker,
+            containerd_version: None,
+        }
     }
 
     fn daemon(&self, opts: &DaemonOptions<'_>) -> Vec<String> {

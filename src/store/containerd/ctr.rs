@@ -1,0 +1,518 @@
+//! The helper side for containerd, run inside the build container: drives
+//! the build container's containerd with its own client, `ctr` (every
+//! containerd package ships it), and leaves each image as a CRI pull
+//! leaves it: the records `repo:tag`, `repo@sha256:DIGEST` and
+//! `sha256:CONFIG`, labelled `io.cri-containerd.image=managed` (and
+//! pinned), unpacked into the overlayfs snapshotter. Reports
+//! [`Event`]s on stdout as the Docker helpers do.
+//!
+//! The daemon runs without its CRI plugin (see [`super::config_toml`]):
+//! that plugin relabels images of `k8s.io` as they are made, racing the
+//! labels set here.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::docker::inner::PullSecrets;
+use crate::platform::Platform;
+use crate::protocol::{emit, ContainerdVersion, Event, FailureKind, Got};
+use crate::source::ImageRef;
+
+/// The label that makes an image the CRI's (the kubelet lists it).
+pub const MANAGED: (&str, &str) = ("io.cri-containerd.image", "managed");
+/// The label that keeps the kubelet's image garbage collection off it.
+pub const PINNED: (&str, &str) = ("io.cri-containerd.pinned", "pinned");
+
+/// `ctr` talking to one namespace of the build container's containerd.
+struct Ctr<'a> {
+    socket: &'a str,
+    namespace: &'a str,
+}
+
+/// A failure of `ctr` whose kind is known from its message.
+#[derive(Debug)]
+struct CtrFailed {
+    kind: FailureKind,
+    message: String,
+}
+
+impl std::fmt::Display for CtrFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CtrFailed {}
+
+fn failure(kind: FailureKind, message: String) -> anyhow::Error {
+    CtrFailed { kind, message }.into()
+}
+
+fn kind_of(e: &anyhow::Error) -> FailureKind {
+    match e.downcast_ref::<CtrFailed>() {
+        Some(c) => c.kind,
+        None => FailureKind::of_message(&format!("{e:#}")),
+    }
+}
+
+impl Ctr<'_> {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.args(["--address", self.socket, "--namespace", self.namespace])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `ctr ARGS` and returns its stdout; fails with what it said
+    /// (its last `ctr: ` line, which is its error).
+    fn run(&self, args: &[&str]) -> Result<Vec<u8>> {
+        self.finish(self.command(args), args)
+    }
+
+    fn finish(&self, mut cmd: Command, args: &[&str]) -> Result<Vec<u8>> {
+        let out = cmd.output().map_err(|e| {
+            anyhow::anyhow!(
+                "running ctr (containerd's client) in the build container: {e}; \
+                 the build image must have ctr on its PATH"
+            )
+        })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let said = stderr
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("ctr: "))
+                .unwrap_or(stderr.trim());
+            let message = format!("ctr {} failed: {said}", args.first().unwrap_or(&""));
+            return Err(failure(FailureKind::of_message(said), message));
+        }
+        Ok(out.stdout)
+    }
+
+    /// Every image record: name -> target digest.
+    fn images(&self) -> Result<BTreeMap<String, String>> {
+        let out = self.run(&["images", "ls"])?;
+        let text = String::from_utf8_lossy(&out);
+        let mut map = BTreeMap::new();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 3 {
+                map.insert(f[0].to_string(), f[2].to_string());
+            }
+        }
+        Ok(map)
+    }
+
+    /// The blob `digest` of the content store.
+    fn content(&self, digest: &str) -> Result<Vec<u8>> {
+        self.run(&["content", "get", digest])
+            .with_context(|| format!("reading {digest} from the content store"))
+    }
+}
+
+/// The fields of a manifest, an index and a config that are read here.
+#[derive(Deserialize)]
+struct Blob {
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+    #[serde(default)]
+    platform: Option<DescPlatform>,
+}
+
+#[derive(Deserialize)]
+struct DescPlatform {
+    os: String,
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+impl DescPlatform {
+    fn platform(&self) -> Platform {
+        Platform::new(&self.os, &self.architecture, self.variant.as_deref())
+    }
+}
+
+/// The repository of a normalized name (`domain/path:tag` or
+/// `domain/path@sha256:...`).
+fn repository(name: &str) -> &str {
+    if let Some((repo, _)) = name.split_once('@') {
+        return repo;
+    }
+    match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => &name[..i],
+        _ => name,
+    }
+}
+
+/// The server's version of `ctr version` (`v2.1.9`, `1.7.24~ds1`) as
+/// (major, minor).
+fn server_version(text: &str) -> Option<(u32, u32)> {
+    let server = text.split("Server:").nth(1)?;
+    let v = server
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Version:"))?
+        .trim()
+        .trim_start_matches('v');
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Whether a containerd of `target`'s series reads the store of the build
+/// container's containerd `build` (major, minor) as it is: containerd 2.x
+/// migrates a 1.7 database (schema 3) with a write at its first open, as
+/// an upgrade does; 1.7 does not support a 2.x database (schema 4, with
+/// sandboxes), as containerd supports no downgrade.
+pub fn check_compatible(build: (u32, u32), target: ContainerdVersion) -> Result<()> {
+    let shown = format!("{}.{}", build.0, build.1);
+    match (build, target) {
+        ((1, minor), _) if minor < 7 => bail!(
+            "the build image's containerd is {shown}: older than 1.7, the oldest Flatcar ships; \
+             use a build image with containerd 1.7 or later (--containerd-build-image)"
+        ),
+        ((2.., _), ContainerdVersion::V1_7) => bail!(
+            "the build image's containerd is {shown}, whose metadata database (schema 4) containerd 1.7 \
+             (the target's, --containerd-version 1.7: Flatcar LTS) does not support reading; use a build \
+             image with containerd 1.7 (--containerd-build-image), or give the target's version"
+        ),
+        ((3.., _), _) => bail!(
+            "the build image's containerd is {shown}: newer than any Flatcar ships ({target} is the target's); \
+             use a build image with the target's containerd (--containerd-build-image)"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The containerd of the build container, once it answers on `socket`;
+/// refuses one whose store `target` cannot read. Prints its version.
+pub fn ready(socket: &str, target: Option<ContainerdVersion>) -> Result<()> {
+    let ctr = Ctr {
+        socket,
+        namespace: "default",
+    };
+    let start = Instant::now();
+    let text = loop {
+        match ctr.run(&["version"]) {
+            Ok(out) => break String::from_utf8_lossy(&out).into_owned(),
+            Err(e) if start.elapsed() > Duration::from_secs(60) => {
+                return Err(e.context("containerd did not answer within 60 s"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let build = server_version(&text)
+        .with_context(|| format!("reading containerd's version in: {}", text.trim()))?;
+    if let Some(target) = target {
+        check_compatible(build, target)?;
+    }
+    println!("{}.{}", build.0, build.1);
+    Ok(())
+}
+
+/// What the containerd pull helper is asked.
+pub struct PullRequest<'a> {
+    pub socket: &'a str,
+    pub namespace: &'a str,
+    pub refs: Vec<ImageRef>,
+    pub jobs: usize,
+    pub platform: Platform,
+    pub allow_platform_mismatch: bool,
+    pub pin: bool,
+    pub hosts_dir: &'a str,
+    pub secrets: PullSecrets,
+}
+
+/// Pulls every reference (at most `jobs` at once), each reported as an
+/// event; then reports that every registry answered. Fails when any did.
+pub fn pull(req: &PullRequest<'_>) -> Result<()> {
+    let ctr = Ctr {
+        socket: req.socket,
+        namespace: req.namespace,
+    };
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..req.jobs.clamp(1, req.refs.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(r) = req.refs.get(i) else { break };
+                match pull_one(&ctr, req, r, i) {
+                    Ok(got) => emit(&Event::Done { image: i, got }),
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        emit(&Event::Failed {
+                            image: i,
+                            kind: kind_of(&e),
+                            message: format!("{e:#}"),
+                        });
+                    }
+                }
+            });
+        }
+    });
+    if failed.load(Ordering::SeqCst) > 0 {
+        bail!("some pulls failed");
+    }
+    emit(&Event::Checked);
+    forget_leases(&ctr)
+}
+
+fn pull_one(ctr: &Ctr<'_>, req: &PullRequest<'_>, r: &ImageRef, index: usize) -> Result<Got> {
+    let name = r.normalized();
+    let platform = req.platform.to_string();
+    let user = match req.secrets.credentials.get(r.registry()) {
+        Some(c) => match (&c.username, &c.password) {
+            (Some(u), Some(p)) => Some(format!("{u}:{p}")),
+            _ => {
+                return Err(failure(
+                    FailureKind::Auth,
+                    format!(
+                        "the credentials of registry {} are a token, which ctr (containerd's client) \
+                         cannot send; log in with a username and password",
+                        r.registry()
+                    ),
+                ))
+            }
+        },
+        None => None,
+    };
+    let mut args = vec!["images", "pull", "--platform", &platform];
+    args.extend(["--hosts-dir", req.hosts_dir]);
+    if let Some(u) = &user {
+        args.extend(["--user", u]);
+    }
+    args.push(&name);
+    // ctr echoes no argument in its messages: the password stays here.
+    ctr.run(&args)?;
+    let want = Want {
+        platform: &req.platform,
+        allow_platform_mismatch: req.allow_platform_mismatch,
+        pin: req.pin,
+    };
+    cri_records(ctr, &[name], &want, index)
+}
+
+/// What an image must be, and how it is labelled.
+struct Want<'a> {
+    platform: &'a Platform,
+    allow_platform_mismatch: bool,
+    pin: bool,
+}
+
+/// Gives the image of the records `names` (one target) the other records
+/// a CRI pull makes, and labels them all; checks that its config is for
+/// the target platform.
+fn cri_records(ctr: &Ctr<'_>, names: &[String], want: &Want<'_>, index: usize) -> Result<Got> {
+    let first = names.first().context("an image without a name")?;
+    let records = ctr.images()?;
+    let target = records
+        .get(first)
+        .with_context(|| format!("{first} is not in containerd after the pull"))?
+        .clone();
+    let blob: Blob = serde_json::from_slice(&ctr.content(&target)?)
+        .with_context(|| format!("reading the manifest {target} of {first}"))?;
+    let manifest: Blob = match &blob.manifests {
+        Some(list) => {
+            let chosen = list
+                .iter()
+                .find(|m| {
+                    m.platform
+                        .as_ref()
+                        .is_some_and(|p| want.platform.accepts(&p.platform()))
+                })
+                .with_context(|| {
+                    format!("{first}: its index has no image for {}", want.platform)
+                })
+                .map_err(|e| failure(FailureKind::Platform, format!("{e:#}")))?;
+            serde_json::from_slice(&ctr.content(&chosen.digest)?)
+                .with_context(|| format!("reading the manifest {} of {first}", chosen.digest))?
+        }
+        None => blob,
+    };
+    let config = manifest
+        .config
+        .with_context(|| format!("the manifest of {first} has no config"))?
+        .digest;
+    let image: DescPlatform = serde_json::from_slice(&ctr.content(&config)?)
+        .with_context(|| format!("reading the config {config} of {first}"))?;
+    let platform = image.platform();
+    if !want.platform.accepts(&platform) {
+        if !want.allow_platform_mismatch {
+            return Err(failure(
+                FailureKind::Platform,
+                format!(
+                    "it is a {platform} image only, but the target platform is {}: it could not run there; \
+                     pass --allow-platform-mismatch to preload it anyway",
+                    want.platform
+                ),
+            ));
+        }
+        emit(&Event::Warning {
+            image: index,
+            message: format!(
+                "{first} is a {platform} image only, preloaded for a {} target (--allow-platform-mismatch)",
+                want.platform
+            ),
+        });
+    }
+    let mut all: Vec<String> = names.to_vec();
+    for extra in names
+        .iter()
+        .map(|n| format!("{}@{target}", repository(n)))
+        .chain([config.clone()])
+    {
+        if !all.contains(&extra) {
+            all.push(extra);
+        }
+    }
+    for n in &all[names.len()..] {
+        ctr.run(&["images", "tag", "--force", first, n])?;
+    }
+    let labels: Vec<String> = [Some(MANAGED), want.pin.then_some(PINNED)]
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for n in &all {
+        let mut args = vec!["images", "label", n.as_str()];
+        args.extend(labels.iter().map(String::as_str));
+        ctr.run(&args)?;
+    }
+    Ok(Got {
+        id: config,
+        platform: platform.to_string(),
+        names: all,
+    })
+}
+
+/// Removes the leases the pulls left (build-machine state: a lease keeps
+/// content it names from the garbage collector, here for nothing).
+fn forget_leases(ctr: &Ctr<'_>) -> Result<()> {
+    let out = ctr.run(&["leases", "ls", "-q"])?;
+    for id in String::from_utf8_lossy(&out).split_whitespace() {
+        ctr.run(&["leases", "rm", id])?;
+    }
+    Ok(())
+}
+
+/// What the containerd import helper is asked.
+pub struct ImportRequest<'a> {
+    pub socket: &'a str,
+    pub namespace: &'a str,
+    pub platform: Platform,
+    pub pin: bool,
+    pub index: usize,
+}
+
+/// Imports the docker-archive on standard input (`ctr images import`) and
+/// makes each image it brought as [`pull`] does, reported as source
+/// `index`.
+pub fn import(req: &ImportRequest<'_>) -> Result<()> {
+    let ctr = Ctr {
+        socket: req.socket,
+        namespace: req.namespace,
+    };
+    let result = (|| {
+        let before = ctr.images()?;
+        let platform = req.platform.to_string();
+        let args = ["images", "import", "--platform", &platform, "-"];
+        let mut cmd = ctr.command(&args);
+        cmd.stdin(Stdio::inherit());
+        ctr.finish(cmd, &args)?;
+        // What the archive brought: new records, or records it moved.
+        let mut by_target: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, target) in ctr.images()? {
+            if before.get(&name) != Some(&target) && !name.starts_with("sha256:") {
+                by_target.entry(target).or_default().push(name);
+            }
+        }
+        if by_target.is_empty() {
+            bail!("containerd imported no named image from the archive");
+        }
+        let want = Want {
+            platform: &req.platform,
+            allow_platform_mismatch: false,
+            pin: req.pin,
+        };
+        let mut got: Vec<Got> = vec![];
+        for names in by_target.values() {
+            let g = cri_records(&ctr, names, &want, req.index)?;
+            match got.iter_mut().find(|o| o.id == g.id) {
+                Some(o) => o.names.extend(g.names),
+                None => got.push(g),
+            }
+        }
+        forget_leases(&ctr)?;
+        Ok(got)
+    })();
+    // Drain what is left of the input, so that the writer is not cut off.
+    let _ = std::io::copy(&mut std::io::stdin().lock().take(u64::MAX), &mut std::io::sink());
+    match result {
+        Ok(got) => {
+            for got in got {
+                emit(&Event::Done {
+                    image: req.index,
+                    got,
+                });
+            }
+            Ok(())
+        }
+        Err(e) => {
+            emit(&Event::Failed {
+                image: req.index,
+                kind: kind_of(&e),
+                message: format!("{e:#}"),
+            });
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_what_each_target_reads() {
+        let text = "Client:\n  Version:  2.1.9\n\nServer:\n  Version:  v2.1.9~ds1\n  UUID: x\n";
+        assert_eq!(server_version(text), Some((2, 1)));
+        assert_eq!(
+            server_version("Server:\n  Version:  1.7.24~ds1\n"),
+            Some((1, 7))
+        );
+        assert_eq!(server_version("Client:\n  Version: 2.1.9\n"), None);
+        use ContainerdVersion::*;
+        for ok in [((1, 7), V1_7), ((1, 7), V2_1), ((2, 1), V2_1), ((2, 2), V2_1), ((2, 1), V2_2)] {
+            check_compatible(ok.0, ok.1).unwrap_or_else(|e| panic!("{ok:?}: {e:#}"));
+        }
+        let e = check_compatible((2, 1), V1_7).unwrap_err();
+        assert!(format!("{e}").contains("containerd 1.7"), "{e}");
+        assert!(check_compatible((1, 6), V2_1).is_err());
+        assert!(check_compatible((3, 0), V2_2).is_err());
+    }
+
+    #[test]
+    fn repositories_of_names() {
+        assert_eq!(repository("docker.io/library/busybox:1.36"), "docker.io/library/busybox");
+        assert_eq!(repository("reg:5000/a/b:1"), "reg:5000/a/b");
+        assert_eq!(repository("reg:5000/a/b"), "reg:5000/a/b");
+        assert_eq!(
+            repository("reg:5000/a/b@sha256:00"),
+            "reg:5000/a/b"
+        );
+    }
+}
