@@ -142,7 +142,8 @@ changed=0 # set when something was (re)built: triggers the smoke test
 # iptables       host dockerd's bridge/NAT and port publishing
 # iproute2       `ip` for our bridge;  curl: registry health check
 # passwd         useradd/groupadd (always there, listed for completeness)
-pkgs=(docker.io debootstrap busybox-static iptables iproute2 curl passwd)
+# zstd           decompresses the shared crictl (step 6b)
+pkgs=(docker.io debootstrap busybox-static iptables iproute2 curl passwd zstd)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
@@ -433,6 +434,26 @@ if ((changed)) || [[ ${FP_VERIFY:-0} == 1 ]]; then
     say "verify: host pushed $TEST_REF, dind ($info) pulled it over loopback"
 fi
 
+# --- 6b. crictl, the CRI client, for the containerd truth checks ----------------
+# Debian has no cri-tools: the shared directory beside the repository holds
+# crictl 1.34.0 built from its source (its README says how), checked here by
+# its sha256 and decompressed into the cache once.
+CRICTL=$FP_CACHE/crictl-1.34.0
+CRICTL_SHA256=ce2ad88fcc9e83cffc552ea589764ce5d895067747bdaa35f1340fb90961d6f1
+if ! echo "$CRICTL_SHA256  $CRICTL" | sha256sum -c --status 2>/dev/null; then
+    here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    zst=
+    for d in "${FP_SHARED_DIR:-}" "$here/../shared" /work/shared; do
+        [[ -n $d && -f $d/crictl/crictl-1.34.0.zst ]] && { zst=$d/crictl/crictl-1.34.0.zst; break; }
+    done
+    [[ -n $zst ]] || die "crictl-1.34.0.zst not found (FP_SHARED_DIR, ../shared beside the repository): the containerd truth checks need it"
+    mkdir -p "$FP_CACHE"
+    zstd -dqf "$zst" -o "$CRICTL.tmp" && chmod 755 "$CRICTL.tmp"
+    echo "$CRICTL_SHA256  $CRICTL.tmp" | sha256sum -c --status || die "$zst: not the crictl 1.34.0 its README names"
+    mv "$CRICTL.tmp" "$CRICTL"
+    say "crictl: $CRICTL from $zst"
+fi
+
 # --- 7. variables ---------------------------------------------------------------
 # Shell-quoted (FP_TARGET_DOCKERS holds spaces): fit for eval and for source.
 vars=()
@@ -443,6 +464,7 @@ kv FP_TARGET_DOCKERS "${targets[*]}"
 kv FP_REGISTRY_CONTAINER "$REG_CTR"
 kv FP_REGISTRY "$REGISTRY"
 kv FP_TEST_USER "$TEST_USER"
+kv FP_CRICTL "$CRICTL"
 mkdir -p "$FP_CACHE"
 {
     echo "# written by ci/docker-env.sh; source it"

@@ -222,7 +222,11 @@ pub struct ContainerdArgs {
     pub containerd_list: Option<PathBuf>,
     /// The containerd namespace the images go to: k8s.io for the kubelet,
     /// moby for Docker 29's containerd image store.
-    #[arg(long = "containerd-namespace", value_name = "name", default_value = "k8s.io")]
+    #[arg(
+        long = "containerd-namespace",
+        value_name = "name",
+        default_value = "k8s.io"
+    )]
     pub containerd_namespace: String,
     /// Do not pin the images (io.cri-containerd.pinned=pinned keeps the
     /// kubelet's image garbage collection off them).
@@ -449,7 +453,10 @@ impl ContainerdArgs {
             Some(r) => Some((r.to_string(), format!("--sandbox-image {r:?}"))),
             None => Some((
                 crate::store::containerd::default_sandbox(self.containerd_version).to_string(),
-                format!("the sandbox image of containerd {} (--sandbox-image)", self.containerd_version),
+                format!(
+                    "the sandbox image of containerd {} (--sandbox-image)",
+                    self.containerd_version
+                ),
             )),
         };
         if let (Some((r, origin)), false) = (sandbox, images.is_empty()) {

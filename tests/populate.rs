@@ -28,6 +28,8 @@ struct Env {
     registry_container: String,
     registry: String,
     test_user: String,
+    /// crictl, the CRI client (ci/docker-env.sh unpacks it).
+    crictl: String,
 }
 
 fn env() -> &'static Env {
@@ -47,6 +49,7 @@ fn env() -> &'static Env {
             registry_container: var("FP_REGISTRY_CONTAINER"),
             registry: var("FP_REGISTRY"),
             test_user: var("FP_TEST_USER"),
+            crictl: var("FP_CRICTL"),
         }
     })
 }
@@ -616,6 +619,13 @@ fn assert_truth(image: &str, text: &str, f: &Fixtures) {
         !text.contains(&f.unlisted),
         "an unlisted image was preloaded"
     );
+    assert_runs(image, text);
+}
+
+/// What the fixture images print when run (the script of `populate_truth`
+/// or its containerd equivalent): opaque directories, whiteouts, hard
+/// links, odd names and file capabilities as the layers have them.
+fn assert_runs(image: &str, text: &str) {
     assert!(
         text.contains("A=new \n") || text.contains("A=new\n"),
         "{image}: opaque directory came back wrong:\n{text}"
@@ -845,13 +855,15 @@ fn containerd_root_is_written() {
     let disk = disk_copy(&["--layout", "current"], tmp.path());
     let src = tmp.path().join("containerd");
     fs::create_dir_all(src.join("io.containerd.content.v1.content/blobs/sha256")).unwrap();
-    fs::write(
-        src.join("io.containerd.content.v1.content/blobs/sha256/abc"),
-        b"blob",
-    )
-    .unwrap();
+    // Named by its digest: the populate's verify checks the content store
+    // of a copied root too.
+    let blob = format!(
+        "io.containerd.content.v1.content/blobs/sha256/{}",
+        sha256(b"blob")
+    );
+    fs::write(src.join(&blob), b"blob").unwrap();
     fs::create_dir_all(src.join("io.containerd.metadata.v1.bolt")).unwrap();
-    fs::write(src.join("io.containerd.metadata.v1.bolt/meta.db"), b"db").unwrap();
+    fs::write(src.join("io.containerd.metadata.v1.bolt/other"), b"db").unwrap();
     let out = tmp.path().join("out.bin");
     let o = populate(&[
         disk.to_str().unwrap(),
@@ -865,12 +877,12 @@ fn containerd_root_is_written() {
     assert_fsck_clean(&out);
     let view = ext4_view(&out);
     assert_eq!(
-        view.read("/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db")
+        view.read("/var/lib/containerd/io.containerd.metadata.v1.bolt/other")
             .unwrap(),
         b"db"
     );
     assert_eq!(
-        view.read("/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256/abc")
+        view.read(format!("/var/lib/containerd/{blob}").as_str())
             .unwrap(),
         b"blob"
     );
@@ -2360,4 +2372,308 @@ fn inspect_and_verify_the_result() {
         );
         fs::remove_file(&copy).unwrap();
     }
+}
+
+/// Starts the containerd of `target` (a dind image: its own containerd,
+/// the version its Debian suite ships) on a copy of /var/lib/containerd in
+/// ROOT of `disk`, configured as Flatcar's (CRI with its defaults, the
+/// overlayfs snapshotter), lists the images through the CRI with crictl,
+/// runs `script` (ctr and crictl at hand) and, after garbage collections
+/// have run, counts the content blobs and snapshots left. Returns what it
+/// printed and the (blobs, snapshots) the copy held before.
+fn on_real_containerd(disk: &Path, target: &str, script: &str) -> (String, (usize, usize)) {
+    let copy_dir = tempfile::tempdir().unwrap();
+    let copy = copy_dir.path().join("verify.bin");
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(disk)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success(), "copying {}", disk.display());
+    let m = Mount::with(&copy, true);
+    let root = m.dir.path().join("var/lib/containerd");
+    let count = |p: &str| fs::read_dir(root.join(p)).map_or(0, |d| d.count());
+    let before = (
+        count("io.containerd.content.v1.content/blobs/sha256"),
+        count("io.containerd.snapshotter.v1.overlayfs/snapshots"),
+    );
+    let full = format!(
+        r#"printf 'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd]\n  snapshotter = "overlayfs"\n' >/tmp/config.toml
+        containerd --config /tmp/config.toml >/tmp/containerd.log 2>&1 &
+        for i in $(seq 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
+        ctr version >/dev/null 2>&1 || {{ echo 'containerd did not start:'; tail -n 30 /tmp/containerd.log; exit 1; }}
+        echo "FPVER $(ctr version | sed -n '/Server/,$p' | grep -m1 Version)"
+        for i in $(seq 50); do crictl images -q >/dev/null 2>&1 && break; sleep 0.2; done
+        echo "CRI $(crictl images -o json | tr -d '\n')"
+        {script}
+        sleep 2
+        echo "LEFT $(ls /var/lib/containerd/io.containerd.content.v1.content/blobs/sha256 | wc -l) $(ls /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots | wc -l)"
+        grep -iE 'level=(error|fatal)' /tmp/containerd.log | grep -v 'cni' | sed 's/^/LOGERR /' || true"#
+    );
+    let name = format!("fp-verify-ctrd-{}", std::process::id());
+    let out = Command::new("docker")
+        .env("DOCKER_HOST", &env().docker_host)
+        .args(["run", "--rm", "--name", &name, "--network", "none"])
+        .args(["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE"])
+        .args(["--security-opt", "seccomp=unconfined"])
+        .args(["--security-opt", "apparmor=unconfined"])
+        .args(["--security-opt", "systempaths=unconfined"])
+        .args(["--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup"])
+        .args([
+            "-e",
+            "CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock",
+        ])
+        .arg("-v")
+        .arg(format!("{}:/usr/local/bin/crictl:ro", env().crictl))
+        .arg("-v")
+        .arg(format!("{}:/var/lib/containerd", root.display()))
+        .args([target, "sh", "-c", &full])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "containerd of {target} on the written store failed:\n{text}"
+    );
+    drop(m);
+    (text, before)
+}
+
+/// The images crictl listed: (repo tags, repo digests, id, pinned) by
+/// first tag (or digest).
+fn cri_images(text: &str) -> Vec<(Vec<String>, Vec<String>, String, bool)> {
+    let json = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CRI "))
+        .unwrap_or_else(|| panic!("no crictl output:\n{text}"));
+    let v: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("crictl JSON: {e}:\n{text}"));
+    let strings = |x: &serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> = x
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let mut out: Vec<_> = v["images"]
+        .as_array()
+        .unwrap_or_else(|| panic!("crictl: no images array:\n{text}"))
+        .iter()
+        .map(|i| {
+            (
+                strings(&i["repoTags"]),
+                strings(&i["repoDigests"]),
+                i["id"].as_str().unwrap_or("").to_string(),
+                i["pinned"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The fixture images run by ctr (what `populate_truth` runs with docker);
+/// `second` is `repo:tag@digest`, which ctr knows as `repo@digest`.
+fn ctr_script(layers: &str, second: &str) -> String {
+    let (tagged, digest) = second.split_once('@').unwrap();
+    let second = format!("{}@{digest}", tagged.rsplit_once(':').unwrap().0);
+    r#"
+    ctr -n k8s.io run --rm LAYERS t1 sh -c 'echo A=$(ls -A /data/a | tr "\n" " "); echo B=$(ls -A /data/b | tr "\n" " "); echo CAT=$(cat /data/a/new); echo LINK=$(cat /data/link); echo H=$(stat -c "%i %h" /data/hard1) $(stat -c "%i %h" /data/hard2); echo ODD=$(cat "/data/sp ace ünï")'
+    ctr -n k8s.io run --rm --user 1000 LAYERS t2 /capbin/grep CapPrm /proc/self/status
+    ctr -n k8s.io run --rm --user 1000 LAYERS t3 /capbin/cat /proc/self/status | grep CapPrm | sed 's/^/NL/'
+    ctr -n k8s.io run --rm SECOND t4 /bin/busybox cat /second; echo
+    "#
+    .replace("LAYERS", layers)
+    .replace("SECOND", &second)
+}
+
+/// The containerd store for a Kubernetes node, in the same run as Docker's:
+/// the build image's containerd pulls (the sandbox image through a mirror
+/// of registry.k8s.io that keeps its name), and the target's containerd
+/// (2.1 here, Flatcar stable's major.minor) lists every image through the
+/// CRI with its tag, digest and pinned, runs them as Docker does, and its
+/// garbage collection removes nothing baked. Then Flatcar LTS's 1.7,
+/// written by a 1.7 build image, and the refusal of a 2.1 build for it.
+#[test]
+fn containerd_store_for_kubernetes() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    let reg = &env().registry;
+    let base = layer(&[L::Dir("bin"), L::File("pause", b"pause", 0o755)]);
+    let mut pause = vec![];
+    for v in ["3.8", "3.10"] {
+        pause.push(make_image(
+            &format!("{reg}/pause:{v}"),
+            std::slice::from_ref(&base),
+        ));
+    }
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "current"], tmp.path());
+    let before = file_digest(&disk);
+    let out = tmp.path().join("out.bin");
+    let mirror = format!("registry.k8s.io=http://{reg}");
+    let (layers, second) = (&f.listed[0].0, &f.listed[1].0);
+    let o = populate(&[
+        disk.to_str().unwrap(),
+        layers,
+        "--containerd-image",
+        layers,
+        "--containerd-image",
+        second,
+        "--registry-mirror",
+        &mirror,
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "populate failed: {}", stderr(&o));
+    assert_eq!(
+        file_digest(&disk),
+        before,
+        "the input disk image was modified"
+    );
+    assert_eq!(leftovers(), "", "containers or volumes left behind");
+    assert_fsck_clean(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json output");
+    assert_eq!(summary["images"].as_array().unwrap().len(), 4, "{summary}");
+
+    // Both stores, and none of the build machine's state.
+    let view = ext4_view(&out);
+    assert!(view
+        .exists("/var/lib/docker/image/overlay2/repositories.json")
+        .unwrap());
+    for gone in [
+        "tmpmounts",
+        "io.containerd.runtime.v2.task",
+        "io.containerd.grpc.v1.cri",
+        "io.containerd.grpc.v1.introspection",
+        "io.containerd.content.v1.content/ingest",
+        "io.containerd.snapshotter.v1.native",
+    ] {
+        let p = format!("/var/lib/containerd/{gone}");
+        assert!(!view.exists(p.as_str()).unwrap(), "{p} was written");
+    }
+    drop(view);
+    let o = Command::new(BIN)
+        .args(["inspect", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let inv = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        inv.contains("k8s.io") && inv.contains("registry.k8s.io/pause:3.10"),
+        "{inv}"
+    );
+    let o = Command::new(BIN).arg("verify").arg(&out).output().unwrap();
+    assert!(o.status.success(), "verify: {}", stderr(&o));
+
+    // The target's containerd: the CRI sees every image, tagged, by digest,
+    // pinned; the images run as they do under Docker.
+    let target = &env().dind_image;
+    let (text, (blobs, snaps)) = on_real_containerd(&out, target, &ctr_script(layers, second));
+    let listed = cri_images(&text);
+    let second_repo = second.split('@').next().unwrap().to_string();
+    let mut want_tags: Vec<Vec<String>> = vec![
+        vec![layers.clone()],
+        vec![second_repo],
+        vec!["registry.k8s.io/pause:3.10".to_string()],
+    ];
+    want_tags.sort();
+    let mut got_tags: Vec<Vec<String>> = listed.iter().map(|i| i.0.clone()).collect();
+    got_tags.sort();
+    assert_eq!(got_tags, want_tags, "crictl images:\n{text}");
+    for (tags, digests, id, pinned) in &listed {
+        assert!(*pinned, "{tags:?} is not pinned:\n{text}");
+        assert_eq!(digests.len(), 1, "{tags:?}: repo digests {digests:?}");
+        assert!(id.starts_with("sha256:"), "{id}");
+    }
+    let ids: Vec<&str> = listed.iter().map(|i| i.2.as_str()).collect();
+    assert!(
+        ids.contains(&f.listed[0].1.as_str()) && ids.contains(&f.listed[1].1.as_str()),
+        "{ids:?}"
+    );
+    assert!(
+        ids.contains(&pause[1].0.as_str()),
+        "{ids:?} lacks pause {}",
+        pause[1].0
+    );
+    assert_runs(target, &text);
+    assert!(text.contains("\n2\n"), "{text}");
+    let left = text.lines().find_map(|l| l.strip_prefix("LEFT ")).unwrap();
+    assert_eq!(
+        left,
+        format!("{blobs} {snaps}"),
+        "garbage collection removed baked content or snapshots:\n{text}"
+    );
+    assert!(
+        !text.contains("LOGERR"),
+        "containerd logged errors:\n{text}"
+    );
+
+    // Flatcar LTS: containerd 1.7 cannot be given a 2.x store...
+    let lts = env()
+        .target_dockers
+        .iter()
+        .find(|i| major_of(i) == 26)
+        .expect("FP_TARGET_DOCKERS has Docker 26 (containerd 1.7)")
+        .clone();
+    let refused = tmp.path().join("refused.bin");
+    let o = populate(&[
+        disk.to_str().unwrap(),
+        "--containerd-image",
+        layers,
+        "--containerd-version",
+        "1.7",
+        "--sandbox-image",
+        "none",
+        "-o",
+        refused.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, &disk, before, &refused, "containerd 1.7");
+    // ... and reads what its own writes, the sandbox image its default.
+    let o = populate(&[
+        disk.to_str().unwrap(),
+        "--containerd-image",
+        layers,
+        "--containerd-image",
+        second,
+        "--containerd-version",
+        "1.7",
+        "--containerd-build-image",
+        &lts,
+        "--registry-mirror",
+        &mirror,
+        "-o",
+        refused.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "populate for 1.7 failed: {}",
+        stderr(&o)
+    );
+    let (text, (blobs, snaps)) = on_real_containerd(&refused, &lts, &ctr_script(layers, second));
+    let listed = cri_images(&text);
+    assert_eq!(listed.len(), 3, "crictl images:\n{text}");
+    assert!(listed.iter().all(|i| i.3), "not all pinned:\n{text}");
+    assert!(
+        listed.iter().any(|i| i.0 == ["registry.k8s.io/pause:3.8"]),
+        "{text}"
+    );
+    assert_runs(&lts, &text);
+    let left = text.lines().find_map(|l| l.strip_prefix("LEFT ")).unwrap();
+    assert_eq!(left, format!("{blobs} {snaps}"), "{text}");
+    assert_eq!(leftovers(), "", "containers or volumes left behind");
 }

@@ -96,7 +96,11 @@ fn parse_mirror(s: &str) -> Result<(String, String)> {
         bail!("--registry-mirror {s:?}: give URL (a mirror of Docker Hub) or HOST[:PORT]=URL");
     }
     mirror_host(url)?;
-    let host = if host == "index.docker.io" { DOCKER_HUB } else { host };
+    let host = if host == "index.docker.io" {
+        DOCKER_HUB
+    } else {
+        host
+    };
     Ok((host.to_string(), url.trim_end_matches('/').to_string()))
 }
 
@@ -170,7 +174,9 @@ impl RegistryOptions {
         }
         let certs_dir = match &self.certs {
             Some(dir) => Some((dir.as_path(), true)),
-            None if Path::new(DEFAULT_CERTS_DIR).is_dir() => Some((Path::new(DEFAULT_CERTS_DIR), false)),
+            None if Path::new(DEFAULT_CERTS_DIR).is_dir() => {
+                Some((Path::new(DEFAULT_CERTS_DIR), false))
+            }
             None => None,
         };
         let certs = match certs_dir {
@@ -229,49 +235,76 @@ impl RegistryOptions {
     /// mirrors first, plain HTTP when it is an insecure registry, its
     /// certificates from the certs.d directory `certs`. None when it
     /// needs nothing but the defaults.
-    fn containerd_host(&self, registry: &str, certs: Option<&Path>) -> Result<Option<RegistryHost>> {
+    fn containerd_host(
+        &self,
+        registry: &str,
+        certs: Option<&Path>,
+    ) -> Result<Option<RegistryHost>> {
         let cert_files = |host: &str| -> Result<Vec<(String, Vec<u8>)>> {
             let Some(dir) = certs.map(|d| d.join(host)).filter(|d| d.is_dir()) else {
                 return Ok(vec![]);
             };
             let mut files = vec![];
-            for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            for e in
+                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+            {
                 let e = e.with_context(|| format!("reading {}", dir.display()))?;
                 if let Some(n) = e.file_name().to_str().filter(|n| is_cert_file(n)) {
-                    let data = std::fs::read(e.path())
-                        .with_context(|| format!("reading the registry certificate {}", e.path().display()))?;
+                    let data = std::fs::read(e.path()).with_context(|| {
+                        format!("reading the registry certificate {}", e.path().display())
+                    })?;
                     files.push((n.to_string(), data));
                 }
             }
             files.sort();
             Ok(files)
         };
-        let insecure = |host: &str| self.insecure.iter().any(|i| i == host);
-        // The TOML keys of one host's certificates, copied beside hosts.toml.
-        let tls = |host: &str, files: &mut Vec<(String, Vec<u8>)>, prefix: &str| -> Result<String> {
-            let own = cert_files(host)?;
-            let dir = format!("{CONTAINERD_HOSTS_DIR}/{registry}");
-            let mut toml = String::new();
-            let path = |n: &str| format!("{dir}/{prefix}{n}");
-            let cas: Vec<String> = own
-                .iter()
-                .filter(|(n, _)| n.ends_with(".crt"))
-                .map(|(n, _)| format!("{:?}", path(n)))
-                .collect();
-            if !cas.is_empty() {
-                toml += &format!("  ca = [{}]\n", cas.join(", "));
-            }
-            let clients: Vec<String> = own
-                .iter()
-                .filter_map(|(n, _)| n.strip_suffix(".cert"))
-                .map(|stem| format!("[{:?}, {:?}]", path(&format!("{stem}.cert")), path(&format!("{stem}.key"))))
-                .collect();
-            if !clients.is_empty() {
-                toml += &format!("  client = [{}]\n", clients.join(", "));
-            }
-            files.extend(own.into_iter().map(|(n, d)| (format!("{prefix}{n}"), d)));
-            Ok(toml)
+        // As dockerd: the listed ones, and loopback (127.0.0.0/8, ::1,
+        // localhost) always.
+        let insecure = |host: &str| {
+            let name = match host.rsplit_once(':') {
+                Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => host,
+            };
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            self.insecure.iter().any(|i| i == host)
+                || name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
         };
+        // The TOML keys of one host's certificates, copied beside hosts.toml.
+        let tls =
+            |host: &str, files: &mut Vec<(String, Vec<u8>)>, prefix: &str| -> Result<String> {
+                let own = cert_files(host)?;
+                let dir = format!("{CONTAINERD_HOSTS_DIR}/{registry}");
+                let mut toml = String::new();
+                let path = |n: &str| format!("{dir}/{prefix}{n}");
+                let cas: Vec<String> = own
+                    .iter()
+                    .filter(|(n, _)| n.ends_with(".crt"))
+                    .map(|(n, _)| format!("{:?}", path(n)))
+                    .collect();
+                if !cas.is_empty() {
+                    toml += &format!("  ca = [{}]\n", cas.join(", "));
+                }
+                let clients: Vec<String> = own
+                    .iter()
+                    .filter_map(|(n, _)| n.strip_suffix(".cert"))
+                    .map(|stem| {
+                        format!(
+                            "[{:?}, {:?}]",
+                            path(&format!("{stem}.cert")),
+                            path(&format!("{stem}.key"))
+                        )
+                    })
+                    .collect();
+                if !clients.is_empty() {
+                    toml += &format!("  client = [{}]\n", clients.join(", "));
+                }
+                files.extend(own.into_iter().map(|(n, d)| (format!("{prefix}{n}"), d)));
+                Ok(toml)
+            };
         let mut files = vec![];
         let mut toml = String::new();
         let mirrors: Vec<&String> = self
@@ -284,7 +317,11 @@ impl RegistryOptions {
             toml += &format!("[host.{url:?}]\n  capabilities = [\"pull\", \"resolve\"]\n");
             toml += &tls(mirror_host(url)?, &mut files, &format!("mirror{i}-"))?;
         }
-        let server_host = if registry == DOCKER_HUB { "registry-1.docker.io" } else { registry };
+        let server_host = if registry == DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
         let scheme = if insecure(registry) { "http" } else { "https" };
         let server = format!("{scheme}://{server_host}");
         let own = tls(registry, &mut files, "")?;

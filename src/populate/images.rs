@@ -14,9 +14,9 @@ use crate::docker::registry::{CONTAINERD_HOSTS_DIR, DEFAULT_CERTS_DIR};
 use crate::docker::{Input, INNER_SOCKET};
 use crate::progress::Pulls;
 use crate::protocol::{Event, FailureKind, Got, Request, StoreKind};
-use crate::store::containerd;
 use crate::source::archive::{self};
 use crate::source::{ImageRef, Source};
+use crate::store::containerd;
 
 /// The events of the helpers, gathered per source.
 struct Follow<'a> {

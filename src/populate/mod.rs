@@ -69,7 +69,11 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
     let mut runs = vec![];
     for (kind, lines, prepared) in [
         (StoreKind::Docker, &cfg.images, prepared),
-        (StoreKind::Containerd, &cfg.containerd_images, containerd_prepared),
+        (
+            StoreKind::Containerd,
+            &cfg.containerd_images,
+            containerd_prepared,
+        ),
     ] {
         if lines.is_empty() {
             continue;
@@ -170,7 +174,8 @@ async fn populate(runs: &[Run<'_>], origin: Instant) -> Result<Summary> {
     }
     let (pulled, prepared) = pull_beside_copy(runs, &clock, &caps).await?;
     let only: Vec<Option<&[u8]>> = pulled.iter().map(|p| p.selection.as_deref()).collect();
-    let (used, (prepared, grown), need) = stop_beside_measure(runs, &clock, prepared, &only).await?;
+    let (used, (prepared, grown), need) =
+        stop_beside_measure(runs, &clock, prepared, &only).await?;
     let root = prepared.fs();
     let mut images = vec![];
     let mut reports = vec![];

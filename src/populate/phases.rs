@@ -182,7 +182,12 @@ pub(super) async fn check_engine(
         images.push(&cfg.dind_image);
     }
     if !cfg.containerd_images.is_empty() {
-        images.push(cfg.containerd_options.build_image.as_ref().unwrap_or(&cfg.dind_image));
+        images.push(
+            cfg.containerd_options
+                .build_image
+                .as_ref()
+                .unwrap_or(&cfg.dind_image),
+        );
     }
     images.dedup();
     for image in images {

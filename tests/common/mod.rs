@@ -687,13 +687,14 @@ pub fn require_root(why: &str) -> bool {
 }
 
 /// The variables ci/docker-env.sh exports for the populate tests.
-pub const DOCKER_ENV_VARS: [&str; 6] = [
+pub const DOCKER_ENV_VARS: [&str; 7] = [
     "DOCKER_HOST",
     "FP_DIND_IMAGE",
     "FP_TARGET_DOCKERS",
     "FP_REGISTRY",
     "FP_REGISTRY_CONTAINER",
     "FP_TEST_USER",
+    "FP_CRICTL",
 ];
 
 /// Why the Docker test environment of ci/docker-env.sh is not usable

@@ -281,10 +281,10 @@ fn pull_one(ctr: &Ctr<'_>, req: &PullRequest<'_>, r: &ImageRef, index: usize) ->
                 return Err(failure(
                     FailureKind::Auth,
                     format!(
-                        "the credentials of registry {} are a token, which ctr (containerd's client) \
+                    "the credentials of registry {} are a token, which ctr (containerd's client) \
                          cannot send; log in with a username and password",
-                        r.registry()
-                    ),
+                    r.registry()
+                ),
                 ))
             }
         },
@@ -298,12 +298,20 @@ fn pull_one(ctr: &Ctr<'_>, req: &PullRequest<'_>, r: &ImageRef, index: usize) ->
     args.push(&name);
     // ctr echoes no argument in its messages: the password stays here.
     ctr.run(&args)?;
+    // `name:tag@digest` is pulled by digest (as the CRI does) and keeps its
+    // tag as a record of its own.
+    let mut names = vec![name.clone()];
+    if let (Some(_), Some(tag)) = (&r.digest, &r.tag) {
+        let tagged = format!("{}:{tag}", repository(&name));
+        ctr.run(&["images", "tag", "--force", &name, &tagged])?;
+        names.push(tagged);
+    }
     let want = Want {
         platform: &req.platform,
         allow_platform_mismatch: req.allow_platform_mismatch,
         pin: req.pin,
     };
-    cri_records(ctr, &[name], &want, index)
+    cri_records(ctr, &names, &want, index)
 }
 
 /// What an image must be, and how it is labelled.
@@ -334,9 +342,7 @@ fn cri_records(ctr: &Ctr<'_>, names: &[String], want: &Want<'_>, index: usize) -
                         .as_ref()
                         .is_some_and(|p| want.platform.accepts(&p.platform()))
                 })
-                .with_context(|| {
-                    format!("{first}: its index has no image for {}", want.platform)
-                })
+                .with_context(|| format!("{first}: its index has no image for {}", want.platform))
                 .map_err(|e| failure(FailureKind::Platform, format!("{e:#}")))?;
             serde_json::from_slice(&ctr.content(&chosen.digest)?)
                 .with_context(|| format!("reading the manifest {} of {first}", chosen.digest))?
@@ -460,7 +466,10 @@ pub fn import(req: &ImportRequest<'_>) -> Result<()> {
         Ok(got)
     })();
     // Drain what is left of the input, so that the writer is not cut off.
-    let _ = std::io::copy(&mut std::io::stdin().lock().take(u64::MAX), &mut std::io::sink());
+    let _ = std::io::copy(
+        &mut std::io::stdin().lock().take(u64::MAX),
+        &mut std::io::sink(),
+    );
     match result {
         Ok(got) => {
             for got in got {
@@ -496,7 +505,13 @@ mod tests {
         );
         assert_eq!(server_version("Client:\n  Version: 2.1.9\n"), None);
         use ContainerdVersion::*;
-        for ok in [((1, 7), V1_7), ((1, 7), V2_1), ((2, 1), V2_1), ((2, 2), V2_1), ((2, 1), V2_2)] {
+        for ok in [
+            ((1, 7), V1_7),
+            ((1, 7), V2_1),
+            ((2, 1), V2_1),
+            ((2, 2), V2_1),
+            ((2, 1), V2_2),
+        ] {
             check_compatible(ok.0, ok.1).unwrap_or_else(|e| panic!("{ok:?}: {e:#}"));
         }
         let e = check_compatible((2, 1), V1_7).unwrap_err();
@@ -507,12 +522,12 @@ mod tests {
 
     #[test]
     fn repositories_of_names() {
-        assert_eq!(repository("docker.io/library/busybox:1.36"), "docker.io/library/busybox");
+        assert_eq!(
+            repository("docker.io/library/busybox:1.36"),
+            "docker.io/library/busybox"
+        );
         assert_eq!(repository("reg:5000/a/b:1"), "reg:5000/a/b");
         assert_eq!(repository("reg:5000/a/b"), "reg:5000/a/b");
-        assert_eq!(
-            repository("reg:5000/a/b@sha256:00"),
-            "reg:5000/a/b"
-        );
+        assert_eq!(repository("reg:5000/a/b@sha256:00"), "reg:5000/a/b");
     }
 }

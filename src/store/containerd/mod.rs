@@ -73,14 +73,22 @@ pub fn build_files(hosts: &[crate::docker::registry::RegistryHost]) -> Result<Ve
     (|| {
         tar.dir(rel("/etc").as_bytes(), &dir)?;
         tar.dir(config_dir.as_bytes(), &dir)?;
-        tar.file_bytes(rel(CONFIG).as_bytes(), &Attrs::root_owned(0o644), config_toml().as_bytes())?;
+        tar.file_bytes(
+            rel(CONFIG).as_bytes(),
+            &Attrs::root_owned(0o644),
+            config_toml().as_bytes(),
+        )?;
         tar.dir(rel(CONTAINERD_HOSTS_DIR).as_bytes(), &dir)?;
         for h in hosts {
             let hdir = format!("{}/{}", rel(CONTAINERD_HOSTS_DIR), h.host);
             tar.dir(hdir.as_bytes(), &dir)?;
             for (name, data) in &h.files {
                 let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
-                tar.file_bytes(format!("{hdir}/{name}").as_bytes(), &Attrs::root_owned(mode), data)?;
+                tar.file_bytes(
+                    format!("{hdir}/{name}").as_bytes(),
+                    &Attrs::root_owned(mode),
+                    data,
+                )?;
             }
         }
         Ok::<_, anyhow::Error>(())
