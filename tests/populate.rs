@@ -2623,6 +2623,21 @@ fn containerd_store_for_kubernetes() {
         "containerd logged errors:\n{text}"
     );
 
+    // An image the registry lacks: named with its line, nothing written.
+    let failed = tmp.path().join("failed.bin");
+    let missing = format!("{reg}/fp/nope:1");
+    let o = populate(&[
+        disk.to_str().unwrap(),
+        "--containerd-image",
+        &missing,
+        "--sandbox-image",
+        "none",
+        "-o",
+        failed.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, &disk, before, &failed, &missing);
+    assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
+
     // Flatcar LTS: containerd 1.7 cannot be given a 2.x store...
     let lts = env()
         .target_dockers

@@ -224,7 +224,7 @@ impl RegistryOptions {
                 .find(|(h, _)| h == registry && registry != DOCKER_HUB)
             {
                 bail!(
-                    "{r}: --registry-mirror {registry}={url} cannot be used by Docker, whose daemon mirrors                      Docker Hub only; bake it for containerd (--containerd-image), or pull it from {registry}"
+                    "{r}: --registry-mirror {registry}={url} cannot be used by Docker, whose daemon mirrors Docker Hub only; bake it for containerd (--containerd-image), or pull it from {registry}"
                 );
             }
         }
@@ -446,6 +446,62 @@ mod tests {
         ] {
             assert!(mirror_host(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn containerd_hosts_for_mirrors_plain_http_and_certificates() {
+        assert_eq!(
+            parse_mirror("https://m.local/").unwrap(),
+            ("docker.io".into(), "https://m.local".into())
+        );
+        assert_eq!(
+            parse_mirror("registry.k8s.io=http://10.0.0.1:5000").unwrap(),
+            ("registry.k8s.io".into(), "http://10.0.0.1:5000".into())
+        );
+        assert!(parse_mirror("a/b=http://m").is_err());
+        assert!(parse_mirror("reg=m.local").is_err());
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("tls.local")).unwrap();
+        std::fs::write(d.path().join("tls.local/ca.crt"), b"CA").unwrap();
+        let opts = RegistryOptions::new(
+            None,
+            Some(d.path().to_path_buf()),
+            vec!["plain.local:5000".into()],
+            vec!["registry.k8s.io=http://127.0.0.1:5000".into()],
+        )
+        .unwrap();
+        let host = |r: &str| opts.containerd_host(r, Some(d.path())).unwrap();
+        assert_eq!(host("quay.io"), None, "defaults need no hosts.toml");
+        let toml = |h: RegistryHost| String::from_utf8(h.files[0].1.clone()).unwrap();
+        let k8s = toml(host("registry.k8s.io").unwrap());
+        assert!(
+            k8s.starts_with("server = \"https://registry.k8s.io\"\n"),
+            "{k8s}"
+        );
+        assert!(
+            k8s.contains(
+                "[host.\"http://127.0.0.1:5000\"]\n  capabilities = [\"pull\", \"resolve\"]"
+            ),
+            "{k8s}"
+        );
+        assert!(toml(host("plain.local:5000").unwrap())
+            .starts_with("server = \"http://plain.local:5000\""));
+        assert!(
+            toml(host("127.0.0.1:5000").unwrap()).starts_with("server = \"http://127.0.0.1:5000\"")
+        );
+        let tls = host("tls.local").unwrap();
+        assert_eq!(tls.files[1], ("ca.crt".to_string(), b"CA".to_vec()));
+        let t = toml(tls);
+        assert!(
+            t.contains(&format!(
+                "ca = [\"{CONTAINERD_HOSTS_DIR}/tls.local/ca.crt\"]"
+            )),
+            "{t}"
+        );
+        let e = opts
+            .check_docker_refs(&[ImageRef::parse("registry.k8s.io/pause:3.10").unwrap()])
+            .unwrap_err();
+        assert!(format!("{e}").contains("mirrors Docker Hub only"), "{e}");
     }
 
     #[test]
