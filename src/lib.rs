@@ -69,6 +69,11 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
     }
 }
 
+/// The references of a pull request.
+fn parse_refs(refs: &[String]) -> Result<Vec<source::ImageRef>> {
+    refs.iter().map(|r| source::ImageRef::parse(r)).collect()
+}
+
 /// Runs a request of the tool inside its build container (the binary was
 /// uploaded there; see `protocol`).
 fn serve(request: protocol::Request) -> Result<()> {
@@ -95,10 +100,7 @@ fn serve(request: protocol::Request) -> Result<()> {
             hosts_dir,
             refs,
         } => {
-            let refs = refs
-                .iter()
-                .map(|r| source::ImageRef::parse(r))
-                .collect::<Result<Vec<_>>>()?;
+            let refs = parse_refs(&refs)?;
             store::containerd::ctr::pull(&store::containerd::ctr::PullRequest {
                 socket: &socket,
                 namespace: &namespace,
@@ -131,10 +133,7 @@ fn serve(request: protocol::Request) -> Result<()> {
             allow_platform_mismatch,
             refs,
         } => {
-            let refs = refs
-                .iter()
-                .map(|r| source::ImageRef::parse(r))
-                .collect::<Result<Vec<_>>>()?;
+            let refs = parse_refs(&refs)?;
             let req = docker::inner::PullRequest {
                 refs,
                 jobs,

@@ -330,6 +330,41 @@ pub fn emit(ev: &Event) {
     }
 }
 
+/// A helper's failure whose kind it knows from where it happened (not from
+/// the daemon's words).
+#[derive(Debug)]
+pub struct Classified {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for Classified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Classified {}
+
+/// An error of `kind` saying `message`.
+pub fn classified(kind: FailureKind, message: String) -> anyhow::Error {
+    Classified { kind, message }.into()
+}
+
+/// Reports `e` as the failure of image `image`: its kind is ours where we
+/// classified it, else what its message says.
+pub fn emit_failed(image: usize, e: &anyhow::Error) {
+    let kind = match e.downcast_ref::<Classified>() {
+        Some(c) => c.kind,
+        None => FailureKind::of_message(&format!("{e:#}")),
+    };
+    emit(&Event::Failed {
+        image,
+        kind,
+        message: format!("{e:#}"),
+    });
+}
+
 impl FailureKind {
     /// The kind of a failure a daemon or its client reported as text only
     /// (dockerd's API and ctr give registry and storage errors so; this is

@@ -392,16 +392,7 @@ fn on_each_real_docker(disk: &Path, script: &str) -> Vec<Verified> {
     for image in targets {
         let major = major_of(image);
         // The daemon writes to its store: each gets a pristine copy.
-        let copy_dir = tempfile::tempdir().unwrap();
-        let copy = copy_dir.path().join("verify.bin");
-        let st = Command::new("cp")
-            .arg("--sparse=always")
-            .arg(disk)
-            .arg(&copy)
-            .status()
-            .unwrap();
-        assert!(st.success(), "copying {}", disk.display());
-        let m = Mount::with(&copy, true);
+        let (_copy, m) = mounted_copy(disk);
         let store = m.dir.path().join("var/lib/docker");
         let want = stored_tags(&store);
         // Flatcar starts dockerd with no storage flag and no daemon.json.
@@ -423,36 +414,10 @@ fn on_each_real_docker(disk: &Path, script: &str) -> Vec<Verified> {
              docker images --no-trunc --format 'FPIMG {{{{.Repository}}}}:{{{{.Tag}}}} {{{{.ID}}}}'
              {script}"
         );
-        let name = format!("fp-verify-{}", std::process::id());
-        let out = Command::new("docker")
-            .env("DOCKER_HOST", &env().docker_host)
-            .args(["run", "--rm", "--name", &name, "--network", "none"])
-            .args(["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE"])
-            .args([
-                "--security-opt",
-                "seccomp=unconfined",
-                "--security-opt",
-                "apparmor=unconfined",
-            ])
-            .args([
-                "--security-opt",
-                "systempaths=unconfined",
-                "--cgroupns",
-                "host",
-            ])
-            .args(["-v", "/sys/fs/cgroup:/sys/fs/cgroup"])
-            .arg("-v")
-            .arg(format!("{}:/var/lib/docker", store.display()))
-            .args([image.as_str(), "sh", "-c", &full])
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mounts = [format!("{}:/var/lib/docker", store.display())];
+        let (ok, text) = run_target(image, &mounts, &full);
         assert!(
-            out.status.success(),
+            ok,
             "verification with a real dockerd ({image}) failed:\n{text}"
         );
         let info = text
@@ -487,6 +452,47 @@ fn on_each_real_docker(disk: &Path, script: &str) -> Vec<Verified> {
         });
     }
     all
+}
+
+/// A writable loop mount of ROOT of a sparse copy of `disk` (the copy's
+/// directory first: it must outlive the mount).
+fn mounted_copy(disk: &Path) -> (tempfile::TempDir, Mount) {
+    let copy_dir = tempfile::tempdir().unwrap();
+    let copy = copy_dir.path().join("verify.bin");
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(disk)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success(), "copying {}", disk.display());
+    let m = Mount::with(&copy, true);
+    (copy_dir, m)
+}
+
+/// Runs `script` in a container of the target image `image` with the
+/// rights its daemons need (no network, cgroups of the host) and the bind
+/// `mounts`; whether it succeeded, and what it printed.
+fn run_target(image: &str, mounts: &[String], script: &str) -> (bool, String) {
+    let name = format!("fp-verify-{}", std::process::id());
+    let mut c = Command::new("docker");
+    c.env("DOCKER_HOST", &env().docker_host)
+        .args(["run", "--rm", "--name", &name, "--network", "none"])
+        .args(["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE"])
+        .args(["--security-opt", "seccomp=unconfined"])
+        .args(["--security-opt", "apparmor=unconfined"])
+        .args(["--security-opt", "systempaths=unconfined"])
+        .args(["--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup"]);
+    for m in mounts {
+        c.args(["-v", m]);
+    }
+    let out = c.args([image, "sh", "-c", script]).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// `on_each_real_docker`, with what each Docker printed in one text.
@@ -2382,16 +2388,7 @@ fn inspect_and_verify_the_result() {
 /// have run, counts the content blobs and snapshots left. Returns what it
 /// printed and the (blobs, snapshots) the copy held before.
 fn on_real_containerd(disk: &Path, target: &str, script: &str) -> (String, (usize, usize)) {
-    let copy_dir = tempfile::tempdir().unwrap();
-    let copy = copy_dir.path().join("verify.bin");
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(disk)
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(st.success(), "copying {}", disk.display());
-    let m = Mount::with(&copy, true);
+    let (_copy, m) = mounted_copy(disk);
     let root = m.dir.path().join("var/lib/containerd");
     let count = |p: &str| fs::read_dir(root.join(p)).map_or(0, |d| d.count());
     let before = (
@@ -2411,33 +2408,15 @@ fn on_real_containerd(disk: &Path, target: &str, script: &str) -> (String, (usiz
         echo "LEFT $(ls /var/lib/containerd/io.containerd.content.v1.content/blobs/sha256 | wc -l) $(ls /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots | wc -l)"
         grep -iE 'level=(error|fatal)' /tmp/containerd.log | grep -v 'cni' | sed 's/^/LOGERR /' || true"#
     );
-    let name = format!("fp-verify-ctrd-{}", std::process::id());
-    let out = Command::new("docker")
-        .env("DOCKER_HOST", &env().docker_host)
-        .args(["run", "--rm", "--name", &name, "--network", "none"])
-        .args(["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE"])
-        .args(["--security-opt", "seccomp=unconfined"])
-        .args(["--security-opt", "apparmor=unconfined"])
-        .args(["--security-opt", "systempaths=unconfined"])
-        .args(["--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup"])
-        .args([
-            "-e",
-            "CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock",
-        ])
-        .arg("-v")
-        .arg(format!("{}:/usr/local/bin/crictl:ro", env().crictl))
-        .arg("-v")
-        .arg(format!("{}:/var/lib/containerd", root.display()))
-        .args([target, "sh", "-c", &full])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mounts = [
+        format!("{}:/usr/local/bin/crictl:ro", env().crictl),
+        format!("{}:/var/lib/containerd", root.display()),
+    ];
+    let full =
+        format!("export CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock\n{full}");
+    let (ok, text) = run_target(target, &mounts, &full);
     assert!(
-        out.status.success(),
+        ok,
         "containerd of {target} on the written store failed:\n{text}"
     );
     drop(m);

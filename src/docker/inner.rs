@@ -19,44 +19,6 @@ use crate::platform::Platform;
 use crate::protocol::{Event, FailureKind, Got, Stopped};
 use crate::source::ImageRef;
 
-/// A failure whose kind the helper knows from where it happened (not from
-/// the daemon's words).
-#[derive(Debug)]
-struct Classified {
-    kind: FailureKind,
-    message: String,
-}
-
-impl std::fmt::Display for Classified {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Classified {}
-
-fn classified(kind: FailureKind, message: String) -> anyhow::Error {
-    Classified { kind, message }.into()
-}
-
-/// The kind of a failure: ours where we made it, else what the daemon's
-/// message says.
-fn kind_of(e: &anyhow::Error) -> FailureKind {
-    match e.downcast_ref::<Classified>() {
-        Some(c) => c.kind,
-        None => FailureKind::of_message(&format!("{e:#}")),
-    }
-}
-
-/// Reports `e` as the failure of image `image`.
-fn failed(image: usize, e: &anyhow::Error) {
-    emit(&Event::Failed {
-        image,
-        kind: kind_of(e),
-        message: format!("{e:#}"),
-    });
-}
-
 /// What the daemon says of image `name`.
 async fn describe(docker: &Docker, name: &str) -> Result<Got> {
     let image = docker
@@ -96,7 +58,7 @@ pub struct PullRequest {
     pub secrets: PullSecrets,
 }
 
-use crate::protocol::emit;
+use crate::protocol::{classified, emit, emit_failed};
 
 /// Connects once the inner dockerd has made its socket and answers.
 async fn connect_when_ready(socket: &str) -> Result<Docker> {
@@ -305,7 +267,7 @@ where
                 match f(i, r).await {
                     Ok(v) => (i, Some(v)),
                     Err(e) => {
-                        failed(i, &e);
+                        emit_failed(i, &e);
                         (i, None)
                     }
                 }
@@ -411,7 +373,7 @@ pub async fn load_images(socket: &str, index: usize) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            failed(index, &e);
+            emit_failed(index, &e);
             Err(e)
         }
     }

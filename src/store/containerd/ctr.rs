@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::docker::inner::PullSecrets;
 use crate::platform::Platform;
-use crate::protocol::{emit, ContainerdVersion, Event, FailureKind, Got};
+use crate::protocol::{classified, emit, emit_failed, ContainerdVersion, Event, FailureKind, Got};
 use crate::source::ImageRef;
 
 /// The label that makes an image the CRI's (the kubelet lists it).
@@ -33,32 +33,6 @@ pub const PINNED: (&str, &str) = ("io.cri-containerd.pinned", "pinned");
 struct Ctr<'a> {
     socket: &'a str,
     namespace: &'a str,
-}
-
-/// A failure of `ctr` whose kind is known from its message.
-#[derive(Debug)]
-struct CtrFailed {
-    kind: FailureKind,
-    message: String,
-}
-
-impl std::fmt::Display for CtrFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for CtrFailed {}
-
-fn failure(kind: FailureKind, message: String) -> anyhow::Error {
-    CtrFailed { kind, message }.into()
-}
-
-fn kind_of(e: &anyhow::Error) -> FailureKind {
-    match e.downcast_ref::<CtrFailed>() {
-        Some(c) => c.kind,
-        None => FailureKind::of_message(&format!("{e:#}")),
-    }
 }
 
 impl Ctr<'_> {
@@ -91,7 +65,7 @@ impl Ctr<'_> {
                 .find_map(|l| l.strip_prefix("ctr: "))
                 .unwrap_or(stderr.trim());
             let message = format!("ctr {} failed: {said}", args.first().unwrap_or(&""));
-            return Err(failure(FailureKind::of_message(said), message));
+            return Err(classified(FailureKind::of_message(said), message));
         }
         Ok(out.stdout)
     }
@@ -254,11 +228,7 @@ pub fn pull(req: &PullRequest<'_>) -> Result<()> {
                     Ok(got) => emit(&Event::Done { image: i, got }),
                     Err(e) => {
                         failed.fetch_add(1, Ordering::SeqCst);
-                        emit(&Event::Failed {
-                            image: i,
-                            kind: kind_of(&e),
-                            message: format!("{e:#}"),
-                        });
+                        emit_failed(i, &e);
                     }
                 }
             });
@@ -278,7 +248,7 @@ fn pull_one(ctr: &Ctr<'_>, req: &PullRequest<'_>, r: &ImageRef, index: usize) ->
         Some(c) => match (&c.username, &c.password) {
             (Some(u), Some(p)) => Some(format!("{u}:{p}")),
             _ => {
-                return Err(failure(
+                return Err(classified(
                     FailureKind::Auth,
                     format!(
                     "the credentials of registry {} are a token, which ctr (containerd's client) \
@@ -343,7 +313,7 @@ fn cri_records(ctr: &Ctr<'_>, names: &[String], want: &Want<'_>, index: usize) -
                         .is_some_and(|p| want.platform.accepts(&p.platform()))
                 })
                 .with_context(|| format!("{first}: its index has no image for {}", want.platform))
-                .map_err(|e| failure(FailureKind::Platform, format!("{e:#}")))?;
+                .map_err(|e| classified(FailureKind::Platform, format!("{e:#}")))?;
             serde_json::from_slice(&ctr.content(&chosen.digest)?)
                 .with_context(|| format!("reading the manifest {} of {first}", chosen.digest))?
         }
@@ -358,7 +328,7 @@ fn cri_records(ctr: &Ctr<'_>, names: &[String], want: &Want<'_>, index: usize) -
     let platform = image.platform();
     if !want.platform.accepts(&platform) {
         if !want.allow_platform_mismatch {
-            return Err(failure(
+            return Err(classified(
                 FailureKind::Platform,
                 format!(
                     "it is a {platform} image only, but the target platform is {}: it could not run there; \
@@ -481,11 +451,7 @@ pub fn import(req: &ImportRequest<'_>) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            emit(&Event::Failed {
-                image: req.index,
-                kind: kind_of(&e),
-                message: format!("{e:#}"),
-            });
+            emit_failed(req.index, &e);
             Err(e)
         }
     }
