@@ -240,25 +240,7 @@ impl RegistryOptions {
         registry: &str,
         certs: Option<&Path>,
     ) -> Result<Option<RegistryHost>> {
-        let cert_files = |host: &str| -> Result<Vec<(String, Vec<u8>)>> {
-            let Some(dir) = certs.map(|d| d.join(host)).filter(|d| d.is_dir()) else {
-                return Ok(vec![]);
-            };
-            let mut files = vec![];
-            for e in
-                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
-            {
-                let e = e.with_context(|| format!("reading {}", dir.display()))?;
-                if let Some(n) = e.file_name().to_str().filter(|n| is_cert_file(n)) {
-                    let data = std::fs::read(e.path()).with_context(|| {
-                        format!("reading the registry certificate {}", e.path().display())
-                    })?;
-                    files.push((n.to_string(), data));
-                }
-            }
-            files.sort();
-            Ok(files)
-        };
+        let cert_files = |host: &str| certs.map_or(Ok(vec![]), |d| host_certs(&d.join(host)));
         // As dockerd: the listed ones, and loopback (127.0.0.0/8, ::1,
         // localhost) always.
         let insecure = |host: &str| {
@@ -344,6 +326,58 @@ fn is_cert_file(name: &str) -> bool {
     name.ends_with(".crt") || name.ends_with(".cert") || name.ends_with(".key")
 }
 
+/// A certificate file's mode: keys private.
+pub fn cert_mode(name: &str) -> u32 {
+    if name.ends_with(".key") {
+        0o600
+    } else {
+        0o644
+    }
+}
+
+/// The certificate files of one host directory of a certs.d directory
+/// (none when it does not exist), by name, followed through symlinks
+/// (certs.d often links to the system's CA files). A client certificate
+/// needs its key and the other way round, as dockerd checks.
+fn host_certs(hdir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    if !hdir.is_dir() {
+        return Ok(vec![]);
+    }
+    let mut names = vec![];
+    for e in std::fs::read_dir(hdir).with_context(|| format!("reading {}", hdir.display()))? {
+        let e = e.with_context(|| format!("reading {}", hdir.display()))?;
+        if let Some(n) = e.file_name().to_str().filter(|n| is_cert_file(n)) {
+            names.push(n.to_string());
+        }
+    }
+    names.sort();
+    for n in &names {
+        let pair = match n.strip_suffix(".cert") {
+            Some(stem) => Some(format!("{stem}.key")),
+            None => n.strip_suffix(".key").map(|stem| format!("{stem}.cert")),
+        };
+        if let Some(p) = pair.filter(|p| !names.contains(p)) {
+            bail!(
+                "{}: {n} has no {p} beside it (a client certificate needs its key and the key its certificate)",
+                hdir.display()
+            );
+        }
+    }
+    names
+        .into_iter()
+        .map(|n| {
+            let p = hdir.join(&n);
+            let data = std::fs::read(&p).with_context(|| {
+                format!(
+                    "reading the registry certificate {} (make it readable for this user, or give another directory with --registry-certs)",
+                    p.display()
+                )
+            })?;
+            Ok((n, data))
+        })
+        .collect()
+}
+
 /// Reads the directories of `hosts` in the certs.d directory `dir` into a
 /// tar for the dind's /etc/docker/certs.d (None when none of them exists).
 /// Files are followed through symlinks (certs.d often links to the
@@ -361,31 +395,8 @@ fn read_certs(dir: &Path, hosts: &BTreeSet<&str>, explicit: bool) -> Result<Opti
             .context("making the certificates archive")
     };
     for host in hosts {
-        let hdir = dir.join(host);
-        if !hdir.is_dir() {
-            continue;
-        }
-        let mut names = vec![];
-        for e in std::fs::read_dir(&hdir).with_context(|| format!("reading {}", hdir.display()))? {
-            let e = e.with_context(|| format!("reading {}", hdir.display()))?;
-            if let Some(n) = e.file_name().to_str().filter(|n| is_cert_file(n)) {
-                names.push(n.to_string());
-            }
-        }
-        names.sort();
-        for n in &names {
-            let pair = match n.strip_suffix(".cert") {
-                Some(stem) => Some(format!("{stem}.key")),
-                None => n.strip_suffix(".key").map(|stem| format!("{stem}.cert")),
-            };
-            if let Some(p) = pair.filter(|p| !names.contains(p)) {
-                bail!(
-                    "{}: {n} has no {p} beside it (a client certificate needs its key and the key its certificate)",
-                    hdir.display()
-                );
-            }
-        }
-        if names.is_empty() {
+        let files = host_certs(&dir.join(host))?;
+        if files.is_empty() {
             continue;
         }
         if !any {
@@ -394,18 +405,14 @@ fn read_certs(dir: &Path, hosts: &BTreeSet<&str>, explicit: bool) -> Result<Opti
             any = true;
         }
         add_dir(&mut b, &format!("etc/docker/certs.d/{host}"))?;
-        for n in &names {
-            let p = hdir.join(n);
-            let data = std::fs::read(&p).with_context(|| {
-                format!(
-                    "reading the registry certificate {} (make it readable for this user, or give another directory with --registry-certs)",
-                    p.display()
-                )
-            })?;
-            let mode = if n.ends_with(".key") { 0o600 } else { 0o644 };
+        for (n, data) in &files {
             let path = format!("etc/docker/certs.d/{host}/{n}");
-            b.file_bytes(path.as_bytes(), &crate::tar::Attrs::root_owned(mode), &data)
-                .context("making the certificates archive")?;
+            b.file_bytes(
+                path.as_bytes(),
+                &crate::tar::Attrs::root_owned(cert_mode(n)),
+                data,
+            )
+            .context("making the certificates archive")?;
         }
     }
     if !any {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::docker::{DindNetwork, RegistryOptions};
 use crate::platform::Platform;
-use crate::protocol::ContainerdVersion;
+use crate::protocol::{ContainerdVersion, StoreKind};
 use crate::source::Listed;
 use crate::unpack::{OutputMode, Space};
 
@@ -40,6 +40,29 @@ pub struct PopulateConfig {
     pub cache_prune: bool,
     /// End with `verify` of what was written.
     pub verify: bool,
+}
+
+impl PopulateConfig {
+    /// The images for the store of `kind`.
+    pub fn lines(&self, kind: StoreKind) -> &[Listed] {
+        match kind {
+            StoreKind::Docker => &self.images,
+            StoreKind::Containerd => &self.containerd_images,
+        }
+    }
+
+    /// Every image of the run, Docker's first.
+    pub fn all_lines(&self) -> impl Iterator<Item = &Listed> {
+        StoreKind::ALL.into_iter().flat_map(|k| self.lines(k))
+    }
+
+    /// The image of the build container of the store of `kind`.
+    pub fn build_image(&self, kind: StoreKind) -> &str {
+        match (kind, &self.containerd_options.build_image) {
+            (StoreKind::Containerd, Some(image)) => image,
+            _ => &self.dind_image,
+        }
+    }
 }
 
 /// How containerd's store is made.

@@ -11,12 +11,11 @@ use super::context::Checked;
 use super::context::Run;
 use super::report::{ImageSource, PlatformSource, PulledImage};
 use crate::docker::registry::{CONTAINERD_HOSTS_DIR, DEFAULT_CERTS_DIR};
-use crate::docker::{Input, INNER_SOCKET};
+use crate::docker::Input;
 use crate::progress::Pulls;
 use crate::protocol::{Event, FailureKind, Got, Request, StoreKind};
 use crate::source::archive::{self};
 use crate::source::{ImageRef, Source};
-use crate::store::containerd;
 
 /// The events of the helpers, gathered per source.
 struct Follow<'a> {
@@ -193,7 +192,7 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
     let refs = which.iter().map(|&i| run.names[i].clone()).collect();
     let request = match run.backend.kind() {
         StoreKind::Docker => Request::Pull {
-            socket: INNER_SOCKET.into(),
+            socket: run.backend.socket().into(),
             jobs: cfg.jobs,
             platform: run.platform.target.clone(),
             allow_platform_mismatch: cfg.allow_platform_mismatch,
@@ -202,7 +201,7 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
         StoreKind::Containerd => {
             let o = &cfg.containerd_options;
             Request::CtrPull {
-                socket: containerd::SOCKET.into(),
+                socket: run.backend.socket().into(),
                 namespace: o.namespace.clone(),
                 jobs: cfg.jobs,
                 platform: run.platform.target.clone(),
@@ -274,11 +273,11 @@ async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<(
         };
     let request = match run.backend.kind() {
         StoreKind::Docker => Request::Load {
-            socket: INNER_SOCKET.into(),
+            socket: run.backend.socket().into(),
             index: i,
         },
         StoreKind::Containerd => Request::CtrImport {
-            socket: containerd::SOCKET.into(),
+            socket: run.backend.socket().into(),
             namespace: run.cfg.containerd_options.namespace.clone(),
             platform: run.platform.target.clone(),
             pin: run.cfg.containerd_options.pin,
@@ -334,7 +333,7 @@ pub(super) async fn prune(run: &Run<'_>, kept: &[PulledImage]) -> Result<()> {
     let mut list = serde_json::to_vec(&ids).context("listing the images to keep")?;
     list.push(b'\n');
     let request = Request::Prune {
-        socket: INNER_SOCKET.into(),
+        socket: run.backend.socket().into(),
     };
     let mut removed = 0;
     let finished = run

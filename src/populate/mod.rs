@@ -65,24 +65,18 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
     let res = Default::default();
     // A child: cancelling it (a phase failed) leaves the caller's alone.
     let cancel = cancel.child_token();
-    let containerd_prepared = prepared.split_off(cfg.images.len());
     let mut runs = vec![];
-    for (kind, lines, prepared) in [
-        (StoreKind::Docker, &cfg.images, prepared),
-        (
-            StoreKind::Containerd,
-            &cfg.containerd_images,
-            containerd_prepared,
-        ),
-    ] {
+    for kind in StoreKind::ALL {
+        let lines = cfg.lines(kind);
+        // The checks gave one entry per image, in the order of all_lines.
+        let rest = prepared.split_off(lines.len());
+        let prepared = std::mem::replace(&mut prepared, rest);
         if lines.is_empty() {
             continue;
         }
         let backend = store::backend(kind);
-        let (image, socket, files, dind) = match kind {
+        let (files, dind) = match kind {
             StoreKind::Docker => (
-                cfg.dind_image.clone(),
-                crate::docker::INNER_SOCKET,
                 access.certs.clone(),
                 match &cfg.cache {
                     Some(c) => cache::dind_name(c),
@@ -90,17 +84,11 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
                 },
             ),
             StoreKind::Containerd => (
-                cfg.containerd_options
-                    .build_image
-                    .clone()
-                    .unwrap_or_else(|| cfg.dind_image.clone()),
-                store::containerd::SOCKET,
                 Some(store::containerd::build_files(&access.containerd_hosts)?),
                 format!("flatcar-preload-{run_id}-containerd"),
             ),
         };
         let opts = store::DaemonOptions {
-            socket,
             downloads: cfg.jobs,
             extra: match kind {
                 StoreKind::Docker => &access.daemon_args,
@@ -109,7 +97,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             containerd_version: cfg.containerd_options.version,
         };
         let spec = DindSpec {
-            image,
+            image: cfg.build_image(kind).to_string(),
             network: cfg.dind_network.clone(),
             privileged: cfg.privileged,
             daemon: backend.daemon(&opts),

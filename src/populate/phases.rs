@@ -54,16 +54,14 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
         let root = ext4::Root::new(&cfg.disk, root.offset);
         check_existing(&cfg.disk, cfg.merge, writes_containerd(cfg), &root)?;
     }
-    let refs = |lines: &[Listed]| -> Vec<ImageRef> {
+    let refs = |lines: &mut dyn Iterator<Item = &Listed>| -> Vec<ImageRef> {
         lines
-            .iter()
             .filter_map(|l| l.source.registry_ref().cloned())
             .collect()
     };
-    cfg.registry.check_docker_refs(&refs(&cfg.images))?;
-    let mut all = refs(&cfg.images);
-    all.extend(refs(&cfg.containerd_images));
-    let access = cfg.registry.prepare(&all)?;
+    cfg.registry
+        .check_docker_refs(&refs(&mut cfg.lines(StoreKind::Docker).iter()))?;
+    let access = cfg.registry.prepare(&refs(&mut cfg.all_lines()))?;
     let platform = match &cfg.platform {
         Some(p) => TargetPlatform {
             target: p.clone(),
@@ -89,7 +87,7 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     };
     let target = &platform.target;
     let mut prepared = vec![];
-    for l in cfg.images.iter().chain(&cfg.containerd_images) {
+    for l in cfg.all_lines() {
         prepared.push(match &l.source {
             Source::Registry(_) => Checked::Registry,
             // Checked against the engine (see check_engine).
@@ -157,8 +155,7 @@ pub(super) async fn check_engine(
 ) -> Result<Vec<Checked>> {
     engine.check_arch()?;
     let target = &platform.target;
-    let lines = cfg.images.iter().chain(&cfg.containerd_images);
-    for (l, prepared) in lines.zip(prepared.iter_mut()) {
+    for (l, prepared) in cfg.all_lines().zip(prepared.iter_mut()) {
         let Source::Daemon(r) = &l.source else {
             continue;
         };
@@ -177,18 +174,11 @@ pub(super) async fn check_engine(
         }
         *prepared = Checked::Daemon(name, id);
     }
-    let mut images = vec![];
-    if !cfg.images.is_empty() {
-        images.push(&cfg.dind_image);
-    }
-    if !cfg.containerd_images.is_empty() {
-        images.push(
-            cfg.containerd_options
-                .build_image
-                .as_ref()
-                .unwrap_or(&cfg.dind_image),
-        );
-    }
+    let mut images: Vec<&str> = StoreKind::ALL
+        .into_iter()
+        .filter(|&k| !cfg.lines(k).is_empty())
+        .map(|k| cfg.build_image(k))
+        .collect();
     images.dedup();
     for image in images {
         match cancel.run_until_cancelled(engine.ensure_image(image)).await {

@@ -47,8 +47,6 @@ pub fn backend(kind: StoreKind) -> &'static dyn Backend {
 
 /// What the daemon of the build container is asked for, whichever it is.
 pub struct DaemonOptions<'a> {
-    /// The unix socket it answers on, inside the build container.
-    pub socket: &'a str,
     /// Layers downloaded at once.
     pub downloads: usize,
     /// More flags (registries, mirrors).
@@ -67,12 +65,17 @@ pub trait Backend: Sync {
     /// ROOT.
     fn root(&self) -> &'static str;
 
+    /// The unix socket that daemon answers on, inside the build container
+    /// (its only endpoint).
+    fn socket(&self) -> &'static str;
+
     /// The command line of the daemon that writes this store in the build
     /// container (run by the container's init).
     fn daemon(&self, opts: &DaemonOptions<'_>) -> Vec<String>;
 
     /// The helper request that returns once that daemon answers on
-    /// `opts.socket` (and refuses one that cannot write for the target).
+    /// [`Backend::socket`] (and refuses one that cannot write for the
+    /// target).
     fn ready(&self, opts: &DaemonOptions<'_>) -> Request;
 
     /// In the build container, its daemon stopped: the store at `root` as

@@ -11,7 +11,6 @@
 //! labels set here.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -436,10 +435,7 @@ pub fn import(req: &ImportRequest<'_>) -> Result<()> {
         Ok(got)
     })();
     // Drain what is left of the input, so that the writer is not cut off.
-    let _ = std::io::copy(
-        &mut std::io::stdin().lock().take(u64::MAX),
-        &mut std::io::sink(),
-    );
+    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
     match result {
         Ok(got) => {
             for got in got {

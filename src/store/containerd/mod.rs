@@ -83,7 +83,7 @@ pub fn build_files(hosts: &[crate::docker::registry::RegistryHost]) -> Result<Ve
             let hdir = format!("{}/{}", rel(CONTAINERD_HOSTS_DIR), h.host);
             tar.dir(hdir.as_bytes(), &dir)?;
             for (name, data) in &h.files {
-                let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+                let mode = crate::docker::registry::cert_mode(name);
                 tar.file_bytes(
                     format!("{hdir}/{name}").as_bytes(),
                     &Attrs::root_owned(mode),
@@ -151,7 +151,7 @@ impl Backend for Containerd {
             &format!("--config={CONFIG}"),
             &format!("--root={ROOT}"),
             &format!("--state={STATE}"),
-            &format!("--address={}", opts.socket),
+            &format!("--address={}", self.socket()),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -159,9 +159,13 @@ impl Backend for Containerd {
         .collect()
     }
 
+    fn socket(&self) -> &'static str {
+        SOCKET
+    }
+
     fn ready(&self, opts: &DaemonOptions<'_>) -> Request {
         Request::Ready {
-            socket: opts.socket.into(),
+            socket: self.socket().into(),
             store: StoreKind::Containerd,
             containerd_version: Some(opts.containerd_version),
         }

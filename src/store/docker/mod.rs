@@ -84,9 +84,13 @@ impl Backend for Docker {
         ROOT
     }
 
-    fn ready(&self, opts: &DaemonOptions<'_>) -> Request {
+    fn socket(&self) -> &'static str {
+        crate::docker::INNER_SOCKET
+    }
+
+    fn ready(&self, _opts: &DaemonOptions<'_>) -> Request {
         Request::Ready {
-            socket: opts.socket.into(),
+            socket: self.socket().into(),
             store: StoreKind::Docker,
             containerd_version: None,
         }
@@ -96,7 +100,7 @@ impl Backend for Docker {
         [
             "dockerd",
             "--storage-driver=overlay2",
-            &format!("--host=unix://{}", opts.socket),
+            &format!("--host=unix://{}", self.socket()),
             // The daemon touches no network interface or firewall.
             "--iptables=false",
             "--ip6tables=false",
