@@ -43,6 +43,8 @@
 #                      cache picks up a new Docker of a suite this way)
 #   FP_BRIDGE_CIDR     address of our bridge         (172.30.99.1/24)
 #   FP_DOCKER_TIMEOUT  seconds to wait for dockerd   (60)
+#   FP_SHARED_DIR      where crictl/crictl-1.34.0.zst is (../shared beside the
+#                      repository, else /work/shared); unpacked into FP_CACHE
 #   FP_VERIFY=1        run the dind/registry smoke test even when nothing changed
 #
 # How the pieces are meant to be used (exact commands, all verified here):

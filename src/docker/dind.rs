@@ -174,13 +174,14 @@ impl Engine {
 }
 
 impl Dind<'_> {
-    /// Creates and starts the dind container: an inner dockerd with the
-    /// overlay2 driver whose store is `store`, reachable only through its
-    /// unix socket inside the container, and that touches no network
-    /// interface or firewall (no bridge, no iptables). Its first process is
-    /// the helper's init, which keeps the container (and a store in
-    /// memory) alive once the inner dockerd has stopped. `socket_dir` is
-    /// bind-mounted for the export socket.
+    /// Creates and starts the build container: the store backend's daemon
+    /// (`spec.daemon`: dockerd with the overlay2 driver, or containerd)
+    /// whose store is `store`, reachable only through its unix socket
+    /// inside the container, and that touches no network interface or
+    /// firewall (no bridge, no iptables); returns once `spec.ready` says it
+    /// answers. Its first process is the helper's init, which keeps the
+    /// container (and a store in memory) alive once the daemon has stopped.
+    /// `socket_dir` is bind-mounted for the export socket.
     pub async fn start(
         &self,
         spec: &DindSpec,

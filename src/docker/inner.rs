@@ -431,7 +431,7 @@ pub fn read_secrets() -> Result<PullSecrets> {
     serde_json::from_str(&line).context("reading the credentials from standard input")
 }
 
-/// Where the dind's init writes the inner dockerd's exit code once it has
+/// Where the dind's init writes its daemon's (dockerd's or containerd's) exit code once it has
 /// exited: in the helper's own directory, which every dind image has once
 /// the helper is uploaded (not every image has /run).
 pub const DOCKERD_EXIT: &str = "/fp-helper/dockerd.exit";
@@ -543,7 +543,7 @@ pub fn stop_dockerd(store: &std::path::Path, grace: Duration) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if start.elapsed() > grace {
                     bail!(
-                        "the inner dockerd did not stop within {} s",
+                        "the build container's daemon did not stop within {} s",
                         grace.as_secs()
                     );
                 }
