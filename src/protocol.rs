@@ -42,16 +42,16 @@ pub enum Request {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
     },
-    /// Returns once the daemon answers on `socket`. For containerd, also
-    /// refuses a daemon whose store the target's `containerd_version`
-    /// cannot read.
+    /// Returns once the daemon of `store` answers on `socket`. For
+    /// containerd, also refuses a daemon whose store the target's
+    /// `containerd_version` cannot read.
     Ready {
         #[arg(long)]
         socket: String,
         #[arg(long, value_enum)]
         store: StoreKind,
         #[arg(long, value_enum)]
-        containerd_version: Option<ContainerdVersion>,
+        containerd_version: ContainerdVersion,
     },
     /// Pulls `refs` through the daemon on `socket` for `platform`, with at
     /// most `jobs` at once, reporting [`Event`]s. Input: one JSON line of
@@ -164,9 +164,7 @@ impl Request {
                 containerd_version,
             } => {
                 push(&["ready", "--socket", socket, "--store", store.name()]);
-                if let Some(v) = containerd_version {
-                    push(&["--containerd-version", v.name()]);
-                }
+                push(&["--containerd-version", containerd_version.name()]);
             }
             Request::Pull {
                 socket,
@@ -487,12 +485,12 @@ mod tests {
             Request::Ready {
                 socket: "/var/run/docker.sock".into(),
                 store: StoreKind::Docker,
-                containerd_version: None,
+                containerd_version: ContainerdVersion::V2_1,
             },
             Request::Ready {
                 socket: "/run/c.sock".into(),
                 store: StoreKind::Containerd,
-                containerd_version: Some(ContainerdVersion::V1_7),
+                containerd_version: ContainerdVersion::V1_7,
             },
             Request::CtrPull {
                 socket: "/s".into(),

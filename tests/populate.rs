@@ -2545,6 +2545,16 @@ fn containerd_store_for_kubernetes() {
         assert!(!view.exists(p.as_str()).unwrap(), "{p} was written");
     }
     drop(view);
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = Mount::new(&out);
+        let md = fs::metadata(m.dir.path().join("var/lib/containerd")).unwrap();
+        assert_eq!(
+            (md.mode() & 0o7777, md.uid(), md.gid()),
+            (0o700, 0, 0),
+            "/var/lib/containerd must be root's, 0700"
+        );
+    }
     let o = Command::new(BIN)
         .args(["inspect", "--json"])
         .arg(&out)

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::{DindSpec, Engine};
-use crate::protocol::StoreKind;
+use crate::protocol::{Request, StoreKind};
 use crate::store;
 
 pub mod cache;
@@ -94,14 +94,17 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
                 StoreKind::Docker => &access.daemon_args,
                 StoreKind::Containerd => &[],
             },
-            containerd_version: cfg.containerd_options.version,
         };
         let spec = DindSpec {
             image: cfg.build_image(kind).to_string(),
             network: cfg.dind_network.clone(),
             privileged: cfg.privileged,
             daemon: backend.daemon(&opts),
-            ready: backend.ready(&opts),
+            ready: Request::Ready {
+                socket: backend.socket().into(),
+                store: kind,
+                containerd_version: cfg.containerd_options.version,
+            },
             store_root: backend.root().into(),
             files,
             run_id: run_id.clone(),

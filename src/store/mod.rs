@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ext4::{self, Need};
 use crate::fsread::FsRead;
-use crate::protocol::{ContainerdVersion, Request, StoreKind};
+use crate::protocol::StoreKind;
 
 pub mod containerd;
 pub mod docker;
@@ -51,9 +51,6 @@ pub struct DaemonOptions<'a> {
     pub downloads: usize,
     /// More flags (registries, mirrors).
     pub extra: &'a [String],
-    /// The target's containerd, whose store the daemon's must be readable
-    /// by.
-    pub containerd_version: ContainerdVersion,
 }
 
 /// One image store the tool can bake into ROOT.
@@ -72,11 +69,6 @@ pub trait Backend: Sync {
     /// The command line of the daemon that writes this store in the build
     /// container (run by the container's init).
     fn daemon(&self, opts: &DaemonOptions<'_>) -> Vec<String>;
-
-    /// The helper request that returns once that daemon answers on
-    /// [`Backend::socket`] (and refuses one that cannot write for the
-    /// target).
-    fn ready(&self, opts: &DaemonOptions<'_>) -> Request;
 
     /// In the build container, its daemon stopped: the store at `root` as
     /// a PAX tar on `out` with every xattr, all of it or `only` the

@@ -172,7 +172,7 @@ pub fn check_compatible(build: (u32, u32), target: ContainerdVersion) -> Result<
 
 /// The containerd of the build container, once it answers on `socket`;
 /// refuses one whose store `target` cannot read. Prints its version.
-pub fn ready(socket: &str, target: Option<ContainerdVersion>) -> Result<()> {
+pub fn ready(socket: &str, target: ContainerdVersion) -> Result<()> {
     let ctr = Ctr {
         socket,
         namespace: "default",
@@ -189,9 +189,7 @@ pub fn ready(socket: &str, target: Option<ContainerdVersion>) -> Result<()> {
     };
     let build = server_version(&text)
         .with_context(|| format!("reading containerd's version in: {}", text.trim()))?;
-    if let Some(target) = target {
-        check_compatible(build, target)?;
-    }
+    check_compatible(build, target)?;
     println!("{}.{}", build.0, build.1);
     Ok(())
 }

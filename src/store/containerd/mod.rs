@@ -16,7 +16,7 @@ use super::{Backend, DaemonOptions, Failure, Inventory, Merge, Report, Selection
 use crate::digest::{hex, is_hex64};
 use crate::ext4::Need;
 use crate::fsread::{is_dir, join, show, FsRead, Kind};
-use crate::protocol::{Request, StoreKind};
+use crate::protocol::StoreKind;
 
 pub mod bolt;
 pub mod ctr;
@@ -161,14 +161,6 @@ impl Backend for Containerd {
 
     fn socket(&self) -> &'static str {
         SOCKET
-    }
-
-    fn ready(&self, opts: &DaemonOptions<'_>) -> Request {
-        Request::Ready {
-            socket: self.socket().into(),
-            store: StoreKind::Containerd,
-            containerd_version: Some(opts.containerd_version),
-        }
     }
 
     fn export(

@@ -12,7 +12,7 @@ use super::export::{Plan, Scope};
 use super::{Backend, DaemonOptions, ExportStats, Inventory, Merge, Report, Selection};
 use crate::ext4::Need;
 use crate::fsread::FsRead;
-use crate::protocol::{Request, StoreKind};
+use crate::protocol::StoreKind;
 
 pub mod inspect;
 pub mod merge;
@@ -86,14 +86,6 @@ impl Backend for Docker {
 
     fn socket(&self) -> &'static str {
         crate::docker::INNER_SOCKET
-    }
-
-    fn ready(&self, _opts: &DaemonOptions<'_>) -> Request {
-        Request::Ready {
-            socket: self.socket().into(),
-            store: StoreKind::Docker,
-            containerd_version: None,
-        }
     }
 
     fn daemon(&self, opts: &DaemonOptions<'_>) -> Vec<String> {
