@@ -16,7 +16,8 @@
 #     docker-cli, iptables and ca-certificates, imported with `docker import`
 #     and named by the Docker version found inside: today fp-dind:26 (stable,
 #     the major of Flatcar LTS) and fp-dind:28 (unstable, Flatcar stable and
-#     beta); fp-dind:29 once unstable has it, with no change to this script.
+#     beta), and fp-dind:29: the unstable image with dockerd 29.1.3 (Flatcar
+#     alpha) from the shared directory, as Debian has no Docker 29 yet.
 #     The last suite's image also has docker-registry: it is the dind that
 #     pulls (FP_DIND_IMAGE) and the registry's image. All of them are started
 #     on written stores by the truth tests (FP_TARGET_DOCKERS);
@@ -43,7 +44,7 @@
 #                      cache picks up a new Docker of a suite this way)
 #   FP_BRIDGE_CIDR     address of our bridge         (172.30.99.1/24)
 #   FP_DOCKER_TIMEOUT  seconds to wait for dockerd   (60)
-#   FP_SHARED_DIR      where crictl/crictl-1.34.0.zst is (../shared beside the
+#   FP_SHARED_DIR      where crictl/ and docker29/ are (../shared beside the
 #                      repository, else /work/shared); unpacked into FP_CACHE
 #   FP_VERIFY=1        run the dind/registry smoke test even when nothing changed
 #
@@ -273,6 +274,17 @@ debian_mirror() {
 
 label() { docker image inspect -f "{{index .Config.Labels \"org.flatcar-preload.$2\"}}" "$1" 2>/dev/null || true; }
 
+# The path of REL in the shared directory beside the repository (FP_SHARED_DIR
+# first); fails when no such directory has it.
+shared_file() {
+    local here d
+    here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    for d in "${FP_SHARED_DIR:-}" "$here/../shared" /work/shared; do
+        [[ -n $d && -f $d/$1 ]] && { echo "$d/$1"; return 0; }
+    done
+    return 1
+}
+
 # debootstrap SUITE into a rootfs, cached as TAR, its dockerd version in TAR.version.
 build_rootfs() {
     local suite=$1 include=$2 tar=$3 mirror rootfs ver start
@@ -367,6 +379,37 @@ done
 DIND_IMAGE=$image
 DIND_MAJOR=$(label "$DIND_IMAGE" docker)
 DIND_MAJOR=${DIND_MAJOR%%.*}
+
+# --- 4b. Docker 29, Flatcar alpha's: a target, not a pulling dind ------------
+# Debian has no Docker 29 yet: the shared directory holds dockerd 29.1.3
+# built from moby's source (its README says how). fp-dind:29 is the last
+# suite's image (unstable: its containerd 2.1 and runc serve it) with that
+# dockerd in place of Debian's; rebuilt when that image changes.
+DOCKER29=$(shared_file docker29/dockerd-29.1.3.zst) ||
+    die "docker29/dockerd-29.1.3.zst not found (FP_SHARED_DIR, ../shared beside the repository): the truth checks start Docker 29 on written stores"
+DOCKER29_SHA256=805c259c559f4112c6b3352517d30ab6e67b17dc8e9a36fb2451bf743a8c72c2
+base_id=$(docker image inspect -f '{{.Id}}' "$DIND_IMAGE")
+image=$(docker images --filter "label=org.flatcar-preload.rootfs=docker29" \
+    --filter "label=org.flatcar-preload.base=$base_id" \
+    --format '{{.Repository}}:{{.Tag}}' | grep -m 1 "^$DIND_REPO:" || true)
+if [[ -n $image ]]; then
+    say "image: ok ($image: $DIND_IMAGE with dockerd $(label "$image" docker))"
+else
+    ctx=$(mktemp -d)
+    trap 'rm -rf "$ctx"' EXIT
+    zstd -dqf "$DOCKER29" -o "$ctx/dockerd" && chmod 755 "$ctx/dockerd"
+    echo "$DOCKER29_SHA256  $ctx/dockerd" | sha256sum -c --status ||
+        die "$DOCKER29: not the dockerd 29.1.3 its README names"
+    ver=$("$ctx/dockerd" --version | sed -n 's/^Docker version \([0-9][0-9.]*\).*/\1/p')
+    image=$DIND_REPO:${ver%%.*}
+    printf 'FROM %s\nCOPY dockerd /usr/sbin/dockerd\nLABEL org.flatcar-preload.rootfs=docker29 org.flatcar-preload.base=%s org.flatcar-preload.docker=%s\n' \
+        "$DIND_IMAGE" "$base_id" "$ver" >"$ctx/Dockerfile"
+    DOCKER_BUILDKIT=0 docker build -q -t "$image" "$ctx" >/dev/null 2>&1 || die "docker build of $image failed"
+    rm -rf "$ctx"
+    trap - EXIT
+    say "image: built $image ($DIND_IMAGE with dockerd $ver from $DOCKER29)"
+fi
+targets+=("$image")
 # Oldest Docker first, as a machine upgraded through the majors sees it.
 mapfile -t targets < <(printf '%s\n' "${targets[@]}" | sort -t: -k2,2V -u)
 
@@ -443,12 +486,8 @@ fi
 CRICTL=$FP_CACHE/crictl-1.34.0
 CRICTL_SHA256=ce2ad88fcc9e83cffc552ea589764ce5d895067747bdaa35f1340fb90961d6f1
 if ! echo "$CRICTL_SHA256  $CRICTL" | sha256sum -c --status 2>/dev/null; then
-    here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-    zst=
-    for d in "${FP_SHARED_DIR:-}" "$here/../shared" /work/shared; do
-        [[ -n $d && -f $d/crictl/crictl-1.34.0.zst ]] && { zst=$d/crictl/crictl-1.34.0.zst; break; }
-    done
-    [[ -n $zst ]] || die "crictl-1.34.0.zst not found (FP_SHARED_DIR, ../shared beside the repository): the containerd truth checks need it"
+    zst=$(shared_file crictl/crictl-1.34.0.zst) ||
+        die "crictl-1.34.0.zst not found (FP_SHARED_DIR, ../shared beside the repository): the containerd truth checks need it"
     mkdir -p "$FP_CACHE"
     zstd -dqf "$zst" -o "$CRICTL.tmp" && chmod 755 "$CRICTL.tmp"
     echo "$CRICTL_SHA256  $CRICTL.tmp" | sha256sum -c --status || die "$zst: not the crictl 1.34.0 its README names"

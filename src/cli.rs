@@ -14,6 +14,7 @@ use crate::platform::Platform;
 use crate::populate::{ContainerdOptions, PopulateConfig, StoreChoice};
 use crate::protocol::ContainerdVersion;
 use crate::source::{self, Listed, Source};
+use crate::store::containerd::Records;
 use crate::unpack::{Input, OutputMode, Space, UnpackConfig};
 
 /// Bake files and container images into a Flatcar Container Linux disk
@@ -143,8 +144,9 @@ pub struct PopulateArgs {
     /// of this cache (made when missing): a later run with the same cache
     /// downloads only the layers it does not have. The store is then on
     /// disk, whatever --store says. Images of the cache that are not in
-    /// this run's list are not written into DISK. One run at a time per
-    /// cache. See `flatcar-preload cache ls|rm`.
+    /// this run's list are not written into DISK (containerd's store is
+    /// written whole: they leave its cache). One run at a time per cache.
+    /// See `flatcar-preload cache ls|rm`.
     #[arg(long, value_name = "name", value_parser = parse_cache_name)]
     pub cache: Option<String>,
     /// With --cache: remove the images of the cache that are not in this
@@ -220,8 +222,10 @@ pub struct ContainerdArgs {
     /// A file of images for containerd's store, written as images.list.
     #[arg(long = "containerd-list", value_name = "list")]
     pub containerd_list: Option<PathBuf>,
-    /// The containerd namespace the images go to: k8s.io for the kubelet,
-    /// moby for Docker 29's containerd image store.
+    /// The containerd namespace the images go to: k8s.io for the kubelet
+    /// (left as a CRI pull leaves them), moby for Docker 29's containerd
+    /// image store (as Docker's pull does: no CRI records or labels, no
+    /// sandbox image).
     #[arg(
         long = "containerd-namespace",
         value_name = "name",
@@ -229,13 +233,13 @@ pub struct ContainerdArgs {
     )]
     pub containerd_namespace: String,
     /// Do not pin the images (io.cri-containerd.pinned=pinned keeps the
-    /// kubelet's image garbage collection off them).
+    /// kubelet's image garbage collection off them). Not for moby.
     #[arg(long)]
     pub no_pin: bool,
     /// The sandbox (pause) image, baked and pinned under this name so that
     /// a pod's first start needs no registry; `none` to leave it out.
     /// Default: the target containerd's own (registry.k8s.io/pause:3.8 for
-    /// 1.7, 3.10 for 2.1, 3.10.1 for 2.2).
+    /// 1.7, 3.10 for 2.1, 3.10.1 for 2.2); none for namespace moby.
     #[arg(long, value_name = "ref")]
     pub sandbox_image: Option<String>,
     /// The target's containerd: 1.7 (Flatcar LTS), 2.1 (stable), 2.2 (beta,
@@ -448,9 +452,17 @@ impl ContainerdArgs {
                 self.containerd_namespace
             );
         }
+        let records = Records::of(&self.containerd_namespace);
+        if records == Records::Docker && self.no_pin {
+            bail!(
+                "--no-pin: Docker's images in namespace {} carry no CRI labels, pinned or not",
+                self.containerd_namespace
+            );
+        }
         let sandbox = match self.sandbox_image.as_deref() {
             Some("none") => None,
             Some(r) => Some((r.to_string(), format!("--sandbox-image {r:?}"))),
+            None if records == Records::Docker => None,
             None => Some((
                 crate::store::containerd::default_sandbox(self.containerd_version).to_string(),
                 format!(
@@ -507,6 +519,50 @@ mod tests {
         for bad in ["", "k8s..io", "-a", "a/b", "a b", ".x"] {
             assert!(!is_namespace(bad), "{bad}");
         }
+    }
+
+    /// What `populate ARGS`'s containerd options give: the images' origins
+    /// and the namespace.
+    fn containerd(args: &[&str]) -> Result<(Vec<String>, String)> {
+        let cli = Cli::try_parse_from(
+            ["flatcar-preload", "populate", "d.bin", "-o", "o.bin"]
+                .iter()
+                .chain(args),
+        )?;
+        let Command::Populate(p) = cli.command else {
+            unreachable!()
+        };
+        let (images, opts) = p.containerd_store.into_config()?;
+        Ok((
+            images.into_iter().map(|l| l.origin).collect(),
+            opts.namespace,
+        ))
+    }
+
+    #[test]
+    fn sandbox_image_by_namespace_and_version() {
+        let (images, ns) = containerd(&["--containerd-image", "a:1"]).unwrap();
+        assert_eq!(ns, "k8s.io");
+        assert_eq!(
+            images[1],
+            "the sandbox image of containerd 2.1 (--sandbox-image)"
+        );
+        let (images, _) =
+            containerd(&["--containerd-image", "a:1", "--sandbox-image", "none"]).unwrap();
+        assert_eq!(images.len(), 1);
+        // Docker's namespace: Docker's pull, no sandbox, nothing to pin.
+        let moby = [
+            "--containerd-image",
+            "a:1",
+            "--containerd-namespace",
+            "moby",
+        ];
+        let (images, ns) = containerd(&moby).unwrap();
+        assert_eq!((images.len(), ns.as_str()), (1, "moby"));
+        let err = containerd(&[&moby[..], &["--no-pin"]].concat()).unwrap_err();
+        assert!(err.to_string().contains("no CRI labels"), "{err}");
+        // No image, no sandbox image either.
+        assert!(containerd(&[]).unwrap().0.is_empty());
     }
 
     #[test]

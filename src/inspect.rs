@@ -73,6 +73,10 @@ fn human(n: u64) -> String {
     }
 }
 
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_string()
+}
+
 fn short_id(id: &str) -> &str {
     let hex = id.strip_prefix("sha256:").unwrap_or(id);
     &hex[..hex.len().min(12)]
@@ -191,11 +195,24 @@ pub fn print_table(inv: &Inventory, out: &mut dyn Write) -> std::io::Result<()> 
                             i.name.clone(),
                             i.digest.clone(),
                             i.media_type.clone(),
+                            yes_no(i.pinned),
+                            yes_no(i.unpacked),
                         ]
                     })
                 })
                 .collect();
-            table(out, &["NAMESPACE", "NAME", "DIGEST", "MEDIA TYPE"], &rows)?;
+            table(
+                out,
+                &[
+                    "NAMESPACE",
+                    "NAME",
+                    "DIGEST",
+                    "MEDIA TYPE",
+                    "PINNED",
+                    "UNPACKED",
+                ],
+                &rows,
+            )?;
         }
     }
     writeln!(out)?;

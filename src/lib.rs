@@ -146,6 +146,9 @@ fn serve(request: protocol::Request) -> Result<()> {
         Request::Load { socket, index } => {
             runtime()?.block_on(docker::inner::load_images(&socket, index))
         }
+        Request::CtrPrune { socket, namespace } => {
+            store::containerd::ctr::prune(&socket, &namespace)
+        }
         Request::Prune { socket } => runtime()?.block_on(docker::inner::prune_images(&socket)),
         Request::Measure {
             store,

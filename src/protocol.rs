@@ -118,6 +118,15 @@ pub enum Request {
         #[arg(long)]
         socket: String,
     },
+    /// Removes every image record of the containerd on `socket` (in every
+    /// namespace) but those of `namespace` named in the JSON list of its
+    /// input, and what only they kept, printing `removed NAME` for each.
+    CtrPrune {
+        #[arg(long)]
+        socket: String,
+        #[arg(long)]
+        namespace: String,
+    },
     /// Prints (JSON) what the store at `root` will take in an ext4 with
     /// `block_size`. With `selection`, only the images of the JSON
     /// selection of its input.
@@ -223,6 +232,9 @@ impl Request {
                 }
             }
             Request::Prune { socket } => push(&["prune", "--socket", socket]),
+            Request::CtrPrune { socket, namespace } => {
+                push(&["ctr-prune", "--socket", socket, "--namespace", namespace])
+            }
             Request::Measure {
                 store,
                 root,
@@ -267,6 +279,7 @@ impl Request {
             Request::CtrPull { .. } => "the containerd pull helper",
             Request::CtrImport { .. } => "the containerd import helper",
             Request::Prune { .. } => "the prune helper",
+            Request::CtrPrune { .. } => "the containerd prune helper",
             Request::Measure { .. } => "the measure helper",
             Request::Export { .. } => "the export helper",
             Request::Stop { .. } => "the stop helper",
@@ -278,7 +291,7 @@ impl StoreKind {
     /// Every store, in the order `inspect` lists them.
     pub const ALL: [StoreKind; 2] = [StoreKind::Docker, StoreKind::Containerd];
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             StoreKind::Docker => "docker",
             StoreKind::Containerd => "containerd",
@@ -533,6 +546,10 @@ mod tests {
             },
             Request::Prune {
                 socket: "/s".into(),
+            },
+            Request::CtrPrune {
+                socket: "/s".into(),
+                namespace: "k8s.io".into(),
             },
             Request::Measure {
                 store: StoreKind::Docker,

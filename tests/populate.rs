@@ -474,10 +474,15 @@ fn mounted_copy(disk: &Path) -> (tempfile::TempDir, Mount) {
 /// rights its daemons need (no network, cgroups of the host) and the bind
 /// `mounts`; whether it succeeded, and what it printed.
 fn run_target(image: &str, mounts: &[String], script: &str) -> (bool, String) {
+    run_target_on("none", image, mounts, script)
+}
+
+/// `run_target` on `network` (`container:fp-registry` reaches the registry).
+fn run_target_on(network: &str, image: &str, mounts: &[String], script: &str) -> (bool, String) {
     let name = format!("fp-verify-{}", std::process::id());
     let mut c = Command::new("docker");
     c.env("DOCKER_HOST", &env().docker_host)
-        .args(["run", "--rm", "--name", &name, "--network", "none"])
+        .args(["run", "--rm", "--name", &name, "--network", network])
         .args(["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE"])
         .args(["--security-opt", "seccomp=unconfined"])
         .args(["--security-opt", "apparmor=unconfined"])
@@ -589,7 +594,16 @@ fn populate_truth() {
 
     // Each Docker of FP_TARGET_DOCKERS (Flatcar LTS's major and newer) on
     // the written store.
-    let script = r#"
+    let script = docker_script(f);
+    for Verified { image, text } in on_each_real_docker(&out, &script) {
+        assert_truth(&image, &text, f, [&f.listed[0].1, &f.listed[1].1]);
+    }
+}
+
+/// The fixture images listed and run by docker (`assert_truth` reads what
+/// it prints).
+fn docker_script(f: &Fixtures) -> String {
+    r#"
         docker images --no-trunc --format 'IMG {{.Repository}}:{{.Tag}} {{.ID}}'
         docker run --rm --network none LAYERS sh -c 'echo A=$(ls -A /data/a | tr "\n" " "); echo B=$(ls -A /data/b | tr "\n" " "); echo CAT=$(cat /data/a/new); echo LINK=$(cat /data/link); echo H=$(stat -c "%i %h" /data/hard1) $(stat -c "%i %h" /data/hard2); echo ODD=$(cat "/data/sp ace ünï")'
         docker run --rm --network none --user 1000 LAYERS /capbin/grep CapPrm /proc/self/status
@@ -597,14 +611,13 @@ fn populate_truth() {
         docker run --rm --network none SECOND /bin/busybox cat /second; echo
     "#
     .replace("LAYERS", &f.listed[0].0)
-    .replace("SECOND", &f.listed[1].0);
-    for Verified { image, text } in on_each_real_docker(&out, &script) {
-        assert_truth(&image, &text, f);
-    }
+    .replace("SECOND", &f.listed[1].0)
 }
 
-/// What the fixture images show when run by one target Docker.
-fn assert_truth(image: &str, text: &str, f: &Fixtures) {
+/// What the fixture images show when run by one target Docker, which
+/// lists them with `ids` (their config digests on Docker's store, their
+/// manifests' on containerd's).
+fn assert_truth(image: &str, text: &str, f: &Fixtures, ids: [&str; 2]) {
     let mut images: Vec<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("IMG "))
@@ -613,8 +626,8 @@ fn assert_truth(image: &str, text: &str, f: &Fixtures) {
     images.sort();
     let second_tag = f.listed[1].0.split('@').next().unwrap();
     let mut want = vec![
-        format!("{} {}", f.listed[0].0, f.listed[0].1),
-        format!("{second_tag} {}", f.listed[1].1),
+        format!("{} {}", f.listed[0].0, ids[0]),
+        format!("{second_tag} {}", ids[1]),
     ];
     want.sort();
     assert_eq!(
@@ -715,26 +728,23 @@ fn populate_failures() {
 /// there so that the signal cannot miss). The hook is compiled in with the
 /// `test-hooks` feature only (`cargo test --features test-hooks`, as
 /// ci/test.sh runs): without it, the test skips, except in CI.
-fn interrupt_at(phase: &str) {
+fn interrupt_at(phase: &str, images: &[&str]) {
     if !cfg!(feature = "test-hooks") {
         skip("built without --features test-hooks, which pauses a run at a phase");
         return;
     }
-    let f = fixtures();
     let tmp = user_dir();
     let disk = disk_copy(&["--layout", "current"], tmp.path());
     let before = file_digest(&disk);
     let out = tmp.path().join("out.bin");
-    let mut child = populate_cmd(&[
-        disk.to_str().unwrap(),
-        &f.listed[0].0,
-        "-o",
-        out.to_str().unwrap(),
-    ])
-    .env("FLATCAR_PRELOAD_PAUSE_AT", phase)
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut args = vec![disk.to_str().unwrap()];
+    args.extend(images);
+    args.extend(["-o", out.to_str().unwrap()]);
+    let mut child = populate_cmd(&args)
+        .env("FLATCAR_PRELOAD_PAUSE_AT", phase)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // The tool prints this line when it reaches the pause.
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
@@ -771,7 +781,20 @@ fn interrupted_during_pull() {
     let Some(_serial) = docker_test() else {
         return;
     };
-    interrupt_at("pull");
+    interrupt_at("pull", &[&fixtures().listed[0].0]);
+}
+
+/// Ctrl-C while containerd's images are pulled: as for Docker's.
+#[test]
+fn interrupted_during_containerd_pull() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let layers = &fixtures().listed[0].0;
+    interrupt_at(
+        "pull",
+        &["--containerd-image", layers, "--sandbox-image", "none"],
+    );
 }
 
 #[test]
@@ -779,7 +802,7 @@ fn interrupted_during_write() {
     let Some(_serial) = docker_test() else {
         return;
     };
-    interrupt_at("write");
+    interrupt_at("write", &[&fixtures().listed[0].0]);
 }
 
 #[test]
@@ -1094,6 +1117,43 @@ fn local_inputs_fail_before_the_engine() {
         );
         assert!(err.contains(bad) && !err.contains("Docker engine"), "{err}");
     }
+    // A ROOT with a containerd store: --merge cannot add containerd's
+    // images to it (yet), which is said before anything is pulled.
+    let with_store = tmp.path().join("with-store.bin");
+    fs::copy(&disk, &with_store).unwrap();
+    let tar = tmp.path().join("store.tar");
+    fs::write(
+        &tar,
+        layer(&[
+            L::Dir("var"),
+            L::Dir("var/lib"),
+            L::Dir("var/lib/containerd"),
+        ]),
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .arg("unpack")
+        .arg(&with_store)
+        .arg(&tar)
+        .arg("--in-place")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "unpack: {}", stderr(&o));
+    let err = run_with(
+        &nowhere,
+        &with_store,
+        &[
+            "--containerd-image".as_ref(),
+            "busybox".as_ref(),
+            "--merge".as_ref(),
+        ],
+    );
+    assert!(
+        err.contains("/var/lib/containerd")
+            && err.contains("--merge cannot add")
+            && !err.contains("Docker engine"),
+        "{err}"
+    );
     // Good local inputs: only now is the engine contacted.
     let err = run_with(&nowhere, &disk, &busybox);
     assert!(err.contains("no-engine.sock"), "{err}");
@@ -2611,6 +2671,12 @@ fn containerd_store_for_kubernetes() {
         !text.contains("LOGERR"),
         "containerd logged errors:\n{text}"
     );
+    let refs = [
+        layers.as_str(),
+        second.as_str(),
+        "registry.k8s.io/pause:3.10",
+    ];
+    baked_equals_a_direct_cri_pull(&out, target, &refs);
 
     // An image the registry lacks: named with its line, nothing written.
     let failed = tmp.path().join("failed.bin");
@@ -2680,4 +2746,415 @@ fn containerd_store_for_kubernetes() {
     let left = text.lines().find_map(|l| l.strip_prefix("LEFT ")).unwrap();
     assert_eq!(left, format!("{blobs} {snaps}"), "{text}");
     assert_eq!(leftovers(), "", "containers or volumes left behind");
+}
+
+/// Docker 29 (Flatcar alpha) on containerd's image store: images baked into
+/// namespace moby, with no Docker store written, are what a Docker 29
+/// sharing that containerd (as Flatcar's docker.service shares the
+/// system's) lists and runs; the records are Docker's own (no CRI records,
+/// labels or sandbox image).
+#[test]
+fn docker29_runs_images_baked_into_namespace_moby() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    let target = env()
+        .target_dockers
+        .iter()
+        .find(|i| major_of(i) == 29)
+        .expect("FP_TARGET_DOCKERS has Docker 29 (ci/docker-env.sh builds fp-dind:29)")
+        .clone();
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "current"], tmp.path());
+    let before = file_digest(&disk);
+    let out = tmp.path().join("out.bin");
+    let (layers, second) = (&f.listed[0].0, &f.listed[1].0);
+    let o = populate(&[
+        disk.to_str().unwrap(),
+        "--containerd-namespace",
+        "moby",
+        "--containerd-image",
+        layers,
+        "--containerd-image",
+        second,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "populate failed: {}", stderr(&o));
+    assert_eq!(
+        file_digest(&disk),
+        before,
+        "the input disk image was modified"
+    );
+    assert_eq!(leftovers(), "", "containers or volumes left behind");
+    assert_fsck_clean(&out);
+    let view = ext4_view(&out);
+    assert!(
+        !view.exists("/var/lib/docker/image").unwrap(),
+        "a Docker store was written without a Docker image"
+    );
+    drop(view);
+
+    let (_copy, m) = mounted_copy(&out);
+    let root = m.dir.path().join("var/lib/containerd");
+    let script = format!(
+        r#"printf 'version = 2\n' >/tmp/config.toml
+        containerd --config /tmp/config.toml >/tmp/containerd.log 2>&1 &
+        for i in $(seq 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
+        ctr -n moby images ls | sed 's/^/REC /'
+        dockerd --containerd=/run/containerd/containerd.sock >/tmp/dockerd.log 2>&1 &
+        for i in $(seq 300); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+        docker info >/dev/null 2>&1 || {{ echo 'dockerd did not start:'; tail -n 30 /tmp/dockerd.log; exit 1; }}
+        echo "FPINFO $(docker info -f '{{{{.ServerVersion}}}} {{{{.Driver}}}} {{{{.DriverStatus}}}}')"
+        {}"#,
+        docker_script(f)
+    );
+    let mounts = [format!("{}:/var/lib/containerd", root.display())];
+    let (ok, text) = run_target(&target, &mounts, &script);
+    assert!(ok, "Docker 29 ({target}) on namespace moby failed:\n{text}");
+    let info = text
+        .lines()
+        .find_map(|l| l.strip_prefix("FPINFO "))
+        .unwrap_or("");
+    assert!(
+        info.starts_with("29.") && info.contains("io.containerd.snapshotter"),
+        "{target}: not Docker 29 on containerd's image store: {info:?}\n{text}"
+    );
+    let records: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("REC "))
+        .collect();
+    assert!(records.len() > 1, "ctr lists no record:\n{text}");
+    for r in &records[1..] {
+        assert!(
+            !r.starts_with("sha256:") && !r.contains("io.cri-containerd"),
+            "a CRI record or label in Docker's namespace: {r}\n{text}"
+        );
+    }
+    // Docker lists an image of containerd's store by its manifest's digest.
+    let target_of = |name: &str| {
+        records
+            .iter()
+            .find_map(|r| {
+                let mut cols = r.split_whitespace();
+                (cols.next() == Some(name)).then(|| cols.nth(1).unwrap_or("").to_string())
+            })
+            .unwrap_or_else(|| panic!("no record {name}:\n{text}"))
+    };
+    let second_tag = second.split('@').next().unwrap();
+    let ids = [target_of(layers), target_of(second_tag)];
+    assert_truth(&target, &text, f, [&ids[0], &ids[1]]);
+}
+
+/// containerd's images fail as Docker's do: a platform the index lacks, an
+/// amd64-only image for an arm64 target, an unreachable registry; each a
+/// clear error naming the image, no output, nothing left in Docker.
+#[test]
+fn containerd_failures() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    let (multi, _, _) = multi_arch_fixture();
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "current"], tmp.path());
+    let before = file_digest(&disk);
+    let out = tmp.path().join("out.bin");
+    let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
+    let ctrd = |image: &str, extra: &[&str]| {
+        let mut args = vec![d, "--containerd-image", image, "--sandbox-image", "none"];
+        args.extend(extra);
+        args.extend(["-o", o_]);
+        populate(&args)
+    };
+    let o = ctrd(multi, &["--platform", "linux/s390x"]);
+    assert_clean_failure(&o, &disk, before, &out, multi);
+    assert!(stderr(&o).contains("linux/s390x"), "{}", stderr(&o));
+    let o = ctrd(&f.listed[0].0, &["--platform", "linux/arm64"]);
+    assert_clean_failure(&o, &disk, before, &out, "--allow-platform-mismatch");
+    let unreachable = "127.0.0.1:5999/fp/unreachable:1";
+    let o = ctrd(unreachable, &[]);
+    assert_clean_failure(&o, &disk, before, &out, unreachable);
+}
+
+/// One line per entry below `dir` (sorted by path): type, mode, owner,
+/// size, device, link target, mtime, every xattr and the content's sha256,
+/// as the kernel reads them.
+fn tree_listing(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for name in names {
+            let path = dir.join(&name);
+            let rel = format!("{rel}/{}", name.to_string_lossy());
+            let md = fs::symlink_metadata(&path).unwrap();
+            let ft = md.file_type();
+            let what = if ft.is_dir() {
+                "dir".to_string()
+            } else if ft.is_symlink() {
+                format!("link->{}", fs::read_link(&path).unwrap().display())
+            } else if ft.is_char_device() || ft.is_block_device() {
+                format!("dev{}", md.rdev())
+            } else if ft.is_file() {
+                format!("file {} {}", md.len(), sha256(&fs::read(&path).unwrap()))
+            } else {
+                "other".to_string()
+            };
+            let mut buf = vec![0u8; 4096];
+            let n = rustix::fs::llistxattr(&path, &mut buf[..]).unwrap_or(0);
+            let mut xattrs: Vec<String> = buf[..n]
+                .split(|b| *b == 0)
+                .filter(|n| !n.is_empty())
+                .map(|n| {
+                    let n = String::from_utf8_lossy(n).into_owned();
+                    let mut v = vec![0u8; 4096];
+                    let len = rustix::fs::lgetxattr(&path, n.as_str(), &mut v[..]).unwrap_or(0);
+                    format!("{n}={:02x?}", &v[..len])
+                })
+                .collect();
+            xattrs.sort();
+            // A directory's mtime is when the unpack last changed it, and
+            // a whiteout's when the unpack made it (containerd gives it no
+            // time of the layer's): only other entries' are compared.
+            let mtime = if ft.is_dir() || ft.is_char_device() {
+                0
+            } else {
+                md.mtime()
+            };
+            out.push(format!(
+                "{rel} {what} {:o} {}:{} t{mtime} {}",
+                md.mode() & 0o7777,
+                md.uid(),
+                md.gid(),
+                xattrs.join(",")
+            ));
+            if ft.is_dir() {
+                walk(&path, &rel, out);
+            }
+        }
+    }
+    let mut out = vec![];
+    walk(dir, "", &mut out);
+    out
+}
+
+/// The listing of every snapshot of an overlayfs snapshotter in `root`
+/// (a containerd root), sorted: snapshots are numbered in the order they
+/// were made, so the multiset is what compares.
+fn snapshot_trees(root: &Path) -> Vec<String> {
+    let dir = root.join("io.containerd.snapshotter.v1.overlayfs/snapshots");
+    let mut all: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| tree_listing(&e.unwrap().path().join("fs")).join("\n"))
+        .collect();
+    all.sort();
+    all
+}
+
+/// The same images pulled through the CRI (`crictl pull`, what the
+/// kubelet does) by the containerd of `target` into an empty root give
+/// the image records, content labels, snapshot chains and snapshot file
+/// trees that the baked store holds. What differs on purpose: the baked
+/// images are all pinned (a CRI pull pins the sandbox image only), and an
+/// image given as `repo:tag@digest` keeps its tag record; by chance, the
+/// repository a shared layer is labelled as fetched from (which pull got
+/// it first: the bake pulls side by side).
+fn baked_equals_a_direct_cri_pull(disk: &Path, target: &str, refs: &[&str]) {
+    let (_copy, m) = mounted_copy(disk);
+    let baked = m.dir.path().join("var/lib/containerd");
+    let fresh = tempfile::tempdir().unwrap();
+    let reg = &env().registry;
+    // Both containerds: the same config, Flatcar's defaults; the direct one
+    // reaches the registries through hosts.toml as the tool's mirror
+    // option does.
+    let dump = r#"
+        ctr -n k8s.io images ls | tail -n +2 | sort | sed "s/^/$1 IMG /"
+        ctr -n k8s.io content ls | tail -n +2 | awk '{print $1, $2, $NF}' | sort | sed "s/^/$1 BLOB /"
+        ctr -n k8s.io snapshots ls | tail -n +2 | sort | sed "s/^/$1 SNAP /""#;
+    let script = format!(
+        r#"dump() {{ {dump}
+        }}
+        start() {{
+            printf 'version = 2\nroot = "%s"\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/fp-hosts"\n' "$1" >/tmp/config.toml
+            containerd --config /tmp/config.toml >/tmp/containerd.log 2>&1 &
+            pid=$!
+            for i in $(seq 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
+            for i in $(seq 50); do crictl images -q >/dev/null 2>&1 && break; sleep 0.2; done
+        }}
+        mkdir -p /etc/fp-hosts/registry.k8s.io /etc/fp-hosts/{reg}
+        printf 'server = "https://registry.k8s.io"\n[host."http://{reg}"]\n  capabilities = ["pull", "resolve"]\n' >/etc/fp-hosts/registry.k8s.io/hosts.toml
+        printf 'server = "http://{reg}"\n' >/etc/fp-hosts/{reg}/hosts.toml
+        export CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock
+        start /var/lib/containerd
+        sleep 1
+        dump BAKED
+        kill $pid; wait $pid
+        start /var/lib/fresh
+        for r in {refs}; do crictl pull "$r" >/dev/null || {{ echo "crictl pull $r failed"; tail -n 20 /tmp/containerd.log; exit 1; }}; done
+        sleep 1
+        dump DIRECT
+        kill $pid; wait $pid"#,
+        refs = refs.join(" ")
+    );
+    let mounts = [
+        format!("{}:/usr/local/bin/crictl:ro", env().crictl),
+        format!("{}:/var/lib/containerd", baked.display()),
+        format!("{}:/var/lib/fresh", fresh.path().display()),
+    ];
+    let network = format!("container:{}", env().registry_container);
+    let (ok, text) = run_target_on(&network, target, &mounts, &script);
+    assert!(ok, "containerd of {target}, baked then direct:\n{text}");
+    let of = |who: &str, what: &str| -> Vec<String> {
+        let prefix = format!("{who} {what} ");
+        let mut v: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|l| {
+                // Columns as words; labels without the pinned one.
+                l.split_whitespace()
+                    .map(|w| {
+                        w.split(',')
+                            .filter(|x| *x != "io.cri-containerd.pinned=pinned")
+                            // A layer two images share was fetched with
+                            // whichever pulled it first: its repository is
+                            // the order of the pulls.
+                            .map(|x| match x.split_once('=') {
+                                Some((k, _))
+                                    if k.starts_with("containerd.io/distribution.source.") =>
+                                {
+                                    k
+                                }
+                                _ => x,
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let tag_of_digest_ref: Vec<String> = refs
+        .iter()
+        .filter_map(|r| r.split_once('@').map(|(tagged, _)| tagged.to_string()))
+        .collect();
+    let baked_images: Vec<String> = of("BAKED", "IMG")
+        .into_iter()
+        .filter(|l| {
+            !tag_of_digest_ref
+                .iter()
+                .any(|t| l.starts_with(&format!("{t} ")))
+        })
+        .collect();
+    assert_eq!(
+        baked_images,
+        of("DIRECT", "IMG"),
+        "image records, baked vs a CRI pull:\n{text}"
+    );
+    assert_eq!(
+        of("BAKED", "BLOB"),
+        of("DIRECT", "BLOB"),
+        "content and its labels, baked vs a CRI pull:\n{text}"
+    );
+    assert_eq!(
+        of("BAKED", "SNAP"),
+        of("DIRECT", "SNAP"),
+        "snapshot chains, baked vs a CRI pull:\n{text}"
+    );
+    let (b, d) = (snapshot_trees(&baked), snapshot_trees(fresh.path()));
+    assert_eq!(b.len(), d.len(), "snapshot counts");
+    for (b, d) in b.iter().zip(&d) {
+        assert_eq!(b, d, "a snapshot's files, baked vs a CRI pull");
+    }
+    drop(m);
+}
+
+/// `--cache` for containerd's store: a second run downloads nothing it
+/// has; as containerd's store is written whole, the images of earlier runs
+/// that this one does not list leave the cache (and so the output); the
+/// cache lists as containerd's and is removed with its name.
+#[test]
+fn containerd_cache_keeps_the_run_images() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    let (layers, second) = (&f.listed[0].0, &f.listed[1].0);
+    let cache = format!("fpctrd-{}", std::process::id());
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "current"], tmp.path());
+    let out = tmp.path().join("out.bin");
+    let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
+    let run = |what: &str, images: &[&str]| -> (serde_json::Value, String) {
+        let _ = fs::remove_file(&out);
+        let mut args = vec![d, "-o", o_, "--cache", &cache, "--json"];
+        args.extend(["--sandbox-image", "none"]);
+        for i in images {
+            args.extend(["--containerd-image", i]);
+        }
+        let o = populate(&args);
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+        assert_eq!(leftovers(), "", "{what}");
+        assert_fsck_clean(&out);
+        (serde_json::from_slice(&o.stdout).unwrap(), stderr(&o))
+    };
+    let (cold, _) = run("cold", &[layers]);
+    assert_eq!(cold["store"]["kind"], "cache", "{cold}");
+    assert_eq!(cold["images"][0]["source"], "registry", "{cold}");
+    assert!(downloaded(&cold)[0] >= 2, "{cold}");
+    let (warm, _) = run("warm", &[layers, second]);
+    assert_eq!(warm["images"][0]["source"], "cache", "{warm}");
+    assert_eq!(warm["images"][1]["source"], "registry", "{warm}");
+    // The second image shares its base layer with the first.
+    let d_warm = downloaded(&warm);
+    assert_eq!(d_warm[0], 0, "{warm}");
+    assert!(d_warm[1] >= 1, "{warm}");
+    let (only, err) = run("the second alone", &[second]);
+    assert_eq!(downloaded(&only), [0], "{only}");
+    assert!(
+        err.contains(&format!(
+            "removed {layers} from the cache (containerd's store is written whole)"
+        )),
+        "{err}"
+    );
+    let o = Command::new(BIN)
+        .args(["inspect", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let inv = String::from_utf8_lossy(&o.stdout);
+    let second_repo = second.split(':').next().unwrap();
+    assert!(
+        !inv.contains("fp/layers") && inv.contains(second_repo),
+        "the first run's image was written: {inv}"
+    );
+    let o = Command::new(BIN).arg("verify").arg(&out).output().unwrap();
+    assert!(o.status.success(), "verify: {}", stderr(&o));
+
+    let ls = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .env("DOCKER_HOST", &env().docker_host)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let listed = ls(&["cache", "ls"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&cache) && l.contains("containerd")),
+        "{listed}"
+    );
+    ls(&["cache", "rm", &cache]);
+    assert!(!ls(&["cache", "ls"]).contains(&cache));
 }

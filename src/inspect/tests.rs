@@ -281,12 +281,20 @@ fn the_table_shows_what_a_user_needs() {
         "d".repeat(64)
     )));
     assert!(out.contains("Docker 29 (alpha): yes"), "{out}");
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("ns1") && l.contains("127.0.0.1:5000/fp/test:1")),
-        "{out}"
-    );
+    let header = lines
+        .iter()
+        .find(|l| l.starts_with("NAMESPACE"))
+        .unwrap_or_else(|| panic!("{out}"));
+    fn last2(l: &str) -> Vec<&str> {
+        l.split_whitespace().rev().take(2).collect()
+    }
+    assert_eq!(last2(header), ["UNPACKED", "PINNED"], "{header}");
+    // Pulled with ctr, not pinned; its blobs are not in the fixture.
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with("ns1") && l.contains("127.0.0.1:5000/fp/test:1"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(last2(row), ["no", "no"], "{row}");
     assert!(out.contains("ROOT: 2.00GB in all, 1.50GB free"), "{out}");
 }
 

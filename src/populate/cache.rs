@@ -4,17 +4,31 @@
 use anyhow::{bail, Result};
 
 use crate::docker::Engine;
+use crate::protocol::StoreKind;
 
-/// The Docker volume of cache `name`.
-pub fn volume_name(name: &str) -> String {
-    format!("flatcar-preload-cache-{name}")
+/// The Docker volume of cache `name` for `store` (one per store: each
+/// build container has its daemon's root on it). Other prefixes, so that
+/// no cache name gives another's volume.
+pub fn volume_name(name: &str, store: StoreKind) -> String {
+    match store {
+        StoreKind::Docker => format!("flatcar-preload-cache-{name}"),
+        StoreKind::Containerd => format!("flatcar-preload-ctrd-cache-{name}"),
+    }
 }
 
-/// The dind container of a run using cache `name`: one name, so that a
-/// second run on the same cache cannot start (Docker refuses a second
-/// container of that name) while the first has it.
-pub fn dind_name(name: &str) -> String {
-    format!("flatcar-preload-cache-{name}-dind")
+/// The build container of a run using cache `name` for `store`: one name,
+/// so that a second run on the same cache cannot start (Docker refuses a
+/// second container of that name) while the first has it.
+pub fn dind_name(name: &str, store: StoreKind) -> String {
+    format!("{}-dind", volume_name(name, store))
+}
+
+/// The store whose volume of cache `name` `volume` is.
+fn store_of(name: &str, volume: &str) -> StoreKind {
+    match volume == volume_name(name, StoreKind::Containerd) {
+        true => StoreKind::Containerd,
+        false => StoreKind::Docker,
+    }
 }
 
 /// `flatcar-preload cache ls`: the caches on the engine, when they were
@@ -26,15 +40,23 @@ pub async fn list() -> Result<()> {
         eprintln!("no caches (make one with populate --cache NAME)");
         return Ok(());
     }
-    println!("{:<24} {:<26} {:<8} VOLUME", "NAME", "CREATED", "IN USE");
+    println!(
+        "{:<24} {:<11} {:<26} {:<8} VOLUME",
+        "NAME", "STORE", "CREATED", "IN USE"
+    );
     for c in caches {
-        let in_use = match engine.container_exists(&dind_name(&c.name)).await? {
+        let store = store_of(&c.name, &c.volume);
+        let in_use = match engine.container_exists(&dind_name(&c.name, store)).await? {
             true => "yes",
             false => "no",
         };
         println!(
-            "{:<24} {:<26} {:<8} {}",
-            c.name, c.created, in_use, c.volume
+            "{:<24} {:<11} {:<26} {:<8} {}",
+            c.name,
+            store.name(),
+            c.created,
+            in_use,
+            c.volume
         );
     }
     Ok(())
@@ -45,18 +67,24 @@ pub async fn remove(names: &[String]) -> Result<()> {
     let engine = Engine::connect().await?;
     let caches = engine.caches().await?;
     for name in names {
-        let Some(c) = caches.iter().find(|c| &c.name == name) else {
+        // Its volume for each store.
+        let volumes: Vec<_> = caches.iter().filter(|c| &c.name == name).collect();
+        if volumes.is_empty() {
             bail!("there is no cache {name:?} (`flatcar-preload cache ls` lists them)");
-        };
-        let dind = dind_name(name);
-        if engine.container_exists(&dind).await? {
-            bail!(
-                "the cache {name:?} is in use by a run (its container {dind} exists); \
-                 if no run is using it, remove that first: docker rm -f {dind}"
-            );
         }
-        engine.remove_volume(&c.volume).await?;
-        eprintln!("removed cache {name} (volume {})", c.volume);
+        for c in &volumes {
+            let dind = dind_name(name, store_of(name, &c.volume));
+            if engine.container_exists(&dind).await? {
+                bail!(
+                    "the cache {name:?} is in use by a run (its container {dind} exists); \
+                     if no run is using it, remove that first: docker rm -f {dind}"
+                );
+            }
+        }
+        for c in volumes {
+            engine.remove_volume(&c.volume).await?;
+            eprintln!("removed cache {name} (volume {})", c.volume);
+        }
     }
     Ok(())
 }

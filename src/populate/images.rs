@@ -329,12 +329,30 @@ pub(super) fn selection(images: &[PulledImage]) -> Result<Vec<u8>> {
 /// Removes the images of the cache that are not `kept` (--cache-prune),
 /// with the prune helper in the dind.
 pub(super) async fn prune(run: &Run<'_>, kept: &[PulledImage]) -> Result<()> {
-    let ids: Vec<&str> = kept.iter().map(|i| i.id.as_str()).collect();
-    let mut list = serde_json::to_vec(&ids).context("listing the images to keep")?;
-    list.push(b'\n');
-    let request = Request::Prune {
-        socket: run.backend.socket().into(),
+    let why = match run.cfg.cache_prune {
+        true => "--cache-prune",
+        false => "containerd's store is written whole",
     };
+    // Docker's images by ID, containerd's records by name.
+    let (keep, request): (Vec<&str>, _) = match run.backend.kind() {
+        StoreKind::Docker => (
+            kept.iter().map(|i| i.id.as_str()).collect(),
+            Request::Prune {
+                socket: run.backend.socket().into(),
+            },
+        ),
+        StoreKind::Containerd => (
+            kept.iter()
+                .flat_map(|i| i.names.iter().map(String::as_str))
+                .collect(),
+            Request::CtrPrune {
+                socket: run.backend.socket().into(),
+                namespace: run.cfg.containerd_options.namespace.clone(),
+            },
+        ),
+    };
+    let mut list = serde_json::to_vec(&keep).context("listing the images to keep")?;
+    list.push(b'\n');
     let mut removed = 0;
     let finished = run
         .dind()
@@ -343,7 +361,7 @@ pub(super) async fn prune(run: &Run<'_>, kept: &[PulledImage]) -> Result<()> {
             Some(Box::new(std::io::Cursor::new(list))),
             |line| {
                 if let Some(id) = line.strip_prefix("removed ") {
-                    eprintln!("removed {id} from the cache (--cache-prune)");
+                    eprintln!("removed {id} from the cache ({why})");
                     removed += 1;
                 }
             },
@@ -351,7 +369,7 @@ pub(super) async fn prune(run: &Run<'_>, kept: &[PulledImage]) -> Result<()> {
         .await?;
     finished.success("removing the other images from the cache")?;
     if removed == 0 {
-        eprintln!("the cache holds no other image (--cache-prune)");
+        eprintln!("the cache holds no other image ({why})");
     }
     Ok(())
 }

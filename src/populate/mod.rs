@@ -79,13 +79,16 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             StoreKind::Docker => (
                 access.certs.clone(),
                 match &cfg.cache {
-                    Some(c) => cache::dind_name(c),
+                    Some(c) => cache::dind_name(c, kind),
                     None => format!("flatcar-preload-{run_id}-dind"),
                 },
             ),
             StoreKind::Containerd => (
                 Some(store::containerd::build_files(&access.containerd_hosts)?),
-                format!("flatcar-preload-{run_id}-containerd"),
+                match &cfg.cache {
+                    Some(c) => cache::dind_name(c, kind),
+                    None => format!("flatcar-preload-{run_id}-containerd"),
+                },
             ),
         };
         let opts = store::DaemonOptions {

@@ -44,12 +44,6 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     if cfg.images.is_empty() && cfg.containerd_images.is_empty() {
         bail!("no images to preload: give references or an image list with entries");
     }
-    if cfg.cache.is_some() && !cfg.containerd_images.is_empty() {
-        bail!(
-            "--cache keeps Docker's store between runs; containerd's store is made afresh each run: \
-             leave out --cache, or bake the containerd images in a run of their own"
-        );
-    }
     if let (_, Some(root)) = disk::check_input(&cfg.disk, cfg.output.path().is_none())? {
         let root = ext4::Root::new(&cfg.disk, root.offset);
         check_existing(&cfg.disk, cfg.merge, writes_containerd(cfg), &root)?;
@@ -138,6 +132,16 @@ pub(super) fn check_existing(
             "ROOT of {} already has {}; pass --merge to add the images to what is there",
             disk.display(),
             present.join(" and ")
+        );
+    }
+    // Checked here, before anything is pulled, as much as where it is
+    // written (store::containerd's merge).
+    if present.contains(&CONTAINERD_ROOT) {
+        bail!(
+            "ROOT of {} already has {CONTAINERD_ROOT}: --merge cannot add to a containerd store yet \
+             (its bbolt metadata database would have to be merged); bake containerd's images into \
+             an image without one",
+            disk.display()
         );
     }
     Ok(())
@@ -267,16 +271,22 @@ pub(super) async fn pull_store(
     memory_cap: Option<u64>,
 ) -> Result<Pulled> {
     if let Some(name) = run.cfg.cache.clone() {
-        let volume = cache::volume_name(&name);
+        let volume = cache::volume_name(&name, run.backend.kind());
         run.engine.ensure_cache_volume(&volume, &name).await?;
         clock
             .time(Phase::Start, start_dind(run, &StoreMount::Volume(volume)))
             .await?;
         let images = clock.time(Phase::Pull, images::acquire(run)).await?;
-        if run.cfg.cache_prune {
+        // containerd's store is exported whole (its metadata database holds
+        // every image): the images of other runs leave the cache first.
+        let whole = !run.backend.exports_part();
+        if run.cfg.cache_prune || whole {
             images::prune(run, &images).await?;
         }
-        let selection = Some(images::selection(&images)?);
+        let selection = match whole {
+            true => None,
+            false => Some(images::selection(&images)?),
+        };
         let store = StoreReport {
             kind: StoreLocation::Cache,
             memory_cap_bytes: None,

@@ -27,6 +27,7 @@ use crate::ext4::{self, Need};
 use crate::fsread::FsRead;
 use crate::protocol::StoreKind;
 
+pub mod check;
 pub mod containerd;
 pub mod docker;
 pub mod export;
@@ -65,6 +66,11 @@ pub trait Backend: Sync {
     /// The unix socket that daemon answers on, inside the build container
     /// (its only endpoint).
     fn socket(&self) -> &'static str;
+
+    /// Whether the export can be limited to some images of the store (a
+    /// `--cache` keeps others in it); else the store is written whole, and
+    /// a cache holds only the images of the run.
+    fn exports_part(&self) -> bool;
 
     /// The command line of the daemon that writes this store in the build
     /// container (run by the container's init).
@@ -174,10 +180,11 @@ pub fn read_selection_stdin() -> Result<Selection> {
 /// and what is wrong.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Failure {
-    /// Image ID (`sha256:...`), when the failure concerns an image.
+    /// When the failure concerns an image: Docker's image ID
+    /// (`sha256:...`); containerd's image record, `NAME (namespace NS)`.
     pub image: Option<String>,
     /// The layer's diff ID (`sha256:...`, as `docker image inspect` lists
-    /// it under `RootFS.Layers`).
+    /// it under `RootFS.Layers`, and the image config's `rootfs.diff_ids`).
     pub layer: Option<String>,
     /// Absolute path in the checked tree.
     pub path: Option<String>,

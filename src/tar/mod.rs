@@ -5,5 +5,5 @@
 mod read;
 mod write;
 
-pub use read::{Archive, Entry, EntryType};
+pub use read::{Archive, Entry, EntryType, Meta};
 pub use write::{Attrs, Device, Writer};

@@ -269,6 +269,114 @@ pub(crate) fn fixture_meta_db() -> Vec<u8> {
     out
 }
 
+/// A bbolt file of `tree` for tests: the root bucket on one leaf page
+/// (with overflow pages as needed), every nested bucket inline; both meta
+/// pages valid.
+#[cfg(test)]
+pub(crate) mod write {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// A bucket's keys and values.
+    #[derive(Clone, Debug, Default)]
+    pub struct Tree(pub BTreeMap<Vec<u8>, Node>);
+
+    #[derive(Clone, Debug)]
+    pub enum Node {
+        Value(Vec<u8>),
+        Bucket(Tree),
+    }
+
+    impl Tree {
+        /// The bucket at `path` (made as needed).
+        pub fn bucket(&mut self, path: &[&[u8]]) -> &mut Tree {
+            let mut t = self;
+            for p in path {
+                let n =
+                    t.0.entry(p.to_vec())
+                        .or_insert_with(|| Node::Bucket(Tree::default()));
+                t = match n {
+                    Node::Bucket(b) => b,
+                    Node::Value(_) => panic!("{} is a value", String::from_utf8_lossy(p)),
+                };
+            }
+            t
+        }
+        /// Sets `key` in the bucket at `path`.
+        pub fn set(&mut self, path: &[&[u8]], key: &[u8], value: &[u8]) {
+            self.bucket(path)
+                .0
+                .insert(key.to_vec(), Node::Value(value.to_vec()));
+        }
+        /// Removes `key` (a value or a bucket) from the bucket at `path`.
+        pub fn remove(&mut self, path: &[&[u8]], key: &[u8]) {
+            assert!(self.bucket(path).0.remove(key).is_some(), "no such key");
+        }
+    }
+
+    /// A leaf page of `tree` (header id 0 for inline pages).
+    fn leaf(tree: &Tree, id: u64) -> Vec<u8> {
+        let n = tree.0.len();
+        let mut elems = vec![];
+        let mut data = vec![];
+        for (i, (k, node)) in tree.0.iter().enumerate() {
+            let (flags, v) = match node {
+                Node::Value(v) => (0u32, v.clone()),
+                Node::Bucket(b) => {
+                    let mut v = vec![0u8; BUCKET_HEADER];
+                    v.extend(leaf(b, 0));
+                    (BUCKET_LEAF_FLAG, v)
+                }
+            };
+            let pos = (n - i) * ELEMENT + data.len();
+            elems.extend(flags.to_le_bytes());
+            elems.extend((pos as u32).to_le_bytes());
+            elems.extend((k.len() as u32).to_le_bytes());
+            elems.extend((v.len() as u32).to_le_bytes());
+            data.extend(k);
+            data.extend(v);
+        }
+        let mut page = id.to_le_bytes().to_vec();
+        page.extend(LEAF.to_le_bytes());
+        page.extend((n as u16).to_le_bytes());
+        page.extend(0u32.to_le_bytes());
+        page.extend(elems);
+        page.extend(data);
+        page
+    }
+
+    /// The whole file.
+    pub fn build(tree: &Tree) -> Vec<u8> {
+        const PS: usize = 4096;
+        let mut root = leaf(tree, 2);
+        let pages = root.len().div_ceil(PS).max(1);
+        root[12..16].copy_from_slice(&((pages - 1) as u32).to_le_bytes());
+        root.resize(pages * PS, 0);
+        let mut out = vec![0u8; 2 * PS];
+        for (i, txid) in [(0usize, 1u64), (1, 2)] {
+            let mut m = vec![];
+            m.extend(MAGIC.to_le_bytes());
+            m.extend(VERSION.to_le_bytes());
+            m.extend((PS as u32).to_le_bytes());
+            m.extend(0u32.to_le_bytes());
+            m.extend(2u64.to_le_bytes()); // root bucket's page
+            m.extend(0u64.to_le_bytes()); // sequence
+            m.extend(0u64.to_le_bytes()); // freelist
+            m.extend(((2 + pages) as u64).to_le_bytes()); // pgid high water
+            m.extend(txid.to_le_bytes());
+            let sum = fnv1a64(&m);
+            m.extend(sum.to_le_bytes());
+            let off = i * PS;
+            out[off..off + 8].copy_from_slice(&(i as u64).to_le_bytes());
+            out[off + 8..off + 10].copy_from_slice(&4u16.to_le_bytes()); // meta page
+            out[off + PAGE_HEADER..off + PAGE_HEADER + m.len()].copy_from_slice(&m);
+        }
+        out.extend(root);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +469,30 @@ mod tests {
             }
         }
         assert!(errors > 0);
+    }
+
+    #[test]
+    fn the_test_writer_reads_back() {
+        use super::write::{build, Tree};
+        let mut t = Tree::default();
+        let big = vec![7u8; 10_000];
+        t.set(&[b"v1", b"ns", b"images", b"a\nb"], b"k", b"\x00\xff");
+        t.set(&[b"v1"], b"big", &big);
+        let data = build(&t);
+        let db = Db::open(&data).unwrap();
+        let v1 = db.root().bucket(b"v1").unwrap().unwrap();
+        assert_eq!(v1.value(b"big").unwrap(), Some(&big[..]));
+        let img = v1
+            .bucket(b"ns")
+            .unwrap()
+            .unwrap()
+            .bucket(b"images")
+            .unwrap()
+            .unwrap()
+            .bucket(b"a\nb")
+            .unwrap()
+            .unwrap();
+        assert_eq!(img.value(b"k").unwrap(), Some(&b"\x00\xff"[..]));
     }
 
     fn containerd_images_of(db: &Db) -> Result<usize> {

@@ -1,9 +1,10 @@
 //! The helper side for containerd, run inside the build container: drives
 //! the build container's containerd with its own client, `ctr` (every
-//! containerd package ships it), and leaves each image as a CRI pull
-//! leaves it: the records `repo:tag`, `repo@sha256:DIGEST` and
-//! `sha256:CONFIG`, labelled `io.cri-containerd.image=managed` (and
-//! pinned), unpacked into the overlayfs snapshotter. Reports
+//! containerd package ships it), and leaves each image as the target's own
+//! pull leaves it ([`Records`]): for the CRI the records `repo:tag`,
+//! `repo@sha256:DIGEST` and `sha256:CONFIG`, labelled
+//! `io.cri-containerd.image=managed` (and pinned); for Docker 29 (`moby`)
+//! its name alone. Unpacked into the overlayfs snapshotter. Reports
 //! [`Event`]s on stdout as the Docker helpers do.
 //!
 //! The daemon runs without its CRI plugin (see [`super::config_toml`]):
@@ -23,10 +24,8 @@ use crate::platform::Platform;
 use crate::protocol::{classified, emit, emit_failed, ContainerdVersion, Event, FailureKind, Got};
 use crate::source::ImageRef;
 
-/// The label that makes an image the CRI's (the kubelet lists it).
-pub const MANAGED: (&str, &str) = ("io.cri-containerd.image", "managed");
-/// The label that keeps the kubelet's image garbage collection off it.
-pub const PINNED: (&str, &str) = ("io.cri-containerd.pinned", "pinned");
+use super::image::{MANAGED, PINNED};
+use super::Records;
 
 /// `ctr` talking to one namespace of the build container's containerd.
 struct Ctr<'a> {
@@ -50,23 +49,41 @@ impl Ctr<'_> {
     }
 
     fn finish(&self, mut cmd: Command, args: &[&str]) -> Result<Vec<u8>> {
-        let out = cmd.output().map_err(|e| {
-            anyhow::anyhow!(
-                "running ctr (containerd's client) in the build container: {e}; \
-                 the build image must have ctr on its PATH"
-            )
-        })?;
+        let out = cmd.output().map_err(not_started)?;
         if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let said = stderr
-                .lines()
-                .rev()
-                .find_map(|l| l.strip_prefix("ctr: "))
-                .unwrap_or(stderr.trim());
-            let message = format!("ctr {} failed: {said}", args.first().unwrap_or(&""));
-            return Err(classified(FailureKind::of_message(said), message));
+            return Err(failed(args, &out.stderr));
         }
         Ok(out.stdout)
+    }
+
+    /// Runs `ctr ARGS`, handing each line of its standard output (escape
+    /// sequences left out) to `line` as it comes.
+    fn follow(&self, args: &[&str], line: &mut dyn FnMut(&str)) -> Result<()> {
+        use std::io::{BufRead, Read};
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(not_started)?;
+        let mut stderr = child.stderr.take().context("ctr's standard error")?;
+        let errors = std::thread::spawn(move || {
+            let mut b = vec![];
+            let _ = stderr.read_to_end(&mut b);
+            b
+        });
+        let mut out = std::io::BufReader::new(child.stdout.take().context("ctr's output")?);
+        let mut buf = vec![];
+        while matches!(out.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            line(&without_escapes(&String::from_utf8_lossy(&buf)));
+            buf.clear();
+        }
+        let status = child.wait().context("waiting for ctr")?;
+        let stderr = errors.join().unwrap_or_default();
+        if !status.success() {
+            return Err(failed(args, &stderr));
+        }
+        Ok(())
     }
 
     /// Every image record: name -> target digest.
@@ -90,6 +107,101 @@ impl Ctr<'_> {
     }
 }
 
+fn not_started(e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "running ctr (containerd's client) in the build container: {e}; \
+         the build image must have ctr on its PATH"
+    )
+}
+
+/// What a failed `ctr ARGS` said (its last `ctr: ` line, which is its
+/// error), classified.
+fn failed(args: &[&str], stderr: &[u8]) -> anyhow::Error {
+    let stderr = String::from_utf8_lossy(stderr);
+    let said = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("ctr: "))
+        .unwrap_or(stderr.trim());
+    // `ctr images pull`, not the password of `--user`.
+    let what: Vec<&str> = args.iter().take(2).copied().collect();
+    let message = format!("ctr {} failed: {said}", what.join(" "));
+    classified(FailureKind::of_message(said), message)
+}
+
+/// `text` without terminal escape sequences (`ESC [ ... letter`).
+fn without_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A layer's line of ctr's pull progress.
+#[derive(Debug, PartialEq)]
+struct LayerLine {
+    /// The first 12 hex digits of its digest.
+    layer: String,
+    /// `waiting`, `downloading`, `done`, `complete`, `exists`, ...
+    status: String,
+    /// Bytes so far and in all, when it says.
+    bytes: Option<(u64, u64)>,
+}
+
+/// The layer line `line` of ctr's pull progress, if it is one. ctr 1.7
+/// writes `layer-sha256:HEX:  downloading  |+++---|  1.2 MiB/3.0 MiB`,
+/// ctr 2.x `layer (HEX12)  downloading  |+++---|  1.2 MiB/3.0 MiB`.
+fn layer_progress(line: &str) -> Option<LayerLine> {
+    let line = line.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    let (hex, rest) = if let Some(r) = line.strip_prefix("layer-sha256:") {
+        r.split_once(':')?
+    } else {
+        line.strip_prefix("layer (")?.split_once(')')?
+    };
+    let hex = hex.get(..12)?;
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let status = rest.split('|').next()?.trim().to_string();
+    let bytes = rest
+        .rsplit('|')
+        .next()
+        .and_then(|t| t.trim().split_once('/'))
+        .and_then(|(a, b)| Some((human_bytes(a)?, human_bytes(b)?)));
+    Some(LayerLine {
+        layer: hex.to_string(),
+        status,
+        bytes,
+    })
+}
+
+/// `1.2 MiB`, `107.6 Mi` (ctr cuts it at 8 characters), `512 B`.
+fn human_bytes(text: &str) -> Option<u64> {
+    let (n, unit) = text.trim().split_once(' ')?;
+    let n: f64 = n.parse().ok()?;
+    let scale = match unit.trim_end_matches('B') {
+        "" => 1u64,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    Some((n * scale as f64) as u64)
+}
+
 /// The fields of a manifest, an index and a config that are read here.
 #[derive(Deserialize)]
 struct Blob {
@@ -97,11 +209,15 @@ struct Blob {
     manifests: Option<Vec<Descriptor>>,
     #[serde(default)]
     config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
 }
 
 #[derive(Deserialize)]
 struct Descriptor {
     digest: String,
+    #[serde(default)]
+    size: u64,
     #[serde(default)]
     platform: Option<DescPlatform>,
 }
@@ -264,7 +380,32 @@ fn pull_one(ctr: &Ctr<'_>, req: &PullRequest<'_>, r: &ImageRef, index: usize) ->
     }
     args.push(&name);
     // ctr echoes no argument in its messages: the password stays here.
-    ctr.run(&args)?;
+    // Its progress table gives each layer's bytes as they come (a layer it
+    // has already is not downloaded: `exists`, `already exists`).
+    let mut downloaded: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    ctr.follow(&args, &mut |line| {
+        let Some(LayerLine {
+            layer,
+            status,
+            bytes,
+        }) = layer_progress(line)
+        else {
+            return;
+        };
+        if !matches!(status.as_str(), "downloading" | "done" | "complete") {
+            return;
+        }
+        let (current, total) = bytes.unwrap_or_default();
+        if downloaded.insert(layer.clone(), (current, total)) != Some((current, total)) && total > 0
+        {
+            emit(&Event::Layer {
+                image: index,
+                layer,
+                current,
+                total,
+            });
+        }
+    })?;
     // `name:tag@digest` is pulled by digest (as the CRI does) and keeps its
     // tag as a record of its own.
     let mut names = vec![name.clone()];
@@ -277,8 +418,22 @@ fn pull_one(ctr: &Ctr<'_>, req: &PullRequest<'_>, r: &ImageRef, index: usize) ->
         platform: &req.platform,
         allow_platform_mismatch: req.allow_platform_mismatch,
         pin: req.pin,
+        records: Records::of(req.namespace),
     };
-    cri_records(ctr, &names, &want, index)
+    let (got, layers) = finish_records(ctr, &names, &want, index)?;
+    // The exact sizes of what was downloaded, from the manifest.
+    for l in layers {
+        let hex = l.digest.trim_start_matches("sha256:");
+        if let Some(short) = hex.get(..12).filter(|s| downloaded.contains_key(*s)) {
+            emit(&Event::Layer {
+                image: index,
+                layer: short.to_string(),
+                current: l.size,
+                total: l.size,
+            });
+        }
+    }
+    Ok(got)
 }
 
 /// What an image must be, and how it is labelled.
@@ -286,12 +441,19 @@ struct Want<'a> {
     platform: &'a Platform,
     allow_platform_mismatch: bool,
     pin: bool,
+    records: Records,
 }
 
-/// Gives the image of the records `names` (one target) the other records
-/// a CRI pull makes, and labels them all; checks that its config is for
-/// the target platform.
-fn cri_records(ctr: &Ctr<'_>, names: &[String], want: &Want<'_>, index: usize) -> Result<Got> {
+/// Checks that the config of the image of the records `names` (one
+/// target) is for the target platform; for the CRI, gives it the other
+/// records a CRI pull makes and labels them all. Returns it and its
+/// layers.
+fn finish_records(
+    ctr: &Ctr<'_>,
+    names: &[String],
+    want: &Want<'_>,
+    index: usize,
+) -> Result<(Got, Vec<Descriptor>)> {
     let first = names.first().context("an image without a name")?;
     let records = ctr.images()?;
     let target = records
@@ -309,13 +471,26 @@ fn cri_records(ctr: &Ctr<'_>, names: &[String], want: &Want<'_>, index: usize) -
                         .as_ref()
                         .is_some_and(|p| want.platform.accepts(&p.platform()))
                 })
-                .with_context(|| format!("{first}: its index has no image for {}", want.platform))
-                .map_err(|e| classified(FailureKind::Platform, format!("{e:#}")))?;
+                .ok_or_else(|| {
+                    let has: Vec<String> = list
+                        .iter()
+                        .filter_map(|m| m.platform.as_ref().map(|p| p.platform().to_string()))
+                        .collect();
+                    classified(
+                        FailureKind::Platform,
+                        format!(
+                            "its index has no image for {} (it has {})",
+                            want.platform,
+                            has.join(", ")
+                        ),
+                    )
+                })?;
             serde_json::from_slice(&ctr.content(&chosen.digest)?)
                 .with_context(|| format!("reading the manifest {} of {first}", chosen.digest))?
         }
         None => blob,
     };
+    let layers = manifest.layers;
     let config = manifest
         .config
         .with_context(|| format!("the manifest of {first} has no config"))?
@@ -343,6 +518,14 @@ fn cri_records(ctr: &Ctr<'_>, names: &[String], want: &Want<'_>, index: usize) -
         });
     }
     let mut all: Vec<String> = names.to_vec();
+    if want.records == Records::Docker {
+        let got = Got {
+            id: config,
+            platform: platform.to_string(),
+            names: all,
+        };
+        return Ok((got, layers));
+    }
     for extra in names
         .iter()
         .map(|n| format!("{}@{target}", repository(n)))
@@ -365,11 +548,12 @@ fn cri_records(ctr: &Ctr<'_>, names: &[String], want: &Want<'_>, index: usize) -
         args.extend(labels.iter().map(String::as_str));
         ctr.run(&args)?;
     }
-    Ok(Got {
+    let got = Got {
         id: config,
         platform: platform.to_string(),
         names: all,
-    })
+    };
+    Ok((got, layers))
 }
 
 /// Removes the leases the pulls left (build-machine state: a lease keeps
@@ -378,6 +562,40 @@ fn forget_leases(ctr: &Ctr<'_>) -> Result<()> {
     let out = ctr.run(&["leases", "ls", "-q"])?;
     for id in String::from_utf8_lossy(&out).split_whitespace() {
         ctr.run(&["leases", "rm", id])?;
+    }
+    Ok(())
+}
+
+/// Removes every image record but those of `namespace` named in the JSON
+/// list on standard input (a cache's images of other runs, in any
+/// namespace), waiting for the garbage collection of what only they kept;
+/// prints `removed NAME` (`NAMESPACE/NAME` in another namespace) for each.
+pub fn prune(socket: &str, namespace: &str) -> Result<()> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut input)
+        .context("reading the names to keep")?;
+    let keep: Vec<String> =
+        serde_json::from_str(input.trim()).context("reading the names to keep (JSON)")?;
+    let all = Ctr {
+        socket,
+        namespace: "default",
+    };
+    let out = all.run(&["namespaces", "ls", "-q"])?;
+    for ns in String::from_utf8_lossy(&out).split_whitespace() {
+        let ctr = Ctr {
+            socket,
+            namespace: ns,
+        };
+        for name in ctr.images()?.into_keys() {
+            if ns == namespace && keep.contains(&name) {
+                continue;
+            }
+            ctr.run(&["images", "rm", "--sync", &name])?;
+            match ns == namespace {
+                true => println!("removed {name}"),
+                false => println!("removed {ns}/{name}"),
+            }
+        }
     }
     Ok(())
 }
@@ -420,10 +638,11 @@ pub fn import(req: &ImportRequest<'_>) -> Result<()> {
             platform: &req.platform,
             allow_platform_mismatch: false,
             pin: req.pin,
+            records: Records::of(req.namespace),
         };
         let mut got: Vec<Got> = vec![];
         for names in by_target.values() {
-            let g = cri_records(&ctr, names, &want, req.index)?;
+            let (g, _) = finish_records(&ctr, names, &want, req.index)?;
             match got.iter_mut().find(|o| o.id == g.id) {
                 Some(o) => o.names.extend(g.names),
                 None => got.push(g),
@@ -454,6 +673,51 @@ pub fn import(req: &ImportRequest<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_lines_of_ctr_1_7_and_2_x() {
+        let v17 = "layer-sha256:0b719b4bbdc1f41ef7e8014d4ba5675b862b17f0e2d6868bf8afe49fdf6b30e0:    downloading    |\x1b[32m+++++\x1b[0m-----| 96.0 MiB/107.6 MiB \n";
+        let LayerLine {
+            layer: hex,
+            status,
+            bytes,
+        } = layer_progress(&without_escapes(v17)).unwrap();
+        assert_eq!(
+            (hex.as_str(), status.as_str()),
+            ("0b719b4bbdc1", "downloading")
+        );
+        assert_eq!(
+            bytes,
+            Some((96 << 20, (107.6 * (1u64 << 20) as f64) as u64))
+        );
+        let v2 = "   \u{2514}\u{2500}\u{2500}layer (7bce0c5aa1b9)              \tdownloading\t|\x1b[32m+++\x1b[0m---|\t107.6 Mi/294.1 MiB\t";
+        let LayerLine {
+            layer: hex,
+            status,
+            bytes,
+        } = layer_progress(&without_escapes(v2)).unwrap();
+        assert_eq!(
+            (hex.as_str(), status.as_str()),
+            ("7bce0c5aa1b9", "downloading")
+        );
+        assert_eq!(bytes.unwrap().0, (107.6 * (1u64 << 20) as f64) as u64);
+        let done = "   \u{251c}\u{2500}\u{2500}layer (402733431054)   \tcomplete   \t|\x1b[32m++++\x1b[0m|\t";
+        let l = layer_progress(&without_escapes(done)).unwrap();
+        assert_eq!((l.status.as_str(), l.bytes), ("complete", None));
+        let exists = "layer-sha256:402733431054a10e682f5a994a026f22991dc4b0fdd6ee41969cbb95b81b370d:    exists    |++++| ";
+        assert_eq!(layer_progress(exists).unwrap().status, "exists");
+        for other in [
+            "manifest (681be7b85794)   \tcomplete",
+            "Pulling from OCI Registry (x)\telapsed: 0.0 s\ttotal:   0.0 B",
+            "layer (nothex!!!!!!)  done",
+            "",
+        ] {
+            assert!(layer_progress(other).is_none(), "{other:?}");
+        }
+        assert_eq!(human_bytes("512 B"), Some(512));
+        assert_eq!(human_bytes("1.0 KiB"), Some(1024));
+        assert_eq!(human_bytes("3 parsecs"), None);
+    }
 
     #[test]
     fn versions_and_what_each_target_reads() {

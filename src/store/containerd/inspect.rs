@@ -1,10 +1,11 @@
 //! What `inspect` lists of containerd's store: the image records of every
-//! namespace in its metadata database, read with [`super::bolt`].
+//! namespace in its metadata database, read with [`super::bolt`], pinned
+//! or not, unpacked or not.
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::bolt;
+use super::{bolt, image};
 use super::{layout, ROOT};
 use crate::fsread::{is_dir, join, show, FsRead};
 
@@ -45,15 +46,17 @@ pub struct ContainerdImage {
     pub digest: String,
     /// Media type of the target (manifest, index, ...).
     pub media_type: String,
-}
-
-fn utf8(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    /// Labelled `io.cri-containerd.pinned=pinned`: the kubelet's image
+    /// garbage collection leaves it.
+    pub pinned: bool,
+    /// The snapshot of its top layer (its chain ID) is in the namespace's
+    /// overlayfs snapshots: a container starts without unpacking.
+    pub unpacked: bool,
 }
 
 /// containerd keeps images in its metadata database (core/metadata/
 /// buckets.go): v1 / <namespace> / images / <name> / target / {digest,
-/// mediatype, size}.
+/// mediatype, size}, and labels.
 fn containerd_store(fs: &dyn FsRead) -> Result<ContainerdStore> {
     let meta = join(ROOT.as_bytes(), layout::META.as_bytes());
     if fs.stat(&meta)?.is_none() {
@@ -62,50 +65,44 @@ fn containerd_store(fs: &dyn FsRead) -> Result<ContainerdStore> {
     let raw = fs
         .read_all(&meta)
         .with_context(|| format!("reading {}", show(&meta)))?;
-    let namespaces = containerd_images(&raw).with_context(|| format!("reading {}", show(&meta)))?;
+    let namespaces =
+        containerd_images(fs, &raw).with_context(|| format!("reading {}", show(&meta)))?;
     Ok(ContainerdStore { namespaces })
 }
 
-fn containerd_images(db: &[u8]) -> Result<Vec<ContainerdNamespace>> {
+fn containerd_images(fs: &dyn FsRead, db: &[u8]) -> Result<Vec<ContainerdNamespace>> {
     let db = bolt::Db::open(db)?;
-    let root = db.root();
-    let Some(v1) = root.bucket(b"v1")? else {
-        return Ok(vec![]);
-    };
     let mut out = vec![];
-    for (ns, entry) in v1.entries()? {
-        let bolt::Entry::Bucket(ns_bucket) = entry else {
-            continue;
-        };
-        let Some(images) = ns_bucket.bucket(b"images")? else {
-            continue;
-        };
+    for (ns, bucket) in image::namespaces(&db)? {
         let mut list = vec![];
-        for (name, entry) in images.entries()? {
-            let bolt::Entry::Bucket(image) = entry else {
-                continue;
-            };
-            let target = image.bucket(b"target")?;
-            let field = |k: &[u8]| -> Result<String> {
-                Ok(match &target {
-                    Some(t) => t.value(k)?.map(utf8).unwrap_or_default(),
-                    None => String::new(),
-                })
-            };
+        for r in image::records(&bucket)? {
             list.push(ContainerdImage {
-                name: utf8(name),
-                digest: field(b"digest")?,
-                media_type: field(b"mediatype")?,
+                unpacked: unpacked(fs, &bucket, &r.digest),
+                pinned: r.pinned(),
+                name: r.name,
+                digest: r.digest,
+                media_type: r.media_type,
             });
         }
         if !list.is_empty() {
             list.sort_by(|a, b| a.name.cmp(&b.name));
             out.push(ContainerdNamespace {
-                name: utf8(ns),
+                name: ns,
                 images: list,
             });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// Whether a stored platform image of `target` has its top layer's
+/// snapshot; false when that cannot be told (`verify` says why).
+fn unpacked(fs: &dyn FsRead, ns: &bolt::Bucket<'_>, target: &str) -> bool {
+    let Ok(platforms) = image::platforms(fs, target) else {
+        return false;
+    };
+    platforms
+        .iter()
+        .any(|p| image::is_unpacked(ns, p).unwrap_or(false))
 }

@@ -2,28 +2,55 @@
 //! (blobs by digest), the metadata database (`meta.db`: image records and
 //! labels per namespace) and the overlayfs snapshotter (unpacked layers),
 //! written by a containerd in the build container. It owns its on-disk
-//! layout; [`inspect`] lists its images and [`Containerd::verify`] hashes
-//! its content.
+//! layout; [`inspect`] lists its images and [`verify`] checks them.
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 use super::export::{ExportStats, Scope};
-use super::{Backend, DaemonOptions, Failure, Inventory, Merge, Report, Selection};
-use crate::digest::{hex, is_hex64};
+use super::{Backend, DaemonOptions, Inventory, Merge, Report, Selection};
+use crate::digest::is_hex64;
 use crate::ext4::Need;
 use crate::fsread::{is_dir, join, show, FsRead, Kind};
 use crate::protocol::StoreKind;
 
 pub mod bolt;
 pub mod ctr;
+pub mod image;
 pub mod inspect;
+pub mod layer_stream;
+pub mod snapdiff;
+pub mod verify;
 
 /// Where Flatcar's containerd keeps its root (its config's `root`).
 pub const ROOT: &str = "/var/lib/containerd";
+
+/// The namespace of Docker 29's containerd image store.
+pub const DOCKER_NAMESPACE: &str = "moby";
+
+/// Whose pull an image is left as, by the namespace it goes into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Records {
+    /// The CRI's (the kubelet's `k8s.io`, and any namespace but Docker's):
+    /// `repo:tag`, `repo@sha256:DIGEST` and `sha256:CONFIG`, labelled
+    /// managed (and pinned).
+    Cri,
+    /// Docker 29's in [`DOCKER_NAMESPACE`]: the name alone, no label (it
+    /// would list `sha256:CONFIG` as an image of its own).
+    Docker,
+}
+
+impl Records {
+    pub fn of(namespace: &str) -> Records {
+        if namespace == DOCKER_NAMESPACE {
+            Records::Docker
+        } else {
+            Records::Cri
+        }
+    }
+}
 
 /// The sandbox (pause) image a containerd of `version` is built with
 /// (its CRI default, which Flatcar's configuration keeps).
@@ -107,6 +134,8 @@ pub mod layout {
     pub const META: &str = "io.containerd.metadata.v1.bolt/meta.db";
     /// The overlayfs snapshotter: its own metadata.db and `snapshots/N/fs`.
     pub const SNAPSHOTS: &str = "io.containerd.snapshotter.v1.overlayfs/snapshots";
+    /// The overlayfs snapshotter's database: snapshot keys, IDs, parents.
+    pub const SNAPSHOTTER_META: &str = "io.containerd.snapshotter.v1.overlayfs/metadata.db";
 }
 
 /// The top-level entries of the root that a containerd needs to find the
@@ -145,6 +174,10 @@ impl Backend for Containerd {
 
     /// The build container's containerd with [`config_toml`] (the
     /// image's own configuration is not read).
+    fn exports_part(&self) -> bool {
+        false
+    }
+
     fn daemon(&self, opts: &DaemonOptions<'_>) -> Vec<String> {
         [
             "containerd",
@@ -206,48 +239,13 @@ impl Backend for Containerd {
     }
 
     fn verify_total(&self, fs: &dyn FsRead) -> Result<u64> {
-        let mut total = 0;
-        for (path, _) in blobs(fs)? {
-            if let Some(st) = fs.stat(&path)? {
-                total += st.size;
-            }
-        }
-        Ok(total)
+        verify::total(fs)
     }
 
-    /// Every blob of the content store hashes to the digest it is named
-    /// by.
+    /// See [`verify`]: labels, snapshot chains, snapshots against their
+    /// layers, blobs against their digests.
     fn verify(&self, fs: &dyn FsRead, progress: &mut dyn FnMut(u64)) -> Result<Report> {
-        let mut report = Report {
-            images: 0,
-            layers: self.layers(fs)? as usize,
-            bytes_hashed: 0,
-            failures: vec![],
-        };
-        if let Some(Inventory::Containerd(store)) = self.inspect(fs)? {
-            report.images = store.namespaces.iter().map(|n| n.images.len()).sum();
-        }
-        for (path, name) in blobs(fs)? {
-            let mut h = Sha256::new();
-            let n = fs
-                .read_file(&path, &mut |chunk| {
-                    h.update(chunk);
-                    progress(chunk.len() as u64);
-                    Ok(())
-                })
-                .with_context(|| format!("reading {}", show(&path)))?;
-            report.bytes_hashed += n;
-            let got = hex(&h.finalize());
-            if got != name {
-                report.failures.push(Failure {
-                    image: None,
-                    layer: None,
-                    path: Some(show(&path)),
-                    problem: format!("content hashes to sha256:{got}, not to its name"),
-                });
-            }
-        }
-        Ok(report)
+        verify::verify(fs, progress)
     }
 }
 
@@ -262,7 +260,7 @@ fn refuse_selection(only: Option<&Selection>) -> Result<()> {
 
 /// The blobs of the content store: (path, hex digest of their name),
 /// sorted; a name that is not a sha256 hex digest is an error.
-fn blobs(fs: &dyn FsRead) -> Result<Vec<(Vec<u8>, String)>> {
+pub fn blobs(fs: &dyn FsRead) -> Result<Vec<(Vec<u8>, String)>> {
     let dir = join(ROOT.as_bytes(), layout::BLOBS.as_bytes());
     if !is_dir(fs, &dir)? {
         return Ok(vec![]);

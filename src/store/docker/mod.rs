@@ -88,6 +88,10 @@ impl Backend for Docker {
         crate::docker::INNER_SOCKET
     }
 
+    fn exports_part(&self) -> bool {
+        true
+    }
+
     fn daemon(&self, opts: &DaemonOptions<'_>) -> Vec<String> {
         [
             "dockerd",

@@ -33,6 +33,10 @@ fn join(root: &[u8], rel: &str) -> Vec<u8> {
     join_bytes(root, rel.as_bytes())
 }
 use super::layout::{CONTENT as IMAGEDB, IMAGE, LAYERDB, LAYERS, LINKS, REPOSITORIES};
+use crate::store::check::{
+    clean, diff_ids, split_last, Subject, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_META_PREFIX,
+    WHITEOUT_PREFIX,
+};
 use crate::store::{Failure, Report};
 
 /// Where the store is.
@@ -49,32 +53,9 @@ impl Default for Options {
     }
 }
 
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
-const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-
 /// Go's `hash/crc64` with the ISO table, as tar-split stores per file.
 const CRC64: crc::Crc<u64, crc::Table<16>> =
     crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_GO_ISO);
-
-/// Who a failure is about.
-#[derive(Clone)]
-struct Subject {
-    image: Option<String>,
-    layer: Option<String>,
-}
-
-impl Subject {
-    fn fail(&self, path: Option<&[u8]>, problem: impl Into<String>) -> Failure {
-        Failure {
-            image: self.image.clone(),
-            layer: self.layer.clone(),
-            path: path.map(show),
-            problem: problem.into(),
-        }
-    }
-}
 
 /// What is known of a layer once checked (for the `lower` of layers above).
 #[derive(Clone)]
@@ -123,27 +104,6 @@ fn read_text(
             None
         }
     }
-}
-
-/// Layer IDs of an image config, in order (`rootfs.diff_ids`).
-fn diff_ids(config: &[u8]) -> Result<Vec<String>> {
-    #[derive(Deserialize)]
-    struct RootFs {
-        #[serde(default)]
-        diff_ids: Vec<String>,
-    }
-    #[derive(Deserialize)]
-    struct Config {
-        rootfs: RootFs,
-    }
-    let c: Config = serde_json::from_slice(config).context("parsing the image config")?;
-    for d in &c.rootfs.diff_ids {
-        match d.strip_prefix("sha256:") {
-            Some(h) if is_hex64(h) => {}
-            _ => bail!("rootfs.diff_ids holds {d:?}, not a sha256 digest"),
-        }
-    }
-    Ok(c.rootfs.diff_ids)
 }
 
 /// Image IDs (hex) of `imagedb`, sorted; Err when the store is unreadable.
@@ -707,29 +667,6 @@ struct Pass<'a> {
     bytes: u64,
 }
 
-/// The cleaned relative path of a tar entry name; None when it leaves
-/// the layer.
-fn clean(name: &[u8]) -> Option<Vec<u8>> {
-    let mut parts: Vec<&[u8]> = vec![];
-    for c in name.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                parts.pop()?;
-            }
-            c => parts.push(c),
-        }
-    }
-    Some(parts.join(&b'/'))
-}
-
-fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
-    match rel.iter().rposition(|&b| b == b'/') {
-        Some(i) => (&rel[..i], &rel[i + 1..]),
-        None => (b"", rel),
-    }
-}
-
 impl Pass<'_> {
     fn fail(&mut self, path: &[u8], problem: impl Into<String>) {
         if !self.diagnose {
@@ -991,110 +928,13 @@ impl Pass<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::io::Write;
 
     use super::*;
-    use crate::fsread::Stat;
 
     const ROOT: &str = "/var/lib/docker";
 
-    #[derive(Clone)]
-    struct Node {
-        stat: Stat,
-        data: Vec<u8>,
-        xattrs: Vec<(String, Vec<u8>)>,
-    }
-
-    /// A tree in memory: full control over kinds, devices and xattrs.
-    #[derive(Clone, Default)]
-    struct MemFs {
-        nodes: BTreeMap<Vec<u8>, Node>,
-    }
-
-    impl MemFs {
-        fn put(&mut self, path: &str, kind: Kind, data: &[u8], rdev: (u32, u32)) {
-            if let Some(i) = path.rfind('/') {
-                if i > 0 && !self.nodes.contains_key(&path.as_bytes()[..i]) {
-                    self.put(&path[..i], Kind::Dir, b"", (0, 0));
-                }
-            }
-            let ino = self.nodes.len() as u64 + 1;
-            self.nodes.insert(
-                path.as_bytes().to_vec(),
-                Node {
-                    stat: Stat {
-                        kind,
-                        mode: 0o755,
-                        uid: 0,
-                        gid: 0,
-                        size: if kind == Kind::Dir {
-                            4096
-                        } else {
-                            data.len() as u64
-                        },
-                        rdev,
-                        ino,
-                        nlink: 1,
-                    },
-                    data: data.to_vec(),
-                    xattrs: vec![],
-                },
-            );
-        }
-        fn file(&mut self, path: &str, data: &[u8]) {
-            self.put(path, Kind::File, data, (0, 0));
-        }
-        fn dir(&mut self, path: &str) {
-            if !self.nodes.contains_key(path.as_bytes()) {
-                self.put(path, Kind::Dir, b"", (0, 0));
-            }
-        }
-        fn node(&mut self, path: &str) -> &mut Node {
-            self.nodes
-                .get_mut(path.as_bytes())
-                .unwrap_or_else(|| panic!("no {path} in the fixture"))
-        }
-        fn remove(&mut self, path: &str) {
-            assert!(
-                self.nodes.remove(path.as_bytes()).is_some(),
-                "no {path} in the fixture"
-            );
-        }
-    }
-
-    impl FsRead for MemFs {
-        fn stat(&self, path: &[u8]) -> Result<Option<Stat>> {
-            Ok(self.nodes.get(path).map(|n| n.stat.clone()))
-        }
-        fn read_dir(&self, path: &[u8]) -> Result<Vec<Vec<u8>>> {
-            let mut prefix = path.to_vec();
-            prefix.push(b'/');
-            Ok(self
-                .nodes
-                .keys()
-                .filter_map(|k| k.strip_prefix(&prefix[..]))
-                .filter(|rest| !rest.contains(&b'/'))
-                .map(<[u8]>::to_vec)
-                .collect())
-        }
-        fn read_file(&self, path: &[u8], sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
-            let n = self.nodes.get(path).context("no such file")?;
-            anyhow::ensure!(n.stat.kind == Kind::File, "not a regular file");
-            for c in n.data.chunks(64 * 1024) {
-                sink(c)?;
-            }
-            Ok(n.data.len() as u64)
-        }
-        fn read_link(&self, path: &[u8]) -> Result<Vec<u8>> {
-            let n = self.nodes.get(path).context("no such file")?;
-            anyhow::ensure!(n.stat.kind == Kind::Symlink, "not a symlink");
-            Ok(n.data.clone())
-        }
-        fn xattrs(&self, path: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
-            Ok(self.nodes.get(path).context("no such file")?.xattrs.clone())
-        }
-    }
+    use crate::store::check::memfs::MemFs;
 
     /// What a layer's tar holds.
     enum Ent {
@@ -1394,22 +1234,6 @@ mod tests {
         }
     }
 
-    /// Writes the tree into a host directory (files, dirs, symlinks only).
-    fn materialize(fs: &MemFs, dir: &std::path::Path) {
-        use std::os::unix::ffi::OsStrExt;
-        for (path, node) in &fs.nodes {
-            let p = dir.join(std::ffi::OsStr::from_bytes(&path[1..]));
-            match node.stat.kind {
-                Kind::Dir => std::fs::create_dir_all(&p).unwrap(),
-                Kind::File => std::fs::write(&p, &node.data).unwrap(),
-                Kind::Symlink => {
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&node.data), &p).unwrap()
-                }
-                k => panic!("materialize cannot make a {k:?}"),
-            }
-        }
-    }
-
     fn random_bytes(n: usize, seed: u32) -> Vec<u8> {
         let mut x = seed.wrapping_mul(2_654_435_761) | 1;
         (0..n)
@@ -1449,7 +1273,7 @@ mod tests {
         let l3 = vec![Ent::Dir("./"), Ent::File("./x", b"x content".to_vec())];
         let f = fixture_of([l1, l2, l3]);
         let tmp = tempfile::tempdir().unwrap();
-        materialize(&f.fs, tmp.path());
+        f.fs.materialize(tmp.path());
         let host = crate::fsread::HostDir(tmp.path().to_path_buf());
         let opts = Options {
             root: ROOT.as_bytes().to_vec(),
