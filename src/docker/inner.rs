@@ -205,22 +205,34 @@ async fn pull_one(
         None,
         creds,
     );
+    // The layers seen downloading, with their size. A small layer can come
+    // down in one read with no "Downloading" progress: "Download complete"
+    // (which a layer the daemon has already never gets) counts it too.
+    let mut sizes: HashMap<String, u64> = HashMap::new();
     while let Some(item) = s.next().await {
         let item = item.map_err(api_message)?;
         if let Some(msg) = item.error_detail.and_then(|d| d.message) {
             bail!(msg);
         }
-        if let (Some(layer), Some(p)) = (item.id, item.progress_detail) {
-            if let (Some(cur), Some(total)) = (p.current, p.total) {
-                if item.status.as_deref() == Some("Downloading") {
-                    emit(&Event::Layer {
-                        image: index,
-                        layer,
-                        current: cur.max(0) as u64,
-                        total: total.max(0) as u64,
-                    });
-                }
+        let Some(layer) = item.id else { continue };
+        let progress = match item.status.as_deref() {
+            Some("Downloading") => item
+                .progress_detail
+                .and_then(|p| Some((p.current?.max(0) as u64, p.total?.max(0) as u64))),
+            Some("Download complete") => {
+                let size = sizes.get(&layer).copied().unwrap_or(0);
+                Some((size, size))
             }
+            _ => None,
+        };
+        if let Some((current, total)) = progress {
+            sizes.insert(layer.clone(), total);
+            emit(&Event::Layer {
+                image: index,
+                layer,
+                current,
+                total,
+            });
         }
     }
     let pulled = match r.digest {
