@@ -32,6 +32,8 @@ pub struct Stat {
     pub rdev: (u32, u32),
     pub ino: u64,
     pub nlink: u32,
+    /// Modification time: seconds since 1970 and nanoseconds.
+    pub mtime: (i64, u32),
 }
 
 /// A read-only tree. Paths are absolute byte strings (`/var/lib/docker/...`):
@@ -134,6 +136,7 @@ impl FsRead for HostDir {
             ),
             ino: md.ino(),
             nlink: md.nlink() as u32,
+            mtime: (md.mtime(), md.mtime_nsec() as u32),
         }))
     }
 

@@ -116,6 +116,30 @@ impl<R: Read> Read for ReadProgress<R> {
     }
 }
 
+/// Counts the bytes written through it into a [`Bar`].
+pub struct WriteProgress<W> {
+    inner: W,
+    bar: Bar,
+}
+
+impl<W> WriteProgress<W> {
+    pub fn new(inner: W, bar: Bar) -> Self {
+        WriteProgress { inner, bar }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for WriteProgress<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// One line per image while pulling: its layers' bytes so far.
 pub struct Pulls {
     multi: Option<indicatif::MultiProgress>,

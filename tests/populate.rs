@@ -3076,6 +3076,109 @@ fn baked_equals_a_direct_cri_pull(disk: &Path, target: &str, refs: &[&str]) {
     drop(m);
 }
 
+/// `--merge` over containerd's store: the build container's containerd
+/// starts on a copy of the store in ROOT, adds the new images (Docker's
+/// store gets its own in the same run), and its store replaces the old
+/// one: the target's containerd lists and runs the images of both runs,
+/// pinned, and the snapshots of the first are as they were. A target
+/// that cannot read the store, and a --cache, are refused before any pull.
+#[test]
+fn merge_adds_to_a_containerd_store() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    let (layers, second) = (f.listed[0].0.as_str(), f.listed[1].0.as_str());
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "current"], tmp.path());
+    let first = tmp.path().join("first.bin");
+    let (d, o1) = (disk.to_str().unwrap(), first.to_str().unwrap());
+    let none = ["--sandbox-image", "none"];
+    let o = populate(
+        &[
+            &[d, layers, "--containerd-image", layers, "-o", o1][..],
+            &none,
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "first run: {}", stderr(&o));
+    let before = file_digest(&first);
+
+    // Without --merge, and where the merge cannot be done: refused before
+    // anything is pulled, nothing written.
+    let out = tmp.path().join("out.bin");
+    let o_ = out.to_str().unwrap();
+    let add = [o1, "--containerd-image", second, "-o", o_];
+    let o = populate(&[&add[..], &none].concat());
+    assert_clean_failure(&o, &first, before, &out, "pass --merge");
+    for (more, want) in [
+        (
+            &["--containerd-version", "1.7"][..],
+            "written by containerd 2.x (metadata schema 4)",
+        ),
+        (&["--cache", "fptest-merge"][..], "leave out --cache"),
+    ] {
+        let o = populate(&[&add[..], &none, &["--merge"], more].concat());
+        assert_clean_failure(&o, &first, before, &out, want);
+    }
+
+    let o = populate(&[&add[..], &none, &["--merge", second]].concat());
+    assert!(o.status.success(), "merge: {}", stderr(&o));
+    assert_eq!(
+        file_digest(&first),
+        before,
+        "the input disk image was modified"
+    );
+    assert_eq!(leftovers(), "", "containers or volumes left behind");
+    assert_fsck_clean(&out);
+    let mut want = vec![f.listed[0].1.clone(), f.listed[1].1.clone()];
+    want.sort();
+    assert_eq!(stored_ids(&out), want, "Docker's store, merged");
+    let o = Command::new(BIN).arg("verify").arg(&out).output().unwrap();
+    assert!(o.status.success(), "verify: {}", stderr(&o));
+
+    // The snapshots of the first run, file by file, owners, modes, times
+    // and xattrs, as they were.
+    let snapshots = "var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots";
+    let (m1, m2) = (Mount::new(&first), Mount::new(&out));
+    let (s1, s2) = (m1.dir.path().join(snapshots), m2.dir.path().join(snapshots));
+    let old: Vec<_> = fs::read_dir(&s1)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(!old.is_empty());
+    for n in &old {
+        assert_eq!(
+            tree_listing(&s1.join(n)),
+            tree_listing(&s2.join(n)),
+            "snapshot {n:?} changed"
+        );
+    }
+    assert!(
+        fs::read_dir(&s2).unwrap().count() > old.len(),
+        "no new snapshot"
+    );
+    drop((m1, m2));
+
+    let target = &env().dind_image;
+    let (text, (blobs, snaps)) = on_real_containerd(&out, target, &ctr_script(layers, second));
+    let listed = cri_images(&text);
+    assert_eq!(listed.len(), 2, "crictl images:\n{text}");
+    assert!(listed.iter().all(|i| i.3), "not all pinned:\n{text}");
+    let got: Vec<&str> = listed.iter().map(|i| i.2.as_str()).collect();
+    for want in [&f.listed[0].1, &f.listed[1].1] {
+        assert!(got.contains(&want.as_str()), "{want} missing: {got:?}");
+    }
+    assert_runs(target, &text);
+    assert!(text.contains("\n2\n"), "{text}");
+    let left = text.lines().find_map(|l| l.strip_prefix("LEFT ")).unwrap();
+    assert_eq!(
+        left,
+        format!("{blobs} {snaps}"),
+        "garbage collected:\n{text}"
+    );
+}
+
 /// `--cache` for containerd's store: a second run downloads nothing it
 /// has; as containerd's store is written whole, the images of earlier runs
 /// that this one does not list leave the cache (and so the output); the

@@ -160,6 +160,15 @@ fn helper_tar() -> Result<Vec<Bytes>> {
     Ok(vec![Bytes::from(tar)])
 }
 
+/// A tar stream unpacked into the build container before its daemon
+/// starts ([`Dind::start`]).
+pub struct Seed {
+    pub tar: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    /// What makes the stream: its error, if any, is the one to report (a
+    /// stream cut at an entry's end reads as a complete archive).
+    pub done: tokio::task::JoinHandle<Result<()>>,
+}
+
 /// The build container `name` of `engine`.
 pub struct Dind<'a> {
     engine: &'a Engine,
@@ -181,12 +190,16 @@ impl Dind<'_> {
     /// firewall (no bridge, no iptables); returns once `spec.ready` says it
     /// answers. Its first process is the helper's init, which keeps the
     /// container (and a store in memory) alive once the daemon has stopped.
-    /// `socket_dir` is bind-mounted for the export socket.
+    /// `socket_dir` is bind-mounted for the export socket. `seed`, a tar
+    /// stream of paths below /, is unpacked into the container before its
+    /// daemon starts (the store a `--merge` adds to; it must be on a
+    /// volume).
     pub async fn start(
         &self,
         spec: &DindSpec,
         store: &StoreMount,
         socket_dir: Option<&Path>,
+        seed: Option<Seed>,
     ) -> Result<()> {
         let host_net = spec.network == DindNetwork::Host;
         let (binds, mounts) = match store {
@@ -242,6 +255,16 @@ impl Dind<'_> {
             self.engine
                 .upload(self.name, chunks, "the registry certificates")
                 .await?;
+        }
+        if let Some(Seed { tar, done }) = seed {
+            let what = format!("the store in ROOT ({})", spec.store_root);
+            let stream = tokio_util::io::ReaderStream::with_capacity(tar, 1 << 20);
+            let uploaded = self.engine.upload_stream(self.name, stream, &what).await;
+            let made = done.await.context("the reader of ROOT panicked")?;
+            match (uploaded, made) {
+                (Err(up), Err(read)) => bail!("{up:#} ({read:#})"),
+                (up, read) => up.and(read)?,
+            }
         }
         self.engine
             .docker

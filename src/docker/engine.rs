@@ -279,6 +279,19 @@ impl Engine {
 
     /// Unpacks the tar `tar` at / of `container`; `what` names it in errors.
     pub(super) async fn upload(&self, container: &str, tar: Vec<Bytes>, what: &str) -> Result<()> {
+        let chunks = futures_util::stream::iter(tar.into_iter().map(Ok));
+        self.upload_stream(container, chunks, what).await
+    }
+
+    /// Unpacks the tar streamed by `tar` at / of `container` (created,
+    /// running or not: the engine mounts its volumes for it); `what` names
+    /// it in errors.
+    pub(super) async fn upload_stream(
+        &self,
+        container: &str,
+        tar: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+        what: &str,
+    ) -> Result<()> {
         self.docker
             .upload_to_container(
                 container,
@@ -286,7 +299,7 @@ impl Engine {
                     path: "/".into(),
                     ..Default::default()
                 }),
-                bollard::body_stream(futures_util::stream::iter(tar)),
+                bollard::body_try_stream(tar),
             )
             .await
             .with_context(|| format!("copying {what} into {container}"))

@@ -11,7 +11,7 @@ pub use registry::{RegistryAccess, RegistryOptions};
 mod dind;
 mod engine;
 
-pub use dind::{Dind, DindNetwork, DindSpec, ExportVia, StoreMount};
+pub use dind::{Dind, DindNetwork, DindSpec, ExportVia, Seed, StoreMount};
 pub use engine::Engine;
 
 /// The inner daemon's only endpoint: a unix socket inside the container.

@@ -24,6 +24,18 @@ impl std::ops::AddAssign for Need {
     }
 }
 
+impl Need {
+    /// What is left to find once `freed` (a tree removed first) is free
+    /// again; never below zero.
+    pub fn less(self, freed: Need) -> Need {
+        Need {
+            blocks: self.blocks.saturating_sub(freed.blocks),
+            inodes: self.inodes.saturating_sub(freed.inodes),
+            data_bytes: self.data_bytes.saturating_sub(freed.data_bytes),
+        }
+    }
+}
+
 /// What kind of entry is being counted.
 pub enum Item {
     Dir,

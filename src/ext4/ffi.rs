@@ -68,6 +68,8 @@ struct RawInode {
     minor: u32,
     fast_symlink: u32,
     size: u64,
+    mtime: i64,
+    mtime_nsec: u32,
 }
 
 #[repr(C)]
@@ -521,6 +523,8 @@ pub struct Inode {
     /// (major, minor) of a character or block device, else (0, 0).
     pub rdev: (u32, u32),
     pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
 }
 
 /// A run of mapped blocks of a file: logical start, physical start, length
@@ -556,6 +560,8 @@ impl Filsys {
             flags: raw.flags,
             rdev: (raw.major, raw.minor),
             size: raw.size,
+            mtime: raw.mtime,
+            mtime_nsec: raw.mtime_nsec,
         })
     }
 

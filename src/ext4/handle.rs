@@ -234,6 +234,19 @@ impl Fs {
         written
     }
 
+    /// Removes `path` (absolute) and everything below it, if it exists (a
+    /// store written whole replaces the old one). On failure the
+    /// filesystem is consistent, with part of the tree removed.
+    pub fn remove_tree(&mut self, path: &str) -> Result<()> {
+        self.require_write()?;
+        let removed = {
+            let mut w = TreeWriter::new(open_mut(&mut self.raw), self.cancel.as_ref());
+            w.remove_tree(path.as_bytes())
+        };
+        self.cache.clear();
+        removed.with_context(|| format!("removing {path} from {}", self.root))
+    }
+
     /// Writes the regular file `path` (absolute) holding `content`,
     /// replacing what is there as tar would; missing parent directories
     /// are created as [`Fs::write_tar`] creates them.

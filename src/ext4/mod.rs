@@ -8,7 +8,7 @@ mod ffi;
 mod handle;
 pub(crate) mod read;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 mod untar;
 mod writer;
 

@@ -371,6 +371,7 @@ impl FsRead for View<'_> {
             },
             ino: ino as u64,
             nlink: i.links,
+            mtime: (i.mtime, i.mtime_nsec),
         }))
     }
 

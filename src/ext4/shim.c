@@ -630,6 +630,8 @@ struct fp_inode {
 	uint32_t minor;
 	uint32_t fast_symlink;
 	uint64_t size;
+	int64_t mtime;
+	uint32_t mtime_nsec;
 };
 
 /*
@@ -637,17 +639,36 @@ struct fp_inode {
  * kernel does (ext4_iget): the old 8:8 encoding in i_block[0] when it is
  * not zero, else the new 12:20 one in i_block[1].
  */
+/* The inverse of encode_time: seconds since 1970 (with the epoch bits of
+ * extra) and nanoseconds. */
+static void decode_time(__u32 lo, __u32 extra, int has_extra, int64_t *secs,
+			uint32_t *nsec)
+{
+	*secs = (int32_t)lo;
+	*nsec = 0;
+	if (has_extra) {
+		*secs += (int64_t)(extra & EXT4_EPOCH_MASK) << 32;
+		*nsec = extra >> EXT4_EPOCH_BITS;
+	}
+}
+
 long fp_read_inode(ext2_filsys fs, uint32_t ino, struct fp_inode *st)
 {
+	struct ext2_inode_large large;
 	struct ext2_inode inode;
 	errcode_t err;
 
 	if (ino == 0 || ino > fs->super->s_inodes_count)
 		return EXT2_ET_BAD_INODE_NUM;
-	err = ext2fs_read_inode(fs, ino, &inode);
+	err = read_large(fs, ino, &large);
 	if (err)
 		return err;
+	memcpy(&inode, &large, sizeof(inode));
 	memset(st, 0, sizeof(*st));
+	decode_time(large.i_mtime, large.i_mtime_extra,
+		    EXT2_INODE_SIZE(fs->super) > EXT2_GOOD_OLD_INODE_SIZE &&
+			    large.i_extra_isize >= 24,
+		    &st->mtime, &st->mtime_nsec);
 	st->mode = inode.i_mode;
 	st->uid = inode_uid(inode);
 	st->gid = inode_gid(inode);

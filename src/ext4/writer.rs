@@ -401,6 +401,53 @@ impl<'a> TreeWriter<'a> {
         freed.map_err(|e| anyhow!("removing the old {:?}: {e}", show(path)))
     }
 
+    /// Removes `path` (absolute) and everything below it, if it exists; a
+    /// symlink on the way is an error.
+    pub fn remove_tree(&mut self, path: &[u8]) -> Result<()> {
+        let comps = components(path.strip_prefix(b"/").unwrap_or(path))?;
+        let Some((name, parents)) = comps.split_last() else {
+            bail!("cannot remove the root directory");
+        };
+        let mut dir = ROOT_INO;
+        for (i, c) in parents.iter().enumerate() {
+            let Some(ino) = self.find(dir, c)? else {
+                return Ok(());
+            };
+            let at = join(&parents[..=i]);
+            if !self.stat(ino, &at)?.is_dir() {
+                bail!("{:?} is not a directory", show(&at));
+            }
+            dir = ino;
+        }
+        let Some(ino) = self.find(dir, name)? else {
+            return Ok(());
+        };
+        self.remove_below(dir, name, ino, &join(&comps))?;
+        self.dirs.clear();
+        self.dirs.insert(Vec::new(), self.target);
+        Ok(())
+    }
+
+    /// Removes the entry `name` of `dir` (inode `ino`, at `path`), with
+    /// what is below it when it is a directory.
+    fn remove_below(&mut self, dir: u32, name: &[u8], ino: u32, path: &[u8]) -> Result<()> {
+        self.check_cancel()?;
+        let st = self.stat(ino, path)?;
+        if st.is_dir() {
+            let mut children = vec![];
+            self.fs
+                .list_dir(ino, |n, i| children.push((n.to_vec(), i)))
+                .map_err(|e| anyhow!("reading directory {:?}: {e}", show(path)))?;
+            for (child, cino) in children {
+                let mut at = path.to_vec();
+                at.push(b'/');
+                at.extend_from_slice(&child);
+                self.remove_below(ino, &child, cino, &at)?;
+            }
+        }
+        self.remove(dir, name, ino, &st, path)
+    }
+
     /// Resolves an existing path (for hard-link targets) without creating
     /// anything.
     fn resolve_existing(&mut self, comps: &[&[u8]], path: &[u8]) -> Result<u32> {

@@ -56,6 +56,9 @@ pub(super) struct Run<'a> {
     /// The private directory of the export socket (bind-mounted into the
     /// dind); None forces the attach stream.
     pub(super) socket_dir: Option<tempfile::TempDir>,
+    /// ROOT of the input when the daemon starts on the store there (a
+    /// `--merge` over a store written whole).
+    pub(super) seed: Option<crate::ext4::Root>,
 }
 
 impl Run<'_> {

@@ -47,6 +47,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         access,
         platform,
         mut prepared,
+        seed,
     } = {
         // Archives are read whole (every blob hashed): not on the runtime's
         // thread.
@@ -127,6 +128,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             names: lines.iter().map(|l| l.source.to_string()).collect(),
             prepared,
             dind,
+            seed: seed.clone().filter(|_| !backend.exports_part()),
         });
     }
     let result = populate(&runs, start).await;

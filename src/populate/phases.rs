@@ -12,12 +12,12 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
 use crate::disk::{self, Prepared, ROOT_NAME};
-use crate::docker::{Engine, ExportVia, NameInUse, RegistryAccess, StoreMount};
+use crate::docker::{Engine, ExportVia, NameInUse, RegistryAccess, Seed, StoreMount};
 use crate::ext4::{self, Need};
 use crate::source::{ImageRef, Listed, Source};
 
 use crate::platform::Platform;
-use crate::progress::{Bar, ReadProgress};
+use crate::progress::{Bar, ReadProgress, WriteProgress};
 use crate::protocol::StoreKind;
 use crate::source::archive;
 use crate::store::{self, Backend, CONTAINERD_ROOT};
@@ -35,6 +35,9 @@ pub(super) struct Local {
     /// Per source, what the local checks learnt.
     pub(super) prepared: Vec<Checked>,
     pub(super) platform: TargetPlatform,
+    /// ROOT of the input disk image when a `--merge` adds to a store there
+    /// that is written whole (containerd's): its daemon starts on a copy.
+    pub(super) seed: Option<ext4::Root>,
 }
 
 /// Checks the local inputs: the list, the disk (a compressed or
@@ -44,9 +47,12 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     if cfg.images.is_empty() && cfg.containerd_images.is_empty() {
         bail!("no images to preload: give references or an image list with entries");
     }
+    let mut seed = None;
     if let (_, Some(root)) = disk::check_input(&cfg.disk, cfg.output.path().is_none())? {
         let root = ext4::Root::new(&cfg.disk, root.offset);
-        check_existing(&cfg.disk, cfg.merge, writes_containerd(cfg), &root)?;
+        if check_existing(cfg, &root, true)? {
+            seed = Some(root);
+        }
     }
     let refs = |lines: &mut dyn Iterator<Item = &Listed>| -> Vec<ImageRef> {
         lines
@@ -103,6 +109,7 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
         access,
         platform,
         prepared,
+        seed,
     })
 }
 
@@ -111,40 +118,61 @@ fn writes_containerd(cfg: &PopulateConfig) -> bool {
     cfg.containerd.is_some() || !cfg.containerd_images.is_empty()
 }
 
-/// Refuses a ROOT that already has a store, unless merging.
+/// Refuses a ROOT that already has a store, unless merging, and a merge
+/// that cannot be done. Returns whether the build container's containerd
+/// must start on the store in ROOT (a merge over containerd's store, which
+/// is written whole): possible only when `readable`, ROOT being read from
+/// the input before the pull.
 pub(super) fn check_existing(
-    disk: &Path,
-    merge: bool,
-    containerd: bool,
+    cfg: &PopulateConfig,
     root: &ext4::Root,
-) -> Result<()> {
+    readable: bool,
+) -> Result<bool> {
+    let disk = cfg.disk.display();
     let mut present = vec![];
     let fs = root.open_read()?;
     let docker = store::backend(StoreKind::Docker).root();
     if fs.exists(docker)? {
         present.push(docker);
     }
-    if containerd && fs.exists(CONTAINERD_ROOT)? {
+    if writes_containerd(cfg) && fs.exists(CONTAINERD_ROOT)? {
         present.push(CONTAINERD_ROOT);
     }
-    if !present.is_empty() && !merge {
+    if !present.is_empty() && !cfg.merge {
         bail!(
-            "ROOT of {} already has {}; pass --merge to add the images to what is there",
-            disk.display(),
+            "ROOT of {disk} already has {}; pass --merge to add the images to what is there",
             present.join(" and ")
         );
     }
-    // Checked here, before anything is pulled, as much as where it is
-    // written (store::containerd's merge).
-    if present.contains(&CONTAINERD_ROOT) {
+    if !present.contains(&CONTAINERD_ROOT) {
+        return Ok(false);
+    }
+    if let Some(src) = &cfg.containerd {
         bail!(
-            "ROOT of {} already has {CONTAINERD_ROOT}: --merge cannot add to a containerd store yet \
-             (its bbolt metadata database would have to be merged); bake containerd's images into \
-             an image without one",
-            disk.display()
+            "--containerd {} is a whole containerd root: it cannot be merged with the one in ROOT of \
+             {disk}; bake its images with --containerd-image or --containerd-list instead",
+            src.display()
         );
     }
-    Ok(())
+    if let Some(cache) = &cfg.cache {
+        bail!(
+            "--merge over the containerd store in ROOT of {disk} starts the build container's \
+             containerd on a copy of it, which the cache {cache:?} cannot hold beside its own \
+             images: leave out --cache"
+        );
+    }
+    if !readable {
+        bail!(
+            "--merge over the containerd store in ROOT of {disk} reads that store before the pull, \
+             so the input must be a raw disk image: decompress or convert it first \
+             (qemu-img convert -O raw IN OUT.bin)"
+        );
+    }
+    let backend = store::backend(StoreKind::Containerd);
+    backend
+        .check_merge(&fs, cfg.containerd_options.version)
+        .with_context(|| format!("--merge over ROOT of {disk}"))?;
+    Ok(true)
 }
 
 /// Checks the engine before pulling: its architecture, the images of the
@@ -232,8 +260,9 @@ pub(super) async fn pull_beside_copy(
                 bail!("interrupted");
             }
         }
+        let seeded = runs.iter().any(|r| r.seed.is_some());
         clock
-            .time(Phase::Copy, make_output(cfg, both.clone()))
+            .time(Phase::Copy, make_output(cfg, seeded, both.clone()))
             .await
     };
     let pull = async {
@@ -299,7 +328,9 @@ pub(super) async fn pull_store(
             selection,
         });
     }
-    if let Some(cap) = memory_cap {
+    // A store to start from is copied onto a volume (the engine mounts
+    // volumes, not a tmpfs, for a copy into a container not yet started).
+    if let (Some(cap), None) = (memory_cap, &run.seed) {
         let memory = StoreMount::Memory { cap };
         clock.time(Phase::Start, start_dind(run, &memory)).await?;
         match clock.time(Phase::Pull, images::acquire(run)).await {
@@ -347,14 +378,16 @@ pub(super) async fn pull_store(
     })
 }
 
-/// Starts the dind with its store in `store`. On failure the container is
-/// already recorded for removal (unless it was not made because a run
-/// using the same cache has it).
+/// Starts the dind with its store in `store` (holding a copy of the store
+/// in ROOT when the run has a seed). On failure the container is already
+/// recorded for removal (unless it was not made because a run using the
+/// same cache has it).
 pub(super) async fn start_dind(run: &Run<'_>, store: &StoreMount) -> Result<()> {
     let dind = run.dind.clone();
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
     let container = run.dind();
-    let started = container.start(&run.spec, store, socket_dir);
+    let seed = run.seed.clone().map(|root| seed(root, run.backend.root()));
+    let started = container.start(&run.spec, store, socket_dir, seed);
     match run.or_cancel(started).await {
         Err(e) if e.downcast_ref::<NameInUse>().is_some() => match &run.cfg.cache {
             Some(c) => bail!(
@@ -371,11 +404,33 @@ pub(super) async fn start_dind(run: &Run<'_>, store: &StoreMount) -> Result<()> 
     }
 }
 
+/// The store `store_root` of `root` (the input's ROOT) as a tar stream,
+/// read through libext2fs by a thread as it is sent: what the build
+/// container's daemon starts on for a `--merge`.
+fn seed(root: ext4::Root, store_root: &'static str) -> Seed {
+    let (tar, writer) = tokio::io::duplex(1 << 20);
+    let label = format!("copying {store_root} of ROOT into the build container");
+    let done = tokio::task::spawn_blocking(move || {
+        let fs = root.open_read()?;
+        let path = store_root.as_bytes();
+        let out = WriteProgress::new(SyncIoBridge::new(writer), Bar::bytes(&label, None));
+        let out = std::io::BufWriter::with_capacity(1 << 20, out);
+        store::export::fs_tree(&fs, path, &path[1..], out)
+            .with_context(|| format!("reading {store_root} in {root}"))?;
+        Ok(())
+    });
+    Seed {
+        tar: Box::new(tar),
+        done,
+    }
+}
+
 /// Makes the image to write into: the disk itself (--in-place) or a
 /// sparse, decompressed or converted copy, and checks its ROOT again. On
 /// failure a partial copy is removed and the disk is untouched.
 pub(super) async fn make_output(
     cfg: &PopulateConfig,
+    seeded: bool,
     cancel: CancellationToken,
 ) -> Result<Prepared> {
     let (disk, out, raw) = (
@@ -383,10 +438,10 @@ pub(super) async fn make_output(
         cfg.output.path().map(Path::to_path_buf),
         cfg.space.raw_output,
     );
-    let (merge, containerd) = (cfg.merge, writes_containerd(cfg));
+    let cfg = cfg.clone();
     blocking(move || {
         let prepared = disk::prepare(&disk, out.as_deref(), raw, Some(&cancel))?;
-        check_existing(&disk, merge, containerd, &prepared.fs())?;
+        check_existing(&cfg, &prepared.fs(), seeded)?;
         Ok(prepared)
     })
     .await
@@ -455,6 +510,16 @@ pub(super) async fn measure(
     let dind = run.dind();
     let measured = dind.measure(store, block_size, only);
     let mut need = run.or_cancel(measured).await?;
+    // The store in ROOT that the build container started on is removed
+    // before the export, which holds all of it again.
+    if run.seed.is_some() {
+        let (root, path) = (prepared.fs(), run.backend.root());
+        let old = blocking(move || {
+            let fs = root.open_read()?;
+            store::export::measure_fs_tree(&fs, path.as_bytes(), block_size)
+        });
+        need = need.less(old.await?);
+    }
     // The --containerd root (only given with Docker's images).
     let docker = run.backend.kind() == StoreKind::Docker;
     if let (Some(src), true) = (run.cfg.containerd.clone(), docker) {
@@ -514,8 +579,14 @@ pub(super) async fn export_and_write(
     // One handle for the phase: what a merge must remember is read through
     // it, the store written, the merge finished.
     let (root, cancel, merging) = (root.clone(), run.cancel.clone(), run.cfg.merge);
+    // The build container started on the store in ROOT: its export holds
+    // all of it, and replaces it.
+    let replace = run.seed.is_some();
     let (mut fs, merge) = blocking(move || {
-        let fs = root.open_write(Some(&cancel))?;
+        let mut fs = root.open_write(Some(&cancel))?;
+        if replace {
+            fs.remove_tree(backend.root())?;
+        }
         let merge = match merging {
             true => backend.merge(&fs)?,
             false => None,

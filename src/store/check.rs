@@ -136,6 +136,7 @@ pub mod memfs {
                         rdev,
                         ino,
                         nlink: 1,
+                        mtime: (0, 0),
                     },
                     data: data.to_vec(),
                     xattrs: vec![],

@@ -17,6 +17,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::ext4::{Estimator, Item, Need};
+use crate::fsread::{join, show, FsRead, Kind};
 use crate::tar::Device;
 
 /// What an export wrote.
@@ -271,6 +272,149 @@ fn walk(
     Ok((ex.stats, need))
 }
 
+/// Walks a tree of an [`FsRead`] (ROOT of a disk image) into a tar stream
+/// or an estimate, as [`Exporter`] walks a directory of this machine.
+struct FsWalk<'a, W: Write> {
+    fs: &'a dyn FsRead,
+    tar: crate::tar::Writer<W>,
+    measure: Option<Estimator>,
+    /// Inode of files with several links -> the first name written.
+    links: HashMap<u64, Vec<u8>>,
+    stats: ExportStats,
+}
+
+impl<W: Write> FsWalk<'_, W> {
+    /// The entry at `path` as `name` (`rel` below the walked root), and
+    /// what is below it, in name order.
+    fn entry(&mut self, path: &[u8], name: &[u8], rel: &[u8]) -> Result<()> {
+        let st = self
+            .fs
+            .stat(path)?
+            .with_context(|| format!("{} is gone while being read", show(path)))?;
+        if st.kind == Kind::Socket {
+            return Ok(()); // as the export: tar cannot hold sockets
+        }
+        let linked = st.kind != Kind::Dir && st.nlink > 1;
+        let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = self
+            .fs
+            .xattrs(path)?
+            .into_iter()
+            .map(|(n, v)| (n.into_bytes(), v))
+            .collect();
+        xattrs.sort();
+        let first = match linked {
+            true => self.links.get(&st.ino).cloned(),
+            false => None,
+        };
+        if linked && first.is_none() {
+            self.links.insert(st.ino, name.to_vec());
+        }
+        if let Some(est) = &mut self.measure {
+            let item = match st.kind {
+                _ if first.is_some() => Item::HardLink,
+                Kind::Dir => Item::Dir,
+                Kind::File => Item::File { size: st.size },
+                Kind::Symlink => Item::Symlink {
+                    target_len: self.fs.read_link(path)?.len(),
+                },
+                _ => Item::Other,
+            };
+            let sizes: Vec<(usize, usize)> =
+                xattrs.iter().map(|(n, v)| (n.len(), v.len())).collect();
+            est.add(rel, item, &sizes);
+        } else {
+            let attrs = crate::tar::Attrs {
+                mode: st.mode,
+                uid: st.uid.into(),
+                gid: st.gid.into(),
+                mtime: st.mtime.0,
+                mtime_nsec: st.mtime.1,
+                xattrs,
+            };
+            self.stats.entries += 1;
+            match (st.kind, &first) {
+                // The first name carries the inode's xattrs.
+                (_, Some(first)) => self.tar.hard_link(
+                    name,
+                    &crate::tar::Attrs {
+                        xattrs: vec![],
+                        ..attrs
+                    },
+                    first,
+                )?,
+                (Kind::Dir, _) => self.tar.dir(name, &attrs)?,
+                (Kind::File, _) => {
+                    let fs = self.fs;
+                    self.tar
+                        .file_from(name, &attrs, st.size, |sink| fs.read_file(path, sink))?;
+                    self.stats.bytes += st.size;
+                }
+                (Kind::Symlink, _) => self.tar.symlink(name, &attrs, &self.fs.read_link(path)?)?,
+                (Kind::CharDev | Kind::BlockDev, _) => {
+                    let device = match st.kind {
+                        Kind::CharDev => Device::Char,
+                        _ => Device::Block,
+                    };
+                    self.tar
+                        .device(name, &attrs, device, st.rdev.0, st.rdev.1)?
+                }
+                (Kind::Fifo, _) => self.tar.fifo(name, &attrs)?,
+                (Kind::Socket, _) => {}
+            }
+        }
+        if st.kind == Kind::Dir {
+            let mut children = self.fs.read_dir(path)?;
+            children.sort();
+            for child in children {
+                let rel = match rel.is_empty() {
+                    true => child.clone(),
+                    false => join(rel, &child),
+                };
+                self.entry(&join(path, &child), &join(name, &child), &rel)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The one walk behind [`fs_tree`] and [`measure_fs_tree`].
+fn walk_fs(
+    fs: &dyn FsRead,
+    root: &[u8],
+    name: &[u8],
+    out: impl Write,
+    measure: Option<Estimator>,
+) -> Result<(ExportStats, Option<Need>)> {
+    let mut w = FsWalk {
+        fs,
+        tar: crate::tar::Writer::new(out),
+        measure,
+        links: HashMap::new(),
+        stats: ExportStats::default(),
+    };
+    w.entry(root, name, b"")
+        .with_context(|| format!("reading {}", show(root)))?;
+    let need = w.measure.take().map(Estimator::finish);
+    w.tar.finish()?;
+    Ok((w.stats, need))
+}
+
+/// Writes the tree `root` of `fs` (a store in ROOT) as a tar stream to
+/// `out`, its entries named below `name` (the root itself as `name`), with
+/// owners, modes, times, hard links, devices and every xattr; sockets are
+/// left out. What a `--merge` starts the build daemon's store from.
+pub fn fs_tree(fs: &dyn FsRead, root: &[u8], name: &[u8], out: impl Write) -> Result<ExportStats> {
+    walk_fs(fs, root, name, out, None).map(|(stats, _)| stats)
+}
+
+/// Counts the blocks and inodes the tree `root` of `fs` takes in an ext4
+/// with `block_size` (as [`measure_tree`] counts a directory's).
+pub fn measure_fs_tree(fs: &dyn FsRead, root: &[u8], block_size: u64) -> Result<Need> {
+    let est = Some(Estimator::new(block_size));
+    let (_, need) = walk_fs(fs, root, b".", io::sink(), est)?;
+    Ok(need.unwrap_or_default())
+}
+
 /// What the walk does with an entry of the store.
 pub enum Rule {
     /// A directory written with only those of its children that have a
@@ -348,4 +492,145 @@ pub(super) fn exported_entries(
             (name, e.header().entry_type())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Read;
+
+    use crate::ext4::testutil::{mkfs, pattern, run, tool};
+    use crate::ext4::Root;
+    use crate::fsread::FsRead;
+    use crate::tar::{Archive, Attrs, Device, EntryType, Meta, Writer};
+
+    /// Each entry of `tar` by path below `prefix` (all its metadata, PAX
+    /// records applied, a hard link's target below `prefix`) with the
+    /// sha256 of its data; read with the tool's own reader, as the tar
+    /// crate splits PAX records at a newline inside a value.
+    fn entries(tar: &[u8], prefix: &[u8]) -> BTreeMap<Vec<u8>, (Meta, String)> {
+        let mut out = BTreeMap::new();
+        let mut ar = Archive::new(tar);
+        while let Some(mut e) = ar.next_entry().unwrap() {
+            let mut data = vec![];
+            e.data.read_to_end(&mut data).unwrap();
+            let mut meta = e.meta;
+            // The root itself is `prefix` without its '/'.
+            meta.path = match meta.path.strip_prefix(prefix) {
+                Some(rel) => rel.to_vec(),
+                None => {
+                    assert_eq!(meta.path, prefix.strip_suffix(b"/").unwrap());
+                    vec![]
+                }
+            };
+            if meta.kind == EntryType::Link {
+                meta.link = meta.link.map(|l| l.strip_prefix(prefix).unwrap().to_vec());
+            }
+            out.insert(meta.path.clone(), (meta, crate::digest::sha256_hex(&data)));
+        }
+        out
+    }
+
+    /// A tree written into ROOT and read back from it as a tar ([`fs_tree`],
+    /// what a --merge starts containerd on) is the tar written, whatever
+    /// its bytes: binary xattrs, newlines in names and link targets, hard
+    /// links, whiteouts, a fifo, empty and large files, times to the
+    /// nanosecond. Measured, then removed whole, it leaves the blocks and
+    /// inodes it took free again, the filesystem clean.
+    #[test]
+    fn a_tree_in_root_reads_back_as_written_and_is_removed_whole() {
+        let Some(mke2fs) = tool("mke2fs") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("root.img");
+        mkfs(&mke2fs, &img, 64, &[], None);
+        let root = Root::new(&img, 0);
+        let at =
+            |mode: u32, uid: u64, mtime: i64, nsec: u32, xattrs: Vec<(Vec<u8>, Vec<u8>)>| Attrs {
+                mode,
+                uid,
+                gid: uid + 1,
+                mtime,
+                mtime_nsec: nsec,
+                xattrs,
+            };
+        let cap: Vec<u8> = (0..=255u8).rev().take(20).chain([0, b'\n', 0]).collect();
+        let big = pattern(5 << 20, 3);
+        let mut w = Writer::new(Vec::new());
+        w.dir(b"./", &at(0o700, 0, 1_600_000_000, 0, vec![]))
+            .unwrap();
+        let opaque = vec![(b"trusted.overlay.opaque".to_vec(), b"y".to_vec())];
+        w.dir(b"s", &at(0o755, 0, 1_600_000_001, 5, opaque))
+            .unwrap();
+        let caps = vec![(b"security.capability".to_vec(), cap.clone())];
+        w.file_bytes(
+            b"s/cap",
+            &at(0o4755, 1000, 1_700_000_000, 123_456_789, caps),
+            b"x",
+        )
+        .unwrap();
+        w.file_bytes(b"s/new\nline", &at(0o600, 7, 0, 0, vec![]), b"")
+            .unwrap();
+        w.file(
+            b"s/big",
+            &at(0o644, 0, -5, 0, vec![]),
+            big.len() as u64,
+            &big[..],
+        )
+        .unwrap();
+        w.file_bytes(b"s/h1", &at(0o644, 0, 1, 0, vec![]), b"linked")
+            .unwrap();
+        w.hard_link(b"s/h2", &at(0o644, 0, 1, 0, vec![]), b"s/h1")
+            .unwrap();
+        w.symlink(b"s/l", &at(0o777, 0, 2, 0, vec![]), b"../a\nb")
+            .unwrap();
+        w.device(b"s/gone", &at(0, 0, 3, 0, vec![]), Device::Char, 0, 0)
+            .unwrap();
+        w.fifo(b"s/fifo", &at(0o644, 0, 4, 0, vec![])).unwrap();
+        let tar = w.finish().unwrap();
+
+        let mut fs = root.open_write(None).unwrap();
+        fs.write_file("/var/lib/keep", b"", &Attrs::root_owned(0o644))
+            .unwrap();
+        let free = fs.summary();
+        fs.write_tar(b"/var/lib/containerd", &tar[..], None)
+            .unwrap();
+        let mut back = vec![];
+        let stats = super::fs_tree(
+            &fs,
+            b"/var/lib/containerd",
+            b"var/lib/containerd",
+            &mut back,
+        )
+        .unwrap();
+        assert_eq!(stats.bytes, big.len() as u64 + 1 + 6);
+        let (want, got) = (entries(&tar, b""), entries(&back, b"var/lib/containerd/"));
+        let mut want = want;
+        // The root: "./" written, the store's own path read back.
+        let (mut root_entry, digest) = want.remove(&b"./"[..]).unwrap();
+        root_entry.path.clear();
+        assert_eq!(got[&b""[..]], (root_entry, digest));
+        let got: BTreeMap<_, _> = got.into_iter().filter(|(k, _)| !k.is_empty()).collect();
+        assert_eq!(got, want);
+
+        let need = super::measure_fs_tree(&fs, b"/var/lib/containerd", 4096).unwrap();
+        let taken = free.free_blocks - fs.summary().free_blocks;
+        assert!(need.blocks >= taken * 9 / 10, "{need:?} for {taken} blocks");
+        assert_eq!(need.inodes, free.free_inodes - fs.summary().free_inodes);
+
+        fs.remove_tree("/var/lib/containerd").unwrap();
+        fs.remove_tree("/var/lib/containerd").unwrap();
+        assert!(fs.stat(b"/var/lib/containerd").unwrap().is_none());
+        assert!(fs.stat(b"/var/lib/keep").unwrap().is_some());
+        let after = fs.summary();
+        assert_eq!(
+            (after.free_blocks, after.free_inodes),
+            (free.free_blocks, free.free_inodes)
+        );
+        fs.close().unwrap();
+        if let Some(e2fsck) = tool("e2fsck") {
+            run(std::process::Command::new(e2fsck).arg("-fn").arg(&img));
+        }
+    }
 }

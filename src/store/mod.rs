@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ext4::{self, Need};
 use crate::fsread::FsRead;
-use crate::protocol::StoreKind;
+use crate::protocol::{ContainerdVersion, StoreKind};
 
 pub mod check;
 pub mod containerd;
@@ -68,8 +68,9 @@ pub trait Backend: Sync {
     fn socket(&self) -> &'static str;
 
     /// Whether the export can be limited to some images of the store (a
-    /// `--cache` keeps others in it); else the store is written whole, and
-    /// a cache holds only the images of the run.
+    /// `--cache` keeps others in it); else the store is written whole: a
+    /// cache holds only the images of the run, and a `--merge` starts the
+    /// daemon on a copy of the store in ROOT, which the export replaces.
     fn exports_part(&self) -> bool;
 
     /// The command line of the daemon that writes this store in the build
@@ -94,6 +95,11 @@ pub trait Backend: Sync {
     /// what the merge must remember of the old one, to reconcile the two
     /// once written ([`Merge::finish`]). None when ROOT has no such store.
     fn merge(&self, before: &dyn FsRead) -> Result<Option<Box<dyn Merge>>>;
+
+    /// Before anything is pulled for a `--merge`: refuses a store in
+    /// `before` (ROOT) that the daemon of the build container cannot add
+    /// to for a target whose containerd is `target`.
+    fn check_merge(&self, before: &dyn FsRead, target: ContainerdVersion) -> Result<()>;
 
     /// The layers of the store in `fs` (for the summary).
     fn layers(&self, fs: &dyn FsRead) -> Result<u64>;

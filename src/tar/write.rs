@@ -157,6 +157,40 @@ impl<W: Write> Writer<W> {
         self.pad(size).with_context(what)
     }
 
+    /// A regular file of `size` bytes that `fill` writes, chunk by chunk,
+    /// into the sink it is given (a reader that pushes, as `FsRead` does);
+    /// it returns how many it wrote.
+    pub fn file_from(
+        &mut self,
+        path: &[u8],
+        attrs: &Attrs,
+        size: u64,
+        fill: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64>,
+    ) -> Result<()> {
+        let shape = Shape {
+            size,
+            ..Shape::of(EntryType::Regular)
+        };
+        self.entry(path, attrs, shape)?;
+        let what = || format!("writing the data of {} to the tar stream", show(path));
+        let mut written = 0u64;
+        let out = &mut self.out;
+        fill(&mut |chunk: &[u8]| {
+            written += chunk.len() as u64;
+            if written > size {
+                bail!("{} grew while being read", show(path));
+            }
+            out.write_all(chunk).with_context(what)
+        })?;
+        if written != size {
+            bail!(
+                "{}: only {written} of its {size} bytes could be read (did it change while being read?)",
+                show(path)
+            );
+        }
+        self.pad(size).with_context(what)
+    }
+
     /// A regular file holding `data`.
     pub fn file_bytes(&mut self, path: &[u8], attrs: &Attrs, data: &[u8]) -> Result<()> {
         self.file(path, attrs, data.len() as u64, data)

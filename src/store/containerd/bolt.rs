@@ -258,6 +258,25 @@ impl<'a> Bucket<'a> {
 /// A real containerd 1.6 metadata database (tests/fixtures/
 /// containerd-meta.db.gz, see its .gen.sh), for the tests here and of
 /// `inspect`.
+/// Go's `binary.Uvarint`, how containerd stores numbers; None when
+/// malformed.
+pub fn uvarint(b: &[u8]) -> Option<u64> {
+    let mut x = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        x |= u64::from(byte & 0x7f).checked_shl(7 * i as u32)?;
+        if byte < 0x80 {
+            return Some(x);
+        }
+    }
+    None
+}
+
+/// Go's `binary.Varint` (zig-zag); None when malformed.
+pub fn varint(b: &[u8]) -> Option<i64> {
+    let u = uvarint(b)?;
+    Some((u >> 1) as i64 ^ -((u & 1) as i64))
+}
+
 #[cfg(test)]
 pub(crate) fn fixture_meta_db() -> Vec<u8> {
     use std::io::Read;

@@ -14,7 +14,7 @@ use super::{Backend, DaemonOptions, Inventory, Merge, Report, Selection};
 use crate::digest::is_hex64;
 use crate::ext4::Need;
 use crate::fsread::{is_dir, join, show, FsRead, Kind};
-use crate::protocol::StoreKind;
+use crate::protocol::{ContainerdVersion, StoreKind};
 
 pub mod bolt;
 pub mod ctr;
@@ -26,6 +26,10 @@ pub mod verify;
 
 /// Where Flatcar's containerd keeps its root (its config's `root`).
 pub const ROOT: &str = "/var/lib/containerd";
+
+/// The schema version of a metadata database: containerd 1.7 writes 3,
+/// 2.0 and later 4 (and migrate 3 at their first open).
+const SCHEMA_2X: i64 = 4;
 
 /// The namespace of Docker 29's containerd image store.
 pub const DOCKER_NAMESPACE: &str = "moby";
@@ -49,6 +53,52 @@ impl Records {
         } else {
             Records::Cri
         }
+    }
+}
+
+/// The schema version of the metadata database of the store in `fs`, or
+/// None when there is no store.
+pub fn schema(fs: &dyn FsRead) -> Result<Option<i64>> {
+    let meta = join(ROOT.as_bytes(), layout::META.as_bytes());
+    if fs.stat(&meta)?.is_none() {
+        return Ok(None);
+    }
+    let data = fs.read_all(&meta)?;
+    let version = bolt::Db::open(&data)
+        .and_then(|db| {
+            let v1 = db.root().bucket(b"v1")?;
+            Ok(match v1 {
+                Some(b) => b.value(b"version")?.and_then(bolt::varint),
+                None => None,
+            })
+        })
+        .with_context(|| format!("reading the metadata database {}", show(&meta)))?;
+    version.map(Some).with_context(|| {
+        format!(
+            "{} has no schema version: it is not containerd's",
+            show(&meta)
+        )
+    })
+}
+
+/// Before a `--merge` adds images to the store in `fs` (ROOT): whether
+/// there is one, refusing one that the target's containerd (`target`)
+/// cannot read once the build container's containerd has written it.
+pub fn check_merge(fs: &dyn FsRead, target: ContainerdVersion) -> Result<bool> {
+    let Some(schema) = schema(fs)? else {
+        return Ok(false);
+    };
+    match (schema, target) {
+        (s, _) if s > SCHEMA_2X => bail!(
+            "the containerd store in ROOT has metadata schema {s}, newer than any containerd Flatcar \
+             ships writes (4): it cannot be added to"
+        ),
+        (SCHEMA_2X, ContainerdVersion::V1_7) => bail!(
+            "the containerd store in ROOT was written by containerd 2.x (metadata schema 4), which the \
+             target's containerd 1.7 (--containerd-version 1.7, Flatcar LTS) cannot read; give the \
+             target's version with --containerd-version (2.1 or 2.2)"
+        ),
+        _ => Ok(true),
     }
 }
 
@@ -211,18 +261,16 @@ impl Backend for Containerd {
         SCOPE.measure(root, block_size)
     }
 
-    /// Merging two metadata databases means rewriting a bbolt file: not
-    /// done yet, so an existing store is refused rather than replaced.
-    fn merge(&self, before: &dyn FsRead) -> Result<Option<Box<dyn Merge>>> {
-        let meta = join(ROOT.as_bytes(), layout::META.as_bytes());
-        if before.stat(&meta)?.is_some() {
-            bail!(
-                "ROOT already has a containerd store ({}): adding to it (--merge) is not supported yet; \
-                 bake containerd's images into an image without one",
-                show(&meta)
-            );
-        }
+    /// Nothing to reconcile: the metadata database is one bbolt file, so a
+    /// `--merge` starts the build container's containerd on the store in
+    /// ROOT ([`check_merge`], [`super::export::fs_tree`]) and the store it
+    /// leaves replaces the old one, whole.
+    fn merge(&self, _before: &dyn FsRead) -> Result<Option<Box<dyn Merge>>> {
         Ok(None)
+    }
+
+    fn check_merge(&self, before: &dyn FsRead, target: ContainerdVersion) -> Result<()> {
+        check_merge(before, target).map(|_| ())
     }
 
     /// The overlayfs snapshots (one per unpacked layer).
@@ -359,14 +407,40 @@ mod tests {
     }
 
     #[test]
-    fn merge_refuses_an_existing_store() {
+    fn merge_checks_the_schema_the_target_reads() {
+        use crate::protocol::ContainerdVersion::*;
         let dir = tempfile::tempdir().unwrap();
         let fs_ = HostDir(dir.path().into());
         assert!(Containerd.merge(&fs_).unwrap().is_none());
+        assert!(
+            !check_merge(&fs_, V2_1).unwrap(),
+            "no store: nothing to add to"
+        );
         let meta = dir.path().join("var/lib/containerd").join(layout::META);
         fs::create_dir_all(meta.parent().unwrap()).unwrap();
-        fs::write(&meta, b"").unwrap();
-        let err = Containerd.merge(&fs_).err().unwrap();
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+        let db = |version: i64| {
+            let mut t = bolt::write::Tree::default();
+            let zigzag = ((version << 1) ^ (version >> 63)) as u8;
+            t.set(&[b"v1"], b"version", &[zigzag]);
+            bolt::write::build(&t)
+        };
+        fs::write(&meta, db(3)).unwrap();
+        assert_eq!(schema(&fs_).unwrap(), Some(3));
+        for target in [V1_7, V2_1, V2_2] {
+            assert!(check_merge(&fs_, target).unwrap());
+        }
+        fs::write(&meta, db(4)).unwrap();
+        assert!(check_merge(&fs_, V2_2).unwrap());
+        let err = check_merge(&fs_, V1_7).unwrap_err().to_string();
+        assert!(
+            err.contains("containerd 1.7") && err.contains("schema 4"),
+            "{err}"
+        );
+        fs::write(&meta, db(5)).unwrap();
+        let err = check_merge(&fs_, V2_2).unwrap_err().to_string();
+        assert!(err.contains("schema 5"), "{err}");
+        fs::write(&meta, b"not bolt").unwrap();
+        let err = format!("{:#}", check_merge(&fs_, V2_2).unwrap_err());
+        assert!(err.contains("meta.db"), "{err}");
     }
 }

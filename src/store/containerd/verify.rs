@@ -616,7 +616,7 @@ impl Verify<'_, '_> {
                 ),
             );
         }
-        match field(b"id").and_then(uvarint) {
+        match field(b"id").and_then(bolt::uvarint) {
             Some(id) => Some(id),
             None => {
                 self.fail(who, &path, format!("snapshot {key:?} has no valid id"));
@@ -624,18 +624,6 @@ impl Verify<'_, '_> {
             }
         }
     }
-}
-
-/// Go's `binary.Uvarint`; None when malformed.
-fn uvarint(b: &[u8]) -> Option<u64> {
-    let mut x = 0u64;
-    for (i, &byte) in b.iter().enumerate().take(10) {
-        x |= u64::from(byte & 0x7f).checked_shl(7 * i as u32)?;
-        if byte < 0x80 {
-            return Some(x);
-        }
-    }
-    None
 }
 
 #[cfg(test)]

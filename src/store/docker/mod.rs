@@ -12,7 +12,7 @@ use super::export::{Plan, Scope};
 use super::{Backend, DaemonOptions, ExportStats, Inventory, Merge, Report, Selection};
 use crate::ext4::Need;
 use crate::fsread::FsRead;
-use crate::protocol::StoreKind;
+use crate::protocol::{ContainerdVersion, StoreKind};
 
 pub mod inspect;
 pub mod merge;
@@ -126,6 +126,12 @@ impl Backend for Docker {
 
     fn merge(&self, before: &dyn FsRead) -> Result<Option<Box<dyn Merge>>> {
         Ok(merge::Before::read(before)?.map(|b| Box::new(b) as Box<dyn Merge>))
+    }
+
+    /// Any overlay2 store can be added to: what is in it is kept as it is
+    /// and reconciled afterwards ([`merge::Before`]).
+    fn check_merge(&self, _before: &dyn FsRead, _target: ContainerdVersion) -> Result<()> {
+        Ok(())
     }
 
     /// The directories of overlay2 but `l` (the short links).
