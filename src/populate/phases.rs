@@ -330,7 +330,8 @@ pub(super) async fn pull_store(
     }
     // A store to start from is copied onto a volume (the engine mounts
     // volumes, not a tmpfs, for a copy into a container not yet started).
-    if let (Some(cap), None) = (memory_cap, &run.seed) {
+    let memory_cap = memory_cap.filter(|_| run.seed.is_none());
+    if let Some(cap) = memory_cap {
         let memory = StoreMount::Memory { cap };
         clock.time(Phase::Start, start_dind(run, &memory)).await?;
         match clock.time(Phase::Pull, images::acquire(run)).await {
