@@ -52,11 +52,8 @@ bench_init "the first boots loop-mount the output" "$@"
 need sgdisk gdisk
 need jq jq
 need curl curl
-bench_docker_env
-[[ -n ${DOCKER_HOST:-} && -n ${FP_DIND_IMAGE:-} && -n ${FP_REGISTRY_CONTAINER:-} && -n ${FP_CRICTL:-} ]] ||
-    die "ci/docker-env.sh did not give DOCKER_HOST, FP_DIND_IMAGE, FP_REGISTRY_CONTAINER and FP_CRICTL"
-registry=${BENCH_IMAGE%%/*}
-[[ ${FP_REGISTRY:-} == "$registry" ]] || die "the registry is ${FP_REGISTRY:-unset}, this script expects $registry"
+bench_docker_env FP_CRICTL
+registry=$FP_REGISTRY
 
 bench_workdir
 fixture=$work/ctrd-disk.bin

@@ -154,9 +154,10 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int(
 
 # Brings up the Docker test environment of ci/docker-env.sh (or only checks
 # it when it is up) and exports its variables (DOCKER_HOST, FP_DIND_IMAGE,
-# FP_REGISTRY_CONTAINER, ...).
+# FP_REGISTRY_CONTAINER, ...); dies unless it gave those, each variable
+# named as an argument, and the registry the bench images are in.
 bench_docker_env() {
-    local vars
+    local vars v
     vars=$("$repo/ci/docker-env.sh" 2>/dev/null) || {
         "$repo/ci/docker-env.sh" >/dev/null || true # again, to show its errors
         die "ci/docker-env.sh failed"
@@ -164,6 +165,11 @@ bench_docker_env() {
     set -a
     eval "$vars"
     set +a
+    for v in DOCKER_HOST FP_DIND_IMAGE FP_REGISTRY_CONTAINER "$@"; do
+        [[ -n ${!v:-} ]] || die "ci/docker-env.sh did not give $v"
+    done
+    [[ ${FP_REGISTRY:-} == "${BENCH_IMAGE%%/*}" ]] ||
+        die "the registry is ${FP_REGISTRY:-unset}; the bench images are in ${BENCH_IMAGE%%/*}"
 }
 
 # --- the bench image of bench-populate.sh, bench-cache.sh, bench-verify.sh ---

@@ -69,10 +69,6 @@ need curl curl
 # The Docker environment. Its output is KEY=VALUE lines without `export`;
 # set -a exports them so that the docker CLI (a child) sees DOCKER_HOST.
 bench_docker_env
-[[ -n ${DOCKER_HOST:-} && -n ${FP_DIND_IMAGE:-} && -n ${FP_REGISTRY_CONTAINER:-} ]] ||
-    die "ci/docker-env.sh did not give DOCKER_HOST, FP_DIND_IMAGE and FP_REGISTRY_CONTAINER"
-registry=${BENCH_REF%%/*}
-[[ ${FP_REGISTRY:-} == "$registry" ]] || die "the registry is ${FP_REGISTRY:-unset}, this script expects $registry"
 
 bench_workdir
 # Own names, apart from bench-unpack.sh's files in the same dir.

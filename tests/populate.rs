@@ -313,6 +313,18 @@ fn user_bin() -> &'static Path {
     p
 }
 
+/// The tool run with `args` (on the tests' engine), which must succeed:
+/// what it printed on stdout.
+fn tool(args: &[&str]) -> String {
+    let o = Command::new(BIN)
+        .args(args)
+        .env("DOCKER_HOST", &env().docker_host)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// `flatcar-preload populate ARGS` as the unprivileged test user, through
 /// the test dockerd, with the local registry reachable as 127.0.0.1:5000.
 fn populate_cmd(args: &[&str]) -> Command {
@@ -1117,43 +1129,62 @@ fn local_inputs_fail_before_the_engine() {
         );
         assert!(err.contains(bad) && !err.contains("Docker engine"), "{err}");
     }
-    // A ROOT with a containerd store: --merge cannot add containerd's
-    // images to it (yet), which is said before anything is pulled.
+    // A ROOT with a containerd store (containerd 2.1's metadata database):
+    // a --merge that cannot add to it is refused before anything is pulled.
     let with_store = tmp.path().join("with-store.bin");
     fs::copy(&disk, &with_store).unwrap();
     let tar = tmp.path().join("store.tar");
+    let mut meta = vec![];
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&include_bytes!("fixtures/containerd-meta.db.gz")[..]),
+        &mut meta,
+    )
+    .unwrap();
+    let db = "var/lib/containerd/io.containerd.metadata.v1.bolt";
     fs::write(
         &tar,
         layer(&[
             L::Dir("var"),
             L::Dir("var/lib"),
             L::Dir("var/lib/containerd"),
+            L::Dir("var/lib/containerd/io.containerd.metadata.v1.bolt"),
+            L::File(&format!("{db}/meta.db"), &meta, 0o644),
         ]),
     )
     .unwrap();
-    let o = Command::new(BIN)
-        .arg("unpack")
-        .arg(&with_store)
-        .arg(&tar)
-        .arg("--in-place")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "unpack: {}", stderr(&o));
-    let err = run_with(
-        &nowhere,
-        &with_store,
-        &[
-            "--containerd-image".as_ref(),
-            "busybox".as_ref(),
-            "--merge".as_ref(),
-        ],
-    );
-    assert!(
-        err.contains("/var/lib/containerd")
-            && err.contains("--merge cannot add")
-            && !err.contains("Docker engine"),
-        "{err}"
-    );
+    tool(&[
+        "unpack",
+        with_store.to_str().unwrap(),
+        tar.to_str().unwrap(),
+        "--in-place",
+    ]);
+    let image = ["--containerd-image", "busybox"];
+    for (args, want) in [
+        (&image[..], "pass --merge"),
+        (
+            &[&image[..], &["--merge", "--containerd-version", "1.7"]].concat(),
+            "(metadata schema 4)",
+        ),
+        (
+            &[&image[..], &["--merge", "--cache", "c"]].concat(),
+            "leave out --cache",
+        ),
+        (
+            &["busybox", "--merge", "--containerd", "/"],
+            "a whole containerd root",
+        ),
+    ] {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let err = run_with(&nowhere, &with_store, &args);
+        assert!(
+            err.contains("/var/lib/containerd") || err.contains("containerd store"),
+            "{err}"
+        );
+        assert!(
+            err.contains(want) && !err.contains("Docker engine"),
+            "{args:?}: {err}"
+        );
+    }
     // Good local inputs: only now is the engine contacted.
     let err = run_with(&nowhere, &disk, &busybox);
     assert!(err.contains("no-engine.sock"), "{err}");
@@ -2246,18 +2277,9 @@ fn cache_downloads_only_what_changed() {
     let again = run("after the refused run");
     assert_eq!(downloaded(&again), [0, 0], "{again}");
 
-    let ls = |args: &[&str]| {
-        let o = Command::new(BIN)
-            .args(args)
-            .env("DOCKER_HOST", &env().docker_host)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    assert!(ls(&["cache", "ls"]).contains(&cache));
-    ls(&["cache", "rm", &cache]);
-    assert!(!ls(&["cache", "ls"]).contains(&cache));
+    assert!(tool(&["cache", "ls"]).contains(&cache));
+    tool(&["cache", "rm", &cache]);
+    assert!(!tool(&["cache", "ls"]).contains(&cache));
 }
 
 // ---- inspect and verify ------------------------------------------------------
@@ -2615,19 +2637,12 @@ fn containerd_store_for_kubernetes() {
             "/var/lib/containerd must be root's, 0700"
         );
     }
-    let o = Command::new(BIN)
-        .args(["inspect", "--json"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let inv = String::from_utf8_lossy(&o.stdout);
+    let inv = tool(&["inspect", "--json", out.to_str().unwrap()]);
     assert!(
         inv.contains("k8s.io") && inv.contains("registry.k8s.io/pause:3.10"),
         "{inv}"
     );
-    let o = Command::new(BIN).arg("verify").arg(&out).output().unwrap();
-    assert!(o.status.success(), "verify: {}", stderr(&o));
+    tool(&["verify", out.to_str().unwrap()]);
 
     // The target's containerd: the CRI sees every image, tagged, by digest,
     // pinned; the images run as they do under Docker.
@@ -3134,8 +3149,7 @@ fn merge_adds_to_a_containerd_store() {
     let mut want = vec![f.listed[0].1.clone(), f.listed[1].1.clone()];
     want.sort();
     assert_eq!(stored_ids(&out), want, "Docker's store, merged");
-    let o = Command::new(BIN).arg("verify").arg(&out).output().unwrap();
-    assert!(o.status.success(), "verify: {}", stderr(&o));
+    tool(&["verify", out.to_str().unwrap()]);
 
     // The snapshots of the first run, file by file, owners, modes, times
     // and xattrs, as they were.
@@ -3227,37 +3241,21 @@ fn containerd_cache_keeps_the_run_images() {
         )),
         "{err}"
     );
-    let o = Command::new(BIN)
-        .args(["inspect", "--json"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let inv = String::from_utf8_lossy(&o.stdout);
+    let inv = tool(&["inspect", "--json", out.to_str().unwrap()]);
     let second_repo = second.split(':').next().unwrap();
     assert!(
         !inv.contains("fp/layers") && inv.contains(second_repo),
         "the first run's image was written: {inv}"
     );
-    let o = Command::new(BIN).arg("verify").arg(&out).output().unwrap();
-    assert!(o.status.success(), "verify: {}", stderr(&o));
+    tool(&["verify", out.to_str().unwrap()]);
 
-    let ls = |args: &[&str]| {
-        let o = Command::new(BIN)
-            .args(args)
-            .env("DOCKER_HOST", &env().docker_host)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let listed = ls(&["cache", "ls"]);
+    let listed = tool(&["cache", "ls"]);
     assert!(
         listed
             .lines()
             .any(|l| l.starts_with(&cache) && l.contains("containerd")),
         "{listed}"
     );
-    ls(&["cache", "rm", &cache]);
-    assert!(!ls(&["cache", "ls"]).contains(&cache));
+    tool(&["cache", "rm", &cache]);
+    assert!(!tool(&["cache", "ls"]).contains(&cache));
 }

@@ -309,6 +309,11 @@ async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<(
 /// The store selection (JSON) of `images`: their IDs and every name the
 /// store gives them.
 pub(super) fn selection(images: &[PulledImage]) -> Result<Vec<u8>> {
+    serde_json::to_vec(&selected(images)).context("describing the images to export")
+}
+
+/// The images of the run by ID, with all their names.
+fn selected(images: &[PulledImage]) -> crate::store::Selection {
     let mut sel = crate::store::Selection { images: vec![] };
     for i in images {
         match sel.images.iter_mut().find(|s| s.id == i.id) {
@@ -323,7 +328,7 @@ pub(super) fn selection(images: &[PulledImage]) -> Result<Vec<u8>> {
         s.names.sort();
         s.names.dedup();
     }
-    serde_json::to_vec(&sel).context("describing the images to export")
+    sel
 }
 
 /// Removes the images of the cache that are not `kept` (--cache-prune),
@@ -333,24 +338,8 @@ pub(super) async fn prune(run: &Run<'_>, kept: &[PulledImage]) -> Result<()> {
         true => "--cache-prune",
         false => "containerd's store is written whole",
     };
-    // Docker's images by ID, containerd's records by name.
-    let (keep, request): (Vec<&str>, _) = match run.backend.kind() {
-        StoreKind::Docker => (
-            kept.iter().map(|i| i.id.as_str()).collect(),
-            Request::Prune {
-                socket: run.backend.socket().into(),
-            },
-        ),
-        StoreKind::Containerd => (
-            kept.iter()
-                .flat_map(|i| i.names.iter().map(String::as_str))
-                .collect(),
-            Request::CtrPrune {
-                socket: run.backend.socket().into(),
-                namespace: run.cfg.containerd_options.namespace.clone(),
-            },
-        ),
-    };
+    let namespace = &run.cfg.containerd_options.namespace;
+    let (request, keep) = run.backend.prune(&selected(kept), namespace);
     let mut list = serde_json::to_vec(&keep).context("listing the images to keep")?;
     list.push(b'\n');
     let mut removed = 0;

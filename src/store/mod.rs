@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ext4::{self, Need};
 use crate::fsread::FsRead;
-use crate::protocol::{ContainerdVersion, StoreKind};
+use crate::protocol::{ContainerdVersion, Request, StoreKind};
 
 pub mod check;
 pub mod containerd;
@@ -100,6 +100,12 @@ pub trait Backend: Sync {
     /// `before` (ROOT) that the daemon of the build container cannot add
     /// to for a target whose containerd is `target`.
     fn check_merge(&self, before: &dyn FsRead, target: ContainerdVersion) -> Result<()>;
+
+    /// The helper request that removes every image of the build
+    /// container's store but `kept` (a `--cache`'s others), with the list
+    /// of what to keep it reads on its standard input (Docker's images by
+    /// ID, containerd's records of `namespace` by name).
+    fn prune(&self, kept: &Selection, namespace: &str) -> (Request, Vec<String>);
 
     /// The layers of the store in `fs` (for the summary).
     fn layers(&self, fs: &dyn FsRead) -> Result<u64>;

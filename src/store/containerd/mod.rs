@@ -14,7 +14,7 @@ use super::{Backend, DaemonOptions, Inventory, Merge, Report, Selection};
 use crate::digest::is_hex64;
 use crate::ext4::Need;
 use crate::fsread::{is_dir, join, show, FsRead, Kind};
-use crate::protocol::{ContainerdVersion, StoreKind};
+use crate::protocol::{ContainerdVersion, Request, StoreKind};
 
 pub mod bolt;
 pub mod ctr;
@@ -269,6 +269,15 @@ impl Backend for Containerd {
         Ok(None)
     }
 
+    fn prune(&self, kept: &Selection, namespace: &str) -> (Request, Vec<String>) {
+        let names = kept.images.iter().flat_map(|i| i.names.clone()).collect();
+        let request = Request::CtrPrune {
+            socket: self.socket().into(),
+            namespace: namespace.into(),
+        };
+        (request, names)
+    }
+
     fn check_merge(&self, before: &dyn FsRead, target: ContainerdVersion) -> Result<()> {
         check_merge(before, target).map(|_| ())
     }
@@ -424,6 +433,9 @@ mod tests {
             t.set(&[b"v1"], b"version", &[zigzag]);
             bolt::write::build(&t)
         };
+        // A database containerd 2.1 wrote.
+        fs::write(&meta, bolt::fixture_meta_db()).unwrap();
+        assert_eq!(schema(&fs_).unwrap(), Some(SCHEMA_2X));
         fs::write(&meta, db(3)).unwrap();
         assert_eq!(schema(&fs_).unwrap(), Some(3));
         for target in [V1_7, V2_1, V2_2] {

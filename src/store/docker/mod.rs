@@ -12,7 +12,7 @@ use super::export::{Plan, Scope};
 use super::{Backend, DaemonOptions, ExportStats, Inventory, Merge, Report, Selection};
 use crate::ext4::Need;
 use crate::fsread::FsRead;
-use crate::protocol::{ContainerdVersion, StoreKind};
+use crate::protocol::{ContainerdVersion, Request, StoreKind};
 
 pub mod inspect;
 pub mod merge;
@@ -126,6 +126,12 @@ impl Backend for Docker {
 
     fn merge(&self, before: &dyn FsRead) -> Result<Option<Box<dyn Merge>>> {
         Ok(merge::Before::read(before)?.map(|b| Box::new(b) as Box<dyn Merge>))
+    }
+
+    fn prune(&self, kept: &Selection, _namespace: &str) -> (Request, Vec<String>) {
+        let ids = kept.images.iter().map(|i| i.id.clone()).collect();
+        let socket = self.socket().into();
+        (Request::Prune { socket }, ids)
     }
 
     /// Any overlay2 store can be added to: what is in it is kept as it is
