@@ -313,14 +313,10 @@ fn user_bin() -> &'static Path {
     p
 }
 
-/// The tool run with `args` (on the tests' engine), which must succeed:
-/// what it printed on stdout.
+/// The tool run with `args` (on the engine of DOCKER_HOST, the tests'),
+/// which must succeed: what it printed on stdout.
 fn tool(args: &[&str]) -> String {
-    let o = Command::new(BIN)
-        .args(args)
-        .env("DOCKER_HOST", &env().docker_host)
-        .output()
-        .unwrap();
+    let o = Command::new(BIN).args(args).output().unwrap();
     assert!(o.status.success(), "{args:?}: {}", stderr(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -1129,33 +1125,18 @@ fn local_inputs_fail_before_the_engine() {
         );
         assert!(err.contains(bad) && !err.contains("Docker engine"), "{err}");
     }
-    // A ROOT with a containerd store (containerd 2.1's metadata database):
-    // a --merge that cannot add to it is refused before anything is pulled.
+    // A ROOT with a containerd store (one containerd 2.1 wrote): a --merge
+    // that cannot add to it is refused before anything is pulled.
     let with_store = tmp.path().join("with-store.bin");
     fs::copy(&disk, &with_store).unwrap();
-    let tar = tmp.path().join("store.tar");
-    let mut meta = vec![];
-    std::io::Read::read_to_end(
-        &mut flate2::read::GzDecoder::new(&include_bytes!("fixtures/containerd-meta.db.gz")[..]),
-        &mut meta,
-    )
-    .unwrap();
-    let db = "var/lib/containerd/io.containerd.metadata.v1.bolt";
-    fs::write(
-        &tar,
-        layer(&[
-            L::Dir("var"),
-            L::Dir("var/lib"),
-            L::Dir("var/lib/containerd"),
-            L::Dir("var/lib/containerd/io.containerd.metadata.v1.bolt"),
-            L::File(&format!("{db}/meta.db"), &meta, 0o644),
-        ]),
-    )
-    .unwrap();
+    let store =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/containerd-store.tar.gz");
     tool(&[
         "unpack",
         with_store.to_str().unwrap(),
-        tar.to_str().unwrap(),
+        store.to_str().unwrap(),
+        "--target",
+        "/var/lib/containerd",
         "--in-place",
     ]);
     let image = ["--containerd-image", "busybox"];

@@ -149,8 +149,9 @@ pub(super) fn check_existing(
     }
     if let Some(src) = &cfg.containerd {
         bail!(
-            "--containerd {} is a whole containerd root: it cannot be merged with the one in ROOT of \
-             {disk}; bake its images with --containerd-image or --containerd-list instead",
+            "--containerd {} is a whole containerd root: it cannot be merged with the containerd \
+             store ({CONTAINERD_ROOT}) in ROOT of {disk}; bake its images with --containerd-image \
+             or --containerd-list instead",
             src.display()
         );
     }

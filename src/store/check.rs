@@ -85,6 +85,21 @@ pub fn diff_ids(config: &[u8]) -> Result<Vec<String>> {
     Ok(c.rootfs.diff_ids)
 }
 
+/// For the stores' `verify` tests: the one failure of `r` (it must have
+/// exactly one), which must be at `path`.
+#[cfg(test)]
+pub fn only_failure(r: &super::Report, path: &str) -> super::Failure {
+    assert_eq!(
+        r.failures.len(),
+        1,
+        "one failure expected: {:#?}",
+        r.failures
+    );
+    let f = r.failures[0].clone();
+    assert_eq!(f.path.as_deref(), Some(path), "{f}");
+    f
+}
+
 #[cfg(test)]
 pub mod memfs {
     //! A tree in memory with full control over kinds, owners, devices and

@@ -433,9 +433,9 @@ mod tests {
             t.set(&[b"v1"], b"version", &[zigzag]);
             bolt::write::build(&t)
         };
-        // A database containerd 2.1 wrote.
+        // A database containerd 1.6 wrote.
         fs::write(&meta, bolt::fixture_meta_db()).unwrap();
-        assert_eq!(schema(&fs_).unwrap(), Some(SCHEMA_2X));
+        assert_eq!(schema(&fs_).unwrap(), Some(3));
         fs::write(&meta, db(3)).unwrap();
         assert_eq!(schema(&fs_).unwrap(), Some(3));
         for target in [V1_7, V2_1, V2_2] {

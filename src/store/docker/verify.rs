@@ -1066,21 +1066,13 @@ mod tests {
         }
         /// Asserts that verify reports exactly this one failure.
         fn only(&self, image: Option<&str>, layer: Option<usize>, path: &str) -> Failure {
-            let r = self.verify();
-            assert_eq!(
-                r.failures.len(),
-                1,
-                "one failure expected: {:#?}",
-                r.failures
-            );
-            let f = r.failures[0].clone();
+            let f = crate::store::check::only_failure(&self.verify(), path);
             assert_eq!(f.image.as_deref(), image, "{f:?}");
             assert_eq!(
                 f.layer,
                 layer.map(|l| self.layers[l].diff_id.clone()),
                 "{f:?}"
             );
-            assert_eq!(f.path.as_deref(), Some(path), "{f:?}");
             f
         }
     }

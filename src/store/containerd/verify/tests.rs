@@ -208,7 +208,7 @@ impl Fixture {
         let mut fs = MemFs::default();
         let blob = |fs: &mut MemFs, data: &[u8]| -> String {
             let d = sha(data);
-            fs.file(&format!("{R}/{}/{}", layout::BLOBS, &d[7..]), data);
+            fs.file(&blob_at(&d), data);
             d
         };
         let tars = [layer_tar(&base), layer_tar(&top)];
@@ -408,15 +408,7 @@ impl Fixture {
     /// Asserts verify reports exactly one failure, at `path`, whose problem
     /// contains `says`.
     fn only(&self, path: &str, says: &str) -> Failure {
-        let r = self.verify();
-        assert_eq!(
-            r.failures.len(),
-            1,
-            "one failure expected: {:#?}",
-            r.failures
-        );
-        let f = r.failures[0].clone();
-        assert_eq!(f.path.as_deref(), Some(path), "{f}");
+        let f = crate::store::check::only_failure(&self.verify(), path);
         assert!(f.problem.contains(says), "{f}");
         f
     }
@@ -428,6 +420,23 @@ fn fixture() -> Fixture {
 
 fn multi(f: &Failure) -> bool {
     f.image.as_deref() == Some(&format!("{MULTI} (namespace k8s.io)")[..])
+}
+
+/// The bucket of the labels of blob `digest` in namespace k8s.io.
+fn blob_labels(digest: &str) -> [&[u8]; 6] {
+    [
+        b"v1",
+        b"k8s.io",
+        b"content",
+        b"blob",
+        digest.as_bytes(),
+        b"labels",
+    ]
+}
+
+/// Where blob `digest` (`sha256:...`) is in ROOT.
+fn blob_at(digest: &str) -> String {
+    format!("{R}/{}/{}", layout::BLOBS, &digest[7..])
 }
 
 #[test]
@@ -604,62 +613,30 @@ fn cri_labels_are_required_in_k8s_io_only() {
 fn names_missing_gc_labels() {
     let mut f = fixture();
     let m = f.manifest.clone();
-    f.meta.remove(
-        &[
-            b"v1",
-            b"k8s.io",
-            b"content",
-            b"blob",
-            m.as_bytes(),
-            b"labels",
-        ],
-        b"containerd.io/gc.ref.content.l.1",
-    );
+    f.meta
+        .remove(&blob_labels(&m), b"containerd.io/gc.ref.content.l.1");
     f.write_dbs();
-    f.only(
-        &format!("{R}/{}/{}", layout::BLOBS, &m[7..]),
-        "containerd.io/gc.ref.content.l.1=(none)",
-    );
+    f.only(&blob_at(&m), "containerd.io/gc.ref.content.l.1=(none)");
 
     let mut f = fixture();
     let i = f.index.clone();
     f.meta.set(
-        &[
-            b"v1",
-            b"k8s.io",
-            b"content",
-            b"blob",
-            i.as_bytes(),
-            b"labels",
-        ],
+        &blob_labels(&i),
         b"containerd.io/gc.ref.content.m.0",
         sha(b"other").as_bytes(),
     );
     f.write_dbs();
-    f.only(
-        &format!("{R}/{}/{}", layout::BLOBS, &i[7..]),
-        "its manifest 0 is",
-    );
+    f.only(&blob_at(&i), "its manifest 0 is");
 
     let mut f = fixture();
     let c = f.config.clone();
     f.meta.set(
-        &[
-            b"v1",
-            b"k8s.io",
-            b"content",
-            b"blob",
-            c.as_bytes(),
-            b"labels",
-        ],
+        &blob_labels(&c),
         GC_SNAPSHOT.as_bytes(),
         f.chains[0].clone().as_bytes(),
     );
     f.write_dbs();
-    f.only(
-        &format!("{R}/{}/{}", layout::BLOBS, &c[7..]),
-        "its top layer's chain ID is",
-    );
+    f.only(&blob_at(&c), "its top layer's chain ID is");
 }
 
 #[test]
