@@ -297,6 +297,11 @@ pub struct SpaceArgs {
     /// Format of OUTPUT for qcow2/vmdk input.
     #[arg(long, value_name = "format", value_enum, default_value_t = OutputFormat::Same)]
     pub output_format: OutputFormat,
+    /// Write into a ROOT that an interrupted run left unfinished (it has
+    /// /.flatcar-preload-unfinished); what that run wrote stays, and a
+    /// successful run removes the mark.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Where the inner daemon's store lives while pulling.
@@ -343,6 +348,7 @@ impl SpaceArgs {
             grow: self.grow,
             headroom: self.headroom,
             raw_output: self.output_format == OutputFormat::Raw,
+            force: self.force,
         }
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-/// Whether `FLATCAR_PRELOAD_PAUSE_AT` names `phase` (pull or write).
+/// Whether `FLATCAR_PRELOAD_PAUSE_AT` names `phase` (pull, write,
+/// mid-write, grow).
 fn pause_requested(phase: &str) -> bool {
     std::env::var("FLATCAR_PRELOAD_PAUSE_AT").is_ok_and(|p| p == phase)
 }
@@ -27,28 +28,45 @@ pub(crate) async fn pause(phase: &str, cancel: &CancellationToken) {
     }
 }
 
-/// A reader that pauses at `phase` once its first data has arrived (for
-/// blocking code inside the runtime).
-pub(crate) fn pause_on_first_read<R: Read + Send + 'static>(
+/// In blocking code outside the runtime: waits at `phase` when the tests
+/// asked for it, saying so on stderr, until the process is killed (at most
+/// 10 minutes): the kill tests' points.
+pub(crate) fn pause_until_killed(phase: &str) {
+    if pause_requested(phase) {
+        eprintln!("paused at {phase} (FLATCAR_PRELOAD_PAUSE_AT)");
+        std::thread::sleep(Duration::from_secs(600));
+    }
+}
+
+/// A reader that pauses at `phase` once more than `after` bytes have come
+/// through it (for blocking code inside the runtime): `write` before the
+/// first entry is written, `mid-write` part way through.
+pub(crate) fn pause_after_read<R: Read + Send + 'static>(
     phase: &'static str,
+    after: u64,
     inner: R,
     cancel: CancellationToken,
 ) -> Box<dyn Read + Send> {
     struct Paused<R> {
         inner: R,
+        left: u64,
         pending: Option<(&'static str, CancellationToken)>,
     }
     impl<R: Read> Read for Paused<R> {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             let n = self.inner.read(buf)?;
-            if let Some((phase, cancel)) = self.pending.take() {
-                tokio::runtime::Handle::current().block_on(pause(phase, &cancel));
+            self.left = self.left.saturating_sub(n as u64);
+            if n > 0 && self.left == 0 {
+                if let Some((phase, cancel)) = self.pending.take() {
+                    tokio::runtime::Handle::current().block_on(pause(phase, &cancel));
+                }
             }
             Ok(n)
         }
     }
     Box::new(Paused {
         inner,
+        left: after,
         pending: Some((phase, cancel)),
     })
 }

@@ -24,6 +24,9 @@ pub struct Inventory {
     pub containerd: Option<ContainerdStore>,
     /// Size and free space of the ROOT filesystem.
     pub root: RootSpace,
+    /// What the mark of a run that did not finish writing into ROOT says
+    /// (`/.flatcar-preload-unfinished`); null when there is none.
+    pub unfinished: Option<String>,
 }
 
 /// ROOT's space, in bytes. `inventory` leaves it zero: the caller, which
@@ -42,6 +45,7 @@ pub fn inventory(fs: &dyn FsRead) -> Result<Inventory> {
         docker: None,
         containerd: None,
         root: RootSpace::default(),
+        unfinished: crate::disk::unfinished(fs)?,
     };
     for kind in StoreKind::ALL {
         match store::backend(kind).inspect(fs)? {
@@ -118,6 +122,12 @@ fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io:
 
 /// The inventory for people: Docker's images, containerd's, ROOT's space.
 pub fn print_table(inv: &Inventory, out: &mut dyn Write) -> std::io::Result<()> {
+    if let Some(said) = &inv.unfinished {
+        writeln!(
+            out,
+            "UNFINISHED: an interrupted run left ROOT unfinished ({said}); what it holds may be half-written\n"
+        )?;
+    }
     match &inv.docker {
         None => writeln!(
             out,
@@ -234,7 +244,14 @@ pub fn run(disk: &std::path::Path, json: bool) -> Result<()> {
     let opened = crate::disk::open_for_reading(disk)?;
     let root = opened.prepared.fs();
     let fs = root.open_read()?;
-    let mut inv = inventory(&fs)?;
+    let mut inv = match (inventory(&fs), crate::disk::unfinished(&fs)?) {
+        (Err(e), Some(said)) => {
+            return Err(e.context(format!(
+                "ROOT was left unfinished by an interrupted run ({said})"
+            )))
+        }
+        (inv, _) => inv?,
+    };
     let summary = fs.inspect(crate::disk::ROOT_NAME)?;
     inv.root = RootSpace {
         size_bytes: summary.size_bytes(),

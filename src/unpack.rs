@@ -35,6 +35,8 @@ pub struct Space {
     pub headroom: Option<u64>,
     /// Write raw output for qcow2/vmdk input instead of converting back.
     pub raw_output: bool,
+    /// Write into a ROOT an interrupted run left unfinished.
+    pub force: bool,
 }
 
 impl OutputMode {
@@ -104,6 +106,7 @@ pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
         &cfg.disk,
         cfg.output.path(),
         cfg.space.raw_output,
+        disk::Unfinished::writing(cfg.space.force),
         Some(cancel),
     )?;
     let block_size = prepared.block_size()?;
@@ -113,8 +116,9 @@ pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
         Input::File(p) => Some(measure_archive(p, block_size).context("measuring the archive")?),
         Input::Stdin => None,
     };
-    let grown = disk::ensure_room(&mut prepared, need, cfg.space.grow, cfg.space.headroom)?;
     let archive = open_archive(&cfg.archive, true)?;
+    prepared.begin_writing()?;
+    let grown = disk::ensure_room(&mut prepared, need, cfg.space.grow, cfg.space.headroom)?;
     let root = prepared.fs();
 
     let write_start = Instant::now();

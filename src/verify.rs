@@ -44,7 +44,29 @@ pub fn check_root(root: &crate::ext4::Root) -> Result<Report> {
 /// holds; each failure names the image, the layer and the path.
 pub fn run(disk: &std::path::Path, json: bool) -> Result<()> {
     let opened = crate::disk::open_for_reading(disk)?;
-    let report = check_root(&opened.prepared.fs())?;
+    let root = opened.prepared.fs();
+    let mark = crate::disk::unfinished(&root.open_read()?)?;
+    let mut report = match (check_root(&root), &mark) {
+        (Err(e), Some(said)) => {
+            return Err(e.context(format!(
+                "ROOT was left unfinished by an interrupted run ({said})"
+            )))
+        }
+        (report, _) => report?,
+    };
+    if let Some(said) = mark {
+        report.failures.insert(
+            0,
+            store::Failure {
+                image: None,
+                layer: None,
+                path: Some(crate::disk::UNFINISHED.into()),
+                problem: format!(
+                    "ROOT was left unfinished by an interrupted run ({said}): what it holds may be half-written"
+                ),
+            },
+        );
+    }
     if json {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer_pretty(&mut out, &report)

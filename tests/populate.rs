@@ -748,7 +748,14 @@ fn interrupt_at(phase: &str, images: &[&str]) {
     let mut args = vec![disk.to_str().unwrap()];
     args.extend(images);
     args.extend(["-o", out.to_str().unwrap()]);
-    let mut child = populate_cmd(&args)
+    let o = signal_at(&args, phase, "INT");
+    assert_clean_failure(&o, &disk, before, &out, "interrupted");
+}
+
+/// Runs populate with `args` until it pauses at `phase`, then sends it
+/// `signal` (INT, KILL); what it printed and how it ended.
+fn signal_at(args: &[&str], phase: &str, signal: &str) -> Output {
+    let mut child = populate_cmd(args)
         .env("FLATCAR_PRELOAD_PAUSE_AT", phase)
         .stderr(Stdio::piped())
         .spawn()
@@ -769,19 +776,120 @@ fn interrupt_at(phase: &str, images: &[&str]) {
     }
     // The tool is runuser's child (runuser would turn SIGINT into SIGTERM).
     let st = Command::new("pkill")
-        .args(["-INT", "-P", &child.id().to_string()])
+        .args([&format!("-{signal}"), "-P", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(st.success());
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
     let status = child.wait().unwrap();
-    let o = Output {
+    Output {
         status,
         stdout: vec![],
         stderr: format!("{seen}{rest}").into_bytes(),
+    }
+}
+
+/// `--in-place` killed (SIGKILL, nothing cleaned up) at each point where
+/// it writes: while growing (the partition grown, not yet its filesystem),
+/// before the first entry of the store and part way through it. Each time
+/// ROOT carries the mark of the unfinished run, which `inspect` shows,
+/// `verify` fails on, and a new `populate` or `unpack` refuses before
+/// contacting the engine until `--force`; killed before writing (during
+/// the pull), the image is as it was.
+#[test]
+fn in_place_killed_is_never_taken_for_finished() {
+    let Some(_serial) = docker_test() else {
+        return;
     };
-    assert_clean_failure(&o, &disk, before, &out, "interrupted");
+    if !cfg!(feature = "test-hooks") {
+        skip("built without --features test-hooks, which pauses a run at a phase");
+        return;
+    }
+    let image = fixtures().listed[0].0.as_str();
+    let tmp = user_dir();
+    // What a kill leaves: the build container and its volume.
+    let remove_leftovers = || {
+        for (kind, list) in [("container", ["ps", "-aq"]), ("volume", ["volume", "ls"])] {
+            let mut args = list.to_vec();
+            args.extend(["-q", "--filter", "label=org.flatcar-preload.run"]);
+            for name in docker_out(&args).split_whitespace() {
+                docker_out(&[kind, "rm", "-f", name]);
+            }
+        }
+    };
+    for point in ["pull", "grow", "write", "mid-write"] {
+        let disk = disk_copy(&["--layout", "current"], tmp.path());
+        let d = disk.to_str().unwrap();
+        let before = file_digest(&disk);
+        let o = signal_at(&[d, image, "--in-place", "--grow", "+64M"], point, "KILL");
+        assert!(!o.status.success(), "{point}: {}", stderr(&o));
+        remove_leftovers();
+        let inspect = Command::new(BIN).args(["inspect", d]).output().unwrap();
+        let verify = Command::new(BIN).args(["verify", d]).output().unwrap();
+        let again = populate(&[d, image, "--in-place", "--merge"]);
+        if point == "pull" {
+            assert_eq!(
+                file_digest(&disk),
+                before,
+                "killed before writing, yet changed"
+            );
+            assert!(!String::from_utf8_lossy(&inspect.stdout).contains("UNFINISHED"));
+            assert!(again.status.success(), "{}", stderr(&again));
+            continue;
+        }
+        // Listed with the mark, or refused naming it when what was half
+        // written cannot be read.
+        let shown = format!(
+            "{}{}",
+            String::from_utf8_lossy(&inspect.stdout),
+            stderr(&inspect)
+        );
+        assert!(
+            shown.contains("UNFINISHED: an interrupted run")
+                || shown.contains("left unfinished by an interrupted run"),
+            "{point}: {shown}"
+        );
+        assert!(!verify.status.success(), "{point}: verify passed");
+        assert!(
+            stderr(&verify).contains("left unfinished"),
+            "{point}: {}",
+            stderr(&verify)
+        );
+        let refused = "was left unfinished by an interrupted run";
+        assert!(
+            !again.status.success() && stderr(&again).contains(refused),
+            "{point}: {}",
+            stderr(&again)
+        );
+        assert!(
+            !stderr(&again).contains("pull"),
+            "{point}: {}",
+            stderr(&again)
+        );
+        let tar = tmp.path().join("one.tar");
+        fs::write(&tar, layer(&[L::File("f", b"x", 0o644)])).unwrap();
+        let o = Command::new(BIN)
+            .args(["unpack", d, tar.to_str().unwrap(), "--in-place"])
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success() && stderr(&o).contains(refused),
+            "{point}: {}",
+            stderr(&o)
+        );
+        assert_eq!(leftovers(), "", "{point}");
+        if point == "grow" {
+            // Only the mark and a grown partition: a forced run finishes
+            // the job and removes the mark.
+            let o = populate(&[d, image, "--in-place", "--force"]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert!(stderr(&o).contains("writing into it anyway (--force)"));
+            assert_fsck_clean(&disk);
+            tool(&["verify", d]);
+            assert!(!tool(&["inspect", d]).contains("UNFINISHED"));
+        }
+    }
 }
 
 #[test]

@@ -235,6 +235,9 @@ pub fn ensure_room(
         mib(new_len)
     );
     let root = grow_disk(&image, new_len)?;
+    // Half grown: the partition is, its filesystem not yet.
+    #[cfg(feature = "test-hooks")]
+    crate::hooks::pause_until_killed("grow");
     resize_root(&image, root, before.size, bs)?;
     prepared.root = root;
     let report = GrowReport {

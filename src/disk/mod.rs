@@ -156,6 +156,42 @@ impl Output {
     }
 }
 
+/// The file a run writes into ROOT before it changes anything in the
+/// image, and removes once everything it wrote is in place: a ROOT that
+/// has it was left unfinished (the tool was killed, the machine lost
+/// power, or a run failed part way through writing).
+pub const UNFINISHED: &str = "/.flatcar-preload-unfinished";
+
+/// What a run does with a ROOT that an interrupted run left unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfinished {
+    /// Refuses to write into it (the default).
+    Refuse,
+    /// Writes into it anyway, saying so (`--force`).
+    Force,
+    /// Only reads it (`inspect`, `verify` report the mark).
+    Read,
+}
+
+impl Unfinished {
+    /// For a run that writes: `--force` given or not.
+    pub fn writing(force: bool) -> Unfinished {
+        match force {
+            true => Unfinished::Force,
+            false => Unfinished::Refuse,
+        }
+    }
+}
+
+/// What the mark of an unfinished run in `fs` (ROOT) says, if it is there.
+pub fn unfinished(fs: &dyn crate::fsread::FsRead) -> Result<Option<String>> {
+    if fs.stat(UNFINISHED.as_bytes())?.is_none() {
+        return Ok(None);
+    }
+    let text = fs.read_all(UNFINISHED.as_bytes())?;
+    Ok(Some(String::from_utf8_lossy(&text).trim().to_string()))
+}
+
 /// The image being written and where ROOT is in it.
 pub struct Prepared {
     /// The output being made (None: --in-place).
@@ -163,6 +199,8 @@ pub struct Prepared {
     /// The raw image file to write into.
     pub image: PathBuf,
     pub root: RootPartition,
+    /// Whether ROOT carries the mark of this run ([`UNFINISHED`]).
+    marked: bool,
 }
 
 /// What `unpack` and `populate` both do with an output: [`prepare`] it,
@@ -179,11 +217,46 @@ impl Prepared {
         Ok(self.fs().open_read()?.inspect(ROOT_NAME)?.block_size)
     }
 
-    /// Re-reads ROOT (what it holds once written) and moves the output to
-    /// its name (converted back to qcow2/vmdk when it came from there). On
-    /// failure the output is removed; in place, the disk holds what was
-    /// written.
+    /// Marks ROOT unfinished ([`UNFINISHED`]), written through before
+    /// anything else is changed (growing included): until
+    /// [`Prepared::publish`] removes it, a run killed at any moment leaves
+    /// either the image as it was or the mark. Once per run.
+    pub fn begin_writing(&mut self) -> Result<()> {
+        if self.marked {
+            return Ok(());
+        }
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let text = format!(
+            "flatcar-preload {} {} (pid {}) began writing into this ROOT at {since} (seconds since 1970) \
+             and did not finish\n",
+            env!("CARGO_PKG_VERSION"),
+            std::env::args().nth(1).unwrap_or_default(),
+            std::process::id(),
+        );
+        let attrs = crate::tar::Attrs::root_owned(0o600);
+        let mut fs = self.fs().open_write(None)?;
+        let written = fs.write_file(UNFINISHED, text.as_bytes(), &attrs);
+        fs.close_after(written).with_context(|| {
+            format!("marking ROOT of {} as being written", self.image.display())
+        })?;
+        self.marked = true;
+        Ok(())
+    }
+
+    /// Removes the mark of this run, re-reads ROOT (what it holds once
+    /// written) and moves the output to its name (converted back to
+    /// qcow2/vmdk when it came from there). On failure the output is
+    /// removed; in place, the disk holds what was written, marked
+    /// unfinished.
     pub fn publish(self) -> Result<crate::ext4::FsSummary> {
+        if self.marked {
+            let mut fs = self.fs().open_write(None)?;
+            let removed = fs.remove_tree(UNFINISHED);
+            fs.close_after(removed)
+                .context("removing the mark of an unfinished run from ROOT")?;
+        }
         let fs = (self.fs().open_read().and_then(|fs| fs.inspect(ROOT_NAME)))
             .context("re-reading ROOT after writing")?;
         if let Some(out) = self.output {
@@ -196,7 +269,11 @@ impl Prepared {
 /// Checks `disk` before anything is written. A raw image must hold
 /// Flatcar's ROOT, whose place is returned; other formats are checked once
 /// converted, and cannot be modified in place.
-pub fn check_input(disk: &Path, in_place: bool) -> Result<(Format, Option<RootPartition>)> {
+pub fn check_input(
+    disk: &Path,
+    in_place: bool,
+    unfinished: Unfinished,
+) -> Result<(Format, Option<RootPartition>)> {
     let format = Format::detect(disk)?;
     if format != Format::Raw {
         if in_place {
@@ -207,16 +284,35 @@ pub fn check_input(disk: &Path, in_place: bool) -> Result<(Format, Option<RootPa
         }
         return Ok((format, None));
     }
-    Ok((format, Some(check_root(disk, disk)?)))
+    Ok((format, Some(check_root(disk, disk, unfinished)?)))
 }
 
-/// Locates ROOT in `image` and checks that it may be written.
-fn check_root(image: &Path, disk: &Path) -> Result<RootPartition> {
+/// Locates ROOT in `image` and checks that it may be read, and written
+/// when `unfinished` says so.
+fn check_root(image: &Path, disk: &Path, unfinished: Unfinished) -> Result<RootPartition> {
     let root = locate_root(image)?;
-    crate::ext4::Root::new(image, root.offset)
+    let mark = crate::ext4::Root::new(image, root.offset)
         .open_read()
-        .and_then(|fs| fs.inspect(ROOT_NAME))
+        .and_then(|fs| {
+            fs.inspect(ROOT_NAME)?;
+            self::unfinished(&fs)
+        })
         .with_context(|| format!("checking partition 9 of {}", disk.display()))?;
+    match (mark, unfinished) {
+        (Some(said), Unfinished::Refuse) => bail!(
+            "ROOT of {} was left unfinished by an interrupted run ({said}): what it holds may be \
+             half-written. Start again from the image it was made from, or pass --force to write \
+             into it anyway (a successful run removes the mark; what the interrupted run wrote \
+             stays)",
+            disk.display()
+        ),
+        // Said once: the input is checked again once copied.
+        (Some(_), Unfinished::Force) if image == disk => eprintln!(
+            "warning: ROOT of {} was left unfinished by an interrupted run; writing into it anyway (--force)",
+            disk.display()
+        ),
+        _ => {}
+    }
     Ok(root)
 }
 
@@ -227,14 +323,16 @@ pub fn prepare(
     disk: &Path,
     output: Option<&Path>,
     raw_out: bool,
+    unfinished: Unfinished,
     cancel: Option<&CancellationToken>,
 ) -> Result<Prepared> {
-    let (format, root) = check_input(disk, output.is_none())?;
+    let (format, root) = check_input(disk, output.is_none(), unfinished)?;
     let Some(path) = output else {
         return Ok(Prepared {
             output: None,
             image: disk.to_path_buf(),
             root: root.expect("check_input checks raw images"),
+            marked: false,
         });
     };
     let out = if format.qemu_name().is_some() {
@@ -254,11 +352,13 @@ pub fn prepare(
         bar.finish();
         out
     };
-    let root = check_root(out.working_path(), disk)?;
+    // The input was checked: a compressed one only now, a raw one again.
+    let root = check_root(out.working_path(), disk, unfinished)?;
     Ok(Prepared {
         image: out.working_path().to_path_buf(),
         output: Some(out),
         root,
+        marked: false,
     })
 }
 
@@ -273,13 +373,14 @@ pub struct ForReading {
 
 /// Opens `disk` (any format `populate` takes) for reading its ROOT.
 pub fn open_for_reading(disk: &Path) -> Result<ForReading> {
-    let (format, root) = check_input(disk, false)?;
+    let (format, root) = check_input(disk, false, Unfinished::Read)?;
     if let Some(root) = root {
         return Ok(ForReading {
             prepared: Prepared {
                 output: None,
                 image: disk.to_path_buf(),
                 root,
+                marked: false,
             },
             _dir: None,
         });
@@ -293,7 +394,8 @@ pub fn open_for_reading(disk: &Path) -> Result<ForReading> {
         disk.display(),
         dir.path().display()
     );
-    let prepared = prepare(disk, Some(&dir.path().join("raw.bin")), true, None)?;
+    let raw = dir.path().join("raw.bin");
+    let prepared = prepare(disk, Some(&raw), true, Unfinished::Read, None)?;
     Ok(ForReading {
         prepared,
         _dir: Some(dir),

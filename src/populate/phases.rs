@@ -48,7 +48,9 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
         bail!("no images to preload: give references or an image list with entries");
     }
     let mut seed = None;
-    if let (_, Some(root)) = disk::check_input(&cfg.disk, cfg.output.path().is_none())? {
+    let in_place = cfg.output.path().is_none();
+    let unfinished = disk::Unfinished::writing(cfg.space.force);
+    if let (_, Some(root)) = disk::check_input(&cfg.disk, in_place, unfinished)? {
         let root = ext4::Root::new(&cfg.disk, root.offset);
         if check_existing(cfg, &root, true)? {
             seed = Some(root);
@@ -442,7 +444,8 @@ pub(super) async fn make_output(
     );
     let cfg = cfg.clone();
     blocking(move || {
-        let prepared = disk::prepare(&disk, out.as_deref(), raw, Some(&cancel))?;
+        let unfinished = disk::Unfinished::writing(cfg.space.force);
+        let prepared = disk::prepare(&disk, out.as_deref(), raw, unfinished, Some(&cancel))?;
         check_existing(&cfg, &prepared.fs(), seeded)?;
         Ok(prepared)
     })
@@ -540,6 +543,7 @@ pub(super) async fn make_room(
 ) -> Result<(Prepared, Option<disk::GrowReport>)> {
     let (grow, headroom) = (cfg.space.grow, cfg.space.headroom);
     blocking(move || {
+        prepared.begin_writing()?;
         let grown = disk::ensure_room(&mut prepared, Some(need), grow, headroom)?;
         Ok((prepared, grown))
     })
@@ -605,7 +609,11 @@ pub(super) async fn export_and_write(
         Bar::bytes("exporting store", None),
     );
     #[cfg(feature = "test-hooks")]
-    let stream = crate::hooks::pause_on_first_read("write", stream, run.cancel.clone());
+    let stream = {
+        use crate::hooks::pause_after_read;
+        let stream = pause_after_read("write", 0, stream, run.cancel.clone());
+        pause_after_read("mid-write", 1 << 20, stream, run.cancel.clone())
+    };
     let writer = tokio::task::spawn_blocking(move || {
         let written = fs.write_tar(backend.root().as_bytes(), stream, None);
         (fs, written)
