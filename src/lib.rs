@@ -13,6 +13,7 @@ pub mod ext4;
 mod fsread;
 #[cfg(feature = "test-hooks")]
 mod hooks;
+mod hostfs;
 mod inspect;
 mod platform;
 mod populate;

@@ -126,7 +126,8 @@ pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
     let written = fs.write_tar(&cfg.target, archive, None);
     let stats = fs
         .close_after(written)
-        .context("writing the archive into ROOT")?;
+        .context("writing the archive into ROOT")
+        .map_err(|e| crate::hostfs::explain_full(e, &root.image))?;
     let write_secs = write_start.elapsed().as_secs_f64();
     let fs = prepared.publish()?;
     if let Some(g) = grown {

@@ -584,3 +584,95 @@ fn journal_needing_recovery_is_refused() {
     let err = unpack_err(&[&disk, &archive, &"--in-place"]);
     assert!(err.contains("journal needs recovery"), "{err}");
 }
+
+/// A tmpfs of `size` mounted on a new directory, unmounted when dropped.
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn new(size: &str) -> SmallFs {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs");
+        SmallFs(dir)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// The output on a filesystem too small for it: said before anything is
+/// written when it can be known (the copy of the disk, the archive's data
+/// measured), else when the write finds it full; each time naming that
+/// filesystem, no output and no temporary file left, the input untouched.
+#[test]
+fn output_filesystem_too_small() {
+    if !is_root() {
+        skip("mounting a small tmpfs for the output needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let before = fs::read(&disk).unwrap();
+    let tar = tmp.path().join("big.tar");
+    write_tar(&[item("opt/big", random(3, 24 << 20))], &tar);
+    let left = |dir: &Path| fs::read_dir(dir).unwrap().count();
+
+    // The copy itself does not fit (the small disk allocates more).
+    let tiny = SmallFs::new("64k");
+    let out = tiny.0.path().join("out.bin");
+    let err = unpack_err(&[&disk, &tar, &"-o", &out]);
+    assert!(err.contains("is too small: the copy of"), "{err}");
+    assert!(err.contains(&tiny.0.path().display().to_string()), "{err}");
+    assert_eq!(
+        left(tiny.0.path()),
+        0,
+        "something was left in the output's directory"
+    );
+
+    // The copy fits, the 24 MiB of data measured from the archive do not.
+    let small = SmallFs::new("16M");
+    let out = small.0.path().join("out.bin");
+    let err = unpack_err(&[&disk, &tar, &"-o", &out]);
+    assert!(err.contains("writing the data into ROOT needs"), "{err}");
+    assert!(err.contains(&small.0.path().display().to_string()), "{err}");
+    assert_eq!(
+        left(small.0.path()),
+        0,
+        "something was left in the output's directory"
+    );
+
+    // From standard input nothing is measured: the write finds the
+    // filesystem full, and says which.
+    let mut child = Command::new(BIN)
+        .args(["unpack"])
+        .arg(&disk)
+        .args(["-", "-o"])
+        .arg(&out)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&fs::read(&tar).unwrap());
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("is full"), "{err}");
+    assert!(err.contains(&small.0.path().display().to_string()), "{err}");
+    assert_eq!(
+        left(small.0.path()),
+        0,
+        "something was left in the output's directory"
+    );
+    assert!(fs::read(&disk).unwrap() == before, "the input was modified");
+}

@@ -135,6 +135,23 @@ pub fn sparse_copy(
         .with_context(|| format!("reading the size of {}", src.display()))?
         .len();
     let (out, output) = new_output(src, dst)?;
+    // Explained while the partial copy still takes its room.
+    copy_into(src, input, len, &output, &out, cancel, &mut progress)
+        .map_err(|e| crate::hostfs::explain_full(e, &out.tmp))?;
+    Ok(out)
+}
+
+/// The body of [`sparse_copy`]: decompresses or copies `input` into
+/// `output` (the file of `out`).
+fn copy_into(
+    src: &Path,
+    input: File,
+    len: u64,
+    output: &File,
+    out: &Output,
+    cancel: Option<&CancellationToken>,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<()> {
     if Format::detect(src)?.is_compressed() {
         let read = Arc::new(AtomicU64::new(0));
         let counted = CountingFile {
@@ -153,7 +170,7 @@ pub fn sparse_copy(
             if n == 0 {
                 break;
             }
-            write_sparse(&output, &buf[..n], at)?;
+            write_sparse(output, &buf[..n], at)?;
             at += n as u64;
             progress(read.load(Ordering::Relaxed).min(len), len);
         }
@@ -161,14 +178,14 @@ pub fn sparse_copy(
             .set_len(at)
             .with_context(|| format!("setting the size of {}", out.tmp.display()))?;
         progress(len, len);
-        return Ok(out);
+        return Ok(());
     }
-    copy_range(&input, 0, &output, 0, len, cancel, |at| progress(at, len))?;
+    copy_range(&input, 0, output, 0, len, cancel, |at| progress(at, len))?;
     output
         .set_len(len)
         .with_context(|| format!("setting the size of {}", out.tmp.display()))?;
     progress(len, len);
-    Ok(out)
+    Ok(())
 }
 
 /// Copies `len` bytes of `input` from `from` to `output` at `to`, reading

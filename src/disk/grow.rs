@@ -196,6 +196,14 @@ pub fn ensure_room(
     let disk_len = fs::metadata(&image)
         .with_context(|| format!("reading the size of {}", image.display()))?
         .len();
+    // What the data allocates on the filesystem holding the image: ROOT's
+    // free blocks that are holes in it get written (growing adds holes).
+    if let Some(n) = need {
+        let root = prepared.root;
+        let holes = crate::hostfs::hole_bytes(&image, root.offset, root.offset + root.size)?;
+        let data = (n.blocks * bs).min(holes + missing_blocks * bs);
+        crate::hostfs::check_room(&image, data, "writing the data into ROOT")?;
+    }
     let new_len = match grow {
         Grow::No | Grow::Auto if missing_blocks == 0 => return Ok(None),
         Grow::No => {

@@ -347,6 +347,12 @@ pub fn prepare(
         } else {
             "copying image"
         };
+        if !format.is_compressed() {
+            use std::os::unix::fs::MetadataExt;
+            let md = fs::metadata(disk).with_context(|| format!("reading {}", disk.display()))?;
+            let what = format!("the copy of {}", disk.display());
+            crate::hostfs::check_room(path, md.blocks() * 512, &what)?;
+        }
         let mut bar = crate::progress::Bar::bytes(label, fs::metadata(disk).ok().map(|m| m.len()));
         let out = sparse_copy(disk, path, cancel, |d, _| bar.set(d))?;
         bar.finish();

@@ -183,12 +183,14 @@ async fn populate(runs: &[Run<'_>], origin: Instant) -> Result<Summary> {
             selection,
         } = pulled;
         store.used_bytes = used;
+        // Explained while the output still takes its room.
         let written = clock
             .time(
                 Phase::ExportAndWrite,
                 export_and_write(run, &root, selection.as_deref()),
             )
-            .await?;
+            .await
+            .map_err(|e| crate::hostfs::explain_full(e, &root.image))?;
         entries += written.entries;
         bytes += written.bytes;
         via.get_or_insert(written.via);
@@ -198,7 +200,10 @@ async fn populate(runs: &[Run<'_>], origin: Instant) -> Result<Summary> {
     let containerd_entries = match &cfg.containerd {
         Some(src) => {
             let job = write_containerd(root.clone(), src.clone(), cancel.clone());
-            clock.time(Phase::Containerd, job).await?
+            clock
+                .time(Phase::Containerd, job)
+                .await
+                .map_err(|e| crate::hostfs::explain_full(e, &root.image))?
         }
         None => 0,
     };
