@@ -167,6 +167,14 @@ mod tests {
         );
         assert!(err.contains(&fs.mount.display().to_string()), "{err}");
         assert_eq!(unescape("/mnt/a\\040b\\134c"), PathBuf::from("/mnt/a b\\c"));
+        // A sparse file: 1 MiB of data in 8 MiB.
+        let f = std::fs::File::create(&out).unwrap();
+        f.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &vec![1u8; 1 << 20], 2 << 20).unwrap();
+        drop(f);
+        assert_eq!(hole_bytes(&out, 0, 8 << 20).unwrap(), 7 << 20);
+        assert_eq!(hole_bytes(&out, 2 << 20, 3 << 20).unwrap(), 0);
+        assert_eq!(hole_bytes(&out, 3 << 20, 4 << 20).unwrap(), 1 << 20);
         // Not full: the error is left as it is.
         let e = explain_full(anyhow::anyhow!("short write"), &out);
         assert_eq!(format!("{e:#}"), "short write");
