@@ -11,6 +11,7 @@
 //! outcome not seen before joins the in-memory corpus.
 //!
 //! - `FP_FUZZ_SEED`: the random seed (printed), to replay a run.
+//! - `FP_FUZZ_VERBOSE`: print each new outcome.
 //! - The time budget is the caller's (`FP_FUZZ_SECONDS` for the tar
 //!   fuzzer, `FP_FUZZ_PARSER_SECONDS` for each parser target).
 
@@ -122,15 +123,77 @@ pub fn run_limited<T: Send + 'static>(
 }
 
 /// What an error says, for telling outcomes apart: its first line (of the
-/// whole context chain), digits as `#`, at most 120 characters.
+/// whole context chain) without what comes from the input or the machine:
+/// quoted strings, paths, hex and digits are collapsed; at most 120
+/// characters.
 pub fn error_outcome(e: &str) -> String {
-    e.lines()
-        .next()
-        .unwrap_or("")
+    let line = e.lines().next().unwrap_or("");
+    let mut out = String::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    for word in line.split_inclusive(' ') {
+        let mut w = String::new();
+        for c in word.chars() {
+            if quoted {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    quoted = false;
+                    w.push_str("\"_\"");
+                }
+                continue;
+            }
+            if c == '"' {
+                quoted = true;
+            } else {
+                w.push(c);
+            }
+        }
+        if w.contains('/') {
+            w = "_/_ ".into();
+        }
+        out.push_str(&w);
+    }
+    digits_collapsed(&hex_collapsed(&out))
         .chars()
-        .map(|c| if c.is_ascii_digit() { '#' } else { c })
         .take(120)
         .collect()
+}
+
+/// `s` with each run of 12 or more hex digits (digests, IDs) as `_hex_`.
+fn hex_collapsed(s: &str) -> String {
+    let mut out = String::new();
+    let mut run = String::new();
+    for c in s.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        if run.len() >= 12 {
+            out.push_str("_hex_");
+        } else {
+            out.push_str(&run);
+        }
+        run.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
+}
+
+/// `s` with each run of digits as one `#`.
+pub fn digits_collapsed(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if !c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('#') {
+            out.push('#');
+        }
+    }
+    out
 }
 
 /// Saves a failing input (and why it failed, next to it as .txt).
@@ -336,6 +399,7 @@ impl Campaign {
         let regressions = self.replay(regressions, case);
         let mut rng = Rng::new(self.seed);
         let mut cases = 0u64;
+        let verbose = std::env::var_os("FP_FUZZ_VERBOSE").is_some();
         while start.elapsed() < Duration::from_secs(self.seconds) {
             let base = &corpus[rng.below(corpus.len())];
             let mut input = mutate(&mut rng, base, &corpus);
@@ -343,6 +407,9 @@ impl Campaign {
             cases += 1;
             match case(&input) {
                 Ok(o) => {
+                    if verbose && !seen.contains(&o) {
+                        eprintln!("fuzz {}: new outcome: {o}", self.name);
+                    }
                     if seen.insert(o) && corpus.len() < self.max_corpus {
                         corpus.push(input);
                     }
