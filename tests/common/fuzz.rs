@@ -357,13 +357,16 @@ impl Campaign {
         regressions: &[(PathBuf, Vec<u8>)],
         case: &mut dyn FnMut(&[u8]) -> Result<String, String>,
     ) -> usize {
+        let verbose = std::env::var_os("FP_FUZZ_VERBOSE").is_some();
         for (p, input) in regressions {
-            if let Err(why) = case(input) {
-                panic!(
+            match case(input) {
+                Ok(o) if verbose => eprintln!("fuzz {}: {}: {o}", self.name, p.display()),
+                Ok(_) => {}
+                Err(why) => panic!(
                     "fuzz {}: regression {} fails again: {why}",
                     self.name,
                     p.display()
-                );
+                ),
             }
         }
         regressions.len()
