@@ -85,6 +85,11 @@ pub fn verify_docker(root: &Path) -> Result<String> {
     let host = crate::fsread::HostDir(root.to_path_buf());
     let opts = crate::store::docker::verify::Options::default();
     let r = crate::store::docker::verify::verify(&host, &opts, &mut |_| {})?;
+    if std::env::var_os("FP_FUZZ_VERBOSE").is_some() {
+        for f in &r.failures {
+            eprintln!("verify: {f}");
+        }
+    }
     let mut problems: Vec<String> = r
         .failures
         .iter()
