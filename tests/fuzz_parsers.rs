@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use common::fuzz::{
     case_files, digits_collapsed, env_u64, error_outcome, fix_tar_checksums, havoc, manifest,
-    run_limited, Campaign, Rng,
+    run_limited, Campaign, Mutate, Rng,
 };
 use flatcar_preload::fuzzing;
 
@@ -133,15 +133,13 @@ fn outcome<T: std::fmt::Display>(r: anyhow::Result<T>) -> String {
     }
 }
 
-type Mutator<'a> = dyn FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8> + 'a;
-
 /// Runs target `name`: its corpus and regressions, mutated by `mutate`
 /// (plain [`havoc`] with `dict` when None), each case through `case`.
 fn fuzz_target(
     name: &str,
     dict: &[&[u8]],
     max_len: usize,
-    mutate: Option<&mut Mutator<'_>>,
+    mutate: Option<&mut Mutate<'_>>,
     case: &mut dyn FnMut(&[u8]) -> Result<String, String>,
 ) {
     let dir = manifest().join("tests/fuzz").join(name);
@@ -163,7 +161,7 @@ fn fuzz_target(
         havoc(rng, &mut v, corpus, dict);
         v
     };
-    let mutate: &mut Mutator<'_> = match mutate {
+    let mutate: &mut Mutate<'_> = match mutate {
         Some(m) => m,
         None => &mut plain,
     };
@@ -729,12 +727,12 @@ fn write_seeds() {
     put(
         "docker-archive",
         "legacy.tar",
-        &docker_archive(false, &["fuzz/a:1"], &[l1.clone(), l2.clone()]),
+        &docker_archive(false, &["fuzz/a:1"], &[l1.clone(), l2]),
     );
     put(
         "docker-archive",
         "blobs.tar",
-        &docker_archive(true, &["fuzz/b:1", "fuzz/b:2"], &[l1.clone()]),
+        &docker_archive(true, &["fuzz/b:1", "fuzz/b:2"], std::slice::from_ref(&l1)),
     );
     for t in ["oci-archive", "oci-dir"] {
         put(

@@ -317,6 +317,10 @@ pub fn fix_tar_checksums(v: &mut [u8]) {
     }
 }
 
+/// A mutator: a new input from one of the corpus (and the corpus, to
+/// splice with).
+pub type Mutate<'a> = dyn FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8> + 'a;
+
 /// One fuzzing campaign of a target.
 pub struct Campaign {
     pub name: String,
@@ -380,7 +384,7 @@ impl Campaign {
         mut corpus: Vec<Vec<u8>>,
         regressions: &[(PathBuf, Vec<u8>)],
         seed_ok: &dyn Fn(&str) -> bool,
-        mutate: &mut dyn FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>,
+        mutate: &mut Mutate<'_>,
         case: &mut dyn FnMut(&[u8]) -> Result<String, String>,
     ) -> Summary {
         assert!(
