@@ -215,14 +215,26 @@ impl<'a> Image<'a> {
             ),
             _ => None,
         };
+        let too_large = |r: &mut dyn ReadSeek| {
+            super::gpt_too_large(r).with_context(|| format!("reading {}", self.path.display()))
+        };
         let read = match self.source {
             // In place, so that gptman can fall back to the backup GPT.
-            Source::Raw => gptman::GPT::find_from(&mut self.file),
+            Source::Raw => {
+                if let Some(why) = too_large(&mut self.file)? {
+                    return Ok(Err(why));
+                }
+                gptman::GPT::find_from(&mut self.file)
+            }
             _ => {
                 let mut head = vec![0u8; GPT_BYTES as usize];
                 let n = self.read_at(&mut head, 0)?;
                 head.truncate(n);
-                gptman::GPT::find_from(&mut Cursor::new(head))
+                let mut head = Cursor::new(head);
+                if let Some(why) = too_large(&mut head)? {
+                    return Ok(Err(why));
+                }
+                gptman::GPT::find_from(&mut head)
             }
         };
         let gpt = match read {
@@ -359,6 +371,10 @@ fn fetch_chunk(disk: &Path, format: &str, k: u64, scratch: &Path, staging: &File
     let data = std::fs::read(&out).context("reading a chunk qemu-img extracted")?;
     stage(staging, &data, k * CHUNK)
 }
+
+/// What a GPT is read from.
+trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
 
 /// What fatfs may read of the ESP in all. Finding the loaders reads the
 /// boot sector, the FAT entries of three directories and those directories
