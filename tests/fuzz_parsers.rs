@@ -11,7 +11,7 @@
 //! the process stops at once, saying which case, rather than running the
 //! machine out of memory).
 //!
-//! - `FP_FUZZ_PARSER_SECONDS` (default 12; 10 targets: about 2 minutes of
+//! - `FP_FUZZ_PARSER_SECONDS` (default 11; 11 targets: about 2 minutes of
 //!   CPU in all): how long each target runs.
 //! - `FP_FUZZ_SEED`: the random seed (printed), to replay a run.
 //! - A failing case is saved under `target/tmp/fuzz-failures/`.
@@ -150,7 +150,7 @@ fn fuzz_target(
     let regressions = case_files(&dir.join("regressions"));
     let c = Campaign {
         name: name.to_string(),
-        seconds: env_u64("FP_FUZZ_PARSER_SECONDS").unwrap_or(12),
+        seconds: env_u64("FP_FUZZ_PARSER_SECONDS").unwrap_or(11),
         seed: common::fuzz::seed(),
         max_corpus: 300,
         max_len,
