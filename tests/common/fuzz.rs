@@ -394,9 +394,13 @@ impl Campaign {
         );
         let start = Instant::now();
         let mut seen = HashSet::new();
+        let verbose = std::env::var_os("FP_FUZZ_VERBOSE").is_some();
         for s in corpus.clone() {
             match case(&s) {
                 Ok(o) => {
+                    if verbose {
+                        eprintln!("fuzz {}: seed: {o}", self.name);
+                    }
                     assert!(seed_ok(&o), "fuzz {}: a seed is refused: {o}", self.name);
                     seen.insert(o);
                 }
@@ -406,7 +410,6 @@ impl Campaign {
         let regressions = self.replay(regressions, case);
         let mut rng = Rng::new(self.seed);
         let mut cases = 0u64;
-        let verbose = std::env::var_os("FP_FUZZ_VERBOSE").is_some();
         while start.elapsed() < Duration::from_secs(self.seconds) {
             let base = &corpus[rng.below(corpus.len())];
             let mut input = mutate(&mut rng, base, &corpus);
