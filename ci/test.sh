@@ -30,4 +30,6 @@ python3 ci/modules.py
 cargo clippy --all-targets --quiet -- -D warnings
 cargo clippy --all-targets --features test-hooks --quiet -- -D warnings
 # The tar fuzzer (tests/fuzz_tar.rs) runs for a minute here; 10 s otherwise.
+# The parser targets (tests/fuzz_parsers.rs) run 11 s each, about 2 minutes
+# in all (FP_FUZZ_PARSER_SECONDS for a longer run).
 FP_FUZZ_SECONDS=${FP_FUZZ_SECONDS:-60} cargo test --features test-hooks --no-fail-fast

@@ -12,6 +12,8 @@ mod docker;
 pub mod ext4;
 mod fsread;
 #[cfg(feature = "test-hooks")]
+pub mod fuzzing;
+#[cfg(feature = "test-hooks")]
 mod hooks;
 mod hostfs;
 mod inspect;

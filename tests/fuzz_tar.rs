@@ -15,41 +15,19 @@
 //! - `FP_FUZZ_SEED`: the random seed (printed at the start), to replay a run.
 //! - A failing case is saved under cargo's `target/tmp/fuzz-failures/`; copy it into
 //!   `tests/fuzz/regressions/`, where every file is replayed on each run.
+//!
+//! The engine (rng, time budget, cases in a thread with a time limit,
+//! regressions, saved failures) is tests/common/fuzz.rs, shared with the
+//! parser targets of tests/fuzz_parsers.rs.
 
-use std::collections::HashSet;
+mod common;
+
 use std::fs;
-use std::io::Write;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn manifest() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// xorshift64*: small, fast, replayable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
+use common::fuzz::{case_files, env_u64, fix_tar_checksums, manifest, run_limited, Campaign, Rng};
 
 /// A small ext4 made like Flatcar's ROOT (4 KiB blocks, one inode per
 /// 4 KiB, 256-byte inodes; e2fsprogs' ext4 defaults), made once.
@@ -164,34 +142,6 @@ fn built_seeds() -> Vec<Vec<u8>> {
     b.extend([0u8; 1024]);
     seeds.push(b);
     seeds
-}
-
-fn corpus_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = vec![];
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_file() {
-                out.push((p.clone(), fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Recomputes the checksum of every block that looks like a tar header.
-fn fix_checksums(v: &mut [u8]) {
-    for block in v.chunks_exact_mut(512) {
-        let magic = &block[257..262];
-        if magic != b"ustar" {
-            continue;
-        }
-        block[148..156].fill(b' ');
-        let sum: u32 = block.iter().map(|&b| b as u32).sum();
-        let s = format!("{sum:06o}\0 ");
-        block[148..156].copy_from_slice(s.as_bytes());
-    }
 }
 
 const INTERESTING: &[u8] = b"\n =0123456789\0\xff/.xgLK5S7";
@@ -309,7 +259,7 @@ fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
         }
     }
     if rng.chance(80) {
-        fix_checksums(&mut v);
+        fix_tar_checksums(&mut v);
     }
     v.truncate(1 << 20);
     v
@@ -338,35 +288,27 @@ fn outcome(r: &anyhow::Result<flatcar_preload::ext4::Stats>) -> String {
 /// Runs one case on a fresh copy of the fixture; Err says what went wrong.
 fn run_case(fixture: &Path, work: &Path, input: &[u8]) -> Result<String, String> {
     fs::copy(fixture, work).map_err(|e| e.to_string())?;
-    let (tx, rx) = mpsc::channel();
     let img = work.to_path_buf();
     let data = input.to_vec();
-    std::thread::spawn(move || {
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            let mut fs = flatcar_preload::ext4::Root::new(&img, 0).open_write(None)?;
-            let written = fs.write_tar(b"/fuzz", &data[..], None);
-            fs.close_after(written)
-        }));
-        let _ = tx.send(r);
-    });
-    let r = match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => return Err("the reader or writer panicked".into()),
-        Err(_) => return Err("no result within 20 s: a hang".into()),
-    };
+    let r = run_limited(Duration::from_secs(20), move || {
+        let mut fs = flatcar_preload::ext4::Root::new(&img, 0).open_write(None)?;
+        let written = fs.write_tar(b"/fuzz", &data[..], None);
+        fs.close_after(written)
+    })
+    .map_err(|e| format!("the reader or writer {e}"))?;
     fsck_clean(work)?;
     Ok(outcome(&r))
 }
 
-fn save_failure(input: &[u8], why: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures");
-    fs::create_dir_all(&dir).unwrap();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::hash::Hash::hash(input, &mut h);
-    let p = dir.join(format!("case-{:016x}.tar", std::hash::Hasher::finish(&h)));
-    fs::write(&p, input).unwrap();
-    fs::write(p.with_extension("txt"), why).unwrap();
-    p
+fn campaign() -> Campaign {
+    Campaign {
+        name: "tar".into(),
+        seconds: env_u64("FP_FUZZ_SECONDS").unwrap_or(10),
+        seed: common::fuzz::seed(),
+        max_corpus: 500,
+        max_len: 1 << 20,
+        ext: "tar".into(),
+    }
 }
 
 #[test]
@@ -374,86 +316,31 @@ fn regressions_replay_clean() {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = fixture_fs(tmp.path());
     let work = tmp.path().join("work.img");
-    let cases = corpus_files(&manifest().join("tests/fuzz/regressions"));
-    for (p, input) in &cases {
-        let hidden = p
-            .file_name()
-            .is_some_and(|n| n.as_encoded_bytes()[0] == b'.');
-        if hidden || p.extension().is_some_and(|e| e == "txt") {
-            continue;
-        }
-        if let Err(why) = run_case(&fixture, &work, input) {
-            panic!("regression {} fails again: {why}", p.display());
-        }
-    }
-    eprintln!("replayed {} regression case(s)", cases.len());
+    let cases = case_files(&manifest().join("tests/fuzz/regressions"));
+    let n = campaign().replay(&cases, &mut |input| run_case(&fixture, &work, input));
+    eprintln!("replayed {n} regression case(s)");
 }
 
 #[test]
 fn fuzz_reader_into_writer() {
-    let secs: u64 = std::env::var("FP_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let seed: u64 = std::env::var("FP_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("fuzzing for {secs} s with FP_FUZZ_SEED={seed}");
+    let c = campaign();
+    eprintln!("fuzzing for {} s with FP_FUZZ_SEED={}", c.seconds, c.seed);
     let tmp = tempfile::tempdir().unwrap();
     let fixture = fixture_fs(tmp.path());
     let work = tmp.path().join("work.img");
-    let mut corpus: Vec<Vec<u8>> = corpus_files(&manifest().join("tests/fuzz/corpus"))
+    let mut corpus: Vec<Vec<u8>> = case_files(&manifest().join("tests/fuzz/corpus"))
         .into_iter()
         .map(|(_, v)| v)
         .collect();
     assert!(!corpus.is_empty(), "the seed corpus is missing");
     corpus.extend(built_seeds());
-    let mut seen = HashSet::new();
-    // Every seed must be read cleanly and completely.
-    for s in corpus.clone() {
-        match run_case(&fixture, &work, &s) {
-            Ok(o) => {
-                assert!(o.starts_with("ok"), "a seed is refused: {o}");
-                seen.insert(o);
-            }
-            Err(why) => panic!("a seed fails: {why}"),
-        }
-    }
-    let mut rng = Rng(seed | 1);
-    let start = Instant::now();
-    let mut cases = 0u64;
-    while start.elapsed() < Duration::from_secs(secs) {
-        let base = &corpus[rng.below(corpus.len())];
-        let input = mutate(&mut rng, base, &corpus);
-        cases += 1;
-        match run_case(&fixture, &work, &input) {
-            Ok(o) => {
-                if seen.insert(o) && corpus.len() < 500 {
-                    corpus.push(input);
-                }
-            }
-            Err(why) => {
-                let p = save_failure(&input, &why);
-                panic!(
-                    "case {cases} (FP_FUZZ_SEED={seed}) failed: {why}\nsaved as {}",
-                    p.display()
-                );
-            }
-        }
-    }
-    // Past the test harness's capture, so that CI logs show it.
-    let _ = writeln!(
-        std::io::stderr(),
-        "fuzz_tar: {cases} cases in {:.0} s (FP_FUZZ_SEED={seed}), {} distinct outcomes, corpus {}",
-        start.elapsed().as_secs_f64(),
-        seen.len(),
-        corpus.len()
+    // Every seed must be read cleanly and completely; the regressions are
+    // replayed by regressions_replay_clean.
+    c.run(
+        corpus,
+        &[],
+        &|o| o.starts_with("ok"),
+        &mut mutate,
+        &mut |input| run_case(&fixture, &work, input),
     );
-    assert!(cases > 0);
 }

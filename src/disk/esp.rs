@@ -59,6 +59,7 @@ fn detect_in(image: &mut Image<'_>) -> Result<std::result::Result<Platform, Stri
         start: esp.0,
         len: esp.1,
         pos: 0,
+        budget: READ_BUDGET,
     };
     // fatfs reads an untrusted filesystem: a panic in it means "cannot
     // tell", not a crash of the whole run.
@@ -214,14 +215,26 @@ impl<'a> Image<'a> {
             ),
             _ => None,
         };
+        let too_large = |r: &mut dyn ReadSeek| {
+            super::gpt_too_large(r).with_context(|| format!("reading {}", self.path.display()))
+        };
         let read = match self.source {
             // In place, so that gptman can fall back to the backup GPT.
-            Source::Raw => gptman::GPT::find_from(&mut self.file),
+            Source::Raw => {
+                if let Some(why) = too_large(&mut self.file)? {
+                    return Ok(Err(why));
+                }
+                gptman::GPT::find_from(&mut self.file)
+            }
             _ => {
                 let mut head = vec![0u8; GPT_BYTES as usize];
                 let n = self.read_at(&mut head, 0)?;
                 head.truncate(n);
-                gptman::GPT::find_from(&mut Cursor::new(head))
+                let mut head = Cursor::new(head);
+                if let Some(why) = too_large(&mut head)? {
+                    return Ok(Err(why));
+                }
+                gptman::GPT::find_from(&mut head)
             }
         };
         let gpt = match read {
@@ -359,21 +372,40 @@ fn fetch_chunk(disk: &Path, format: &str, k: u64, scratch: &Path, staging: &File
     stage(staging, &data, k * CHUNK)
 }
 
+/// What a GPT is read from.
+trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
+/// What fatfs may read of the ESP in all. Finding the loaders reads the
+/// boot sector, the FAT entries of three directories and those directories
+/// (kilobytes); a directory whose cluster chain loops would be read
+/// forever (fatfs follows the chain), so past this the volume fails.
+const READ_BUDGET: u64 = 4 << 20;
+
 /// The ESP as the volume fatfs reads: offsets relative to its start, seeks
-/// bounded to its length, and no writes.
+/// bounded to its length, no writes, and at most `budget` more bytes read.
 struct Volume<'a, 'b> {
     image: &'b mut Image<'a>,
     start: u64,
     len: u64,
     pos: u64,
+    budget: u64,
 }
 
 impl Read for Volume<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        if n > 0 && self.budget == 0 {
+            return Err(io::Error::other(format!(
+                "more than {} MiB read: a damaged FAT (a cluster chain that loops?)",
+                READ_BUDGET >> 20
+            )));
+        }
+        let n = n.min(usize::try_from(self.budget).unwrap_or(usize::MAX));
         match self.image.read_at(&mut buf[..n], self.start + self.pos) {
             Ok(k) => {
                 self.pos += k as u64;
+                self.budget = self.budget.saturating_sub(k as u64);
                 Ok(k)
             }
             Err(e) => {
@@ -592,6 +624,7 @@ mod tests {
             start: 2048 * 512,
             len: 40 << 20,
             pos: 0,
+            budget: READ_BUDGET,
         };
         assert!(v.write(b"x").is_err());
         assert!(v.seek(SeekFrom::Start((40 << 20) + 1)).is_err());

@@ -26,6 +26,11 @@ pub fn grow_disk(image: &Path, new_len: u64) -> Result<RootPartition> {
             image.display()
         );
     }
+    if let Some(why) = super::gpt_too_large(&mut f)
+        .with_context(|| format!("reading the GPT of {}", image.display()))?
+    {
+        bail!("{}: {why}", image.display());
+    }
     let mut gpt = GPT::find_from(&mut f)
         .with_context(|| format!("reading the GPT of {}", image.display()))?;
     let ss = gpt.sector_size;

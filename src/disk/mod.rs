@@ -30,6 +30,47 @@ pub struct RootPartition {
     pub size: u64,
 }
 
+/// The most partition entries a GPT header may declare here (Flatcar's
+/// has 128, the usual number; UEFI asks for at least 16 KiB of entries).
+pub const MAX_GPT_ENTRIES: u32 = 16384;
+
+/// Refuses a GPT whose header declares more than [`MAX_GPT_ENTRIES`]
+/// partition entries, before gptman reads it: gptman reserves memory for
+/// every declared entry (4 billion entries: hundreds of GiB, an abort) and
+/// reads them one by one. Checks the headers gptman would read (primary
+/// and backup, 512- and 4096-byte sectors); `Ok(Some(why))` when one is
+/// refused.
+pub fn gpt_too_large<R: std::io::Read + std::io::Seek + ?Sized>(
+    r: &mut R,
+) -> std::io::Result<Option<String>> {
+    use std::io::SeekFrom;
+    let len = r.seek(SeekFrom::End(0))?;
+    for ss in [512u64, 4096] {
+        if len < ss {
+            continue;
+        }
+        for (at, which) in [(ss, "primary"), ((len / ss - 1) * ss, "backup")] {
+            r.seek(SeekFrom::Start(at))?;
+            let mut h = [0u8; 92];
+            match r.read_exact(&mut h) {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => continue,
+                Err(e) => return Err(e),
+                Ok(()) if &h[..8] != b"EFI PART" => continue,
+                Ok(()) => {}
+            }
+            let entries = u32::from_le_bytes([h[80], h[81], h[82], h[83]]);
+            if entries > MAX_GPT_ENTRIES {
+                return Ok(Some(format!(
+                    "the {which} GPT header declares {entries} partition entries \
+                     (at most {MAX_GPT_ENTRIES} are read): a damaged partition table"
+                )));
+            }
+        }
+    }
+    r.seek(SeekFrom::Start(0))?;
+    Ok(None)
+}
+
 /// A GPT GUID as written on disk (first three fields little-endian) in its
 /// usual text form.
 pub fn guid_to_string(g: &[u8; 16]) -> String {
@@ -61,6 +102,11 @@ pub fn locate_root(image: &Path) -> Result<RootPartition> {
         .metadata()
         .with_context(|| format!("reading the size of {}", image.display()))?
         .len();
+    if let Some(why) =
+        gpt_too_large(&mut f).with_context(|| format!("reading the GPT of {}", image.display()))?
+    {
+        bail!("{}: {why}: not a Flatcar disk image", image.display());
+    }
     let gpt = GPT::find_from(&mut f).with_context(|| {
         format!(
             "{} has no valid GPT partition table: not a Flatcar disk image",

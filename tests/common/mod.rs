@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod esp;
+pub mod fuzz;
 
 use std::collections::HashMap;
 use std::fs::{self, File};

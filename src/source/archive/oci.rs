@@ -2,7 +2,7 @@
 //! image manifests under it (nested too, OCI or Docker media types), and
 //! the choice of the manifest for the target platform.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
@@ -198,11 +198,17 @@ enum Resolved {
     None(Vec<Platform>),
 }
 
+/// Resolves `desc` to the image for `platform`. `done` holds the digests
+/// resolved so far under the same top-level entry: one met again (an index
+/// listing the same child many times, at every level) resolved to no image
+/// the first time and is skipped, so that the work stays linear in the
+/// archive's size instead of growing with the product of the fan-outs.
 fn oci_resolve(
     src: &mut Input,
     desc: &Descriptor,
     platform: &Platform,
     depth: usize,
+    done: &mut HashSet<String>,
 ) -> Result<Resolved> {
     let p = src.path().display().to_string();
     if depth > MAX_DEPTH {
@@ -236,7 +242,16 @@ fn oci_resolve(
                 continue;
             }
         }
-        match oci_resolve(src, child, platform, depth + 1)? {
+        // The descriptor's platform is part of the key: an image
+        // manifest takes it as its own.
+        let key = match child.platform.as_ref().map(OciPlatform::platform) {
+            Some(pl) => format!("{} {pl}", child.digest),
+            None => child.digest.clone(),
+        };
+        if !done.insert(key) {
+            continue;
+        }
+        match oci_resolve(src, child, platform, depth + 1, done)? {
             Resolved::Image(f) => return Ok(Resolved::Image(f)),
             Resolved::Other(f) => {
                 if f.platform.os != "unknown" && !seen.contains(&f.platform) {
@@ -320,7 +335,7 @@ pub(super) fn check_oci(
         if is_attestation(&entries[i]) {
             continue;
         }
-        match oci_resolve(src, &entries[i], platform, 0)? {
+        match oci_resolve(src, &entries[i], platform, 0, &mut HashSet::new())? {
             Resolved::Image(f) => match images.iter_mut().find(|(g, _)| g.id == f.id) {
                 Some((_, tags)) => {
                     for n in &names[i] {

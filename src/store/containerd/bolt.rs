@@ -17,7 +17,11 @@
 //!   when root is 0 an inline page follows in the value itself.
 //!
 //! Everything is bounds-checked: a damaged file gives an error, never a
-//! panic, and a page cycle is cut by a depth limit.
+//! panic; a page cycle is cut by a depth limit, and a page reached twice in
+//! one bucket's walk is an error (so that a walk reads each byte once and a
+//! damaged file cannot make it list more entries than it holds).
+
+use std::collections::HashSet;
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -164,15 +168,34 @@ impl<'a> Db<'a> {
         let end = (start + len).min(self.data.len());
         Ok(&self.data[start..end])
     }
+
+    /// Page `id` of a walk that has read the pages in `seen`: a page (or
+    /// an overflow page of it) read twice is a damaged tree, refused, so
+    /// that a walk reads each byte of the file at most once.
+    fn page_once(&self, id: u64, seen: &mut HashSet<u64>) -> Result<&'a [u8]> {
+        let page = self.page(id)?;
+        let pages = page.len().div_ceil(self.page_size) as u64;
+        for p in id..id + pages {
+            ensure!(
+                seen.insert(p),
+                "bbolt: page {p} is reached twice in one bucket (a damaged tree)"
+            );
+        }
+        Ok(page)
+    }
 }
 
 impl<'a> Bucket<'a> {
     /// Every key of the bucket with its value, in key order.
     pub fn entries(&self) -> Result<Vec<(&'a [u8], Entry<'a>)>> {
         let mut out = vec![];
+        let mut seen = HashSet::new();
         match self.root {
-            Root::Page(id) => self.walk(self.db.page(id)?, 0, &mut out)?,
-            Root::Inline(page) => self.walk(page, 0, &mut out)?,
+            Root::Page(id) => {
+                let page = self.db.page_once(id, &mut seen)?;
+                self.walk(page, 0, &mut seen, &mut out)?
+            }
+            Root::Inline(page) => self.walk(page, 0, &mut seen, &mut out)?,
         }
         Ok(out)
     }
@@ -206,6 +229,7 @@ impl<'a> Bucket<'a> {
         &self,
         page: &'a [u8],
         depth: usize,
+        seen: &mut HashSet<u64>,
         out: &mut Vec<(&'a [u8], Entry<'a>)>,
     ) -> Result<()> {
         ensure!(
@@ -218,7 +242,8 @@ impl<'a> Bucket<'a> {
             let e = PAGE_HEADER + i * ELEMENT;
             if flags & BRANCH != 0 {
                 let child = u64_at(page, e + 8)?;
-                self.walk(self.db.page(child)?, depth + 1, out)?;
+                let page = self.db.page_once(child, seen)?;
+                self.walk(page, depth + 1, seen, out)?;
             } else if flags & LEAF != 0 {
                 let eflags = u32_at(page, e)?;
                 let pos = u32_at(page, e + 4)? as usize;

@@ -18,7 +18,7 @@
 //! checked once and its failures name the first image (by ID) using it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
@@ -650,6 +650,11 @@ struct Entry {
     payload: Option<String>,
 }
 
+/// The longest tar-split entry (one JSON line) read: real ones hold a
+/// file's name or the raw bytes of a tar header (PAX records included),
+/// kilobytes; a longer one is corrupt metadata, not held in memory.
+const MAX_ENTRY: usize = 16 << 20;
+
 const SEGMENT: u8 = 2;
 const FILE: u8 = 1;
 
@@ -695,8 +700,22 @@ impl Pass<'_> {
         let mut n = 0usize;
         loop {
             line.clear();
-            match reader.read_until(b'\n', &mut line) {
+            // At most one byte past the limit: a longer line is refused
+            // below instead of growing without bound.
+            let mut limited = (&mut reader).take(MAX_ENTRY as u64 + 1);
+            match limited.read_until(b'\n', &mut line) {
                 Ok(0) => break,
+                Ok(_) if line.len() > MAX_ENTRY => {
+                    self.fail(
+                        ts_path,
+                        format!(
+                            "the tar-split metadata is corrupt (entry {}: longer than {} MiB)",
+                            n + 1,
+                            MAX_ENTRY >> 20
+                        ),
+                    );
+                    return None;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.fail(
@@ -1441,5 +1460,50 @@ mod tests {
             format!("{err:#}").contains("no Docker overlay2 image store"),
             "{err:#}"
         );
+    }
+
+    /// The seed of the `docker-verify` fuzz target (tests/fuzz_parsers.rs):
+    /// a store of two images and three layers, as a tar of the tree below
+    /// `/`, with its tar-split metadata stored decompressed (the target
+    /// compresses a `*.json.gz` that is not gzip) so that mutations reach
+    /// the JSON.
+    #[test]
+    #[ignore = "writes tests/fuzz/docker-verify/corpus (FP_FUZZ_WRITE_SEEDS=1)"]
+    fn write_fuzz_seeds() {
+        use std::io::Read;
+        if std::env::var_os("FP_FUZZ_WRITE_SEEDS").is_none() {
+            return;
+        }
+        let l1 = vec![
+            Ent::Dir("etc"),
+            Ent::File("etc/hello", b"hello\n".to_vec()),
+            Ent::HardLink("etc/hello2", "etc/hello"),
+        ];
+        let l2 = vec![
+            Ent::Dir("etc"),
+            Ent::File("etc/os-release", b"ID=test\n".to_vec()),
+        ];
+        let l3 = vec![Ent::Dir("./"), Ent::File("./x", b"x content".to_vec())];
+        let f = fixture_of([l1, l2, l3]);
+        let tmp = tempfile::tempdir().unwrap();
+        f.fs.materialize(tmp.path());
+        let layerdb = tmp
+            .path()
+            .join("var/lib/docker/image/overlay2/layerdb/sha256");
+        for e in std::fs::read_dir(layerdb).unwrap() {
+            let ts = e.unwrap().path().join("tar-split.json.gz");
+            let mut plain = vec![];
+            flate2::read::GzDecoder::new(&std::fs::read(&ts).unwrap()[..])
+                .read_to_end(&mut plain)
+                .unwrap();
+            std::fs::write(&ts, plain).unwrap();
+        }
+        let mut b = tar::Builder::new(vec![]);
+        b.follow_symlinks(false);
+        b.append_dir_all("var", tmp.path().join("var")).unwrap();
+        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fuzz/docker-verify/corpus");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("store.tar"), b.into_inner().unwrap()).unwrap();
     }
 }
