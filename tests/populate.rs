@@ -790,6 +790,50 @@ fn signal_at(args: &[&str], phase: &str, signal: &str) -> Output {
     }
 }
 
+/// Two runs at once on one engine, one on a cache: both succeed, each
+/// result holds its own image and verifies, and neither leaves anything
+/// behind or takes the other's containers, volumes or cache.
+#[test]
+fn two_runs_at_once() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let d = disk.to_str().unwrap();
+    let cache = format!("fptest-two-{}", std::process::id());
+    let (out1, out2) = (tmp.path().join("one.bin"), tmp.path().join("two.bin"));
+    let (o1, o2) = (out1.to_str().unwrap(), out2.to_str().unwrap());
+    let spawn = |args: &[&str]| {
+        populate_cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let one = spawn(&[d, &f.listed[0].0, "-o", o1, "--cache", &cache]);
+    let two = spawn(&[d, &f.listed[1].0, "-o", o2]);
+    let (one, two) = (
+        one.wait_with_output().unwrap(),
+        two.wait_with_output().unwrap(),
+    );
+    assert!(
+        one.status.success(),
+        "the run on the cache: {}",
+        stderr(&one)
+    );
+    assert!(two.status.success(), "the other run: {}", stderr(&two));
+    for (out, id) in [(&out1, &f.listed[0].1), (&out2, &f.listed[1].1)] {
+        assert_fsck_clean(out);
+        assert_eq!(stored_ids(out), [id.clone()], "{}", out.display());
+        tool(&["verify", out.to_str().unwrap()]);
+    }
+    assert_eq!(leftovers(), "", "containers or volumes left behind");
+    assert!(tool(&["cache", "ls"]).contains(&cache));
+    tool(&["cache", "rm", &cache]);
+}
+
 /// `--in-place` killed (SIGKILL, nothing cleaned up) at each point where
 /// it writes: while growing (the partition grown, not yet its filesystem),
 /// before the first entry of the store and part way through it. Each time
