@@ -826,7 +826,12 @@ fn two_runs_at_once() {
     assert!(two.status.success(), "the other run: {}", stderr(&two));
     for (out, id) in [(&out1, &f.listed[0].1), (&out2, &f.listed[1].1)] {
         assert_fsck_clean(out);
-        assert_eq!(stored_ids(out), std::slice::from_ref(id), "{}", out.display());
+        assert_eq!(
+            stored_ids(out),
+            std::slice::from_ref(id),
+            "{}",
+            out.display()
+        );
         tool(&["verify", out.to_str().unwrap()]);
     }
     assert_eq!(leftovers(), "", "containers or volumes left behind");

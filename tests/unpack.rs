@@ -424,7 +424,14 @@ fn full_filesystem() {
         .map(|i| item(&format!("m/{i}"), random(i, 4096)))
         .collect();
     write_tar(&items, &many);
+    // The failed run left ROOT marked unfinished: refused, then forced.
     let o = unpack_stdin(&disk, &many, &["--in-place"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("left unfinished"),
+        "{}",
+        stderr(&o)
+    );
+    let o = unpack_stdin(&disk, &many, &["--in-place", "--force"]);
     assert!(stderr(&o).contains("full"), "{}", stderr(&o));
     assert_fsck_clean(&disk);
 }
