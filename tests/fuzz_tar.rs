@@ -146,23 +146,24 @@ fn built_seeds() -> Vec<Vec<u8>> {
 
 const INTERESTING: &[u8] = b"\n =0123456789\0\xff/.xgLK5S7";
 
+/// Tokens of the format for the byte-level havoc.
+const TOKENS: &[&[u8]] = &[
+    b"ustar",
+    b"path=",
+    b"linkpath=",
+    b"SCHILY.xattr.",
+    b"size=",
+    b"././@LongLink",
+];
+
 fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
     let mut v = input.to_vec();
     for _ in 0..1 + rng.below(4) {
         let len = v.len().max(1);
-        match rng.below(10) {
-            0 => {
-                let i = rng.below(len);
-                if let Some(b) = v.get_mut(i) {
-                    *b ^= 1 << rng.below(8);
-                }
-            }
-            1 => {
-                let i = rng.below(len);
-                if let Some(b) = v.get_mut(i) {
-                    *b = INTERESTING[rng.below(INTERESTING.len())];
-                }
-            }
+        match rng.below(6) {
+            // Bytes anywhere: flips, tokens, nudged digits, deletions,
+            // insertions, truncation (the engine's byte-level havoc).
+            0 | 1 => common::fuzz::havoc(rng, &mut v, corpus, TOKENS),
             2 => {
                 // A header field: type flag, size, mode, uid, name.
                 let block = rng.below(len / 512 + 1) * 512;
@@ -183,36 +184,6 @@ fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
                 }
             }
             3 => {
-                // Nudge a decimal number (PAX lengths, octal fields).
-                let i = rng.below(len);
-                if let Some(b) = v.get_mut(i) {
-                    if b.is_ascii_digit() {
-                        *b = if rng.chance(50) {
-                            b.saturating_add(1)
-                        } else {
-                            b.saturating_sub(1)
-                        };
-                    }
-                }
-            }
-            4 => {
-                let i = rng.below(len);
-                let n = 1 + rng.below(16);
-                let end = (i + n).min(v.len());
-                if i < end {
-                    v.drain(i..end);
-                }
-            }
-            5 => {
-                let i = rng.below(len).min(v.len());
-                let n = 1 + rng.below(8);
-                let bytes: Vec<u8> = (0..n)
-                    .map(|_| INTERESTING[rng.below(INTERESTING.len())])
-                    .collect();
-                v.splice(i..i, bytes);
-            }
-            6 => v.truncate(rng.below(len)),
-            7 => {
                 // Duplicate or drop a whole block.
                 let blocks = v.len() / 512;
                 if blocks > 0 {
@@ -225,7 +196,7 @@ fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
                     }
                 }
             }
-            8 => {
+            4 => {
                 // Splice with another corpus entry at a block boundary.
                 let other = &corpus[rng.below(corpus.len())];
                 let cut = rng.below(v.len() / 512 + 1) * 512;
