@@ -405,6 +405,13 @@ impl Fixture {
         r
     }
 
+    /// Where the blob of layer `i` of the image's manifest is.
+    fn layer_blob(&mut self, i: usize) -> String {
+        let manifest = self.fs.node(&blob_at(&self.manifest)).data.clone();
+        let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        blob_at(m["layers"][i]["digest"].as_str().unwrap())
+    }
+
     /// Asserts verify reports exactly one failure, at `path`, whose problem
     /// contains `says`.
     fn only(&self, path: &str, says: &str) -> Failure {
@@ -550,15 +557,7 @@ fn names_extra_missing_and_retyped_files() {
 #[test]
 fn names_a_changed_layer_blob() {
     let mut f = fixture();
-    let manifest =
-        f.fs.node(&format!("{R}/{}/{}", layout::BLOBS, &f.manifest[7..]))
-            .data
-            .clone();
-    let l2 = serde_json::from_slice::<serde_json::Value>(&manifest).unwrap()["layers"][1]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let path = format!("{R}/{}/{}", layout::BLOBS, &l2[7..]);
+    let path = f.layer_blob(1);
     let longer = [&f.fs.node(&path).data[..], b"\0"].concat();
     f.fs.file(&path, &longer);
     let r = f.verify();
@@ -756,15 +755,7 @@ fn verify_host_dir_store() {
 #[test]
 fn names_a_truncated_layer_blob_without_hanging() {
     let mut f = fixture();
-    let manifest =
-        f.fs.node(&format!("{R}/{}/{}", layout::BLOBS, &f.manifest[7..]))
-            .data
-            .clone();
-    let l2 = serde_json::from_slice::<serde_json::Value>(&manifest).unwrap()["layers"][1]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let path = format!("{R}/{}/{}", layout::BLOBS, &l2[7..]);
+    let path = f.layer_blob(1);
     let half = f.fs.node(&path).data.len() / 2;
     let cut = f.fs.node(&path).data[..half].to_vec();
     f.fs.file(&path, &cut);
