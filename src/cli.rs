@@ -126,6 +126,12 @@ pub struct PopulateArgs {
     /// Keep the dind containers and volumes (their names are printed).
     #[arg(long)]
     pub keep_dind: bool,
+    /// A label (KEY=VALUE, or KEY for an empty value) on the containers
+    /// and volumes this run makes, besides its own
+    /// org.flatcar-preload.run=ID (e.g. to find or remove a CI job's with
+    /// `docker ps --filter label=KEY`). Repeatable.
+    #[arg(long = "label", value_name = "key=value", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
     /// Where the inner daemon keeps its store while pulling: `memory` (a
     /// tmpfs of the dind container, the fastest), `disk` (a Docker volume)
     /// or `auto` (memory when the engine's machine has enough memory to
@@ -169,6 +175,11 @@ pub struct PopulateArgs {
     /// `verify` of ROOT, and a failure leaves no output).
     #[arg(long)]
     pub no_verify: bool,
+    /// Fail the pull of an image that makes no progress for this long (a
+    /// registry that stalls): seconds, or with a unit (90s, 5m, 1h); 0
+    /// waits forever.
+    #[arg(long, value_name = "duration", default_value = "5m", value_parser = parse_duration)]
+    pub pull_timeout: std::time::Duration,
     /// Images pulled at the same time (the inner daemon also downloads
     /// this many layers at once).
     #[arg(long, value_name = "n", default_value_t = 6)]
@@ -338,6 +349,37 @@ fn parse_cache_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s.split_once('=').unwrap_or((s, ""));
+    if key.is_empty() || key.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{s:?}: a label is KEY=VALUE (or KEY), with a key and no blank in it"
+        ));
+    }
+    if key.starts_with("org.flatcar-preload.") {
+        return Err(format!(
+            "{s:?}: labels org.flatcar-preload.* are the tool's own"
+        ));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => 0,
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if scale > 0 => Ok(std::time::Duration::from_secs(n.saturating_mul(scale))),
+        _ => Err(format!(
+            "{s:?}: a duration is a number of seconds, or of minutes or hours with m or h (90s, 5m, 1h)"
+        )),
+    }
+}
+
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| format!("{e:#}"))
 }
@@ -417,6 +459,7 @@ impl PopulateArgs {
             containerd_images,
             containerd_options,
             keep_dind: self.keep_dind,
+            labels: self.labels,
             store: match self.store {
                 StoreArg::Auto => StoreChoice::Auto,
                 StoreArg::Memory => StoreChoice::Memory,
@@ -424,6 +467,7 @@ impl PopulateArgs {
             },
             store_memory_cap: self.store_memory_cap,
             jobs: self.jobs.max(1),
+            pull_timeout: self.pull_timeout,
             registry: RegistryOptions::new(
                 self.registry.registry_config,
                 self.registry.registry_certs,

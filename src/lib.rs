@@ -72,6 +72,11 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
     }
 }
 
+/// The stall timeout of a pull request (0: none).
+fn stall(seconds: u64) -> Option<std::time::Duration> {
+    (seconds > 0).then(|| std::time::Duration::from_secs(seconds))
+}
+
 /// The references of a pull request.
 fn parse_refs(refs: &[String]) -> Result<Vec<source::ImageRef>> {
     refs.iter().map(|r| source::ImageRef::parse(r)).collect()
@@ -101,10 +106,12 @@ fn serve(request: protocol::Request) -> Result<()> {
             allow_platform_mismatch,
             pin,
             hosts_dir,
+            stall_seconds,
             refs,
         } => {
             let refs = parse_refs(&refs)?;
             store::containerd::ctr::pull(&store::containerd::ctr::PullRequest {
+                stall: stall(stall_seconds),
                 socket: &socket,
                 namespace: &namespace,
                 refs,
@@ -134,10 +141,12 @@ fn serve(request: protocol::Request) -> Result<()> {
             jobs,
             platform,
             allow_platform_mismatch,
+            stall_seconds,
             refs,
         } => {
             let refs = parse_refs(&refs)?;
             let req = docker::inner::PullRequest {
+                stall: stall(stall_seconds),
                 refs,
                 jobs,
                 platform,

@@ -65,6 +65,10 @@ pub enum Request {
         platform: Platform,
         #[arg(long)]
         allow_platform_mismatch: bool,
+        /// Fail an image whose pull makes no progress for this long (0:
+        /// never).
+        #[arg(long)]
+        stall_seconds: u64,
         refs: Vec<String>,
     },
     /// Loads the docker-archive tar of its input into the daemon, reporting
@@ -95,6 +99,9 @@ pub enum Request {
         pin: bool,
         #[arg(long)]
         hosts_dir: String,
+        /// As for [`Request::Pull`].
+        #[arg(long)]
+        stall_seconds: u64,
         refs: Vec<String>,
     },
     /// Imports the docker-archive tar of its input into namespace
@@ -180,11 +187,13 @@ impl Request {
                 jobs,
                 platform,
                 allow_platform_mismatch,
+                stall_seconds,
                 refs,
             } => {
                 let (jobs, platform) = (jobs.to_string(), platform.to_string());
                 push(&["pull", "--socket", socket, "--jobs", &jobs]);
                 push(&["--platform", &platform]);
+                push(&["--stall-seconds", &stall_seconds.to_string()]);
                 if *allow_platform_mismatch {
                     push(&["--allow-platform-mismatch"]);
                 }
@@ -202,12 +211,14 @@ impl Request {
                 allow_platform_mismatch,
                 pin,
                 hosts_dir,
+                stall_seconds,
                 refs,
             } => {
                 let (jobs, platform) = (jobs.to_string(), platform.to_string());
                 push(&["ctr-pull", "--socket", socket, "--namespace", namespace]);
                 push(&["--jobs", &jobs, "--platform", &platform]);
                 push(&["--hosts-dir", hosts_dir]);
+                push(&["--stall-seconds", &stall_seconds.to_string()]);
                 if *allow_platform_mismatch {
                     push(&["--allow-platform-mismatch"]);
                 }
@@ -362,6 +373,18 @@ pub fn classified(kind: FailureKind, message: String) -> anyhow::Error {
     Classified { kind, message }.into()
 }
 
+/// A pull of an image from `registry` that made no progress for `after`
+/// (`--pull-timeout`).
+pub fn stalled(after: std::time::Duration, registry: &str) -> anyhow::Error {
+    classified(
+        FailureKind::Stalled,
+        format!(
+            "no progress for {} s: registry {registry} stopped answering (--pull-timeout)",
+            after.as_secs()
+        ),
+    )
+}
+
 /// Reports `e` as the failure of image `image`: its kind is ours where we
 /// classified it, else what its message says.
 pub fn emit_failed(image: usize, e: &anyhow::Error) {
@@ -420,6 +443,8 @@ pub enum FailureKind {
     NotFound,
     /// The image has no variant for the target platform.
     Platform,
+    /// The pull made no progress for `--pull-timeout`.
+    Stalled,
     Other,
 }
 
@@ -513,6 +538,7 @@ mod tests {
                 allow_platform_mismatch: false,
                 pin: true,
                 hosts_dir: "/etc/h".into(),
+                stall_seconds: 300,
                 refs: vec!["registry.k8s.io/pause:3.10".into(), "-x".into()],
             },
             Request::CtrImport {
@@ -527,6 +553,7 @@ mod tests {
                 jobs: 3,
                 platform: "linux/arm64/v8".parse().unwrap(),
                 allow_platform_mismatch: true,
+                stall_seconds: 0,
                 refs: vec![
                     "nginx".into(),
                     "--not-an-option".into(),
@@ -538,6 +565,7 @@ mod tests {
                 jobs: 1,
                 platform: "linux/amd64".parse().unwrap(),
                 allow_platform_mismatch: false,
+                stall_seconds: 7,
                 refs: vec![],
             },
             Request::Load {

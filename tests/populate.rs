@@ -278,25 +278,43 @@ fn user_dir() -> tempfile::TempDir {
     d
 }
 
-/// The containers and volumes that runs of the tool left behind.
+/// The label every run of these tests gives what it makes (`--label`): this
+/// test process's, so that what other runs on the engine make (another
+/// suite, a bench, a user) is never counted or removed here.
+fn test_label() -> &'static str {
+    static LABEL: OnceLock<String> = OnceLock::new();
+    LABEL.get_or_init(|| format!("fp-test-run={}", std::process::id()))
+}
+
+/// The names of the containers and volumes that the runs of these tests
+/// left behind, by kind.
+fn left_by_tests() -> [(&'static str, String); 2] {
+    let filter = format!("label={}", test_label());
+    let list = |cmd: &[&str]| {
+        let mut a = cmd.to_vec();
+        a.extend(["--filter", &filter]);
+        docker_out(&a)
+    };
+    [
+        ("container", list(&["ps", "-a", "--format", "{{.Names}}"])),
+        ("volume", list(&["volume", "ls", "--format", "{{.Name}}"])),
+    ]
+}
+
+/// The containers and volumes that runs of the tool (in these tests) left
+/// behind.
 fn leftovers() -> String {
-    let c = docker_out(&[
-        "ps",
-        "-a",
-        "--filter",
-        "label=org.flatcar-preload.run",
-        "--format",
-        "{{.Names}}",
-    ]);
-    let v = docker_out(&[
-        "volume",
-        "ls",
-        "--filter",
-        "label=org.flatcar-preload.run",
-        "--format",
-        "{{.Name}}",
-    ]);
-    format!("{c}{v}")
+    left_by_tests().map(|(_, names)| names).concat()
+}
+
+/// Removes what runs of these tests left behind (a killed run cannot
+/// remove its own).
+fn remove_leftovers() {
+    for (kind, names) in left_by_tests() {
+        for name in names.split_whitespace() {
+            docker_out(&[kind, "rm", "-f", name]);
+        }
+    }
 }
 
 /// A copy of the binary that the test user can reach wherever the
@@ -344,6 +362,8 @@ fn populate_cmd_with(envs: &[(&str, &str)], args: &[&str]) -> Command {
             &e.dind_image,
             "--dind-network",
             &format!("container:{}", e.registry_container),
+            "--label",
+            test_label(),
         ]);
     c
 }
@@ -857,16 +877,6 @@ fn in_place_killed_is_never_taken_for_finished() {
     }
     let image = fixtures().listed[0].0.as_str();
     let tmp = user_dir();
-    // What a kill leaves: the build container and its volume.
-    let remove_leftovers = || {
-        for (kind, list) in [("container", ["ps", "-aq"]), ("volume", ["volume", "ls"])] {
-            let mut args = list.to_vec();
-            args.extend(["-q", "--filter", "label=org.flatcar-preload.run"]);
-            for name in docker_out(&args).split_whitespace() {
-                docker_out(&[kind, "rm", "-f", name]);
-            }
-        }
-    };
     for point in ["pull", "grow", "write", "mid-write"] {
         let disk = disk_copy(&["--layout", "current"], tmp.path());
         // The tool runs as the test user.

@@ -12,8 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::protocol::{Request, Stopped, StoreKind, HELPER_DIR, HELPER_PATH};
 
-use super::engine::labels;
-use super::{Engine, Finished, Input};
+use super::{Engine, Finished, Input, RunLabels};
 
 /// The network of the dind container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +63,8 @@ pub struct DindSpec {
     pub image: String,
     pub network: DindNetwork,
     pub privileged: bool,
-    pub run_id: String,
+    /// The labels of the container (and of the run's volumes).
+    pub labels: RunLabels,
     /// The command line of the daemon that writes the store (the store
     /// backend's), run by the helper's init.
     pub daemon: Vec<String>,
@@ -231,7 +231,7 @@ impl Dind<'_> {
                 .argv(),
             ),
             env: Some(vec!["DOCKER_TLS_CERTDIR=".into()]),
-            labels: Some(labels(&spec.run_id)),
+            labels: Some(spec.labels.map()),
             host_config: Some(HostConfig {
                 binds: Some(binds),
                 mounts,

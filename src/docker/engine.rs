@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use crate::command::tail;
 use crate::protocol::Request;
 
-use super::{Finished, Input, NameInUse, CACHE_LABEL, RUN_LABEL};
+use super::{Finished, Input, NameInUse, RunLabels, CACHE_LABEL};
 
 /// Where Docker listens when DOCKER_HOST is unset or empty.
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -43,10 +43,6 @@ pub struct Cache {
     pub volume: String,
     /// When it was made, as the engine says.
     pub created: String,
-}
-
-pub(super) fn labels(run_id: &str) -> HashMap<String, String> {
-    HashMap::from([(RUN_LABEL.to_string(), run_id.to_string())])
 }
 
 /// The platform of an image as the daemon describes it.
@@ -157,11 +153,11 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn create_volume(&self, name: &str, run_id: &str) -> Result<()> {
+    pub async fn create_volume(&self, name: &str, labels: &RunLabels) -> Result<()> {
         self.docker
             .create_volume(bollard::models::VolumeCreateRequest {
                 name: Some(name.to_string()),
-                labels: Some(labels(run_id)),
+                labels: Some(labels.map()),
                 ..Default::default()
             })
             .await

@@ -55,10 +55,27 @@ pub struct PullRequest {
     pub platform: Platform,
     /// Pull a single-platform image of another platform anyway.
     pub allow_platform_mismatch: bool,
+    /// Fail an image whose pull makes no progress for this long.
+    pub stall: Option<Duration>,
     pub secrets: PullSecrets,
 }
 
-use crate::protocol::{classified, emit, emit_failed};
+/// `step` of the pull of `r`, failed as stalled when it takes longer than
+/// `stall`.
+async fn unless_stalled<T>(
+    stall: Option<Duration>,
+    r: &ImageRef,
+    step: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    match stall {
+        Some(after) => tokio::time::timeout(after, step)
+            .await
+            .map_err(|_| stalled(after, r.registry())),
+        None => Ok(step.await),
+    }
+}
+
+use crate::protocol::{classified, emit, emit_failed, stalled};
 
 /// Connects once the inner dockerd has made its socket and answers.
 async fn connect_when_ready(socket: &str) -> Result<Docker> {
@@ -71,6 +88,10 @@ async fn connect_when_ready(socket: &str) -> Result<Docker> {
         };
         match attempt.await {
             Ok(d) => return Ok(d),
+            Err(_) if daemon_exit().is_some() => bail!(
+                "the inner dockerd exited (code {}) before it answered on {socket}",
+                daemon_exit().unwrap_or_default()
+            ),
             Err(e) if start.elapsed() > Duration::from_secs(90) => {
                 bail!("the inner dockerd did not answer on {socket} within 90 s: {e}")
             }
@@ -118,15 +139,15 @@ async fn read_manifest(
     docker: &Docker,
     r: &ImageRef,
     creds: Option<DockerCredentials>,
+    stall: Option<Duration>,
 ) -> Result<Manifest> {
     let (from, tag) = r.pull_spec();
     let spec = match tag {
         Some(t) => format!("{from}:{t}"),
         None => from,
     };
-    let d = docker
-        .inspect_registry_image(&spec, creds)
-        .await
+    let d = unless_stalled(stall, r, docker.inspect_registry_image(&spec, creds))
+        .await?
         .map_err(api_message)?;
     let media = d.descriptor.media_type.unwrap_or_default();
     Ok(Manifest {
@@ -193,6 +214,7 @@ async fn pull_one(
     r: &ImageRef,
     platform: &Platform,
     creds: Option<DockerCredentials>,
+    stall: Option<Duration>,
 ) -> Result<Got> {
     let (from, tag) = r.pull_spec();
     let mut s = docker.create_image(
@@ -209,7 +231,9 @@ async fn pull_one(
     // down in one read with no "Downloading" progress: "Download complete"
     // (which a layer the daemon has already never gets) counts it too.
     let mut sizes: HashMap<String, u64> = HashMap::new();
-    while let Some(item) = s.next().await {
+    // Every status of the daemon (waiting, downloading, extracting) is
+    // progress.
+    while let Some(item) = unless_stalled(stall, r, s.next()).await? {
         let item = item.map_err(api_message)?;
         if let Some(msg) = item.error_detail.and_then(|d| d.message) {
             bail!(msg);
@@ -306,7 +330,7 @@ pub async fn pull_images(socket: &str, req: &PullRequest) -> Result<()> {
     let chosen = each_ref(&req.refs, req.jobs, |i, r| {
         let docker = &docker;
         async move {
-            let m = read_manifest(docker, r, creds(r)).await?;
+            let m = read_manifest(docker, r, creds(r), req.stall).await?;
             choose_platform(i, r, &m, &req.platform, req.allow_platform_mismatch)
         }
     })
@@ -318,7 +342,7 @@ pub async fn pull_images(socket: &str, req: &PullRequest) -> Result<()> {
     let pulled = each_ref(&req.refs, req.jobs, |i, r| {
         let (docker, platform) = (&docker, chosen[i].as_ref().expect("checked above"));
         async move {
-            let got = pull_one(docker, i, r, platform, creds(r)).await?;
+            let got = pull_one(docker, i, r, platform, creds(r), req.stall).await?;
             emit(&Event::Done { image: i, got });
             Ok(())
         }
@@ -453,6 +477,14 @@ pub const DOCKERD_EXIT: &str = "/fp-helper/dockerd.exit";
 /// containerd it started, whose state is not exported; measured, that took
 /// over a second after this line, for nothing the export needs.
 const SHUTDOWN_COMPLETE: &[u8] = b"Daemon shutdown complete";
+
+/// The exit code of the build container's daemon once it has exited (as
+/// its init recorded it in [`DOCKERD_EXIT`]).
+pub fn daemon_exit() -> Option<String> {
+    std::fs::read_to_string(DOCKERD_EXIT)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
 
 /// Writes `code` to [`DOCKERD_EXIT`] (atomically).
 fn record_exit(code: i32) -> Result<()> {

@@ -20,6 +20,24 @@ pub const INNER_SOCKET: &str = "/var/run/docker.sock";
 /// Label on every container and volume a run creates.
 pub const RUN_LABEL: &str = "org.flatcar-preload.run";
 
+/// The labels of what a run makes (its build containers and volumes): the
+/// run's own ([`RUN_LABEL`]) and the user's (`--label`).
+#[derive(Debug, Clone)]
+pub struct RunLabels {
+    pub run_id: String,
+    pub extra: Vec<(String, String)>,
+}
+
+impl RunLabels {
+    fn map(&self) -> std::collections::HashMap<String, String> {
+        self.extra
+            .iter()
+            .cloned()
+            .chain([(RUN_LABEL.to_string(), self.run_id.clone())])
+            .collect()
+    }
+}
+
 /// Label of a cache volume (`populate --cache`); its value is the cache's name.
 pub const CACHE_LABEL: &str = "org.flatcar-preload.cache";
 

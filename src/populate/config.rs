@@ -24,11 +24,16 @@ pub struct PopulateConfig {
     pub containerd_images: Vec<Listed>,
     pub containerd_options: ContainerdOptions,
     pub keep_dind: bool,
+    /// --label: more labels on the run's containers and volumes.
+    pub labels: Vec<(String, String)>,
     pub store: StoreChoice,
     /// The most memory the in-memory store may take (None: see
     /// [`memory_budget`]).
     pub store_memory_cap: Option<u64>,
     pub jobs: usize,
+    /// --pull-timeout: an image whose pull makes no progress for this
+    /// long fails (zero: never).
+    pub pull_timeout: std::time::Duration,
     pub registry: RegistryOptions,
     /// --platform (None: the disk's, else this machine's).
     pub platform: Option<Platform>,

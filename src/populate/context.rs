@@ -68,7 +68,7 @@ impl Run<'_> {
             StoreKind::Docker => "",
             StoreKind::Containerd => "containerd-",
         };
-        format!("flatcar-preload-{}-{store}{what}", self.spec.run_id)
+        format!("flatcar-preload-{}-{store}{what}", self.spec.labels.run_id)
     }
 
     /// The build container of the run.

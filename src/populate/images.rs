@@ -196,6 +196,7 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
             jobs: cfg.jobs,
             platform: run.platform.target.clone(),
             allow_platform_mismatch: cfg.allow_platform_mismatch,
+            stall_seconds: cfg.pull_timeout.as_secs(),
             refs,
         },
         StoreKind::Containerd => {
@@ -208,6 +209,7 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
                 allow_platform_mismatch: cfg.allow_platform_mismatch,
                 pin: o.pin,
                 hosts_dir: CONTAINERD_HOSTS_DIR.into(),
+                stall_seconds: cfg.pull_timeout.as_secs(),
                 refs,
             }
         }
@@ -391,6 +393,13 @@ fn registry_hint(run: &Run<'_>, r: &ImageRef, kind: FailureKind) -> Option<Strin
                     .map_or("none".to_string(), |p| p.display().to_string())
             ),
         });
+    }
+    if kind == FailureKind::Stalled {
+        return Some(format!(
+            "check that registry {registry} is up and reachable from the build container \
+             (--dind-network), or give a longer --pull-timeout (it is {} s)",
+            run.cfg.pull_timeout.as_secs()
+        ));
     }
     if kind == FailureKind::Platform {
         return Some(format!(

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{DindSpec, Engine};
+use crate::docker::{DindSpec, Engine, RunLabels};
 use crate::protocol::{Request, StoreKind};
 use crate::store;
 
@@ -111,7 +111,10 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             },
             store_root: backend.root().into(),
             files,
-            run_id: run_id.clone(),
+            labels: RunLabels {
+                run_id: run_id.clone(),
+                extra: cfg.labels.clone(),
+            },
         };
         runs.push(Run {
             cfg,
@@ -141,15 +144,27 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             res.volumes.join(", ")
         );
     } else {
+        // What cannot be removed (the engine went away) is named, with the
+        // commands that remove it once the engine is back.
+        let mut left = vec![];
         for c in &res.containers {
             if let Err(e) = engine.remove_container(c).await {
                 eprintln!("warning: {e:#}");
+                left.push(format!("docker rm -f {c}"));
             }
         }
         for v in &res.volumes {
             if let Err(e) = engine.remove_volume(v).await {
                 eprintln!("warning: {e:#}");
+                left.push(format!("docker volume rm {v}"));
             }
+        }
+        if !left.is_empty() {
+            eprintln!(
+                "warning: this run's containers and volumes (label {}={run_id}) may be left on the engine; remove them with: {}",
+                crate::docker::RUN_LABEL,
+                left.join("; ")
+            );
         }
     }
     let mut summary = result?;

@@ -364,7 +364,7 @@ pub(super) async fn pull_store(
         }
     }
     let volume = run.name("store");
-    run.engine.create_volume(&volume, &run.spec.run_id).await?;
+    run.engine.create_volume(&volume, &run.spec.labels).await?;
     run.created_volume(&volume);
     let disk = StoreMount::Volume(volume);
     clock.time(Phase::Start, start_dind(run, &disk)).await?;
@@ -391,6 +391,7 @@ pub(super) async fn start_dind(run: &Run<'_>, store: &StoreMount) -> Result<()> 
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
     let container = run.dind();
     let seed = run.seed.clone().map(|root| seed(root, run.backend.root()));
+    eprintln!("starting build container {dind} from {}", run.spec.image);
     let started = container.start(&run.spec, store, socket_dir, seed);
     match run.or_cancel(started).await {
         Err(e) if e.downcast_ref::<NameInUse>().is_some() => match &run.cfg.cache {

@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::docker::inner::PullSecrets;
+use crate::docker::inner::{daemon_exit, PullSecrets};
 use crate::platform::Platform;
-use crate::protocol::{classified, emit, emit_failed, ContainerdVersion, Event, FailureKind, Got};
+use crate::protocol::{
+    classified, emit, emit_failed, stalled, ContainerdVersion, Event, FailureKind, Got,
+};
 use crate::source::ImageRef;
 
 use super::image::{MANAGED, PINNED};
@@ -57,9 +59,18 @@ impl Ctr<'_> {
     }
 
     /// Runs `ctr ARGS`, handing each line of its standard output (escape
-    /// sequences left out) to `line` as it comes.
-    fn follow(&self, args: &[&str], line: &mut dyn FnMut(&str)) -> Result<()> {
+    /// sequences left out) to `line` as it comes, which says whether the
+    /// line shows progress. With `stall`, ctr is stopped and the pull of
+    /// an image from that registry fails when no line has shown progress
+    /// for that long.
+    fn follow(
+        &self,
+        args: &[&str],
+        stall: Option<(Duration, &str)>,
+        line: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<()> {
         use std::io::{BufRead, Read};
+        use std::sync::mpsc::RecvTimeoutError;
         let mut child = self
             .command(args)
             .stdout(Stdio::piped())
@@ -73,10 +84,32 @@ impl Ctr<'_> {
             b
         });
         let mut out = std::io::BufReader::new(child.stdout.take().context("ctr's output")?);
-        let mut buf = vec![];
-        while matches!(out.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-            line(&without_escapes(&String::from_utf8_lossy(&buf)));
-            buf.clear();
+        let (lines, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![];
+            while matches!(out.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                if lines
+                    .send(without_escapes(&String::from_utf8_lossy(&buf)))
+                    .is_err()
+                {
+                    break;
+                }
+                buf.clear();
+            }
+        });
+        let mut progress = Instant::now();
+        loop {
+            match got.recv_timeout(Duration::from_millis(250)) {
+                Ok(l) if line(&l) => progress = Instant::now(),
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if let Some((after, registry)) = stall.filter(|(after, _)| progress.elapsed() > *after)
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(stalled(after, registry));
+            }
         }
         let status = child.wait().context("waiting for ctr")?;
         let stderr = errors.join().unwrap_or_default();
@@ -297,6 +330,12 @@ pub fn ready(socket: &str, target: ContainerdVersion) -> Result<()> {
     let text = loop {
         match ctr.run(&["version"]) {
             Ok(out) => break String::from_utf8_lossy(&out).into_owned(),
+            Err(e) if daemon_exit().is_some() => {
+                return Err(e.context(format!(
+                    "containerd exited (code {}) before it answered",
+                    daemon_exit().unwrap_or_default()
+                )))
+            }
             Err(e) if start.elapsed() > Duration::from_secs(60) => {
                 return Err(e.context("containerd did not answer within 60 s"))
             }
@@ -320,6 +359,8 @@ pub struct PullRequest<'a> {
     pub allow_platform_mismatch: bool,
     pub pin: bool,
     pub hosts_dir: &'a str,
+    /// Fail an image whose pull makes no progress for this long.
+    pub stall: Option<Duration>,
     pub secrets: PullSecrets,
 }
 
@@ -382,18 +423,23 @@ fn pull_one(ctr: &Ctr<'_>, req: &PullRequest<'_>, r: &ImageRef, index: usize) ->
     // ctr echoes no argument in its messages: the password stays here.
     // Its progress table gives each layer's bytes as they come (a layer it
     // has already is not downloaded: `exists`, `already exists`).
+    // Progress is a layer's status or bytes changing.
     let mut downloaded: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    ctr.follow(&args, &mut |line| {
+    let mut seen: BTreeMap<String, (String, Option<(u64, u64)>)> = BTreeMap::new();
+    let stall = req.stall.map(|after| (after, r.registry()));
+    ctr.follow(&args, stall, &mut |line| {
         let Some(LayerLine {
             layer,
             status,
             bytes,
         }) = layer_progress(line)
         else {
-            return;
+            return false;
         };
+        let now = (status.clone(), bytes);
+        let moved = seen.insert(layer.clone(), now.clone()) != Some(now);
         if !matches!(status.as_str(), "downloading" | "done" | "complete") {
-            return;
+            return moved;
         }
         let (current, total) = bytes.unwrap_or_default();
         if downloaded.insert(layer.clone(), (current, total)) != Some((current, total)) && total > 0
@@ -405,6 +451,7 @@ fn pull_one(ctr: &Ctr<'_>, req: &PullRequest<'_>, r: &ImageRef, index: usize) ->
                 total,
             });
         }
+        moved
     })?;
     // `name:tag@digest` is pulled by digest (as the CRI does) and keeps its
     // tag as a record of its own.
