@@ -19,12 +19,29 @@ pub(crate) fn no_export_socket() -> bool {
     std::env::var_os("FLATCAR_PRELOAD_NO_EXPORT_SOCKET").is_some()
 }
 
-/// Waits at `phase` until the run is cancelled (at most 10 minutes) when
-/// the tests asked for it, saying so on stderr.
+/// Waits at `phase` until the run is cancelled, or until the file that
+/// `FLATCAR_PRELOAD_RESUME_FILE` names exists (at most 10 minutes) when the
+/// tests asked for it, saying so on stderr: a test does something to the
+/// run's world (kills its container, stops the engine) and lets it go on.
 pub(crate) async fn pause(phase: &str, cancel: &CancellationToken) {
     if pause_requested(phase) {
         eprintln!("paused at {phase} (FLATCAR_PRELOAD_PAUSE_AT)");
-        let _ = tokio::time::timeout(Duration::from_secs(600), cancel.cancelled()).await;
+        let resume = std::env::var_os("FLATCAR_PRELOAD_RESUME_FILE");
+        let resumed = async {
+            while !resume
+                .as_ref()
+                .is_some_and(|f| std::path::Path::new(f).exists())
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let waited = async {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = resumed => eprintln!("resumed at {phase}"),
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(600), waited).await;
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, LogsOptions, RemoveContainerOptions,
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, LogsOptions, RemoveContainerOptions,
     RemoveVolumeOptions, UploadToContainerOptions,
 };
 use bollard::Docker;
@@ -299,6 +299,34 @@ impl Engine {
             )
             .await
             .with_context(|| format!("copying {what} into {container}"))
+    }
+
+    /// What became of a container, for error messages: "running", "exited
+    /// with code 137 (killed)", "gone", or what the engine said.
+    pub async fn container_state(&self, container: &str) -> String {
+        let got = self
+            .docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await;
+        let state = match got {
+            Ok(c) => c.state.unwrap_or_default(),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return "gone (removed)".into(),
+            Err(e) => return format!("unknown ({e})"),
+        };
+        let status = state.status.map_or("unknown".into(), |s| s.to_string());
+        match state.exit_code {
+            Some(code) if !state.running.unwrap_or(false) => {
+                let why = match (state.oom_killed, code) {
+                    (Some(true), _) => " (out of memory)",
+                    (_, 137) => " (killed)",
+                    _ => "",
+                };
+                format!("{status} with code {code}{why}")
+            }
+            _ => status,
+        }
     }
 
     /// The last lines of a container's output, for error messages.

@@ -53,11 +53,11 @@ impl Finished {
     /// failed, with its exit code and the tail of its stderr.
     pub fn success(&self, what: &str) -> anyhow::Result<()> {
         if self.exit_code != 0 {
-            anyhow::bail!(
-                "{what} failed (exit code {}): {}",
-                self.exit_code,
-                self.stderr.trim()
-            );
+            let said = match self.stderr.trim() {
+                "" => String::new(),
+                s => format!(": {s}"),
+            };
+            anyhow::bail!("{what} failed (exit code {}){said}", self.exit_code);
         }
         Ok(())
     }

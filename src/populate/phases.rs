@@ -629,13 +629,37 @@ pub(super) async fn export_and_write(
     // The writer stops by itself once the stream ends or is cancelled; the
     // filesystem is closed consistently either way.
     let (fs, written) = writer.await.context("the ext4 writer panicked")?;
+    // A stream cut short (the build container killed, the engine gone) is
+    // told by what became of the container.
+    let helper_ok = exported.as_ref().is_ok_and(|e| e.finished.exit_code == 0);
+    let cut = match written.is_ok() && helper_ok {
+        true => None,
+        false => Some(format!(
+            "the build container {} is {}",
+            run.dind,
+            run.engine.container_state(&run.dind).await
+        )),
+    };
     let stats = blocking(move || {
         let mut fs = fs;
         let done = (|| {
-            let exported = exported?;
-            let stats = written
-                .with_context(|| format!("writing the store {} into ROOT", backend.root()))?;
-            exported.finished.success("the export helper")?;
+            let told = |e: anyhow::Error| match &cut {
+                Some(cut) => e.context(cut.clone()),
+                None => e,
+            };
+            let exported = exported.map_err(told)?;
+            let stats = match (written, exported.finished.success("the export helper")) {
+                (Ok(stats), Ok(())) => stats,
+                // The helper failed: what the writer read was cut short.
+                (_, Err(helper)) => {
+                    let what = format!("exporting the store {}", backend.root());
+                    return Err(told(helper.context(what)));
+                }
+                (Err(w), Ok(())) => {
+                    let what = format!("writing the store {} into ROOT", backend.root());
+                    return Err(told(w.context(what)));
+                }
+            };
             if let Some(merge) = merge {
                 merge.finish(&mut fs)?;
             }
