@@ -248,11 +248,13 @@ impl Pulls {
         }
     }
 
-    pub fn finish(self) {
+    /// Clears the bars; says how long it took when every image came
+    /// (`ok`: nothing else failed either).
+    pub fn finish(self, ok: bool) {
         if let Some(m) = &self.multi {
             let _ = m.clear();
         }
-        if self.failed == 0 {
+        if ok && self.failed == 0 {
             eprintln!(
                 "pulled {} image(s) in {:.1} s",
                 self.names.len(),

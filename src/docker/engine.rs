@@ -30,6 +30,8 @@ const API_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 /// DOCKER_TLS_VERIFY are honored).
 pub struct Engine {
     pub(super) docker: Docker,
+    /// Where it listens (DOCKER_HOST, or the default socket).
+    host: String,
     /// The engine runs on this machine (a unix socket).
     local: bool,
     /// Its architecture and memory, from one `docker info`.
@@ -76,9 +78,21 @@ impl Engine {
         Ok(Engine {
             docker,
             local: where_.starts_with("unix://"),
+            host: where_,
             arch: info.architecture.unwrap_or_default(),
             mem_total: info.mem_total.unwrap_or(0).max(0) as u64,
         })
+    }
+
+    /// `e`, saying first that the engine went away when that is its cause.
+    pub fn explain_gone(&self, e: anyhow::Error) -> anyhow::Error {
+        match super::engine_gone(&e) {
+            true => e.context(format!(
+                "the Docker engine at {} no longer answers (was it stopped or restarted?)",
+                self.host
+            )),
+            false => e,
+        }
     }
 
     /// Whether the engine runs on this machine (its socket is a local one).
@@ -302,8 +316,9 @@ impl Engine {
     }
 
     /// What became of a container, for error messages: "running", "exited
-    /// with code 137 (killed)", "gone", or what the engine said.
-    pub async fn container_state(&self, container: &str) -> String {
+    /// with code 137 (killed)", "gone (removed)", or what the engine said;
+    /// None when the engine does not answer.
+    pub async fn container_state(&self, container: &str) -> Option<String> {
         let got = self
             .docker
             .inspect_container(container, None::<InspectContainerOptions>)
@@ -312,11 +327,14 @@ impl Engine {
             Ok(c) => c.state.unwrap_or_default(),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
-            }) => return "gone (removed)".into(),
-            Err(e) => return format!("unknown ({e})"),
+            }) => return Some("gone (removed)".into()),
+            Err(bollard::errors::Error::HyperLegacyError { err }) if err.is_connect() => {
+                return None
+            }
+            Err(e) => return Some(format!("unknown ({e})")),
         };
         let status = state.status.map_or("unknown".into(), |s| s.to_string());
-        match state.exit_code {
+        Some(match state.exit_code {
             Some(code) if !state.running.unwrap_or(false) => {
                 let why = match (state.oom_killed, code) {
                     (Some(true), _) => " (out of memory)",
@@ -326,7 +344,7 @@ impl Engine {
                 format!("{status} with code {code}{why}")
             }
             _ => status,
-        }
+        })
     }
 
     /// The last lines of a container's output, for error messages.

@@ -38,6 +38,17 @@ impl RunLabels {
     }
 }
 
+/// Whether `e` comes of the engine refusing connections (it was stopped
+/// or restarted during the run).
+pub fn engine_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<bollard::errors::Error>(),
+            Some(bollard::errors::Error::HyperLegacyError { err }) if err.is_connect()
+        )
+    })
+}
+
 /// Label of a cache volume (`populate --cache`); its value is the cache's name.
 pub const CACHE_LABEL: &str = "org.flatcar-preload.cache";
 

@@ -127,7 +127,7 @@ pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
         kinds,
         ..
     } = follow.into_inner();
-    progress.finish();
+    progress.finish(pulled.is_ok() && loaded.is_ok());
     if !failures.is_empty() {
         let message = format!(
             "getting the images failed, nothing was written:\n  {}",

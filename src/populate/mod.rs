@@ -147,16 +147,20 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         // What cannot be removed (the engine went away) is named, with the
         // commands that remove it once the engine is back.
         let mut left = vec![];
+        let mut warn = |e: anyhow::Error, remove: String| {
+            if !crate::docker::engine_gone(&e) {
+                eprintln!("warning: {e:#}");
+            }
+            left.push(remove);
+        };
         for c in &res.containers {
             if let Err(e) = engine.remove_container(c).await {
-                eprintln!("warning: {e:#}");
-                left.push(format!("docker rm -f {c}"));
+                warn(e, format!("docker rm -f {c}"));
             }
         }
         for v in &res.volumes {
             if let Err(e) = engine.remove_volume(v).await {
-                eprintln!("warning: {e:#}");
-                left.push(format!("docker volume rm {v}"));
+                warn(e, format!("docker volume rm {v}"));
             }
         }
         if !left.is_empty() {
@@ -167,7 +171,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             );
         }
     }
-    let mut summary = result?;
+    let mut summary = result.map_err(|e| engine.explain_gone(e))?;
     summary.seconds.total = start.elapsed().as_secs_f64();
     Ok(summary)
 }

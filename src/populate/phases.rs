@@ -634,12 +634,9 @@ pub(super) async fn export_and_write(
     let helper_ok = exported.as_ref().is_ok_and(|e| e.finished.exit_code == 0);
     let cut = match written.is_ok() && helper_ok {
         true => None,
-        false => Some(format!(
-            "the build container {} is {}",
-            run.dind,
-            run.engine.container_state(&run.dind).await
-        )),
-    };
+        false => run.engine.container_state(&run.dind).await,
+    }
+    .map(|state| format!("the build container {} is {state}", run.dind));
     let stats = blocking(move || {
         let mut fs = fs;
         let done = (|| {
