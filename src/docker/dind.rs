@@ -276,17 +276,25 @@ impl Dind<'_> {
                     self.name, spec.image
                 )
             })?;
-        let ready = self.helper_lines(&spec.ready, None, |_| {}).await?;
-        if ready.exit_code != 0 {
-            bail!(
-                "the daemon of the build container {} ({}) did not start: {}\nits last lines:\n{}",
-                self.name,
-                spec.daemon.first().map_or("?", String::as_str),
-                ready.stderr.trim(),
-                self.engine.logs_tail(self.name).await
-            );
-        }
-        Ok(())
+        // A container that exits at once (its image has no such daemon)
+        // fails the readiness check: what became of it says why.
+        let ready = self.helper_lines(&spec.ready, None, |_| {}).await;
+        let said = match &ready {
+            Ok(r) if r.exit_code == 0 => return Ok(()),
+            Ok(r) => r.stderr.trim().to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        let state = match self.engine.container_state(self.name).await {
+            Some(state) => format!(" (the container is {state})"),
+            None => String::new(),
+        };
+        bail!(
+            "the daemon of the build container {} ({}, from {}) did not start{state}: {said}\nits last lines:\n{}",
+            self.name,
+            spec.daemon.first().map_or("?", String::as_str),
+            spec.image,
+            self.engine.logs_tail(self.name).await
+        );
     }
 
     /// Runs the helper `request` in a running container with `stdin` as
