@@ -2,6 +2,7 @@
 //! the command line and the tail of its output in the error.
 
 use std::ffi::OsStr;
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output};
 
 use anyhow::{bail, Context, Result};
@@ -47,8 +48,8 @@ pub(crate) fn run<S: AsRef<OsStr>>(
 ) -> Result<()> {
     let out =
         output(program, args, SBIN).with_context(|| format!("running {program} ({missing})"))?;
-    let code = out.status.code().unwrap_or(-1);
-    if !ok.contains(&code) {
+    let code = out.status.code();
+    if !code.is_some_and(|c| ok.contains(&c)) {
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -58,11 +59,16 @@ pub(crate) fn run<S: AsRef<OsStr>>(
             .iter()
             .map(|a| a.as_ref().to_string_lossy().into_owned())
             .collect();
-        bail!(
-            "{program} {} failed (exit code {code}):\n{}",
-            line.join(" "),
-            tail(text.trim_end(), 10)
-        );
+        let how = match (code, out.status.signal()) {
+            (Some(code), _) => format!("failed (exit code {code})"),
+            (None, Some(9)) => "was killed (signal 9, SIGKILL)".to_string(),
+            (None, sig) => format!("was killed (signal {})", sig.unwrap_or(-1)),
+        };
+        let said = match tail(text.trim_end(), 10) {
+            t if t.is_empty() => String::new(),
+            t => format!(":\n{t}"),
+        };
+        bail!("{program} {} {how}{said}", line.join(" "));
     }
     Ok(())
 }
@@ -70,6 +76,14 @@ pub(crate) fn run<S: AsRef<OsStr>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_program_is_said_killed() {
+        let err = run("sh", &["-c", "kill -KILL $$"], &[0], "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("was killed (signal 9, SIGKILL)"), "{err}");
+    }
 
     #[test]
     fn failure_names_the_command_and_its_output() {

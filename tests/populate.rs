@@ -304,7 +304,12 @@ fn left_by_tests() -> [(&'static str, String); 2] {
 /// The containers and volumes that runs of the tool (in these tests) left
 /// behind.
 fn leftovers() -> String {
-    left_by_tests().map(|(_, names)| names).concat()
+    let [(_, containers), (_, volumes)] = left_by_tests();
+    [containers, volumes]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Removes what runs of these tests left behind (a killed run cannot
@@ -357,14 +362,17 @@ fn populate_cmd_with(envs: &[(&str, &str)], args: &[&str]) -> Command {
         .arg(user_bin())
         .arg("populate")
         .args(args)
-        .args([
-            "--dind-image",
-            &e.dind_image,
-            "--dind-network",
-            &format!("container:{}", e.registry_container),
-            "--label",
-            test_label(),
-        ]);
+        .args(["--label", test_label()]);
+    // The tests' build image and network unless the test gives its own.
+    let network = format!("container:{}", e.registry_container);
+    for (option, default) in [
+        ("--dind-image", &e.dind_image),
+        ("--dind-network", &network),
+    ] {
+        if !args.contains(&option) {
+            c.args([option, default]);
+        }
+    }
     c
 }
 
@@ -775,8 +783,26 @@ fn interrupt_at(phase: &str, images: &[&str]) {
 /// Runs populate with `args` until it pauses at `phase`, then sends it
 /// `signal` (INT, KILL); what it printed and how it ended.
 fn signal_at(args: &[&str], phase: &str, signal: &str) -> Output {
-    let mut child = populate_cmd(args)
+    paused_at(populate_cmd(args), phase, |child, _| {
+        // The tool is runuser's child (runuser would turn SIGINT into
+        // SIGTERM).
+        let st = Command::new("pkill")
+            .args([&format!("-{signal}"), "-P", &child.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    })
+}
+
+/// Runs `cmd` (populate) until it pauses at `phase` (a test hook), then
+/// calls `act` with its process ID and what it printed so far, and lets it
+/// go on (unless `act` stopped it); what it printed and how it ended.
+fn paused_at(mut cmd: Command, phase: &str, act: impl FnOnce(u32, &str)) -> Output {
+    let resume = tempfile::tempdir().unwrap();
+    let resume_file = resume.path().join("resume");
+    let mut child = cmd
         .env("FLATCAR_PRELOAD_PAUSE_AT", phase)
+        .env("FLATCAR_PRELOAD_RESUME_FILE", &resume_file)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -794,12 +820,8 @@ fn signal_at(args: &[&str], phase: &str, signal: &str) -> Output {
             break;
         }
     }
-    // The tool is runuser's child (runuser would turn SIGINT into SIGTERM).
-    let st = Command::new("pkill")
-        .args([&format!("-{signal}"), "-P", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    act(child.id(), &seen);
+    fs::write(&resume_file, b"").unwrap();
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
     let status = child.wait().unwrap();
@@ -1343,6 +1365,387 @@ fn local_inputs_fail_before_the_engine() {
     }
     let err = run_with("", &disk, &busybox);
     assert!(err.contains("unix:///var/run/docker.sock"), "{err}");
+}
+
+// ---- faults: the engine, the build container, the registry, growing -------
+
+/// The test hooks pause a run at a phase: without them (`--features
+/// test-hooks`, as ci/test.sh builds) the fault tests that need one skip,
+/// except in CI.
+fn hooks_built() -> bool {
+    cfg!(feature = "test-hooks")
+        || !skip("built without --features test-hooks, which pauses a run at a phase")
+}
+
+/// A failed run as the fault tests want it: it failed within `limit`
+/// saying `want`, left no OUTPUT (nor a partial one) and the input as it
+/// was.
+fn assert_failed_cleanly(
+    o: &Output,
+    took: Duration,
+    limit: u64,
+    disk: &Path,
+    before: u64,
+    out: &Path,
+    want: &str,
+) {
+    assert!(
+        took < Duration::from_secs(limit),
+        "took {took:?}, more than {limit} s: {}",
+        stderr(o)
+    );
+    assert_clean_failure(o, disk, before, out, want);
+}
+
+/// The build container named on the tool's stderr ("starting build
+/// container NAME from IMAGE").
+fn build_container(printed: &str) -> String {
+    printed
+        .lines()
+        .find_map(|l| l.strip_prefix("starting build container "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("no build container named in:\n{printed}"))
+        .to_string()
+}
+
+/// A build image whose daemon does not start: `dockerd` and `containerd`
+/// exit at once with 3 after a line on stderr (fp-bad-dind:exits), or the
+/// image has no dockerd at all (fp-bad-dind:none). Built once from the
+/// tests' dind image, without a network.
+fn bad_build_image(which: &str) -> String {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let exits = dir.path().join("exits");
+        fs::create_dir(&exits).unwrap();
+        fs::write(
+            exits.join("daemon"),
+            "#!/bin/sh\necho \"daemon: no storage driver works here\" >&2\nexit 3\n",
+        )
+        .unwrap();
+        fs::set_permissions(exits.join("daemon"), fs::Permissions::from_mode(0o755)).unwrap();
+        let base = &env().dind_image;
+        fs::write(
+            exits.join("Dockerfile"),
+            format!("FROM {base}\nCOPY daemon /usr/local/sbin/dockerd\nCOPY daemon /usr/local/bin/containerd\n"),
+        )
+        .unwrap();
+        let none = dir.path().join("none");
+        fs::create_dir(&none).unwrap();
+        fs::write(
+            none.join("Dockerfile"),
+            format!("FROM {base}\nRUN rm $(command -v dockerd)\n"),
+        )
+        .unwrap();
+        for (tag, d) in [("exits", &exits), ("none", &none)] {
+            let name = format!("fp-bad-dind:{tag}");
+            docker_out(&["build", "-q", "-t", &name, d.to_str().unwrap()]);
+        }
+    });
+    format!("fp-bad-dind:{which}")
+}
+
+/// A build container whose daemon exits at once, or that has none, fails
+/// the run within seconds (not after the readiness wait), naming the
+/// container, its image and the daemon's last words; for both stores.
+#[test]
+fn build_container_that_does_not_start() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let image = fixtures().listed[0].0.as_str();
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let before = file_digest(&disk);
+    let out = tmp.path().join("out.bin");
+    let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
+    let exits = bad_build_image("exits");
+    let none = bad_build_image("none");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[d, image, "-o", o_, "--dind-image", &exits],
+            "the inner dockerd exited (code 3) before it answered",
+        ),
+        (
+            &[d, image, "-o", o_, "--dind-image", &none],
+            "starting dockerd in the dind container: No such file",
+        ),
+        (
+            &[
+                d,
+                "--containerd-image",
+                image,
+                "--sandbox-image",
+                "none",
+                "-o",
+                o_,
+                "--containerd-build-image",
+                &exits,
+            ],
+            "containerd exited (code 3) before it answered",
+        ),
+    ];
+    for (args, want) in cases {
+        let start = Instant::now();
+        let o = populate(args);
+        let err = stderr(&o);
+        assert_failed_cleanly(&o, start.elapsed(), 30, &disk, before, &out, want);
+        let container = build_container(&err);
+        assert!(
+            err.contains(&format!("the daemon of the build container {container}"))
+                && err.contains("did not start"),
+            "{err}"
+        );
+        if args.contains(&exits.as_str()) {
+            assert!(
+                err.contains("daemon: no storage driver works here"),
+                "{err}"
+            );
+        }
+    }
+}
+
+/// Holds every connection it accepts and never answers: a registry that
+/// stalls. Its address.
+fn stalling_registry() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = vec![];
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    addr
+}
+
+/// A registry that accepts and never answers: the pull fails after
+/// `--pull-timeout` without progress, naming the registry and the option,
+/// for both stores, with nothing left behind.
+#[test]
+fn registry_that_stalls_times_out() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let stall = stalling_registry();
+    let image = format!("{stall}/fp/stalls:1");
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let before = file_digest(&disk);
+    let out = tmp.path().join("out.bin");
+    let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
+    // On the host's network, where the stalling registry listens.
+    let common = [
+        "-o",
+        o_,
+        "--dind-network",
+        "host",
+        "--insecure-registry",
+        &stall,
+        "--pull-timeout",
+        "3s",
+    ];
+    let docker: Vec<&str> = [d, &image].into_iter().chain(common).collect();
+    let containerd: Vec<&str> = [d, "--containerd-image", &image, "--sandbox-image", "none"]
+        .into_iter()
+        .chain(common)
+        .collect();
+    for args in [docker, containerd] {
+        let start = Instant::now();
+        let o = populate(&args);
+        let want =
+            format!("no progress for 3 s: registry {stall} stopped answering (--pull-timeout)");
+        assert_failed_cleanly(&o, start.elapsed(), 60, &disk, before, &out, &want);
+        assert!(stderr(&o).contains(&image), "{}", stderr(&o));
+    }
+}
+
+/// resize2fs killed while it grows ROOT (a resize2fs first in PATH that
+/// kills itself): the run fails naming it; to an OUTPUT, nothing is left
+/// and the input is as it was; in place, ROOT is a clean filesystem that
+/// carries the mark of the unfinished run, which a next run refuses.
+#[test]
+fn growing_fails_when_resize2fs_is_killed() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let image = fixtures().listed[0].0.as_str();
+    let tmp = user_dir();
+    let bin = tmp.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::write(bin.join("resize2fs"), "#!/bin/sh\nkill -KILL $$\n").unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(bin.join("resize2fs"), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        bin.display()
+    );
+    let disk = disk_copy(&["--layout", "current"], tmp.path());
+    fs::set_permissions(&disk, fs::Permissions::from_mode(0o666)).unwrap();
+    let before = file_digest(&disk);
+    let out = tmp.path().join("out.bin");
+    let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
+    let with_path = [("PATH", path.as_str())];
+
+    let o = populate_cmd_with(&with_path, &[d, image, "-o", o_, "--grow", "+64M"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, &disk, before, &out, "resize2fs");
+    assert!(
+        stderr(&o).contains("signal 9") || stderr(&o).contains("killed"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = populate_cmd_with(&with_path, &[d, image, "--in-place", "--grow", "+64M"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resize2fs"), "{}", stderr(&o));
+    assert_eq!(leftovers(), "");
+    assert_fsck_clean(&disk);
+    assert!(tool(&["inspect", d]).contains("UNFINISHED: an interrupted run"));
+    let again = populate(&[d, image, "--in-place", "--merge"]);
+    assert!(
+        !again.status.success()
+            && stderr(&again).contains("was left unfinished by an interrupted run"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+/// The build container killed while its store is exported (the stream
+/// cut part way): the run fails saying the container was killed; to an
+/// OUTPUT nothing is left; in place ROOT is a clean filesystem marked
+/// unfinished.
+#[test]
+fn export_cut_when_the_build_container_is_killed() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    if !hooks_built() {
+        return;
+    }
+    // 96 MiB of layer: more than the pipes hold while the writer waits.
+    let image = fixtures().big.as_str();
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "current"], tmp.path());
+    fs::set_permissions(&disk, fs::Permissions::from_mode(0o666)).unwrap();
+    let before = file_digest(&disk);
+    let out = tmp.path().join("out.bin");
+    let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
+    let kill = |_: u32, printed: &str| {
+        docker_out(&["kill", &build_container(printed)]);
+    };
+    let o = paused_at(populate_cmd(&[d, image, "-o", o_]), "mid-write", kill);
+    let killed = "is exited with code 137 (killed): exporting the store /var/lib/docker";
+    assert_clean_failure(&o, &disk, before, &out, killed);
+
+    let o = paused_at(populate_cmd(&[d, image, "--in-place"]), "mid-write", kill);
+    assert!(
+        !o.status.success() && stderr(&o).contains(killed),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(leftovers(), "");
+    assert_fsck_clean(&disk);
+    assert!(tool(&["inspect", d]).contains("UNFINISHED: an interrupted run"));
+}
+
+/// The test dockerd stopped while a run pulls, and while it exports: the
+/// run fails saying that the engine no longer answers, names what it could
+/// not remove (and how), leaves no OUTPUT and the input as it was. Once
+/// the engine is back, what is left of the run is exactly what it named.
+#[test]
+fn engine_stopped_during_pull_and_export() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    if !hooks_built() {
+        return;
+    }
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "current"], tmp.path());
+    let before = file_digest(&disk);
+    let out = tmp.path().join("out.bin");
+    let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
+    let f = fixtures();
+    for (phase, image) in [("pull", &f.listed[0].0), ("mid-write", &f.big)] {
+        // On disk: a volume too, which must be named.
+        let cmd = populate_cmd(&[d, image, "-o", o_, "--store", "disk"]);
+        let o = paused_at(cmd, phase, |_, _| stop_test_dockerd());
+        restart_test_dockerd();
+        let err = stderr(&o);
+        let want = format!(
+            "the Docker engine at {} no longer answers",
+            env().docker_host
+        );
+        assert_clean_failure_but_left(&o, &disk, before, &out, &want);
+        let named: Vec<&str> = err
+            .lines()
+            .find_map(|l| l.split_once("may be left on the engine; remove them with: "))
+            .map(|(_, cmds)| {
+                cmds.split("; ")
+                    .filter_map(|c| c.split(' ').next_back())
+                    .collect()
+            })
+            .unwrap_or_else(|| panic!("{phase}: nothing named:\n{err}"));
+        let mut named: Vec<String> = named.iter().map(|s| s.to_string()).collect();
+        let mut left: Vec<String> = leftovers().lines().map(str::to_string).collect();
+        named.sort();
+        left.sort();
+        assert_eq!(
+            left, named,
+            "{phase}: what is left is not what was named:\n{err}"
+        );
+        assert_eq!(named.len(), 2, "{phase}: a container and a volume:\n{err}");
+        remove_leftovers();
+        assert_eq!(leftovers(), "");
+    }
+}
+
+/// As [`assert_clean_failure`], except for what is left in the engine
+/// (which went away, and is checked by the caller).
+fn assert_clean_failure_but_left(o: &Output, disk: &Path, before: u64, out: &Path, want: &str) {
+    assert!(!o.status.success(), "should fail: {}", stderr(o));
+    assert!(
+        stderr(o).contains(want),
+        "error should mention {want:?}:\n{}",
+        stderr(o)
+    );
+    assert!(!out.exists(), "output left behind");
+    assert_eq!(file_digest(disk), before, "input modified");
+}
+
+/// Stops the test dockerd (as `systemctl stop docker` would: SIGTERM, and
+/// wait until it has exited).
+fn stop_test_dockerd() {
+    let pid = fs::read_to_string("/run/fp-docker/dockerd.pid").unwrap();
+    let pid = pid.trim();
+    assert!(Command::new("kill")
+        .args(["-TERM", pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "dockerd did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts the test dockerd and its registry again (ci/docker-env.sh, which
+/// reuses everything it made).
+fn restart_test_dockerd() {
+    let o = Command::new("bash")
+        .arg(manifest_dir().join("ci/docker-env.sh"))
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ci/docker-env.sh: {}", stderr(&o));
 }
 
 // ---- private registries (TLS, logins) and platforms -------------------------

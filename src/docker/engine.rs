@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, LogsOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, UploadToContainerOptions,
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, LogsOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, UploadToContainerOptions,
 };
 use bollard::Docker;
 use bytes::Bytes;
