@@ -8,7 +8,10 @@
 # What it sets up (all of it separate from Debian's own docker.service):
 #   * our own dockerd (Debian 12's docker.io, 20.10) with its own data-root,
 #     exec-root, pidfile, bridge and socket unix:///run/fp-docker/docker.sock,
-#     log in /var/log/fp-docker.log;
+#     log in /var/log/fp-docker.log; it also listens on tcp://127.0.0.1:2376
+#     with TLS and wants a client certificate there (a remote engine), with a
+#     test CA, server and client certificates made once in $FP_CACHE/tls
+#     (FP_DOCKER_TLS_HOST, FP_DOCKER_CERT_PATH: the client's directory);
 #   * group `fpdocker` owning that socket, and a non-root test user `fptest`
 #     in that group;
 #   * one dind image per Debian suite of FP_DIND_SUITES (stable unstable):
@@ -44,6 +47,7 @@
 #                      cache picks up a new Docker of a suite this way)
 #   FP_BRIDGE_CIDR     address of our bridge         (172.30.99.1/24)
 #   FP_DOCKER_TIMEOUT  seconds to wait for dockerd   (60)
+#   FP_DOCKER_TLS_PORT its TLS port on 127.0.0.1     (2376)
 #   FP_SHARED_DIR      where crictl/ and docker29/ are (../shared beside the
 #                      repository, else /work/shared); unpacked into FP_CACHE
 #   FP_VERIFY=1        run the dind/registry smoke test even when nothing changed
@@ -120,6 +124,8 @@ readonly DIND_RECIPE=1
 readonly REG_CTR=fp-registry
 readonly REG_VOL=fp-registry-data
 readonly REGISTRY=127.0.0.1:5000
+readonly TLS_DIR=$FP_CACHE/tls
+readonly TLS_PORT=${FP_DOCKER_TLS_PORT:-2376}
 readonly PROBE_CTR=fp-dind-probe
 readonly PROBE_VOL=fp-dind-probe-vol
 readonly TEST_REF=$REGISTRY/fp/test:1
@@ -146,7 +152,7 @@ changed=0 # set when something was (re)built: triggers the smoke test
 # iproute2       `ip` for our bridge;  curl: registry health check
 # passwd         useradd/groupadd (always there, listed for completeness)
 # zstd           decompresses the shared crictl (step 6b)
-pkgs=(docker.io debootstrap busybox-static iptables iproute2 curl passwd zstd)
+pkgs=(docker.io debootstrap busybox-static iptables iproute2 curl passwd zstd openssl)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
@@ -200,6 +206,62 @@ fi
 # --- 3. our dockerd ---------------------------------------------------------
 docker_up() { docker info >/dev/null 2>&1; }
 
+# It also listens on tcp://127.0.0.1:$TLS_PORT with TLS, and wants a client
+# certificate there: a remote engine, as a docker:dind service is to a CI
+# job (DOCKER_HOST=tcp://...:2376, DOCKER_TLS_VERIFY=1, DOCKER_CERT_PATH).
+# A CA, the server's certificate (IP 127.0.0.1) and a client's, made once
+# into $TLS_DIR; the client's directory is laid out as DOCKER_CERT_PATH
+# wants it (ca.pem, cert.pem, key.pem) and readable by group $GROUP.
+make_tls() {
+    [[ -f $TLS_DIR/client/key.pem ]] && return
+    local t
+    t=$(mktemp -d)
+    (
+        cd "$t"
+        ssl() { openssl "$@" >/dev/null 2>&1 || die "openssl $1 failed"; }
+        ssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 3650 \
+            -subj "/CN=flatcar-preload test engine CA"
+        ssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj "/CN=127.0.0.1"
+        printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+        ssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+            -out server-cert.pem -days 3650 -extfile server.ext
+        ssl req -newkey rsa:2048 -nodes -keyout key.pem -out client.csr -subj "/CN=fp-test-client"
+        printf 'extendedKeyUsage=clientAuth\n' >client.ext
+        ssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+            -out cert.pem -days 3650 -extfile client.ext
+        mkdir client
+        cp ca.pem cert.pem key.pem client/
+    )
+    mkdir -p "$FP_CACHE"
+    rm -rf "$TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    cp "$t"/{ca.pem,server-cert.pem,server-key.pem} "$TLS_DIR/"
+    cp -r "$t/client" "$TLS_DIR/client"
+    rm -rf "$t"
+    chmod 600 "$TLS_DIR/server-key.pem"
+    chgrp -R "$GROUP" "$TLS_DIR/client"
+    chmod 750 "$TLS_DIR/client"
+    chmod 640 "$TLS_DIR/client/key.pem"
+    say "tls: made a CA, server and client certificates in $TLS_DIR"
+}
+tls_up() {
+    curl -fsS -o /dev/null --cacert "$TLS_DIR/ca.pem" --cert "$TLS_DIR/client/cert.pem" \
+        --key "$TLS_DIR/client/key.pem" "https://127.0.0.1:$TLS_PORT/_ping" 2>/dev/null
+}
+make_tls
+chmod 755 "$TLS_DIR"
+if docker_up && ! tls_up; then
+    # Started by an older version of this script: without the endpoint.
+    pid=$(cat "$RUN_DIR/dockerd.pid")
+    say "dockerd: running without its TLS endpoint: restarting it (pid $pid)"
+    kill -TERM "$pid"
+    for ((i = 0; i < 240; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.25
+    done
+    ! kill -0 "$pid" 2>/dev/null || die "dockerd (pid $pid) did not stop"
+fi
+
 if docker_up; then
     say "dockerd: ok (already running, $SOCK)"
 else
@@ -227,6 +289,11 @@ else
             --exec-root "$RUN_DIR/exec" \
             --pidfile "$RUN_DIR/dockerd.pid" \
             --host "unix://$SOCK" \
+            --host "tcp://127.0.0.1:$TLS_PORT" \
+            --tlsverify \
+            --tlscacert "$TLS_DIR/ca.pem" \
+            --tlscert "$TLS_DIR/server-cert.pem" \
+            --tlskey "$TLS_DIR/server-key.pem" \
             --group "$GROUP" \
             --storage-driver overlay2 \
             --bridge "$BRIDGE" \
@@ -506,6 +573,8 @@ kv FP_REGISTRY_CONTAINER "$REG_CTR"
 kv FP_REGISTRY "$REGISTRY"
 kv FP_TEST_USER "$TEST_USER"
 kv FP_CRICTL "$CRICTL"
+kv FP_DOCKER_TLS_HOST "tcp://127.0.0.1:$TLS_PORT"
+kv FP_DOCKER_CERT_PATH "$TLS_DIR/client"
 mkdir -p "$FP_CACHE"
 {
     echo "# written by ci/docker-env.sh; source it"

@@ -355,11 +355,12 @@ fn populate_cmd_with(envs: &[(&str, &str)], args: &[&str]) -> Command {
     let e = env();
     let mut c = Command::new("runuser");
     c.args(["-u", &e.test_user, "--", "env"]);
+    // The tests' engine unless `envs` names another (the last wins).
+    c.arg(format!("DOCKER_HOST={}", e.docker_host));
     for (k, v) in envs {
         c.arg(format!("{k}={v}"));
     }
-    c.arg(format!("DOCKER_HOST={}", e.docker_host))
-        .arg(user_bin())
+    c.arg(user_bin())
         .arg("populate")
         .args(args)
         .args(["--label", test_label()]);
@@ -549,6 +550,97 @@ fn populate_truth() {
     let Some(_serial) = docker_test() else {
         return;
     };
+    truth_of_a_run(&[], "socket");
+}
+
+/// The engine as a remote one (a `docker:dind` service beside a CI job):
+/// the test dockerd's TLS endpoint on loopback, with DOCKER_TLS_VERIFY and
+/// the client certificates of DOCKER_CERT_PATH (ci/docker-env.sh made
+/// them). The export takes the attach stream, and its result passes the
+/// same truth checks. Certificates that do not fit fail, naming them.
+#[test]
+fn remote_engine_over_tls() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let tls = tls_env();
+    let envs: Vec<(&str, &str)> = tls.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    truth_of_a_run(&envs, "attach");
+
+    // A CA that did not sign the engine's certificate, and a client
+    // certificate from a CA the engine does not trust.
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let before = file_digest(&disk);
+    let out = tmp.path().join("out.bin");
+    let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
+    let theirs = Path::new(&tls[2].1);
+    let other = tmp.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let ssl = |args: &[&str]| {
+        run_ok(Command::new("openssl").args(args).current_dir(&other));
+    };
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=another CA",
+    ]);
+    for (name, ca, cert) in [("wrong-ca", true, false), ("wrong-cert", false, true)] {
+        let dir = tmp.path().join(name);
+        fs::create_dir(&dir).unwrap();
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            fs::copy(theirs.join(f), dir.join(f)).unwrap();
+        }
+        if ca {
+            fs::copy(other.join("ca.pem"), dir.join("ca.pem")).unwrap();
+        }
+        if cert {
+            fs::copy(other.join("ca.pem"), dir.join("cert.pem")).unwrap();
+            fs::copy(other.join("ca-key.pem"), dir.join("key.pem")).unwrap();
+        }
+        readable_by_all(&dir);
+        let path = dir.to_str().unwrap();
+        let mut envs = envs.clone();
+        envs[2].1 = path;
+        let o = populate_cmd_with(&envs, &[d, &fixtures().listed[0].0, "-o", o_])
+            .output()
+            .unwrap();
+        let want = format!(
+            "cannot reach the Docker engine at {} with the certificates of {path}",
+            tls[0].1
+        );
+        assert_clean_failure(&o, &disk, before, &out, &want);
+    }
+}
+
+/// DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH for the test
+/// dockerd's TLS endpoint.
+fn tls_env() -> [(&'static str, String); 3] {
+    let var = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run ci/docker-env.sh"))
+    };
+    [
+        ("DOCKER_HOST", var("FP_DOCKER_TLS_HOST")),
+        ("DOCKER_TLS_VERIFY", "1".into()),
+        ("DOCKER_CERT_PATH", var("FP_DOCKER_CERT_PATH")),
+    ]
+}
+
+/// populate of the two listed fixtures with `envs` (the engine and how to
+/// reach it): the summary (exported via `via`), the input, what is left,
+/// the ext4, what must not travel, the capability with a newline byte, and
+/// every target Docker running the images.
+fn truth_of_a_run(envs: &[(&str, &str)], via: &str) {
     let f = fixtures();
     let tmp = user_dir();
     let disk = disk_copy(&["--layout", "current"], tmp.path());
@@ -564,20 +656,25 @@ fn populate_truth() {
     )
     .unwrap();
     let out = tmp.path().join("out.bin");
-    let o = populate(&[
-        disk.to_str().unwrap(),
-        "-l",
-        list.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
+    let o = populate_cmd_with(
+        envs,
+        &[
+            disk.to_str().unwrap(),
+            "-l",
+            list.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
     assert!(o.status.success(), "populate failed: {}", stderr(&o));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json output");
     assert_eq!(summary["images"].as_array().unwrap().len(), 2);
     assert_eq!(summary["images"][0]["id"], f.listed[0].1.as_str());
     assert!(summary["layers"].as_u64().unwrap() >= 3, "{summary}");
-    assert_eq!(summary["export_via"], "socket", "{summary}");
+    assert_eq!(summary["export_via"], via, "{summary}");
     assert!(stderr(&o).contains("ROOT:"), "{}", stderr(&o));
     assert_eq!(
         file_digest(&disk),

@@ -56,6 +56,38 @@ pub(super) fn platform_of(image: &bollard::models::ImageInspect) -> crate::platf
     )
 }
 
+/// The directory of the certificates to talk TLS with the engine, when
+/// DOCKER_TLS_VERIFY is set (not empty, as docker reads it):
+/// DOCKER_CERT_PATH, else ~/.docker; each file is checked to be readable.
+fn tls_dir() -> Result<Option<std::path::PathBuf>> {
+    let set = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if set("DOCKER_TLS_VERIFY").is_none() {
+        if set("DOCKER_TLS").is_some() {
+            bail!(
+                "DOCKER_TLS without DOCKER_TLS_VERIFY (TLS without checking the engine's \
+                 certificate) is not supported: set DOCKER_TLS_VERIFY=1, with the engine's CA in \
+                 DOCKER_CERT_PATH/ca.pem"
+            );
+        }
+        return Ok(None);
+    }
+    let dir = match (set("DOCKER_CERT_PATH"), set("HOME")) {
+        (Some(d), _) => std::path::PathBuf::from(d),
+        (None, Some(home)) => std::path::Path::new(&home).join(".docker"),
+        (None, None) => bail!("DOCKER_TLS_VERIFY is set: set DOCKER_CERT_PATH to the directory of ca.pem, cert.pem and key.pem"),
+    };
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        let p = dir.join(f);
+        std::fs::File::open(&p).with_context(|| {
+            format!(
+                "DOCKER_TLS_VERIFY is set: reading {} (DOCKER_CERT_PATH holds ca.pem, cert.pem and key.pem)",
+                p.display()
+            )
+        })?;
+    }
+    Ok(Some(dir))
+}
+
 impl Engine {
     /// Connects to the engine and agrees on an API version.
     pub async fn connect() -> Result<Engine> {
@@ -64,13 +96,53 @@ impl Engine {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| DEFAULT_HOST.into());
-        let docker = Docker::connect_with_host(&where_)
-            .with_context(|| format!("connecting to the Docker engine at {where_}"))?
-            .with_timeout(API_TIMEOUT);
+        let tls = tls_dir()?;
+        let tcp = ["tcp://", "http://", "https://"]
+            .iter()
+            .any(|p| where_.starts_with(p));
+        let version = bollard::API_DEFAULT_VERSION;
+        let secs = API_TIMEOUT.as_secs();
+        let docker = match &tls {
+            Some(dir) if tcp => Docker::connect_with_ssl(
+                &where_,
+                &dir.join("key.pem"),
+                &dir.join("cert.pem"),
+                &dir.join("ca.pem"),
+                secs,
+                version,
+            ),
+            None if tcp && !where_.starts_with("https://") => {
+                Docker::connect_with_http(&where_, secs, version)
+            }
+            None if tcp => bail!(
+                "DOCKER_HOST={where_} wants TLS: set DOCKER_TLS_VERIFY=1, with the engine's CA and \
+                 a client certificate in DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem)"
+            ),
+            _ if where_.starts_with("ssh://") => bail!(
+                "DOCKER_HOST={where_}: engines over ssh are not supported; forward the engine's \
+                 socket instead (ssh -nNT -L /tmp/docker.sock:/var/run/docker.sock HOST) and set \
+                 DOCKER_HOST=unix:///tmp/docker.sock"
+            ),
+            _ => Docker::connect_with_host(&where_),
+        }
+        .with_context(|| format!("connecting to the Docker engine at {where_}"))?
+        .with_timeout(API_TIMEOUT);
+        let how = match (&tls, tcp) {
+            (Some(dir), true) => format!(
+                " with the certificates of {}: ca.pem must be the CA that signed the engine's \
+                 certificate, cert.pem and key.pem a client certificate the engine trusts \
+                 (DOCKER_CERT_PATH)",
+                dir.display()
+            ),
+            (None, true) => {
+                " (an engine with TLS wants DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH)".into()
+            }
+            _ => " (set DOCKER_HOST, or check that your user may use its socket)".into(),
+        };
         let docker = docker
             .negotiate_version()
             .await
-            .with_context(|| format!("cannot reach the Docker engine at {where_} (set DOCKER_HOST, or check that your user may use its socket)"))?;
+            .with_context(|| format!("cannot reach the Docker engine at {where_}{how}"))?;
         let info = docker
             .info()
             .await

@@ -123,7 +123,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             cancel: cancel.clone(),
             spec,
             res: &res,
-            socket_dir: socket_dir()?,
+            socket_dir: socket_dir(engine.is_local())?,
             access: &access,
             platform: &platform,
             manifests_read: tokio::sync::watch::Sender::new(false),

@@ -551,9 +551,14 @@ pub(super) async fn make_room(
     .await
 }
 
-/// The private directory of the export socket, or None when the tests
-/// force the attach stream.
-pub(super) fn socket_dir() -> Result<Option<tempfile::TempDir>> {
+/// The private directory of the export socket, or None for an engine on
+/// another machine (`local` false: a directory of this machine cannot be
+/// mounted into its containers), or when the tests force the attach
+/// stream.
+pub(super) fn socket_dir(local: bool) -> Result<Option<tempfile::TempDir>> {
+    if !local {
+        return Ok(None);
+    }
     #[cfg(feature = "test-hooks")]
     if crate::hooks::no_export_socket() {
         return Ok(None);

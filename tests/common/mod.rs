@@ -688,7 +688,7 @@ pub fn require_root(why: &str) -> bool {
 }
 
 /// The variables ci/docker-env.sh exports for the populate tests.
-pub const DOCKER_ENV_VARS: [&str; 7] = [
+pub const DOCKER_ENV_VARS: [&str; 9] = [
     "DOCKER_HOST",
     "FP_DIND_IMAGE",
     "FP_TARGET_DOCKERS",
@@ -696,6 +696,8 @@ pub const DOCKER_ENV_VARS: [&str; 7] = [
     "FP_REGISTRY_CONTAINER",
     "FP_TEST_USER",
     "FP_CRICTL",
+    "FP_DOCKER_TLS_HOST",
+    "FP_DOCKER_CERT_PATH",
 ];
 
 /// Why the Docker test environment of ci/docker-env.sh is not usable
