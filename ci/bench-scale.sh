@@ -100,8 +100,15 @@ bench_lock bench
 # names and labels "PID-N", and its partial output. Only ours: the other
 # runs on this daemon are none of our business.
 remove_tool_leftovers() {
-    local pid obj val
+    local pid obj val i
     [[ -s $pids ]] || return 0
+    # The engine may be restarting (the tests restart it): give it a minute.
+    if [[ -n ${DOCKER_HOST:-} ]]; then
+        for ((i = 0; i < 60; i++)); do
+            docker info >/dev/null 2>&1 && break
+            sleep 1
+        done
+    fi
     while read -r pid; do
         [[ $pid =~ ^[0-9]+$ ]] || continue
         if [[ -n ${DOCKER_HOST:-} ]]; then
@@ -263,6 +270,7 @@ sample_fds() {
 
 # run_tool ARGS...: one timed run of the tool with ARGS, stdout to $json and
 # stderr to $log; sets run_s (wall seconds), run_kib (peak RSS) and run_fds.
+# Fails when the tool does.
 run_tool() {
     local runpid toolpid='' i
     rm -f -- "$out" "$pidf"
@@ -282,12 +290,37 @@ run_tool() {
     done
     [[ -n $toolpid ]] || die "the tool's PID did not show up in $pidf"
     run_fds=$(sample_fds "$toolpid")
-    if ! wait "$runpid"; then
-        tail -n 20 -- "$log" >&2
-        die "flatcar-preload $1 failed (log: $log)"
-    fi
+    wait "$runpid" || return 1
     read -r run_s run_kib < <(tail -n 1 -- "$timef")
     [[ $run_kib =~ ^[0-9]+$ ]] || die "no peak RSS from /usr/bin/time in $timef"
+}
+
+# When the registry container started: it restarts with the engine.
+engine_epoch() { docker inspect -f '{{.State.StartedAt}}' "$FP_REGISTRY_CONTAINER" 2>/dev/null || echo down; }
+
+# run_checked ARGS...: run_tool, dying when the tool fails. With
+# engine_retry=1 (populate), a run that failed because the engine was
+# restarted under it (the engine is shared with the tests, which restart
+# it) is run again, up to 3 times: that failure is not the tool's.
+run_checked() {
+    local try epoch i
+    for ((try = 1; ; try++)); do
+        if ((engine_retry)); then epoch=$(engine_epoch); fi
+        run_tool "$@" && return 0
+        if ((engine_retry && try < 3)); then
+            for ((i = 0; i < 120; i++)); do
+                docker info >/dev/null 2>&1 && break
+                sleep 1
+            done
+            if [[ $(engine_epoch) != "$epoch" ]]; then
+                echo "  the engine was restarted during the run (not by the tool): running again (try $((try + 1)) of 3)" >&2
+                remove_tool_leftovers
+                continue
+            fi
+        fi
+        tail -n 20 -- "$log" >&2
+        die "flatcar-preload $1 failed (log: $log)"
+    done
 }
 
 # runs_of ARGS...: RUNS timed runs; sets med_s (median seconds), max_kib and
@@ -297,7 +330,7 @@ runs_of() {
     times=() max_kib=0 max_fds=0
     for ((i = 1; i <= RUNS; i++)); do
         ((RUNS == 1)) || echo "  run $i/$RUNS" >&2
-        run_tool "$@"
+        run_checked "$@"
         times+=("$run_s")
         if ((run_kib > max_kib)); then max_kib=$run_kib; fi
         if ((run_fds > max_fds)); then max_fds=$run_fds; fi
@@ -512,9 +545,12 @@ bench_populate() {
     ((failed == 0)) || populate_failed=1
 }
 
-unpack_failed=0 populate_failed=0
+unpack_failed=0 populate_failed=0 engine_retry=0
 if [[ $PART != populate ]]; then bench_unpack; fi
-if [[ $PART != unpack ]]; then bench_populate; fi
+if [[ $PART != unpack ]]; then
+    engine_retry=1
+    bench_populate
+fi
 
 echo
 echo "scales: ${scales[*]}; $RUNS timed run(s) each (median; RSS and fds: peaks over the runs)"
