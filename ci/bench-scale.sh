@@ -324,14 +324,17 @@ run_checked() {
 }
 
 # runs_of ARGS...: RUNS timed runs; sets med_s (median seconds), max_kib and
-# max_fds (peaks over the runs) and times (all the runs' seconds).
+# max_fds (peaks over the runs), and times, rsss and fdss (each run's
+# seconds, peak RSS in MiB and most fds).
 runs_of() {
     local i
-    times=() max_kib=0 max_fds=0
+    times=() rsss=() fdss=() max_kib=0 max_fds=0
     for ((i = 1; i <= RUNS; i++)); do
         ((RUNS == 1)) || echo "  run $i/$RUNS" >&2
         run_checked "$@"
         times+=("$run_s")
+        rsss+=("$(mib "$run_kib")")
+        fdss+=("$run_fds")
         if ((run_kib > max_kib)); then max_kib=$run_kib; fi
         if ((run_fds > max_fds)); then max_fds=$run_fds; fi
     done
@@ -422,7 +425,7 @@ bench_unpack() {
             "$(awk -v t="$med_s" -v n="$n" 'BEGIN { print t / n * 100000 }')" \
             "$(linear "$med_s" "$first_s" "$n" "$first_n")" "$rss" \
             "$(verdict "$rss" lt "$GOAL_RSS_MIB" "$check")" "$fds" "$check")")
-        details+=("${s}x runs (s): ${times[*]}")
+        details+=("${s}x runs: seconds ${times[*]}; RSS MiB ${rsss[*]}; fds ${fdss[*]}")
     done
 
     echo
@@ -533,7 +536,7 @@ bench_populate() {
             "$(awk -v t="$med_s" -v b="$bytes" 'BEGIN { print t / b * 1e9 }')" \
             "$(linear "$med_s" "$first_s" "$bytes" "$first_b")" "$rss" \
             "$(verdict "$rss" lt "$GOAL_RSS_MIB" "$check")" "$fds" "$check")")
-        details+=("${s}x runs (s): ${times[*]}")
+        details+=("${s}x runs: seconds ${times[*]}; RSS MiB ${rsss[*]}; fds ${fdss[*]}")
     done
 
     echo
