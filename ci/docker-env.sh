@@ -152,7 +152,10 @@ changed=0 # set when something was (re)built: triggers the smoke test
 # iproute2       `ip` for our bridge;  curl: registry health check
 # passwd         useradd/groupadd (always there, listed for completeness)
 # zstd           decompresses the shared crictl (step 6b)
-pkgs=(docker.io debootstrap busybox-static iptables iproute2 curl passwd zstd openssl)
+# openssl        the certificates of our dockerd's TLS endpoint (step 3)
+# openssh-*      the remote-engine test over ssh starts its own sshd (never
+#                the system's: the policy-rc.d below keeps it stopped)
+pkgs=(docker.io debootstrap busybox-static iptables iproute2 curl passwd zstd openssl openssh-server openssh-client)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
@@ -202,6 +205,9 @@ else
     id -nG "$TEST_USER" | tr ' ' '\n' | grep -qx "$GROUP" || usermod -aG "$GROUP" "$TEST_USER"
     say "user: ok ($TEST_USER in $GROUP)"
 fi
+# No password, but not locked ('*', where useradd leaves '!'): sshd lets no
+# one into a locked account, even with a key (the ssh remote-engine test).
+[[ $(getent shadow "$TEST_USER" | cut -d: -f2) == '*' ]] || usermod -p '*' "$TEST_USER"
 
 # --- 3. our dockerd ---------------------------------------------------------
 docker_up() { docker info >/dev/null 2>&1; }

@@ -623,6 +623,165 @@ fn remote_engine_over_tls() {
     }
 }
 
+/// The engine reached over ssh, as `docker -H ssh://HOST` reaches one: an
+/// sshd of the test's own lets the test user in with a key (named in its
+/// ~/.ssh/config, as a user's would be) and runs `docker system
+/// dial-stdio` there against the test dockerd. The export takes the
+/// attach stream, and the result passes the truth checks. A port in the
+/// address (which the ssh transport cannot pass) is refused, saying what
+/// to do instead.
+#[test]
+fn remote_engine_over_ssh() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let ssh = SshEngine::start();
+    let host = "ssh://fp-ssh-engine";
+    truth_of_a_run(&[("DOCKER_HOST", host), ("HOME", &ssh.home)], "attach");
+
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let before = file_digest(&disk);
+    let out = tmp.path().join("out.bin");
+    let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
+    let with_port = format!("ssh://{}@127.0.0.1:{}", env().test_user, ssh.port);
+    let envs = [("DOCKER_HOST", with_port.as_str()), ("HOME", &ssh.home)];
+    let o = populate_cmd_with(&envs, &[d, &fixtures().listed[0].0, "-o", o_])
+        .output()
+        .unwrap();
+    let want = "a port in an ssh:// address is not supported; give it in ~/.ssh/config";
+    assert_clean_failure(&o, &disk, before, &out, want);
+}
+
+/// An sshd on loopback for [`remote_engine_over_ssh`], and the test user's
+/// ssh configuration for it (Host fp-ssh-engine); all removed on drop.
+struct SshEngine {
+    sshd: std::process::Child,
+    port: u16,
+    /// The test user's home.
+    home: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SshEngine {
+    fn start() -> SshEngine {
+        let e = env();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // sshd reads the authorized keys as the user.
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        for key in ["host_key", "client_key"] {
+            run_ok(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(d.join(key)),
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        fs::write(
+            d.join("sshd_config"),
+            format!(
+                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/host_key\n\
+                 AuthorizedKeysFile {d}/client_key.pub\nStrictModes no\nUsePAM no\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPidFile none\n\
+                 AllowUsers {user}\nSetEnv DOCKER_HOST={host}\n",
+                d = d.display(),
+                user = e.test_user,
+                host = e.docker_host,
+            ),
+        )
+        .unwrap();
+        // Its privilege separation directory.
+        fs::create_dir_all("/run/sshd").unwrap();
+        let sshd = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let home = run_ok(Command::new("getent").args(["passwd", &e.test_user]))
+            .trim()
+            .split(':')
+            .nth(5)
+            .unwrap()
+            .to_string();
+        let ssh_dir = Path::new(&home).join(".ssh");
+        fs::create_dir_all(&ssh_dir).unwrap();
+        fs::copy(d.join("client_key"), ssh_dir.join("fp-ssh-engine-key")).unwrap();
+        fs::write(
+            ssh_dir.join("config"),
+            format!(
+                "Host fp-ssh-engine\n  HostName 127.0.0.1\n  Port {port}\n  \
+                 IdentityFile ~/.ssh/fp-ssh-engine-key\n  IdentitiesOnly yes\n  \
+                 StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+            ),
+        )
+        .unwrap();
+        run_ok(
+            Command::new("chown")
+                .args(["-R", &format!("{}:", e.test_user)])
+                .arg(&ssh_dir),
+        );
+        fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(
+            ssh_dir.join("fp-ssh-engine-key"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let engine = SshEngine {
+            sshd,
+            port,
+            home,
+            _dir: dir,
+        };
+        // Up when the test user gets the engine's version through it.
+        let start = Instant::now();
+        loop {
+            let o = Command::new("runuser")
+                .args([
+                    "-u",
+                    &e.test_user,
+                    "--",
+                    "env",
+                    &format!("HOME={}", engine.home),
+                ])
+                .args([
+                    "ssh",
+                    "fp-ssh-engine",
+                    "docker",
+                    "version",
+                    "-f",
+                    "{{.Server.Version}}",
+                ])
+                .output()
+                .unwrap();
+            if o.status.success() {
+                break engine;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the test user cannot reach the engine over ssh: {}",
+                stderr(&o)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for SshEngine {
+    fn drop(&mut self) {
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+        let ssh_dir = Path::new(&self.home).join(".ssh");
+        let _ = fs::remove_file(ssh_dir.join("config"));
+        let _ = fs::remove_file(ssh_dir.join("fp-ssh-engine-key"));
+    }
+}
+
 /// DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH for the test
 /// dockerd's TLS endpoint.
 fn tls_env() -> [(&'static str, String); 3] {

@@ -56,6 +56,16 @@ pub(super) fn platform_of(image: &bollard::models::ImageInspect) -> crate::platf
     )
 }
 
+/// Whether an ssh:// address names a port (ssh://[user@]host:port).
+fn ssh_port(address: &str) -> bool {
+    let rest = address.trim_start_matches("ssh://");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host.split('/').next().unwrap_or(host);
+    host.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.ends_with(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
 /// The directory of the certificates to talk TLS with the engine, when
 /// DOCKER_TLS_VERIFY is set (not empty, as docker reads it):
 /// DOCKER_CERT_PATH, else ~/.docker; each file is checked to be readable.
@@ -118,11 +128,15 @@ impl Engine {
                 "DOCKER_HOST={where_} wants TLS: set DOCKER_TLS_VERIFY=1, with the engine's CA and \
                  a client certificate in DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem)"
             ),
-            _ if where_.starts_with("ssh://") => bail!(
-                "DOCKER_HOST={where_}: engines over ssh are not supported; forward the engine's \
-                 socket instead (ssh -nNT -L /tmp/docker.sock:/var/run/docker.sock HOST) and set \
-                 DOCKER_HOST=unix:///tmp/docker.sock"
-            ),
+            _ if where_.starts_with("ssh://") => {
+                if ssh_port(&where_) {
+                    bail!(
+                        "DOCKER_HOST={where_}: a port in an ssh:// address is not supported; \
+                         give it in ~/.ssh/config (Host NAME, HostName, Port) and use ssh://[USER@]NAME"
+                    );
+                }
+                Docker::connect_with_ssh(&where_, secs, version, None)
+            }
             _ => Docker::connect_with_host(&where_),
         }
         .with_context(|| format!("connecting to the Docker engine at {where_}"))?
@@ -136,6 +150,12 @@ impl Engine {
             ),
             (None, true) => {
                 " (an engine with TLS wants DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH)".into()
+            }
+            _ if where_.starts_with("ssh://") => {
+                " over ssh (ssh must log in without a prompt, with a key \
+                 of ssh-agent or ~/.ssh/config, and the remote user must be able to run \
+                 `docker system dial-stdio`)"
+                    .into()
             }
             _ => " (set DOCKER_HOST, or check that your user may use its socket)".into(),
         };
@@ -529,5 +549,24 @@ impl Engine {
             }
         }
         Ok((finished, passed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ssh_port;
+
+    #[test]
+    fn an_ssh_address_with_a_port_is_told() {
+        for (address, port) in [
+            ("ssh://host", false),
+            ("ssh://user@host", false),
+            ("ssh://user@host:2222", true),
+            ("ssh://host:22", true),
+            ("ssh://us:er@host", false),
+            ("ssh://host/path", false),
+        ] {
+            assert_eq!(ssh_port(address), port, "{address}");
+        }
     }
 }
