@@ -261,3 +261,17 @@ ensure_bench_image() {
     docker image rm "$ref" >/dev/null || true
     manifest_exists || die "pushed $ref but the registry has no manifest for it"
 }
+
+# bench_remove_run_leftovers PID: removes the containers and volumes of the
+# tool's run in process PID (it labels them org.flatcar-preload.run=PID-N),
+# which it leaves when it fails or is interrupted before its own cleanup.
+# Only those: other runs on the engine are none of the bench's business.
+bench_remove_run_leftovers() {
+    local pid=$1 obj val label=org.flatcar-preload.run
+    while read -r obj val; do
+        if [[ $val == "$pid"-* ]]; then docker rm -f -v "$obj" >/dev/null 2>&1 || true; fi
+    done < <(docker ps -a --filter "label=$label" --format "{{.ID}} {{.Label \"$label\"}}" 2>/dev/null || true)
+    while read -r obj val; do
+        if [[ $val == "$pid"-* ]]; then docker volume rm -f "$obj" >/dev/null 2>&1 || true; fi
+    done < <(docker volume ls --filter "label=$label" --format "{{.Name}} {{.Label \"$label\"}}" 2>/dev/null || true)
+}

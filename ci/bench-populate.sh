@@ -94,16 +94,11 @@ bench_lock "bench (bench-unpack.sh or bench-populate.sh)"
 # that failed or was interrupted before its own cleanup). Only ours: other
 # runs of the tool on this daemon (tests, --keep-dind) are none of our business.
 remove_tool_leftovers() {
-    local pid obj val
+    local pid
     [[ -s $pids ]] || return 0
     while read -r pid; do
         [[ $pid =~ ^[0-9]+$ ]] || continue
-        while read -r obj val; do
-            if [[ $val == "$pid"-* ]]; then docker rm -f -v "$obj" >/dev/null 2>&1 || true; fi
-        done < <(docker ps -a --filter "label=$RUN_LABEL" --format "{{.ID}} {{.Label \"$RUN_LABEL\"}}" 2>/dev/null || true)
-        while read -r obj val; do
-            if [[ $val == "$pid"-* ]]; then docker volume rm -f "$obj" >/dev/null 2>&1 || true; fi
-        done < <(docker volume ls --filter "label=$RUN_LABEL" --format "{{.Name}} {{.Label \"$RUN_LABEL\"}}" 2>/dev/null || true)
+        bench_remove_run_leftovers "$pid"
         # The tool's partial output, if it was killed before removing it.
         rm -f -- "$work/.${out##*/}.partial-$pid"
     done <"$pids"

@@ -63,8 +63,6 @@ readonly UNPACK_BASE=100000 IMAGES=20
 # by an older one are not reused.
 readonly GEN=1
 readonly IMAGE_REPO=127.0.0.1:5000/fp-scale
-# The label the tool puts on every container and volume it creates.
-readonly RUN_LABEL=org.flatcar-preload.run
 
 bench_init "it reads the tool's /proc/PID/fd and uses Docker's socket" "$@"
 need /usr/bin/time time # GNU time for peak RSS (%M); bash's builtin has none
@@ -100,7 +98,7 @@ bench_lock bench
 # names and labels "PID-N", and its partial output. Only ours: the other
 # runs on this daemon are none of our business.
 remove_tool_leftovers() {
-    local pid obj val i
+    local pid i
     [[ -s $pids ]] || return 0
     # The engine may be restarting (the tests restart it): give it a minute.
     if [[ -n ${DOCKER_HOST:-} ]]; then
@@ -112,12 +110,7 @@ remove_tool_leftovers() {
     while read -r pid; do
         [[ $pid =~ ^[0-9]+$ ]] || continue
         if [[ -n ${DOCKER_HOST:-} ]]; then
-            while read -r obj val; do
-                if [[ $val == "$pid"-* ]]; then docker rm -f -v "$obj" >/dev/null 2>&1 || true; fi
-            done < <(docker ps -a --filter "label=$RUN_LABEL" --format "{{.ID}} {{.Label \"$RUN_LABEL\"}}" 2>/dev/null || true)
-            while read -r obj val; do
-                if [[ $val == "$pid"-* ]]; then docker volume rm -f "$obj" >/dev/null 2>&1 || true; fi
-            done < <(docker volume ls --filter "label=$RUN_LABEL" --format "{{.Name}} {{.Label \"$RUN_LABEL\"}}" 2>/dev/null || true)
+            bench_remove_run_leftovers "$pid"
         fi
         rm -f -- "$work/.${out##*/}.partial-$pid"
     done <"$pids"
