@@ -569,10 +569,7 @@ fn remote_engine_over_tls() {
 
     // A CA that did not sign the engine's certificate, and a client
     // certificate from a CA the engine does not trust.
-    let tmp = user_dir();
-    let disk = disk_copy(&["--layout", "small"], tmp.path());
-    let before = file_digest(&disk);
-    let out = tmp.path().join("out.bin");
+    let (tmp, disk, before, out) = disk_for_run("small");
     let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
     let theirs = Path::new(&tls[2].1);
     let other = tmp.path().join("other");
@@ -639,10 +636,7 @@ fn remote_engine_over_ssh() {
     let host = "ssh://fp-ssh-engine";
     truth_of_a_run(&[("DOCKER_HOST", host), ("HOME", &ssh.home)], "attach");
 
-    let tmp = user_dir();
-    let disk = disk_copy(&["--layout", "small"], tmp.path());
-    let before = file_digest(&disk);
-    let out = tmp.path().join("out.bin");
+    let (_tmp, disk, before, out) = disk_for_run("small");
     let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
     let with_port = format!("ssh://{}@127.0.0.1:{}", env().test_user, ssh.port);
     let envs = [("DOCKER_HOST", with_port.as_str()), ("HOME", &ssh.home)];
@@ -966,6 +960,24 @@ fn assert_runs(image: &str, text: &str) {
     assert!(text.contains("\n2\n") || text.ends_with("2\n"), "{text}");
 }
 
+/// A copy of the `layout` fixture in a directory the test user may write
+/// to, for a run that may fail: the directory, the disk, its digest and
+/// the OUTPUT path (not made).
+fn disk_for_run(
+    layout: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    u64,
+    std::path::PathBuf,
+) {
+    let tmp = user_dir();
+    let disk = disk_copy(&["--layout", layout], tmp.path());
+    let before = file_digest(&disk);
+    let out = tmp.path().join("out.bin");
+    (tmp, disk, before, out)
+}
+
 /// A failed run: clear error, no output, input unchanged, nothing left in
 /// Docker.
 fn assert_clean_failure(o: &Output, disk: &Path, before: u64, out: &Path, want: &str) {
@@ -988,10 +1000,7 @@ fn populate_failures() {
         return;
     };
     let f = fixtures();
-    let tmp = user_dir();
-    let disk = disk_copy(&["--layout", "small"], tmp.path());
-    let before = file_digest(&disk);
-    let out = tmp.path().join("out.bin");
+    let (tmp, disk, before, out) = disk_for_run("small");
     let d = disk.to_str().unwrap();
     let o_ = out.to_str().unwrap();
     let reg = &env().registry;
@@ -1025,10 +1034,7 @@ fn interrupt_at(phase: &str, images: &[&str]) {
         skip("built without --features test-hooks, which pauses a run at a phase");
         return;
     }
-    let tmp = user_dir();
-    let disk = disk_copy(&["--layout", "current"], tmp.path());
-    let before = file_digest(&disk);
-    let out = tmp.path().join("out.bin");
+    let (_tmp, disk, before, out) = disk_for_run("current");
     let mut args = vec![disk.to_str().unwrap()];
     args.extend(images);
     args.extend(["-o", out.to_str().unwrap()]);
@@ -1710,10 +1716,7 @@ fn build_container_that_does_not_start() {
         return;
     };
     let image = fixtures().listed[0].0.as_str();
-    let tmp = user_dir();
-    let disk = disk_copy(&["--layout", "small"], tmp.path());
-    let before = file_digest(&disk);
-    let out = tmp.path().join("out.bin");
+    let (_tmp, disk, before, out) = disk_for_run("small");
     let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
     let exits = bad_build_image("exits");
     let none = bad_build_image("none");
@@ -1785,10 +1788,7 @@ fn registry_that_stalls_times_out() {
     };
     let stall = stalling_registry();
     let image = format!("{stall}/fp/stalls:1");
-    let tmp = user_dir();
-    let disk = disk_copy(&["--layout", "small"], tmp.path());
-    let before = file_digest(&disk);
-    let out = tmp.path().join("out.bin");
+    let (_tmp, disk, before, out) = disk_for_run("small");
     let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
     // On the host's network, where the stalling registry listens.
     let common = [
@@ -1920,10 +1920,7 @@ fn engine_stopped_during_pull_and_export() {
     if !hooks_built() {
         return;
     }
-    let tmp = user_dir();
-    let disk = disk_copy(&["--layout", "current"], tmp.path());
-    let before = file_digest(&disk);
-    let out = tmp.path().join("out.bin");
+    let (_tmp, disk, before, out) = disk_for_run("current");
     let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
     let f = fixtures();
     for (phase, image) in [("pull", &f.listed[0].0), ("mid-write", &f.big)] {
@@ -3386,10 +3383,7 @@ fn containerd_store_for_kubernetes() {
             std::slice::from_ref(&base),
         ));
     }
-    let tmp = user_dir();
-    let disk = disk_copy(&["--layout", "current"], tmp.path());
-    let before = file_digest(&disk);
-    let out = tmp.path().join("out.bin");
+    let (tmp, disk, before, out) = disk_for_run("current");
     let mirror = format!("registry.k8s.io=http://{reg}");
     let (layers, second) = (&f.listed[0].0, &f.listed[1].0);
     let o = populate(&[
@@ -3586,10 +3580,7 @@ fn docker29_runs_images_baked_into_namespace_moby() {
         .find(|i| major_of(i) == 29)
         .expect("FP_TARGET_DOCKERS has Docker 29 (ci/docker-env.sh builds fp-dind:29)")
         .clone();
-    let tmp = user_dir();
-    let disk = disk_copy(&["--layout", "current"], tmp.path());
-    let before = file_digest(&disk);
-    let out = tmp.path().join("out.bin");
+    let (_tmp, disk, before, out) = disk_for_run("current");
     let (layers, second) = (&f.listed[0].0, &f.listed[1].0);
     let o = populate(&[
         disk.to_str().unwrap(),
@@ -3678,10 +3669,7 @@ fn containerd_failures() {
     };
     let f = fixtures();
     let (multi, _, _) = multi_arch_fixture();
-    let tmp = user_dir();
-    let disk = disk_copy(&["--layout", "current"], tmp.path());
-    let before = file_digest(&disk);
-    let out = tmp.path().join("out.bin");
+    let (_tmp, disk, before, out) = disk_for_run("current");
     let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
     let ctrd = |image: &str, extra: &[&str]| {
         let mut args = vec![d, "--containerd-image", image, "--sandbox-image", "none"];
