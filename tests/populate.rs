@@ -320,6 +320,32 @@ fn remove_leftovers() {
             docker_out(&[kind, "rm", "-f", name]);
         }
     }
+    for dir in temp_left() {
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// The temporary directories of the tool's runs as the test user (the
+/// private directory of the export socket) that are still there: a run
+/// removes its own unless it is killed.
+fn temp_left() -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    static UID: OnceLock<u32> = OnceLock::new();
+    let uid = *UID.get_or_init(|| {
+        let id = run_ok(Command::new("id").args(["-u", &env().test_user]));
+        id.trim().parse().unwrap()
+    });
+    fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("flatcar-preload-")
+        })
+        .filter(|e| e.metadata().is_ok_and(|m| m.uid() == uid))
+        .map(|e| e.path())
+        .collect()
 }
 
 /// A copy of the binary that the test user can reach wherever the
@@ -992,6 +1018,11 @@ fn assert_clean_failure(o: &Output, disk: &Path, before: u64, out: &Path, want: 
     assert!(!partial, "partial output left behind");
     assert_eq!(file_digest(disk), before, "input modified");
     assert_eq!(leftovers(), "", "containers or volumes left behind");
+    assert_eq!(
+        temp_left(),
+        Vec::<std::path::PathBuf>::new(),
+        "temporary files left behind"
+    );
 }
 
 #[test]
@@ -1968,6 +1999,11 @@ fn assert_clean_failure_but_left(o: &Output, disk: &Path, before: u64, out: &Pat
     );
     assert!(!out.exists(), "output left behind");
     assert_eq!(file_digest(disk), before, "input modified");
+    assert_eq!(
+        temp_left(),
+        Vec::<std::path::PathBuf>::new(),
+        "temporary files left behind"
+    );
 }
 
 /// Stops the test dockerd (as `systemctl stop docker` would: SIGTERM, and
