@@ -268,7 +268,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// The start of every test: the Docker environment (or a printed skip, a
 /// failure in CI), then the engine to ourselves.
 fn docker_test() -> Option<std::sync::MutexGuard<'static, ()>> {
-    require_docker_env().then(serial)
+    let serial = require_docker_env().then(serial)?;
+    temp_at_start();
+    Some(serial)
 }
 
 /// A directory the unprivileged test user may write to.
@@ -326,9 +328,25 @@ fn remove_leftovers() {
 }
 
 /// The temporary directories of the tool's runs as the test user (the
-/// private directory of the export socket) that are still there: a run
-/// removes its own unless it is killed.
+/// private directory of the export socket) that are there now and were
+/// not when these tests started: a run removes its own unless it is
+/// killed.
 fn temp_left() -> Vec<std::path::PathBuf> {
+    let before = temp_at_start();
+    temp_dirs()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect()
+}
+
+/// What [`temp_left`] found when these tests started (the first
+/// [`docker_test`]): other runs', this process does not count.
+fn temp_at_start() -> &'static [std::path::PathBuf] {
+    static AT_START: OnceLock<Vec<std::path::PathBuf>> = OnceLock::new();
+    AT_START.get_or_init(temp_dirs)
+}
+
+fn temp_dirs() -> Vec<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
     static UID: OnceLock<u32> = OnceLock::new();
     let uid = *UID.get_or_init(|| {
