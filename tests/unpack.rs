@@ -631,32 +631,27 @@ fn output_filesystem_too_small() {
     write_tar(&[item("opt/big", random(3, 24 << 20))], &tar);
     let left = |dir: &Path| fs::read_dir(dir).unwrap().count();
 
-    // The copy itself does not fit (the small disk allocates more).
-    let tiny = SmallFs::new("64k");
-    let out = tiny.0.path().join("out.bin");
-    let err = unpack_err(&[&disk, &tar, &"-o", &out]);
-    assert!(err.contains("is too small: the copy of"), "{err}");
-    assert!(err.contains(&tiny.0.path().display().to_string()), "{err}");
-    assert_eq!(
-        left(tiny.0.path()),
-        0,
-        "something was left in the output's directory"
-    );
-
-    // The copy fits, the 24 MiB of data measured from the archive do not.
-    let small = SmallFs::new("16M");
-    let out = small.0.path().join("out.bin");
-    let err = unpack_err(&[&disk, &tar, &"-o", &out]);
-    assert!(err.contains("writing the data into ROOT needs"), "{err}");
-    assert!(err.contains(&small.0.path().display().to_string()), "{err}");
-    assert_eq!(
-        left(small.0.path()),
-        0,
-        "something was left in the output's directory"
-    );
+    // The copy itself does not fit (the small disk allocates more); then
+    // the copy fits, the 24 MiB of data measured from the archive do not.
+    let (tiny, small) = (SmallFs::new("64k"), SmallFs::new("16M"));
+    for (fs, want) in [
+        (&tiny, "is too small: the copy of"),
+        (&small, "writing the data into ROOT needs"),
+    ] {
+        let out = fs.0.path().join("out.bin");
+        let err = unpack_err(&[&disk, &tar, &"-o", &out]);
+        assert!(err.contains(want), "{err}");
+        assert!(err.contains(&fs.0.path().display().to_string()), "{err}");
+        assert_eq!(
+            left(fs.0.path()),
+            0,
+            "something was left in the output's directory"
+        );
+    }
 
     // From standard input nothing is measured: the write finds the
     // filesystem full, and says which.
+    let out = small.0.path().join("out.bin");
     let mut child = Command::new(BIN)
         .args(["unpack"])
         .arg(&disk)
@@ -698,7 +693,9 @@ fn the_same_inputs_give_the_same_bytes() {
     write_tar(&hard_cases(), &archive);
     let qcow2 = tmp.path().join("disk.qcow2");
     qemu_convert("raw", "qcow2", &disk, &qcow2);
-    let unpack_with = |sde: Option<&str>, input: &Path, out: &str| {
+    // `unpack INPUT ARCHIVE --target /opt/new -o OUT` with SOURCE_DATE_EPOCH
+    // as given (unset: None).
+    let run_unpack = |sde: Option<&str>, input: &Path, out: &str| {
         let out = tmp.path().join(out);
         let mut cmd = std::process::Command::new(BIN);
         cmd.arg("unpack")
@@ -710,7 +707,10 @@ fn the_same_inputs_give_the_same_bytes() {
         if let Some(t) = sde {
             cmd.env("SOURCE_DATE_EPOCH", t);
         }
-        let o = cmd.output().unwrap();
+        (cmd.output().unwrap(), out)
+    };
+    let unpack_with = |sde: Option<&str>, input: &Path, out: &str| {
+        let (o, out) = run_unpack(sde, input, out);
         assert!(o.status.success(), "{}", stderr(&o));
         out
     };
@@ -748,19 +748,11 @@ fn the_same_inputs_give_the_same_bytes() {
         );
     }
 
-    let o = std::process::Command::new(BIN)
-        .args(["unpack"])
-        .arg(&disk)
-        .arg(&archive)
-        .arg("-o")
-        .arg(tmp.path().join("bad.bin"))
-        .env("SOURCE_DATE_EPOCH", "yesterday")
-        .output()
-        .unwrap();
+    let (o, bad) = run_unpack(Some("yesterday"), &disk, "bad.bin");
     assert!(
         !o.status.success() && stderr(&o).contains("SOURCE_DATE_EPOCH=\"yesterday\""),
         "{}",
         stderr(&o)
     );
-    assert!(!tmp.path().join("bad.bin").exists());
+    assert!(!bad.exists());
 }
