@@ -16,26 +16,19 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
 /// Where e2fsprogs lives, which a Debian user's PATH lacks.
 const SBIN: &[&str] = &["/usr/sbin", "/sbin"];
 
-/// Runs `program` as PATH finds it, else from one of `fallback`, with
-/// `env` added to its environment.
+/// Runs `program` as PATH finds it, else from one of `fallback`.
 fn output<S: AsRef<OsStr>>(
     program: &str,
     args: &[S],
     fallback: &[&str],
-    env: &[(&str, &str)],
 ) -> std::io::Result<Output> {
-    let run = |p: &OsStr| {
-        Command::new(p)
-            .args(args)
-            .envs(env.iter().copied())
-            .output()
-    };
-    match run(program.as_ref()) {
+    let first = Command::new(program).args(args).output();
+    match first {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !program.contains('/') => {
             for dir in fallback {
                 let p = std::path::Path::new(dir).join(program);
                 if p.is_file() {
-                    return run(p.as_os_str());
+                    return Command::new(p).args(args).output();
                 }
             }
             Err(e)
@@ -53,19 +46,8 @@ pub(crate) fn run<S: AsRef<OsStr>>(
     ok: &[i32],
     missing: &str,
 ) -> Result<()> {
-    run_with(program, args, ok, missing, &[])
-}
-
-/// [`run`] with `env` added to the program's environment.
-pub(crate) fn run_with<S: AsRef<OsStr>>(
-    program: &str,
-    args: &[S],
-    ok: &[i32],
-    missing: &str,
-    env: &[(&str, &str)],
-) -> Result<()> {
-    let out = output(program, args, SBIN, env)
-        .with_context(|| format!("running {program} ({missing})"))?;
+    let out =
+        output(program, args, SBIN).with_context(|| format!("running {program} ({missing})"))?;
     let code = out.status.code();
     if !code.is_some_and(|c| ok.contains(&c)) {
         let text = format!(
@@ -124,10 +106,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
         let name = "fp-test-tool-not-in-path";
-        let err = output(name, &["x"], &[], &[]).unwrap_err();
+        let err = output(name, &["x"], &[]).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
         let fallback = [dir.path().to_str().unwrap()];
-        let out = output(name, &["x"], &fallback, &[]).unwrap();
+        let out = output(name, &["x"], &fallback).unwrap();
         assert_eq!(out.stdout, b"found x\n");
     }
 
