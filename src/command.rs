@@ -16,19 +16,26 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
 /// Where e2fsprogs lives, which a Debian user's PATH lacks.
 const SBIN: &[&str] = &["/usr/sbin", "/sbin"];
 
-/// Runs `program` as PATH finds it, else from one of `fallback`.
+/// Runs `program` as PATH finds it, else from one of `fallback`, with
+/// `env` added to its environment.
 fn output<S: AsRef<OsStr>>(
     program: &str,
     args: &[S],
     fallback: &[&str],
+    env: &[(&str, &str)],
 ) -> std::io::Result<Output> {
-    let first = Command::new(program).args(args).output();
-    match first {
+    let run = |p: &OsStr| {
+        Command::new(p)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+    };
+    match run(program.as_ref()) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !program.contains('/') => {
             for dir in fallback {
                 let p = std::path::Path::new(dir).join(program);
                 if p.is_file() {
-                    return Command::new(p).args(args).output();
+                    return run(p.as_os_str());
                 }
             }
             Err(e)
@@ -46,8 +53,19 @@ pub(crate) fn run<S: AsRef<OsStr>>(
     ok: &[i32],
     missing: &str,
 ) -> Result<()> {
-    let out =
-        output(program, args, SBIN).with_context(|| format!("running {program} ({missing})"))?;
+    run_with(program, args, ok, missing, &[])
+}
+
+/// [`run`] with `env` added to the program's environment.
+pub(crate) fn run_with<S: AsRef<OsStr>>(
+    program: &str,
+    args: &[S],
+    ok: &[i32],
+    missing: &str,
+    env: &[(&str, &str)],
+) -> Result<()> {
+    let out = output(program, args, SBIN, env)
+        .with_context(|| format!("running {program} ({missing})"))?;
     let code = out.status.code();
     if !code.is_some_and(|c| ok.contains(&c)) {
         let text = format!(
@@ -106,10 +124,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
         let name = "fp-test-tool-not-in-path";
-        let err = output(name, &["x"], &[]).unwrap_err();
+        let err = output(name, &["x"], &[], &[]).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
         let fallback = [dir.path().to_str().unwrap()];
-        let out = output(name, &["x"], &fallback).unwrap();
+        let out = output(name, &["x"], &fallback, &[]).unwrap();
         assert_eq!(out.stdout, b"found x\n");
     }
 

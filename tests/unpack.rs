@@ -678,3 +678,84 @@ fn output_filesystem_too_small() {
     );
     assert!(fs::read(&disk).unwrap() == before, "the input was modified");
 }
+
+/// The same disk and archive give the same bytes whenever they are written:
+/// what the tool and libext2fs stamp (new directories' times, inode change
+/// and creation times, the superblock's write time) is SOURCE_DATE_EPOCH,
+/// else ROOT's own last write time in the input. A qcow2 output too
+/// (qemu-img writes no time into it). Another SOURCE_DATE_EPOCH gives
+/// other bytes, with that time on what was made; a bad one is refused.
+#[test]
+fn the_same_inputs_give_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = disk_copy(&["--layout", "small"], tmp.path());
+    let archive = tmp.path().join("a.tar");
+    write_tar(&hard_cases(), &archive);
+    let qcow2 = tmp.path().join("disk.qcow2");
+    qemu_convert("raw", "qcow2", &disk, &qcow2);
+    let unpack_with = |sde: Option<&str>, input: &Path, out: &str| {
+        let out = tmp.path().join(out);
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("unpack")
+            .arg(input)
+            .arg(&archive)
+            .args(["--target", "/opt/new", "-o"])
+            .arg(&out)
+            .env_remove("SOURCE_DATE_EPOCH");
+        if let Some(t) = sde {
+            cmd.env("SOURCE_DATE_EPOCH", t);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        out
+    };
+    let first = unpack_with(None, &disk, "1.bin");
+    // Another second: a time taken from the clock would differ.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = unpack_with(None, &disk, "2.bin");
+    assert_eq!(
+        file_digest(&first),
+        file_digest(&second),
+        "two runs, two results"
+    );
+    let q1 = unpack_with(None, &qcow2, "1.qcow2");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let q2 = unpack_with(None, &qcow2, "2.qcow2");
+    assert_eq!(
+        file_digest(&q1),
+        file_digest(&q2),
+        "two qcow2 runs, two results"
+    );
+
+    let at = unpack_with(Some("1700000000"), &disk, "at.bin");
+    let later = unpack_with(Some("1700000001"), &disk, "later.bin");
+    assert_ne!(file_digest(&at), file_digest(&later));
+    assert_ne!(file_digest(&at), file_digest(&first));
+    assert_fsck_clean(&at);
+    let dir = tmp.path().join("debugfs");
+    fs::create_dir(&dir).unwrap();
+    let o = debugfs_script(&at, "stat /opt/new\n", &dir);
+    let text = String::from_utf8_lossy(&o.stdout);
+    for field in ["ctime", "mtime", "crtime"] {
+        assert!(
+            text.contains(&format!("{field}: 0x6553f100:")),
+            "{field} of a directory the run made is not SOURCE_DATE_EPOCH:\n{text}"
+        );
+    }
+
+    let o = std::process::Command::new(BIN)
+        .args(["unpack"])
+        .arg(&disk)
+        .arg(&archive)
+        .arg("-o")
+        .arg(tmp.path().join("bad.bin"))
+        .env("SOURCE_DATE_EPOCH", "yesterday")
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && stderr(&o).contains("SOURCE_DATE_EPOCH=\"yesterday\""),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!tmp.path().join("bad.bin").exists());
+}

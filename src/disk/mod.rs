@@ -266,9 +266,12 @@ impl Prepared {
     /// Marks ROOT unfinished ([`UNFINISHED`]), written through before
     /// anything else is changed (growing included): until
     /// [`Prepared::publish`] removes it, a run killed at any moment leaves
-    /// either the image as it was or the mark. Once per run.
+    /// either the image as it was or the mark. Once per run. An OUTPUT
+    /// being made needs none: it has a temporary name until published,
+    /// which is all a killed run leaves; and the mark's freed block would
+    /// keep the run's pid and time in the image shipped.
     pub fn begin_writing(&mut self) -> Result<()> {
-        if self.marked {
+        if self.marked || self.output.is_some() {
             return Ok(());
         }
         let since = std::time::SystemTime::now()

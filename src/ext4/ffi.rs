@@ -85,7 +85,15 @@ extern "C" {
     fn fp_strerror(err: c_long) -> *const c_char;
     fn fp_is_full(err: c_long) -> c_int;
     fn fp_is_not_found(err: c_long) -> c_int;
-    fn fp_open(path: *const c_char, offset: u64, rw: c_int, out: *mut *mut RawFs) -> c_long;
+    fn fp_open(
+        path: *const c_char,
+        offset: u64,
+        rw: c_int,
+        now: i64,
+        out: *mut *mut RawFs,
+    ) -> c_long;
+    fn fp_now(fs: *mut RawFs) -> i64;
+    fn fp_wtime(fs: *mut RawFs) -> i64;
     fn fp_info(fs: *mut RawFs, info: *mut RawInfo);
     fn fp_close(fs: *mut RawFs) -> c_long;
     fn fp_abandon(fs: *mut RawFs);
@@ -297,16 +305,36 @@ fn name_arg(name: &[u8]) -> Result<(*const c_char, c_int), Errcode> {
 }
 
 impl Filsys {
-    /// Opens the filesystem that starts `offset` bytes into `path`.
-    pub fn open(path: &Path, offset: u64, writable: bool) -> Result<Filsys, Errcode> {
+    /// Opens the filesystem that starts `offset` bytes into `path`. Written,
+    /// what it stamps is `now` (seconds since 1970), or when None the time
+    /// its superblock says it was last written.
+    pub fn open(
+        path: &Path,
+        offset: u64,
+        writable: bool,
+        now: Option<i64>,
+    ) -> Result<Filsys, Errcode> {
         let cpath = cstring(path.as_os_str().as_bytes())?;
         let mut raw = std::ptr::null_mut();
+        let now = now.unwrap_or(0);
         // SAFETY: cpath is a valid C string for the call; raw is written
         // only on success and is then owned by the returned Filsys.
-        check(unsafe { fp_open(cpath.as_ptr(), offset, writable as c_int, &mut raw) })?;
+        check(unsafe { fp_open(cpath.as_ptr(), offset, writable as c_int, now, &mut raw) })?;
         let mut fs = Filsys { raw, block_size: 0 };
         fs.block_size = fs.info().block_size as u64;
         Ok(fs)
+    }
+
+    /// The time this filesystem stamps (see [`Filsys::open`]).
+    pub fn now(&self) -> i64 {
+        // SAFETY: self.raw is a live filesystem.
+        unsafe { fp_now(self.raw) }
+    }
+
+    /// When the superblock says the filesystem was last written.
+    pub fn written_at(&self) -> i64 {
+        // SAFETY: self.raw is a live filesystem.
+        unsafe { fp_wtime(self.raw) }
     }
 
     pub fn info(&self) -> Info {

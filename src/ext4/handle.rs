@@ -63,6 +63,24 @@ fn format_uuid(u: &[u8; 16]) -> String {
     )
 }
 
+/// SOURCE_DATE_EPOCH, when set (not empty): the time a written ROOT is
+/// stamped with, in seconds since 1970.
+pub(super) fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v
+            .parse::<i64>()
+            .ok()
+            .filter(|t| *t > 0)
+            .map(Some)
+            .with_context(|| {
+                format!(
+                    "SOURCE_DATE_EPOCH={v:?}: it must be a positive number of seconds since 1970"
+                )
+            }),
+        _ => Ok(None),
+    }
+}
+
 /// The open filesystem, mutably, borrowed apart from the handle's other
 /// fields.
 fn open_mut(raw: &mut Option<Filsys>) -> &mut Filsys {
@@ -75,7 +93,11 @@ impl Fs {
     /// size, root directory); `cancel` stops writes at the next entry or
     /// chunk.
     pub(super) fn open(root: &Root, mode: Mode, cancel: Option<&CancellationToken>) -> Result<Fs> {
-        let raw = Filsys::open(&root.image, root.offset, mode == Mode::Write).with_context(
+        let now = match mode {
+            Mode::Write => source_date_epoch()?,
+            Mode::Read => None,
+        };
+        let raw = Filsys::open(&root.image, root.offset, mode == Mode::Write, now).with_context(
             || match mode {
                 Mode::Read => format!(
                     "no usable ext4 filesystem at byte offset {} of {}",

@@ -91,10 +91,21 @@ impl FsSummary {
 
 /// Grows the filesystem `root` to `blocks` blocks with e2fsprogs
 /// (e2fsck -fp first, as resize2fs requires a checked filesystem).
+/// They stamp the time the writes of the tool stamp (SOURCE_DATE_EPOCH,
+/// else the filesystem's last write time): the same inputs, the same bytes.
 pub fn resize(root: &Root, blocks: u64) -> Result<()> {
     let dev = root.device();
     let missing = "install e2fsprogs";
+    let stamp = match handle::source_date_epoch()? {
+        Some(t) => t,
+        None => root.open_read()?.raw().written_at(),
+    }
+    .to_string();
+    let env = [
+        ("E2FSPROGS_FAKE_TIME", stamp.as_str()),
+        ("E2FSCK_TIME", &stamp),
+    ];
     // e2fsck: 0 = clean, 1 = errors fixed.
-    crate::command::run("e2fsck", &["-fp", &dev], &[0, 1], missing)?;
-    crate::command::run("resize2fs", &[dev, blocks.to_string()], &[0], missing)
+    crate::command::run_with("e2fsck", &["-fp", &dev], &[0, 1], missing, &env)?;
+    crate::command::run_with("resize2fs", &[dev, blocks.to_string()], &[0], missing, &env)
 }

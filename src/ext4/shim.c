@@ -75,7 +75,29 @@ const char *fp_strerror(long err)
 	return error_message((errcode_t)err);
 }
 
-long fp_open(const char *path, uint64_t offset, int rw, ext2_filsys *out)
+/* The time the shim and libext2fs stamp (fs->now, see fp_open). */
+static time_t fs_now(ext2_filsys fs)
+{
+	return fs->now ? fs->now : time(NULL);
+}
+
+int64_t fp_now(ext2_filsys fs)
+{
+	return (int64_t)fs_now(fs);
+}
+
+int64_t fp_wtime(ext2_filsys fs)
+{
+	return (int64_t)fs->super->s_wtime;
+}
+
+/*
+ * Opens the filesystem at `offset` of `path`. Written (rw), every time it
+ * stamps (new inodes' change and creation times, the superblock's write
+ * time) is `now` when not 0, else the superblock's own last write time, so
+ * that the same input gives the same bytes whenever it is written.
+ */
+long fp_open(const char *path, uint64_t offset, int rw, int64_t now, ext2_filsys *out)
 {
 	char opts[64];
 	int flags = EXT2_FLAG_64BITS;
@@ -93,7 +115,9 @@ long fp_open(const char *path, uint64_t offset, int rw, ext2_filsys *out)
 		if (err) {
 			ext2fs_free(*out);
 			*out = NULL;
+			return err;
 		}
+		(*out)->now = now ? (time_t)now : (time_t)(*out)->super->s_wtime;
 	}
 	return err;
 }
@@ -405,7 +429,7 @@ long fp_add_links(ext2_filsys fs, uint32_t ino, int delta)
 	    inode.i_links_count >= EXT2_LINK_MAX &&
 	    ext2fs_has_feature_dir_nlink(fs->super))
 		inode.i_links_count = 1;
-	inode.i_ctime = (__u32)time(NULL);
+	inode.i_ctime = (__u32)fs_now(fs);
 	return write_large(fs, ino, &inode);
 }
 
@@ -436,7 +460,7 @@ long fp_free_inode(ext2_filsys fs, uint32_t ino)
 	inode.i_links_count = 0;
 	inode.i_size = 0;
 	inode.i_size_high = 0;
-	inode.i_dtime = (__u32)time(NULL);
+	inode.i_dtime = (__u32)fs_now(fs);
 	err = write_large(fs, ino, &inode);
 	if (err)
 		return err;

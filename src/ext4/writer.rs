@@ -205,10 +205,9 @@ fn full(err: Errcode, what: &str, fs: &Filsys) -> anyhow::Error {
 
 impl<'a> TreeWriter<'a> {
     pub fn new(fs: &'a mut Filsys, cancel: Option<&'a CancellationToken>) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        // What the filesystem stamps: SOURCE_DATE_EPOCH, or the input's
+        // own last write time (the same inputs give the same bytes).
+        let now = fs.now();
         let mut dirs = HashMap::new();
         dirs.insert(Vec::new(), ROOT_INO);
         TreeWriter {
