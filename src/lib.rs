@@ -178,12 +178,14 @@ fn serve(request: protocol::Request) -> Result<()> {
             root,
             socket,
             selection,
+            stamp,
         } => {
             let only = selection.then(store::read_selection_stdin).transpose()?;
             store::export_to(
                 store::backend(store),
                 &root,
                 only.as_ref(),
+                stamp,
                 socket.as_deref(),
             )
         }

@@ -158,6 +158,10 @@ pub enum Request {
         socket: Option<PathBuf>,
         #[arg(long)]
         selection: bool,
+        /// Seconds since 1970: the time written where the daemon wrote the
+        /// time of the pull (a reproducible export).
+        #[arg(long)]
+        stamp: i64,
     },
     /// Stops the daemon (through the init), waits until it has exited and
     /// prints a [`Stopped`] for the store at `root`.
@@ -265,8 +269,10 @@ impl Request {
                 root,
                 socket,
                 selection,
+                stamp,
             } => {
-                push(&["export", "--store", store.name()]);
+                let stamp = stamp.to_string();
+                push(&["export", "--store", store.name(), "--stamp", &stamp]);
                 if let Some(s) = socket {
                     push(&["--socket", &s.to_string_lossy()]);
                 }
@@ -596,12 +602,14 @@ mod tests {
                 root: "/var/lib/docker".into(),
                 socket: Some("/fp-out/export.sock".into()),
                 selection: true,
+                stamp: 1_700_000_000,
             },
             Request::Export {
                 store: StoreKind::Docker,
                 root: "-r".into(),
                 socket: None,
                 selection: false,
+                stamp: 0,
             },
             Request::Stop {
                 root: "/var/lib/docker".into(),

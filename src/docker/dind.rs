@@ -369,6 +369,7 @@ impl Dind<'_> {
         (store, root): (StoreKind, &str),
         socket_dir: Option<&Path>,
         only: Option<&[u8]>,
+        stamp: i64,
         tx: mpsc::Sender<Bytes>,
     ) -> Result<Exported> {
         // With a selection (JSON), only its images, read from stdin.
@@ -378,6 +379,7 @@ impl Dind<'_> {
             root: root.into(),
             socket: socket.map(Into::into),
             selection: only.is_some(),
+            stamp,
         };
         let forward = |chunk: Bytes| {
             let tx = tx.clone();

@@ -139,6 +139,13 @@ impl Fs {
         self.mode
     }
 
+    /// The time what this handle writes is stamped with, in seconds since
+    /// 1970: SOURCE_DATE_EPOCH, else the filesystem's last write time
+    /// before it was opened.
+    pub fn stamp(&self) -> i64 {
+        self.raw().now()
+    }
+
     /// What the superblock says now (with what this handle wrote).
     pub fn summary(&self) -> FsSummary {
         let info = self.raw().info();

@@ -623,16 +623,20 @@ pub(super) async fn export_and_write(
         let stream = pause_after_read("write", 0, stream, run.cancel.clone());
         pause_after_read("mid-write", 1 << 20, stream, run.cancel.clone())
     };
+    let stamp = fs.stamp();
     let writer = tokio::task::spawn_blocking(move || {
         let written = fs.write_tar(backend.root().as_bytes(), stream, None);
         (fs, written)
     });
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
     let exported = run
-        .or_cancel(
-            run.dind()
-                .export((backend.kind(), backend.root()), socket_dir, only, tx),
-        )
+        .or_cancel(run.dind().export(
+            (backend.kind(), backend.root()),
+            socket_dir,
+            only,
+            stamp,
+            tx,
+        ))
         .await;
     // The writer stops by itself once the stream ends or is cancelled; the
     // filesystem is closed consistently either way.

@@ -150,6 +150,17 @@ impl ImageRef {
     /// `index.docker.io`) and its official images under `library/`. Docker
     /// keeps only the digest of `name:tag@digest`, so this does too.
     pub fn normalized(&self) -> String {
+        let repo = self.repository();
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => format!("{repo}@{d}"),
+            (None, Some(t)) => format!("{repo}:{t}"),
+            (None, None) => format!("{repo}:latest"),
+        }
+    }
+
+    /// The repository as Docker compares it: registry and path
+    /// (`docker.io/library/busybox`), without tag or digest.
+    pub fn repository(&self) -> String {
         let (domain, path) = match split_domain(&self.name) {
             Some(("index.docker.io", path)) => (DOCKER_HUB, path),
             Some((domain, path)) => (domain, path),
@@ -160,11 +171,7 @@ impl ImageRef {
         } else {
             ""
         };
-        match (&self.digest, &self.tag) {
-            (Some(d), _) => format!("{domain}/{library}{path}@{d}"),
-            (None, Some(t)) => format!("{domain}/{library}{path}:{t}"),
-            (None, None) => format!("{domain}/{library}{path}:latest"),
-        }
+        format!("{domain}/{library}{path}")
     }
 
     /// What to ask the daemon to pull: the digest when pinned, else the tag

@@ -58,10 +58,13 @@ struct Exporter<W: Write> {
 }
 
 impl<W: Write> Exporter<W> {
-    /// Writes the entry at `path` as `name`; with `content`, a regular file
-    /// holding it instead of what is on disk (mode 0600, as Docker writes
-    /// its generated files).
-    fn entry(&mut self, path: &Path, name: &[u8], content: Option<&[u8]>) -> Result<()> {
+    /// Writes the entry at `path` as `name`, changed as `how` says.
+    fn entry(&mut self, path: &Path, name: &[u8], how: &Written<'_>) -> Result<()> {
+        let Written {
+            content,
+            target,
+            times,
+        } = *how;
         let md =
             fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
         let ft = md.file_type();
@@ -85,7 +88,10 @@ impl<W: Write> Exporter<W> {
                 Item::File { size }
             } else if ft.is_symlink() {
                 Item::Symlink {
-                    target_len: fs::read_link(path)?.as_os_str().len(),
+                    target_len: match target {
+                        Some(t) => t.len(),
+                        None => fs::read_link(path)?.as_os_str().len(),
+                    },
                 }
             } else {
                 Item::Other
@@ -96,16 +102,14 @@ impl<W: Write> Exporter<W> {
             est.add(rel, item, &sizes);
             return Ok(());
         }
+        let own = (md.mtime(), md.mtime_nsec() as u32);
+        let (mtime, mtime_nsec) = times.map_or(own, |t| t.of(own));
         let attrs = crate::tar::Attrs {
-            mode: if content.is_some() {
-                0o600
-            } else {
-                md.mode() & 0o7777
-            },
+            mode: md.mode() & 0o7777,
             uid: md.uid() as u64,
             gid: md.gid() as u64,
-            mtime: md.mtime(),
-            mtime_nsec: md.mtime_nsec() as u32,
+            mtime,
+            mtime_nsec,
             xattrs: attrs,
         };
         self.stats.entries += 1;
@@ -133,10 +137,15 @@ impl<W: Write> Exporter<W> {
             }
             self.stats.bytes += size;
         } else if ft.is_symlink() {
+            let own = match target {
+                Some(_) => None,
+                None => Some(
+                    fs::read_link(path).with_context(|| format!("reading {}", path.display()))?,
+                ),
+            };
             let target =
-                fs::read_link(path).with_context(|| format!("reading {}", path.display()))?;
-            self.tar
-                .symlink(name, &attrs, target.as_os_str().as_bytes())?;
+                target.unwrap_or_else(|| own.as_ref().map_or(&[], |t| t.as_os_str().as_bytes()));
+            self.tar.symlink(name, &attrs, target)?;
         } else if ft.is_char_device() || ft.is_block_device() {
             let (major, minor) = (rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()));
             let device = if ft.is_char_device() {
@@ -151,45 +160,106 @@ impl<W: Write> Exporter<W> {
         Ok(())
     }
 
-    /// Writes what is below `dir` (named `name`), in name order: everything
-    /// but `skip` and what `plan` skips, or, when `filtered`, only the
-    /// children that `plan` names.
+    /// Writes what is below `dir` (`src` in the store, written as `name`),
+    /// in the order of the names written: everything but `skip` and what
+    /// `plan` skips, or, when `filtered`, only the children that `plan`
+    /// names. `layer` is the time the layer `dir` is in was unpacked, if it
+    /// is in one ([`Times`]).
+    #[allow(clippy::too_many_arguments)]
     fn tree(
         &mut self,
         dir: &Path,
+        src: &[u8],
         name: &[u8],
         skip: &[&str],
         plan: Option<&Plan>,
         filtered: bool,
+        layer: Option<(i64, u32)>,
     ) -> Result<()> {
+        let sub = |parent: &[u8], child: &[u8]| {
+            let mut p = parent.to_vec();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(child);
+            p
+        };
+        // Written name -> (path, path in the store).
         let mut children = BTreeMap::new();
         for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
             let e = e.with_context(|| format!("listing {}", dir.display()))?;
-            children.insert(e.file_name(), e.path());
+            let child_src = sub(src, e.file_name().as_bytes());
+            let written = match plan.and_then(|p| p.renames.get(&child_src)) {
+                Some(new) => new.clone(),
+                None => e.file_name().as_bytes().to_vec(),
+            };
+            children.insert(written, (e.path(), child_src));
         }
-        for (child, path) in children {
-            let mut child_name = name.to_vec();
-            if !child_name.is_empty() {
-                child_name.push(b'/');
-            }
-            child_name.extend_from_slice(child.as_bytes());
-            if skip.iter().any(|s| s.as_bytes() == child_name) {
+        for (child, (path, child_src)) in children {
+            let child_name = sub(name, &child);
+            if skip.iter().any(|s| s.as_bytes() == child_src) {
                 continue;
             }
-            let rule = plan.and_then(|p| p.rules.get(&child_name));
-            let content = match rule {
+            let rule = plan.and_then(|p| p.rules.get(&child_src));
+            let (content, target) = match rule {
                 None if filtered => continue,
                 Some(Rule::Skip) => continue,
-                Some(Rule::Generated(c)) => Some(&c[..]),
-                _ => None,
+                Some(Rule::Generated(c)) => (Some(&c[..]), None),
+                Some(Rule::Link(t)) => (None, Some(&t[..])),
+                _ => (None, None),
             };
-            self.entry(&path, &child_name, content)?;
+            let times = plan.and_then(|p| p.times.as_ref());
+            let layer = times
+                .and_then(|t| t.layers.get(&child_src))
+                .copied()
+                .or(layer);
+            let how = Written {
+                content,
+                target,
+                times: times.map(|t| Stamp {
+                    stamp: t.stamp,
+                    layer,
+                }),
+            };
+            self.entry(&path, &child_name, &how)?;
             if fs::symlink_metadata(&path)?.is_dir() {
                 let filtered = matches!(rule, Some(Rule::Dir));
-                self.tree(&path, &child_name, skip, plan, filtered)?;
+                self.tree(&path, &child_src, &child_name, skip, plan, filtered, layer)?;
             }
         }
         Ok(())
+    }
+}
+
+/// How an entry is written, when not as it is on disk.
+#[derive(Default, Clone, Copy)]
+struct Written<'a> {
+    /// A regular file holding this instead of its own content.
+    content: Option<&'a [u8]>,
+    /// A symbolic link pointing here instead.
+    target: Option<&'a [u8]>,
+    /// Its modification time, made reproducible.
+    times: Option<Stamp>,
+}
+
+/// The modification time of one entry of a reproducible export
+/// ([`Times`]).
+#[derive(Clone, Copy)]
+struct Stamp {
+    stamp: i64,
+    /// The time the layer the entry is in was unpacked, if it is in one.
+    layer: Option<(i64, u32)>,
+}
+
+impl Stamp {
+    /// The time written for an entry whose own time is `own`: its own
+    /// when it is in a layer and older than the layer's unpacking (it came
+    /// with the layer), else the stamp.
+    fn of(self, own: (i64, u32)) -> (i64, u32) {
+        match self.layer {
+            Some(made) if own < made => own,
+            _ => (self.stamp, 0),
+        }
     }
 }
 
@@ -250,22 +320,30 @@ fn walk(
         links: HashMap::new(),
         stats: ExportStats::default(),
     };
-    ex.entry(root, b"./", None)?;
+    let root_how = Written {
+        times: plan.and_then(|p| p.times.as_ref()).map(|t| Stamp {
+            stamp: t.stamp,
+            layer: None,
+        }),
+        ..Written::default()
+    };
+    ex.entry(root, b"./", &root_how)?;
     match (plan, keep) {
-        (Some(plan), _) => ex.tree(root, b"", skip, Some(plan), true)?,
+        (Some(plan), _) => ex.tree(root, b"", b"", skip, Some(plan), true, None)?,
         (None, Some(keep)) => {
             for top in keep {
                 let path = root.join(top);
                 if fs::symlink_metadata(&path).is_err() {
                     continue;
                 }
-                ex.entry(&path, top.as_bytes(), None)?;
+                ex.entry(&path, top.as_bytes(), &Written::default())?;
                 if path.is_dir() {
-                    ex.tree(&path, top.as_bytes(), skip, None, false)?;
+                    let top = top.as_bytes();
+                    ex.tree(&path, top, top, skip, None, false, None)?;
                 }
             }
         }
-        (None, None) => ex.tree(root, b"", skip, None, false)?,
+        (None, None) => ex.tree(root, b"", b"", skip, None, false, None)?,
     }
     let need = ex.measure.take().map(Estimator::finish);
     ex.tar.finish()?;
@@ -422,8 +500,11 @@ pub enum Rule {
     Dir,
     /// The entry and everything below it (but what is [`Rule::Skip`]).
     Whole,
-    /// A regular file written with this content instead of its own.
+    /// A regular file written with this content instead of its own (its
+    /// owner, mode and xattrs kept).
     Generated(Vec<u8>),
+    /// A symbolic link written pointing at this target instead of its own.
+    Link(Vec<u8>),
     /// Left out, below a [`Rule::Whole`] directory.
     Skip,
 }
@@ -433,6 +514,23 @@ pub enum Rule {
 #[derive(Default)]
 pub struct Plan {
     pub rules: HashMap<Vec<u8>, Rule>,
+    /// Entries written under another name (their last component), by path.
+    pub renames: HashMap<Vec<u8>, Vec<u8>>,
+    /// When set, the modification times written are made reproducible.
+    pub times: Option<Times>,
+}
+
+/// The modification times of a reproducible export: `stamp` for what the
+/// daemon made (metadata, directories, links), but an entry of a layer
+/// keeps its own time when that is older than the layer's unpacking (it
+/// came with the layer; what the daemon made while unpacking, such as a
+/// whiteout device or a missing parent directory, is not older).
+pub struct Times {
+    /// Seconds since 1970.
+    pub stamp: i64,
+    /// Directories holding a layer's files, by path, and the time the
+    /// layer was unpacked.
+    pub layers: HashMap<Vec<u8>, (i64, u32)>,
 }
 
 impl Plan {
@@ -482,7 +580,7 @@ pub(super) fn exported_entries(
     }
     more(root);
     let mut buf = vec![];
-    backend.export(root, None, &mut buf).unwrap();
+    backend.export(root, None, 1_700_000_000, &mut buf).unwrap();
     let mut ar = tar::Archive::new(&buf[..]);
     ar.entries()
         .unwrap()

@@ -80,10 +80,13 @@ pub trait Backend: Sync {
     /// In the build container, its daemon stopped: the store at `root` as
     /// a PAX tar on `out` with every xattr, all of it or `only` the
     /// selected images, without the state of the daemon that pulled.
+    /// What the backend can make reproducible carries `stamp` (seconds
+    /// since 1970) where the daemon wrote the time of the pull.
     fn export(
         &self,
         root: &Path,
         only: Option<&Selection>,
+        stamp: i64,
         out: &mut dyn Write,
     ) -> Result<ExportStats>;
 
@@ -143,14 +146,21 @@ pub fn export_to(
     backend: &dyn Backend,
     root: &Path,
     only: Option<&Selection>,
+    stamp: i64,
     socket: Option<&Path>,
 ) -> Result<()> {
     const BUF: usize = 1 << 20;
     let stats = match socket.and_then(|s| std::os::unix::net::UnixStream::connect(s).ok()) {
-        Some(stream) => backend.export(root, only, &mut io::BufWriter::with_capacity(BUF, stream)),
+        Some(stream) => backend.export(
+            root,
+            only,
+            stamp,
+            &mut io::BufWriter::with_capacity(BUF, stream),
+        ),
         None => backend.export(
             root,
             only,
+            stamp,
             &mut io::BufWriter::with_capacity(BUF, io::stdout().lock()),
         ),
     };

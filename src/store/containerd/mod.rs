@@ -250,6 +250,7 @@ impl Backend for Containerd {
         &self,
         root: &Path,
         only: Option<&Selection>,
+        _stamp: i64,
         out: &mut dyn Write,
     ) -> Result<ExportStats> {
         refuse_selection(only)?;
@@ -387,7 +388,7 @@ mod tests {
         let sel = Selection::default();
         let dir = tempfile::tempdir().unwrap();
         let err = Containerd
-            .export(dir.path(), Some(&sel), &mut vec![])
+            .export(dir.path(), Some(&sel), 0, &mut vec![])
             .unwrap_err();
         assert!(err.to_string().contains("--cache"), "{err}");
     }

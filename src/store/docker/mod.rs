@@ -41,38 +41,34 @@ pub mod layout {
     pub const LINKS: &str = "overlay2/l";
 }
 
-/// The top-level entries of /var/lib/docker that a daemon needs to find the
-/// pulled images: the image metadata (image db, layer db, repositories.json,
-/// distribution cache) and the overlay2 layers. Everything else is state of
-/// the daemon that pulled (the dind's), recreated empty by Docker at first start:
-/// `engine-id` (the daemon's identity), `network/` (local-kv.db), `containers/`,
-/// `swarm/`, `buildkit/`, `tmp/`, `runtimes/`, `plugins/`, `volumes/`, the
-/// dind's own `containerd/`.
-const KEEP: &[&str] = &["image", "overlay2"];
-
-/// Within what is kept, per-instance state that must not travel either.
-const SKIP: &[&str] = &[
-    // Read-write layers of containers: the dind never runs any, but a
-    // merged store must not get references to them.
-    "image/overlay2/layerdb/mounts",
-];
-
 /// Docker's overlay2 store, written by a dockerd in the build container.
 pub struct Docker;
 
-/// What of the store is exported: what is kept, or what `plan` names.
-fn scope(plan: Option<&Plan>) -> Scope<'_> {
+/// What of the store is exported: only what `plan` names, the images'
+/// metadata (image db, layer db, repositories.json, distribution cache)
+/// and their overlay2 layers. Everything else is state of the daemon that
+/// pulled (the dind's), recreated empty by Docker at first start:
+/// `engine-id` (the daemon's identity), `network/` (local-kv.db),
+/// `containers/`, `swarm/`, `buildkit/`, `tmp/`, `runtimes/`, `plugins/`,
+/// `volumes/`, the dind's own `containerd/`, and the read-write layers of
+/// containers (`layerdb/mounts`, `<id>-init`).
+fn scope(plan: &Plan) -> Scope<'_> {
     Scope {
-        keep: Some(KEEP),
-        skip: SKIP,
-        plan,
+        keep: None,
+        skip: &[],
+        plan: Some(plan),
     }
 }
 
-/// The plan of what to export of the store at `root` for `only`.
-fn plan(root: &Path, only: Option<&Selection>) -> Result<Option<Plan>> {
-    only.map(|sel| select::plan(&crate::fsread::HostDir(root.into()), sel))
-        .transpose()
+/// The plan of what to export of the store at `root`: `only` those
+/// images, else all of them; reproducible, with `stamp` as the time of
+/// what the daemon made ([`select::plan`]).
+fn plan(root: &Path, only: Option<&Selection>, stamp: i64) -> Result<Plan> {
+    let fs = crate::fsread::HostDir(root.into());
+    match only {
+        Some(sel) => select::plan(&fs, sel, stamp),
+        None => select::plan(&fs, &select::all(&fs)?, stamp),
+    }
 }
 
 impl Backend for Docker {
@@ -113,15 +109,18 @@ impl Backend for Docker {
         &self,
         root: &Path,
         only: Option<&Selection>,
+        stamp: i64,
         out: &mut dyn Write,
     ) -> Result<ExportStats> {
-        let plan = plan(root, only)?;
-        scope(plan.as_ref()).export(root, out)
+        let plan = plan(root, only, stamp)?;
+        scope(&plan).export(root, out)
     }
 
+    /// Names and link targets are as long as the exported ones, and times
+    /// take no room: any stamp measures the same.
     fn measure(&self, root: &Path, only: Option<&Selection>, block_size: u64) -> Result<Need> {
-        let plan = plan(root, only)?;
-        scope(plan.as_ref()).measure(root, block_size)
+        let plan = plan(root, only, 0)?;
+        scope(&plan).measure(root, block_size)
     }
 
     fn merge(&self, before: &dyn FsRead) -> Result<Option<Box<dyn Merge>>> {
@@ -160,53 +159,5 @@ impl Backend for Docker {
 
     fn verify(&self, fs: &dyn FsRead, progress: &mut dyn FnMut(u64)) -> Result<Report> {
         verify::verify(fs, &verify::Options::default(), progress)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::fs;
-
-    use super::super::export::exported_entries;
-    use super::*;
-
-    #[test]
-    fn export_keeps_only_the_image_store() {
-        let names = exported_entries(
-            &Docker,
-            &[
-                "image/overlay2/layerdb/mounts/x",
-                "overlay2/abc/diff",
-                "network/files",
-                "containers/c",
-            ],
-            &[("engine-id", "id"), ("overlay2/abc/diff/f", "data")],
-            |root| {
-                fs::hard_link(
-                    root.join("overlay2/abc/diff/f"),
-                    root.join("overlay2/abc/diff/g"),
-                )
-                .unwrap();
-                std::os::unix::fs::symlink("../abc/diff", root.join("overlay2/l")).unwrap();
-            },
-        );
-        let just: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            just,
-            [
-                "./",
-                "image",
-                "image/overlay2",
-                "image/overlay2/layerdb",
-                "overlay2",
-                "overlay2/abc",
-                "overlay2/abc/diff",
-                "overlay2/abc/diff/f",
-                "overlay2/abc/diff/g",
-                "overlay2/l"
-            ]
-        );
-        assert_eq!(names[8].1, tar::EntryType::Link);
-        assert_eq!(names[9].1, tar::EntryType::Symlink);
     }
 }

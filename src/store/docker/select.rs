@@ -35,7 +35,7 @@ use super::layout::{
 use crate::digest::{chain_ids, sha256_part};
 use crate::fsread::{FsRead, Kind};
 use crate::source::ImageRef;
-use crate::store::export::{Plan, Rule};
+use crate::store::export::{Plan, Rule, Times};
 use crate::store::Selection;
 
 /// Directories a daemon makes at start anyway; kept (when there) so that
@@ -124,13 +124,106 @@ impl Store<'_> {
     }
 }
 
+/// Every image of the store in `fs` with every name that points at it:
+/// what is exported when no selection is given.
+pub(super) fn all(fs: &dyn FsRead) -> Result<Selection> {
+    let store = Store(fs);
+    let mut images: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if store.is_dir(CONTENT)? {
+        for hex in store.list(CONTENT)? {
+            if crate::digest::is_hex64(&hex) {
+                images.insert(format!("sha256:{hex}"), vec![]);
+            }
+        }
+    }
+    if let Some(text) = store.read(REPOSITORIES)? {
+        let have: Repositories =
+            serde_json::from_slice(&text).with_context(|| format!("parsing {REPOSITORIES}"))?;
+        for refs in have.repositories.values() {
+            for (name, id) in refs {
+                if let Some(names) = images.get_mut(id) {
+                    names.push(name.clone());
+                }
+            }
+        }
+    }
+    let images = images
+        .into_iter()
+        .map(|(id, names)| crate::store::SelectedImage { id, names })
+        .collect();
+    Ok(Selection { images })
+}
+
+/// The name of a layer's overlay2 directory in a reproducible export:
+/// the hex of its chain ID (Docker makes a random one).
+fn layer_dir(chain_hex: &str) -> String {
+    chain_hex.to_string()
+}
+
+/// The short link name of a layer (26 characters of base32, as Docker's
+/// random ones), made from its chain ID.
+fn link_name(chain_hex: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let digest = crate::digest::sha256_hex(format!("overlay2 link {chain_hex}").as_bytes());
+    let bytes: Vec<u8> = (0..digest.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).ok())
+        .collect();
+    let mut out = String::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 && out.len() < 26 {
+            bits -= 5;
+            out.push(ALPHABET[((acc >> bits) & 31) as usize] as char);
+        }
+    }
+    out
+}
+
+/// `secs` since 1970 as Go's `time.RFC3339Nano` writes a UTC time
+/// (`2026-12-01T10:43:00Z`), what Docker puts in `lastUpdated`.
+fn rfc3339(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// Reads the metadata of the store in `fs` (a stopped daemon's
 /// /var/lib/docker, as `/`) to find what of it belongs to the selected
 /// images. Fails naming a selected image, layer or name that the store
 /// does not have.
-pub(super) fn plan(fs: &dyn FsRead, sel: &Selection) -> Result<Plan> {
+///
+/// What is written is reproducible: each layer's overlay2 directory and
+/// short link are named from its chain ID ([`layer_dir`], [`link_name`]),
+/// with `cache-id`, `link`, `lower` and the links in `l/` to match; what
+/// Docker stamped with the time of the pull (`lastUpdated`, the times of
+/// its directories and metadata files) carries `stamp` ([`Times`]).
+pub(super) fn plan(fs: &dyn FsRead, sel: &Selection, stamp: i64) -> Result<Plan> {
     let store = Store(fs);
     let mut plan = Plan::default();
+    let mut times = Times {
+        stamp,
+        layers: HashMap::new(),
+    };
+    // Short link name in the store -> the one written.
+    let mut links = HashMap::new();
+    // Layers (their directory) whose `lower` to rewrite.
+    let mut lowers = vec![];
     for dir in SKELETON {
         if store.is_dir(dir)? {
             plan.dir(dir);
@@ -162,6 +255,12 @@ pub(super) fn plan(fs: &dyn FsRead, sel: &Selection) -> Result<Plan> {
         let meta = format!("{METADATA}/{hex}");
         if store.is_dir(&meta)? {
             plan.whole(&meta);
+            let updated = format!("{meta}/lastUpdated");
+            if store.is_file(&updated)? {
+                let when = rfc3339(stamp).into_bytes();
+                plan.rules
+                    .insert(updated.into_bytes(), Rule::Generated(when));
+            }
             let parent = format!("{meta}/parent");
             if store.is_file(&parent)? && !ids.contains(store.read_text(&parent)?.as_str()) {
                 plan.rules.insert(parent.into_bytes(), Rule::Skip);
@@ -188,27 +287,97 @@ pub(super) fn plan(fs: &dyn FsRead, sel: &Selection) -> Result<Plan> {
                 bail!("layer {chain} of image {id}: its overlay2 directory {dir} is missing");
             }
             plan.whole(&dir);
+            let new_dir = layer_dir(chain_hex);
+            plan.renames
+                .insert(dir.clone().into_bytes(), new_dir.clone().into_bytes());
+            plan.rules.insert(
+                format!("{layer}/cache-id").into_bytes(),
+                Rule::Generated(new_dir.clone().into_bytes()),
+            );
             let link = format!("{dir}/link");
             if store.is_file(&link)? {
                 let short = store.read_text(&link)?;
                 if !is_component(&short) {
                     bail!("{link} holds an invalid link name {short:?}");
                 }
+                let new_short = link_name(chain_hex);
+                let made = fs.stat(&Store::abs(&link))?.map_or((0, 0), |st| st.mtime);
+                times
+                    .layers
+                    .insert(format!("{dir}/diff").into_bytes(), made);
+                plan.rules.insert(
+                    link.into_bytes(),
+                    Rule::Generated(new_short.clone().into_bytes()),
+                );
                 let l = format!("{LINKS}/{short}");
                 if store.kind(&l)?.is_some() {
                     plan.whole(&l);
+                    plan.renames
+                        .insert(l.clone().into_bytes(), new_short.clone().into_bytes());
+                    let target = format!("../{new_dir}/diff").into_bytes();
+                    plan.rules.insert(l.into_bytes(), Rule::Link(target));
                 }
+                links.insert(short, new_short);
+            }
+            let lower = format!("{dir}/lower");
+            if store.is_file(&lower)? {
+                lowers.push(lower);
             }
             diff_ids.insert(diff.clone());
         }
     }
-    distribution(&store, &mut plan, &diff_ids)?;
+    // A layer's `lower` names the short links of the layers below it, all
+    // of them parents of a selected layer.
+    for lower in lowers {
+        let text = store.read_text(&lower)?;
+        let mut out = vec![];
+        for part in text.split(':') {
+            let new = part
+                .strip_prefix("l/")
+                .and_then(|short| links.get(short))
+                .with_context(|| {
+                    format!("{lower} names {part:?}, which is not the link of a layer below it")
+                })?;
+            out.push(format!("l/{new}"));
+        }
+        plan.rules.insert(
+            lower.into_bytes(),
+            Rule::Generated(out.join(":").into_bytes()),
+        );
+    }
+    distribution(&store, &mut plan, &diff_ids, sel)?;
     repositories(&store, &mut plan, sel)?;
+    plan.times = Some(times);
     Ok(plan)
 }
 
-/// The distribution metadata of the selected layers.
-fn distribution(store: &Store<'_>, plan: &mut Plan, diff_ids: &BTreeSet<String>) -> Result<()> {
+/// One entry of `v2metadata-by-diffid`: where Docker pulled a layer from.
+#[derive(Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct V2Metadata {
+    #[serde(rename = "Digest")]
+    digest: String,
+    #[serde(rename = "SourceRepository")]
+    source_repository: String,
+    #[serde(rename = "HMAC", default)]
+    hmac: String,
+}
+
+/// The distribution metadata of the selected layers: where each was
+/// pulled from, only the repositories of the selected images (a cache's
+/// other images may have brought the same layer from elsewhere), sorted.
+fn distribution(
+    store: &Store<'_>,
+    plan: &mut Plan,
+    diff_ids: &BTreeSet<String>,
+    sel: &Selection,
+) -> Result<()> {
+    let repos: BTreeSet<String> = sel
+        .images
+        .iter()
+        .flat_map(|i| &i.names)
+        .filter_map(|n| ImageRef::parse(n).ok())
+        .map(|r| r.repository())
+        .collect();
     if store.is_dir(DIFFID_BY_DIGEST)? {
         for name in store.list(DIFFID_BY_DIGEST)? {
             let path = format!("{DIFFID_BY_DIGEST}/{name}");
@@ -224,6 +393,26 @@ fn distribution(store: &Store<'_>, plan: &mut Plan, diff_ids: &BTreeSet<String>)
         let path = format!("{V2META_BY_DIFFID}/{hex}");
         if store.is_file(&path)? {
             plan.whole(&path);
+            let text = store.read(&path)?.unwrap_or_default();
+            // Docker skips what it cannot parse: so is it written.
+            let Ok(mut all) = serde_json::from_slice::<Vec<V2Metadata>>(&text) else {
+                continue;
+            };
+            let ours: Vec<bool> = all
+                .iter()
+                .map(|m| {
+                    ImageRef::parse(&m.source_repository)
+                        .is_ok_and(|r| repos.contains(&r.repository()))
+                })
+                .collect();
+            if ours.contains(&true) {
+                let mut keep = ours.iter();
+                all.retain(|_| *keep.next().unwrap_or(&false));
+            }
+            all.sort();
+            all.dedup();
+            let json = serde_json::to_vec(&all).context("making v2metadata")?;
+            plan.rules.insert(path.into_bytes(), Rule::Generated(json));
         }
     }
     Ok(())
@@ -295,6 +484,8 @@ mod tests {
     use super::*;
     use crate::store::{read_selection, Backend, SelectedImage};
 
+    const STAMP: i64 = 1_700_000_000;
+
     fn sha(data: &[u8]) -> String {
         format!("sha256:{}", crate::digest::sha256_hex(data))
     }
@@ -348,7 +539,12 @@ mod tests {
                     write(root, &format!("overlay2/{cache}/work/.keep"), "");
                 }
                 write(root, &format!("overlay2/{cache}/diff/file{i}"), "data");
+                // A file the layer brought, and one Docker made unpacking
+                // it (after the layer's `link`).
+                let dir = root.join(format!("overlay2/{cache}/diff"));
+                fs::hard_link(dir.join(format!("file{i}")), dir.join("hard")).unwrap();
                 write(root, &format!("overlay2/{cache}/link"), &short);
+                write(root, &format!("overlay2/{cache}/diff/made"), "");
                 fs::create_dir_all(root.join(LINKS)).unwrap();
                 symlink(
                     format!("../{cache}/diff"),
@@ -439,7 +635,7 @@ mod tests {
         let root = store.root();
         let sel = select(&store.a, &["reg:5000/fp/a:1"]);
         let mut buf = vec![];
-        Docker.export(&root, Some(&sel), &mut buf).unwrap();
+        Docker.export(&root, Some(&sel), STAMP, &mut buf).unwrap();
         let got = entries(&buf);
         let names: Vec<&str> = got.iter().map(|(n, _, _)| n.as_str()).collect();
         let (a, l) = (hex(&store.a), &store.layers);
@@ -488,20 +684,60 @@ mod tests {
         }
         want.push(REPOSITORIES.into());
         want.push("overlay2".into());
-        for (i, cache) in ["cache0", "cache1"].iter().enumerate() {
-            want.push(format!("overlay2/{cache}"));
-            want.push(format!("overlay2/{cache}/diff"));
-            want.push(format!("overlay2/{cache}/diff/file{i}"));
-            want.push(format!("overlay2/{cache}/link"));
+        // Each layer's directory and link are named from its chain ID.
+        let mut dirs = [(c1, 0), (c2, 1)];
+        dirs.sort();
+        for (c, i) in dirs {
+            want.push(format!("overlay2/{c}"));
+            want.push(format!("overlay2/{c}/diff"));
+            want.push(format!("overlay2/{c}/diff/file{i}"));
+            want.push(format!("overlay2/{c}/diff/hard"));
+            want.push(format!("overlay2/{c}/diff/made"));
+            want.push(format!("overlay2/{c}/link"));
             if i > 0 {
-                want.push(format!("overlay2/{cache}/lower"));
-                want.push(format!("overlay2/{cache}/work"));
-                want.push(format!("overlay2/{cache}/work/.keep"));
+                want.push(format!("overlay2/{c}/lower"));
+                want.push(format!("overlay2/{c}/work"));
+                want.push(format!("overlay2/{c}/work/.keep"));
             }
         }
-        want.extend(["overlay2/l".into(), "overlay2/l/SHORT0".into()]);
-        want.push("overlay2/l/SHORT1".into());
+        want.push("overlay2/l".into());
+        let mut links = [link_name(c1), link_name(c2)];
+        links.sort();
+        want.extend(links.iter().map(|l| format!("overlay2/l/{l}")));
         assert_eq!(names, want);
+        let content = |path: &str| {
+            let (_, data, _) = got.iter().find(|(n, _, _)| n == path).unwrap();
+            String::from_utf8(data.clone().unwrap()).unwrap()
+        };
+        assert_eq!(content(&format!("{LAYERDB}/{c2}/cache-id")), c2);
+        assert_eq!(content(&format!("overlay2/{c2}/link")), link_name(c2));
+        assert_eq!(
+            content(&format!("overlay2/{c2}/lower")),
+            format!("l/{}", link_name(c1))
+        );
+        assert_eq!(
+            content(&format!("{METADATA}/{a}/lastUpdated")),
+            "2023-11-14T22:13:20Z"
+        );
+        // The links point at the renamed directories; a layer's own files
+        // keep their times, what Docker made carries the stamp.
+        let mut ar = tar::Archive::new(&buf[..]);
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            let mtime = e.header().mtime().unwrap() as i64;
+            if name == format!("overlay2/l/{}", link_name(c1)) {
+                let target = e.link_name_bytes().unwrap().into_owned();
+                assert_eq!(target, format!("../{c1}/diff").into_bytes());
+            }
+            if name == format!("overlay2/{c1}/diff/hard") {
+                assert_eq!(e.header().entry_type(), tar::EntryType::Link);
+            }
+            let own = ["/file0", "/file1", "/hard"]
+                .iter()
+                .any(|f| name.ends_with(f));
+            assert_eq!(mtime == STAMP, !own, "{name}: {mtime}");
+        }
 
         let (_, repos, mode) = got.iter().find(|(n, _, _)| n == REPOSITORIES).unwrap();
         assert_eq!(*mode, 0o600);
@@ -519,7 +755,9 @@ mod tests {
         let store = FakeStore::new();
         let sel = select(&store.b, &["docker.io/library/busybox"]);
         let mut buf = vec![];
-        Docker.export(&store.root(), Some(&sel), &mut buf).unwrap();
+        Docker
+            .export(&store.root(), Some(&sel), STAMP, &mut buf)
+            .unwrap();
         let repos = entries(&buf)
             .into_iter()
             .find(|(n, _, _)| n == REPOSITORIES)
@@ -550,11 +788,14 @@ mod tests {
             ],
         };
         let mut buf = vec![];
-        Docker.export(&store.root(), Some(&sel), &mut buf).unwrap();
+        Docker
+            .export(&store.root(), Some(&sel), STAMP, &mut buf)
+            .unwrap();
         let names: Vec<String> = entries(&buf).into_iter().map(|(n, _, _)| n).collect();
-        for (i, (_, chain, cache)) in store.layers.iter().enumerate() {
-            assert!(names.contains(&format!("{LAYERDB}/{}", hex(chain))));
-            assert!(names.contains(&format!("overlay2/{cache}/diff/file{i}")));
+        for (i, (_, chain, _)) in store.layers.iter().enumerate() {
+            let chain = hex(chain);
+            assert!(names.contains(&format!("{LAYERDB}/{chain}")));
+            assert!(names.contains(&format!("overlay2/{chain}/diff/file{i}")));
         }
         let base = format!("{LAYERDB}/{}", hex(&store.layers[0].1));
         assert_eq!(names.iter().filter(|n| **n == base).count(), 1);
@@ -565,6 +806,17 @@ mod tests {
             || n.contains("tmp")
             || n.contains("-init")
             || n == "engine-id"));
+        // With no selection, every image with every name: the same.
+        let mut all = vec![];
+        Docker.export(&store.root(), None, STAMP, &mut all).unwrap();
+        let all_names: Vec<String> = entries(&all).into_iter().map(|(n, _, _)| n).collect();
+        assert_eq!(all_names, names);
+        let repos = entries(&all)
+            .into_iter()
+            .find(|(n, _, _)| n == REPOSITORIES)
+            .and_then(|(_, d, _)| d)
+            .unwrap();
+        assert_eq!(repos, fs::read(store.root().join(REPOSITORIES)).unwrap());
     }
 
     #[test]
@@ -578,7 +830,7 @@ mod tests {
         ];
         for sel in &sels {
             let mut buf = vec![];
-            Docker.export(&root, sel.as_ref(), &mut buf).unwrap();
+            Docker.export(&root, sel.as_ref(), STAMP, &mut buf).unwrap();
             let written = crate::ext4::estimate_tar(&buf[..], 4096).unwrap();
             let measured = Docker.measure(&root, sel.as_ref(), 4096).unwrap();
             assert_eq!(measured, written, "selection {sel:?}");
@@ -591,7 +843,7 @@ mod tests {
         let root = store.root();
         let err = |sel: &Selection| {
             let e = Docker
-                .export(&root, Some(sel), &mut io::sink())
+                .export(&root, Some(sel), STAMP, &mut io::sink())
                 .unwrap_err();
             format!("{e:#}")
         };
@@ -628,7 +880,7 @@ mod tests {
         assert!(format!("{e:#}").contains("overlay2/cache1 is missing"));
         // The other image does not need that layer.
         Docker
-            .export(&root, Some(&select(&store.b, &[])), &mut io::sink())
+            .export(&root, Some(&select(&store.b, &[])), STAMP, &mut io::sink())
             .unwrap();
     }
 
