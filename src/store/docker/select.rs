@@ -239,7 +239,19 @@ pub(super) fn plan(fs: &dyn FsRead, sel: &Selection, stamp: i64) -> Result<Plan>
         }
         ids.insert(img.id.as_str());
     }
-    let mut diff_ids = BTreeSet::new();
+    // The repositories each selected image is named in.
+    let mut repos_of: HashMap<&str, BTreeSet<String>> = HashMap::new();
+    for img in &sel.images {
+        let repos = repos_of.entry(img.id.as_str()).or_default();
+        repos.extend(
+            img.names
+                .iter()
+                .filter_map(|n| ImageRef::parse(n).ok())
+                .map(|r| r.repository()),
+        );
+    }
+    // Each selected layer (diff ID) and the repositories that have it.
+    let mut diff_ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for id in &ids {
         let hex = &id["sha256:".len()..];
         let content = format!("{CONTENT}/{hex}");
@@ -323,7 +335,10 @@ pub(super) fn plan(fs: &dyn FsRead, sel: &Selection, stamp: i64) -> Result<Plan>
             if store.is_file(&lower)? {
                 lowers.push(lower);
             }
-            diff_ids.insert(diff.clone());
+            diff_ids
+                .entry(diff.clone())
+                .or_default()
+                .extend(repos_of.get(id).into_iter().flatten().cloned());
         }
     }
     // A layer's `lower` names the short links of the layers below it, all
@@ -345,7 +360,7 @@ pub(super) fn plan(fs: &dyn FsRead, sel: &Selection, stamp: i64) -> Result<Plan>
             Rule::Generated(out.join(":").into_bytes()),
         );
     }
-    distribution(&store, &mut plan, &diff_ids, sel)?;
+    distribution(&store, &mut plan, &diff_ids)?;
     repositories(&store, &mut plan, sel)?;
     plan.times = Some(times);
     Ok(plan)
@@ -362,57 +377,74 @@ struct V2Metadata {
     hmac: String,
 }
 
-/// The distribution metadata of the selected layers: where each was
-/// pulled from, only the repositories of the selected images (a cache's
-/// other images may have brought the same layer from elsewhere), sorted.
+/// The distribution metadata of the selected layers: the registry
+/// digests of each (`diffid-by-digest`), and where it can be pulled from
+/// (`v2metadata-by-diffid`). Docker records a layer's source only for the
+/// pull that downloaded it, which depends on the order pulls finish in, and
+/// a cache's other images may have brought it from elsewhere: so what is
+/// written is every digest Docker recorded for the layer with every
+/// repository of the selected images that have it, sorted.
 fn distribution(
     store: &Store<'_>,
     plan: &mut Plan,
-    diff_ids: &BTreeSet<String>,
-    sel: &Selection,
+    diff_ids: &BTreeMap<String, BTreeSet<String>>,
 ) -> Result<()> {
-    let repos: BTreeSet<String> = sel
-        .images
-        .iter()
-        .flat_map(|i| &i.names)
-        .filter_map(|n| ImageRef::parse(n).ok())
-        .map(|r| r.repository())
-        .collect();
-    if store.is_dir(DIFFID_BY_DIGEST)? {
-        for name in store.list(DIFFID_BY_DIGEST)? {
-            let path = format!("{DIFFID_BY_DIGEST}/{name}");
-            if store.is_file(&path)? && diff_ids.contains(&store.read_text(&path)?) {
-                plan.whole(&path);
-            }
-        }
-    }
-    for diff in diff_ids {
+    // Digests of each selected layer, from what Docker recorded.
+    let mut digests: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    // And where from, for a layer of images that have no name.
+    let mut recorded: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for diff in diff_ids.keys() {
         let Some(hex) = sha256_part(diff) else {
             continue;
         };
         let path = format!("{V2META_BY_DIFFID}/{hex}");
-        if store.is_file(&path)? {
-            plan.whole(&path);
-            let text = store.read(&path)?.unwrap_or_default();
-            // Docker skips what it cannot parse: so is it written.
-            let Ok(mut all) = serde_json::from_slice::<Vec<V2Metadata>>(&text) else {
-                continue;
-            };
-            let ours: Vec<bool> = all
-                .iter()
-                .map(|m| {
-                    ImageRef::parse(&m.source_repository)
-                        .is_ok_and(|r| repos.contains(&r.repository()))
-                })
-                .collect();
-            if ours.contains(&true) {
-                let mut keep = ours.iter();
-                all.retain(|_| *keep.next().unwrap_or(&false));
+        if let Some(text) = store.read(&path)? {
+            // Docker skips what it cannot parse: so is it here.
+            if let Ok(all) = serde_json::from_slice::<Vec<V2Metadata>>(&text) {
+                let from = recorded.entry(diff.as_str()).or_default();
+                from.extend(all.iter().map(|m| m.source_repository.clone()));
+                let set = digests.entry(diff.as_str()).or_default();
+                set.extend(all.into_iter().map(|m| m.digest));
+                plan.whole(&path);
             }
-            all.sort();
-            all.dedup();
-            let json = serde_json::to_vec(&all).context("making v2metadata")?;
-            plan.rules.insert(path.into_bytes(), Rule::Generated(json));
+        }
+    }
+    for (diff, repos) in diff_ids {
+        let (Some(hex), Some(digests)) = (sha256_part(diff), digests.get(diff.as_str())) else {
+            continue;
+        };
+        let repos = match repos.is_empty() {
+            true => recorded.get(diff.as_str()).unwrap_or(repos),
+            false => repos,
+        };
+        let mut all = vec![];
+        for digest in digests {
+            for repo in repos {
+                all.push(V2Metadata {
+                    digest: digest.clone(),
+                    source_repository: repo.clone(),
+                    hmac: String::new(),
+                });
+            }
+        }
+        let path = format!("{V2META_BY_DIFFID}/{hex}");
+        let json = serde_json::to_vec(&all).context("making v2metadata")?;
+        plan.rules.insert(path.into_bytes(), Rule::Generated(json));
+    }
+    if store.is_dir(DIFFID_BY_DIGEST)? {
+        for name in store.list(DIFFID_BY_DIGEST)? {
+            let path = format!("{DIFFID_BY_DIGEST}/{name}");
+            if !store.is_file(&path)? {
+                continue;
+            }
+            let diff = store.read_text(&path)?;
+            let known = digests.get(diff.as_str());
+            // Only the digests recorded for the layer, when some are.
+            if diff_ids.contains_key(&diff)
+                && known.is_none_or(|d| d.contains(&format!("sha256:{name}")))
+            {
+                plan.whole(&path);
+            }
         }
     }
     Ok(())
