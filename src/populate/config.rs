@@ -45,6 +45,8 @@ pub struct PopulateConfig {
     pub cache_prune: bool,
     /// End with `verify` of what was written.
     pub verify: bool,
+    /// --sha256: the summary gives the sha256 of the output.
+    pub sha256: bool,
 }
 
 impl PopulateConfig {

@@ -236,6 +236,11 @@ async fn populate(runs: &[Run<'_>], origin: Instant) -> Result<Summary> {
     };
     let backends: Vec<_> = runs.iter().map(|r| r.backend).collect();
     let (fs, layers) = publish(prepared, backends).await?;
+    let output = cfg.output.path().unwrap_or(&cfg.disk).to_path_buf();
+    let output_sha256 = match cfg.sha256 {
+        true => Some(context::blocking(move || hash_output(&output)).await?),
+        false => None,
+    };
     Ok(Summary {
         images,
         layers,
@@ -252,5 +257,15 @@ async fn populate(runs: &[Run<'_>], origin: Instant) -> Result<Summary> {
         store: reports.remove(0),
         platform: first.platform.clone(),
         verified,
+        output_sha256,
     })
+}
+
+/// The sha256 of the written image (--sha256), with a progress bar.
+fn hash_output(path: &std::path::Path) -> Result<String> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).ok();
+    let bar = crate::progress::Bar::bytes("hashing the output (--sha256)", size);
+    crate::digest::sha256_reader(crate::progress::ReadProgress::new(file, bar))
+        .with_context(|| format!("reading {} to hash it", path.display()))
 }

@@ -94,6 +94,8 @@ pub struct Summary {
     pub platform: TargetPlatform,
     /// What the final verify checked (None: --no-verify).
     pub verified: Option<Verified>,
+    /// The sha256 of the output (with --sha256), as `sha256sum` gives it.
+    pub output_sha256: Option<String>,
 }
 
 /// What the final verify of ROOT checked (all of it held).
@@ -234,6 +236,9 @@ impl Summary {
         }
         if s.containerd_entries > 0 {
             eprintln!("containerd root: {} entries", s.containerd_entries);
+        }
+        if let Some(h) = &s.output_sha256 {
+            eprintln!("sha256: {h}  {}", s.output);
         }
         if let Some(g) = &s.grown {
             eprintln!("{g}");
