@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use crate::disk::{parse_size, Grow};
 use crate::docker::{DindNetwork, RegistryOptions};
 use crate::platform::Platform;
+use crate::populate::lock::LockMode;
 use crate::populate::{ContainerdOptions, PopulateConfig, StoreChoice};
 use crate::protocol::ContainerdVersion;
 use crate::source::{self, Listed, Source};
@@ -194,6 +195,16 @@ pub struct PopulateArgs {
     /// hashed while written.
     #[arg(long)]
     pub sha256: bool,
+    /// Write what each image resolved to (its source, the digest its tag
+    /// named, platform, image ID) to this JSON file after the run; with
+    /// --locked, read it instead.
+    #[arg(long, value_name = "file")]
+    pub lock: Option<PathBuf>,
+    /// Pull exactly the digests of the --lock file (as cargo's --locked):
+    /// a tag that moved since is named, not followed, and a line the lock
+    /// lacks is refused, before anything is pulled.
+    #[arg(long, requires = "lock")]
+    pub locked: bool,
 }
 
 /// Private registries: how the pull finds credentials, certificates and
@@ -447,6 +458,21 @@ impl PopulateArgs {
             images.extend(source::read_list(&l)?);
         }
         let (containerd_images, containerd_options) = self.containerd_store.into_config()?;
+        let lock = match (self.lock, self.locked) {
+            (None, _) => None,
+            (Some(p), false) => Some(LockMode::Write(p)),
+            (Some(p), true) => Some(LockMode::Locked(p)),
+        };
+        let pinned = match &lock {
+            Some(LockMode::Locked(path)) => {
+                if !containerd_images.is_empty() {
+                    bail!("--locked pins the images of Docker's store; it cannot be given with --containerd-image or --containerd-list yet");
+                }
+                let file = crate::populate::lock::read(path)?;
+                crate::populate::lock::pin(&mut images, &file, path)?
+            }
+            _ => Default::default(),
+        };
         if !containerd_images.is_empty() && self.containerd.is_some() {
             bail!("--containerd copies a containerd root as it is: it cannot be given with --containerd-image or --containerd-list, which make one");
         }
@@ -487,6 +513,8 @@ impl PopulateArgs {
             cache_prune: self.cache_prune,
             verify: !self.no_verify,
             sha256: self.sha256,
+            lock,
+            pinned,
         })
     }
 }

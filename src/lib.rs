@@ -142,11 +142,13 @@ fn serve(request: protocol::Request) -> Result<()> {
             platform,
             allow_platform_mismatch,
             stall_seconds,
+            locked,
             refs,
         } => {
             let refs = parse_refs(&refs)?;
             let req = docker::inner::PullRequest {
                 stall: stall(stall_seconds),
+                locked,
                 refs,
                 jobs,
                 platform,

@@ -69,6 +69,10 @@ pub enum Request {
         /// never).
         #[arg(long)]
         stall_seconds: u64,
+        /// `--locked`: a reference with a tag and a digest fails when the
+        /// tag no longer names that digest.
+        #[arg(long)]
+        locked: bool,
         refs: Vec<String>,
     },
     /// Loads the docker-archive tar of its input into the daemon, reporting
@@ -192,6 +196,7 @@ impl Request {
                 platform,
                 allow_platform_mismatch,
                 stall_seconds,
+                locked,
                 refs,
             } => {
                 let (jobs, platform) = (jobs.to_string(), platform.to_string());
@@ -200,6 +205,9 @@ impl Request {
                 push(&["--stall-seconds", &stall_seconds.to_string()]);
                 if *allow_platform_mismatch {
                     push(&["--allow-platform-mismatch"]);
+                }
+                if *locked {
+                    push(&["--locked"]);
                 }
                 push(&["--"]);
                 v.extend(refs.iter().cloned());
@@ -560,6 +568,7 @@ mod tests {
                 platform: "linux/arm64/v8".parse().unwrap(),
                 allow_platform_mismatch: true,
                 stall_seconds: 0,
+                locked: true,
                 refs: vec![
                     "nginx".into(),
                     "--not-an-option".into(),
@@ -572,6 +581,7 @@ mod tests {
                 platform: "linux/amd64".parse().unwrap(),
                 allow_platform_mismatch: false,
                 stall_seconds: 7,
+                locked: false,
                 refs: vec![],
             },
             Request::Load {

@@ -57,6 +57,9 @@ pub struct PullRequest {
     pub allow_platform_mismatch: bool,
     /// Fail an image whose pull makes no progress for this long.
     pub stall: Option<Duration>,
+    /// A reference with a tag and a digest fails when its tag no longer
+    /// names that digest (`--locked`).
+    pub locked: bool,
     pub secrets: PullSecrets,
 }
 
@@ -164,6 +167,35 @@ async fn read_manifest(
             })
             .collect(),
     })
+}
+
+/// `--locked`: the tag of `r` (pinned to the lock's digest) still names
+/// that digest in its registry. A tag that moved is named, not followed.
+async fn check_tag(
+    docker: &Docker,
+    r: &ImageRef,
+    creds: Option<DockerCredentials>,
+    stall: Option<Duration>,
+) -> Result<()> {
+    let (Some(tag), Some(locked)) = (&r.tag, &r.digest) else {
+        return Ok(());
+    };
+    let spec = format!("{}:{tag}", r.name);
+    let d = unless_stalled(stall, r, docker.inspect_registry_image(&spec, creds))
+        .await?
+        .map_err(api_message)
+        .with_context(|| format!("reading the tag {spec} to check it against the lock file"))?;
+    let now = d.descriptor.digest.unwrap_or_default();
+    if &now != locked {
+        return Err(classified(
+            FailureKind::Other,
+            format!(
+                "the tag {spec} moved: it names {now} now, the lock file has {locked} (--locked);                  to bake the locked image, pull it by digest ({}@{locked}); to take the new one, update the lock (--lock without --locked)",
+                r.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The platform to pull `r` for, from what its registry has: the target
@@ -330,6 +362,9 @@ pub async fn pull_images(socket: &str, req: &PullRequest) -> Result<()> {
     let chosen = each_ref(&req.refs, req.jobs, |i, r| {
         let docker = &docker;
         async move {
+            if req.locked {
+                check_tag(docker, r, creds(r), req.stall).await?;
+            }
             let m = read_manifest(docker, r, creds(r), req.stall).await?;
             choose_platform(i, r, &m, &req.platform, req.allow_platform_mismatch)
         }

@@ -1,7 +1,9 @@
 //! What `populate` is asked to do, as the command line gave it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
+use super::lock::{LockMode, Locked};
 use crate::docker::{DindNetwork, RegistryOptions};
 use crate::platform::Platform;
 use crate::protocol::{ContainerdVersion, StoreKind};
@@ -47,6 +49,11 @@ pub struct PopulateConfig {
     pub verify: bool,
     /// --sha256: the summary gives the sha256 of the output.
     pub sha256: bool,
+    /// --lock, --locked.
+    pub lock: Option<LockMode>,
+    /// With --locked: the lock's entry of each image, by its source as
+    /// pulled (pinned to the locked digest).
+    pub pinned: HashMap<String, Locked>,
 }
 
 impl PopulateConfig {

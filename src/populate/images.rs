@@ -197,6 +197,7 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
             platform: run.platform.target.clone(),
             allow_platform_mismatch: cfg.allow_platform_mismatch,
             stall_seconds: cfg.pull_timeout.as_secs(),
+            locked: matches!(cfg.lock, Some(super::lock::LockMode::Locked(_))),
             refs,
         },
         StoreKind::Containerd => {

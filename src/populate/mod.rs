@@ -22,6 +22,7 @@ pub mod cache;
 mod config;
 mod context;
 mod images;
+pub mod lock;
 mod phases;
 mod plan;
 mod report;
@@ -172,6 +173,11 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         }
     }
     let mut summary = result.map_err(|e| engine.explain_gone(e))?;
+    if let Some(lock::LockMode::Write(path)) = &cfg.lock {
+        lock::write(path, &lock::of(&summary.images)).with_context(|| {
+            format!("{} was written, but its lock file was not", summary.output)
+        })?;
+    }
     summary.seconds.total = start.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -188,6 +194,11 @@ async fn populate(runs: &[Run<'_>], origin: Instant) -> Result<Summary> {
         caps.push(plan_store(run).await?);
     }
     let (pulled, prepared) = pull_beside_copy(runs, &clock, &caps).await?;
+    if let Some(lock::LockMode::Locked(path)) = &cfg.lock {
+        for p in &pulled {
+            lock::check(&p.images, &cfg.pinned, path)?;
+        }
+    }
     let only: Vec<Option<&[u8]>> = pulled.iter().map(|p| p.selection.as_deref()).collect();
     let (used, (prepared, grown), need) =
         stop_beside_measure(runs, &clock, prepared, &only).await?;

@@ -181,28 +181,6 @@ fn link_name(chain_hex: &str) -> String {
     out
 }
 
-/// `secs` since 1970 as Go's `time.RFC3339Nano` writes a UTC time
-/// (`2026-12-01T10:43:00Z`), what Docker puts in `lastUpdated`.
-fn rfc3339(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 /// Reads the metadata of the store in `fs` (a stopped daemon's
 /// /var/lib/docker, as `/`) to find what of it belongs to the selected
 /// images. Fails naming a selected image, layer or name that the store
@@ -211,8 +189,9 @@ fn rfc3339(secs: i64) -> String {
 /// What is written is reproducible: each layer's overlay2 directory and
 /// short link are named from its chain ID ([`layer_dir`], [`link_name`]),
 /// with `cache-id`, `link`, `lower` and the links in `l/` to match; what
-/// Docker stamped with the time of the pull (`lastUpdated`, the times of
-/// its directories and metadata files) carries `stamp` ([`Times`]).
+/// Docker stamped with the time of the pull (the times of its directories
+/// and metadata files) carries `stamp` ([`Times`]); `lastUpdated` is left
+/// out.
 pub(super) fn plan(fs: &dyn FsRead, sel: &Selection, stamp: i64) -> Result<Plan> {
     let store = Store(fs);
     let mut plan = Plan::default();
@@ -266,16 +245,25 @@ pub(super) fn plan(fs: &dyn FsRead, sel: &Selection, stamp: i64) -> Result<Plan>
         plan.whole(&content);
         let meta = format!("{METADATA}/{hex}");
         if store.is_dir(&meta)? {
-            plan.whole(&meta);
-            let updated = format!("{meta}/lastUpdated");
-            if store.is_file(&updated)? {
-                let when = rfc3339(stamp).into_bytes();
-                plan.rules
-                    .insert(updated.into_bytes(), Rule::Generated(when));
+            // `lastUpdated` is the time of the last tag through the API (a
+            // pull by digest then tagged has one, a pull by tag none): left
+            // out, so that both give the same store (Docker then shows no
+            // LastTagTime, as after a pull by tag). A `parent` naming an
+            // image that is not selected is left out too.
+            let mut kept = 0;
+            for name in store.list(&meta)? {
+                let path = format!("{meta}/{name}");
+                let parent_gone = name == "parent"
+                    && store.is_file(&path)?
+                    && !ids.contains(store.read_text(&path)?.as_str());
+                if name == "lastUpdated" || parent_gone {
+                    plan.rules.insert(path.into_bytes(), Rule::Skip);
+                } else {
+                    kept += 1;
+                }
             }
-            let parent = format!("{meta}/parent");
-            if store.is_file(&parent)? && !ids.contains(store.read_text(&parent)?.as_str()) {
-                plan.rules.insert(parent.into_bytes(), Rule::Skip);
+            if kept > 0 {
+                plan.whole(&meta);
             }
         }
         let diffs = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
@@ -697,9 +685,8 @@ mod tests {
             format!("{CONTENT}/{a}"),
             "image/overlay2/imagedb/metadata".into(),
             METADATA.into(),
-            format!("{METADATA}/{a}"),
-            // Not its parent: image b is not exported.
-            format!("{METADATA}/{a}/lastUpdated"),
+            // Not its metadata: its parent, image b, is not exported, and
+            // lastUpdated never is.
             "image/overlay2/layerdb".into(),
             LAYERDB.into(),
         ]);
@@ -746,10 +733,6 @@ mod tests {
         assert_eq!(
             content(&format!("overlay2/{c2}/lower")),
             format!("l/{}", link_name(c1))
-        );
-        assert_eq!(
-            content(&format!("{METADATA}/{a}/lastUpdated")),
-            "2023-11-14T22:13:20Z"
         );
         // The links point at the renamed directories; a layer's own files
         // keep their times, what Docker made carries the stamp.
