@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -4085,4 +4086,208 @@ fn containerd_cache_keeps_the_run_images() {
     );
     tool(&["cache", "rm", &cache]);
     assert!(!tool(&["cache", "ls"]).contains(&cache));
+}
+
+/// The sha256 of a file, as `sha256sum` gives it.
+fn file_sha256(p: &Path) -> String {
+    let mut f = fs::File::open(p).unwrap();
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    format!("{:x}", h.finalize())
+}
+
+/// Every entry below /var/lib/docker in ROOT of `disk`: path -> (mode,
+/// owner, size, link target, content hash of small files, mtime, ctime).
+type Entries = BTreeMap<String, (u32, u32, u64, String, String, i64, i64)>;
+
+fn docker_entries(disk: &Path) -> Entries {
+    use std::os::unix::fs::MetadataExt;
+    let m = Mount::new(disk);
+    let root = m.dir.path().join("var/lib/docker");
+    let mut out = BTreeMap::new();
+    let mut todo = vec![root.clone()];
+    while let Some(p) = todo.pop() {
+        let md = fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(&root).unwrap().display().to_string();
+        let target = fs::read_link(&p).map_or(String::new(), |t| t.display().to_string());
+        let content = match md.is_file() && md.len() < 4096 {
+            true => sha256(&fs::read(&p).unwrap()),
+            false => String::new(),
+        };
+        out.insert(
+            rel,
+            (
+                md.mode(),
+                md.uid(),
+                md.len(),
+                target,
+                content,
+                md.mtime(),
+                md.ctime(),
+            ),
+        );
+        if md.is_dir() {
+            todo.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out
+}
+
+/// Issue 19: the same images by digest give the same bytes, whatever the
+/// time, the cache (cold, or warm with other images), the store medium
+/// and the jobs; a lock file pins what a tag resolved to, and --locked
+/// names a tag that moved since. SOURCE_DATE_EPOCH changes only the times
+/// the tool stamps. (Every output is made so: `populate_truth` runs the
+/// images of one with Docker 26, 28 and 29.)
+#[test]
+fn the_same_images_give_the_same_bytes() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let f = fixtures();
+    let reg = &env().registry;
+    // A tag of this test's own, set to image A (again, on a rerun).
+    let tag = format!("{reg}/fp/locked:1");
+    let (id_a, digest_a) = make_image(&tag, &[layer(&[L::File("a", b"image A", 0o644)])]);
+    let (tmp, disk, before, _) = disk_for_run("current");
+    let list = tmp.path().join("images.list");
+    fs::write(&list, format!("{tag}\n{}\n", f.listed[0].0)).unwrap();
+    let lock = tmp.path().join("images.lock");
+    let out = |name: &str| tmp.path().join(name);
+    let (list_s, lock_s) = (list.to_str().unwrap(), lock.to_str().unwrap());
+    let run = |envs: &[(&str, &str)], out: &Path, more: &[&str]| {
+        let mut args = vec![disk.to_str().unwrap(), "-l", list_s, "-o"];
+        args.push(out.to_str().unwrap());
+        args.extend(["--json", "--lock", lock_s]);
+        args.extend(more);
+        let o = populate_env(envs, &args);
+        assert!(
+            o.status.success(),
+            "populate {more:?} failed: {}",
+            stderr(&o)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json output");
+        v["output_sha256"].as_str().unwrap_or("").to_string()
+    };
+    // Cold, in memory, one image at a time.
+    let first = run(
+        &[],
+        &out("1.bin"),
+        &["--store", "memory", "--jobs", "1", "--sha256"],
+    );
+    assert_eq!(
+        first,
+        file_sha256(&out("1.bin")),
+        "--sha256 is not sha256sum's"
+    );
+    assert_eq!(
+        file_digest(&disk),
+        before,
+        "the input disk image was modified"
+    );
+    let locked: serde_json::Value = serde_json::from_slice(&fs::read(&lock).unwrap()).unwrap();
+    let entry = &locked["images"][0];
+    assert_eq!(entry["source"], tag.as_str(), "{locked}");
+    assert_eq!(
+        entry["digest"].as_str().unwrap(),
+        digest_a.split_once('@').unwrap().1,
+        "{locked}"
+    );
+    assert_eq!(entry["id"].as_str().unwrap(), id_a, "{locked}");
+    assert_eq!(entry["platform"], "linux/amd64", "{locked}");
+
+    // Warm: a cache that holds other images (one shares the base layer of
+    // a listed one, from another repository), on disk, six at a time, a
+    // few seconds later, the lock followed.
+    let cache = format!("fp-test-repro-{}", std::process::id());
+    let other = populate(&[
+        disk.to_str().unwrap(),
+        &f.unlisted,
+        &f.listed[1].0,
+        "--cache",
+        &cache,
+        "-o",
+        out("other.bin").to_str().unwrap(),
+    ]);
+    assert!(other.status.success(), "{}", stderr(&other));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let warm = [
+        "--cache", &cache, "--store", "disk", "--jobs", "6", "--locked", "--sha256",
+    ];
+    let second = run(&[], &out("2.bin"), &warm);
+    tool(&["cache", "rm", &cache]);
+    assert_eq!(second, first, "a warm run gave other bytes than a cold one");
+
+    // SOURCE_DATE_EPOCH: only the times the tool stamps differ.
+    let (t1, t2) = (1_700_000_000i64, 1_700_000_100i64);
+    let at = |t: i64, name: &str| {
+        let t = t.to_string();
+        run(
+            &[("SOURCE_DATE_EPOCH", t.as_str())],
+            &out(name),
+            &["--locked"],
+        );
+        docker_entries(&out(name))
+    };
+    let (e1, e2) = (at(t1, "t1.bin"), at(t2, "t2.bin"));
+    assert_ne!(file_sha256(&out("t1.bin")), file_sha256(&out("t2.bin")));
+    assert_eq!(e1.keys().collect::<Vec<_>>(), e2.keys().collect::<Vec<_>>());
+    let mut kept = 0;
+    for (path, a) in &e1 {
+        let b = &e2[path];
+        assert_eq!(
+            (a.0, a.1, a.2, &a.3, &a.4),
+            (b.0, b.1, b.2, &b.3, &b.4),
+            "{path}"
+        );
+        assert_eq!(
+            (a.6, b.6),
+            (t1, t2),
+            "{path}: ctime is not SOURCE_DATE_EPOCH"
+        );
+        match a.5 == b.5 {
+            // A file of a layer keeps its time.
+            true => {
+                assert!(path.contains("/diff/"), "{path}: {} is not stamped", a.5);
+                kept += 1;
+            }
+            false => assert_eq!((a.5, b.5), (t1, t2), "{path}: mtime"),
+        }
+    }
+    assert!(kept > 5, "no layer file kept its time");
+    assert_fsck_clean(&out("t1.bin"));
+
+    // The tag moves: --locked names it and writes nothing.
+    make_image(&tag, &[layer(&[L::File("a", b"image B", 0o644)])]);
+    let moved = out("moved.bin");
+    let mut args = vec![disk.to_str().unwrap(), "-l", list_s, "-o"];
+    args.push(moved.to_str().unwrap());
+    args.extend(["--lock", lock_s, "--locked"]);
+    let o = populate(&args);
+    assert_clean_failure(&o, &disk, before, &moved, &format!("the tag {tag} moved"));
+    // The old digest, pinned in the list, still gives the first bytes.
+    let pinned = format!("{tag}@{}", digest_a.split_once('@').unwrap().1);
+    fs::write(&list, format!("{pinned}\n{}\n", f.listed[0].0)).unwrap();
+    let again = run(&[], &out("3.bin"), &["--sha256"]);
+    assert_eq!(again, first, "the locked digest gave other bytes");
+    // A line the lock lacks is refused before anything is pulled.
+    let lock_of_pinned = fs::read_to_string(&lock).unwrap();
+    assert!(lock_of_pinned.contains(&pinned), "{lock_of_pinned}");
+    fs::write(
+        &list,
+        format!("{pinned}\n{}\n{}\n", f.listed[0].0, f.unlisted),
+    )
+    .unwrap();
+    let o = populate(&[
+        disk.to_str().unwrap(),
+        "-l",
+        list_s,
+        "-o",
+        moved.to_str().unwrap(),
+        "--lock",
+        lock_s,
+        "--locked",
+    ]);
+    assert_clean_failure(&o, &disk, before, &moved, "has no entry for");
+    assert!(stderr(&o).contains(&f.unlisted), "{}", stderr(&o));
 }
