@@ -43,8 +43,17 @@ impl crate::store::Merge for Before {
         let new = fs.read_if_exists(&path)?.unwrap_or_else(|| b"{}".to_vec());
         let merged = merge_repositories(&self.repositories, &new)?;
         // Root's, 0600, as Docker writes it.
-        fs.write_file(&path, &merged, &crate::tar::Attrs::root_owned(0o600))
+        fs.write_file(&path, &merged, &stamped(fs, 0o600))
             .context("writing the merged repositories.json")
+    }
+}
+
+/// Root's, `mode`, with the time the filesystem stamps (so that a merge is
+/// as reproducible as the rest).
+fn stamped(fs: &ext4::Fs, mode: u32) -> crate::tar::Attrs {
+    crate::tar::Attrs {
+        mtime: fs.stamp(),
+        ..crate::tar::Attrs::root_owned(mode)
     }
 }
 
@@ -95,12 +104,8 @@ fn relink_shared_layers(fs: &mut ext4::Fs, before: &BTreeMap<String, String>) ->
         }
     }
     for (lower, relinked) in rewrites {
-        fs.write_file(
-            &lower,
-            relinked.as_bytes(),
-            &crate::tar::Attrs::root_owned(0o644),
-        )
-        .with_context(|| format!("relinking {lower} to the shared layers"))?;
+        fs.write_file(&lower, relinked.as_bytes(), &stamped(fs, 0o644))
+            .with_context(|| format!("relinking {lower} to the shared layers"))?;
     }
     Ok(())
 }
