@@ -463,6 +463,15 @@ impl PopulateArgs {
             (Some(p), false) => Some(LockMode::Write(p)),
             (Some(p), true) => Some(LockMode::Locked(p)),
         };
+        if let Some(LockMode::Write(path)) = &lock {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                bail!(
+                    "--lock {}: its directory does not exist (the lock file is written there after the run)",
+                    path.display()
+                );
+            }
+        }
         let pinned = match &lock {
             Some(LockMode::Locked(path)) => {
                 if !containerd_images.is_empty() {

@@ -193,7 +193,13 @@ impl<W: Write> Exporter<W> {
                 Some(new) => new.clone(),
                 None => e.file_name().as_bytes().to_vec(),
             };
-            children.insert(written, (e.path(), child_src));
+            if let Some((other, _)) = children.insert(written, (e.path(), child_src)) {
+                bail!(
+                    "{} and another entry of {} would be written under the same name",
+                    other.display(),
+                    dir.display()
+                );
+            }
         }
         for (child, (path, child_src)) in children {
             let child_name = sub(name, &child);
