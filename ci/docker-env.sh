@@ -155,7 +155,9 @@ changed=0 # set when something was (re)built: triggers the smoke test
 # openssl        the certificates of our dockerd's TLS endpoint (step 3)
 # openssh-*      the remote-engine test over ssh starts its own sshd (never
 #                the system's: the policy-rc.d below keeps it stopped)
-pkgs=(docker.io debootstrap busybox-static iptables iproute2 curl passwd zstd openssl openssh-server openssh-client)
+# selinux-utils  matchpathcon: the labels the tool writes are checked against
+#                libselinux's own lookup (no SELinux kernel needed)
+pkgs=(docker.io debootstrap busybox-static iptables iproute2 curl passwd zstd openssl openssh-server openssh-client selinux-utils)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' ||

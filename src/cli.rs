@@ -80,6 +80,8 @@ pub enum CacheCommand {
 
 #[derive(Debug, Args)]
 pub struct PopulateArgs {
+    #[command(flatten)]
+    pub selinux: SelinuxArgs,
     /// The Flatcar disk image (raw, e.g. flatcar_production_image.bin).
     #[arg(value_name = "disk")]
     pub disk: PathBuf,
@@ -207,6 +209,28 @@ pub struct PopulateArgs {
     pub locked: bool,
 }
 
+/// SELinux labels of what is written.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "SELinux")]
+pub struct SelinuxArgs {
+    /// Label every inode written (`security.selinux`) as setfiles with
+    /// Flatcar's policy would: auto labels when ROOT has
+    /// /etc/selinux/config or a labelled /etc (Flatcar's images do).
+    #[arg(long, value_name = "mode", value_enum, default_value = "auto")]
+    pub selinux: crate::selinux::Mode,
+    /// A file_contexts (as setfiles takes it) for the paths the built-in
+    /// rules (Docker's and containerd's stores) do not cover; where both
+    /// match, it wins.
+    #[arg(long, value_name = "file")]
+    pub selinux_file_contexts: Option<PathBuf>,
+}
+
+impl SelinuxArgs {
+    fn config(self) -> Result<crate::selinux::Config> {
+        crate::selinux::Config::new(self.selinux, self.selinux_file_contexts)
+    }
+}
+
 /// Private registries: how the pull finds credentials, certificates and
 /// mirrors. Nothing of it is written into the disk image.
 #[derive(Debug, Args)]
@@ -283,6 +307,8 @@ pub struct ContainerdArgs {
 
 #[derive(Debug, Args)]
 pub struct UnpackArgs {
+    #[command(flatten)]
+    pub selinux: SelinuxArgs,
     /// The Flatcar disk image (raw, e.g. flatcar_production_image.bin).
     #[arg(value_name = "disk")]
     pub disk: PathBuf,
@@ -423,19 +449,20 @@ impl OutputArgs {
 }
 
 impl UnpackArgs {
-    pub(crate) fn into_config(self) -> UnpackConfig {
+    pub(crate) fn into_config(self) -> Result<UnpackConfig> {
         let archive = if self.archive.as_os_str() == "-" {
             Input::Stdin
         } else {
             Input::File(self.archive)
         };
-        UnpackConfig {
+        Ok(UnpackConfig {
+            selinux: self.selinux.config()?,
             disk: self.disk,
             archive,
             target: self.target.as_os_str().as_bytes().to_vec(),
             space: self.space.config(),
             output: self.output.mode(),
-        }
+        })
     }
 }
 
@@ -522,6 +549,7 @@ impl PopulateArgs {
             cache_prune: self.cache_prune,
             verify: !self.no_verify,
             sha256: self.sha256,
+            selinux: self.selinux.config()?,
             lock,
             pinned,
         })

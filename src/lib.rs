@@ -21,6 +21,7 @@ mod platform;
 mod populate;
 mod progress;
 mod protocol;
+mod selinux;
 mod source;
 mod store;
 mod tar;
@@ -45,7 +46,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// each command stops at its next safe point and cleans up).
 pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
     match cli.command {
-        Command::Unpack(args) => unpack::run(&args.into_config(), &cancel),
+        Command::Unpack(args) => unpack::run(&args.into_config()?, &cancel),
         Command::Populate(args) => {
             let json = args.json;
             let cfg = args.into_config()?;

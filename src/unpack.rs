@@ -50,6 +50,7 @@ impl OutputMode {
 
 #[derive(Debug, Clone)]
 pub struct UnpackConfig {
+    pub selinux: crate::selinux::Config,
     pub disk: PathBuf,
     pub archive: Input,
     /// Absolute directory inside ROOT.
@@ -123,7 +124,11 @@ pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
 
     let write_start = Instant::now();
     let mut fs = root.open_write(Some(cancel))?;
-    let written = fs.write_tar(&cfg.target, archive, None);
+    let mut labeler = cfg.selinux.labeler(&fs, &cfg.target)?;
+    let label = labeler
+        .as_mut()
+        .map(|l| l as &mut dyn crate::ext4::Transform);
+    let written = fs.write_tar(&cfg.target, archive, label);
     let stats = fs
         .close_after(written)
         .context("writing the archive into ROOT")

@@ -863,6 +863,8 @@ fn truth_of_a_run(envs: &[(&str, &str)], via: &str) {
             "-o",
             out.to_str().unwrap(),
             "--json",
+            "--selinux",
+            "on",
         ],
     )
     .output()
@@ -923,8 +925,12 @@ fn truth_of_a_run(envs: &[(&str, &str)], via: &str) {
         assert!(found > 0, "no layer holds capbin/cat");
     }
 
+    // Every inode labelled as setfiles with Flatcar's rules would.
+    let labelled = assert_labels_as_matchpathcon(&out, &["/var/lib/docker"], STORE_FILE_CONTEXTS);
+    assert!(labelled == 0 || labelled > 50, "{labelled} inodes checked");
+
     // Each Docker of FP_TARGET_DOCKERS (Flatcar LTS's major and newer) on
-    // the written store.
+    // the labelled store.
     let script = docker_script(f);
     for Verified { image, text } in on_each_real_docker(&out, &script) {
         assert_truth(&image, &text, f, [&f.listed[0].1, &f.listed[1].1]);
@@ -3432,6 +3438,8 @@ fn containerd_store_for_kubernetes() {
         "-o",
         out.to_str().unwrap(),
         "--json",
+        "--selinux",
+        "on",
     ]);
     assert!(o.status.success(), "populate failed: {}", stderr(&o));
     assert_eq!(
@@ -3443,6 +3451,9 @@ fn containerd_store_for_kubernetes() {
     assert_fsck_clean(&out);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json output");
     assert_eq!(summary["images"].as_array().unwrap().len(), 4, "{summary}");
+    let stores = ["/var/lib/docker", "/var/lib/containerd"];
+    let labelled = assert_labels_as_matchpathcon(&out, &stores, STORE_FILE_CONTEXTS);
+    assert!(labelled == 0 || labelled > 50, "{labelled} inodes checked");
 
     // Both stores, and none of the build machine's state.
     let view = ext4_view(&out);

@@ -251,12 +251,13 @@ impl Fs {
         &mut self,
         target: &[u8],
         input: impl Read,
-        transform: Option<&mut dyn Transform>,
+        mut transform: Option<&mut dyn Transform>,
     ) -> Result<Stats> {
         self.require_write()?;
         let written = {
             let mut w = TreeWriter::new(open_mut(&mut self.raw), self.cancel.as_ref());
-            w.set_target(target)
+            let mut made = |p: &[u8]| transform.as_deref_mut().map_or(vec![], |t| t.made_dir(p));
+            w.set_target(target, &mut made)
                 .and_then(|()| untar::write_tar(input, &mut w, transform))
         };
         self.cache.clear();

@@ -55,6 +55,9 @@ pub fn write_tar(
             if t.entry(&mut entry).with_context(ctx)? == Keep::Skip {
                 continue;
             }
+            writer
+                .make_parents(&entry.path, &mut |p| t.made_dir(p))
+                .with_context(ctx)?;
         }
         writer.put(entry, &mut data)?;
     }

@@ -101,6 +101,13 @@ pub trait Transform {
     /// Called for every entry, in archive order, before it is checked and
     /// written.
     fn entry(&mut self, entry: &mut EntryMeta) -> Result<Keep>;
+
+    /// The xattrs of a directory the writer makes because the target or an
+    /// entry below it needs it (it is not in the archive); `path` is
+    /// absolute in the filesystem.
+    fn made_dir(&mut self, _path: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        vec![]
+    }
 }
 
 impl<F: FnMut(&mut EntryMeta) -> Result<Keep>> Transform for F {
@@ -108,6 +115,10 @@ impl<F: FnMut(&mut EntryMeta) -> Result<Keep>> Transform for F {
         self(entry)
     }
 }
+
+/// What gives the xattrs of a directory the writer makes
+/// ([`Transform::made_dir`]).
+pub type MadeDir<'m> = &'m mut dyn FnMut(&[u8]) -> Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Counts of what was written.
 #[derive(Debug, Default, Clone, Copy)]
@@ -131,6 +142,8 @@ const CHUNK: usize = 1 << 20;
 pub struct TreeWriter<'a> {
     fs: &'a mut Filsys,
     target: u32,
+    /// The target directory's absolute path.
+    target_path: Vec<u8>,
     now: i64,
     /// Directories seen so far: path relative to the target -> inode.
     dirs: HashMap<Vec<u8>, u32>,
@@ -213,6 +226,7 @@ impl<'a> TreeWriter<'a> {
         TreeWriter {
             fs,
             target: ROOT_INO,
+            target_path: b"/".to_vec(),
             now,
             dirs,
             names: HashMap::new(),
@@ -224,14 +238,26 @@ impl<'a> TreeWriter<'a> {
 
     /// Makes `target` (an absolute path inside the filesystem, created like
     /// `mkdir -p` when missing) the directory that entries are written under.
-    pub fn set_target(&mut self, target: &[u8]) -> Result<()> {
+    /// The directories it makes get the xattrs `made` gives.
+    pub fn set_target(&mut self, target: &[u8], made: MadeDir<'_>) -> Result<()> {
         if target.first() != Some(&b'/') {
             bail!("--target must be an absolute path, got {:?}", show(target));
         }
         let comps = components(&target[1..]).context("--target")?;
-        self.target = self.ensure_dir(&comps)?;
+        self.target = self.ensure_dir(&comps, made)?;
+        self.target_path = [b"/".as_slice(), &join(&comps)].concat();
         self.dirs.clear();
         self.dirs.insert(Vec::new(), self.target);
+        Ok(())
+    }
+
+    /// Makes the missing directories above the entry `path` (relative to
+    /// the target), with the xattrs `made` gives them.
+    pub fn make_parents(&mut self, path: &[u8], made: MadeDir<'_>) -> Result<()> {
+        let comps = components(path)?;
+        if let Some((_, parents)) = comps.split_last() {
+            self.ensure_dir(parents, made)?;
+        }
         Ok(())
     }
 
@@ -295,13 +321,13 @@ impl<'a> TreeWriter<'a> {
 
     /// Resolves `comps` (relative to the target) to a directory, creating
     /// missing ones. A symlink or non-directory on the way is an error.
-    fn ensure_dir(&mut self, comps: &[&[u8]]) -> Result<u32> {
+    fn ensure_dir(&mut self, comps: &[&[u8]], made: MadeDir<'_>) -> Result<u32> {
         let key = join(comps);
         if let Some(&ino) = self.dirs.get(&key) {
             return Ok(ino);
         }
         let (name, parent_comps) = comps.split_last().expect("the empty path is always cached");
-        let parent = self.ensure_dir(parent_comps)?;
+        let parent = self.ensure_dir(parent_comps, made)?;
         let ino = match self.find(parent, name)? {
             Some(ino) => {
                 let st = self.stat(ino, &key)?;
@@ -318,7 +344,12 @@ impl<'a> TreeWriter<'a> {
             }
             None => {
                 let attr = self.default_dir_attr();
-                self.new_dir(parent, name, &attr, &[], &key)?
+                let abs = match self.target_path.as_slice() {
+                    b"/" => [b"/".as_slice(), &key].concat(),
+                    t => [t, b"/", &key].concat(),
+                };
+                let xattrs = made(&abs);
+                self.new_dir(parent, name, &attr, &xattrs, &key)?
             }
         };
         self.dirs.insert(key, ino);
@@ -523,7 +554,7 @@ impl<'a> TreeWriter<'a> {
                 ),
             };
         };
-        let parent = self.ensure_dir(parent_comps)?;
+        let parent = self.ensure_dir(parent_comps, &mut |_| vec![])?;
         let existing = match self.find(parent, name)? {
             Some(ino) => Some((ino, self.stat(ino, &path)?)),
             None => None,

@@ -49,6 +49,8 @@ pub struct PopulateConfig {
     pub verify: bool,
     /// --sha256: the summary gives the sha256 of the output.
     pub sha256: bool,
+    /// --selinux, --selinux-file-contexts.
+    pub selinux: crate::selinux::Config,
     /// --lock, --locked.
     pub lock: Option<LockMode>,
     /// With --locked: the lock's entry of each image, by its source as

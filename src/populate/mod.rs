@@ -229,7 +229,12 @@ async fn populate(runs: &[Run<'_>], origin: Instant) -> Result<Summary> {
     }
     let containerd_entries = match &cfg.containerd {
         Some(src) => {
-            let job = write_containerd(root.clone(), src.clone(), cancel.clone());
+            let job = write_containerd(
+                root.clone(),
+                src.clone(),
+                cfg.selinux.clone(),
+                cancel.clone(),
+            );
             clock
                 .time(Phase::Containerd, job)
                 .await

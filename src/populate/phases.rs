@@ -624,8 +624,10 @@ pub(super) async fn export_and_write(
         pause_after_read("mid-write", 1 << 20, stream, run.cancel.clone())
     };
     let stamp = fs.stamp();
+    let mut labeler = run.cfg.selinux.labeler(&fs, backend.root().as_bytes())?;
     let writer = tokio::task::spawn_blocking(move || {
-        let written = fs.write_tar(backend.root().as_bytes(), stream, None);
+        let label = labeler.as_mut().map(|l| l as &mut dyn ext4::Transform);
+        let written = fs.write_tar(backend.root().as_bytes(), stream, label);
         (fs, written)
     });
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
@@ -691,6 +693,7 @@ pub(super) async fn export_and_write(
 pub(super) async fn write_containerd(
     root: ext4::Root,
     src: PathBuf,
+    selinux: crate::selinux::Config,
     cancel: CancellationToken,
 ) -> Result<u64> {
     blocking(move || {
@@ -698,11 +701,13 @@ pub(super) async fn write_containerd(
             .with_context(|| format!("reading --containerd {}", src.display()))?;
         let target = CONTAINERD_ROOT.as_bytes();
         let mut fs = root.open_write(Some(&cancel))?;
+        let mut labeler = selinux.labeler(&fs, target)?;
+        let label = labeler.as_mut().map(|l| l as &mut dyn ext4::Transform);
         let written = if md.is_dir() {
             let (reader, writer) = std::io::pipe().context("making a pipe")?;
             let dir = src.clone();
             let export = std::thread::spawn(move || store::export::tree(&dir, writer));
-            let written = fs.write_tar(target, reader, None);
+            let written = fs.write_tar(target, reader, label);
             export
                 .join()
                 .map_err(|_| anyhow!("the containerd export panicked"))
@@ -715,7 +720,7 @@ pub(super) async fn write_containerd(
                 })
         } else {
             open_archive(&Input::File(src), true)
-                .and_then(|archive| fs.write_tar(target, archive, None))
+                .and_then(|archive| fs.write_tar(target, archive, label))
         };
         Ok(fs.close_after(written)?.entries)
     })

@@ -876,3 +876,131 @@ pub fn qemu_convert(from: &str, to: &str, src: &Path, dst: &Path) {
         .unwrap();
     assert!(st.success(), "qemu-img convert {from} -> {to} failed");
 }
+
+/// refpolicy's file contexts for the stores (policy/modules/services/
+/// container.fc, and files.fc's `/var/lib(/.*)?`), as Flatcar's policy
+/// (type mcs, level s0) has them: written here, apart from the tool's own
+/// copy, for `matchpathcon` to read.
+pub const STORE_FILE_CONTEXTS: &str = r#"/var/lib(/.*)?	system_u:object_r:var_lib_t:s0
+/var/lib/docker(/.*)?	system_u:object_r:container_var_lib_t:s0
+/var/lib/docker/.*/config\.env	--	system_u:object_r:container_ro_file_t:s0
+/var/lib/docker/containers/.*/.*\.log	--	system_u:object_r:container_log_t:s0
+/var/lib/docker/containers/.*/hostname	--	system_u:object_r:container_ro_file_t:s0
+/var/lib/docker/containers/.*/hosts	--	system_u:object_r:container_ro_file_t:s0
+/var/lib/docker/init(/.*)?	system_u:object_r:container_ro_file_t:s0
+/var/lib/docker/overlay(/.*)?	system_u:object_r:container_ro_file_t:s0
+/var/lib/docker/overlay2(/.*)?	system_u:object_r:container_ro_file_t:s0
+/var/lib/docker/volumes/[^/]+/.*	system_u:object_r:container_file_t:s0
+/var/lib/containerd(/.*)?	system_u:object_r:container_var_lib_t:s0
+/var/lib/containerd/[^/]+/sandboxes(/.*)?	system_u:object_r:container_ro_file_t:s0
+/var/lib/containerd/[^/]+/snapshots(/.*)?	system_u:object_r:container_ro_file_t:s0
+"#;
+
+/// `matchpathcon` (selinux-utils), libselinux's own lookup; None (with
+/// the reason printed) when it is not installed outside CI.
+pub fn matchpathcon() -> Option<String> {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin"] {
+        let p = format!("{dir}/matchpathcon");
+        if Path::new(&p).exists() {
+            return Some(p);
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "matchpathcon is missing: ci/docker-env.sh installs selinux-utils"
+    );
+    eprintln!("skipped: matchpathcon (selinux-utils) is not installed");
+    None
+}
+
+/// Every inode under `dirs` of ROOT of `disk` (the kernel's read-only
+/// mount) carries the `security.selinux` (context and NUL) that
+/// `matchpathcon` gives its path and type with the file contexts
+/// `file_contexts`, and none where it gives `<<none>>`. Returns how many
+/// were checked.
+pub fn assert_labels_as_matchpathcon(disk: &Path, dirs: &[&str], file_contexts: &str) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(tool) = matchpathcon() else {
+        return 0;
+    };
+    let fc = tempfile::NamedTempFile::new().unwrap();
+    fs::write(fc.path(), file_contexts).unwrap();
+    let m = Mount::new(disk);
+    // (path in ROOT, matchpathcon's type, inode, the label read).
+    let mut got: Vec<(Vec<u8>, &str, u64, Option<Vec<u8>>)> = vec![];
+    let mut todo: Vec<std::path::PathBuf> = dirs
+        .iter()
+        .map(|d| m.dir.path().join(d.trim_start_matches('/')))
+        .collect();
+    while let Some(p) = todo.pop() {
+        let md = fs::symlink_metadata(&p).unwrap();
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_symlink() {
+            "link"
+        } else if ft.is_char_device() {
+            "char"
+        } else if ft.is_block_device() {
+            "block"
+        } else if ft.is_fifo() {
+            "pipe"
+        } else if ft.is_socket() {
+            "socket"
+        } else {
+            "file"
+        };
+        let mut buf = vec![0u8; 4096];
+        let label = rustix::fs::lgetxattr(&p, "security.selinux", &mut buf[..])
+            .ok()
+            .map(|n| buf[..n].to_vec());
+        let rel = p.strip_prefix(m.dir.path()).unwrap();
+        let abs = [b"/".as_slice(), rel.as_os_str().as_bytes()].concat();
+        got.push((abs, kind, md.ino(), label));
+        if ft.is_dir() {
+            todo.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    // What matchpathcon gives each path.
+    let mut want_of_inode: HashMap<u64, Vec<Option<Vec<u8>>>> = HashMap::new();
+    let mut wants = vec![];
+    for (path, kind, ino, _) in &got {
+        let o = Command::new(&tool)
+            .args(["-N", "-f"])
+            .arg(fc.path())
+            .args(["-m", kind])
+            .arg(std::ffi::OsStr::from_bytes(path))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "matchpathcon: {}", stderr(&o));
+        let out = o.stdout.strip_suffix(b"\n").unwrap_or(&o.stdout);
+        let at = out.iter().rposition(|&b| b == b'\t').unwrap();
+        let want = match &out[at + 1..] {
+            b"<<none>>" => None,
+            c => Some([c, b"\0"].concat()),
+        };
+        want_of_inode.entry(*ino).or_default().push(want.clone());
+        wants.push(want);
+    }
+    let show = |l: &Option<Vec<u8>>| {
+        l.as_deref()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+    };
+    for ((path, kind, ino, label), want) in got.iter().zip(&wants) {
+        // An inode of several names has one label, that of one of them
+        // (setfiles keeps the first it labels; the tool, the first name
+        // written).
+        let ok = match want_of_inode[ino].len() {
+            1 => label == want,
+            _ => want_of_inode[ino].contains(label),
+        };
+        assert!(
+            ok,
+            "{} ({kind}): the label written, {:?}, is not matchpathcon's, {:?}",
+            String::from_utf8_lossy(path),
+            show(label),
+            show(want)
+        );
+    }
+    got.len()
+}
