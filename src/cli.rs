@@ -214,8 +214,8 @@ pub struct PopulateArgs {
 #[command(next_help_heading = "SELinux")]
 pub struct SelinuxArgs {
     /// Label every inode written (`security.selinux`) as setfiles with
-    /// Flatcar's policy would: auto labels when ROOT has
-    /// /etc/selinux/config or a labelled /etc (Flatcar's images do).
+    /// Flatcar's policy would. auto (the default) labels: every Flatcar
+    /// image ships the policy and does not relabel at first boot.
     #[arg(long, value_name = "mode", value_enum, default_value = "auto")]
     pub selinux: crate::selinux::Mode,
     /// A file_contexts (as setfiles takes it) for the paths the built-in

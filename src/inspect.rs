@@ -27,6 +27,8 @@ pub struct Inventory {
     /// What the mark of a run that did not finish writing into ROOT says
     /// (`/.flatcar-preload-unfinished`); null when there is none.
     pub unfinished: Option<String>,
+    /// The SELinux labels of the stores' inodes.
+    pub selinux: crate::selinux::Labels,
 }
 
 /// ROOT's space, in bytes. `inventory` leaves it zero: the caller, which
@@ -46,6 +48,7 @@ pub fn inventory(fs: &dyn FsRead) -> Result<Inventory> {
         containerd: None,
         root: RootSpace::default(),
         unfinished: crate::disk::unfinished(fs)?,
+        selinux: crate::selinux::survey(fs)?,
     };
     for kind in StoreKind::ALL {
         match store::backend(kind).inspect(fs)? {
@@ -122,6 +125,17 @@ fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io:
 
 /// The inventory for people: Docker's images, containerd's, ROOT's space.
 pub fn print_table(inv: &Inventory, out: &mut dyn Write) -> std::io::Result<()> {
+    let l = &inv.selinux;
+    if l.inodes > 0 {
+        writeln!(
+            out,
+            "SELinux: {} of the stores' {} inodes labelled",
+            l.labelled, l.inodes
+        )?;
+        for (label, n) in &l.by_label {
+            writeln!(out, "  {n} {label}")?;
+        }
+    }
     if let Some(said) = &inv.unfinished {
         writeln!(
             out,

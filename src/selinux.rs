@@ -48,8 +48,8 @@ impl FileKind {
 /// Whether to label what is written (`--selinux`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// Label when ROOT is labelled already (Flatcar's image build labels
-    /// `/etc`) or has `/etc/selinux/config`.
+    /// Label: every disk the tool writes is a Flatcar image, which ships
+    /// the policy.
     Auto,
     On,
     Off,
@@ -177,6 +177,93 @@ impl Contexts {
 /// The xattr that holds an inode's label.
 pub const XATTR: &str = "security.selinux";
 
+/// The SELinux labels of the stores in ROOT (`inspect`).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Labels {
+    /// Inodes below /var/lib/docker and /var/lib/containerd.
+    pub inodes: u64,
+    /// Those with a `security.selinux`.
+    pub labelled: u64,
+    /// How many inodes carry each label.
+    pub by_label: std::collections::BTreeMap<String, u64>,
+    /// `verify`: the first inode whose label is not the one the built-in
+    /// rules give it (when the stores are labelled at all).
+    #[serde(skip)]
+    pub first_wrong: Option<(String, String)>,
+}
+
+/// The stores whose labels `inspect` counts and `verify` checks.
+const STORES: &[&str] = &["/var/lib/docker", "/var/lib/containerd"];
+
+/// Reads the labels of every inode of the stores in `fs` and checks each
+/// against the built-in rules.
+pub fn survey(fs: &dyn FsRead) -> Result<Labels> {
+    use crate::fsread::Kind;
+    let rules = Contexts::builtin();
+    let mut out = Labels::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut todo: Vec<Vec<u8>> = vec![];
+    for s in STORES {
+        if fs.stat(s.as_bytes())?.is_some() {
+            todo.push(s.as_bytes().to_vec());
+        }
+    }
+    // (path, label read, label the rules give) of the first mismatch.
+    let mut wrong = None;
+    while let Some(path) = todo.pop() {
+        let Some(st) = fs.stat(&path)? else { continue };
+        if st.kind == Kind::Dir {
+            let mut names = fs.read_dir(&path)?;
+            names.sort();
+            for n in names.into_iter().rev() {
+                todo.push([path.as_slice(), b"/", &n].concat());
+            }
+        }
+        // An inode of several names has one label: counted and checked once.
+        if !seen.insert(st.ino) {
+            continue;
+        }
+        out.inodes += 1;
+        let label = fs
+            .xattrs(&path)?
+            .into_iter()
+            .find(|(n, _)| n == XATTR)
+            .map(|(_, v)| String::from_utf8_lossy(v.strip_suffix(&[0]).unwrap_or(&v)).into_owned());
+        let kind = match st.kind {
+            Kind::Dir => FileKind::Dir,
+            Kind::File => FileKind::File,
+            Kind::Symlink => FileKind::Symlink,
+            Kind::CharDev => FileKind::Char,
+            Kind::BlockDev => FileKind::Block,
+            Kind::Fifo => FileKind::Fifo,
+            Kind::Socket => FileKind::Socket,
+        };
+        let want = rules.lookup(&path, kind).map(str::to_string);
+        if let Some(l) = &label {
+            out.labelled += 1;
+            *out.by_label.entry(l.clone()).or_default() += 1;
+        }
+        if wrong.is_none() && label != want {
+            wrong = Some((path.clone(), label, want));
+        }
+    }
+    // Stores written with --selinux off carry no label: nothing to check.
+    if out.labelled > 0 {
+        out.first_wrong = wrong.map(|(path, got, want)| {
+            let show = |l: Option<String>| l.unwrap_or_else(|| "none".into());
+            (
+                String::from_utf8_lossy(&path).into_owned(),
+                format!(
+                    "its SELinux label is {}, the policy's rules give {}",
+                    show(got),
+                    show(want)
+                ),
+            )
+        });
+    }
+    Ok(out)
+}
+
 /// `--selinux` and `--selinux-file-contexts`, checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -209,25 +296,14 @@ impl Config {
         })
     }
 
-    /// Whether to label what is written into `root` (ROOT of the disk):
-    /// `auto` labels when ROOT has `/etc/selinux/config` or its `/etc` is
-    /// labelled (Flatcar's image build runs setfiles on /etc).
-    pub fn enabled(&self, root: &dyn FsRead) -> Result<bool> {
-        Ok(match self.mode {
-            Mode::On => true,
-            Mode::Off => false,
-            Mode::Auto => {
-                root.stat(b"/etc/selinux/config")?.is_some()
-                    || (root.stat(b"/etc")?.is_some()
-                        && root.xattrs(b"/etc")?.iter().any(|(n, _)| n == XATTR))
-            }
-        })
-    }
-
-    /// The labeller for what is written under `target` of `root`, None
-    /// when nothing is to be labelled.
-    pub fn labeler(&self, root: &dyn FsRead, target: &[u8]) -> Result<Option<Labeler>> {
-        if !self.enabled(root)? {
+    /// The labeller for what is written under `target`, None when
+    /// nothing is to be labelled (`--selinux off`). `auto` labels: every
+    /// disk the tool writes is a Flatcar image (its ROOT found by Flatcar's
+    /// partition type or name, an ext4 labelled ROOT), and every Flatcar
+    /// image ships the policy (permissive by default; enforcing is a
+    /// documented switch), which does not relabel at first boot.
+    pub fn labeler(&self, target: &[u8]) -> Result<Option<Labeler>> {
+        if self.mode == Mode::Off {
             return Ok(None);
         }
         let mut contexts = Contexts::builtin();

@@ -124,7 +124,7 @@ pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
 
     let write_start = Instant::now();
     let mut fs = root.open_write(Some(cancel))?;
-    let mut labeler = cfg.selinux.labeler(&fs, &cfg.target)?;
+    let mut labeler = cfg.selinux.labeler(&cfg.target)?;
     let label = labeler
         .as_mut()
         .map(|l| l as &mut dyn crate::ext4::Transform);

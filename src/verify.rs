@@ -37,6 +37,14 @@ pub fn check_root(root: &crate::ext4::Root) -> Result<Report> {
         report.bytes_hashed += one.bytes_hashed;
         report.failures.extend(one.failures);
     }
+    if let Some((path, problem)) = crate::selinux::survey(&fs)?.first_wrong {
+        report.failures.push(store::Failure {
+            image: None,
+            layer: None,
+            path: Some(path),
+            problem,
+        });
+    }
     Ok(report)
 }
 

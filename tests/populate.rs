@@ -3733,8 +3733,9 @@ fn containerd_failures() {
 }
 
 /// One line per entry below `dir` (sorted by path): type, mode, owner,
-/// size, device, link target, mtime, every xattr and the content's sha256,
-/// as the kernel reads them.
+/// size, device, link target, mtime, every xattr but the SELinux label
+/// (the policy's, checked by `assert_labels_as_matchpathcon`) and the
+/// content's sha256, as the kernel reads them.
 fn tree_listing(dir: &Path) -> Vec<String> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
@@ -3763,7 +3764,7 @@ fn tree_listing(dir: &Path) -> Vec<String> {
             let n = rustix::fs::llistxattr(&path, &mut buf[..]).unwrap_or(0);
             let mut xattrs: Vec<String> = buf[..n]
                 .split(|b| *b == 0)
-                .filter(|n| !n.is_empty())
+                .filter(|n| !n.is_empty() && *n != b"security.selinux")
                 .map(|n| {
                     let n = String::from_utf8_lossy(n).into_owned();
                     let mut v = vec![0u8; 4096];

@@ -624,7 +624,7 @@ pub(super) async fn export_and_write(
         pause_after_read("mid-write", 1 << 20, stream, run.cancel.clone())
     };
     let stamp = fs.stamp();
-    let mut labeler = run.cfg.selinux.labeler(&fs, backend.root().as_bytes())?;
+    let mut labeler = run.cfg.selinux.labeler(backend.root().as_bytes())?;
     let writer = tokio::task::spawn_blocking(move || {
         let label = labeler.as_mut().map(|l| l as &mut dyn ext4::Transform);
         let written = fs.write_tar(backend.root().as_bytes(), stream, label);
@@ -701,7 +701,7 @@ pub(super) async fn write_containerd(
             .with_context(|| format!("reading --containerd {}", src.display()))?;
         let target = CONTAINERD_ROOT.as_bytes();
         let mut fs = root.open_write(Some(&cancel))?;
-        let mut labeler = selinux.labeler(&fs, target)?;
+        let mut labeler = selinux.labeler(target)?;
         let label = labeler.as_mut().map(|l| l as &mut dyn ext4::Transform);
         let written = if md.is_dir() {
             let (reader, writer) = std::io::pipe().context("making a pipe")?;

@@ -379,10 +379,13 @@ impl<W: Write> FsWalk<'_, W> {
             return Ok(()); // as the export: tar cannot hold sockets
         }
         let linked = st.kind != Kind::Dir && st.nlink > 1;
+        // Not the SELinux label: the policy's, given again when the store
+        // is written back (a build container may not be allowed to set it).
         let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = self
             .fs
             .xattrs(path)?
             .into_iter()
+            .filter(|(n, _)| n != crate::selinux::XATTR)
             .map(|(n, v)| (n.into_bytes(), v))
             .collect();
         xattrs.sort();

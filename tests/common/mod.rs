@@ -927,7 +927,8 @@ pub fn assert_labels_as_matchpathcon(disk: &Path, dirs: &[&str], file_contexts: 
     fs::write(fc.path(), file_contexts).unwrap();
     let m = Mount::new(disk);
     // (path in ROOT, matchpathcon's type, inode, the label read).
-    let mut got: Vec<(Vec<u8>, &str, u64, Option<Vec<u8>>)> = vec![];
+    type Read = (Vec<u8>, &'static str, u64, Option<Vec<u8>>);
+    let mut got: Vec<Read> = vec![];
     let mut todo: Vec<std::path::PathBuf> = dirs
         .iter()
         .map(|d| m.dir.path().join(d.trim_start_matches('/')))

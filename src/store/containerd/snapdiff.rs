@@ -498,19 +498,21 @@ impl Walk<'_> {
     }
 }
 
-/// The xattrs of `path` but the opaque one (checked per directory)
-/// against `want`: the first one missing, different or extra.
+/// The xattrs of `path` but the opaque one (checked per directory) and the
+/// SELinux label (the policy's, which replaces a layer's own, as setfiles
+/// does) against `want`: the first one missing, different or extra.
 fn xattrs(fs: &dyn FsRead, path: &[u8], want: &[(String, Vec<u8>)]) -> Option<String> {
+    let ours = |k: &str| k != OPAQUE_XATTR && k != crate::selinux::XATTR;
     let got = match fs.xattrs(path) {
         Ok(x) => x,
         Err(e) => return Some(format!("reading its xattrs: {e:#}")),
     };
     let got: std::collections::BTreeMap<&str, &[u8]> = got
         .iter()
-        .filter(|(k, _)| k != OPAQUE_XATTR)
+        .filter(|(k, _)| ours(k))
         .map(|(k, v)| (k.as_str(), &v[..]))
         .collect();
-    for (k, v) in want {
+    for (k, v) in want.iter().filter(|(k, _)| ours(k)) {
         match got.get(k.as_str()) {
             None => return Some(format!("lacks the xattr {k}, which the layer sets")),
             Some(g) if g != v => {
