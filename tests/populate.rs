@@ -3158,9 +3158,9 @@ fn find_below(dir: &Path, pick: &dyn Fn(&Path) -> bool) -> Option<std::path::Pat
 
 /// `inspect` lists exactly what populate pulled; `verify` passes, as the
 /// unprivileged user, on the result; then, each in its own copy, one byte
-/// of a layer file changed, an opaque xattr removed, an `l/` symlink
-/// deleted, a tar-split truncated and an image config edited: `verify`
-/// fails naming exactly that.
+/// of a layer file changed, an opaque xattr removed, a SELinux label
+/// changed, an `l/` symlink deleted, a tar-split truncated and an image
+/// config edited: `verify` fails naming exactly that.
 #[test]
 fn inspect_and_verify_the_result() {
     let Some(_serial) = docker_test() else {
@@ -3265,6 +3265,22 @@ fn inspect_and_verify_the_result() {
                 .expect("a tar-split");
                 let b = fs::read(&p).unwrap();
                 fs::write(&p, &b[..b.len() / 2]).unwrap();
+                let rel = p.strip_prefix(store).unwrap();
+                format!("/var/lib/docker/{}", rel.display())
+            }),
+        ),
+        (
+            "a SELinux label changed",
+            Box::new(|store: &Path| {
+                let p = find_below(&store.join("overlay2"), &|p| p.ends_with("diff/data/a/new"))
+                    .expect("data/a/new in a layer");
+                rustix::fs::lsetxattr(
+                    &p,
+                    "security.selinux",
+                    b"system_u:object_r:file_t:s0\0",
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .unwrap();
                 let rel = p.strip_prefix(store).unwrap();
                 format!("/var/lib/docker/{}", rel.display())
             }),
@@ -3486,6 +3502,15 @@ fn containerd_store_for_kubernetes() {
     assert!(
         inv.contains("k8s.io") && inv.contains("registry.k8s.io/pause:3.10"),
         "{inv}"
+    );
+    // Every inode of both stores labelled, and counted so.
+    let v: serde_json::Value = serde_json::from_str(&inv).unwrap();
+    let l = &v["selinux"];
+    assert!(l["inodes"].as_u64().unwrap() > 50, "{l}");
+    assert_eq!(l["labelled"], l["inodes"], "{l}");
+    assert!(
+        l["by_label"]["system_u:object_r:container_ro_file_t:s0"].as_u64() > Some(0),
+        "{l}"
     );
     tool(&["verify", out.to_str().unwrap()]);
 

@@ -43,18 +43,29 @@ impl crate::store::Merge for Before {
         let new = fs.read_if_exists(&path)?.unwrap_or_else(|| b"{}".to_vec());
         let merged = merge_repositories(&self.repositories, &new)?;
         // Root's, 0600, as Docker writes it.
-        fs.write_file(&path, &merged, &stamped(fs, 0o600))
+        let attrs = stamped(fs, 0o600, &path)?;
+        fs.write_file(&path, &merged, &attrs)
             .context("writing the merged repositories.json")
     }
 }
 
 /// Root's, `mode`, with the time the filesystem stamps (so that a merge is
-/// as reproducible as the rest).
-fn stamped(fs: &ext4::Fs, mode: u32) -> crate::tar::Attrs {
-    crate::tar::Attrs {
+/// as reproducible as the rest) and the xattrs of the file at `path` it
+/// replaces (its SELinux label).
+fn stamped(fs: &ext4::Fs, mode: u32, path: &str) -> Result<crate::tar::Attrs> {
+    let xattrs = match fs.stat(path.as_bytes())? {
+        Some(_) => fs
+            .xattrs(path.as_bytes())?
+            .into_iter()
+            .map(|(n, v)| (n.into_bytes(), v))
+            .collect(),
+        None => vec![],
+    };
+    Ok(crate::tar::Attrs {
         mtime: fs.stamp(),
+        xattrs,
         ..crate::tar::Attrs::root_owned(mode)
-    }
+    })
 }
 
 /// --merge: a layer the new images share with the images already in ROOT
@@ -104,7 +115,8 @@ fn relink_shared_layers(fs: &mut ext4::Fs, before: &BTreeMap<String, String>) ->
         }
     }
     for (lower, relinked) in rewrites {
-        fs.write_file(&lower, relinked.as_bytes(), &stamped(fs, 0o644))
+        let attrs = stamped(fs, 0o644, &lower)?;
+        fs.write_file(&lower, relinked.as_bytes(), &attrs)
             .with_context(|| format!("relinking {lower} to the shared layers"))?;
     }
     Ok(())
