@@ -389,48 +389,49 @@ mod tests {
                 .nth(2)
                 .unwrap()
         };
-        assert_eq!(t("/var/lib/docker", FileKind::Dir), "container_var_lib_t");
-        assert_eq!(
-            t(
-                "/var/lib/docker/image/overlay2/repositories.json",
-                FileKind::File
+        let docker = "/var/lib/docker";
+        let snapshots = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs";
+        for (path, kind, want) in [
+            (docker.to_string(), FileKind::Dir, "container_var_lib_t"),
+            (
+                format!("{docker}/image/overlay2/repositories.json"),
+                FileKind::File,
+                "container_var_lib_t",
             ),
-            "container_var_lib_t"
-        );
-        assert_eq!(
-            t("/var/lib/docker/overlay2", FileKind::Dir),
-            "container_ro_file_t"
-        );
-        assert_eq!(
-            t("/var/lib/docker/overlay2/x/diff/etc/passwd", FileKind::File),
-            "container_ro_file_t"
-        );
-        assert_eq!(
-            t("/var/lib/docker/overlay2/x/diff/a.log", FileKind::File),
-            "container_ro_file_t"
-        );
-        assert_eq!(
-            t("/var/lib/docker/containers/c/c-json.log", FileKind::File),
-            "container_log_t"
-        );
-        assert_eq!(
-            t("/var/lib/docker/containers/c/c-json.log", FileKind::Dir),
-            "container_var_lib_t"
-        );
-        assert_eq!(
-            t(
-                "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs",
-                FileKind::Dir
+            (
+                format!("{docker}/overlay2"),
+                FileKind::Dir,
+                "container_ro_file_t",
             ),
-            "container_var_lib_t"
-        );
-        assert_eq!(
-            t(
-                "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/1/fs/x",
-                FileKind::File
+            (
+                format!("{docker}/overlay2/x/diff/etc/passwd"),
+                FileKind::File,
+                "container_ro_file_t",
             ),
-            "container_ro_file_t"
-        );
+            (
+                format!("{docker}/overlay2/x/diff/a.log"),
+                FileKind::File,
+                "container_ro_file_t",
+            ),
+            (
+                format!("{docker}/containers/c/c-json.log"),
+                FileKind::File,
+                "container_log_t",
+            ),
+            (
+                format!("{docker}/containers/c/c-json.log"),
+                FileKind::Dir,
+                "container_var_lib_t",
+            ),
+            (snapshots.to_string(), FileKind::Dir, "container_var_lib_t"),
+            (
+                format!("{snapshots}/snapshots/1/fs/x"),
+                FileKind::File,
+                "container_ro_file_t",
+            ),
+        ] {
+            assert_eq!(t(&path, kind), want, "{path} ({kind:?})");
+        }
         assert_eq!(t("/var/lib/other", FileKind::Dir), "var_lib_t");
         assert_eq!(c.lookup(b"/etc/x", FileKind::File), None);
         assert_eq!(

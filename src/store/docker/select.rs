@@ -164,14 +164,12 @@ fn layer_dir(chain_hex: &str) -> String {
 /// random ones), made from its chain ID.
 fn link_name(chain_hex: &str) -> String {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let digest = crate::digest::sha256_hex(format!("overlay2 link {chain_hex}").as_bytes());
-    let bytes: Vec<u8> = (0..digest.len() / 2)
-        .filter_map(|i| u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).ok())
-        .collect();
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("overlay2 link {chain_hex}").as_bytes());
     let mut out = String::new();
     let (mut acc, mut bits) = (0u32, 0);
-    for b in bytes {
-        acc = (acc << 8) | u32::from(b);
+    for &b in digest.iter() {
+        acc = ((acc << 8) | u32::from(b)) & 0xffff;
         bits += 8;
         while bits >= 5 && out.len() < 26 {
             bits -= 5;
