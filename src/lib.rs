@@ -26,6 +26,7 @@ mod source;
 mod store;
 mod tar;
 mod unpack;
+pub mod unpigz;
 mod verify;
 
 use std::io::Write;

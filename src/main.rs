@@ -5,6 +5,14 @@ use flatcar_preload::cli::Cli;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    // In the build container, the daemon runs this executable as `unpigz`.
+    let mut args = std::env::args_os();
+    if args
+        .next()
+        .is_some_and(|a| flatcar_preload::unpigz::called_as(&a))
+    {
+        return flatcar_preload::unpigz::main(&args.collect::<Vec<_>>());
+    }
     let cli = Cli::parse();
     // Ctrl-C and SIGTERM cancel the run: work stops at the next safe point,
     // the filesystem is closed consistently, containers and volumes are

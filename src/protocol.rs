@@ -19,6 +19,8 @@ use crate::platform::Platform;
 /// Where the helper binary is put inside the build container.
 pub const HELPER_DIR: &str = "/fp-helper";
 pub const HELPER_PATH: &str = "/fp-helper/flatcar-preload";
+/// Where the helper's `unpigz` link to HELPER_PATH is (see `unpigz`).
+pub const HELPER_BIN: &str = "/fp-helper/bin";
 /// The hidden command of the binary that the requests are subcommands of.
 pub const INTERNAL: &str = "internal";
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::protocol::{Request, Stopped, StoreKind, HELPER_DIR, HELPER_PATH};
+use crate::protocol::{Request, Stopped, StoreKind, HELPER_BIN, HELPER_DIR, HELPER_PATH};
 
 use super::{Engine, Finished, Input, RunLabels};
 
@@ -147,7 +147,7 @@ fn check_static(exe: &[u8]) -> Result<()> {
 }
 
 /// A tar holding the running executable as HELPER_PATH (its directory
-/// and the file, root's, 0755).
+/// and the file, root's, 0755), and HELPER_BIN/unpigz linking to it.
 fn helper_tar() -> Result<Vec<Bytes>> {
     let exe = std::fs::read("/proc/self/exe").context("reading this program's executable")?;
     check_static(&exe)?;
@@ -155,6 +155,11 @@ fn helper_tar() -> Result<Vec<Bytes>> {
     let mut tar = crate::tar::Writer::new(Vec::with_capacity(exe.len() + (8 << 10)));
     tar.dir(&HELPER_DIR.as_bytes()[1..], &attrs)
         .and_then(|()| tar.file_bytes(&HELPER_PATH.as_bytes()[1..], &attrs, &exe))
+        .and_then(|()| tar.dir(&HELPER_BIN.as_bytes()[1..], &attrs))
+        .and_then(|()| {
+            let link = format!("{}/{}", &HELPER_BIN[1..], crate::unpigz::NAME);
+            tar.symlink(link.as_bytes(), &attrs, HELPER_PATH.as_bytes())
+        })
         .context("making the helper's archive")?;
     let tar = tar.finish().context("making the helper's archive")?;
     Ok(vec![Bytes::from(tar)])

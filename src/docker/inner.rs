@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Credentials;
 use crate::platform::Platform;
-use crate::protocol::{Event, FailureKind, Got, Stopped};
+use crate::protocol::{Event, FailureKind, Got, Stopped, HELPER_BIN};
 use crate::source::ImageRef;
 
 /// What the daemon says of image `name`.
@@ -548,7 +548,13 @@ pub fn dind_init(cmd: &[String]) -> Result<()> {
         signal_hook::consts::SIGINT,
     ])
     .context("handling SIGTERM in the dind's init")?;
-    let mut child = std::process::Command::new(prog)
+    let mut daemon = std::process::Command::new(prog);
+    // Layers are inflated at native speed, whatever the image holds.
+    let path = std::env::var_os("PATH");
+    if let Some(path) = crate::unpigz::provided_path(path.as_deref(), HELPER_BIN.as_ref()) {
+        daemon.env("PATH", path);
+    }
+    let mut child = daemon
         .args(args)
         .stderr(std::process::Stdio::piped())
         .spawn()

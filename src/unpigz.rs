@@ -1,0 +1,181 @@
+//! The tool as `unpigz -d -c`: what the build container's daemon runs to
+//! decompress a gzip layer when the container image has no unpigz of its
+//! own (Debian's dind images do not; the official `docker:dind` does).
+//!
+//! dockerd (moby's go-archive) and containerd look `unpigz` up on their
+//! PATH once and then run `unpigz -d -c` with the compressed layer on
+//! standard input, reading the tar from standard output; without one they
+//! inflate with Go's compress/gzip, several times slower. The helper's init
+//! puts a link named `unpigz` to this executable first on the daemon's PATH
+//! ([`provided_path`]); `main.rs` sends an executable called `unpigz` here.
+//!
+//! Inflate is zlib-rs (through flate2), the same bytes as gzip's: a
+//! multi-member stream is read whole, and anything after the last member
+//! that is not another member is an error, as Go's gzip reader says too.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// The name the daemons look up.
+pub const NAME: &str = "unpigz";
+
+/// The only invocation supported: decompress standard input to standard
+/// output. pigz's options that change nothing here are accepted too.
+fn check_args(args: &[OsString]) -> Result<(), String> {
+    let mut args = args.iter().map(|a| a.to_string_lossy());
+    while let Some(a) = args.next() {
+        match a.as_ref() {
+            "--decompress" | "--stdout" | "--to-stdout" | "--keep" | "--quiet" => {}
+            "-p" | "--processes" => {
+                args.next();
+            }
+            s if s.len() > 1 && s.starts_with('-') && !s.starts_with("--") => {
+                if let Some(c) = s[1..].chars().find(|c| !"dckq".contains(*c)) {
+                    return Err(format!("option -{c} is not supported"));
+                }
+            }
+            other => return Err(format!("{other:?}: only standard input is read")),
+        }
+    }
+    Ok(())
+}
+
+/// Inflates the gzip stream `input` (every member) into `out`; returns
+/// the bytes written.
+pub fn inflate(input: impl Read, mut out: impl Write) -> io::Result<u64> {
+    let input = BufReader::with_capacity(1 << 20, input);
+    let mut gz = flate2::bufread::MultiGzDecoder::new(input);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match gz.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    out.flush()?;
+    Ok(total)
+}
+
+/// Runs as `unpigz ARGS`: the exit status and message as pigz gives them.
+pub fn main(args: &[OsString]) -> ExitCode {
+    if let Err(e) = check_args(args) {
+        eprintln!(
+            "unpigz (flatcar-preload): {e}; only `unpigz -d -c` (stdin to stdout) is supported"
+        );
+        return ExitCode::from(1);
+    }
+    match inflate(io::stdin().lock(), io::stdout().lock()) {
+        Ok(_) => ExitCode::SUCCESS,
+        // The reader went away (the daemon cancelled the pull).
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("unpigz (flatcar-preload): standard input: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Whether `argv0` names this program as unpigz.
+pub fn called_as(argv0: &OsStr) -> bool {
+    Path::new(argv0).file_name() == Some(OsStr::new(NAME))
+}
+
+/// The PATH for the build container's daemon: `path` itself when one of
+/// its directories holds an executable `unpigz` (the image's own is used),
+/// else `dir` (where the link to this program is) first, then `path`.
+pub fn provided_path(path: Option<&OsStr>, dir: &Path) -> Option<OsString> {
+    let has_own = path
+        .map(|p| std::env::split_paths(p).any(|d| is_executable(&d.join(NAME))))
+        .unwrap_or(false);
+    if has_own {
+        return None;
+    }
+    let mut dirs = vec![dir.to_path_buf()];
+    dirs.extend(
+        path.map(|p| std::env::split_paths(p).collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
+    std::env::join_paths(dirs).ok()
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gz(data: &[u8], level: u32) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(vec![], flate2::Compression::new(level));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn inflates_every_member() {
+        let a: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let b = b"second member\n".repeat(1000);
+        let mut input = gz(&a, 6);
+        input.extend(gz(&b, 1));
+        input.extend(gz(b"", 9));
+        let mut out = vec![];
+        let n = inflate(&input[..], &mut out).unwrap();
+        assert_eq!(n as usize, a.len() + b.len());
+        assert_eq!(out, [a, b].concat());
+    }
+
+    #[test]
+    fn refuses_what_is_not_gzip() {
+        let mut input = gz(b"data", 6);
+        input.extend(b"trailing garbage");
+        assert!(inflate(&input[..], &mut vec![]).is_err());
+        let mut cut = gz(&b"data".repeat(1000), 6);
+        cut.truncate(cut.len() - 4);
+        assert!(inflate(&cut[..], &mut vec![]).is_err());
+        assert!(inflate(&b"plain text"[..], &mut vec![]).is_err());
+    }
+
+    #[test]
+    fn takes_the_daemons_arguments_only() {
+        let ok = |a: &[&str]| check_args(&a.iter().map(OsString::from).collect::<Vec<_>>());
+        assert!(ok(&["-d", "-c"]).is_ok());
+        assert!(ok(&["-dc", "-p", "4"]).is_ok());
+        assert!(ok(&["--decompress", "--stdout"]).is_ok());
+        assert!(ok(&["-d", "layer.gz"]).is_err());
+        assert!(ok(&["-z"]).is_err());
+    }
+
+    #[test]
+    fn the_images_own_unpigz_wins() {
+        let own = tempfile::tempdir().unwrap();
+        let ours = Path::new("/fp-helper/bin");
+        let plain = std::env::join_paths(["/usr/bin", "/bin"]).unwrap();
+        assert_eq!(
+            provided_path(Some(&plain), ours).unwrap(),
+            OsString::from("/fp-helper/bin:/usr/bin:/bin")
+        );
+        assert_eq!(
+            provided_path(None, ours).unwrap(),
+            OsString::from("/fp-helper/bin")
+        );
+        let exe = own.path().join(NAME);
+        std::fs::write(&exe, b"#!/bin/sh\n").unwrap();
+        let with_own = std::env::join_paths([own.path(), Path::new("/bin")]).unwrap();
+        // Not executable: not a command.
+        assert!(provided_path(Some(&with_own), ours).is_some());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(provided_path(Some(&with_own), ours), None);
+    }
+}
