@@ -12,9 +12,10 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The sha256 of everything `r` reads, as lowercase hex.
+/// The sha256 of everything `r` reads, as lowercase hex (read and hashed
+/// at the same time).
 pub fn sha256_reader(mut r: impl std::io::Read) -> std::io::Result<String> {
-    let mut h = Sha256::new();
+    let mut h = PipedSha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         match r.read(&mut buf) {
@@ -22,6 +23,90 @@ pub fn sha256_reader(mut r: impl std::io::Read) -> std::io::Result<String> {
             Ok(n) => h.update(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A sha256 computed on its own thread, so that reading the bytes and
+/// hashing them overlap: `update` copies them into batches that the
+/// hashing thread takes in order (at most two waiting, 1 MiB each).
+pub struct PipedSha256 {
+    batch: Vec<u8>,
+    send: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// Batches hashed, back for reuse.
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<[u8; 32]>>,
+}
+
+const PIPE_BATCH: usize = 1 << 20;
+
+impl PipedSha256 {
+    pub fn new() -> PipedSha256 {
+        let (send, take) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let (give_back, free) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            for mut batch in take {
+                h.update(&batch);
+                batch.clear();
+                let _ = give_back.send(batch);
+            }
+            h.finalize().into()
+        });
+        PipedSha256 {
+            batch: Vec::with_capacity(PIPE_BATCH),
+            send: Some(send),
+            free,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let n = data.len().min(PIPE_BATCH - self.batch.len());
+            self.batch.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.batch.len() == PIPE_BATCH {
+                self.flush();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let next = self
+            .free
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(PIPE_BATCH));
+        let full = std::mem::replace(&mut self.batch, next);
+        if let Some(send) = &self.send {
+            // The thread only ends when `send` is dropped.
+            send.send(full).expect("the hashing thread ended early");
+        }
+    }
+
+    /// The digest of everything given to `update`.
+    pub fn finalize(mut self) -> [u8; 32] {
+        if !self.batch.is_empty() {
+            self.flush();
+        }
+        self.send = None;
+        let thread = self.thread.take().expect("finalized once");
+        thread.join().expect("the hashing thread panicked")
+    }
+}
+
+impl Default for PipedSha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PipedSha256 {
+    fn drop(&mut self) {
+        // Unfinished (an error on the way): let the thread end.
+        self.send = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -74,5 +159,26 @@ mod tests {
         assert_eq!(sha256_part(empty), None);
         assert_eq!(sha256_part(&format!("sha512:{empty}")), None);
         assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+    }
+
+    #[test]
+    fn piped_hash_is_the_hash() {
+        let data: Vec<u8> = (0..(3 * PIPE_BATCH + 12345))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        // Pieces of every size, across batch boundaries.
+        for piece in [1, 511, 4096, PIPE_BATCH - 1, PIPE_BATCH + 3, data.len()] {
+            let mut h = PipedSha256::new();
+            for chunk in data.chunks(piece) {
+                h.update(chunk);
+            }
+            assert_eq!(hex(&h.finalize()), sha256_hex(&data), "pieces of {piece}");
+        }
+        assert_eq!(hex(&PipedSha256::new().finalize()), sha256_hex(b""));
+        assert_eq!(sha256_reader(&data[..]).unwrap(), sha256_hex(&data));
+        // Dropped unfinished: the thread ends.
+        let mut h = PipedSha256::new();
+        h.update(&data);
+        drop(h);
     }
 }

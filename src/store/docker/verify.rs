@@ -23,9 +23,8 @@ use std::io::{BufRead, BufReader, Read};
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-use crate::digest::{chain_ids, hex, is_hex64, sha256_hex};
+use crate::digest::{chain_ids, hex, is_hex64, sha256_hex, PipedSha256};
 use crate::fsread::{join as join_bytes, show, FsRead, Kind};
 
 /// `root/rel`.
@@ -691,7 +690,7 @@ impl Pass<'_> {
     /// rebuilt completely.
     fn run(&mut self, ts: &[u8], ts_path: &[u8], progress: &mut dyn FnMut(u64)) -> Option<String> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        let mut hasher = Sha256::new();
+        let mut hasher = PipedSha256::new();
         let mut reader = BufReader::with_capacity(256 * 1024, flate2::read::GzDecoder::new(ts));
         let mut line = Vec::with_capacity(4096);
         // Directories the layer makes opaque, and those that are in diff/.
@@ -818,7 +817,7 @@ impl Pass<'_> {
         rel: &[u8],
         size: u64,
         crc: &[u8],
-        hasher: &mut Sha256,
+        hasher: &mut PipedSha256,
         opq_dirs: &mut BTreeSet<Vec<u8>>,
         opaque_dirs: &mut BTreeSet<Vec<u8>>,
         progress: &mut dyn FnMut(u64),
