@@ -275,3 +275,30 @@ bench_remove_run_leftovers() {
         if [[ $val == "$pid"-* ]]; then docker volume rm -f "$obj" >/dev/null 2>&1 || true; fi
     done < <(docker volume ls --filter "label=$label" --format "{{.Name}} {{.Label \"$label\"}}" 2>/dev/null || true)
 }
+
+# bench_sample_store PID: samples the used bytes of the tool's tmpfs store
+# from the host (through /proc/PID/root of its dind) every 0.1 s while the
+# tool's run with PID $1 lasts; prints the peak (0 when the store was not
+# in memory).
+bench_sample_store() {
+    local run=$1 peak=0 ctr='' dpid='' used
+    while kill -0 "$run" 2>/dev/null; do
+        if [[ -z $dpid ]]; then
+            ctr=$(docker ps -q --filter "label=org.flatcar-preload.run" --filter "name=flatcar-preload-$run-" 2>/dev/null | head -n 1)
+            if [[ -n $ctr ]]; then
+                dpid=$(docker inspect -f '{{.State.Pid}}' "$ctr" 2>/dev/null || true)
+                [[ $dpid =~ ^[1-9][0-9]*$ ]] || dpid=''
+            fi
+        fi
+        if [[ -n $dpid ]] && [[ $(stat -f -c %T "/proc/$dpid/root/var/lib/docker" 2>/dev/null) == tmpfs ]]; then
+            used=$(stat -f -c '%b %f %S' "/proc/$dpid/root/var/lib/docker" 2>/dev/null |
+                awk '{ printf "%.0f\n", ($1 - $2) * $3 }')
+            if [[ $used =~ ^[0-9]+$ ]] && ((used > peak)); then peak=$used; fi
+        elif [[ -n $dpid ]] && ! kill -0 "$dpid" 2>/dev/null; then
+            # The dind is gone (pulled again on disk): look for the next.
+            dpid=''
+        fi
+        sleep 0.1
+    done
+    echo "$peak"
+}

@@ -36,6 +36,10 @@
 #               (`flatcar-preload unpack --in-place --target` per layer,
 #               labels included as populate writes them). No dockerd: no
 #               metadata, no second hash, no export.
+#   E (floor with the target's daemon) what any tool that has the target's
+#               dockerd make the store pays: a dind started as the tool
+#               starts it (store in memory, the tool as its unpigz) and the
+#               set pulled, plus D's write step.
 #   All dinds are started as the tool starts its own (see
 #   Engine::start_dind): same image, network, capabilities and flags.
 #   No path fsyncs the output file (the tool does not, and umount only
@@ -61,15 +65,19 @@ readonly GOAL_RATIO=0.70 GOAL_FLOOR=1.50 GOAL_RSS_MIB=64
 read -r -a tool_args <<<"${BENCH_TOOL_ARGS:-}"
 # The bench image (see ensure_bench_image in bench-lib.sh).
 readonly BENCH_REF=$BENCH_IMAGE
-# Its registry, repository and tag, for the floor's blob fetches.
-readonly BENCH_REF_REGISTRY=${BENCH_REF%%/*} BENCH_REF_TAG=${BENCH_REF##*:}
-BENCH_REF_REPO=${BENCH_REF#*/}
-readonly BENCH_REF_REPO=${BENCH_REF_REPO%:*}
+# The second image of the set: a real one, compressible as real layers
+# are (the build container's own image, Debian and Docker, ~430 MB in one
+# ~160 MB gzip layer), pushed once from the local image. BENCH_SET=synthetic
+# leaves it out.
+readonly REAL_REF=127.0.0.1:5000/fp/real:1
+case ${BENCH_SET:-both} in
+both) refs=("$BENCH_REF" "$REAL_REF") ;;
+synthetic) refs=("$BENCH_REF") ;;
+*) die "BENCH_SET must be both or synthetic" ;;
+esac
 # Our manual paths' dinds and B's store. Fixed names (not labelled with the
 # tool's run label): stale ones from a killed run are replaced at start.
-readonly B_CTR=fpbench-dind B_VOL=fpbench-vol C_CTR=fpbench-balena
-# The label the tool puts on every container and volume it creates.
-readonly RUN_LABEL=org.flatcar-preload.run
+readonly B_CTR=fpbench-dind B_VOL=fpbench-vol C_CTR=fpbench-balena E_CTR=fpbench-daemon
 
 bench_init "the manual paths loop-mount the image" "$@"
 need /usr/bin/time time # GNU time for peak RSS (%M); bash's builtin has none
@@ -123,7 +131,7 @@ remove_tool_leftovers() {
 cleanup() {
     # DOCKER_HOST is set before this trap is, so these reach our daemon.
     # C's dind first: its store is the mounted ROOT.
-    docker rm -f -v "$B_CTR" "$C_CTR" >/dev/null 2>&1 || true
+    docker rm -f -v "$B_CTR" "$C_CTR" "$E_CTR" >/dev/null 2>&1 || true
     docker volume rm -f "$B_VOL" >/dev/null 2>&1 || true
     remove_tool_leftovers
     unmount_quietly "$mnt"
@@ -141,6 +149,15 @@ need_space 4
 
 # --- the bench image --------------------------------------------------------
 ensure_bench_image "$BENCH_REF" "$ctx" "$work/populate-build.log"
+if [[ ${refs[*]} == *"$REAL_REF"* ]]; then
+    if ! curl -sf -o /dev/null "http://${REAL_REF%%/*}/v2/fp/real/manifests/1" \
+        -H 'Accept: application/vnd.docker.distribution.manifest.v2+json'; then
+        echo "real image: pushing $FP_DIND_IMAGE as $REAL_REF (once)" >&2
+        docker tag "$FP_DIND_IMAGE" "$REAL_REF"
+        docker push -q "$REAL_REF" >/dev/null || die "docker push $REAL_REF failed"
+        docker image rm "$REAL_REF" >/dev/null || true
+    fi
+fi
 
 # The fixture is cheap (about a second), so make it fresh: a stale one from an
 # older make-disk.sh would skew the comparison.
@@ -150,13 +167,19 @@ read -r off size < <(root_geometry "$fixture") || die "cannot read partition 9 o
 
 # --- the runs -------------------------------------------------------------------
 # A dind as the tool starts its own (see Engine::start_dind), store at $2
-# (a volume name or a directory), ready to pull.
+# (a volume name or a directory; empty: in memory, as the tool's), ready to
+# pull. $3, when given, is a directory with an unpigz, first on dockerd's
+# PATH (as the tool gives its build container).
 start_dind() {
-    local name=$1 store=$2 i
+    local name=$1 store=$2 i opts=()
     docker rm -f -v "$name" >/dev/null 2>&1 || true
+    if [[ -n $store ]]; then opts+=(-v "$store:/var/lib/docker"); else opts+=(--tmpfs /var/lib/docker); fi
+    if [[ -n ${3:-} ]]; then
+        opts+=(-v "$(realpath -- "$bin"):/fp-bin/unpigz:ro" -e PATH=/fp-bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
+    fi
     docker run -d --name "$name" --network "container:$FP_REGISTRY_CONTAINER" \
         --cap-add SYS_ADMIN --security-opt apparmor=unconfined \
-        -v "$store:/var/lib/docker" --entrypoint dockerd "$FP_DIND_IMAGE" \
+        "${opts[@]}" --entrypoint dockerd "$FP_DIND_IMAGE" \
         --storage-driver=overlay2 --host=unix:///var/run/docker.sock \
         --iptables=false --ip6tables=false --bridge=none >/dev/null
     for ((i = 0; i < 2400; i++)); do
@@ -167,30 +190,14 @@ start_dind() {
     die "the dind $name did not start"
 }
 
-# Samples the used bytes of the tool's tmpfs store from the host (through
-# /proc/PID/root of its dind) every 0.1 s while the run with PID $1 lasts;
-# prints the peak (0 when the store was not in memory).
-sample_store() {
-    local run=$1 peak=0 ctr='' dpid='' used
-    while kill -0 "$run" 2>/dev/null; do
-        if [[ -z $dpid ]]; then
-            ctr=$(docker ps -q --filter "label=$RUN_LABEL" --filter "name=flatcar-preload-$run-" 2>/dev/null | head -n 1)
-            if [[ -n $ctr ]]; then
-                dpid=$(docker inspect -f '{{.State.Pid}}' "$ctr" 2>/dev/null || true)
-                [[ $dpid =~ ^[1-9][0-9]*$ ]] || dpid=''
-            fi
-        fi
-        if [[ -n $dpid ]] && [[ $(stat -f -c %T "/proc/$dpid/root/var/lib/docker" 2>/dev/null) == tmpfs ]]; then
-            used=$(stat -f -c '%b %f %S' "/proc/$dpid/root/var/lib/docker" 2>/dev/null |
-                awk '{ print ($1 - $2) * $3 }')
-            if [[ $used =~ ^[0-9]+$ ]] && ((used > peak)); then peak=$used; fi
-        elif [[ -n $dpid ]] && ! kill -0 "$dpid" 2>/dev/null; then
-            # The dind is gone (pulled again on disk): look for the next.
-            dpid=''
-        fi
-        sleep 0.1
+# Pulls the set in the dind $1, all at once (as the tool does).
+pull_all() {
+    local ref p ps=()
+    for ref in "${refs[@]}"; do
+        docker exec "$1" docker pull -q "$ref" >/dev/null &
+        ps+=($!)
     done
-    echo "$peak"
+    for p in "${ps[@]}"; do wait "$p" || die "$1 could not pull the set (${refs[*]})"; done
 }
 
 # One tool run, timed as a whole; sets tool_s, the phase seconds of its
@@ -206,7 +213,7 @@ run_tool() {
     # shellcheck disable=SC2016 # $$, $1 are for the inner bash
     /usr/bin/time -f '%M' -o "$timef" \
         bash -c 'echo "$$" >>"$1"; shift; exec "$@"' _ "$pids" \
-        "$bin" populate "$fixture" "$BENCH_REF" -o "$out" \
+        "$bin" populate "$fixture" "${refs[@]}" -o "$out" \
         --dind-image "$FP_DIND_IMAGE" --dind-network "container:$FP_REGISTRY_CONTAINER" \
         "${tool_args[@]}" --json >"$json" 2>"$log" &
     runpid=$!
@@ -217,7 +224,7 @@ run_tool() {
         [[ -n $toolpid ]] && kill -0 "$toolpid" 2>/dev/null && break
         sleep 0.01
     done
-    store_peak=$(sample_store "$toolpid")
+    store_peak=$(bench_sample_store "$toolpid")
     if ! wait "$runpid"; then
         tail -n 20 -- "$log" >&2
         die "flatcar-preload populate failed (log: $log)"
@@ -246,7 +253,7 @@ run_manual() {
     t0=$EPOCHREALTIME
     docker volume create "$B_VOL" >/dev/null
     start_dind "$B_CTR" "$B_VOL"
-    docker exec "$B_CTR" docker pull -q "$BENCH_REF" >/dev/null || die "$B_CTR could not pull $BENCH_REF"
+    pull_all "$B_CTR"
     docker exec "$B_CTR" tar -cf - -C /var/lib/docker . >"$store" ||
         die "tar of /var/lib/docker in $B_CTR failed"
     cp --sparse=always -- "$fixture" "$out"
@@ -272,7 +279,7 @@ run_balena() {
     mount -o "loop,offset=$off,sizelimit=$size" -- "$out" "$mnt"
     mkdir -p -- "$mnt/var/lib/docker"
     start_dind "$C_CTR" "$mnt/var/lib/docker"
-    docker exec "$C_CTR" docker pull -q "$BENCH_REF" >/dev/null || die "$C_CTR could not pull $BENCH_REF"
+    pull_all "$C_CTR"
     docker stop -t 60 "$C_CTR" >/dev/null
     docker rm -v "$C_CTR" >/dev/null
     # The build machine's state: all but what the tool keeps.
@@ -285,43 +292,71 @@ run_balena() {
 }
 
 # --- the floor ------------------------------------------------------------------
-# The bench image's layer blobs (digest per line, in order).
+# The set's layer blobs ("REGISTRY/REPO/blobs/DIGEST" per line, each
+# once; the bench image's largest first).
 blobs=()
-while read -r d; do blobs+=("$d"); done < <(
-    curl -sf "http://$BENCH_REF_REGISTRY/v2/$BENCH_REF_REPO/manifests/$BENCH_REF_TAG" \
-        -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' | jq -r '.layers[].digest')
-((${#blobs[@]} > 0)) || die "no layers in the manifest of $BENCH_REF"
+for ref in "${refs[@]}"; do
+    r=${ref#*/}
+    while read -r bsize d; do
+        [[ ${blobs[*]} == *"$d"* ]] || blobs+=("$bsize ${ref%%/*}/v2/${r%:*}/blobs/$d")
+    done < <(curl -sf "http://${ref%%/*}/v2/${r%:*}/manifests/${ref##*:}" \
+        -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' |
+        jq -r '.layers[] | "\(.size) \(.digest)"')
+done
+((${#blobs[@]} > 0)) || die "no layers in the manifests of ${refs[*]}"
+mapfile -t blobs < <(printf '%s\n' "${blobs[@]}" | sort -rn | cut -d' ' -f2)
 # The decompressors at hand: the tool itself as unpigz (what it gives a
-# build container without one), Debian's pigz and gzip. Each inflates the
-# largest blob from memory; all outputs must be byte-for-byte gzip's. The
-# fastest is the floor's.
+# build container without one), Debian's pigz and gzip. Each inflates every
+# blob of the set from memory, one after the other; every output must be
+# byte-for-byte gzip's. The fastest in all is the floor's.
 choose_unpigz() {
-    local big=$floor/big.gz ref=$floor/big.gzip best='' best_s='' name cmd t0 t1 s
+    local best='' best_s='' name cmd t0 t1 s i total=0
     mkdir -p -- "$floor/bin"
     ln -sf -- "$bin" "$floor/bin/unpigz"
-    curl -sf -o "$big" "http://$BENCH_REF_REGISTRY/v2/$BENCH_REF_REPO/blobs/${blobs[0]}" ||
-        die "cannot fetch blob ${blobs[0]}"
-    gzip -dc <"$big" >"$ref"
+    for i in "${!blobs[@]}"; do
+        curl -sf -o "$floor/blob-$i.gz" "http://${blobs[i]}" || die "cannot fetch ${blobs[i]}"
+        gzip -dc <"$floor/blob-$i.gz" >"$floor/blob-$i.gzip"
+        total=$((total + $(stat -c %s "$floor/blob-$i.gzip")))
+    done
     for name in tool pigz gzip; do
         case $name in
         tool) cmd="$floor/bin/unpigz -d -c" ;;
         pigz) cmd="unpigz -d -c" ;;
         gzip) cmd="gzip -dc" ;;
         esac
-        t0=$EPOCHREALTIME
-        $cmd <"$big" >"$floor/big.out"
-        t1=$EPOCHREALTIME
-        cmp -s -- "$ref" "$floor/big.out" || die "$name's output differs from gzip's"
-        s=$(elapsed "$t0" "$t1")
-        printf 'decompressor %-5s %7.0f MB/s of output (%s s; byte-for-byte gzip'"'"'s)\n' \
-            "$name" "$(awk -v b="$(stat -c %s "$ref")" -v s="$s" 'BEGIN { print b / s / 1e6 }')" "$s" >&2
+        s=0
+        for i in "${!blobs[@]}"; do
+            t0=$EPOCHREALTIME
+            $cmd <"$floor/blob-$i.gz" >"$floor/blob.out"
+            t1=$EPOCHREALTIME
+            cmp -s -- "$floor/blob-$i.gzip" "$floor/blob.out" || die "$name's output of ${blobs[i]} differs from gzip's"
+            s=$(awk -v s="$s" -v d="$(elapsed "$t0" "$t1")" 'BEGIN { printf "%.3f", s + d }')
+        done
+        printf 'decompressor %-5s %5.0f MB/s of output (%s s for the %s blobs; byte-for-byte gzip'"'"'s)\n' \
+            "$name" "$(awk -v b="$total" -v s="$s" 'BEGIN { print b / s / 1e6 }')" "$s" "${#blobs[@]}" >&2
         if [[ -z $best ]] || awk -v a="$s" -v b="$best_s" 'BEGIN { exit !(a < b) }'; then
             best=$cmd best_s=$s
         fi
     done
-    rm -f -- "$big" "$ref" "$floor/big.out"
+    rm -f -- "$floor"/blob-* "$floor/blob.out"
     floor_unpigz=$best
     echo "floor decompressor: $floor_unpigz" >&2
+}
+
+# One run of the floor with the target's daemon: a dind as the tool starts
+# it (store in memory, the tool as its unpigz), the set pulled; then D's
+# write. Sets daemon_s (the pull part) and dfloor_s (with D's write).
+run_daemon_floor() {
+    local t0 t1 i
+    docker rm -f -v "$E_CTR" >/dev/null 2>&1 || true
+    sync
+    t0=$EPOCHREALTIME
+    start_dind "$E_CTR" "" "$floor/bin"
+    pull_all "$E_CTR"
+    t1=$EPOCHREALTIME
+    docker rm -f -v "$E_CTR" >/dev/null
+    daemon_s=$(elapsed "$t0" "$t1")
+    dfloor_s=$(awk -v a="$daemon_s" -v b="$floor_write_s" 'BEGIN { printf "%.3f", a + b }')
 }
 
 # One floor run; sets floor_fetch_s, floor_write_s and floor_s (their sum).
@@ -332,7 +367,7 @@ run_floor() {
     t0=$EPOCHREALTIME
     for i in "${!blobs[@]}"; do
         # shellcheck disable=SC2086 # $floor_unpigz is a command and its flags
-        curl -sf "http://$BENCH_REF_REGISTRY/v2/$BENCH_REF_REPO/blobs/${blobs[i]}" |
+        curl -sf "http://${blobs[i]}" |
             $floor_unpigz >"$floor/layer-$i.tar" &
         pids_f+=($!)
     done
@@ -367,8 +402,9 @@ bal_files=$(fsck_files "$out" "$off") || die "balena's mechanism's image fails e
 choose_unpigz
 run_floor
 floor_files=$(fsck_files "$out" "$off") || die "the floor's image fails e2fsck"
+run_daemon_floor
 
-tool_times=() man_times=() bal_times=() floor_times=() floor_parts=() phases=()
+tool_times=() man_times=() bal_times=() floor_times=() floor_parts=() dfloor_times=() phases=()
 for ((i = 1; i <= RUNS; i++)); do
     echo "run $i/$RUNS" >&2
     run_tool
@@ -383,6 +419,9 @@ for ((i = 1; i <= RUNS; i++)); do
     run_floor
     floor_times+=("$floor_s")
     floor_parts+=("fetch+decompress $floor_fetch_s write $floor_write_s")
+    run_daemon_floor
+    dfloor_times+=("$dfloor_s")
+    floor_parts[-1]+="; E: dind start and pull $daemon_s"
 done
 rm -f -- "$out"
 
@@ -391,6 +430,8 @@ m_med=$(median "${man_times[@]}")
 c_med=$(median "${bal_times[@]}")
 f_med=$(median "${floor_times[@]}")
 ratio_f=$(awk -v t="$t_med" -v m="$f_med" 'BEGIN { printf "%.2f", t / m }')
+e_med=$(median "${dfloor_times[@]}")
+ratio_e=$(awk -v t="$t_med" -v m="$e_med" 'BEGIN { printf "%.2f", t / m }')
 ratio_c=$(awk -v t="$t_med" -v m="$c_med" 'BEGIN { printf "%.2f", t / m }')
 ratio_b=$(awk -v t="$t_med" -v m="$m_med" 'BEGIN { printf "%.2f", t / m }')
 rss_mib=$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')
@@ -402,6 +443,7 @@ printf '%-34s %8.2f  %s\n' "A flatcar-preload populate" "$t_med" "${tool_times[*
 printf '%-34s %8.2f  %s\n' "B documented procedure" "$m_med" "${man_times[*]}"
 printf '%-34s %8.2f  %s\n' "C balena's mechanism (root)" "$c_med" "${bal_times[*]}"
 printf '%-34s %8.2f  %s\n' "D floor (fetch+inflate, write)" "$f_med" "${floor_times[*]}"
+printf '%-34s %8.2f  %s\n' "E floor with the target's dockerd" "$e_med" "${dfloor_times[*]}"
 echo
 echo "medians of $RUNS alternating runs after one untimed round; whole runs, pull included"
 echo "tool arguments: ${tool_args[*]:-(none)}"
@@ -414,6 +456,7 @@ done
 echo "A wrote $tool_entries entries, $tool_bytes bytes; ROOT inodes after A: $tool_files, B: $man_files, C: $bal_files, D: $floor_files"
 echo "A output check (e2fsck -fn on the warm-up image): $check"
 echo "A/B (documented procedure): $ratio_b"
+echo "A/E (the floor with dockerd's pull, which the tool must use): $ratio_e"
 echo "A peak of the store in memory (tmpfs): $peak_mib MiB"
 printf 'goal: A/D (floor) <= %s  %-7s (%s)\n' "$GOAL_FLOOR" "$(verdict "$ratio_f" le "$GOAL_FLOOR" "$check")" "$ratio_f"
 printf 'goal: A/C (balena) <= %s  %-7s (%s)\n' "$GOAL_RATIO" "$(verdict "$ratio_c" le "$GOAL_RATIO" "$check")" "$ratio_c"

@@ -6,15 +6,20 @@
 #             of 0-2 KiB in dirs of 1,000 entries, 1% symlinks, 1% hard
 #             links, 0.1% with a user xattr) into the fixture's ROOT:
 #             `unpack DISK ARCHIVE -o OUT --grow auto`.
-#   populate  20 single-layer images of random (incompressible) data in the
-#             test registry, ~0.5 / ~2 / ~5 GB of store in all (each image:
-#             24 MiB in 1 MiB files and ~250 files of 1-8 KiB, times the
-#             scale): `populate DISK --list LIST -o OUT --store disk ...`,
-#             pull included.
+#   populate  22 single-layer images of random (incompressible) data in the
+#             test registry, ~0.75 / ~3 / ~7.5 GB of store in all: 20 images
+#             of 24 MiB in 1 MiB files and ~250 files of 1-8 KiB, one image
+#             of a 200 MiB layer (2 files of 100 MiB) and one of 10,000
+#             files of 1-8 KiB, each times the scale (at 10x: a 2 GB layer
+#             and an image of 100,000 small files):
+#             `populate DISK --list LIST -o OUT ...`, pull included, the
+#             store where the tool puts it (in memory when it fits).
 #
 # For each scale: the wall time and the tool's peak RSS (GNU time), the most
 # file descriptors the tool had open (/proc/PID/fd, sampled every 0.2 s),
-# and the linearity: (time / first scale's time) / (size / first scale's
+# for populate the time per GB and per 10,000 entries and the peak of the
+# store in memory (its tmpfs, sampled from the host every 0.2 s), and the
+# linearity: (time / first scale's time) / (size / first scale's
 # size), 1.0 = linear, below 1 = a fixed cost spread over more work. Goal:
 # peak RSS under 64 MiB at every scale, fds bounded.
 #
@@ -59,6 +64,8 @@ done
 readonly GOAL_RSS_MIB=64 GOAL_FDS_SLACK=16
 # Entries of the unpack archive at 1x; images of the populate part.
 readonly UNPACK_BASE=100000 IMAGES=20
+# The two more images of the populate part: one large layer, many small files.
+readonly EXTRAS=(big small)
 # Bump when the generator changes, so that cached archives and images made
 # by an older one are not reused.
 readonly GEN=1
@@ -85,6 +92,7 @@ out=$work/scale-out.bin
 log=$work/scale-tool.log
 json=$work/scale-tool.json
 timef=$work/scale-time.txt
+storef=$work/scale-store.tmp
 pidf=$work/scale-pid.txt
 pids=$work/scale-pids.txt
 list=$work/scale-images.list
@@ -132,6 +140,8 @@ mib_free() { df -Pk -- "$1" | awk 'NR == 2 { print int($4 / 1024) }'; }
 # ("ENTRIES INODES": the inodes it makes in ROOT; hard links make none).
 # gen image OUT INDEX SCALE: the tree of one populate image (OUT "-" is
 # stdout), its files from /dev/urandom so that no two images share a byte.
+# gen big OUT SCALE, gen small OUT SCALE: the large-layer image and the
+# many-small-files one.
 # It writes the tar stream itself (ustar, a pax header for xattrs): 100,000
 # entries take ~2 s, where GNU tar of a real tree of 1,000,000 files would
 # take many minutes.
@@ -239,9 +249,46 @@ def image(out, index, scale):
     w(b"\0" * 1024)
     f.flush()
 
+def big(out, scale):
+    # One layer of 2 * SCALE files of 100 MiB (a 2 GB layer at 10x).
+    f = sys.stdout.buffer if out == "-" else open(out, "wb")
+    w = f.write
+    for d in ("opt/", "opt/scale/", "opt/scale/big/"):
+        w(header(d, mode=0o755, typ=b"5"))
+    for i in range(2 * scale):
+        w(header("opt/scale/big/b%02d" % i, 100 << 20))
+        for _ in range(100):
+            w(os.urandom(1 << 20))
+    w(b"\0" * 1024)
+    f.flush()
+
+def small(out, scale):
+    # 10,000 * SCALE files of 1-8 KiB in dirs of 1,000 (100,000 at 10x).
+    rnd = random.Random(scale)
+    pool = os.urandom(1 << 20)
+    f = sys.stdout.buffer if out == "-" else open(out, "wb")
+    w = f.write
+    for d in ("opt/", "opt/scale/", "opt/scale/small/"):
+        w(header(d, mode=0o755, typ=b"5"))
+    for i in range(10000 * scale):
+        if i % 1000 == 0:
+            w(header("opt/scale/small/d%04d/" % (i // 1000), mode=0o755, typ=b"5"))
+        size = rnd.randrange(1024, 8193)
+        off = rnd.randrange(0, len(pool) - size)
+        w(header("opt/scale/small/d%04d/f%03d" % (i // 1000, i % 1000), size,
+                 uid=1000 if i % 7 == 0 else 0))
+        w(pool[off:off + size])
+        w(pad(size))
+    w(b"\0" * 1024)
+    f.flush()
+
 mode = sys.argv[1]
 if mode == "unpack":
     unpack(sys.argv[2], int(sys.argv[3]))
+elif mode == "big":
+    big(sys.argv[2], int(sys.argv[3]))
+elif mode == "small":
+    small(sys.argv[2], int(sys.argv[3]))
 else:
     image(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
 PY
@@ -282,8 +329,14 @@ run_tool() {
         sleep 0.01
     done
     [[ -n $toolpid ]] || die "the tool's PID did not show up in $pidf"
+    if [[ $1 == populate ]]; then bench_sample_store "$toolpid" >"$storef" & fi
     run_fds=$(sample_fds "$toolpid")
     wait "$runpid" || return 1
+    run_store=0
+    if [[ $1 == populate ]]; then
+        wait $! || true
+        run_store=$(cat -- "$storef")
+    fi
     read -r run_s run_kib < <(tail -n 1 -- "$timef")
     [[ $run_kib =~ ^[0-9]+$ ]] || die "no peak RSS from /usr/bin/time in $timef"
 }
@@ -316,12 +369,12 @@ run_checked() {
     done
 }
 
-# runs_of ARGS...: RUNS timed runs; sets med_s (median seconds), max_kib and
-# max_fds (peaks over the runs), and times, rsss and fdss (each run's
-# seconds, peak RSS in MiB and most fds).
+# runs_of ARGS...: RUNS timed runs; sets med_s (median seconds), max_kib,
+# max_fds and max_store (peaks over the runs), and times, rsss and fdss
+# (each run's seconds, peak RSS in MiB and most fds).
 runs_of() {
     local i
-    times=() rsss=() fdss=() max_kib=0 max_fds=0
+    times=() rsss=() fdss=() max_kib=0 max_fds=0 max_store=0
     for ((i = 1; i <= RUNS; i++)); do
         ((RUNS == 1)) || echo "  run $i/$RUNS" >&2
         run_checked "$@"
@@ -330,6 +383,7 @@ runs_of() {
         fdss+=("$run_fds")
         if ((run_kib > max_kib)); then max_kib=$run_kib; fi
         if ((run_fds > max_fds)); then max_fds=$run_fds; fi
+        if ((run_store > max_store)); then max_store=$run_store; fi
     done
     med_s=$(median "${times[@]}")
 }
@@ -431,9 +485,26 @@ bench_unpack() {
 }
 
 # --- populate ---------------------------------------------------------------
-# MiB of one scale's store (20 images of ~25.1 MiB a scale).
-store_mib() { echo $(($1 * IMAGES * 2510 / 100)); }
-image_ref() { printf '%s/img%02d:%sx-%s' "$IMAGE_REPO" "$1" "$2" "$GEN"; }
+# MiB of one scale's store (20 images of ~25.1 MiB, 200 MiB and ~46 MiB a
+# scale).
+store_mib() { echo $(($1 * (IMAGES * 2510 / 100 + 246))); }
+# image_ref K SCALE: image K (1-20, or big or small) of a scale.
+image_ref() {
+    case $1 in
+    big | small) printf '%s/%s:%sx-%s' "$IMAGE_REPO" "$1" "$2" "$GEN" ;;
+    *) printf '%s/img%02d:%sx-%s' "$IMAGE_REPO" "$1" "$2" "$GEN" ;;
+    esac
+}
+# image_mib K SCALE: MiB of image K's layer.
+image_mib() {
+    case $1 in
+    big) echo $((200 * $2)) ;;
+    small) echo $((46 * $2)) ;;
+    *) echo $((2510 * $2 / 100)) ;;
+    esac
+}
+# The images of a scale, one K a line.
+image_keys() { seq 1 "$IMAGES"; printf '%s\n' "${EXTRAS[@]}"; }
 in_registry() {
     local ref=$1 repo tag
     repo=${ref#*/} tag=${ref##*:}
@@ -448,13 +519,14 @@ in_registry() {
 # made again, up to 3 times, once the engine answers again.
 ensure_images() {
     local s=$1 k ref try i
-    for ((k = 1; k <= IMAGES; k++)); do
+    for k in $(image_keys); do
         ref=$(image_ref "$k" "$s")
         in_registry "$ref" && continue
         echo "making $ref (once; cached in the registry)" >&2
         importing=$ref
         for ((try = 1; ; try++)); do
-            if gen image - "$k" "$s" | docker import - "$ref" >/dev/null &&
+            if case $k in big | small) gen "$k" - "$s" ;; *) gen image - "$k" "$s" ;; esac |
+                docker import - "$ref" >/dev/null &&
                 docker push -q "$ref" >/dev/null; then
                 break
             fi
@@ -472,20 +544,20 @@ ensure_images() {
 }
 
 bench_populate() {
-    local s k ref missing=0 mib_out mib_store dockroot toff check first_s='' first_b=''
-    local rows=() details=() rss_all=() fds_all=() failed=0 rss fds images bytes entries pull verified
+    local s k ref missing=0 mib_out mib_store dockroot toff check first_s='' first_b='' first_e=''
+    local rows=() details=() rss_all=() fds_all=() failed=0 rss fds images bytes entries pull verified kind
 
     # Space, for the largest scale: the output image holds the store (plus
     # the fixture's few MiB); the tool's dind volume holds the store twice
     # at worst (layers and their downloads); the registry grows by the
     # images not yet pushed, made one at a time in the engine.
     for s in "${scales[@]}"; do
-        for ((k = 1; k <= IMAGES; k++)); do
-            in_registry "$(image_ref "$k" "$s")" || missing=$((missing + $(store_mib "$s") / IMAGES))
+        for k in $(image_keys); do
+            in_registry "$(image_ref "$k" "$s")" || missing=$((missing + $(image_mib "$k" "$s")))
         done
     done
     mib_out=$(($(store_mib "$top") * 11 / 10 + 1024))
-    mib_store=$(($(store_mib "$top") * 2 + missing + $(store_mib "$top") / IMAGES + 1024))
+    mib_store=$(($(store_mib "$top") * 2 + missing + $(image_mib big "$top") + 1024))
     dockroot=$(docker info -f '{{.DockerRootDir}}') || die "docker info failed"
     [[ -d $dockroot ]] || die "the engine's data-root $dockroot is not on this machine"
     if [[ $(stat -c %d -- "$dockroot") == $(stat -c %d -- "$work") ]]; then
@@ -500,12 +572,12 @@ bench_populate() {
 
     for s in "${scales[@]}"; do
         ensure_images "$s"
-        for ((k = 1; k <= IMAGES; k++)); do image_ref "$k" "$s"; echo; done >"$list"
+        for k in $(image_keys); do image_ref "$k" "$s"; echo; done >"$list"
 
-        echo "populate ${s}x: $IMAGES images, ~$(store_mib "$s") MiB" >&2
+        echo "populate ${s}x: $((IMAGES + 2)) images, ~$(store_mib "$s") MiB" >&2
         runs_of populate "$fixture" --list "$list" -o "$out" --grow auto \
             --dind-image "$FP_DIND_IMAGE" --dind-network "container:$FP_REGISTRY_CONTAINER" \
-            --insecure-registry "${IMAGE_REPO%%/*}" --platform linux/amd64 --store disk --json
+            --insecure-registry "${IMAGE_REPO%%/*}" --platform linux/amd64 --json
 
         # The last run's summary, and its output checked untimed.
         images=$(jq -er '.images | length' "$json") || die "no images in the tool's JSON ($json)"
@@ -514,27 +586,32 @@ bench_populate() {
         pull=$(jq -er '.seconds.pull * 100 | round / 100' "$json")
         verified=$(jq -er '.verified.layers // "no"' "$json")
         check=ok
-        ((images == IMAGES)) || check="images-$images!=$IMAGES"
+        ((images == IMAGES + 2)) || check="images-$images!=$((IMAGES + 2))"
+        kind=$(jq -er '.store.kind' "$json")
         [[ $verified != no ]] || check="not-verified"
         read -r toff _ < <(root_geometry "$out") || die "cannot read partition 9 of $out"
         fsck_files "$out" "$toff" >/dev/null || check=fsck-FAIL
         [[ $check == ok ]] || failed=1
         rm -f -- "$out"
 
-        [[ -n $first_s ]] || { first_s=$med_s first_b=$bytes; }
+        [[ -n $first_s ]] || { first_s=$med_s first_b=$bytes first_e=$entries; }
         rss=$(mib "$max_kib") fds=$max_fds
         rss_all+=("$rss") fds_all+=("$fds")
-        rows+=("$(printf '%-6s %9.2f %9d %9.2f %8.2f %8.2f %9s %9s %8s %6s  %s' "${s}x" \
+        rows+=("$(printf '%-6s %8.2f %8d %8.2f %7.2f %6.2f %8.2f %6.2f %6.2f %8.0f %-6s %7s %6s %4s  %s' "${s}x" \
             "$(awk -v b="$bytes" 'BEGIN { print b / 1e9 }')" "$entries" "$med_s" "$pull" \
             "$(awk -v t="$med_s" -v b="$bytes" 'BEGIN { print t / b * 1e9 }')" \
-            "$(linear "$med_s" "$first_s" "$bytes" "$first_b")" "$rss" \
+            "$(awk -v t="$med_s" -v e="$entries" 'BEGIN { print t / e * 1e4 }')" \
+            "$(linear "$med_s" "$first_s" "$bytes" "$first_b")" \
+            "$(linear "$med_s" "$first_s" "$entries" "$first_e")" \
+            "$(awk -v b="$max_store" 'BEGIN { print b / 1048576 }')" "$kind" "$rss" \
             "$(verdict "$rss" lt "$GOAL_RSS_MIB" "$check")" "$fds" "$check")")
         details+=("${s}x runs: seconds ${times[*]}; RSS MiB ${rsss[*]}; fds ${fdss[*]}")
     done
 
     echo
-    echo "populate: flatcar-preload populate DISK --list LIST (20 images) -o OUT --store disk, pull and verify included"
-    printf '%-6s %9s %9s %9s %8s %8s %9s %9s %8s %6s  %s\n' scale "store GB" entries seconds "pull s" "s/GB" linearity "RSS MiB" "RSS<64" fds check
+    echo "populate: flatcar-preload populate DISK --list LIST ($((IMAGES + 2)) images) -o OUT, pull and verify included"
+    echo "(lin B, lin E: linearity in bytes and in entries; tmpfs MiB: peak of the store in memory)"
+    printf '%-6s %8s %8s %8s %7s %6s %8s %6s %6s %8s %-6s %7s %6s %4s  %s\n' scale "store GB" entries seconds "pull s" "s/GB" "s/10k e" "lin B" "lin E" "tmpfs MiB" store "RSS MiB" "RSS<64" fds check
     printf '%s\n' "${rows[@]}"
     printf '%s\n' "${details[@]}"
     goal_lines populate
