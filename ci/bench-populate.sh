@@ -13,9 +13,12 @@
 #   "--store disk").
 #
 # Needs the Docker test environment of ci/docker-env.sh (it is brought up, or
-# only checked when already up). The bench image 127.0.0.1:5000/fp/bench:1
-# (~500 MB in ~7,000 files, 3 layers) is built and pushed once; the registry
-# is its cache.
+# only checked when already up). The set: the bench image
+# 127.0.0.1:5000/fp/bench:1 (~500 MB of random data in ~7,000 files, 3
+# layers), built and pushed once, and a real, compressible image,
+# 127.0.0.1:5000/fp/real:1 (FP_DIND_IMAGE, Debian and Docker, one layer),
+# pushed once; the registry is their cache. BENCH_SET=synthetic: the bench
+# image alone.
 #
 # What is timed, each as a whole run from the disk image to the output
 # image with the bench image in its ROOT (pull included):
