@@ -63,7 +63,8 @@ pub fn inflate(input: impl Read, mut out: impl Write) -> io::Result<u64> {
     Ok(total)
 }
 
-/// Runs as `unpigz ARGS`: the exit status and message as pigz gives them.
+/// Runs as `unpigz ARGS`: 0 once the whole stream is inflated, else 1 with
+/// the reason on stderr (the daemon puts it in the pull's error).
 pub fn main(args: &[OsString]) -> ExitCode {
     if let Err(e) = check_args(args) {
         eprintln!(
@@ -76,7 +77,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
         // The reader went away (the daemon cancelled the pull).
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::from(1),
         Err(e) => {
-            eprintln!("unpigz (flatcar-preload): standard input: {e}");
+            eprintln!("unpigz (flatcar-preload): inflating standard input: {e}");
             ExitCode::from(1)
         }
     }
@@ -87,21 +88,19 @@ pub fn called_as(argv0: &OsStr) -> bool {
     Path::new(argv0).file_name() == Some(OsStr::new(NAME))
 }
 
-/// The PATH for the build container's daemon: `path` itself when one of
+/// The PATH a container gets when its image sets none (runc's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The PATH for the build container's daemon: None (keep it) when one of
 /// its directories holds an executable `unpigz` (the image's own is used),
-/// else `dir` (where the link to this program is) first, then `path`.
+/// else `dir` (where the link to this program is) first, then `path` (or
+/// the default one when unset: the daemon still finds containerd and runc).
 pub fn provided_path(path: Option<&OsStr>, dir: &Path) -> Option<OsString> {
-    let has_own = path
-        .map(|p| std::env::split_paths(p).any(|d| is_executable(&d.join(NAME))))
-        .unwrap_or(false);
-    if has_own {
+    let path = path.unwrap_or(OsStr::new(DEFAULT_PATH));
+    if std::env::split_paths(path).any(|d| is_executable(&d.join(NAME))) {
         return None;
     }
-    let mut dirs = vec![dir.to_path_buf()];
-    dirs.extend(
-        path.map(|p| std::env::split_paths(p).collect::<Vec<_>>())
-            .unwrap_or_default(),
-    );
+    let dirs = std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(path));
     std::env::join_paths(dirs).ok()
 }
 
@@ -158,24 +157,27 @@ mod tests {
 
     #[test]
     fn the_images_own_unpigz_wins() {
-        let own = tempfile::tempdir().unwrap();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let ours = Path::new("/fp-helper/bin");
-        let plain = std::env::join_paths(["/usr/bin", "/bin"]).unwrap();
+        let plain = std::env::join_paths([a.path(), b.path()]).unwrap();
+        let with_ours = |rest: &OsStr| {
+            let mut p = OsString::from("/fp-helper/bin:");
+            p.push(rest);
+            p
+        };
+        assert_eq!(provided_path(Some(&plain), ours), Some(with_ours(&plain)));
+        // No PATH: the default one comes after ours, unless it has an unpigz.
+        let default_has = std::env::split_paths(DEFAULT_PATH).any(|d| is_executable(&d.join(NAME)));
         assert_eq!(
-            provided_path(Some(&plain), ours).unwrap(),
-            OsString::from("/fp-helper/bin:/usr/bin:/bin")
+            provided_path(None, ours),
+            (!default_has).then(|| with_ours(OsStr::new(DEFAULT_PATH)))
         );
-        assert_eq!(
-            provided_path(None, ours).unwrap(),
-            OsString::from("/fp-helper/bin")
-        );
-        let exe = own.path().join(NAME);
+        let exe = b.path().join(NAME);
         std::fs::write(&exe, b"#!/bin/sh\n").unwrap();
-        let with_own = std::env::join_paths([own.path(), Path::new("/bin")]).unwrap();
         // Not executable: not a command.
-        assert!(provided_path(Some(&with_own), ours).is_some());
+        assert_eq!(provided_path(Some(&plain), ours), Some(with_ours(&plain)));
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(provided_path(Some(&with_own), ours), None);
+        assert_eq!(provided_path(Some(&plain), ours), None);
     }
 }
