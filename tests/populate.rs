@@ -2431,6 +2431,15 @@ fn private_registry_with_tls_and_login() {
             "docker inspect of the run's containers and execs",
             &inspected,
         );
+        // The build image has no unpigz: the tool's own is in the container,
+        // where the daemon's PATH starts (see src/unpigz.rs), and inflates.
+        let inflated = docker_out(&[
+            "exec",
+            c,
+            "sh",
+            "-c",
+            "printf 'layer bytes' | gzip -c | /fp-helper/bin/unpigz -d -c",
+        ]);
         for c in docker_out(&["ps", "-aq", "--filter", &format!("label={label}")]).lines() {
             docker(&["rm", "-f", "-v", c]);
         }
@@ -2438,6 +2447,8 @@ fn private_registry_with_tls_and_login() {
         {
             docker(&["volume", "rm", v]);
         }
+        // After the clean-up: a failure leaves nothing behind.
+        assert_eq!(inflated.trim(), "layer bytes", "the provided unpigz in {c}");
     }
     check_ok(&o, "auths");
     assert!(kept.is_some(), "no kept container named:\n{}", stderr(&o));
