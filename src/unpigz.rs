@@ -14,7 +14,7 @@
 //! that is not another member is an error, as Go's gzip reader says too.
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -44,23 +44,13 @@ fn check_args(args: &[OsString]) -> Result<(), String> {
 
 /// Inflates the gzip stream `input` (every member) into `out`; returns
 /// the bytes written.
-pub fn inflate(input: impl Read, mut out: impl Write) -> io::Result<u64> {
-    let input = BufReader::with_capacity(1 << 20, input);
-    let mut gz = flate2::bufread::MultiGzDecoder::new(input);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = match gz.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        out.write_all(&buf[..n])?;
-        total += n as u64;
-    }
+pub fn inflate(input: impl Read, out: impl Write) -> io::Result<u64> {
+    let mut gz = flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, input));
+    // io::copy inflates straight into the BufWriter's buffer.
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    let n = io::copy(&mut gz, &mut out)?;
     out.flush()?;
-    Ok(total)
+    Ok(n)
 }
 
 /// Runs as `unpigz ARGS`: 0 once the whole stream is inflated, else 1 with
