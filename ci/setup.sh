@@ -12,8 +12,12 @@ set -euo pipefail
 # read results back with; gdisk: sgdisk for fixtures; attr: getfattr/setfattr
 # for the benchmark; time: peak RSS in benchmarks; qemu-utils: qcow2 and
 # vmdk inputs and their tests; bzip2, zstd: compressed inputs in the tests;
-# python3: ci/modules.py, the module graph check.
-packages=(libext2fs-dev pkg-config gcc libc6-dev e2fsprogs gdisk attr time gzip qemu-utils bzip2 zstd python3)
+# python3: ci/modules.py, the module graph check. What the tool runs for the
+# node's image beside the stores: btrfs-progs and fakeroot (OEM rebuilt
+# rootless), mtools (the ESP), squashfs-tools and erofs-utils (system
+# extensions' release files); dosfstools: mkfs.fat and fsck.fat in tests.
+packages=(libext2fs-dev pkg-config gcc libc6-dev e2fsprogs gdisk attr time gzip qemu-utils bzip2 zstd python3
+    btrfs-progs fakeroot mtools squashfs-tools erofs-utils dosfstools)
 
 if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
     echo "setup: not Debian/Ubuntu: install libext2fs with its headers and static archives, pkg-config," \

@@ -82,6 +82,8 @@ pub enum CacheCommand {
 pub struct PopulateArgs {
     #[command(flatten)]
     pub selinux: SelinuxArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// The Flatcar disk image (raw, e.g. flatcar_production_image.bin).
     #[arg(value_name = "disk")]
     pub disk: PathBuf,
@@ -207,6 +209,105 @@ pub struct PopulateArgs {
     /// lacks is refused, before anything is pulled.
     #[arg(long, requires = "lock")]
     pub locked: bool,
+}
+
+/// The rest of the node's image: OEM (Ignition, kernel arguments), the EFI
+/// system partition, files, units and system extensions in ROOT.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "The node's image beside the stores")]
+pub struct NodeArgs {
+    /// An Ignition config (JSON, spec 3.0-3.5 or 2.x) written to OEM as
+    /// /config.ign: the config Flatcar's Ignition prefers, even over
+    /// userdata. Checked first: a Butane YAML is refused (run butane), and
+    /// so is a config that would wipe ROOT.
+    #[arg(long, value_name = "file")]
+    pub ignition: Option<PathBuf>,
+    /// An Ignition config written to OEM as /base/base.ign (always applied).
+    #[arg(long, value_name = "file")]
+    pub ignition_base: Option<PathBuf>,
+    /// An Ignition config written to OEM as /base/default.ign.
+    #[arg(long, value_name = "file")]
+    pub ignition_default: Option<PathBuf>,
+    /// A kernel argument appended to linux_append in OEM's grub.cfg (the
+    /// lines there are kept). Repeatable. Refused on a UKI layout.
+    #[arg(long = "kernel-arg", value_name = "arg")]
+    pub kernel_args: Vec<String>,
+    /// A file or directory (SRC:DEST) written to OEM (btrfs; its content,
+    /// label and UUID are kept). Repeatable.
+    #[arg(long = "oem-file", value_name = "src:dest", value_parser = parse_file_arg)]
+    pub oem_files: Vec<crate::node::FileArg>,
+    /// A file or directory (SRC:DEST) written to the EFI system partition
+    /// (vfat), e.g. firmware. Repeatable.
+    #[arg(long = "esp-file", value_name = "src:dest", value_parser = parse_file_arg)]
+    pub esp_files: Vec<crate::node::FileArg>,
+    /// A file or directory (SRC:DEST; a directory's content goes under
+    /// DEST) written to ROOT, owner root, modes kept. Repeatable.
+    #[arg(long = "root-file", value_name = "src:dest", value_parser = parse_file_arg)]
+    pub root_files: Vec<crate::node::FileArg>,
+    /// A systemd unit enabled as `systemctl enable` would (the links its
+    /// [Install] section names). Its file comes with --root-file or is in
+    /// ROOT's /etc/systemd/system. Repeatable.
+    #[arg(long = "enable-unit", value_name = "unit")]
+    pub enable_units: Vec<String>,
+    /// A system extension (sysext-bakery's NAME-VERSION-ARCH.raw) placed at
+    /// /opt/extensions/NAME/ and linked from /etc/extensions/NAME.raw; its
+    /// extension-release must fit the image. Repeatable.
+    #[arg(long = "sysext", value_name = "file.raw[:name]", value_parser = parse_sysext_arg)]
+    pub sysexts: Vec<crate::node::SysextArg>,
+    /// One of Flatcar's own opt-in extensions (flatcar-NAME.raw of the very
+    /// release of the image), placed at /etc/flatcar/sysext/ and listed in
+    /// /etc/flatcar/enabled-sysext.conf, so first boot downloads nothing.
+    /// Repeatable.
+    #[arg(long = "flatcar-sysext", value_name = "file.raw")]
+    pub flatcar_sysexts: Vec<PathBuf>,
+    /// Bake into an image that was booted before (machine-id, SSH host
+    /// keys, first-boot flag gone), with a warning.
+    #[arg(long, conflicts_with = "reset_first_boot")]
+    pub allow_booted: bool,
+    /// Undo what a boot left: remove /etc/machine-id and the SSH host keys
+    /// from ROOT, put the first-boot flag back on the ESP.
+    #[arg(long)]
+    pub reset_first_boot: bool,
+}
+
+fn parse_file_arg(s: &str) -> Result<crate::node::FileArg, String> {
+    crate::node::FileArg::parse(s)
+}
+
+fn parse_sysext_arg(s: &str) -> Result<crate::node::SysextArg, String> {
+    crate::node::SysextArg::parse(s)
+}
+
+impl NodeArgs {
+    pub(crate) fn config(self) -> crate::node::Config {
+        let ignition = [
+            ("/config.ign", self.ignition, "--ignition"),
+            ("/base/base.ign", self.ignition_base, "--ignition-base"),
+            (
+                "/base/default.ign",
+                self.ignition_default,
+                "--ignition-default",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(dest, p, flag)| p.map(|p| (dest, p, flag)))
+        .collect();
+        crate::node::Config {
+            ignition,
+            kernel_args: self.kernel_args,
+            oem_files: self.oem_files,
+            esp_files: self.esp_files,
+            root_files: self.root_files,
+            enable_units: self.enable_units,
+            sysexts: self.sysexts,
+            flatcar_sysexts: self.flatcar_sysexts,
+            booted: match (self.allow_booted, self.reset_first_boot) {
+                (_, true) => crate::node::Booted::Reset,
+                (true, _) => crate::node::Booted::Allow,
+                _ => crate::node::Booted::Refuse,
+            },
+        }
+    }
 }
 
 /// SELinux labels of what is written.
@@ -516,6 +617,7 @@ impl PopulateArgs {
             bail!("--privileged with --dind-network host would let the inner daemon change the host's network; use one of them");
         }
         Ok(PopulateConfig {
+            node: self.node.config(),
             disk: self.disk,
             images,
             space: self.space.config(),

@@ -11,7 +11,7 @@ use crate::platform::Platform;
 use crate::source::archive::{self, ArchiveKind};
 use crate::store::containerd::{bolt, image};
 
-/// GPT: where partition 9 (ROOT) of the disk image file `disk` is.
+/// GPT: where ROOT (found by label and type) of the disk image file `disk` is.
 pub fn locate_root(disk: &Path) -> Result<String> {
     let r = crate::disk::locate_root(disk)?;
     Ok(format!("root at {} len {}", r.offset, r.size))

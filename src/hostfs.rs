@@ -145,7 +145,7 @@ pub fn hole_bytes(file: &Path, from: u64, to: u64) -> Result<u64> {
 /// full filesystem.
 const FULL: u64 = 1 << 20;
 
-fn human(n: u64) -> String {
+pub(crate) fn human(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
 }
 

@@ -17,6 +17,7 @@ pub mod fuzzing;
 mod hooks;
 mod hostfs;
 mod inspect;
+mod node;
 mod platform;
 mod populate;
 mod progress;

@@ -18,6 +18,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
+
+#[path = "populate/node.rs"]
+mod node;
 use sha2::{Digest, Sha256};
 
 struct Env {

@@ -565,7 +565,7 @@ fn not_flatcar_disks() {
         .output()
         .unwrap();
     assert!(st.status.success());
-    assert_clean_failure(&disk, &archive, "no partition 9");
+    assert_clean_failure(&disk, &archive, "no ROOT partition");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Growing the image, partition 9 and ROOT when the data does not fit.
+//! Growing the image, ROOT's partition and filesystem when the data does not fit.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -8,10 +8,10 @@ use anyhow::{bail, Context, Result};
 use gptman::GPT;
 
 use super::copy::copy_range;
-use super::{locate_root, Prepared, RootPartition, ROOT_NAME, ROOT_PARTITION};
+use super::{locate_root, Layout, Prepared, RootPartition, ROOT_NAME};
 
 /// Extends the disk image to `new_len` bytes: the backup GPT moves to the
-/// new end and partition 9 (which must be the last one) grows to the last
+/// new end and ROOT's partition (which must be the last one) grows to the last
 /// usable sector. Other partitions, GUIDs and names are untouched.
 pub fn grow_disk(image: &Path, new_len: u64) -> Result<RootPartition> {
     let mut f = OpenOptions::new()
@@ -34,10 +34,13 @@ pub fn grow_disk(image: &Path, new_len: u64) -> Result<RootPartition> {
     let mut gpt = GPT::find_from(&mut f)
         .with_context(|| format!("reading the GPT of {}", image.display()))?;
     let ss = gpt.sector_size;
-    let p9_start = gpt[ROOT_PARTITION].starting_lba;
+    let root = Layout::of(&gpt, old_len, &image.display().to_string())?
+        .root
+        .number;
+    let root_start = gpt[root].starting_lba;
     if let Some((n, p)) = gpt
         .iter()
-        .find(|(n, p)| p.is_used() && *n != ROOT_PARTITION && p.starting_lba > p9_start)
+        .find(|(n, p)| p.is_used() && *n != root && p.starting_lba > root_start)
     {
         bail!(
             "partition {n} ({:?}) lies after ROOT, so ROOT cannot grow at the end of the disk",
@@ -50,7 +53,7 @@ pub fn grow_disk(image: &Path, new_len: u64) -> Result<RootPartition> {
     gpt.header
         .update_from(&mut f, ss)
         .context("moving the backup GPT to the new end")?;
-    gpt[ROOT_PARTITION].ending_lba = gpt.header.last_usable_lba;
+    gpt[root].ending_lba = gpt.header.last_usable_lba;
     gpt.write_into(&mut f).context("writing the grown GPT")?;
     // The old backup header is now inside ROOT: blank it so that no tool
     // mistakes it for a partition table.
@@ -178,7 +181,7 @@ fn mib(b: u64) -> String {
 }
 
 /// Makes sure ROOT has room for `need` (when known), growing the image,
-/// partition 9 and the filesystem as `grow` allows.
+/// ROOT's partition and filesystem as `grow` allows.
 pub fn ensure_room(
     prepared: &mut Prepared,
     need: Option<crate::ext4::Need>,

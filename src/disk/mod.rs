@@ -2,24 +2,25 @@
 //! output file (published only when complete), input formats (`copy`) and
 //! growing (`grow`), and the platform it is built for (`esp`).
 
+pub mod btrfs;
 mod copy;
 pub(crate) mod esp;
 mod grow;
+pub mod layout;
+pub mod vfat;
 
 pub use copy::{convert_to_raw, sparse_copy, Format};
 pub use grow::{ensure_room, grow_disk, parse_size, Grow, GrowReport};
+pub use layout::{Boot, Layout, Partition};
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 use anyhow::{bail, Context, Result};
-use gptman::GPT;
 
-/// Flatcar's ROOT partition number and GPT type ("flatcar-resize").
-pub const ROOT_PARTITION: u32 = 9;
-pub const ROOT_TYPE_GUID: &str = "3884DD41-8582-4404-B9A8-E9B84F2DF50E";
-pub const ROOT_NAME: &str = "ROOT";
+/// Flatcar's ROOT label (GPT name and ext4 label).
+pub const ROOT_NAME: &str = layout::ROOT_LABEL;
 
 /// Where ROOT lies in the disk image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,72 +94,14 @@ pub fn guid_to_string(g: &[u8; 16]) -> String {
     )
 }
 
-/// Reads the GPT of `image` and returns the byte range of partition 9 when
-/// it is Flatcar's ROOT.
+/// Where ROOT lies in `image`, found by its GPT label and type
+/// ([`layout`]).
 pub fn locate_root(image: &Path) -> Result<RootPartition> {
-    let mut f =
-        File::open(image).with_context(|| format!("opening disk image {}", image.display()))?;
-    let len = f
-        .metadata()
-        .with_context(|| format!("reading the size of {}", image.display()))?
-        .len();
-    if let Some(why) =
-        gpt_too_large(&mut f).with_context(|| format!("reading the GPT of {}", image.display()))?
-    {
-        bail!("{}: {why}: not a Flatcar disk image", image.display());
-    }
-    let gpt = GPT::find_from(&mut f).with_context(|| {
-        format!(
-            "{} has no valid GPT partition table: not a Flatcar disk image",
-            image.display()
-        )
-    })?;
-    let found = || {
-        let parts: Vec<String> = gpt
-            .iter()
-            .filter(|(_, p)| p.is_used())
-            .map(|(i, p)| format!("{i} {:?}", p.partition_name.as_str()))
-            .collect();
-        if parts.is_empty() {
-            "no partitions".to_string()
-        } else {
-            parts.join(", ")
-        }
-    };
-    if gpt.header.number_of_partition_entries < ROOT_PARTITION || gpt[ROOT_PARTITION].is_unused() {
-        bail!(
-            "{} has no partition {ROOT_PARTITION} (found: {}): not a Flatcar disk image",
-            image.display(),
-            found()
-        );
-    }
-    let p = &gpt[ROOT_PARTITION];
-    let type_guid = guid_to_string(&p.partition_type_guid);
-    let name = p.partition_name.as_str();
-    if type_guid != ROOT_TYPE_GUID && name != ROOT_NAME {
-        bail!(
-            "partition {ROOT_PARTITION} of {} is {name:?} of type {type_guid}, not Flatcar's ROOT \
-             (name {ROOT_NAME:?}, type {ROOT_TYPE_GUID})",
-            image.display()
-        );
-    }
-    let sector = gpt.sector_size;
-    let offset = p
-        .starting_lba
-        .checked_mul(sector)
-        .context("partition offset overflow")?;
-    let size = (p.ending_lba + 1)
-        .checked_sub(p.starting_lba)
-        .and_then(|n| n.checked_mul(sector))
-        .context("partition 9 ends before it starts")?;
-    if offset + size > len {
-        bail!(
-            "partition {ROOT_PARTITION} of {} ends at byte {} but the file has only {len} bytes: truncated image?",
-            image.display(),
-            offset + size
-        );
-    }
-    Ok(RootPartition { offset, size })
+    let root = Layout::read(image)?.root;
+    Ok(RootPartition {
+        offset: root.offset,
+        size: root.size,
+    })
 }
 
 /// An output file being made: a hidden temporary next to the final path,
@@ -346,7 +289,7 @@ fn check_root(image: &Path, disk: &Path, unfinished: Unfinished) -> Result<RootP
             fs.inspect(ROOT_NAME)?;
             self::unfinished(&fs)
         })
-        .with_context(|| format!("checking partition 9 of {}", disk.display()))?;
+        .with_context(|| format!("checking ROOT of {}", disk.display()))?;
     match (mark, unfinished) {
         (Some(said), Unfinished::Refuse) => bail!(
             "ROOT of {} was left unfinished by an interrupted run ({said}): what it holds may be \
@@ -468,7 +411,7 @@ mod tests {
             0x41, 0xDD, 0x84, 0x38, 0x82, 0x85, 0x04, 0x44, 0xB9, 0xA8, 0xE9, 0xB8, 0x4F, 0x2D,
             0xF5, 0x0E,
         ];
-        assert_eq!(guid_to_string(&g), ROOT_TYPE_GUID);
+        assert_eq!(guid_to_string(&g), layout::FLATCAR_RESIZE);
     }
 
     #[test]

@@ -13,6 +13,8 @@ use crate::unpack::{OutputMode, Space};
 #[derive(Debug, Clone)]
 pub struct PopulateConfig {
     pub disk: PathBuf,
+    /// What is baked beside the stores (OEM, ESP, ROOT files).
+    pub node: crate::node::Config,
     pub images: Vec<Listed>,
     pub space: Space,
     pub output: OutputMode,

@@ -49,6 +49,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         platform,
         mut prepared,
         seed,
+        node,
     } = {
         // Archives are read whole (every blob hashed): not on the runtime's
         // thread.
@@ -135,7 +136,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             seed: seed.clone().filter(|_| !backend.exports_part()),
         });
     }
-    let result = populate(&runs, start).await;
+    let result = populate(&runs, &node, start).await;
     drop(runs);
     let res = res.into_inner();
     if cfg.keep_dind {
@@ -185,7 +186,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
 /// The phases, top to bottom. Nothing is written before the output is
 /// made; a failure after that drops the output (removed) or, in place,
 /// leaves ROOT consistent with part of the store in it.
-async fn populate(runs: &[Run<'_>], origin: Instant) -> Result<Summary> {
+async fn populate(runs: &[Run<'_>], node: &crate::node::Plan, origin: Instant) -> Result<Summary> {
     let first = runs.first().context("no image store to write")?;
     let (cfg, cancel) = (first.cfg, &first.cancel);
     let clock = Clock::new(origin);
@@ -200,8 +201,24 @@ async fn populate(runs: &[Run<'_>], origin: Instant) -> Result<Summary> {
         }
     }
     let only: Vec<Option<&[u8]>> = pulled.iter().map(|p| p.selection.as_deref()).collect();
+    // The node's files, checked again on the output (a compressed input
+    // only now), before anything is written.
+    let (facts, node_need) = {
+        let (node, image, root) = (node.clone(), prepared.image.clone(), prepared.fs());
+        let target = first.platform.target.clone();
+        context::blocking(move || {
+            let facts = crate::node::check_disk(&node, &image, &target)?;
+            let block_size = root
+                .open_read()?
+                .inspect(crate::disk::ROOT_NAME)?
+                .block_size;
+            let need = crate::node::root_need(&node, &facts, block_size);
+            Ok((facts, need))
+        })
+        .await?
+    };
     let (used, (prepared, grown), need) =
-        stop_beside_measure(runs, &clock, prepared, &only).await?;
+        stop_beside_measure(runs, &clock, prepared, &only, node_need).await?;
     let root = prepared.fs();
     let mut images = vec![];
     let mut reports = vec![];
@@ -242,6 +259,13 @@ async fn populate(runs: &[Run<'_>], origin: Instant) -> Result<Summary> {
         }
         None => 0,
     };
+    let node_report = {
+        let (node, image, fs) = (node.clone(), prepared.image.clone(), root.clone());
+        let selinux = cfg.selinux.clone();
+        context::blocking(move || crate::node::apply(&node, &facts, &image, &fs, &selinux))
+            .await
+            .map_err(|e| crate::hostfs::explain_full(e, &root.image))?
+    };
     let verified = match cfg.verify {
         true => Some(
             clock
@@ -274,6 +298,7 @@ async fn populate(runs: &[Run<'_>], origin: Instant) -> Result<Summary> {
         platform: first.platform.clone(),
         verified,
         output_sha256,
+        node: node_report,
     })
 }
 

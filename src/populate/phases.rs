@@ -38,6 +38,8 @@ pub(super) struct Local {
     /// ROOT of the input disk image when a `--merge` adds to a store there
     /// that is written whole (containerd's): its daemon starts on a copy.
     pub(super) seed: Option<ext4::Root>,
+    /// What is baked beside the stores, its host inputs read and checked.
+    pub(super) node: crate::node::Plan,
 }
 
 /// Checks the local inputs: the list, the disk (a compressed or
@@ -50,7 +52,9 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     let mut seed = None;
     let in_place = cfg.output.path().is_none();
     let unfinished = disk::Unfinished::writing(cfg.space.force);
-    if let (_, Some(root)) = disk::check_input(&cfg.disk, in_place, unfinished)? {
+    let node = crate::node::check_local(&cfg.node)?;
+    let (_, raw) = disk::check_input(&cfg.disk, in_place, unfinished)?;
+    if let Some(root) = raw {
         let root = ext4::Root::new(&cfg.disk, root.offset);
         if check_existing(cfg, &root, true)? {
             seed = Some(root);
@@ -88,6 +92,10 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
         },
     };
     let target = &platform.target;
+    // A compressed or qcow2/vmdk input is checked once converted.
+    if raw.is_some() {
+        crate::node::check_disk(&node, &cfg.disk, target)?;
+    }
     let mut prepared = vec![];
     for l in cfg.all_lines() {
         prepared.push(match &l.source {
@@ -112,6 +120,7 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
         platform,
         prepared,
         seed,
+        node,
     })
 }
 
@@ -463,13 +472,14 @@ pub(super) async fn stop_beside_measure(
     clock: &Clock,
     prepared: Prepared,
     only: &[Option<&[u8]>],
+    extra: Need,
 ) -> Result<(Vec<u64>, (Prepared, Option<disk::GrowReport>), Need)> {
     let stop = clock.time(
         Phase::Stop,
         futures_util::future::join_all(runs.iter().map(stop_dind)),
     );
     let room = async {
-        let mut need = Need::default();
+        let mut need = extra;
         for (run, only) in runs.iter().zip(only) {
             need += clock
                 .time(Phase::Measure, measure(run, &prepared, *only))
@@ -534,7 +544,7 @@ pub(super) async fn measure(
     Ok(need)
 }
 
-/// Grows the image, partition 9 and ROOT when `need` does not fit, as
+/// Grows the image, ROOT's partition and filesystem when `need` does not fit, as
 /// --grow allows. On failure the caller must not publish the output: ROOT
 /// may be half grown (in place, the disk image may be longer).
 pub(super) async fn make_room(

@@ -96,6 +96,8 @@ pub struct Summary {
     pub verified: Option<Verified>,
     /// The sha256 of the output (with --sha256), as `sha256sum` gives it.
     pub output_sha256: Option<String>,
+    /// What was baked beside the stores.
+    pub node: crate::node::Report,
 }
 
 /// What the final verify of ROOT checked (all of it held).
@@ -225,6 +227,9 @@ impl Summary {
             );
         }
         eprintln!("platform: {} (from {})", s.platform.target, s.platform.from);
+        for line in s.node.lines() {
+            eprintln!("{line}");
+        }
         match &s.verified {
             Some(v) => eprintln!(
                 "verified: {} image(s), {} layer(s), {} of layer data hashed against their digests",
