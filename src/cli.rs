@@ -45,7 +45,7 @@ pub enum Command {
     /// tar-split against its diff ID, overlay xattrs and whiteouts, names.
     /// Exit status 0 only when all of it holds; each failure names the
     /// image, the layer and the path.
-    Verify(CheckArgs),
+    Verify(VerifyArgs),
     /// See and remove the image caches of `populate --cache` (Docker volumes
     /// of the engine).
     #[command(subcommand)]
@@ -65,6 +65,18 @@ pub struct CheckArgs {
     /// Print a machine-readable report on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub check: CheckArgs,
+    /// Also fail on whatever would need a network at first boot: Ignition
+    /// configs with remote sources, an opt-in Flatcar extension listed but
+    /// not baked, and an image that was booted.
+    #[arg(long)]
+    pub air_gapped: bool,
 }
 
 #[derive(Debug, Subcommand)]

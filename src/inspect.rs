@@ -29,6 +29,10 @@ pub struct Inventory {
     pub unfinished: Option<String>,
     /// The SELinux labels of the stores' inodes.
     pub selinux: crate::selinux::Labels,
+    /// What the image holds beside the stores (OEM's Ignition configs and
+    /// kernel arguments, ROOT's extensions and enabled units, what a boot
+    /// left); null when only a filesystem was read.
+    pub node: Option<crate::node::survey::Node>,
 }
 
 /// ROOT's space, in bytes. `inventory` leaves it zero: the caller, which
@@ -49,6 +53,7 @@ pub fn inventory(fs: &dyn FsRead) -> Result<Inventory> {
         root: RootSpace::default(),
         unfinished: crate::disk::unfinished(fs)?,
         selinux: crate::selinux::survey(fs)?,
+        node: None,
     };
     for kind in StoreKind::ALL {
         match store::backend(kind).inspect(fs)? {
@@ -134,6 +139,11 @@ pub fn print_table(inv: &Inventory, out: &mut dyn Write) -> std::io::Result<()> 
         )?;
         for (label, n) in &l.by_label {
             writeln!(out, "  {n} {label}")?;
+        }
+    }
+    if let Some(node) = &inv.node {
+        for line in node.lines() {
+            writeln!(out, "{line}")?;
         }
     }
     if let Some(said) = &inv.unfinished {
@@ -271,6 +281,16 @@ pub fn run(disk: &std::path::Path, json: bool) -> Result<()> {
         size_bytes: summary.size_bytes(),
         free_bytes: summary.free_bytes(),
     };
+    let mut problems = vec![];
+    inv.node = Some(crate::node::survey::survey(
+        &opened.prepared.image,
+        &fs,
+        false,
+        &mut problems,
+    )?);
+    for (path, problem) in problems {
+        eprintln!("warning: {path}: {problem}");
+    }
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &inv)

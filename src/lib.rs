@@ -63,7 +63,7 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
             }
             Ok(())
         }
-        Command::Verify(a) => verify::run(&a.disk, a.json),
+        Command::Verify(a) => verify::run(&a.check.disk, a.check.json, a.air_gapped),
         Command::Inspect(a) => inspect::run(&a.disk, a.json),
         Command::Cache(c) => runtime()?.block_on(async {
             match c {

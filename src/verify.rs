@@ -50,7 +50,7 @@ pub fn check_root(root: &crate::ext4::Root) -> Result<Report> {
 
 /// `flatcar-preload verify DISK [--json]`: exit 0 only when every check
 /// holds; each failure names the image, the layer and the path.
-pub fn run(disk: &std::path::Path, json: bool) -> Result<()> {
+pub fn run(disk: &std::path::Path, json: bool, air_gapped: bool) -> Result<()> {
     let opened = crate::disk::open_for_reading(disk)?;
     let root = opened.prepared.fs();
     let mark = crate::disk::unfinished(&root.open_read()?)?;
@@ -75,6 +75,22 @@ pub fn run(disk: &std::path::Path, json: bool) -> Result<()> {
             },
         );
     }
+    // Beside the stores: what OEM and ROOT hold holds together.
+    let mut problems = vec![];
+    crate::node::survey::survey(
+        &opened.prepared.image,
+        &root.open_read()?,
+        air_gapped,
+        &mut problems,
+    )?;
+    report
+        .failures
+        .extend(problems.into_iter().map(|(path, problem)| store::Failure {
+            image: None,
+            layer: None,
+            path: Some(path),
+            problem,
+        }));
     if json {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer_pretty(&mut out, &report)

@@ -12,6 +12,7 @@
 
 pub mod grub;
 pub mod ignition;
+pub mod survey;
 pub mod sysext;
 pub mod unit;
 
@@ -230,16 +231,6 @@ pub struct Plan {
 impl Plan {
     fn writes_oem(&self) -> bool {
         !self.ignition.is_empty() || !self.kernel_args.is_empty() || !self.oem_files.is_empty()
-    }
-
-    /// Whether anything beside the stores is asked for.
-    pub fn is_empty(&self) -> bool {
-        !self.writes_oem()
-            && self.esp.is_empty()
-            && self.root.is_empty()
-            && self.units.is_empty()
-            && self.sysexts.is_empty()
-            && self.flatcar_sysexts.is_empty()
     }
 }
 

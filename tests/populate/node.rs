@@ -220,6 +220,28 @@ fn bake_the_whole_node(layout: &str) {
         node["flatcar_sysexts"][0],
         "/etc/flatcar/sysext/flatcar-podman-4230.2.0.raw"
     );
+    // inspect lists it, verify checks it (also as air-gapped: the config
+    // fetches nothing, the Flatcar extension is baked).
+    let inv: serde_json::Value =
+        serde_json::from_str(&tool(&["inspect", "--json", out.to_str().unwrap()])).unwrap();
+    let n = &inv["node"];
+    assert_eq!(n["root_partition"], if uki { 7 } else { 9 }, "{n}");
+    assert_eq!(n["ignition"].as_array().unwrap().len(), 2, "{n}");
+    let args: Vec<&str> = n["kernel_args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    match uki {
+        true => assert_eq!(args, ["flatcar.autologin"], "{n}"),
+        false => assert_eq!(args, ["flatcar.autologin", "console=ttyS0"], "{n}"),
+    }
+    assert_eq!(n["flatcar_sysexts_enabled"][0], "podman", "{n}");
+    assert_eq!(n["flatcar_version"], "4230.2.0", "{n}");
+    assert_eq!(n["booted"].as_array().unwrap().len(), 0, "{n}");
+    tool(&["verify", out.to_str().unwrap()]);
+    tool(&["verify", "--air-gapped", out.to_str().unwrap()]);
     if !require_root("loop-mounting ROOT, OEM and the ESP") {
         return;
     }
@@ -511,5 +533,16 @@ chmod a+r {d}
     let o = populate(&[d, image, "-o", o_, "--allow-booted"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(ext4_view(&out).exists("/etc/machine-id").unwrap());
+    // verify --air-gapped names what the boot left; plain verify does not
+    // look at it.
+    tool(&["verify", o_]);
+    let v = Command::new(BIN)
+        .args(["verify", "--air-gapped", o_])
+        .output()
+        .unwrap();
+    assert!(!v.status.success());
+    for trap in ["/etc/machine-id", "flatcar/first_boot"] {
+        assert!(stderr(&v).contains(trap), "{}", stderr(&v));
+    }
     assert_eq!(file_digest(&disk), before);
 }

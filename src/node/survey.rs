@@ -1,0 +1,248 @@
+//! What a disk image carries beside the stores, read without writing
+//! anything: the Ignition configs and kernel arguments of OEM, the system
+//! extensions and enabled units of ROOT, and what a boot left. `inspect`
+//! lists it; `verify` checks that it holds together (and, with
+//! `--air-gapped`, that the first boot needs no network).
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{grub, ignition, Trap, FIRST_BOOT, FIRST_BOOT_LEGACY, MACHINE_ID, SSH_DIR};
+use crate::disk::{btrfs, vfat::Esp, Layout};
+use crate::fsread::{FsRead, Kind};
+
+/// The OEM paths Flatcar's Ignition reads.
+const IGNITION: [&str; 3] = ["/config.ign", "/base/base.ign", "/base/default.ign"];
+const EXTENSIONS: &str = "/etc/extensions";
+const FLATCAR_SYSEXT: &str = "/etc/flatcar/sysext";
+const ENABLED_SYSEXT: &str = "/etc/flatcar/enabled-sysext.conf";
+const UNITS: &str = "/etc/systemd/system";
+
+/// What the image holds beside the stores.
+#[derive(Debug, Default, Serialize)]
+pub struct Node {
+    /// ROOT's partition number and how the image boots (grub, uki).
+    pub root_partition: u32,
+    pub boot: Option<crate::disk::Boot>,
+    /// The Flatcar version of USR-A, when it could be read.
+    pub flatcar_version: Option<String>,
+    /// Ignition configs on OEM, with their spec version.
+    pub ignition: Vec<String>,
+    /// Kernel arguments OEM's grub.cfg appends.
+    pub kernel_args: Vec<String>,
+    /// `/etc/extensions/NAME.raw -> target` links.
+    pub sysexts: Vec<String>,
+    /// Names listed in enabled-sysext.conf, and the files baked for them.
+    pub flatcar_sysexts_enabled: Vec<String>,
+    pub flatcar_sysexts_baked: Vec<String>,
+    /// `.wants`/`.requires` links under /etc/systemd/system.
+    pub enabled_units: Vec<String>,
+    /// What a boot left (an image should have none).
+    pub booted: Vec<String>,
+    /// Sources the Ignition configs fetch at first boot.
+    pub remote_sources: Vec<String>,
+}
+
+/// Reads what `image` (raw) carries beside the stores; `problems` gets
+/// what does not hold together (`air_gapped`: also what would need a
+/// network at first boot).
+pub fn survey(
+    image: &Path,
+    fs: &dyn FsRead,
+    air_gapped: bool,
+    problems: &mut Vec<(String, String)>,
+) -> Result<Node> {
+    let layout = Layout::read(image)?;
+    let mut node = Node {
+        root_partition: layout.root.number,
+        boot: Some(layout.boot),
+        ..Node::default()
+    };
+    let exists = |p: &str| -> Result<bool> { Ok(fs.stat(p.as_bytes())?.is_some()) };
+    // OEM.
+    if let Some(oem) = &layout.oem {
+        if btrfs::probe(image, oem.offset)?.is_some() {
+            for path in IGNITION {
+                let Some(bytes) = btrfs::read_file(image, oem.offset, oem.size, path)? else {
+                    continue;
+                };
+                let root = ignition::Root {
+                    fs_label: crate::disk::layout::ROOT_LABEL,
+                    part_label: crate::disk::layout::ROOT_LABEL,
+                    fs_uuid: None,
+                    part_uuid: Some(&layout.root.uuid),
+                };
+                match ignition::check(&bytes, &format!("OEM {path}"), &root) {
+                    Ok(c) => {
+                        node.ignition
+                            .push(format!("{path} (Ignition {})", c.version));
+                        node.remote_sources.extend(c.remote);
+                    }
+                    Err(e) => problems.push((format!("/oem{path}"), format!("{e:#}"))),
+                }
+            }
+            if let Some(cfg) = btrfs::read_file(image, oem.offset, oem.size, "/grub.cfg")? {
+                node.kernel_args = grub::kernel_args(&cfg);
+            }
+        }
+    }
+    // ROOT: extensions, Flatcar's own, units, traps.
+    if exists(EXTENSIONS)? {
+        for name in sorted(fs.read_dir(EXTENSIONS.as_bytes())?) {
+            let path = format!("{EXTENSIONS}/{name}");
+            let target = match fs.stat(path.as_bytes())? {
+                Some(st) if st.kind == Kind::Symlink => {
+                    String::from_utf8_lossy(&fs.read_link(path.as_bytes())?).into_owned()
+                }
+                _ => path.clone(),
+            };
+            // /usr (USR-A) is not ROOT: links there are Flatcar's own.
+            if target.starts_with('/') && !target.starts_with("/usr/") && !exists(&target)? {
+                problems.push((
+                    path.clone(),
+                    format!("links to {target}, which is not in ROOT"),
+                ));
+            }
+            node.sysexts.push(format!("{path} -> {target}"));
+        }
+    }
+    if let Some(conf) = read(fs, ENABLED_SYSEXT)? {
+        let text = String::from_utf8_lossy(&conf).into_owned();
+        node.flatcar_sysexts_enabled = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('-'))
+            .map(str::to_string)
+            .collect();
+    }
+    if exists(FLATCAR_SYSEXT)? {
+        node.flatcar_sysexts_baked = sorted(fs.read_dir(FLATCAR_SYSEXT.as_bytes())?);
+    }
+    if !node.flatcar_sysexts_enabled.is_empty() {
+        node.flatcar_version = super::usr_version(image, &layout).ok();
+    }
+    for name in &node.flatcar_sysexts_enabled {
+        let baked = match &node.flatcar_version {
+            Some(v) => node
+                .flatcar_sysexts_baked
+                .contains(&format!("flatcar-{name}-{v}.raw")),
+            None => node
+                .flatcar_sysexts_baked
+                .iter()
+                .any(|f| f.starts_with(&format!("flatcar-{name}-"))),
+        };
+        if !baked && air_gapped {
+            problems.push((
+                ENABLED_SYSEXT.into(),
+                format!(
+                    "lists {name}, but {FLATCAR_SYSEXT}/flatcar-{name}-{}.raw is not baked: the first boot downloads it (--flatcar-sysext)",
+                    node.flatcar_version.as_deref().unwrap_or("VERSION")
+                ),
+            ));
+        }
+    }
+    if exists(UNITS)? {
+        for dir in sorted(fs.read_dir(UNITS.as_bytes())?) {
+            if !(dir.ends_with(".wants") || dir.ends_with(".requires") || dir.ends_with(".upholds"))
+            {
+                continue;
+            }
+            let d = format!("{UNITS}/{dir}");
+            if fs.stat(d.as_bytes())?.is_none_or(|s| s.kind != Kind::Dir) {
+                continue;
+            }
+            for name in sorted(fs.read_dir(d.as_bytes())?) {
+                let path = format!("{d}/{name}");
+                if fs
+                    .stat(path.as_bytes())?
+                    .is_some_and(|s| s.kind == Kind::Symlink)
+                {
+                    let target =
+                        String::from_utf8_lossy(&fs.read_link(path.as_bytes())?).into_owned();
+                    if target.starts_with("/etc/") && !exists(&target)? {
+                        problems.push((
+                            path.clone(),
+                            format!("links to {target}, which is not in ROOT"),
+                        ));
+                    }
+                }
+                node.enabled_units.push(path);
+            }
+        }
+    }
+    let mut traps = vec![];
+    if exists(MACHINE_ID)? {
+        traps.push(Trap::RootFile(MACHINE_ID.into()));
+    }
+    if exists(SSH_DIR)? {
+        for k in sorted(fs.read_dir(SSH_DIR.as_bytes())?) {
+            if k.starts_with("ssh_host_") && k.ends_with("_key") {
+                traps.push(Trap::RootFile(format!("{SSH_DIR}/{k}")));
+            }
+        }
+    }
+    if let Some(esp) = layout.esp.as_ref().and_then(|p| Esp::open(image, p).ok()) {
+        if !esp.exists(FIRST_BOOT)? && !esp.exists(FIRST_BOOT_LEGACY)? {
+            traps.push(Trap::NoFirstBootFlag);
+        }
+    }
+    node.booted = traps.iter().map(|t| t.to_string()).collect();
+    if air_gapped {
+        for t in &node.booted {
+            problems.push(("(boot)".into(), t.clone()));
+        }
+        for r in &node.remote_sources {
+            problems.push((
+                "/oem".into(),
+                format!("an Ignition config fetches {r} at first boot: a network is needed"),
+            ));
+        }
+    }
+    Ok(node)
+}
+
+fn sorted(names: Vec<Vec<u8>>) -> Vec<String> {
+    let mut v: Vec<String> = names
+        .into_iter()
+        .map(|n| String::from_utf8_lossy(&n).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn read(fs: &dyn FsRead, path: &str) -> Result<Option<Vec<u8>>> {
+    match fs.stat(path.as_bytes())? {
+        Some(_) => Ok(Some(fs.read_all(path.as_bytes())?)),
+        None => Ok(None),
+    }
+}
+
+impl Node {
+    /// Lines for `inspect`'s table.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "ROOT: partition {}; boots {}",
+            self.root_partition,
+            match self.boot {
+                Some(crate::disk::Boot::Uki) => "a unified kernel image",
+                _ => "with GRUB",
+            }
+        )];
+        let mut line = |what: &str, v: &[String]| {
+            if !v.is_empty() {
+                out.push(format!("{what}: {}", v.join(", ")));
+            }
+        };
+        line("ignition", &self.ignition);
+        line("kernel arguments", &self.kernel_args);
+        line("system extensions", &self.sysexts);
+        line("Flatcar extensions enabled", &self.flatcar_sysexts_enabled);
+        line("Flatcar extensions baked", &self.flatcar_sysexts_baked);
+        line("enabled units", &self.enabled_units);
+        line("booted", &self.booted);
+        line("fetched at first boot", &self.remote_sources);
+        out
+    }
+}
