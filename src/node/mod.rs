@@ -12,6 +12,7 @@
 
 pub mod grub;
 pub mod ignition;
+pub mod image;
 pub mod survey;
 pub mod sysext;
 pub mod unit;
@@ -27,6 +28,7 @@ use crate::disk::vfat::{self, Esp};
 use crate::disk::{btrfs, layout, Boot, Layout};
 use crate::ext4;
 use crate::platform::Platform;
+use image::Trap;
 
 /// What to do with an image that was booted before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -359,40 +361,6 @@ pub struct Facts {
     traps: Vec<Trap>,
 }
 
-/// A sign that the image was booted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trap {
-    /// A file in ROOT (`/etc/machine-id`, an SSH host key).
-    RootFile(String),
-    /// The ESP lacks the first-boot flag.
-    NoFirstBootFlag,
-}
-
-impl std::fmt::Display for Trap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Trap::RootFile(p) if p == MACHINE_ID => write!(
-                f,
-                "ROOT has {p}: every node made from this image would share one machine ID"
-            ),
-            Trap::RootFile(p) => write!(
-                f,
-                "ROOT has the SSH host key {p}: every node would share it (sshd-keygen makes only missing ones)"
-            ),
-            Trap::NoFirstBootFlag => write!(
-                f,
-                "the EFI system partition has no {FIRST_BOOT} flag: Ignition would not run at first boot"
-            ),
-        }
-    }
-}
-
-const MACHINE_ID: &str = "/etc/machine-id";
-/// The first-boot flag on the ESP (GRUB then passes flatcar.first_boot).
-const FIRST_BOOT: &str = "flatcar/first_boot";
-const FIRST_BOOT_LEGACY: &str = "coreos/first_boot";
-const SSH_DIR: &str = "/etc/ssh";
-
 /// Checks the plan against the raw disk image `image` (its ROOT must be
 /// readable): the layout has the partitions the plan writes, kernel
 /// arguments have a `grub.cfg` to go to, extensions fit the platform and
@@ -447,31 +415,8 @@ pub fn check_disk(plan: &Plan, image: &Path, platform: &Platform) -> Result<Fact
     }
     let fs = ext4::Root::new(image, layout.root.offset).open_read()?;
     // Booted: machine-id, host keys, the flag.
-    let mut traps = vec![];
-    if fs.exists(MACHINE_ID)? {
-        traps.push(Trap::RootFile(MACHINE_ID.into()));
-    }
-    if fs.exists(SSH_DIR)? {
-        let mut keys: Vec<_> = fs
-            .list_dir(SSH_DIR)?
-            .into_iter()
-            .filter(|n| n.starts_with("ssh_host_") && n.ends_with("_key"))
-            .collect();
-        keys.sort();
-        traps.extend(
-            keys.into_iter()
-                .map(|k| Trap::RootFile(format!("{SSH_DIR}/{k}"))),
-        );
-    }
-    let esp = match &layout.esp {
-        Some(p) => Esp::open(image, p).ok(),
-        None => None,
-    };
-    if let Some(esp) = &esp {
-        if !esp.exists(FIRST_BOOT)? && !esp.exists(FIRST_BOOT_LEGACY)? {
-            traps.push(Trap::NoFirstBootFlag);
-        }
-    }
+    let traps = image::traps(image, &layout, &fs)?;
+    let esp = layout.esp.as_ref().and_then(|p| Esp::open(image, p).ok());
     if !plan.esp.is_empty() && esp.is_none() {
         bail!("--esp-file: {disk} has no EFI system partition with a FAT filesystem");
     }
@@ -509,7 +454,7 @@ pub fn check_disk(plan: &Plan, image: &Path, platform: &Platform) -> Result<Fact
     }
     let version = match plan.flatcar_sysexts.is_empty() {
         true => None,
-        false => Some(usr_version(image, &layout)?),
+        false => Some(image::usr_version(image, &layout)?),
     };
     for s in &plan.flatcar_sysexts {
         let have = s.release.get("VERSION_ID").unwrap_or("(none)");
@@ -577,31 +522,6 @@ fn find_unit(plan: &Plan, fs: &ext4::Fs, u: &str, template: &str) -> Result<(Str
         "--enable-unit {u}: no unit file {u} in {} of ROOT, and none given: add it with --root-file ./{u}:/etc/systemd/system/{u}",
         UNIT_DIRS[0]
     )
-}
-
-/// VERSION_ID of `/usr/lib/os-release` on USR-A (btrfs on today's images,
-/// ext2 on older ones).
-fn usr_version(image: &Path, layout: &Layout) -> Result<String> {
-    let disk = image.display();
-    let usr = layout.usr_a.as_ref().with_context(|| {
-        format!("{disk} has no USR-A partition to read the Flatcar version from")
-    })?;
-    let text = match btrfs::probe(image, usr.offset)? {
-        Some(_) => btrfs::read_file(image, usr.offset, usr.size, "/lib/os-release")?,
-        None => ext4::Root::new(image, usr.offset)
-            .open_read()
-            .and_then(|fs| fs.read_if_exists("/lib/os-release"))
-            .ok()
-            .flatten(),
-    };
-    let text = text.with_context(|| {
-        format!("USR-A of {disk} has no readable /lib/os-release (/usr/lib/os-release at run time)")
-    })?;
-    sysext::parse_os_release(&text)
-        .into_iter()
-        .find(|(k, _)| k == "VERSION_ID")
-        .map(|(_, v)| v)
-        .with_context(|| format!("/usr/lib/os-release on USR-A of {disk} has no VERSION_ID"))
 }
 
 /// What ROOT will take for the plan, in blocks of `block_size`.
@@ -800,11 +720,14 @@ pub fn apply(
             }
         }
         if reset_flag {
-            files.push((empty.path(), FIRST_BOOT));
+            files.push((empty.path(), image::FIRST_BOOT));
         }
         vfat::write_files(image, part, &files)?;
         if reset_flag {
-            let said = format!("put the first-boot flag {FIRST_BOOT} back on the ESP");
+            let said = format!(
+                "put the first-boot flag {} back on the ESP",
+                image::FIRST_BOOT
+            );
             eprintln!("--reset-first-boot: {said}");
             report.reset.push(said);
         }

@@ -9,8 +9,8 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{grub, ignition, Trap, FIRST_BOOT, FIRST_BOOT_LEGACY, MACHINE_ID, SSH_DIR};
-use crate::disk::{btrfs, vfat::Esp, Layout};
+use super::{grub, ignition, image};
+use crate::disk::{btrfs, Layout};
 use crate::fsread::{FsRead, Kind};
 
 /// The OEM paths Flatcar's Ignition reads.
@@ -121,7 +121,7 @@ pub fn survey(
         node.flatcar_sysexts_baked = sorted(fs.read_dir(FLATCAR_SYSEXT.as_bytes())?);
     }
     if !node.flatcar_sysexts_enabled.is_empty() {
-        node.flatcar_version = super::usr_version(image, &layout).ok();
+        node.flatcar_version = image::usr_version(image, &layout).ok();
     }
     for name in &node.flatcar_sysexts_enabled {
         let baked = match &node.flatcar_version {
@@ -172,22 +172,7 @@ pub fn survey(
             }
         }
     }
-    let mut traps = vec![];
-    if exists(MACHINE_ID)? {
-        traps.push(Trap::RootFile(MACHINE_ID.into()));
-    }
-    if exists(SSH_DIR)? {
-        for k in sorted(fs.read_dir(SSH_DIR.as_bytes())?) {
-            if k.starts_with("ssh_host_") && k.ends_with("_key") {
-                traps.push(Trap::RootFile(format!("{SSH_DIR}/{k}")));
-            }
-        }
-    }
-    if let Some(esp) = layout.esp.as_ref().and_then(|p| Esp::open(image, p).ok()) {
-        if !esp.exists(FIRST_BOOT)? && !esp.exists(FIRST_BOOT_LEGACY)? {
-            traps.push(Trap::NoFirstBootFlag);
-        }
-    }
+    let traps = image::traps(image, &layout, fs)?;
     node.booted = traps.iter().map(|t| t.to_string()).collect();
     if air_gapped {
         for t in &node.booted {
