@@ -1,4 +1,4 @@
-// Builds the small C layer over libext2fs (src/ext4/shim.c) and links
+// Builds the small C layer over libext2fs (src/disk/ext4/shim.c) and links
 // libext2fs and libcom_err, both found through pkg-config. Set
 // FLATCAR_PRELOAD_STATIC=1 (as .cargo/config.toml does) to link the static
 // archives (for a binary that runs in a container without libc).
@@ -12,7 +12,7 @@ const INSTALL_HINT: &str =
      Arch `pacman -S e2fsprogs pkgconf`";
 
 fn main() {
-    println!("cargo:rerun-if-changed=src/ext4/shim.c");
+    println!("cargo:rerun-if-changed=src/disk/ext4/shim.c");
     println!("cargo:rerun-if-env-changed=FLATCAR_PRELOAD_STATIC");
     let statik = std::env::var_os("FLATCAR_PRELOAD_STATIC").is_some();
     // The pkg-config crate reruns the build script when PKG_CONFIG_PATH and
@@ -38,7 +38,7 @@ fn main() {
     };
 
     let mut cc = cc::Build::new();
-    cc.file("src/ext4/shim.c")
+    cc.file("src/disk/ext4/shim.c")
         .warnings(true)
         .flag_if_supported("-Wno-unused-parameter");
     for dir in &ext2fs.include_paths {

@@ -29,9 +29,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write a tar archive into the ROOT partition (9) of a Flatcar disk
+    /// Write a tar archive into the ROOT partition of a Flatcar disk
     /// image, keeping owners, modes, hard links, devices and xattrs.
-    Unpack(UnpackArgs),
+    Unpack(Box<UnpackArgs>),
     /// Pull container images in a docker:dind container and write its
     /// image store into ROOT (/var/lib/docker), ready for Docker at first
     /// boot.
@@ -422,6 +422,8 @@ pub struct ContainerdArgs {
 pub struct UnpackArgs {
     #[command(flatten)]
     pub selinux: SelinuxArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// The Flatcar disk image (raw, e.g. flatcar_production_image.bin).
     #[arg(value_name = "disk")]
     pub disk: PathBuf,
@@ -575,6 +577,7 @@ impl UnpackArgs {
             target: self.target.as_os_str().as_bytes().to_vec(),
             space: self.space.config(),
             output: self.output.mode(),
+            node: self.node.config(),
         })
     }
 }

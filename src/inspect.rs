@@ -45,6 +45,21 @@ pub struct RootSpace {
     pub free_bytes: u64,
 }
 
+/// The names of the images of containerd's namespace k8s.io (the
+/// kubelet's) in `fs`.
+pub fn kubelet_images(fs: &dyn FsRead) -> Result<Vec<String>> {
+    let Some(store::Inventory::Containerd(c)) =
+        store::backend(StoreKind::Containerd).inspect(fs)?
+    else {
+        return Ok(vec![]);
+    };
+    Ok(c.namespaces
+        .into_iter()
+        .filter(|n| n.name == "k8s.io")
+        .flat_map(|n| n.images.into_iter().map(|i| i.name))
+        .collect())
+}
+
 /// Reads what images `fs` (a ROOT filesystem) carries.
 pub fn inventory(fs: &dyn FsRead) -> Result<Inventory> {
     let mut inv = Inventory {
@@ -282,10 +297,13 @@ pub fn run(disk: &std::path::Path, json: bool) -> Result<()> {
         free_bytes: summary.free_bytes(),
     };
     let mut problems = vec![];
+    let k8s = kubelet_images(&fs)?;
     inv.node = Some(crate::node::survey::survey(
         &opened.prepared.image,
+        &opened.prepared.layout,
         &fs,
         false,
+        &k8s,
         &mut problems,
     )?);
     for (path, problem) in problems {

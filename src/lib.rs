@@ -9,7 +9,6 @@ mod compress;
 mod digest;
 pub mod disk;
 mod docker;
-pub mod ext4;
 mod fsread;
 #[cfg(feature = "test-hooks")]
 pub mod fuzzing;

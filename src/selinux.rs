@@ -14,7 +14,7 @@
 use anyhow::{bail, Context, Result};
 use regex::bytes::Regex;
 
-use crate::ext4::{EntryKind, EntryMeta, Keep, Transform};
+use crate::disk::ext4::{EntryKind, EntryMeta, Keep, Transform};
 use crate::fsread::FsRead;
 
 /// The type of an inode, as a file_contexts line can restrict it.

@@ -10,9 +10,10 @@ use anyhow::{Context, Result};
 use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;
 
+use crate::compress;
+use crate::disk::ext4;
 use crate::disk::{self, Grow};
 use crate::progress::{Bar, ReadProgress};
-use crate::{compress, ext4};
 
 #[derive(Debug, Clone)]
 pub enum Input {
@@ -57,6 +58,8 @@ pub struct UnpackConfig {
     pub target: Vec<u8>,
     pub space: Space,
     pub output: OutputMode,
+    /// What is baked beside the archive (OEM, ESP, ROOT files).
+    pub node: crate::node::Config,
 }
 
 /// Opens the archive, decompressing it when its content is gzip, bzip2,
@@ -103,6 +106,7 @@ pub fn measure_archive(path: &Path, block_size: u64) -> Result<ext4::Need> {
 /// archive into ROOT, and publishes the output only when all went well.
 pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
     let start = Instant::now();
+    let plan = crate::node::check_local(&cfg.node)?;
     let mut prepared = disk::prepare(
         &cfg.disk,
         cfg.output.path(),
@@ -111,10 +115,20 @@ pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
         Some(cancel),
     )?;
     let block_size = prepared.block_size()?;
+    // The node's files, checked against the image before anything is
+    // written (the platform of its ESP, else this machine's).
+    let platform = disk::esp::detect_platform(&prepared.image)?
+        .unwrap_or_else(|_| crate::platform::Platform::of_host());
+    let facts = crate::node::check_disk(&plan, &prepared.image, &prepared.layout, &platform)?;
+    let node_need = crate::node::root_need(&plan, &facts, block_size);
     // Measured from the archive's headers when it is a file; standard
     // input can be read only once.
     let need = match &cfg.archive {
-        Input::File(p) => Some(measure_archive(p, block_size).context("measuring the archive")?),
+        Input::File(p) => {
+            let mut need = measure_archive(p, block_size).context("measuring the archive")?;
+            need += node_need;
+            Some(need)
+        }
         Input::Stdin => None,
     };
     let archive = open_archive(&cfg.archive, true)?;
@@ -127,14 +141,19 @@ pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
     let mut labeler = cfg.selinux.labeler(&cfg.target)?;
     let label = labeler
         .as_mut()
-        .map(|l| l as &mut dyn crate::ext4::Transform);
+        .map(|l| l as &mut dyn crate::disk::ext4::Transform);
     let written = fs.write_tar(&cfg.target, archive, label);
     let stats = fs
         .close_after(written)
         .context("writing the archive into ROOT")
         .map_err(|e| crate::hostfs::explain_full(e, &root.image))?;
     let write_secs = write_start.elapsed().as_secs_f64();
+    let node = crate::node::apply(&plan, &facts, &prepared.image, &root, &cfg.selinux)
+        .map_err(|e| crate::hostfs::explain_full(e, &root.image))?;
     let fs = prepared.publish()?;
+    for line in node.lines() {
+        eprintln!("{line}");
+    }
     if let Some(g) = grown {
         eprintln!("{g}");
     }

@@ -9,7 +9,7 @@ use crate::store::{self, Report};
 /// Verifies the image stores in ROOT of `root` (each there is; Docker's
 /// when none is, which says so) with a progress bar by bytes; the report
 /// of all, whatever it found (Err: ROOT cannot be read).
-pub fn check_root(root: &crate::ext4::Root) -> Result<Report> {
+pub fn check_root(root: &crate::disk::ext4::Root) -> Result<Report> {
     let fs = root.open_read()?;
     let mut report = Report {
         images: 0,
@@ -77,12 +77,19 @@ pub fn run(disk: &std::path::Path, json: bool, air_gapped: bool) -> Result<()> {
     }
     // Beside the stores: what OEM and ROOT hold holds together.
     let mut problems = vec![];
-    crate::node::survey::survey(
+    let fs = root.open_read()?;
+    let k8s = crate::inspect::kubelet_images(&fs)?;
+    let node = crate::node::survey::survey(
         &opened.prepared.image,
-        &root.open_read()?,
+        &opened.prepared.layout,
+        &fs,
         air_gapped,
+        &k8s,
         &mut problems,
     )?;
+    for w in &node.warnings {
+        eprintln!("warning: {w}");
+    }
     report
         .failures
         .extend(problems.into_iter().map(|(path, problem)| store::Failure {

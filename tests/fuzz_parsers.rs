@@ -77,7 +77,7 @@ fn count(delta: isize) {
 // SAFETY: every method counts and then forwards its arguments unchanged to
 // `System`, so each caller's contract (a valid layout; a pointer that this
 // allocator returned with that layout) is `System`'s, which upholds it.
-// The one `unsafe` outside src/ext4/ffi.rs: a global allocator cannot be
+// The one `unsafe` outside src/disk/ext4/ffi.rs: a global allocator cannot be
 // written without it, and it lives only in this test binary.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {

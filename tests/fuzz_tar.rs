@@ -237,7 +237,7 @@ fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// What a case did, with numbers left out: a new one keeps the input.
-fn outcome(r: &anyhow::Result<flatcar_preload::ext4::Stats>) -> String {
+fn outcome(r: &anyhow::Result<flatcar_preload::disk::ext4::Stats>) -> String {
     match r {
         Ok(s) => format!(
             "ok f{} d{} s{} h{} v{} x{}",
@@ -262,7 +262,7 @@ fn run_case(fixture: &Path, work: &Path, input: &[u8]) -> Result<String, String>
     let img = work.to_path_buf();
     let data = input.to_vec();
     let r = run_limited(Duration::from_secs(20), move || {
-        let mut fs = flatcar_preload::ext4::Root::new(&img, 0).open_write(None)?;
+        let mut fs = flatcar_preload::disk::ext4::Root::new(&img, 0).open_write(None)?;
         let written = fs.write_tar(b"/fuzz", &data[..], None);
         fs.close_after(written)
     })

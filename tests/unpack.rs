@@ -871,3 +871,98 @@ fn selinux_labels_as_setfiles_gives_them() {
         "the input disk image was modified"
     );
 }
+
+/// `unpack` takes the node's options too, rootless: a unit enabled from
+/// its [Install] section, a file into ROOT, firmware onto the ESP, an
+/// Ignition config onto OEM (btrfs, rebuilt without root); and refuses a
+/// unit without [Install] before writing anything.
+#[test]
+fn node_files_beside_the_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = disk_copy(&["--layout", "current", "--node"], tmp.path());
+    let archive = tmp.path().join("a.tar");
+    write_tar(&[item("srv/data", bytes(b"data"))], &archive);
+    let t = tmp.path();
+    fs::write(
+        t.join("app.service"),
+        "[Service]\nExecStart=/opt/bin/app\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    fs::write(t.join("bare.service"), "[Service]\nExecStart=/bin/true\n").unwrap();
+    fs::write(t.join("fw.bin"), b"firmware").unwrap();
+    fs::write(t.join("c.ign"), br#"{"ignition":{"version":"3.3.0"}}"#).unwrap();
+    let unit = format!(
+        "{}:/etc/systemd/system/app.service",
+        t.join("app.service").display()
+    );
+    let bare = format!(
+        "{}:/etc/systemd/system/bare.service",
+        t.join("bare.service").display()
+    );
+    let fw = format!("{}:/EFI/vendor/fw.bin", t.join("fw.bin").display());
+    let err = assert_clean_failure_with(
+        &disk,
+        &archive,
+        &["--root-file", &bare, "--enable-unit", "bare.service"],
+        "no [Install] section",
+    );
+    assert!(err.contains("bare.service"), "{err}");
+    let out = t.join("out.bin");
+    let said = unpack_ok(&[
+        &disk,
+        &archive,
+        &"-o",
+        &out,
+        &"--root-file",
+        &unit,
+        &"--enable-unit",
+        &"app.service",
+        &"--esp-file",
+        &fw,
+        &"--ignition",
+        &t.join("c.ign"),
+    ]);
+    assert!(said.contains("enabled units"), "{said}");
+    assert_fsck_clean(&out);
+    let view = ext4_view(&out);
+    assert_eq!(view.read("/srv/data").unwrap(), b"data");
+    assert_eq!(
+        view.read_link("/etc/systemd/system/multi-user.target.wants/app.service")
+            .unwrap(),
+        ext4_view::Path::new("/etc/systemd/system/app.service")
+    );
+    let inv = run(&[&"inspect", &"--json", &out]);
+    assert!(inv.status.success(), "{}", stderr(&inv));
+    let inv: serde_json::Value = serde_json::from_slice(&inv.stdout).unwrap();
+    assert_eq!(
+        inv["node"]["ignition"][0], "/config.ign (Ignition 3.3.0)",
+        "{inv}"
+    );
+    assert_eq!(
+        inv["node"]["enabled_units"][0],
+        "/etc/systemd/system/multi-user.target.wants/app.service"
+    );
+    // The ESP, read with mtools.
+    let esp = Command::new("sgdisk")
+        .args(["-i", "1"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let first: u64 = String::from_utf8_lossy(&esp.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let got = Command::new("mtype")
+        .args([
+            "-i",
+            &format!("{}@@{}", out.display(), first * 512),
+            "::/EFI/vendor/fw.bin",
+        ])
+        .output()
+        .unwrap();
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(got.stdout, b"firmware");
+}

@@ -13,13 +13,17 @@
 //! xattrs would be lost between two sessions. Only when the new filesystem
 //! is complete and checked is it written over the old one.
 //!
-//! Known losses, from btrfs-progs 6.2 (Debian 12):
-//! - `mkfs.btrfs --rootdir` gives the root directory a fixed mode 0755,
-//!   owner 0:0 and no xattrs, so Flatcar's `btrfs.compression=zlib` on the
-//!   root (set with `btrfs property set`) is lost; no mkfs option of 6.2
-//!   sets it and setting it needs a mount. [`Rebuilt::lost_root_xattrs`]
-//!   names what was lost so the caller can warn. Files already compressed
-//!   are restored uncompressed (they then take their full size).
+//! `mkfs.btrfs --rootdir` (btrfs-progs 6.2, Debian 12) gives the root
+//! directory a fixed mode 0755, owner 0:0 and no xattrs; Flatcar's
+//! `btrfs.compression=zlib` on the root (what `btrfs property set` makes)
+//! is put back into the new filesystem by `btrfs_xattr` before it is
+//! checked and written. A root xattr whose value `dump-tree` does not show
+//! whole (not printable text), and a root mode or owner other than 0755
+//! 0:0, are named in [`Rebuilt::lost_root_xattrs`] so the caller can warn.
+//!
+//! Known losses:
+//! - Files already compressed are restored uncompressed (they then take
+//!   their full size).
 //! - `btrfs restore` writes each name of a hard-linked file as its own
 //!   copy, and times to the second.
 //! - Special files (devices, FIFOs, sockets) and subvolumes are refused.
@@ -320,6 +324,19 @@ pub fn rebuild(image: &Path, offset: u64, size: u64, adds: &[Add]) -> Result<Reb
             old.uuid
         );
     }
+    // The root's xattrs, which mkfs left out.
+    let mut lost = vec![];
+    let mut put_back = vec![];
+    for (name, value) in &tree.root_xattrs {
+        match value {
+            Some(v) => put_back.push((name.clone(), v.clone())),
+            None => lost.push(name.clone()),
+        }
+    }
+    if !put_back.is_empty() {
+        super::btrfs_xattr::add_root_xattrs(&newfs, &put_back)
+            .context("putting the root directory's xattrs back into the rebuilt OEM btrfs")?;
+    }
     run(
         Command::new(&tools.btrfs)
             .args(["check", "--readonly"])
@@ -330,7 +347,6 @@ pub fn rebuild(image: &Path, offset: u64, size: u64, adds: &[Add]) -> Result<Reb
 
     write_back(&newfs, &out, image, offset, size)?;
     let info = probe(image, offset)?.context("the rebuilt btrfs is not in the disk image")?;
-    let mut lost = tree.root_xattrs.clone();
     if let Some((mode, uid, gid)) = tree.root_owner {
         if (mode & 0o7777, uid, gid) != (0o755, 0, 0) {
             lost.push(format!(
@@ -754,7 +770,9 @@ struct Tree {
     special: u64,
     /// Directory entries of subvolumes.
     subvolumes: u64,
-    root_xattrs: Vec<String>,
+    /// The root directory's xattrs: name, and the value when dump-tree
+    /// shows it whole (printable text of `data_len` bytes).
+    root_xattrs: Vec<(String, Option<Vec<u8>>)>,
     /// The root directory's mode, uid and gid.
     root_owner: Option<(u32, u32, u32)>,
 }
@@ -776,6 +794,7 @@ fn parse_dump_tree(text: &str) -> Tree {
     let mut t = Tree::default();
     let mut key: (String, String) = Default::default();
     let mut want_name = false;
+    let mut data_len = None;
     for line in text.lines() {
         let l = line.trim_start();
         if l.starts_with("item ") {
@@ -798,8 +817,19 @@ fn parse_dump_tree(text: &str) -> Tree {
                 }
             }
         } else if want_name {
-            if let Some(n) = l.strip_prefix("name: ") {
-                t.root_xattrs.push(n.to_string());
+            if let Some(n) = l.split_once("data_len ").map(|(_, r)| r) {
+                data_len = n
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok());
+            } else if let Some(n) = l.strip_prefix("name: ") {
+                t.root_xattrs.push((n.to_string(), None));
+            } else if let Some(v) = l.strip_prefix("data ") {
+                let whole = Some(v.len()) == data_len
+                    && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+                if let (true, Some(last)) = (whole, t.root_xattrs.last_mut()) {
+                    last.1 = Some(v.as_bytes().to_vec());
+                }
                 want_name = false;
             }
         } else if key.0 == ROOT && key.1 == "INODE_ITEM" && t.root_owner.is_none() {
@@ -1147,11 +1177,8 @@ mod tests {
         assert_eq!(r.files_kept, 6);
         // 3 files + tree, sub, tool.sh
         assert_eq!(r.files_added, 6);
-        if is_root() {
-            assert_eq!(r.lost_root_xattrs, vec!["btrfs.compression".to_string()]);
-        } else {
-            assert!(r.lost_root_xattrs.is_empty(), "{:?}", r.lost_root_xattrs);
-        }
+        // The root's compression property is put back.
+        assert!(r.lost_root_xattrs.is_empty(), "{:?}", r.lost_root_xattrs);
         let after = probe(&disk, OFFSET).unwrap().unwrap();
         assert_eq!(after, r.info);
         assert_eq!(
@@ -1311,7 +1338,7 @@ mod tests {
                 entries: 1,
                 special: 1,
                 subvolumes: 1,
-                root_xattrs: vec!["btrfs.compression".into()],
+                root_xattrs: vec![("btrfs.compression".into(), Some(b"zlib".to_vec()))],
                 root_owner: Some((0o40700, 5, 6)),
             }
         );

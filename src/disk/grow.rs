@@ -8,12 +8,12 @@ use anyhow::{bail, Context, Result};
 use gptman::GPT;
 
 use super::copy::copy_range;
-use super::{locate_root, Layout, Prepared, RootPartition, ROOT_NAME};
+use super::{Layout, Prepared, RootPartition, ROOT_NAME};
 
 /// Extends the disk image to `new_len` bytes: the backup GPT moves to the
 /// new end and ROOT's partition (which must be the last one) grows to the last
 /// usable sector. Other partitions, GUIDs and names are untouched.
-pub fn grow_disk(image: &Path, new_len: u64) -> Result<RootPartition> {
+pub fn grow_disk(image: &Path, new_len: u64) -> Result<Layout> {
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -70,7 +70,7 @@ pub fn grow_disk(image: &Path, new_len: u64) -> Result<RootPartition> {
     }
     f.sync_all().context("syncing the grown image")?;
     drop(f);
-    locate_root(image)
+    Layout::read(image)
 }
 
 /// Grows the filesystem of partition `root` (already grown) to fill it.
@@ -88,7 +88,7 @@ fn resize_root(image: &Path, root: RootPartition, old_size: u64, block_size: u64
     part.set_len(old_size)
         .with_context(|| format!("setting the size of {}", tmp.display()))?;
     let blocks = root.size / block_size;
-    crate::ext4::resize(&crate::ext4::Root::new(&tmp, 0), blocks)?;
+    crate::disk::ext4::resize(&crate::disk::ext4::Root::new(&tmp, 0), blocks)?;
     copy_range(
         &part,
         0,
@@ -184,7 +184,7 @@ fn mib(b: u64) -> String {
 /// ROOT's partition and filesystem as `grow` allows.
 pub fn ensure_room(
     prepared: &mut Prepared,
-    need: Option<crate::ext4::Need>,
+    need: Option<crate::disk::ext4::Need>,
     grow: Grow,
     headroom: Option<u64>,
 ) -> Result<Option<GrowReport>> {
@@ -250,12 +250,17 @@ pub fn ensure_room(
         mib(disk_len),
         mib(new_len)
     );
-    let root = grow_disk(&image, new_len)?;
+    let layout = grow_disk(&image, new_len)?;
+    let root = RootPartition {
+        offset: layout.root.offset,
+        size: layout.root.size,
+    };
     // Half grown: the partition is, its filesystem not yet.
     #[cfg(feature = "test-hooks")]
     crate::hooks::pause_until_killed("grow");
     resize_root(&image, root, before.size, bs)?;
     prepared.root = root;
+    prepared.layout = layout;
     let report = GrowReport {
         disk_bytes_before: disk_len,
         disk_bytes_after: fs::metadata(&image)

@@ -3,8 +3,10 @@
 //! growing (`grow`), and the platform it is built for (`esp`).
 
 pub mod btrfs;
+mod btrfs_xattr;
 mod copy;
 pub(crate) mod esp;
+pub mod ext4;
 mod grow;
 pub mod layout;
 pub mod vfat;
@@ -188,6 +190,8 @@ pub struct Prepared {
     /// The raw image file to write into.
     pub image: PathBuf,
     pub root: RootPartition,
+    /// Its partitions, read once from its GPT (again only after growing).
+    pub layout: Layout,
     /// Whether ROOT carries the mark of this run ([`UNFINISHED`]).
     marked: bool,
 }
@@ -196,9 +200,22 @@ pub struct Prepared {
 /// measure what will be written in ROOT's blocks ([`Prepared::block_size`]),
 /// make room ([`ensure_room`]), write, and [`Prepared::publish`].
 impl Prepared {
+    fn new(output: Option<Output>, image: PathBuf, layout: Layout) -> Prepared {
+        Prepared {
+            output,
+            image,
+            root: RootPartition {
+                offset: layout.root.offset,
+                size: layout.root.size,
+            },
+            layout,
+            marked: false,
+        }
+    }
+
     /// ROOT's filesystem in the image being written.
-    pub fn fs(&self) -> crate::ext4::Root {
-        crate::ext4::Root::new(&self.image, self.root.offset)
+    pub fn fs(&self) -> crate::disk::ext4::Root {
+        crate::disk::ext4::Root::new(&self.image, self.root.offset)
     }
 
     /// ROOT's block size, the unit what is written is measured in.
@@ -242,7 +259,7 @@ impl Prepared {
     /// qcow2/vmdk when it came from there). On failure the output is
     /// removed; in place, the disk holds what was written, marked
     /// unfinished.
-    pub fn publish(self) -> Result<crate::ext4::FsSummary> {
+    pub fn publish(self) -> Result<crate::disk::ext4::FsSummary> {
         if self.marked {
             let mut fs = self.fs().open_write(None)?;
             let removed = fs.remove_tree(UNFINISHED);
@@ -259,13 +276,13 @@ impl Prepared {
 }
 
 /// Checks `disk` before anything is written. A raw image must hold
-/// Flatcar's ROOT, whose place is returned; other formats are checked once
+/// Flatcar's ROOT; its layout is returned; other formats are checked once
 /// converted, and cannot be modified in place.
 pub fn check_input(
     disk: &Path,
     in_place: bool,
     unfinished: Unfinished,
-) -> Result<(Format, Option<RootPartition>)> {
+) -> Result<(Format, Option<Layout>)> {
     let format = Format::detect(disk)?;
     if format != Format::Raw {
         if in_place {
@@ -281,9 +298,9 @@ pub fn check_input(
 
 /// Locates ROOT in `image` and checks that it may be read, and written
 /// when `unfinished` says so.
-fn check_root(image: &Path, disk: &Path, unfinished: Unfinished) -> Result<RootPartition> {
-    let root = locate_root(image)?;
-    let mark = crate::ext4::Root::new(image, root.offset)
+fn check_root(image: &Path, disk: &Path, unfinished: Unfinished) -> Result<Layout> {
+    let layout = Layout::read(image)?;
+    let mark = crate::disk::ext4::Root::new(image, layout.root.offset)
         .open_read()
         .and_then(|fs| {
             fs.inspect(ROOT_NAME)?;
@@ -305,7 +322,7 @@ fn check_root(image: &Path, disk: &Path, unfinished: Unfinished) -> Result<RootP
         ),
         _ => {}
     }
-    Ok(root)
+    Ok(layout)
 }
 
 /// Checks the input and makes the raw image to write into: `disk` itself
@@ -318,14 +335,13 @@ pub fn prepare(
     unfinished: Unfinished,
     cancel: Option<&CancellationToken>,
 ) -> Result<Prepared> {
-    let (format, root) = check_input(disk, output.is_none(), unfinished)?;
+    let (format, layout) = check_input(disk, output.is_none(), unfinished)?;
     let Some(path) = output else {
-        return Ok(Prepared {
-            output: None,
-            image: disk.to_path_buf(),
-            root: root.expect("check_input checks raw images"),
-            marked: false,
-        });
+        return Ok(Prepared::new(
+            None,
+            disk.to_path_buf(),
+            layout.context("check_input checks raw images")?,
+        ));
     };
     let out = if format.qemu_name().is_some() {
         eprintln!(
@@ -351,13 +367,9 @@ pub fn prepare(
         out
     };
     // The input was checked: a compressed one only now, a raw one again.
-    let root = check_root(out.working_path(), disk, unfinished)?;
-    Ok(Prepared {
-        image: out.working_path().to_path_buf(),
-        output: Some(out),
-        root,
-        marked: false,
-    })
+    let layout = check_root(out.working_path(), disk, unfinished)?;
+    let image = out.working_path().to_path_buf();
+    Ok(Prepared::new(Some(out), image, layout))
 }
 
 /// A disk image opened for reading its ROOT: in place when raw, else a
@@ -371,15 +383,10 @@ pub struct ForReading {
 
 /// Opens `disk` (any format `populate` takes) for reading its ROOT.
 pub fn open_for_reading(disk: &Path) -> Result<ForReading> {
-    let (format, root) = check_input(disk, false, Unfinished::Read)?;
-    if let Some(root) = root {
+    let (format, layout) = check_input(disk, false, Unfinished::Read)?;
+    if let Some(layout) = layout {
         return Ok(ForReading {
-            prepared: Prepared {
-                output: None,
-                image: disk.to_path_buf(),
-                root,
-                marked: false,
-            },
+            prepared: Prepared::new(None, disk.to_path_buf(), layout),
             _dir: None,
         });
     }

@@ -453,7 +453,7 @@ impl Dind<'_> {
         (store, root): (StoreKind, &str),
         block_size: u64,
         only: Option<&[u8]>,
-    ) -> Result<crate::ext4::Need> {
+    ) -> Result<crate::disk::ext4::Need> {
         let measure = Request::Measure {
             store,
             root: root.into(),

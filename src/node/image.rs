@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::sysext;
+use crate::disk::ext4;
 use crate::disk::{btrfs, vfat::Esp, Layout};
-use crate::ext4;
 use crate::fsread::FsRead;
 
 /// A sign that the image was booted.

@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use crate::disk::ext4;
 use crate::disk::vfat::{self, Esp};
 use crate::disk::{btrfs, layout, Boot, Layout};
-use crate::ext4;
 use crate::platform::Platform;
 use image::Trap;
 
@@ -366,8 +366,13 @@ pub struct Facts {
 /// arguments have a `grub.cfg` to go to, extensions fit the platform and
 /// version, units have files, and the image was not booted. Writes
 /// nothing.
-pub fn check_disk(plan: &Plan, image: &Path, platform: &Platform) -> Result<Facts> {
-    let layout = Layout::read(image)?;
+pub fn check_disk(
+    plan: &Plan,
+    image: &Path,
+    layout: &Layout,
+    platform: &Platform,
+) -> Result<Facts> {
+    let layout = layout.clone();
     let disk = image.display();
     if plan.writes_oem() {
         let Some(oem) = &layout.oem else {
@@ -777,7 +782,7 @@ pub fn apply(
         let mut labeler = selinux.labeler(b"/")?;
         let label = labeler
             .as_mut()
-            .map(|l| l as &mut dyn crate::ext4::Transform);
+            .map(|l| l as &mut dyn crate::disk::ext4::Transform);
         let stats = fs.write_tar(b"/", reader, label);
         let fed = feed
             .join()

@@ -43,18 +43,23 @@ pub struct Node {
     pub booted: Vec<String>,
     /// Sources the Ignition configs fetch at first boot.
     pub remote_sources: Vec<String>,
+    /// What may need a network but is not known to (e.g. Kubernetes
+    /// images without a Kubernetes extension).
+    pub warnings: Vec<String>,
 }
 
 /// Reads what `image` (raw) carries beside the stores; `problems` gets
 /// what does not hold together (`air_gapped`: also what would need a
-/// network at first boot).
+/// network at first boot). `k8s_images`: the names of the images of
+/// containerd's namespace k8s.io (the kubelet's).
 pub fn survey(
     image: &Path,
+    layout: &Layout,
     fs: &dyn FsRead,
     air_gapped: bool,
+    k8s_images: &[String],
     problems: &mut Vec<(String, String)>,
 ) -> Result<Node> {
-    let layout = Layout::read(image)?;
     let mut node = Node {
         root_partition: layout.root.number,
         boot: Some(layout.boot),
@@ -121,7 +126,7 @@ pub fn survey(
         node.flatcar_sysexts_baked = sorted(fs.read_dir(FLATCAR_SYSEXT.as_bytes())?);
     }
     if !node.flatcar_sysexts_enabled.is_empty() {
-        node.flatcar_version = image::usr_version(image, &layout).ok();
+        node.flatcar_version = image::usr_version(image, layout).ok();
     }
     for name in &node.flatcar_sysexts_enabled {
         let baked = match &node.flatcar_version {
@@ -172,8 +177,23 @@ pub fn survey(
             }
         }
     }
-    let traps = image::traps(image, &layout, fs)?;
+    let traps = image::traps(image, layout, fs)?;
     node.booted = traps.iter().map(|t| t.to_string()).collect();
+    if !k8s_images.is_empty() {
+        if !node.sysexts.iter().any(|s| s.contains("kubernetes")) {
+            node.warnings.push(format!(
+                "containerd's namespace k8s.io holds {} image(s), but no Kubernetes system extension is linked in {EXTENSIONS}: \
+                 the kubelet comes from somewhere else, or first boot downloads it",
+                k8s_images.len()
+            ));
+        }
+        if air_gapped && !k8s_images.iter().any(|n| is_sandbox(n)) {
+            problems.push((
+                "/var/lib/containerd".into(),
+                "containerd's namespace k8s.io has no sandbox (pause) image: the first pod pulls it (populate bakes the target containerd's own unless --sandbox-image none)".into(),
+            ));
+        }
+    }
     if air_gapped {
         for t in &node.booted {
             problems.push(("(boot)".into(), t.clone()));
@@ -186,6 +206,16 @@ pub fn survey(
         }
     }
     Ok(node)
+}
+
+/// A pause image, by its repository's last component.
+fn is_sandbox(name: &str) -> bool {
+    let repo = name.split('@').next().unwrap_or(name);
+    let repo = match repo.rfind(':') {
+        Some(i) if !repo[i..].contains('/') => &repo[..i],
+        _ => repo,
+    };
+    repo.rsplit('/').next() == Some("pause")
 }
 
 fn sorted(names: Vec<Vec<u8>>) -> Vec<String> {
@@ -228,6 +258,33 @@ impl Node {
         line("enabled units", &self.enabled_units);
         line("booted", &self.booted);
         line("fetched at first boot", &self.remote_sources);
+        for w in &self.warnings {
+            out.push(format!("warning: {w}"));
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_images() {
+        for yes in [
+            "registry.k8s.io/pause:3.10",
+            "127.0.0.1:5000/pause:3.8",
+            "pause",
+            "k8s.gcr.io/pause@sha256:00",
+        ] {
+            assert!(is_sandbox(yes), "{yes}");
+        }
+        for no in [
+            "registry.k8s.io/kube-proxy:v1.33.0",
+            "pause.io/x:1",
+            "a/paused:1",
+        ] {
+            assert!(!is_sandbox(no), "{no}");
+        }
     }
 }

@@ -58,7 +58,7 @@ pub(super) struct Run<'a> {
     pub(super) socket_dir: Option<tempfile::TempDir>,
     /// ROOT of the input when the daemon starts on the store there (a
     /// `--merge` over a store written whole).
-    pub(super) seed: Option<crate::ext4::Root>,
+    pub(super) seed: Option<crate::disk::ext4::Root>,
 }
 
 impl Run<'_> {

@@ -205,9 +205,9 @@ async fn populate(runs: &[Run<'_>], node: &crate::node::Plan, origin: Instant) -
     // only now), before anything is written.
     let (facts, node_need) = {
         let (node, image, root) = (node.clone(), prepared.image.clone(), prepared.fs());
-        let target = first.platform.target.clone();
+        let (layout, target) = (prepared.layout.clone(), first.platform.target.clone());
         context::blocking(move || {
-            let facts = crate::node::check_disk(&node, &image, &target)?;
+            let facts = crate::node::check_disk(&node, &image, &layout, &target)?;
             let block_size = root
                 .open_read()?
                 .inspect(crate::disk::ROOT_NAME)?

@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
+use crate::disk::ext4::{self, Need};
 use crate::disk::{self, Prepared, ROOT_NAME};
 use crate::docker::{Engine, ExportVia, NameInUse, RegistryAccess, Seed, StoreMount};
-use crate::ext4::{self, Need};
 use crate::source::{ImageRef, Listed, Source};
 
 use crate::platform::Platform;
@@ -54,8 +54,8 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     let unfinished = disk::Unfinished::writing(cfg.space.force);
     let node = crate::node::check_local(&cfg.node)?;
     let (_, raw) = disk::check_input(&cfg.disk, in_place, unfinished)?;
-    if let Some(root) = raw {
-        let root = ext4::Root::new(&cfg.disk, root.offset);
+    if let Some(layout) = &raw {
+        let root = ext4::Root::new(&cfg.disk, layout.root.offset);
         if check_existing(cfg, &root, true)? {
             seed = Some(root);
         }
@@ -93,8 +93,8 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     };
     let target = &platform.target;
     // A compressed or qcow2/vmdk input is checked once converted.
-    if raw.is_some() {
-        crate::node::check_disk(&node, &cfg.disk, target)?;
+    if let Some(layout) = &raw {
+        crate::node::check_disk(&node, &cfg.disk, layout, target)?;
     }
     let mut prepared = vec![];
     for l in cfg.all_lines() {

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::ext4::{Estimator, Item, Need};
+use crate::disk::ext4::{Estimator, Item, Need};
 use crate::fsread::{join, show, FsRead, Kind};
 use crate::tar::Device;
 
@@ -606,8 +606,8 @@ mod tests {
     use std::collections::BTreeMap;
     use std::io::Read;
 
-    use crate::ext4::testutil::{mkfs, pattern, run, tool};
-    use crate::ext4::Root;
+    use crate::disk::ext4::testutil::{mkfs, pattern, run, tool};
+    use crate::disk::ext4::Root;
     use crate::fsread::FsRead;
     use crate::tar::{Archive, Attrs, Device, EntryType, Meta, Writer};
 

@@ -23,7 +23,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::ext4::{self, Need};
+use crate::disk::ext4::{self, Need};
 use crate::fsread::FsRead;
 use crate::protocol::{ContainerdVersion, Request, StoreKind};
 

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use super::export::{ExportStats, Scope};
 use super::{Backend, DaemonOptions, Inventory, Merge, Report, Selection};
 use crate::digest::is_hex64;
-use crate::ext4::Need;
+use crate::disk::ext4::Need;
 use crate::fsread::{is_dir, join, show, FsRead, Kind};
 use crate::protocol::{ContainerdVersion, Request, StoreKind};
 

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use super::layout::{LAYERDB, LAYERS, REPOSITORIES};
 use super::ROOT;
-use crate::ext4;
+use crate::disk::ext4;
 use crate::fsread::FsRead;
 
 /// What the store in ROOT held before the new one was written.

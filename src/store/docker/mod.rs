@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use super::export::{Plan, Scope};
 use super::{Backend, DaemonOptions, ExportStats, Inventory, Merge, Report, Selection};
-use crate::ext4::Need;
+use crate::disk::ext4::Need;
 use crate::fsread::FsRead;
 use crate::protocol::{ContainerdVersion, Request, StoreKind};
 

@@ -844,7 +844,7 @@ mod tests {
         for sel in &sels {
             let mut buf = vec![];
             Docker.export(&root, sel.as_ref(), STAMP, &mut buf).unwrap();
-            let written = crate::ext4::estimate_tar(&buf[..], 4096).unwrap();
+            let written = crate::disk::ext4::estimate_tar(&buf[..], 4096).unwrap();
             let measured = Docker.measure(&root, sel.as_ref(), 4096).unwrap();
             assert_eq!(measured, written, "selection {sel:?}");
         }
