@@ -80,7 +80,15 @@ pub struct SysextArg {
 }
 
 impl SysextArg {
+    /// `FILE` or `FILE:NAME`; a FILE whose name holds ':' is taken whole
+    /// when it exists.
     pub fn parse(s: &str) -> std::result::Result<SysextArg, String> {
+        if Path::new(s).exists() {
+            return Ok(SysextArg {
+                path: s.into(),
+                name: None,
+            });
+        }
         match s.rsplit_once(':') {
             Some((path, name)) if !name.contains('/') && !name.is_empty() => Ok(SysextArg {
                 path: path.into(),
@@ -410,6 +418,16 @@ pub fn check_disk(
                 crate::hostfs::human(room)
             );
         }
+    }
+    // A config that wipes ROOT by its partition UUID, known only now.
+    for i in &plan.ignition {
+        let root = ignition::Root {
+            fs_label: layout::ROOT_LABEL,
+            part_label: layout::ROOT_LABEL,
+            fs_uuid: None,
+            part_uuid: Some(&layout.root.uuid),
+        };
+        ignition::check(&i.bytes, &i.flag, &root)?;
     }
     if !plan.kernel_args.is_empty() && layout.boot == Boot::Uki {
         bail!(

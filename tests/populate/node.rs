@@ -432,6 +432,25 @@ fn node_refusals() {
         "wipe.ign",
         r#"{"ignition":{"version":"3.4.0"},"storage":{"filesystems":[{"device":"/dev/disk/by-label/ROOT","format":"btrfs","wipeFilesystem":true,"label":"ROOT"}]}}"#,
     );
+    // ROOT wiped by its partition UUID: known only from the disk.
+    let fixture = fixture(&["--layout", "current", "--node"]);
+    let info = Command::new("sgdisk")
+        .args(["-i", "9"])
+        .arg(&fixture)
+        .output()
+        .unwrap();
+    let part_uuid = String::from_utf8_lossy(&info.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Partition unique GUID: "))
+        .unwrap()
+        .trim()
+        .to_lowercase();
+    let wipe_uuid = write(
+        "wipe-uuid.ign",
+        &format!(
+            r#"{{"ignition":{{"version":"3.4.0"}},"storage":{{"filesystems":[{{"device":"/dev/disk/by-partuuid/{part_uuid}","format":"ext4","wipeFilesystem":true}}]}}}}"#
+        ),
+    );
     let big = t.join("big.bin");
     fs::File::create(&big).unwrap().set_len(300 << 20).unwrap();
     fs::set_permissions(&big, fs::Permissions::from_mode(0o644)).unwrap();
@@ -439,6 +458,7 @@ fn node_refusals() {
         ("current", vec!["--ignition".into(), bad_json], "--ignition"),
         ("current", vec!["--ignition".into(), butane], "butane"),
         ("current", vec!["--ignition-base".into(), wipe], "ROOT"),
+        ("current", vec!["--ignition".into(), wipe_uuid], &part_uuid),
         (
             "current",
             vec![
