@@ -218,6 +218,16 @@ fn is_sandbox(name: &str) -> bool {
     repo.rsplit('/').next() == Some("pause")
 }
 
+/// `WHAT: a, b, c` for each list that is not empty (the summary's and
+/// `inspect`'s lines).
+pub fn listed(lists: &[(&str, &Vec<String>)]) -> Vec<String> {
+    lists
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(what, v)| format!("{what}: {}", v.join(", ")))
+        .collect()
+}
+
 fn sorted(names: Vec<Vec<u8>>) -> Vec<String> {
     let mut v: Vec<String> = names
         .into_iter()
@@ -245,19 +255,16 @@ impl Node {
                 _ => "with GRUB",
             }
         )];
-        let mut line = |what: &str, v: &[String]| {
-            if !v.is_empty() {
-                out.push(format!("{what}: {}", v.join(", ")));
-            }
-        };
-        line("ignition", &self.ignition);
-        line("kernel arguments", &self.kernel_args);
-        line("system extensions", &self.sysexts);
-        line("Flatcar extensions enabled", &self.flatcar_sysexts_enabled);
-        line("Flatcar extensions baked", &self.flatcar_sysexts_baked);
-        line("enabled units", &self.enabled_units);
-        line("booted", &self.booted);
-        line("fetched at first boot", &self.remote_sources);
+        out.extend(listed(&[
+            ("ignition", &self.ignition),
+            ("kernel arguments", &self.kernel_args),
+            ("system extensions", &self.sysexts),
+            ("Flatcar extensions enabled", &self.flatcar_sysexts_enabled),
+            ("Flatcar extensions baked", &self.flatcar_sysexts_baked),
+            ("enabled units", &self.enabled_units),
+            ("booted", &self.booted),
+            ("fetched at first boot", &self.remote_sources),
+        ]));
         for w in &self.warnings {
             out.push(format!("warning: {w}"));
         }

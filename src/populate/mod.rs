@@ -262,7 +262,10 @@ async fn populate(runs: &[Run<'_>], node: &crate::node::Plan, origin: Instant) -
     let node_report = {
         let (node, image, fs) = (node.clone(), prepared.image.clone(), root.clone());
         let selinux = cfg.selinux.clone();
-        context::blocking(move || crate::node::apply(&node, &facts, &image, &fs, &selinux))
+        let job =
+            context::blocking(move || crate::node::apply(&node, &facts, &image, &fs, &selinux));
+        clock
+            .time(Phase::Node, job)
             .await
             .map_err(|e| crate::hostfs::explain_full(e, &root.image))?
     };

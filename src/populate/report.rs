@@ -123,6 +123,8 @@ pub struct Phases {
     pub grow: f64,
     pub export_and_write: f64,
     pub containerd: f64,
+    /// Writing the node's files (OEM, ESP, ROOT) beside the stores.
+    pub node: f64,
     pub verify: f64,
     pub total: f64,
     pub spans: Vec<Span>,
@@ -147,6 +149,7 @@ pub enum Phase {
     Grow,
     ExportAndWrite,
     Containerd,
+    Node,
     Verify,
 }
 
@@ -195,6 +198,7 @@ impl Phases {
             Phase::Grow => &mut self.grow,
             Phase::ExportAndWrite => &mut self.export_and_write,
             Phase::Containerd => &mut self.containerd,
+            Phase::Node => &mut self.node,
             Phase::Verify => &mut self.verify,
         }
     }
@@ -264,9 +268,9 @@ impl Summary {
             HumanBytes(s.store.used_bytes)
         );
         eprintln!(
-            "time: start {:.1} s, pull {:.1} s, stop {:.1} s, measure {:.1} s, copy {:.1} s, grow {:.1} s, export+write {:.1} s, containerd {:.1} s, verify {:.1} s, total {:.1} s (phases overlap)",
+            "time: start {:.1} s, pull {:.1} s, stop {:.1} s, measure {:.1} s, copy {:.1} s, grow {:.1} s, export+write {:.1} s, containerd {:.1} s, node {:.1} s, verify {:.1} s, total {:.1} s (phases overlap)",
             p.start,
-            p.pull, p.stop, p.measure, p.copy, p.grow, p.export_and_write, p.containerd, p.verify, p.total
+            p.pull, p.stop, p.measure, p.copy, p.grow, p.export_and_write, p.containerd, p.node, p.verify, p.total
         );
     }
 }

@@ -206,6 +206,17 @@ fn bake_the_whole_node(layout: &str) {
     }
     if !uki {
         args.extend(["--kernel-arg".into(), "console=ttyS0".into()]);
+    } else {
+        // An enabled-sysext.conf of the user's, listing an extension that
+        // is not baked: kept, podman added; verify --air-gapped names it.
+        fs::write(inputs.dir.path().join("enabled-sysext.conf"), "python\n").unwrap();
+        args.extend([
+            "--root-file".into(),
+            format!(
+                "{}:/etc/flatcar/enabled-sysext.conf",
+                inputs.p("enabled-sysext.conf")
+            ),
+        ]);
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = populate(&argv);
@@ -245,7 +256,11 @@ fn bake_the_whole_node(layout: &str) {
         true => assert_eq!(args, ["flatcar.autologin"], "{n}"),
         false => assert_eq!(args, ["flatcar.autologin", "console=ttyS0"], "{n}"),
     }
-    assert_eq!(n["flatcar_sysexts_enabled"][0], "podman", "{n}");
+    let enabled = match uki {
+        true => serde_json::json!(["python", "podman"]),
+        false => serde_json::json!(["podman"]),
+    };
+    assert_eq!(n["flatcar_sysexts_enabled"], enabled, "{n}");
     assert_eq!(n["flatcar_version"], "4230.2.0", "{n}");
     assert_eq!(n["booted"].as_array().unwrap().len(), 0, "{n}");
     tool(&["verify", out.to_str().unwrap()]);
@@ -254,12 +269,12 @@ fn bake_the_whole_node(layout: &str) {
         .output()
         .unwrap();
     assert_eq!(v.status.success(), !uki, "{}", stderr(&v));
-    assert_eq!(
-        stderr(&v).contains("no sandbox (pause) image"),
-        uki,
-        "{}",
-        stderr(&v)
-    );
+    for said in [
+        "no sandbox (pause) image",
+        "flatcar-python-4230.2.0.raw is not baked",
+    ] {
+        assert_eq!(stderr(&v).contains(said), uki, "{}", stderr(&v));
+    }
     if !require_root("loop-mounting ROOT, OEM and the ESP") {
         return;
     }
@@ -299,7 +314,7 @@ fn bake_the_whole_node(layout: &str) {
     );
     assert_eq!(
         fs::read_to_string(r("/etc/flatcar/enabled-sysext.conf")).unwrap(),
-        "podman\n"
+        if uki { "python\npodman\n" } else { "podman\n" }
     );
     drop(m);
     // OEM, with the kernel: the new files, and the old ones as they were.
@@ -476,6 +491,11 @@ fn node_refusals() {
             "uki",
             vec!["--oem-file".into(), format!("{}:/big.bin", big.display())],
             "OEM",
+        ),
+        (
+            "uki",
+            vec!["--esp-file".into(), format!("{}:/big.bin", big.display())],
+            "the EFI system partition",
         ),
         (
             "uki",
