@@ -146,6 +146,13 @@ pub fn write_esp(disk: &Path, fat: Fat, dirs: (&str, &str), loaders: &[&str], di
             .write_all(b"set timeout=1\n")
             .unwrap();
         drop(boot);
+        // The first-boot flag a released image carries (without it the
+        // image counts as booted before).
+        fs.root_dir()
+            .create_dir("flatcar")
+            .unwrap()
+            .create_file("first_boot")
+            .unwrap();
         fs.unmount().unwrap();
     }
     if dirty {
