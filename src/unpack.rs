@@ -107,11 +107,15 @@ pub fn measure_archive(path: &Path, block_size: u64) -> Result<ext4::Need> {
 pub fn run(cfg: &UnpackConfig, cancel: &CancellationToken) -> Result<()> {
     let start = Instant::now();
     let plan = crate::node::check_local(&cfg.node)?;
-    let mut prepared = disk::prepare(
+    let opened = disk::Disk::open(
         &cfg.disk,
+        cfg.output.path().is_none(),
+        disk::Unfinished::writing(cfg.space.force),
+    )?;
+    let mut prepared = disk::prepare(
+        &opened,
         cfg.output.path(),
         cfg.space.raw_output,
-        disk::Unfinished::writing(cfg.space.force),
         Some(cancel),
     )?;
     let block_size = prepared.block_size()?;

@@ -44,7 +44,14 @@ const CHUNK: u64 = 4 << 20;
 /// I/O errors on the disk file itself (and a failing decompressor or
 /// qemu-img).
 pub(crate) fn detect_platform(disk: &Path) -> Result<std::result::Result<Platform, String>> {
-    let format = Format::detect(disk)?;
+    detect_platform_as(disk, Format::detect(disk)?)
+}
+
+/// [`detect_platform`] of a disk whose format is known.
+pub(crate) fn detect_platform_as(
+    disk: &Path,
+    format: Format,
+) -> Result<std::result::Result<Platform, String>> {
     let mut image = Image::open(disk, format)?;
     detect_in(&mut image)
 }

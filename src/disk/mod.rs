@@ -275,25 +275,49 @@ impl Prepared {
     }
 }
 
-/// Checks `disk` before anything is written. A raw image must hold
-/// Flatcar's ROOT; its layout is returned; other formats are checked once
-/// converted, and cannot be modified in place.
-pub fn check_input(
-    disk: &Path,
-    in_place: bool,
+/// A disk image opened and understood once: its format and, for a raw
+/// image, its layout (the partitions by GPT type and label; ROOT checked
+/// readable, and writable when asked). The phases are handed this value;
+/// a compressed or qcow2/vmdk image is understood once converted
+/// ([`prepare`] reads the copy's layout).
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub format: Format,
+    /// A raw image's layout (None: compressed or qcow2/vmdk).
+    pub layout: Option<Layout>,
     unfinished: Unfinished,
-) -> Result<(Format, Option<Layout>)> {
-    let format = Format::detect(disk)?;
-    if format != Format::Raw {
-        if in_place {
+}
+
+impl Disk {
+    /// Checks `path` before anything is written. A raw image must hold
+    /// Flatcar's ROOT; other formats are checked once converted, and
+    /// cannot be modified in place.
+    pub fn open(path: &Path, in_place: bool, unfinished: Unfinished) -> Result<Disk> {
+        let format = Format::detect(path)?;
+        if format != Format::Raw && in_place {
             bail!(
                 "{} is a {format} image: it cannot be modified in place; write a new image with -o OUTPUT",
-                disk.display()
+                path.display()
             );
         }
-        return Ok((format, None));
+        let layout = match format {
+            Format::Raw => Some(check_root(path, path, unfinished)?),
+            _ => None,
+        };
+        Ok(Disk {
+            path: path.to_path_buf(),
+            format,
+            layout,
+            unfinished,
+        })
     }
-    Ok((format, Some(check_root(disk, disk, unfinished)?)))
+
+    /// The platform the image is built for, from the EFI loader on its
+    /// ESP (`Ok(Err(why))` when it cannot tell; see [`esp`]).
+    pub fn platform(&self) -> Result<std::result::Result<crate::platform::Platform, String>> {
+        esp::detect_platform_as(&self.path, self.format)
+    }
 }
 
 /// Locates ROOT in `image` and checks that it may be read, and written
@@ -329,19 +353,20 @@ fn check_root(image: &Path, disk: &Path, unfinished: Unfinished) -> Result<Layou
 /// (`output` None, --in-place), or a sparse copy at `output`
 /// (decompressed, or converted from qcow2/vmdk and back unless `raw_out`).
 pub fn prepare(
-    disk: &Path,
+    opened: &Disk,
     output: Option<&Path>,
     raw_out: bool,
-    unfinished: Unfinished,
     cancel: Option<&CancellationToken>,
 ) -> Result<Prepared> {
-    let (format, layout) = check_input(disk, output.is_none(), unfinished)?;
+    let (disk, format, unfinished) = (opened.path.as_path(), opened.format, opened.unfinished);
     let Some(path) = output else {
-        return Ok(Prepared::new(
-            None,
-            disk.to_path_buf(),
-            layout.context("check_input checks raw images")?,
-        ));
+        let layout = opened.layout.clone().with_context(|| {
+            format!(
+                "{} is a {format} image: it cannot be modified in place",
+                disk.display()
+            )
+        })?;
+        return Ok(Prepared::new(None, disk.to_path_buf(), layout));
     };
     let out = if format.qemu_name().is_some() {
         eprintln!(
@@ -383,13 +408,14 @@ pub struct ForReading {
 
 /// Opens `disk` (any format `populate` takes) for reading its ROOT.
 pub fn open_for_reading(disk: &Path) -> Result<ForReading> {
-    let (format, layout) = check_input(disk, false, Unfinished::Read)?;
-    if let Some(layout) = layout {
+    let opened = Disk::open(disk, false, Unfinished::Read)?;
+    if let Some(layout) = &opened.layout {
         return Ok(ForReading {
-            prepared: Prepared::new(None, disk.to_path_buf(), layout),
+            prepared: Prepared::new(None, disk.to_path_buf(), layout.clone()),
             _dir: None,
         });
     }
+    let format = opened.format;
     let dir = tempfile::Builder::new()
         .prefix("flatcar-preload-read-")
         .tempdir()
@@ -400,7 +426,7 @@ pub fn open_for_reading(disk: &Path) -> Result<ForReading> {
         dir.path().display()
     );
     let raw = dir.path().join("raw.bin");
-    let prepared = prepare(disk, Some(&raw), true, Unfinished::Read, None)?;
+    let prepared = prepare(&opened, Some(&raw), true, None)?;
     Ok(ForReading {
         prepared,
         _dir: Some(dir),

@@ -50,6 +50,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         mut prepared,
         seed,
         node,
+        disk,
     } = {
         // Archives are read whole (every blob hashed): not on the runtime's
         // thread.
@@ -136,7 +137,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             seed: seed.clone().filter(|_| !backend.exports_part()),
         });
     }
-    let result = populate(&runs, &node, start).await;
+    let result = populate(&runs, &disk, &node, start).await;
     drop(runs);
     let res = res.into_inner();
     if cfg.keep_dind {
@@ -186,7 +187,12 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
 /// The phases, top to bottom. Nothing is written before the output is
 /// made; a failure after that drops the output (removed) or, in place,
 /// leaves ROOT consistent with part of the store in it.
-async fn populate(runs: &[Run<'_>], node: &crate::node::Plan, origin: Instant) -> Result<Summary> {
+async fn populate(
+    runs: &[Run<'_>],
+    disk: &crate::disk::Disk,
+    node: &crate::node::Plan,
+    origin: Instant,
+) -> Result<Summary> {
     let first = runs.first().context("no image store to write")?;
     let (cfg, cancel) = (first.cfg, &first.cancel);
     let clock = Clock::new(origin);
@@ -194,7 +200,7 @@ async fn populate(runs: &[Run<'_>], node: &crate::node::Plan, origin: Instant) -
     for run in runs {
         caps.push(plan_store(run).await?);
     }
-    let (pulled, prepared) = pull_beside_copy(runs, &clock, &caps).await?;
+    let (pulled, prepared) = pull_beside_copy(runs, disk, &clock, &caps).await?;
     if let Some(lock::LockMode::Locked(path)) = &cfg.lock {
         for p in &pulled {
             lock::check(&p.images, &cfg.pinned, path)?;

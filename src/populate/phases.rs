@@ -40,6 +40,8 @@ pub(super) struct Local {
     pub(super) seed: Option<ext4::Root>,
     /// What is baked beside the stores, its host inputs read and checked.
     pub(super) node: crate::node::Plan,
+    /// The disk image, opened and understood once.
+    pub(super) disk: disk::Disk,
 }
 
 /// Checks the local inputs: the list, the disk (a compressed or
@@ -53,8 +55,8 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     let in_place = cfg.output.path().is_none();
     let unfinished = disk::Unfinished::writing(cfg.space.force);
     let node = crate::node::check_local(&cfg.node)?;
-    let (_, raw) = disk::check_input(&cfg.disk, in_place, unfinished)?;
-    if let Some(layout) = &raw {
+    let opened = disk::Disk::open(&cfg.disk, in_place, unfinished)?;
+    if let Some(layout) = &opened.layout {
         let root = ext4::Root::new(&cfg.disk, layout.root.offset);
         if check_existing(cfg, &root, true)? {
             seed = Some(root);
@@ -73,7 +75,7 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
             target: p.clone(),
             from: PlatformSource::Option,
         },
-        None => match disk::esp::detect_platform(&cfg.disk)? {
+        None => match opened.platform()? {
             Ok(p) => TargetPlatform {
                 target: p,
                 from: PlatformSource::Disk,
@@ -93,7 +95,7 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     };
     let target = &platform.target;
     // A compressed or qcow2/vmdk input is checked once converted.
-    if let Some(layout) = &raw {
+    if let Some(layout) = &opened.layout {
         crate::node::check_disk(&node, &cfg.disk, layout, target)?;
     }
     let mut prepared = vec![];
@@ -121,6 +123,7 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
         prepared,
         seed,
         node,
+        disk: opened,
     })
 }
 
@@ -250,6 +253,7 @@ pub(super) struct Pulled {
 /// error is returned.
 pub(super) async fn pull_beside_copy(
     runs: &[Run<'_>],
+    disk: &disk::Disk,
     clock: &Clock,
     memory_caps: &[Option<u64>],
 ) -> Result<(Vec<Pulled>, Prepared)> {
@@ -274,7 +278,7 @@ pub(super) async fn pull_beside_copy(
         }
         let seeded = runs.iter().any(|r| r.seed.is_some());
         clock
-            .time(Phase::Copy, make_output(cfg, seeded, both.clone()))
+            .time(Phase::Copy, make_output(cfg, disk, seeded, both.clone()))
             .await
     };
     let pull = async {
@@ -444,18 +448,18 @@ fn seed(root: ext4::Root, store_root: &'static str) -> Seed {
 /// failure a partial copy is removed and the disk is untouched.
 pub(super) async fn make_output(
     cfg: &PopulateConfig,
+    opened: &disk::Disk,
     seeded: bool,
     cancel: CancellationToken,
 ) -> Result<Prepared> {
     let (disk, out, raw) = (
-        cfg.disk.clone(),
+        opened.clone(),
         cfg.output.path().map(Path::to_path_buf),
         cfg.space.raw_output,
     );
     let cfg = cfg.clone();
     blocking(move || {
-        let unfinished = disk::Unfinished::writing(cfg.space.force);
-        let prepared = disk::prepare(&disk, out.as_deref(), raw, unfinished, Some(&cancel))?;
+        let prepared = disk::prepare(&disk, out.as_deref(), raw, Some(&cancel))?;
         check_existing(&cfg, &prepared.fs(), seeded)?;
         Ok(prepared)
     })
