@@ -131,11 +131,19 @@ impl Esp {
 }
 
 /// Writes host files into the ESP `part` of `image`: (host file, path on
-/// the ESP), missing directories made, a file there replaced. Through
+/// the ESP), missing directories made, a file there replaced. Files keep
+/// their host modification time, directories made get `stamp` (mtools's
+/// SOURCE_DATE_EPOCH), so the same inputs give the same bytes. Through
 /// mtools (`mmd`, `mcopy -i IMAGE@@OFFSET`): fatfs 0.3 writes a new
 /// directory's `.` and `..` behind long-name entries, which fsck.fat
 /// refuses.
-pub fn write_files(image: &Path, part: &Partition, files: &[(&Path, &str)]) -> Result<()> {
+pub fn write_files(
+    image: &Path,
+    part: &Partition,
+    files: &[(&Path, &str)],
+    stamp: i64,
+) -> Result<()> {
+    let mtools = |tool: &str, args: &[&str]| mtools(tool, args, stamp);
     let at = format!("{}@@{}", image.display(), part.offset);
     let mut made = std::collections::BTreeSet::new();
     for (src, dest) in files {
@@ -151,16 +159,17 @@ pub fn write_files(image: &Path, part: &Partition, files: &[(&Path, &str)]) -> R
         let src = src
             .to_str()
             .context("a host path of an ESP file is not UTF-8")?;
-        mtools("mcopy", &["-o", "-i", &at, src, &format!("::/{rel}")])
+        mtools("mcopy", &["-o", "-m", "-i", &at, src, &format!("::/{rel}")])
             .with_context(|| format!("writing {dest} on the EFI system partition"))?;
     }
     Ok(())
 }
 
-fn mtools(tool: &str, args: &[&str]) -> Result<()> {
+fn mtools(tool: &str, args: &[&str], stamp: i64) -> Result<()> {
     let out = std::process::Command::new(tool)
         .args(args)
         .env("MTOOLS_SKIP_CHECK", "1")
+        .env("SOURCE_DATE_EPOCH", stamp.to_string())
         .output()
         .map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => anyhow!(
@@ -213,6 +222,27 @@ mod tests {
     }
 
     #[test]
+    fn the_same_files_and_stamp_give_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((img, part)) = esp(dir.path()) else {
+            return;
+        };
+        let fw = dir.path().join("fw");
+        std::fs::write(&fw, b"firmware").unwrap();
+        let mut images = vec![];
+        for n in 0..2 {
+            let copy = dir.path().join(format!("copy{n}"));
+            std::fs::copy(&img, &copy).unwrap();
+            write_files(&copy, &part, &[(&fw, "/firmware/a/fw.bin")], 1_700_000_000).unwrap();
+            images.push(std::fs::read(&copy).unwrap());
+            // Another second: what mtools would stamp with the clock.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        let first = images[0].iter().zip(&images[1]).position(|(a, b)| a != b);
+        assert_eq!(first, None, "the ESP's bytes differ (first at this offset)");
+    }
+
+    #[test]
     fn writes_what_fsck_fat_accepts() {
         let dir = tempfile::tempdir().unwrap();
         let Some((img, part)) = esp(dir.path()) else {
@@ -237,7 +267,7 @@ mod tests {
             // Replacing keeps one entry.
             (&dt, "/firmware/overlays/x.dtbo"),
         ];
-        write_files(&img, &part, &files).unwrap();
+        write_files(&img, &part, &files, 1_700_000_000).unwrap();
         let esp = Esp::open(&img, &part).unwrap();
         assert_eq!(esp.read("/firmware/RPI_EFI.fd").unwrap().unwrap(), big);
         assert_eq!(
@@ -263,7 +293,7 @@ mod tests {
         // Too big: mcopy's error, not a panic.
         let huge = dir.path().join("huge");
         File::create(&huge).unwrap().set_len(80 << 20).unwrap();
-        let err = write_files(&img, &part, &[(&huge, "/huge")]).unwrap_err();
+        let err = write_files(&img, &part, &[(&huge, "/huge")], 0).unwrap_err();
         assert!(format!("{err:#}").contains("mcopy"), "{err:#}");
     }
 }

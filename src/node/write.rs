@@ -71,7 +71,7 @@ pub fn apply(
     if plan.writes_oem() {
         write_oem(plan, facts, image, &mut report)?;
     }
-    write_esp(plan, facts, image, &mut report)?;
+    write_esp(plan, facts, image, root, &mut report)?;
     write_root(plan, facts, root, selinux, &mut report)?;
     Ok(report)
 }
@@ -127,7 +127,13 @@ fn write_oem(plan: &Plan, facts: &Facts, image: &Path, report: &mut Report) -> R
 }
 
 /// The ESP's files, and the first-boot flag put back (--reset-first-boot).
-fn write_esp(plan: &Plan, facts: &Facts, image: &Path, report: &mut Report) -> Result<()> {
+fn write_esp(
+    plan: &Plan,
+    facts: &Facts,
+    image: &Path,
+    root: &ext4::Root,
+    report: &mut Report,
+) -> Result<()> {
     let reset_flag = plan.booted == Booted::Reset && facts.traps.contains(&Trap::NoFirstBootFlag);
     if !plan.esp.is_empty() || reset_flag {
         let part = facts
@@ -147,7 +153,9 @@ fn write_esp(plan: &Plan, facts: &Facts, image: &Path, report: &mut Report) -> R
         if reset_flag {
             files.push((empty.path(), image::FIRST_BOOT));
         }
-        vfat::write_files(image, part, &files)?;
+        // Stamped as ROOT is (SOURCE_DATE_EPOCH, else ROOT's last write).
+        let stamp = root.open_read()?.stamp();
+        vfat::write_files(image, part, &files, stamp)?;
         if reset_flag {
             let said = format!(
                 "put the first-boot flag {} back on the ESP",
