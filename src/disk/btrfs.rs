@@ -369,8 +369,17 @@ pub fn rebuild(image: &Path, offset: u64, size: u64, adds: &[Add]) -> Result<Reb
 /// Returns the content of the regular file at `path` (absolute), or None
 /// when there is none (missing, a directory or a symlink).
 pub fn read_file(image: &Path, offset: u64, size: u64, path: &str) -> Result<Option<Vec<u8>>> {
+    Ok(read_files(image, offset, size, &[path])?.remove(0))
+}
+
+/// [`read_file`] of several paths, the partition copied out once.
+pub fn read_files(
+    image: &Path,
+    offset: u64,
+    size: u64,
+    paths: &[&str],
+) -> Result<Vec<Option<Vec<u8>>>> {
     let tools = Tools::find(false)?;
-    let rel = normalize_dest(path)?;
     if probe(image, offset)?.is_none() {
         bail!(
             "no btrfs filesystem at byte {offset} of {} (no btrfs superblock magic)",
@@ -380,28 +389,33 @@ pub fn read_file(image: &Path, offset: u64, size: u64, path: &str) -> Result<Opt
     let work = Work::new()?;
     let part = work.path("part.img");
     extract(image, offset, size, &part)?;
-    let out = work.path("out");
-    fs::create_dir(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    run(
-        Command::new(&tools.btrfs)
-            .arg("restore")
-            .arg("--path-regex")
-            .arg(path_regex(&rel))
-            .arg(&part)
-            .arg(&out)
-            .stdin(Stdio::null())
-            .env("PATH", &tools.path_env),
-        &format!("btrfs restore --path-regex (reading {path} from the OEM btrfs)"),
-    )?;
-    let p = out.join(&rel);
-    match fs::symlink_metadata(&p) {
-        Ok(m) if m.is_file() => Ok(Some(
-            fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?,
-        )),
-        Ok(_) => Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot stat {}", p.display())),
+    let mut found = vec![];
+    for (i, path) in paths.iter().enumerate() {
+        let rel = normalize_dest(path)?;
+        let out = work.path(&format!("out{i}"));
+        fs::create_dir(&out).with_context(|| format!("cannot create {}", out.display()))?;
+        run(
+            Command::new(&tools.btrfs)
+                .arg("restore")
+                .arg("--path-regex")
+                .arg(path_regex(&rel))
+                .arg(&part)
+                .arg(&out)
+                .stdin(Stdio::null())
+                .env("PATH", &tools.path_env),
+            &format!("btrfs restore --path-regex (reading {path} from the OEM btrfs)"),
+        )?;
+        let p = out.join(&rel);
+        found.push(match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_file() => {
+                Some(fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?)
+            }
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", p.display())),
+        });
     }
+    Ok(found)
 }
 
 /// `btrfs restore --path-regex` for one path and its parents, in the form

@@ -33,6 +33,19 @@ pub struct Root<'a> {
     pub part_uuid: Option<&'a str>,
 }
 
+impl<'a> Root<'a> {
+    /// Flatcar's ROOT: labelled ROOT (partition and filesystem), with its
+    /// partition's GUID when the disk has been read.
+    pub fn flatcar(part_uuid: Option<&'a str>) -> Root<'a> {
+        Root {
+            fs_label: crate::disk::layout::ROOT_LABEL,
+            part_label: crate::disk::layout::ROOT_LABEL,
+            fs_uuid: None,
+            part_uuid,
+        }
+    }
+}
+
 /// A config that passed [`check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {

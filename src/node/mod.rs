@@ -19,5 +19,7 @@ pub mod sysext;
 pub mod unit;
 mod write;
 
-pub use plan::{check_disk, check_local, root_need, Booted, Config, FileArg, Plan, SysextArg};
+pub use plan::{
+    check_disk, check_local, root_need, Booted, Config, Facts, FileArg, Plan, SysextArg,
+};
 pub use write::{apply, Report};

@@ -12,7 +12,7 @@ use super::image::{self, Trap};
 use super::{grub, ignition, sysext, unit};
 use crate::disk::ext4;
 use crate::disk::vfat::Esp;
-use crate::disk::{btrfs, layout, Boot, Layout};
+use crate::disk::{btrfs, Boot, Layout};
 use crate::platform::Platform;
 
 /// What to do with an image that was booted before.
@@ -240,12 +240,7 @@ pub fn check_local(cfg: &Config) -> Result<Plan> {
         units: cfg.enable_units.clone(),
         ..Plan::default()
     };
-    let root_ids = ignition::Root {
-        fs_label: layout::ROOT_LABEL,
-        part_label: layout::ROOT_LABEL,
-        fs_uuid: None,
-        part_uuid: None,
-    };
+    let root_ids = ignition::Root::flatcar(None);
     for (dest, path, flag) in &cfg.ignition {
         let what = format!("{flag} {}", path.display());
         let bytes = std::fs::read(path).with_context(|| format!("{what}: cannot read it"))?;
@@ -372,13 +367,11 @@ pub fn check_disk(
     }
     // A config that wipes ROOT by its partition UUID, known only now.
     for i in &plan.ignition {
-        let root = ignition::Root {
-            fs_label: layout::ROOT_LABEL,
-            part_label: layout::ROOT_LABEL,
-            fs_uuid: None,
-            part_uuid: Some(&layout.root.uuid),
-        };
-        ignition::check(&i.bytes, &i.flag, &root)?;
+        ignition::check(
+            &i.bytes,
+            &i.flag,
+            &ignition::Root::flatcar(Some(&layout.root.uuid)),
+        )?;
     }
     if !plan.kernel_args.is_empty() && layout.boot == Boot::Uki {
         bail!(

@@ -15,6 +15,8 @@ use crate::fsread::{FsRead, Kind};
 
 /// The OEM paths Flatcar's Ignition reads.
 const IGNITION: [&str; 3] = ["/config.ign", "/base/base.ign", "/base/default.ign"];
+/// What `survey` reads of OEM: the Ignition configs, then grub.cfg.
+const OEM_FILES: [&str; 4] = [IGNITION[0], IGNITION[1], IGNITION[2], "/grub.cfg"];
 const EXTENSIONS: &str = "/etc/extensions";
 const FLATCAR_SYSEXT: &str = "/etc/flatcar/sysext";
 const ENABLED_SYSEXT: &str = "/etc/flatcar/enabled-sysext.conf";
@@ -69,15 +71,13 @@ pub fn survey(
     // OEM.
     if let Some(oem) = &layout.oem {
         if btrfs::probe(image, oem.offset)?.is_some() {
-            for path in IGNITION {
-                let Some(bytes) = btrfs::read_file(image, oem.offset, oem.size, path)? else {
+            // The partition copied out once for all four files.
+            let mut files = btrfs::read_files(image, oem.offset, oem.size, &OEM_FILES)?;
+            let grub_cfg = files.pop().flatten();
+            let root = ignition::Root::flatcar(Some(&layout.root.uuid));
+            for (path, bytes) in IGNITION.iter().zip(files) {
+                let Some(bytes) = bytes else {
                     continue;
-                };
-                let root = ignition::Root {
-                    fs_label: crate::disk::layout::ROOT_LABEL,
-                    part_label: crate::disk::layout::ROOT_LABEL,
-                    fs_uuid: None,
-                    part_uuid: Some(&layout.root.uuid),
                 };
                 match ignition::check(&bytes, &format!("OEM {path}"), &root) {
                     Ok(c) => {
@@ -88,7 +88,7 @@ pub fn survey(
                     Err(e) => problems.push((format!("/oem{path}"), format!("{e:#}"))),
                 }
             }
-            if let Some(cfg) = btrfs::read_file(image, oem.offset, oem.size, "/grub.cfg")? {
+            if let Some(cfg) = grub_cfg {
                 node.kernel_args = grub::kernel_args(&cfg);
             }
         }

@@ -50,6 +50,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         mut prepared,
         seed,
         node,
+        node_facts,
         disk,
     } = {
         // Archives are read whole (every blob hashed): not on the runtime's
@@ -137,7 +138,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
             seed: seed.clone().filter(|_| !backend.exports_part()),
         });
     }
-    let result = populate(&runs, &disk, &node, start).await;
+    let result = populate(&runs, &disk, (&node, node_facts), start).await;
     drop(runs);
     let res = res.into_inner();
     if cfg.keep_dind {
@@ -190,7 +191,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
 async fn populate(
     runs: &[Run<'_>],
     disk: &crate::disk::Disk,
-    node: &crate::node::Plan,
+    (node, facts): (&crate::node::Plan, Option<crate::node::Facts>),
     origin: Instant,
 ) -> Result<Summary> {
     let first = runs.first().context("no image store to write")?;
@@ -207,13 +208,16 @@ async fn populate(
         }
     }
     let only: Vec<Option<&[u8]>> = pulled.iter().map(|p| p.selection.as_deref()).collect();
-    // The node's files, checked again on the output (a compressed input
-    // only now), before anything is written.
+    // The node's files checked against the disk (a compressed input only
+    // now, once converted), before anything is written.
     let (facts, node_need) = {
         let (node, image, root) = (node.clone(), prepared.image.clone(), prepared.fs());
         let (layout, target) = (prepared.layout.clone(), first.platform.target.clone());
         context::blocking(move || {
-            let facts = crate::node::check_disk(&node, &image, &layout, &target)?;
+            let facts = match facts {
+                Some(facts) => facts,
+                None => crate::node::check_disk(&node, &image, &layout, &target)?,
+            };
             let block_size = root
                 .open_read()?
                 .inspect(crate::disk::ROOT_NAME)?

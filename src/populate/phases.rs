@@ -40,6 +40,8 @@ pub(super) struct Local {
     pub(super) seed: Option<ext4::Root>,
     /// What is baked beside the stores, its host inputs read and checked.
     pub(super) node: crate::node::Plan,
+    /// ... and checked against a raw input (what its copy holds too).
+    pub(super) node_facts: Option<crate::node::Facts>,
     /// The disk image, opened and understood once.
     pub(super) disk: disk::Disk,
 }
@@ -95,9 +97,10 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
     };
     let target = &platform.target;
     // A compressed or qcow2/vmdk input is checked once converted.
-    if let Some(layout) = &opened.layout {
-        crate::node::check_disk(&node, &cfg.disk, layout, target)?;
-    }
+    let node_facts = match &opened.layout {
+        Some(layout) => Some(crate::node::check_disk(&node, &cfg.disk, layout, target)?),
+        None => None,
+    };
     let mut prepared = vec![];
     for l in cfg.all_lines() {
         prepared.push(match &l.source {
@@ -123,6 +126,7 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
         prepared,
         seed,
         node,
+        node_facts,
         disk: opened,
     })
 }
