@@ -12,10 +12,11 @@ use crate::disk::{parse_size, Grow};
 use crate::docker::{DindNetwork, RegistryOptions};
 use crate::platform::Platform;
 use crate::populate::lock::LockMode;
-use crate::populate::{ContainerdOptions, PopulateConfig, StoreChoice};
+use crate::populate::{PopulateConfig, StoreChoice, StoreImages};
 use crate::protocol::ContainerdVersion;
+use crate::protocol::StoreOptions;
 use crate::source::{self, Listed, Source};
-use crate::store::containerd::Records;
+use crate::store::{ContainerdRecords as Records, StoreKind};
 use crate::unpack::{Input, OutputMode, Space, UnpackConfig};
 
 /// Bake files and container images into a Flatcar Container Linux disk
@@ -52,8 +53,16 @@ pub enum Command {
     Cache(CacheCommand),
     /// (internal) What the tool runs inside its build container (see
     /// `protocol`).
-    #[command(subcommand, hide = true)]
-    Internal(crate::protocol::Request),
+    #[command(hide = true)]
+    Internal(InternalArgs),
+}
+
+/// `internal`: one request of the tool to its helper.
+#[derive(Debug, Args)]
+pub struct InternalArgs {
+    /// The request, as `protocol::Request::argv` writes it (JSON).
+    #[arg(value_parser = crate::protocol::Request::parse, allow_hyphen_values = true)]
+    pub request: crate::protocol::Request,
 }
 
 /// `inspect` and `verify`.
@@ -600,7 +609,8 @@ impl PopulateArgs {
         if let Some(l) = list {
             images.extend(source::read_list(&l)?);
         }
-        let (containerd_images, containerd_options) = self.containerd_store.into_config()?;
+        let (containerd_images, store_options, containerd_build_image) =
+            self.containerd_store.into_config()?;
         let lock = match (self.lock, self.locked) {
             (None, _) => None,
             (Some(p), false) => Some(LockMode::Write(p)),
@@ -631,19 +641,34 @@ impl PopulateArgs {
         if self.privileged && self.dind_network == DindNetwork::Host {
             bail!("--privileged with --dind-network host would let the inner daemon change the host's network; use one of them");
         }
+        let containerd_build_image = containerd_build_image.unwrap_or(self.dind_image.clone());
+        let stores = [
+            (StoreKind::Docker, images, self.dind_image),
+            (
+                StoreKind::Containerd,
+                containerd_images,
+                containerd_build_image,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, lines, _)| !lines.is_empty())
+        .map(|(kind, lines, build_image)| StoreImages {
+            backend: crate::store::backend(kind),
+            lines,
+            build_image,
+        })
+        .collect();
         Ok(PopulateConfig {
             node: self.node.config(),
             disk: self.disk,
-            images,
+            stores,
             space: self.space.config(),
             output: self.output.mode(),
-            dind_image: self.dind_image,
             dind_network: self.dind_network,
             privileged: self.privileged,
             merge: self.merge,
             containerd: self.containerd,
-            containerd_images,
-            containerd_options,
+            store_options,
             keep_dind: self.keep_dind,
             labels: self.labels,
             store: match self.store {
@@ -676,7 +701,8 @@ impl PopulateArgs {
 impl ContainerdArgs {
     /// The images for containerd (the sandbox image last, unless listed or
     /// `none`) and the options; no images when none is asked for.
-    fn into_config(self) -> Result<(Vec<Listed>, ContainerdOptions)> {
+    /// Also the build container's image for containerd's store, if given.
+    fn into_config(self) -> Result<(Vec<Listed>, StoreOptions, Option<String>)> {
         let mut images = vec![];
         for s in &self.containerd_images {
             let origin = format!("--containerd-image {s:?}");
@@ -704,7 +730,7 @@ impl ContainerdArgs {
             Some(r) => Some((r.to_string(), format!("--sandbox-image {r:?}"))),
             None if records == Records::Docker => None,
             None => Some((
-                crate::store::containerd::default_sandbox(self.containerd_version).to_string(),
+                crate::store::sandbox_image(self.containerd_version).to_string(),
                 format!(
                     "the sandbox image of containerd {} (--sandbox-image)",
                     self.containerd_version
@@ -725,15 +751,12 @@ impl ContainerdArgs {
                 });
             }
         }
-        Ok((
-            images,
-            ContainerdOptions {
-                namespace: self.containerd_namespace,
-                pin: !self.no_pin,
-                version: self.containerd_version,
-                build_image: self.containerd_build_image,
-            },
-        ))
+        let options = StoreOptions {
+            namespace: self.containerd_namespace,
+            pin: !self.no_pin,
+            containerd_version: self.containerd_version,
+        };
+        Ok((images, options, self.containerd_build_image))
     }
 }
 
@@ -772,7 +795,7 @@ mod tests {
         let Command::Populate(p) = cli.command else {
             unreachable!()
         };
-        let (images, opts) = p.containerd_store.into_config()?;
+        let (images, opts, _) = p.containerd_store.into_config()?;
         Ok((
             images.into_iter().map(|l| l.origin).collect(),
             opts.namespace,

@@ -8,10 +8,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::fsread::FsRead;
-use crate::protocol::StoreKind;
 use crate::store;
-pub use crate::store::containerd::inspect::ContainerdStore;
-pub use crate::store::docker::inspect::DockerStore;
+pub use crate::store::{ContainerdStore, DockerStore};
 
 /// Everything `inspect` reports about a ROOT filesystem.
 #[derive(Debug, Serialize)]
@@ -45,21 +43,6 @@ pub struct RootSpace {
     pub free_bytes: u64,
 }
 
-/// The names of the images of containerd's namespace k8s.io (the
-/// kubelet's) in `fs`.
-pub fn kubelet_images(fs: &dyn FsRead) -> Result<Vec<String>> {
-    let Some(store::Inventory::Containerd(c)) =
-        store::backend(StoreKind::Containerd).inspect(fs)?
-    else {
-        return Ok(vec![]);
-    };
-    Ok(c.namespaces
-        .into_iter()
-        .filter(|n| n.name == "k8s.io")
-        .flat_map(|n| n.images.into_iter().map(|i| i.name))
-        .collect())
-}
-
 /// Reads what images `fs` (a ROOT filesystem) carries.
 pub fn inventory(fs: &dyn FsRead) -> Result<Inventory> {
     let mut inv = Inventory {
@@ -70,8 +53,8 @@ pub fn inventory(fs: &dyn FsRead) -> Result<Inventory> {
         selinux: crate::selinux::survey(fs)?,
         node: None,
     };
-    for kind in StoreKind::ALL {
-        match store::backend(kind).inspect(fs)? {
+    for backend in store::BACKENDS {
+        match backend.inspect(fs)? {
             Some(store::Inventory::Docker(d)) => inv.docker = Some(d),
             Some(store::Inventory::Containerd(c)) => inv.containerd = Some(c),
             None => {}
@@ -297,7 +280,7 @@ pub fn run(disk: &std::path::Path, json: bool) -> Result<()> {
         free_bytes: summary.free_bytes(),
     };
     let mut problems = vec![];
-    let k8s = kubelet_images(&fs)?;
+    let k8s = store::kubelet_images(&fs)?;
     inv.node = Some(crate::node::survey::survey(
         &opened.prepared.image,
         &opened.prepared.layout,

@@ -70,131 +70,20 @@ pub fn run(cli: Cli, cancel: CancellationToken) -> Result<()> {
                 cli::CacheCommand::Rm { names } => populate::cache::remove(&names).await,
             }
         }),
-        Command::Internal(request) => serve(request),
+        Command::Internal(internal) => serve(internal.request),
     }
 }
 
-/// The stall timeout of a pull request (0: none).
-fn stall(seconds: u64) -> Option<std::time::Duration> {
-    (seconds > 0).then(|| std::time::Duration::from_secs(seconds))
-}
-
-/// The references of a pull request.
-fn parse_refs(refs: &[String]) -> Result<Vec<source::ImageRef>> {
-    refs.iter().map(|r| source::ImageRef::parse(r)).collect()
-}
-
 /// Runs a request of the tool inside its build container (the binary was
-/// uploaded there; see `protocol`).
+/// uploaded there; see `protocol`): the container's init and stop, and
+/// what its stores' backends serve.
 fn serve(request: protocol::Request) -> Result<()> {
     use protocol::Request;
     match request {
-        Request::Init { cmd } => docker::inner::dind_init(&cmd),
-        Request::Ready {
-            socket,
-            store: protocol::StoreKind::Docker,
-            ..
-        } => runtime()?.block_on(docker::inner::ready(&socket)),
-        Request::Ready {
-            socket,
-            store: protocol::StoreKind::Containerd,
-            containerd_version,
-        } => store::containerd::ctr::ready(&socket, containerd_version),
-        Request::CtrPull {
-            socket,
-            namespace,
-            jobs,
-            platform,
-            allow_platform_mismatch,
-            pin,
-            hosts_dir,
-            stall_seconds,
-            refs,
-        } => {
-            let refs = parse_refs(&refs)?;
-            store::containerd::ctr::pull(&store::containerd::ctr::PullRequest {
-                stall: stall(stall_seconds),
-                socket: &socket,
-                namespace: &namespace,
-                refs,
-                jobs,
-                platform,
-                allow_platform_mismatch,
-                pin,
-                hosts_dir: &hosts_dir,
-                secrets: docker::inner::read_secrets()?,
-            })
-        }
-        Request::CtrImport {
-            socket,
-            namespace,
-            platform,
-            pin,
-            index,
-        } => store::containerd::ctr::import(&store::containerd::ctr::ImportRequest {
-            socket: &socket,
-            namespace: &namespace,
-            platform,
-            pin,
-            index,
-        }),
-        Request::Pull {
-            socket,
-            jobs,
-            platform,
-            allow_platform_mismatch,
-            stall_seconds,
-            locked,
-            refs,
-        } => {
-            let refs = parse_refs(&refs)?;
-            let req = docker::inner::PullRequest {
-                stall: stall(stall_seconds),
-                locked,
-                refs,
-                jobs,
-                platform,
-                allow_platform_mismatch,
-                secrets: docker::inner::read_secrets()?,
-            };
-            runtime()?.block_on(docker::inner::pull_images(&socket, &req))
-        }
-        Request::Load { socket, index } => {
-            runtime()?.block_on(docker::inner::load_images(&socket, index))
-        }
-        Request::CtrPrune { socket, namespace } => {
-            store::containerd::ctr::prune(&socket, &namespace)
-        }
-        Request::Prune { socket } => runtime()?.block_on(docker::inner::prune_images(&socket)),
-        Request::Measure {
-            store,
-            root,
-            block_size,
-            selection,
-        } => {
-            let only = selection.then(store::read_selection_stdin).transpose()?;
-            let need = store::backend(store).measure(&root, only.as_ref(), block_size)?;
-            serde_json::to_writer(std::io::stdout().lock(), &need)
-                .context("writing the measurements to standard output")
-        }
-        Request::Export {
-            store,
-            root,
-            socket,
-            selection,
-            stamp,
-        } => {
-            let only = selection.then(store::read_selection_stdin).transpose()?;
-            store::export_to(
-                store::backend(store),
-                &root,
-                only.as_ref(),
-                stamp,
-                socket.as_deref(),
-            )
-        }
+        Request::Init { cmd } => docker::helper::dind_init(&cmd),
+        Request::Store(request) => store::serve(request),
         Request::Stop { root } => {
-            docker::inner::stop_dockerd(&root, std::time::Duration::from_secs(60))
+            docker::helper::stop_dockerd(&root, std::time::Duration::from_secs(60))
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The helpers the tool runs in its build container, as one typed
-//! protocol: what the tool asks ([`Request`], rendered to a command line in
-//! one place, [`Request::argv`], and parsed back by clap under the hidden
-//! `internal` command of the same binary, uploaded into the container) and
+//! protocol: what the tool asks ([`Request`]: the build container's init,
+//! its stop, and store-neutral [`StoreRequest`]s that name the backend
+//! serving them; one serde definition gives the command line,
+//! [`Request::argv`], and its reading back under the hidden `internal`
+//! command of the same binary, uploaded into the container) and
 //! what the helpers answer ([`Event`] lines on stdout, with failures of a
 //! [`FailureKind`] the tool branches on, and the JSON results of
 //! [`Stopped`] and measuring).
@@ -11,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Subcommand, ValueEnum};
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use crate::platform::Platform;
@@ -24,304 +26,148 @@ pub const HELPER_BIN: &str = "/fp-helper/bin";
 /// The hidden command of the binary that the requests are subcommands of.
 pub const INTERNAL: &str = "internal";
 
-/// Which image store a request is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// Docker's overlay2 store (/var/lib/docker).
-    Docker,
-    /// containerd's store (/var/lib/containerd).
-    Containerd,
-}
-
-/// What the tool asks a helper in the build container to do.
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+/// What the tool asks a helper in the build container to do. One
+/// definition gives both the command line ([`Request::argv`]: the request
+/// as one JSON argument) and its reading back ([`Request::parse`]), so the
+/// two cannot drift apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// The build container's first process: runs the daemon `cmd`, and
     /// keeps the container (and a store in memory) alive once the daemon
     /// has stopped.
-    Init {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        cmd: Vec<String>,
-    },
-    /// Returns once the daemon of `store` answers on `socket`. For
-    /// containerd, also refuses a daemon whose store the target's
-    /// `containerd_version` cannot read.
-    Ready {
-        #[arg(long)]
-        socket: String,
-        #[arg(long, value_enum)]
-        store: StoreKind,
-        #[arg(long, value_enum)]
-        containerd_version: ContainerdVersion,
-    },
-    /// Pulls `refs` through the daemon on `socket` for `platform`, with at
-    /// most `jobs` at once, reporting [`Event`]s. Input: one JSON line of
-    /// credentials.
-    Pull {
-        #[arg(long)]
-        socket: String,
-        #[arg(long)]
-        jobs: usize,
-        #[arg(long)]
-        platform: Platform,
-        #[arg(long)]
-        allow_platform_mismatch: bool,
-        /// Fail an image whose pull makes no progress for this long (0:
-        /// never).
-        #[arg(long)]
-        stall_seconds: u64,
-        /// `--locked`: a reference with a tag and a digest fails when the
-        /// tag no longer names that digest.
-        #[arg(long)]
-        locked: bool,
-        refs: Vec<String>,
-    },
-    /// Loads the docker-archive tar of its input into the daemon, reporting
-    /// each image as one of source number `index`.
-    Load {
-        #[arg(long)]
-        socket: String,
-        #[arg(long)]
-        index: usize,
-    },
-    /// Pulls `refs` into namespace `namespace` of the containerd on
-    /// `socket` (with `ctr`, the registries configured by `hosts_dir`) for
-    /// `platform`, and gives each image the records and labels a CRI pull
-    /// gives it (pinned when `pin`), reporting [`Event`]s. Input: one JSON
-    /// line of credentials.
-    CtrPull {
-        #[arg(long)]
-        socket: String,
-        #[arg(long)]
-        namespace: String,
-        #[arg(long)]
-        jobs: usize,
-        #[arg(long)]
-        platform: Platform,
-        #[arg(long)]
-        allow_platform_mismatch: bool,
-        #[arg(long)]
-        pin: bool,
-        #[arg(long)]
-        hosts_dir: String,
-        /// As for [`Request::Pull`].
-        #[arg(long)]
-        stall_seconds: u64,
-        refs: Vec<String>,
-    },
-    /// Imports the docker-archive tar of its input into namespace
-    /// `namespace` of the containerd on `socket`, as [`Request::CtrPull`]
-    /// leaves an image, reporting each as one of source number `index`.
-    CtrImport {
-        #[arg(long)]
-        socket: String,
-        #[arg(long)]
-        namespace: String,
-        #[arg(long)]
-        platform: Platform,
-        #[arg(long)]
-        pin: bool,
-        #[arg(long)]
-        index: usize,
-    },
-    /// Removes the daemon's images whose IDs are not in the JSON list of
-    /// its input, printing `removed ID` for each.
-    Prune {
-        #[arg(long)]
-        socket: String,
-    },
-    /// Removes every image record of the containerd on `socket` (in every
-    /// namespace) but those of `namespace` named in the JSON list of its
-    /// input, and what only they kept, printing `removed NAME` for each.
-    CtrPrune {
-        #[arg(long)]
-        socket: String,
-        #[arg(long)]
-        namespace: String,
-    },
-    /// Prints (JSON) what the store at `root` will take in an ext4 with
-    /// `block_size`. With `selection`, only the images of the JSON
-    /// selection of its input.
-    Measure {
-        #[arg(long, value_enum)]
-        store: StoreKind,
-        root: PathBuf,
-        #[arg(long)]
-        block_size: u64,
-        #[arg(long)]
-        selection: bool,
-    },
-    /// Writes the store at `root` as a PAX tar with every xattr, to the
-    /// unix socket `socket` when it accepts a connection, else to stdout.
-    /// With `selection`, only the images of the JSON selection of its
-    /// input.
-    Export {
-        #[arg(long, value_enum)]
-        store: StoreKind,
-        root: PathBuf,
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        #[arg(long)]
-        selection: bool,
-        /// Seconds since 1970: the time written where the daemon wrote the
-        /// time of the pull (a reproducible export).
-        #[arg(long)]
-        stamp: i64,
-    },
+    Init { cmd: Vec<String> },
+    /// Something of one store's daemon or files (see [`StoreOp`]).
+    Store(StoreRequest),
     /// Stops the daemon (through the init), waits until it has exited and
     /// prints a [`Stopped`] for the store at `root`.
     Stop { root: PathBuf },
 }
 
+/// A request about one image store: which backend (by its name, as
+/// `store::by_name` finds it), what the run asks of every store, and what
+/// to do. The store-neutral form of every per-store helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreRequest {
+    pub store: String,
+    pub options: StoreOptions,
+    pub op: StoreOp,
+}
+
+/// The store a request is about: a [`StoreRequest`] without its op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreRef {
+    /// The backend's name.
+    pub store: String,
+    pub options: StoreOptions,
+}
+
+impl StoreRef {
+    /// The request to do `op` for this store.
+    pub fn request(&self, op: StoreOp) -> Request {
+        Request::Store(StoreRequest {
+            store: self.store.clone(),
+            options: self.options.clone(),
+            op,
+        })
+    }
+}
+
+/// What a run asks of its stores beyond the images; each backend reads
+/// what concerns it (Docker's store has no namespaces, for one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreOptions {
+    /// The namespace the images go to (containerd: k8s.io, moby).
+    pub namespace: String,
+    /// Every image record labelled as the CRI pins it.
+    pub pin: bool,
+    /// The target's containerd (what its metadata database must be).
+    pub containerd_version: ContainerdVersion,
+}
+
+/// What a helper does for a store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StoreOp {
+    /// Returns once the store's daemon answers on its socket, refusing a
+    /// daemon whose store the target cannot read.
+    Ready,
+    /// Pulls images into the daemon, reporting [`Event`]s. Input: one JSON
+    /// line of credentials.
+    Pull(PullOp),
+    /// Loads the docker-archive tar of its input into the daemon, as a
+    /// pull leaves an image, reporting each as one of source number
+    /// `index`.
+    Load { platform: Platform, index: usize },
+    /// Removes every image of the daemon's store but those its input names
+    /// (a JSON list: Docker's image IDs, containerd's record names), and
+    /// what only they kept, printing `removed NAME` for each.
+    Prune,
+    /// Prints (JSON) what the store at `root` will take in an ext4 with
+    /// `block_size`. With `selection`, only the images of the JSON
+    /// selection of its input.
+    Measure {
+        root: PathBuf,
+        block_size: u64,
+        selection: bool,
+    },
+    /// Writes the store at `root` as a PAX tar with every xattr, to the
+    /// unix socket `socket` when it accepts a connection, else to stdout.
+    /// With `selection`, only the images of the JSON selection of its
+    /// input. `stamp` (seconds since 1970) is the time written where the
+    /// daemon wrote the time of the pull (a reproducible export).
+    Export {
+        root: PathBuf,
+        socket: Option<PathBuf>,
+        selection: bool,
+        stamp: i64,
+    },
+}
+
+/// What a pull helper is asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullOp {
+    /// At most this many images at once.
+    pub jobs: usize,
+    pub platform: Platform,
+    pub allow_platform_mismatch: bool,
+    /// Fail an image whose pull makes no progress for this long (0: never).
+    pub stall_seconds: u64,
+    /// `--locked`: a reference with a tag and a digest fails when the tag
+    /// no longer names that digest.
+    pub locked: bool,
+    pub refs: Vec<String>,
+}
+
 impl Request {
     /// The command line that runs this request in the build container.
     pub fn argv(&self) -> Vec<String> {
-        let mut v: Vec<String> = vec![HELPER_PATH.into(), INTERNAL.into()];
-        let mut push = |args: &[&str]| v.extend(args.iter().map(|s| s.to_string()));
-        match self {
-            Request::Init { cmd } => {
-                push(&["init", "--"]);
-                v.extend(cmd.iter().cloned());
-            }
-            Request::Ready {
-                socket,
-                store,
-                containerd_version,
-            } => {
-                push(&["ready", "--socket", socket, "--store", store.name()]);
-                push(&["--containerd-version", containerd_version.name()]);
-            }
-            Request::Pull {
-                socket,
-                jobs,
-                platform,
-                allow_platform_mismatch,
-                stall_seconds,
-                locked,
-                refs,
-            } => {
-                let (jobs, platform) = (jobs.to_string(), platform.to_string());
-                push(&["pull", "--socket", socket, "--jobs", &jobs]);
-                push(&["--platform", &platform]);
-                push(&["--stall-seconds", &stall_seconds.to_string()]);
-                if *allow_platform_mismatch {
-                    push(&["--allow-platform-mismatch"]);
-                }
-                if *locked {
-                    push(&["--locked"]);
-                }
-                push(&["--"]);
-                v.extend(refs.iter().cloned());
-            }
-            Request::Load { socket, index } => {
-                push(&["load", "--socket", socket, "--index", &index.to_string()])
-            }
-            Request::CtrPull {
-                socket,
-                namespace,
-                jobs,
-                platform,
-                allow_platform_mismatch,
-                pin,
-                hosts_dir,
-                stall_seconds,
-                refs,
-            } => {
-                let (jobs, platform) = (jobs.to_string(), platform.to_string());
-                push(&["ctr-pull", "--socket", socket, "--namespace", namespace]);
-                push(&["--jobs", &jobs, "--platform", &platform]);
-                push(&["--hosts-dir", hosts_dir]);
-                push(&["--stall-seconds", &stall_seconds.to_string()]);
-                if *allow_platform_mismatch {
-                    push(&["--allow-platform-mismatch"]);
-                }
-                if *pin {
-                    push(&["--pin"]);
-                }
-                push(&["--"]);
-                v.extend(refs.iter().cloned());
-            }
-            Request::CtrImport {
-                socket,
-                namespace,
-                platform,
-                pin,
-                index,
-            } => {
-                let (platform, index) = (platform.to_string(), index.to_string());
-                push(&["ctr-import", "--socket", socket, "--namespace", namespace]);
-                push(&["--platform", &platform, "--index", &index]);
-                if *pin {
-                    push(&["--pin"]);
-                }
-            }
-            Request::Prune { socket } => push(&["prune", "--socket", socket]),
-            Request::CtrPrune { socket, namespace } => {
-                push(&["ctr-prune", "--socket", socket, "--namespace", namespace])
-            }
-            Request::Measure {
-                store,
-                root,
-                block_size,
-                selection,
-            } => {
-                let block_size = block_size.to_string();
-                push(&["measure", "--store", store.name()]);
-                push(&["--block-size", &block_size]);
-                if *selection {
-                    push(&["--selection"]);
-                }
-                push(&["--", &root.to_string_lossy()]);
-            }
-            Request::Export {
-                store,
-                root,
-                socket,
-                selection,
-                stamp,
-            } => {
-                let stamp = stamp.to_string();
-                push(&["export", "--store", store.name(), "--stamp", &stamp]);
-                if let Some(s) = socket {
-                    push(&["--socket", &s.to_string_lossy()]);
-                }
-                if *selection {
-                    push(&["--selection"]);
-                }
-                push(&["--", &root.to_string_lossy()]);
-            }
-            Request::Stop { root } => push(&["stop", "--", &root.to_string_lossy()]),
-        }
-        v
+        let json = serde_json::to_string(self).expect("a request serializes");
+        vec![HELPER_PATH.into(), INTERNAL.into(), json]
+    }
+
+    /// The request of the command line's argument (the other end of
+    /// [`Request::argv`]).
+    pub fn parse(arg: &str) -> Result<Request, String> {
+        serde_json::from_str(arg).map_err(|e| format!("not a request of this version: {e}"))
     }
 
     /// A short name for messages ("the pull helper").
     pub fn what(&self) -> &'static str {
         match self {
             Request::Init { .. } => "the build container's init",
-            Request::Ready { .. } => "the readiness check",
-            Request::Pull { .. } => "the pull helper",
-            Request::Load { .. } => "the load helper",
-            Request::CtrPull { .. } => "the containerd pull helper",
-            Request::CtrImport { .. } => "the containerd import helper",
-            Request::Prune { .. } => "the prune helper",
-            Request::CtrPrune { .. } => "the containerd prune helper",
-            Request::Measure { .. } => "the measure helper",
-            Request::Export { .. } => "the export helper",
             Request::Stop { .. } => "the stop helper",
-        }
-    }
-}
-
-impl StoreKind {
-    /// Every store, in the order `inspect` lists them.
-    pub const ALL: [StoreKind; 2] = [StoreKind::Docker, StoreKind::Containerd];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            StoreKind::Docker => "docker",
-            StoreKind::Containerd => "containerd",
+            Request::Store(r) => match r.op {
+                StoreOp::Ready => "the readiness check",
+                StoreOp::Pull(_) => "the pull helper",
+                StoreOp::Load { .. } => "the load helper",
+                StoreOp::Prune => "the prune helper",
+                StoreOp::Measure { .. } => "the measure helper",
+                StoreOp::Export { .. } => "the export helper",
+            },
         }
     }
 }
@@ -517,124 +363,91 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+    use crate::cli::{Cli, Command};
 
-    #[derive(Parser)]
-    struct Bin {
-        #[command(subcommand)]
-        internal: Internal,
+    fn store(store: &str, op: StoreOp) -> Request {
+        Request::Store(StoreRequest {
+            store: store.into(),
+            options: StoreOptions {
+                namespace: "k8s.io".into(),
+                pin: true,
+                containerd_version: ContainerdVersion::V1_7,
+            },
+            op,
+        })
     }
 
-    #[derive(Subcommand)]
-    enum Internal {
-        #[command(subcommand)]
-        Internal(Request),
-    }
-
+    /// Every request goes through the tool's own command line and comes
+    /// back the same, whatever its strings hold (option-like references,
+    /// newlines, quotes).
     #[test]
     fn every_request_is_parsed_back_from_its_command_line() {
+        let pull = PullOp {
+            jobs: 3,
+            platform: "linux/arm/v7".parse().unwrap(),
+            allow_platform_mismatch: true,
+            stall_seconds: 300,
+            locked: true,
+            refs: vec![
+                "nginx".into(),
+                "--not-an-option".into(),
+                "a:1@sha256:00".into(),
+                "odd \"quoted\"\nname".into(),
+            ],
+        };
         let requests = [
             Request::Init {
                 cmd: vec!["dockerd".into(), "--host=unix:///x".into(), "-D".into()],
             },
-            Request::Ready {
-                socket: "/var/run/docker.sock".into(),
-                store: StoreKind::Docker,
-                containerd_version: ContainerdVersion::V2_1,
-            },
-            Request::Ready {
-                socket: "/run/c.sock".into(),
-                store: StoreKind::Containerd,
-                containerd_version: ContainerdVersion::V1_7,
-            },
-            Request::CtrPull {
-                socket: "/s".into(),
-                namespace: "k8s.io".into(),
-                jobs: 2,
-                platform: "linux/arm/v7".parse().unwrap(),
-                allow_platform_mismatch: false,
-                pin: true,
-                hosts_dir: "/etc/h".into(),
-                stall_seconds: 300,
-                refs: vec!["registry.k8s.io/pause:3.10".into(), "-x".into()],
-            },
-            Request::CtrImport {
-                socket: "/s".into(),
-                namespace: "moby".into(),
-                platform: "linux/amd64".parse().unwrap(),
-                pin: false,
-                index: 3,
-            },
-            Request::Pull {
-                socket: "/s".into(),
-                jobs: 3,
-                platform: "linux/arm64/v8".parse().unwrap(),
-                allow_platform_mismatch: true,
-                stall_seconds: 0,
-                locked: true,
-                refs: vec![
-                    "nginx".into(),
-                    "--not-an-option".into(),
-                    "a:1@sha256:00".into(),
-                ],
-            },
-            Request::Pull {
-                socket: "/s".into(),
-                jobs: 1,
-                platform: "linux/amd64".parse().unwrap(),
-                allow_platform_mismatch: false,
-                stall_seconds: 7,
-                locked: false,
-                refs: vec![],
-            },
-            Request::Load {
-                socket: "/s".into(),
-                index: 7,
-            },
-            Request::Prune {
-                socket: "/s".into(),
-            },
-            Request::CtrPrune {
-                socket: "/s".into(),
-                namespace: "k8s.io".into(),
-            },
-            Request::Measure {
-                store: StoreKind::Docker,
-                root: "/var/lib/docker".into(),
-                block_size: 4096,
-                selection: true,
-            },
-            Request::Measure {
-                store: StoreKind::Docker,
-                root: "-odd root".into(),
-                block_size: 1024,
-                selection: false,
-            },
-            Request::Export {
-                store: StoreKind::Docker,
-                root: "/var/lib/docker".into(),
-                socket: Some("/fp-out/export.sock".into()),
-                selection: true,
-                stamp: 1_700_000_000,
-            },
-            Request::Export {
-                store: StoreKind::Docker,
-                root: "-r".into(),
-                socket: None,
-                selection: false,
-                stamp: 0,
-            },
+            store("docker", StoreOp::Ready),
+            store("containerd", StoreOp::Pull(pull.clone())),
+            store(
+                "docker",
+                StoreOp::Pull(PullOp {
+                    refs: vec![],
+                    ..pull
+                }),
+            ),
+            store(
+                "containerd",
+                StoreOp::Load {
+                    platform: "linux/amd64".parse().unwrap(),
+                    index: 7,
+                },
+            ),
+            store("docker", StoreOp::Prune),
+            store(
+                "docker",
+                StoreOp::Measure {
+                    root: "-odd root".into(),
+                    block_size: 1024,
+                    selection: true,
+                },
+            ),
+            store(
+                "docker",
+                StoreOp::Export {
+                    root: "/var/lib/docker".into(),
+                    socket: Some("/fp-out/export.sock".into()),
+                    selection: false,
+                    stamp: 1_700_000_000,
+                },
+            ),
             Request::Stop {
                 root: "/var/lib/docker".into(),
             },
         ];
         for req in requests {
             let argv = req.argv();
-            assert_eq!(argv[0], HELPER_PATH);
-            let Bin {
-                internal: Internal::Internal(back),
-            } = Bin::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-            assert_eq!(back, req, "{argv:?}");
+            assert_eq!(argv[..2], [HELPER_PATH, INTERNAL]);
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let Command::Internal(back) = cli.command else {
+                panic!("{argv:?}: not an internal request");
+            };
+            assert_eq!(back.request, req, "{argv:?}");
         }
+        let e = Cli::try_parse_from([HELPER_PATH, INTERNAL, r#"{"pull":{}}"#]).unwrap_err();
+        assert!(e.to_string().contains("not a request"), "{e}");
     }
 
     #[test]

@@ -3,11 +3,10 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::protocol::StoreKind;
 use crate::store::{self, Report};
 
-/// Verifies the image stores in ROOT of `root` (each there is; Docker's
-/// when none is, which says so) with a progress bar by bytes; the report
+/// Verifies the image stores in ROOT of `root` (each there is; the first
+/// of the registry, Docker's, when none is, which says so) with a progress bar by bytes; the report
 /// of all, whatever it found (Err: ROOT cannot be read).
 pub fn check_root(root: &crate::disk::ext4::Root) -> Result<Report> {
     let fs = root.open_read()?;
@@ -18,16 +17,15 @@ pub fn check_root(root: &crate::disk::ext4::Root) -> Result<Report> {
         failures: vec![],
     };
     let mut present = vec![];
-    for kind in StoreKind::ALL {
-        if fs.exists(store::backend(kind).root())? {
-            present.push(kind);
+    for backend in store::BACKENDS {
+        if fs.exists(backend.root())? {
+            present.push(backend);
         }
     }
     if present.is_empty() {
-        present.push(StoreKind::Docker);
+        present.push(store::BACKENDS[0]);
     }
-    for kind in present {
-        let backend = store::backend(kind);
+    for backend in present {
         let total = backend.verify_total(&fs)?;
         let mut bar = crate::progress::Bar::bytes("verifying layers", Some(total));
         let one = backend.verify(&fs, &mut |n| bar.inc(n))?;
@@ -78,7 +76,7 @@ pub fn run(disk: &std::path::Path, json: bool, air_gapped: bool) -> Result<()> {
     // Beside the stores: what OEM and ROOT hold holds together.
     let mut problems = vec![];
     let fs = root.open_read()?;
-    let k8s = crate::inspect::kubelet_images(&fs)?;
+    let k8s = crate::store::kubelet_images(&fs)?;
     let node = crate::node::survey::survey(
         &opened.prepared.image,
         &opened.prepared.layout,

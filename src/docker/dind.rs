@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::protocol::{Request, Stopped, StoreKind, HELPER_BIN, HELPER_DIR, HELPER_PATH};
+use crate::protocol::{Request, Stopped, StoreOp, StoreRef, HELPER_BIN, HELPER_DIR, HELPER_PATH};
 
 use super::{Engine, Finished, Input, RunLabels};
 
@@ -371,7 +371,7 @@ impl Dind<'_> {
     /// its stdout.
     pub async fn export(
         &self,
-        (store, root): (StoreKind, &str),
+        (store, root): (&StoreRef, &str),
         socket_dir: Option<&Path>,
         only: Option<&[u8]>,
         stamp: i64,
@@ -379,12 +379,13 @@ impl Dind<'_> {
     ) -> Result<Exported> {
         // With a selection (JSON), only its images, read from stdin.
         let input = selection_input(only);
-        let export = |socket: Option<String>| Request::Export {
-            store,
-            root: root.into(),
-            socket: socket.map(Into::into),
-            selection: only.is_some(),
-            stamp,
+        let export = |socket: Option<String>| {
+            store.request(StoreOp::Export {
+                root: root.into(),
+                socket: socket.map(Into::into),
+                selection: only.is_some(),
+                stamp,
+            })
         };
         let forward = |chunk: Bytes| {
             let tx = tx.clone();
@@ -450,16 +451,15 @@ impl Dind<'_> {
     /// ext4 with `block_size` (metadata only).
     pub async fn measure(
         &self,
-        (store, root): (StoreKind, &str),
+        (store, root): (&StoreRef, &str),
         block_size: u64,
         only: Option<&[u8]>,
     ) -> Result<crate::disk::ext4::Need> {
-        let measure = Request::Measure {
-            store,
+        let measure = store.request(StoreOp::Measure {
             root: root.into(),
             block_size,
             selection: only.is_some(),
-        };
+        });
         self.helper_json(&measure, selection_input(only)).await
     }
 }

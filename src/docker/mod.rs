@@ -3,7 +3,7 @@
 //! No bollard type leaves this module.
 
 pub mod auth;
-pub mod inner;
+pub mod helper;
 pub mod registry;
 
 pub use registry::{RegistryAccess, RegistryOptions};

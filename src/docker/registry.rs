@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::auth::ClientConfig;
-use super::inner::PullSecrets;
+use super::helper::PullSecrets;
 use crate::source::refs::{ImageRef, DOCKER_HUB};
 
 /// Where dockerd looks for registry certificates.

@@ -1,34 +1,32 @@
 //! `--cache NAME`: the pulling daemon's store in a Docker volume kept
 //! between runs, and `flatcar-preload cache ls|rm`.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::docker::Engine;
-use crate::protocol::StoreKind;
+use crate::store::{self, Backend};
 
-/// The Docker volume of cache `name` for `store` (one per store: each
-/// build container has its daemon's root on it). Other prefixes, so that
-/// no cache name gives another's volume.
-pub fn volume_name(name: &str, store: StoreKind) -> String {
-    match store {
-        StoreKind::Docker => format!("flatcar-preload-cache-{name}"),
-        StoreKind::Containerd => format!("flatcar-preload-ctrd-cache-{name}"),
-    }
+/// The Docker volume of cache `name` for the store of `backend` (one per
+/// store: each build container has its daemon's root on it). Each store's
+/// own tag, so that no cache name gives another's volume.
+pub fn volume_name(name: &str, backend: &dyn Backend) -> String {
+    format!("flatcar-preload-{}cache-{name}", backend.tag())
 }
 
-/// The build container of a run using cache `name` for `store`: one name,
-/// so that a second run on the same cache cannot start (Docker refuses a
-/// second container of that name) while the first has it.
-pub fn dind_name(name: &str, store: StoreKind) -> String {
-    format!("{}-dind", volume_name(name, store))
+/// The build container of a run using cache `name` for the store of
+/// `backend`: one name, so that a second run on the same cache cannot
+/// start (Docker refuses a second container of that name) while the first
+/// has it.
+pub fn dind_name(name: &str, backend: &dyn Backend) -> String {
+    format!("{}-dind", volume_name(name, backend))
 }
 
 /// The store whose volume of cache `name` `volume` is.
-fn store_of(name: &str, volume: &str) -> StoreKind {
-    match volume == volume_name(name, StoreKind::Containerd) {
-        true => StoreKind::Containerd,
-        false => StoreKind::Docker,
-    }
+fn store_of(name: &str, volume: &str) -> Result<&'static dyn Backend> {
+    store::BACKENDS
+        .into_iter()
+        .find(|b| volume_name(name, *b) == volume)
+        .with_context(|| format!("volume {volume} is of no store of this tool's"))
 }
 
 /// `flatcar-preload cache ls`: the caches on the engine, when they were
@@ -45,7 +43,7 @@ pub async fn list() -> Result<()> {
         "NAME", "STORE", "CREATED", "IN USE"
     );
     for c in caches {
-        let store = store_of(&c.name, &c.volume);
+        let store = store_of(&c.name, &c.volume)?;
         let in_use = match engine.container_exists(&dind_name(&c.name, store)).await? {
             true => "yes",
             false => "no",
@@ -73,7 +71,7 @@ pub async fn remove(names: &[String]) -> Result<()> {
             bail!("there is no cache {name:?} (`flatcar-preload cache ls` lists them)");
         }
         for c in &volumes {
-            let dind = dind_name(name, store_of(name, &c.volume));
+            let dind = dind_name(name, store_of(name, &c.volume)?);
             if engine.container_exists(&dind).await? {
                 bail!(
                     "the cache {name:?} is in use by a run (its container {dind} exists); \

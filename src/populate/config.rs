@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use super::lock::{LockMode, Locked};
 use crate::docker::{DindNetwork, RegistryOptions};
 use crate::platform::Platform;
-use crate::protocol::{ContainerdVersion, StoreKind};
+use crate::protocol::StoreOptions;
 use crate::source::Listed;
+use crate::store::Backend;
 use crate::unpack::{OutputMode, Space};
 
 #[derive(Debug, Clone)]
@@ -15,18 +16,18 @@ pub struct PopulateConfig {
     pub disk: PathBuf,
     /// What is baked beside the stores (OEM, ESP, ROOT files).
     pub node: crate::node::Config,
-    pub images: Vec<Listed>,
+    /// The stores written and their images, in the order of the registry
+    /// of backends; only stores with images.
+    pub stores: Vec<StoreImages>,
     pub space: Space,
     pub output: OutputMode,
-    pub dind_image: String,
     pub dind_network: DindNetwork,
     pub privileged: bool,
     pub merge: bool,
     pub containerd: Option<PathBuf>,
-    /// Images for containerd's store (the sandbox image included); none:
-    /// no containerd store is made.
-    pub containerd_images: Vec<Listed>,
-    pub containerd_options: ContainerdOptions,
+    /// What the run asks of every store (containerd's namespace, pins and
+    /// version).
+    pub store_options: StoreOptions,
     pub keep_dind: bool,
     /// --label: more labels on the run's containers and volumes.
     pub labels: Vec<(String, String)>,
@@ -61,39 +62,20 @@ pub struct PopulateConfig {
 }
 
 impl PopulateConfig {
-    /// The images for the store of `kind`.
-    pub fn lines(&self, kind: StoreKind) -> &[Listed] {
-        match kind {
-            StoreKind::Docker => &self.images,
-            StoreKind::Containerd => &self.containerd_images,
-        }
-    }
-
-    /// Every image of the run, Docker's first.
+    /// Every image of the run, store by store.
     pub fn all_lines(&self) -> impl Iterator<Item = &Listed> {
-        StoreKind::ALL.into_iter().flat_map(|k| self.lines(k))
-    }
-
-    /// The image of the build container of the store of `kind`.
-    pub fn build_image(&self, kind: StoreKind) -> &str {
-        match (kind, &self.containerd_options.build_image) {
-            (StoreKind::Containerd, Some(image)) => image,
-            _ => &self.dind_image,
-        }
+        self.stores.iter().flat_map(|s| &s.lines)
     }
 }
 
-/// How containerd's store is made.
+/// One store of the run and the images for it.
 #[derive(Debug, Clone)]
-pub struct ContainerdOptions {
-    /// The namespace the images go to (k8s.io, moby).
-    pub namespace: String,
-    /// Label every record io.cri-containerd.pinned=pinned.
-    pub pin: bool,
-    /// The target's containerd.
-    pub version: ContainerdVersion,
-    /// The image whose containerd makes the store (None: the dind image).
-    pub build_image: Option<String>,
+pub struct StoreImages {
+    pub backend: &'static dyn Backend,
+    /// The images (for containerd's, the sandbox image included).
+    pub lines: Vec<Listed>,
+    /// The image of the build container whose daemon makes the store.
+    pub build_image: String,
 }
 
 /// Where the inner daemon's store lives while pulling.

@@ -7,19 +7,19 @@ use std::cell::RefCell;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::io::SyncIoBridge;
 
-use super::context::Checked;
-use super::context::Run;
 use super::report::{ImageSource, PlatformSource, PulledImage};
-use crate::docker::registry::{CONTAINERD_HOSTS_DIR, DEFAULT_CERTS_DIR};
+use super::store_run::Checked;
+use super::store_run::StoreRun;
+use crate::docker::registry::DEFAULT_CERTS_DIR;
 use crate::docker::Input;
 use crate::progress::Pulls;
-use crate::protocol::{Event, FailureKind, Got, Request, StoreKind};
+use crate::protocol::{Event, FailureKind, Got, PullOp, StoreOp};
 use crate::source::archive::{self};
 use crate::source::{ImageRef, Source};
 
 /// The events of the helpers, gathered per source.
 struct Follow<'a> {
-    run: &'a Run<'a>,
+    run: &'a StoreRun<'a>,
     progress: Pulls,
     got: Vec<Vec<Got>>,
     downloaded: Vec<Vec<String>>,
@@ -87,7 +87,7 @@ impl Follow<'_> {
 /// pulled by the pull helper while the others are loaded one by one.
 /// Returns them in the order given. On failure nothing was written; the
 /// dind is left for removal.
-pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
+pub(super) async fn acquire(run: &StoreRun<'_>) -> Result<Vec<PulledImage>> {
     #[cfg(feature = "test-hooks")]
     crate::hooks::pause("pull", &run.cancel).await;
     let cfg = run.cfg;
@@ -187,34 +187,17 @@ pub(super) async fn acquire(run: &Run<'_>) -> Result<Vec<PulledImage>> {
 
 /// Runs the pull helper for the registry sources `which` (indices in the
 /// run's list) and follows its events.
-async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> Result<()> {
+async fn pull(run: &StoreRun<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> Result<()> {
     let cfg = run.cfg;
     let refs = which.iter().map(|&i| run.names[i].clone()).collect();
-    let request = match run.backend.kind() {
-        StoreKind::Docker => Request::Pull {
-            socket: run.backend.socket().into(),
-            jobs: cfg.jobs,
-            platform: run.platform.target.clone(),
-            allow_platform_mismatch: cfg.allow_platform_mismatch,
-            stall_seconds: cfg.pull_timeout.as_secs(),
-            locked: matches!(cfg.lock, Some(super::lock::LockMode::Locked(_))),
-            refs,
-        },
-        StoreKind::Containerd => {
-            let o = &cfg.containerd_options;
-            Request::CtrPull {
-                socket: run.backend.socket().into(),
-                namespace: o.namespace.clone(),
-                jobs: cfg.jobs,
-                platform: run.platform.target.clone(),
-                allow_platform_mismatch: cfg.allow_platform_mismatch,
-                pin: o.pin,
-                hosts_dir: CONTAINERD_HOSTS_DIR.into(),
-                stall_seconds: cfg.pull_timeout.as_secs(),
-                refs,
-            }
-        }
-    };
+    let request = run.store.request(StoreOp::Pull(PullOp {
+        jobs: cfg.jobs,
+        platform: run.platform.target.clone(),
+        allow_platform_mismatch: cfg.allow_platform_mismatch,
+        stall_seconds: cfg.pull_timeout.as_secs(),
+        locked: matches!(cfg.lock, Some(super::lock::LockMode::Locked(_))),
+        refs,
+    }));
     // The credentials go over the helper's standard input only.
     let mut secrets =
         serde_json::to_vec(&run.access.secrets).context("passing the credentials to the pull")?;
@@ -245,7 +228,7 @@ async fn pull(run: &Run<'_>, which: &[usize], follow: &RefCell<Follow<'_>>) -> R
 /// Loads source `i` (an archive or an image of the engine) into the dind's
 /// daemon with the load helper, streaming it from where it is: nothing is
 /// copied on this machine.
-async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<()> {
+async fn load(run: &StoreRun<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<()> {
     let listed = &run.lines[i];
     let (input, writer): (Input, Option<tokio::task::JoinHandle<Result<()>>>) =
         match &run.prepared[i] {
@@ -274,19 +257,10 @@ async fn load(run: &Run<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Result<(
             Checked::Daemon(name, _) => (run.engine.save_image(name), None),
             Checked::Registry => bail!("{} is not loaded but pulled", listed.source),
         };
-    let request = match run.backend.kind() {
-        StoreKind::Docker => Request::Load {
-            socket: run.backend.socket().into(),
-            index: i,
-        },
-        StoreKind::Containerd => Request::CtrImport {
-            socket: run.backend.socket().into(),
-            namespace: run.cfg.containerd_options.namespace.clone(),
-            platform: run.platform.target.clone(),
-            pin: run.cfg.containerd_options.pin,
-            index: i,
-        },
-    };
+    let request = run.store.request(StoreOp::Load {
+        platform: run.platform.target.clone(),
+        index: i,
+    });
     let finished = run
         .dind()
         .helper_lines(&request, Some(input), |line| {
@@ -336,13 +310,13 @@ fn selected(images: &[PulledImage]) -> crate::store::Selection {
 
 /// Removes the images of the cache that are not `kept` (--cache-prune),
 /// with the prune helper in the dind.
-pub(super) async fn prune(run: &Run<'_>, kept: &[PulledImage]) -> Result<()> {
+pub(super) async fn prune(run: &StoreRun<'_>, kept: &[PulledImage]) -> Result<()> {
     let why = match run.cfg.cache_prune {
         true => "--cache-prune",
-        false => "containerd's store is written whole",
+        false => "the store is written whole",
     };
-    let namespace = &run.cfg.containerd_options.namespace;
-    let (request, keep) = run.backend.prune(&selected(kept), namespace);
+    let request = run.store.request(StoreOp::Prune);
+    let keep = run.backend.kept(&selected(kept));
     let mut list = serde_json::to_vec(&keep).context("listing the images to keep")?;
     list.push(b'\n');
     let mut removed = 0;
@@ -368,7 +342,7 @@ pub(super) async fn prune(run: &Run<'_>, kept: &[PulledImage]) -> Result<()> {
 
 /// What to do about a pull of `r` that failed for `kind`, when it is the
 /// registry's certificate or a login, or the target platform.
-fn registry_hint(run: &Run<'_>, r: &ImageRef, kind: FailureKind) -> Option<String> {
+fn registry_hint(run: &StoreRun<'_>, r: &ImageRef, kind: FailureKind) -> Option<String> {
     let registry = r.registry();
     if kind == FailureKind::Tls {
         let dir = match &run.cfg.registry.certs_dir() {

@@ -1,13 +1,16 @@
-//! `flatcar-preload populate`: pull the listed images in a dind container
-//! and stream its store into ROOT, in one stream:
-//! registry -> dind (overlay2, store in memory or on a volume) -> stop ->
-//! export helper in the dind (PAX tar, all xattrs) -> socket or attach
-//! stream -> tar reader -> ext4 writer -> OUTPUT.
+//! `flatcar-preload populate`: gets the listed images of each store
+//! (Docker's, containerd's: each a `store::Backend`) into a build
+//! container's daemon and streams the store into ROOT, in one stream per
+//! store: registry -> build container (store in memory, on a volume or in
+//! a cache) -> stop -> export helper (PAX tar, all xattrs) -> socket or
+//! attach stream -> tar reader -> ext4 writer -> OUTPUT; then the node's
+//! files (OEM, ESP, ROOT), verify, publish.
 //!
-//! [`populate`] is the list of the phases, each a function below that says
-//! what it leaves behind when it fails. Phases that do not need each other
-//! run at the same time: the output copy with the pull, measuring and
-//! growing with stopping the inner daemon.
+//! [`populate`] is the whole path, phase by phase; each phase is a
+//! function of a room named for its job (`checks`, `pull`, `export`,
+//! `output`) that says what it leaves behind when it fails. Phases that
+//! do not need each other run at the same time: the output copy with the
+//! pull, measuring and growing with stopping the daemons.
 
 use std::time::Instant;
 
@@ -15,25 +18,28 @@ use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::{DindSpec, Engine, RunLabels};
-use crate::protocol::{Request, StoreKind};
+use crate::protocol::{StoreOp, StoreRef};
 use crate::store;
 
 pub mod cache;
+mod checks;
 mod config;
-mod context;
+mod export;
 mod images;
 pub mod lock;
-mod phases;
-mod plan;
+mod memory;
+mod output;
+mod pull;
 mod report;
+mod store_run;
 
-pub use config::{ContainerdOptions, PopulateConfig, StoreChoice};
-use context::Run;
-use phases::{
-    check_engine, check_local_inputs, export_and_write, publish, pull_beside_copy, socket_dir,
-    stop_beside_measure, verify_written, write_containerd, Local, Pulled,
-};
-use plan::plan_store;
+use checks::{check_engine, check_local_inputs, Local};
+pub use config::{PopulateConfig, StoreChoice, StoreImages};
+use export::{export_and_write, socket_dir, stop_beside_measure};
+use memory::plan_store;
+use output::{hash_output, publish, verify_written, write_containerd};
+use pull::{pull_beside_copy, Pulled};
+use store_run::StoreRun;
 
 pub use report::Summary;
 use report::{Clock, Phase};
@@ -56,7 +62,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         // Archives are read whole (every blob hashed): not on the runtime's
         // thread.
         let cfg = cfg.clone();
-        context::blocking(move || check_local_inputs(&cfg)).await?
+        store_run::blocking(move || check_local_inputs(&cfg)).await?
     };
     let engine = Engine::connect().await?;
     prepared = check_engine(&engine, cfg, &platform, prepared, &cancel).await?;
@@ -71,58 +77,41 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
     // A child: cancelling it (a phase failed) leaves the caller's alone.
     let cancel = cancel.child_token();
     let mut runs = vec![];
-    for kind in StoreKind::ALL {
-        let lines = cfg.lines(kind);
+    let mut prepared = prepared.into_iter();
+    for s in &cfg.stores {
         // The checks gave one entry per image, in the order of all_lines.
-        let rest = prepared.split_off(lines.len());
-        let prepared = std::mem::replace(&mut prepared, rest);
-        if lines.is_empty() {
-            continue;
-        }
-        let backend = store::backend(kind);
-        let (files, dind) = match kind {
-            StoreKind::Docker => (
-                access.certs.clone(),
-                match &cfg.cache {
-                    Some(c) => cache::dind_name(c, kind),
-                    None => format!("flatcar-preload-{run_id}-dind"),
-                },
-            ),
-            StoreKind::Containerd => (
-                Some(store::containerd::build_files(&access.containerd_hosts)?),
-                match &cfg.cache {
-                    Some(c) => cache::dind_name(c, kind),
-                    None => format!("flatcar-preload-{run_id}-containerd"),
-                },
-            ),
+        let prepared: Vec<_> = prepared.by_ref().take(s.lines.len()).collect();
+        let (lines, backend) = (&s.lines[..], s.backend);
+        let dind = match &cfg.cache {
+            Some(c) => cache::dind_name(c, backend),
+            None => format!("flatcar-preload-{run_id}-{}dind", backend.tag()),
         };
         let opts = store::DaemonOptions {
             downloads: cfg.jobs,
-            extra: match kind {
-                StoreKind::Docker => &access.daemon_args,
-                StoreKind::Containerd => &[],
-            },
+            registry: &access,
+        };
+        let daemon = backend.daemon(&opts)?;
+        let store = StoreRef {
+            store: backend.name().into(),
+            options: cfg.store_options.clone(),
         };
         let spec = DindSpec {
-            image: cfg.build_image(kind).to_string(),
+            image: s.build_image.clone(),
             network: cfg.dind_network.clone(),
             privileged: cfg.privileged,
-            daemon: backend.daemon(&opts),
-            ready: Request::Ready {
-                socket: backend.socket().into(),
-                store: kind,
-                containerd_version: cfg.containerd_options.version,
-            },
+            daemon: daemon.argv,
+            ready: store.request(StoreOp::Ready),
             store_root: backend.root().into(),
-            files,
+            files: daemon.files,
             labels: RunLabels {
                 run_id: run_id.clone(),
                 extra: cfg.labels.clone(),
             },
         };
-        runs.push(Run {
+        runs.push(StoreRun {
             cfg,
             backend,
+            store,
             engine: &engine,
             cancel: cancel.clone(),
             spec,
@@ -189,7 +178,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
 /// made; a failure after that drops the output (removed) or, in place,
 /// leaves ROOT consistent with part of the store in it.
 async fn populate(
-    runs: &[Run<'_>],
+    runs: &[StoreRun<'_>],
     disk: &crate::disk::Disk,
     (node, facts): (&crate::node::Plan, Option<crate::node::Facts>),
     origin: Instant,
@@ -213,7 +202,8 @@ async fn populate(
     let (facts, node_need) = {
         let (node, image, root) = (node.clone(), prepared.image.clone(), prepared.fs());
         let (layout, target) = (prepared.layout.clone(), first.platform.target.clone());
-        context::blocking(move || {
+        let containerd = cfg.containerd.clone();
+        store_run::blocking(move || {
             let facts = match facts {
                 Some(facts) => facts,
                 None => crate::node::check_disk(&node, &image, &layout, &target)?,
@@ -222,7 +212,11 @@ async fn populate(
                 .open_read()?
                 .inspect(crate::disk::ROOT_NAME)?
                 .block_size;
-            let need = crate::node::root_need(&node, &facts, block_size);
+            let mut need = crate::node::root_need(&node, &facts, block_size);
+            // The --containerd root.
+            if let Some(src) = &containerd {
+                need += output::containerd_need(src, block_size)?;
+            }
             Ok((facts, need))
         })
         .await?
@@ -273,7 +267,7 @@ async fn populate(
         let (node, image, fs) = (node.clone(), prepared.image.clone(), root.clone());
         let selinux = cfg.selinux.clone();
         let job =
-            context::blocking(move || crate::node::apply(&node, &facts, &image, &fs, &selinux));
+            store_run::blocking(move || crate::node::apply(&node, &facts, &image, &fs, &selinux));
         clock
             .time(Phase::Node, job)
             .await
@@ -291,7 +285,7 @@ async fn populate(
     let (fs, layers) = publish(prepared, backends).await?;
     let output = cfg.output.path().unwrap_or(&cfg.disk).to_path_buf();
     let output_sha256 = match cfg.sha256 {
-        true => Some(context::blocking(move || hash_output(&output)).await?),
+        true => Some(store_run::blocking(move || hash_output(&output)).await?),
         false => None,
     };
     Ok(Summary {
@@ -313,13 +307,4 @@ async fn populate(
         output_sha256,
         node: node_report,
     })
-}
-
-/// The sha256 of the written image (--sha256), with a progress bar.
-fn hash_output(path: &std::path::Path) -> Result<String> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let size = file.metadata().map(|m| m.len()).ok();
-    let bar = crate::progress::Bar::bytes("hashing the output (--sha256)", size);
-    crate::digest::sha256_reader(crate::progress::ReadProgress::new(file, bar))
-        .with_context(|| format!("reading {} to hash it", path.display()))
 }

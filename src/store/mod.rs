@@ -24,19 +24,42 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::disk::ext4::{self, Need};
+use crate::docker::{RegistryAccess, RegistryOptions};
 use crate::fsread::FsRead;
-use crate::protocol::{ContainerdVersion, Request, StoreKind};
+use crate::protocol::{ContainerdVersion, StoreOp, StoreOptions, StoreRequest};
+use crate::source::ImageRef;
 
 pub mod check;
 pub mod containerd;
 pub mod docker;
 pub mod export;
+#[cfg(feature = "test-hooks")]
+pub mod fuzzing;
 
+pub use containerd::inspect::ContainerdStore;
+pub use containerd::{default_sandbox as sandbox_image, Records as ContainerdRecords};
+pub use docker::inspect::DockerStore;
 pub use export::ExportStats;
 
 /// Where Flatcar's containerd keeps its root (`populate --containerd`
 /// copies a tree there).
 pub const CONTAINERD_ROOT: &str = containerd::ROOT;
+
+/// Which image store: the command line's choice of a store for an image
+/// list (`--image` or `--containerd-image`); everything else holds the
+/// store's [`Backend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// Docker's overlay2 store (/var/lib/docker).
+    Docker,
+    /// containerd's store (/var/lib/containerd).
+    Containerd,
+}
+
+/// The registry of backends: every store the tool knows, in the order a
+/// run writes them and `inspect` and `verify` list them. A new store is a
+/// module beside `docker` and `containerd` and one line here.
+pub const BACKENDS: [&dyn Backend; 2] = [&docker::Docker, &containerd::Containerd];
 
 /// The backend of `kind`.
 pub fn backend(kind: StoreKind) -> &'static dyn Backend {
@@ -46,18 +69,82 @@ pub fn backend(kind: StoreKind) -> &'static dyn Backend {
     }
 }
 
+/// The backend named `name` ([`Backend::name`]).
+pub fn by_name(name: &str) -> Result<&'static dyn Backend> {
+    BACKENDS
+        .into_iter()
+        .find(|b| b.name() == name)
+        .with_context(|| format!("no image store named {name:?} in this build of the tool"))
+}
+
+impl std::fmt::Debug for dyn Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Backend({})", self.name())
+    }
+}
+
+impl PartialEq for dyn Backend {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+/// Serves a helper's request about a store, in the build container: its
+/// files (measure, export) here, its daemon's work by its backend.
+pub fn serve(request: StoreRequest) -> Result<()> {
+    let backend = by_name(&request.store)?;
+    match request.op {
+        StoreOp::Measure {
+            root,
+            block_size,
+            selection,
+        } => {
+            let only = selection.then(read_selection_stdin).transpose()?;
+            let need = backend.measure(&root, only.as_ref(), block_size)?;
+            serde_json::to_writer(io::stdout().lock(), &need)
+                .context("writing the measurements to standard output")
+        }
+        StoreOp::Export {
+            root,
+            socket,
+            selection,
+            stamp,
+        } => {
+            let only = selection.then(read_selection_stdin).transpose()?;
+            export_to(backend, &root, only.as_ref(), stamp, socket.as_deref())
+        }
+        op => backend.serve(op, &request.options),
+    }
+}
+
 /// What the daemon of the build container is asked for, whichever it is.
 pub struct DaemonOptions<'a> {
     /// Layers downloaded at once.
     pub downloads: usize,
-    /// More flags (registries, mirrors).
-    pub extra: &'a [String],
+    /// The registries' configuration (mirrors, plain HTTP, certificates),
+    /// which each daemon takes in its own form.
+    pub registry: &'a RegistryAccess,
+}
+
+/// How the build container runs a store's daemon.
+pub struct DaemonSetup {
+    /// Its command line (run by the container's init).
+    pub argv: Vec<String>,
+    /// A tar unpacked at / in the container before it starts (the
+    /// registries' configuration), if any.
+    pub files: Option<Vec<u8>>,
 }
 
 /// One image store the tool can bake into ROOT.
 pub trait Backend: Sync {
-    /// Which store this is (the helpers' requests name it).
-    fn kind(&self) -> StoreKind;
+    /// Which store this is, in the helpers' requests, the report and the
+    /// names of what a run makes for it (`docker`, `containerd`).
+    fn name(&self) -> &'static str;
+
+    /// What sets this store's Docker volumes and containers apart from the
+    /// other stores' ("" for Docker's, "ctrd-" for containerd's: the names
+    /// of the first releases, which caches keep).
+    fn tag(&self) -> &'static str;
 
     /// Where the store lives: the same path in the build container and in
     /// ROOT.
@@ -73,9 +160,16 @@ pub trait Backend: Sync {
     /// daemon on a copy of the store in ROOT, which the export replaces.
     fn exports_part(&self) -> bool;
 
+    /// Refuses references the daemon of this store cannot pull as the
+    /// `registry` options ask (before anything is pulled).
+    fn check_refs(&self, refs: &[ImageRef], registry: &RegistryOptions) -> Result<()> {
+        let _ = (refs, registry);
+        Ok(())
+    }
+
     /// The command line of the daemon that writes this store in the build
     /// container (run by the container's init).
-    fn daemon(&self, opts: &DaemonOptions<'_>) -> Vec<String>;
+    fn daemon(&self, opts: &DaemonOptions<'_>) -> Result<DaemonSetup>;
 
     /// In the build container, its daemon stopped: the store at `root` as
     /// a PAX tar on `out` with every xattr, all of it or `only` the
@@ -104,11 +198,17 @@ pub trait Backend: Sync {
     /// to for a target whose containerd is `target`.
     fn check_merge(&self, before: &dyn FsRead, target: ContainerdVersion) -> Result<()>;
 
-    /// The helper request that removes every image of the build
-    /// container's store but `kept` (a `--cache`'s others), with the list
-    /// of what to keep it reads on its standard input (Docker's images by
-    /// ID, containerd's records of `namespace` by name).
-    fn prune(&self, kept: &Selection, namespace: &str) -> (Request, Vec<String>);
+    /// What the prune helper ([`StoreOp::Prune`]), removing every image
+    /// of the build container's store but `kept` (a `--cache`'s others),
+    /// reads on its standard input: Docker's images by ID, containerd's
+    /// records by name.
+    fn kept(&self, kept: &Selection) -> Vec<String>;
+
+    /// Serves, in the build container, a request of the tool to this
+    /// store's daemon ([`StoreOp::Ready`], [`StoreOp::Pull`],
+    /// [`StoreOp::Load`], [`StoreOp::Prune`]), reporting as the protocol
+    /// says.
+    fn serve(&self, op: StoreOp, opts: &StoreOptions) -> Result<()>;
 
     /// The layers of the store in `fs` (for the summary).
     fn layers(&self, fs: &dyn FsRead) -> Result<u64>;
@@ -136,6 +236,19 @@ pub trait Merge: Send {
 pub enum Inventory {
     Docker(docker::inspect::DockerStore),
     Containerd(containerd::inspect::ContainerdStore),
+}
+
+/// The names of the images of containerd's namespace k8s.io (the
+/// kubelet's) in `fs`.
+pub fn kubelet_images(fs: &dyn FsRead) -> Result<Vec<String>> {
+    let Some(Inventory::Containerd(c)) = containerd::Containerd.inspect(fs)? else {
+        return Ok(vec![]);
+    };
+    Ok(c.namespaces
+        .into_iter()
+        .filter(|n| n.name == "k8s.io")
+        .flat_map(|n| n.images.into_iter().map(|i| i.name))
+        .collect())
 }
 
 /// Writes the store at `root` (all of it, or `only` the selection) as a

@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::docker::inner::{daemon_exit, PullSecrets};
+use crate::docker::helper::{daemon_exit, read_secrets, PullSecrets};
+use crate::docker::registry::CONTAINERD_HOSTS_DIR;
 use crate::platform::Platform;
 use crate::protocol::{
-    classified, emit, emit_failed, stalled, ContainerdVersion, Event, FailureKind, Got,
+    classified, emit, emit_failed, stalled, ContainerdVersion, Event, FailureKind, Got, StoreOp,
+    StoreOptions,
 };
 use crate::source::ImageRef;
 
@@ -316,6 +318,41 @@ pub fn check_compatible(build: (u32, u32), target: ContainerdVersion) -> Result<
              use a build image with the target's containerd (--containerd-build-image)"
         ),
         _ => Ok(()),
+    }
+}
+
+/// Serves a request of the tool to the containerd on `socket` (see
+/// [`crate::protocol::StoreOp`]).
+pub fn serve(socket: &str, op: StoreOp, opts: &StoreOptions) -> Result<()> {
+    match op {
+        StoreOp::Ready => ready(socket, opts.containerd_version),
+        StoreOp::Pull(p) => pull(&PullRequest {
+            stall: (p.stall_seconds > 0).then(|| Duration::from_secs(p.stall_seconds)),
+            socket,
+            namespace: &opts.namespace,
+            refs: p
+                .refs
+                .iter()
+                .map(|r| ImageRef::parse(r))
+                .collect::<Result<_>>()?,
+            jobs: p.jobs,
+            platform: p.platform,
+            allow_platform_mismatch: p.allow_platform_mismatch,
+            pin: opts.pin,
+            hosts_dir: CONTAINERD_HOSTS_DIR,
+            secrets: read_secrets()?,
+        }),
+        StoreOp::Load { platform, index } => import(&ImportRequest {
+            socket,
+            namespace: &opts.namespace,
+            platform,
+            pin: opts.pin,
+            index,
+        }),
+        StoreOp::Prune => prune(socket, &opts.namespace),
+        StoreOp::Measure { .. } | StoreOp::Export { .. } => {
+            bail!("{op:?} is not a request to containerd")
+        }
     }
 }
 

@@ -10,11 +10,11 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::export::{ExportStats, Scope};
-use super::{Backend, DaemonOptions, Inventory, Merge, Report, Selection};
+use super::{Backend, DaemonOptions, DaemonSetup, Inventory, Merge, Report, Selection};
 use crate::digest::is_hex64;
 use crate::disk::ext4::Need;
 use crate::fsread::{is_dir, join, show, FsRead, Kind};
-use crate::protocol::{ContainerdVersion, Request, StoreKind};
+use crate::protocol::{ContainerdVersion, StoreOp, StoreOptions};
 
 pub mod bolt;
 pub mod ctr;
@@ -140,7 +140,7 @@ pub fn config_toml() -> String {
 /// The files the build container needs before its containerd starts, as a
 /// tar to unpack at its `/`: the configuration and the registries' hosts
 /// directories.
-pub fn build_files(hosts: &[crate::docker::registry::RegistryHost]) -> Result<Vec<u8>> {
+fn build_files(hosts: &[crate::docker::registry::RegistryHost]) -> Result<Vec<u8>> {
     use crate::docker::registry::CONTAINERD_HOSTS_DIR;
     use crate::tar::{Attrs, Writer};
     let mut tar = Writer::new(Vec::new());
@@ -214,8 +214,12 @@ const SCOPE: Scope<'static> = Scope {
 pub struct Containerd;
 
 impl Backend for Containerd {
-    fn kind(&self) -> StoreKind {
-        StoreKind::Containerd
+    fn name(&self) -> &'static str {
+        "containerd"
+    }
+
+    fn tag(&self) -> &'static str {
+        "ctrd-"
     }
 
     fn root(&self) -> &'static str {
@@ -228,8 +232,9 @@ impl Backend for Containerd {
         false
     }
 
-    fn daemon(&self, opts: &DaemonOptions<'_>) -> Vec<String> {
-        [
+    /// Registries as containerd's hosts directories, in the files.
+    fn daemon(&self, opts: &DaemonOptions<'_>) -> Result<DaemonSetup> {
+        let argv = [
             "containerd",
             &format!("--config={CONFIG}"),
             &format!("--root={ROOT}"),
@@ -238,8 +243,9 @@ impl Backend for Containerd {
         ]
         .iter()
         .map(|s| s.to_string())
-        .chain(opts.extra.iter().cloned())
-        .collect()
+        .collect();
+        let files = Some(build_files(&opts.registry.containerd_hosts)?);
+        Ok(DaemonSetup { argv, files })
     }
 
     fn socket(&self) -> &'static str {
@@ -270,13 +276,12 @@ impl Backend for Containerd {
         Ok(None)
     }
 
-    fn prune(&self, kept: &Selection, namespace: &str) -> (Request, Vec<String>) {
-        let names = kept.images.iter().flat_map(|i| i.names.clone()).collect();
-        let request = Request::CtrPrune {
-            socket: self.socket().into(),
-            namespace: namespace.into(),
-        };
-        (request, names)
+    fn kept(&self, kept: &Selection) -> Vec<String> {
+        kept.images.iter().flat_map(|i| i.names.clone()).collect()
+    }
+
+    fn serve(&self, op: StoreOp, opts: &StoreOptions) -> Result<()> {
+        ctr::serve(self.socket(), op, opts)
     }
 
     fn check_merge(&self, before: &dyn FsRead, target: ContainerdVersion) -> Result<()> {

@@ -9,11 +9,16 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::export::{Plan, Scope};
-use super::{Backend, DaemonOptions, ExportStats, Inventory, Merge, Report, Selection};
+use super::{
+    Backend, DaemonOptions, DaemonSetup, ExportStats, Inventory, Merge, Report, Selection,
+};
 use crate::disk::ext4::Need;
+use crate::docker::RegistryOptions;
 use crate::fsread::FsRead;
-use crate::protocol::{ContainerdVersion, Request, StoreKind};
+use crate::protocol::{ContainerdVersion, StoreOp, StoreOptions};
+use crate::source::ImageRef;
 
+mod daemon;
 pub mod inspect;
 pub mod merge;
 mod select;
@@ -72,8 +77,12 @@ fn plan(root: &Path, only: Option<&Selection>, stamp: i64) -> Result<Plan> {
 }
 
 impl Backend for Docker {
-    fn kind(&self) -> StoreKind {
-        StoreKind::Docker
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn tag(&self) -> &'static str {
+        ""
     }
 
     fn root(&self) -> &'static str {
@@ -88,8 +97,9 @@ impl Backend for Docker {
         true
     }
 
-    fn daemon(&self, opts: &DaemonOptions<'_>) -> Vec<String> {
-        [
+    /// Registries as dockerd's flags, their certificates as certs.d.
+    fn daemon(&self, opts: &DaemonOptions<'_>) -> Result<DaemonSetup> {
+        let argv = [
             "dockerd",
             "--storage-driver=overlay2",
             &format!("--host=unix://{}", self.socket()),
@@ -101,8 +111,15 @@ impl Backend for Docker {
         ]
         .iter()
         .map(|s| s.to_string())
-        .chain(opts.extra.iter().cloned())
-        .collect()
+        .chain(opts.registry.daemon_args.iter().cloned())
+        .collect();
+        let files = opts.registry.certs.clone();
+        Ok(DaemonSetup { argv, files })
+    }
+
+    /// dockerd mirrors Docker Hub only.
+    fn check_refs(&self, refs: &[ImageRef], registry: &RegistryOptions) -> Result<()> {
+        registry.check_docker_refs(refs)
     }
 
     fn export(
@@ -127,10 +144,12 @@ impl Backend for Docker {
         Ok(merge::Before::read(before)?.map(|b| Box::new(b) as Box<dyn Merge>))
     }
 
-    fn prune(&self, kept: &Selection, _namespace: &str) -> (Request, Vec<String>) {
-        let ids = kept.images.iter().map(|i| i.id.clone()).collect();
-        let socket = self.socket().into();
-        (Request::Prune { socket }, ids)
+    fn kept(&self, kept: &Selection) -> Vec<String> {
+        kept.images.iter().map(|i| i.id.clone()).collect()
+    }
+
+    fn serve(&self, op: StoreOp, _opts: &StoreOptions) -> Result<()> {
+        daemon::serve(self.socket(), op)
     }
 
     /// Any overlay2 store can be added to: what is in it is kept as it is

@@ -1,6 +1,7 @@
-//! The helper side, run inside the dind container (the pull, load and prune requests): drives the
-//! inner daemon through its unix socket and reports progress to the outer
-//! tool as JSON lines on stdout.
+//! The helpers' side in the build container: its init and stop (whatever
+//! daemon it runs), and the work of a dockerd there, driven through its
+//! unix socket with bollard (pull, load, prune), reported to the tool as
+//! JSON lines on stdout.
 
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
-//! One run of `populate`: the engine, the names and the choices made
-//! before the phases start, read by every phase, and what the run created
-//! (removed at its end).
+//! One store of a `populate` run ([`StoreRun`]): its backend, engine,
+//! names and the choices made before the phases start, read by every
+//! phase, and what the run created (removed at its end).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::docker::{Dind, DindSpec, Engine, RegistryAccess};
 
-use crate::protocol::StoreKind;
+use crate::protocol::StoreRef;
 use crate::source::archive::CheckedArchive;
 use crate::source::Listed;
 use crate::store::Backend;
@@ -26,12 +26,14 @@ pub(super) struct Resources {
     pub(super) volumes: Vec<String>,
 }
 
-/// One run: what the phases read (settled before they start), and what
-/// the run created.
-pub(super) struct Run<'a> {
+/// One store of the run: what the phases read (settled before they
+/// start), and what the run created.
+pub(super) struct StoreRun<'a> {
     pub(super) cfg: &'a PopulateConfig,
     /// The store written.
     pub(super) backend: &'static dyn Backend,
+    /// That store, as the helpers' requests name it.
+    pub(super) store: StoreRef,
     pub(super) engine: &'a Engine,
     /// Cancelled on Ctrl-C, and when one of two phases that run side by
     /// side fails (the other stops).
@@ -61,14 +63,11 @@ pub(super) struct Run<'a> {
     pub(super) seed: Option<crate::disk::ext4::Root>,
 }
 
-impl Run<'_> {
+impl StoreRun<'_> {
     /// A name for a container or volume of this run.
     pub(super) fn name(&self, what: &str) -> String {
-        let store = match self.backend.kind() {
-            StoreKind::Docker => "",
-            StoreKind::Containerd => "containerd-",
-        };
-        format!("flatcar-preload-{}-{store}{what}", self.spec.labels.run_id)
+        let (run, tag) = (&self.spec.labels.run_id, self.backend.tag());
+        format!("flatcar-preload-{run}-{tag}{what}")
     }
 
     /// The build container of the run.

@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use super::config::StoreChoice;
-use super::context::Run;
+use super::store_run::StoreRun;
 
 /// `--store auto` takes memory only with at least this much to spare:
 /// below, most image sets would not fit and would be pulled twice.
@@ -37,7 +37,7 @@ pub(super) fn mem_available(meminfo: &str) -> Option<u64> {
 
 /// Decides where the store lives: Some(cap) for a tmpfs of at most `cap`
 /// bytes, None for a Docker volume.
-pub(super) async fn plan_store(run: &Run<'_>) -> Result<Option<u64>> {
+pub(super) async fn plan_store(run: &StoreRun<'_>) -> Result<Option<u64>> {
     let cfg = run.cfg;
     if cfg.store == StoreChoice::Disk {
         return Ok(None);
