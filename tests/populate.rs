@@ -1329,11 +1329,7 @@ fn merge_adds_to_an_existing_store() {
         "disk",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("store: pulled on disk"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("pulled on disk"), "{}", stderr(&o));
     // Without --merge, a second run refuses before pulling anything.
     let second = tmp.path().join("second.bin");
     let o = populate(&[
@@ -1366,7 +1362,7 @@ fn merge_adds_to_an_existing_store() {
         "socket"
     };
     assert_eq!(summary["export_via"], via, "{summary}");
-    assert_eq!(summary["store"]["kind"], "memory", "{summary}");
+    assert_eq!(summary["stores"][0]["kind"], "memory", "{summary}");
     assert_fsck_clean(&second);
     let text = with_real_docker(
         &second,
@@ -1492,9 +1488,13 @@ fn memory_store_outgrown_is_pulled_again_on_disk() {
         stderr(&o)
     );
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(summary["store"]["kind"], "disk", "{summary}");
-    assert_eq!(summary["store"]["fell_back_to_disk"], true, "{summary}");
-    assert_eq!(summary["store"]["memory_cap_bytes"], 40 << 20, "{summary}");
+    assert_eq!(summary["stores"][0]["kind"], "disk", "{summary}");
+    assert_eq!(summary["stores"][0]["fell_back_to_disk"], true, "{summary}");
+    assert_eq!(
+        summary["stores"][0]["memory_cap_bytes"],
+        40 << 20,
+        "{summary}"
+    );
     assert_eq!(summary["images"][1]["id"], f.listed[0].1.as_str());
     assert_eq!(leftovers(), "", "containers or volumes left behind");
     assert_fsck_clean(&out);
@@ -3072,7 +3072,7 @@ fn cache_downloads_only_what_changed() {
     };
     let cold = run("cold");
     assert!(downloaded(&cold).iter().all(|&n| n > 0), "{cold}");
-    assert_eq!(cold["store"]["kind"], "cache", "{cold}");
+    assert_eq!(cold["stores"][0]["kind"], "cache", "{cold}");
     let warm = run("warm");
     assert_eq!(downloaded(&warm), [0, 0], "{warm}");
     for i in warm["images"].as_array().unwrap() {
@@ -3481,6 +3481,55 @@ fn containerd_store_for_kubernetes() {
     assert_fsck_clean(&out);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json output");
     assert_eq!(summary["images"].as_array().unwrap().len(), 4, "{summary}");
+    // The report of a mixed run: one object and one line per store, each
+    // image with its store, the totals the sums of the stores'.
+    let images = summary["images"].as_array().unwrap();
+    let per_image: Vec<&str> = images
+        .iter()
+        .map(|i| i["store"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        per_image,
+        ["docker", "containerd", "containerd", "containerd"],
+        "{summary}"
+    );
+    let reported = summary["stores"].as_array().expect("stores");
+    let names: Vec<(&str, &str, u64)> = reported
+        .iter()
+        .map(|s| {
+            let n = s["images"].as_u64().unwrap();
+            (s["store"].as_str().unwrap(), s["root"].as_str().unwrap(), n)
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("docker", "/var/lib/docker", 1),
+            ("containerd", "/var/lib/containerd", 3)
+        ],
+        "{summary}"
+    );
+    for key in ["entries_written", "bytes_written", "layers"] {
+        let sum: u64 = reported.iter().map(|s| s[key].as_u64().unwrap()).sum();
+        assert_eq!(summary[key].as_u64(), Some(sum), "{key}: {summary}");
+        assert!(
+            reported.iter().all(|s| s[key].as_u64() > Some(0)),
+            "{key}: {summary}"
+        );
+    }
+    let lines: Vec<&str> = stderr(&o)
+        .lines()
+        .filter(|l| l.starts_with("store: "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", stderr(&o));
+    assert!(
+        lines[0].starts_with("store: docker (/var/lib/docker): 1 image(s)"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("store: containerd (/var/lib/containerd): 3 image(s)"),
+        "{lines:?}"
+    );
     let stores = ["/var/lib/docker", "/var/lib/containerd"];
     let labelled = assert_labels_as_matchpathcon(&out, &stores, STORE_FILE_CONTEXTS);
     assert!(labelled == 0 || labelled > 50, "{labelled} inodes checked");
@@ -4102,7 +4151,7 @@ fn containerd_cache_keeps_the_run_images() {
         (serde_json::from_slice(&o.stdout).unwrap(), stderr(&o))
     };
     let (cold, _) = run("cold", &[layers]);
-    assert_eq!(cold["store"]["kind"], "cache", "{cold}");
+    assert_eq!(cold["stores"][0]["kind"], "cache", "{cold}");
     assert_eq!(cold["images"][0]["source"], "registry", "{cold}");
     assert!(downloaded(&cold)[0] >= 2, "{cold}");
     let (warm, _) = run("warm", &[layers, second]);

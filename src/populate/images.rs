@@ -173,6 +173,7 @@ pub(super) async fn acquire(run: &StoreRun<'_>) -> Result<Vec<PulledImage>> {
                 .parse()
                 .with_context(|| format!("the platform the daemon gives image {}", g.id))?;
             images.push(PulledImage {
+                store: run.backend.name(),
                 reference: listed.source.to_string(),
                 id: g.id,
                 platform,

@@ -42,7 +42,7 @@ use pull::{pull_beside_copy, Pulled};
 use store_run::StoreRun;
 
 pub use report::Summary;
-use report::{Clock, Phase};
+use report::{Clock, Phase, StoreReport};
 
 /// Runs the command; whatever happens, removes the containers and volumes
 /// it created (unless --keep-dind).
@@ -225,15 +225,14 @@ async fn populate(
         stop_beside_measure(runs, &clock, prepared, &only, node_need).await?;
     let root = prepared.fs();
     let mut images = vec![];
-    let mut reports = vec![];
-    let (mut entries, mut bytes, mut via) = (0, 0, None);
+    let mut stores = vec![];
     for ((run, pulled), used) in runs.iter().zip(pulled).zip(used) {
         let Pulled {
             images: got,
-            mut store,
+            store: mut pulled,
             selection,
         } = pulled;
-        store.used_bytes = used;
+        pulled.used_bytes = used;
         // Explained while the output still takes its room.
         let written = clock
             .time(
@@ -242,11 +241,17 @@ async fn populate(
             )
             .await
             .map_err(|e| crate::hostfs::explain_full(e, &root.image))?;
-        entries += written.entries;
-        bytes += written.bytes;
-        via.get_or_insert(written.via);
+        stores.push(StoreReport {
+            store: run.backend.name(),
+            root: run.backend.root(),
+            images: got.len(),
+            layers: 0,
+            entries_written: written.entries,
+            bytes_written: written.bytes,
+            export_via: written.via,
+            pulled,
+        });
         images.extend(got);
-        reports.push(store);
     }
     let containerd_entries = match &cfg.containerd {
         Some(src) => {
@@ -283,6 +288,9 @@ async fn populate(
     };
     let backends: Vec<_> = runs.iter().map(|r| r.backend).collect();
     let (fs, layers) = publish(prepared, backends).await?;
+    for (store, layers) in stores.iter_mut().zip(layers) {
+        store.layers = layers;
+    }
     let output = cfg.output.path().unwrap_or(&cfg.disk).to_path_buf();
     let output_sha256 = match cfg.sha256 {
         true => Some(store_run::blocking(move || hash_output(&output)).await?),
@@ -290,9 +298,9 @@ async fn populate(
     };
     Ok(Summary {
         images,
-        layers,
-        entries_written: entries,
-        bytes_written: bytes,
+        layers: stores.iter().map(|s| s.layers).sum(),
+        entries_written: stores.iter().map(|s| s.entries_written).sum(),
+        bytes_written: stores.iter().map(|s| s.bytes_written).sum(),
         containerd_entries,
         root_free_bytes: fs.free_bytes(),
         root_size_bytes: fs.size_bytes(),
@@ -300,8 +308,8 @@ async fn populate(
         needed_blocks: need.blocks,
         seconds: clock.phases(),
         output: cfg.output.path().unwrap_or(&cfg.disk).display().to_string(),
-        export_via: via.context("no store was exported")?,
-        store: reports.remove(0),
+        export_via: stores.first().context("no store was exported")?.export_via,
+        stores,
         platform: first.platform.clone(),
         verified,
         output_sha256,

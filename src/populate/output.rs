@@ -137,13 +137,13 @@ pub(super) async fn verify_written(root: ext4::Root) -> Result<Verified> {
 pub(super) async fn publish(
     prepared: Prepared,
     backends: Vec<&'static dyn Backend>,
-) -> Result<(ext4::FsSummary, u64)> {
+) -> Result<(ext4::FsSummary, Vec<u64>)> {
     blocking(move || {
         let fs = prepared.fs().open_read()?;
-        let mut layers = 0;
-        for b in backends {
-            layers += b.layers(&fs)?;
-        }
+        let layers = backends
+            .iter()
+            .map(|b| b.layers(&fs))
+            .collect::<Result<Vec<u64>>>()?;
         drop(fs);
         Ok((prepared.publish()?, layers))
     })

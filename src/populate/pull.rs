@@ -22,7 +22,7 @@ use super::store_run::StoreRun;
 /// What [`pull_store`] got.
 pub(super) struct Pulled {
     pub(super) images: Vec<PulledImage>,
-    pub(super) store: StoreReport,
+    pub(super) store: PullPlace,
     /// With --cache: the images of this run (a JSON store selection), the
     /// only ones exported from a store that may hold others.
     pub(super) selection: Option<Vec<u8>>,
@@ -115,7 +115,7 @@ pub(super) async fn pull_store(
             true => None,
             false => Some(images::selection(&images)?),
         };
-        let store = StoreReport {
+        let store = PullPlace {
             kind: StoreLocation::Cache,
             memory_cap_bytes: None,
             fell_back_to_disk: false,
@@ -135,7 +135,7 @@ pub(super) async fn pull_store(
         clock.time(Phase::Start, start_dind(run, &memory)).await?;
         match clock.time(Phase::Pull, images::acquire(run)).await {
             Ok(images) => {
-                let store = StoreReport {
+                let store = PullPlace {
                     kind: StoreLocation::Memory,
                     memory_cap_bytes: Some(cap),
                     fell_back_to_disk: false,
@@ -165,7 +165,7 @@ pub(super) async fn pull_store(
     let disk = StoreMount::Volume(volume);
     clock.time(Phase::Start, start_dind(run, &disk)).await?;
     let images = clock.time(Phase::Pull, images::acquire(run)).await?;
-    let store = StoreReport {
+    let store = PullPlace {
         kind: StoreLocation::Disk,
         memory_cap_bytes: memory_cap,
         fell_back_to_disk: memory_cap.is_some(),

@@ -57,9 +57,29 @@ pub enum StoreLocation {
     Cache,
 }
 
-/// Where the store was pulled, for the summary.
+/// What a run did for one store (`stores` in `--json`).
 #[derive(Debug, Serialize)]
 pub struct StoreReport {
+    /// The backend's name: `docker`, `containerd`.
+    pub store: &'static str,
+    /// Where it is in ROOT.
+    pub root: &'static str,
+    /// The images of the run written into it.
+    pub images: usize,
+    /// Its layers in ROOT once written (those of a `--merge` included).
+    pub layers: u64,
+    pub entries_written: u64,
+    pub bytes_written: u64,
+    /// How the store left its build container.
+    pub export_via: ExportVia,
+    /// Where it was pulled.
+    #[serde(flatten)]
+    pub pulled: PullPlace,
+}
+
+/// Where a store was pulled, for the summary.
+#[derive(Debug, Serialize)]
+pub struct PullPlace {
     pub kind: StoreLocation,
     /// The size cap of the tmpfs, when memory was tried.
     pub memory_cap_bytes: Option<u64>,
@@ -75,6 +95,7 @@ pub struct StoreReport {
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub images: Vec<PulledImage>,
+    /// The sums over the stores.
     pub layers: u64,
     pub entries_written: u64,
     pub bytes_written: u64,
@@ -87,10 +108,12 @@ pub struct Summary {
     pub needed_blocks: u64,
     pub seconds: Phases,
     pub output: String,
-    /// How the store left the dind: "socket" (a daemon on this
-    /// machine) or "attach" (the Docker API stream).
+    /// How the first store left its build container: "socket" (a daemon
+    /// on this machine) or "attach" (the Docker API stream); each store's
+    /// is in `stores`.
     pub export_via: ExportVia,
-    pub store: StoreReport,
+    /// One report per store written, in the order of the registry.
+    pub stores: Vec<StoreReport>,
     pub platform: TargetPlatform,
     /// What the final verify checked (None: --no-verify).
     pub verified: Option<Verified>,
@@ -219,7 +242,8 @@ impl Summary {
         );
         for i in &s.images {
             eprintln!(
-                "  {} {} {} (from {}{})",
+                "  {}: {} {} {} (from {}{})",
+                i.store,
                 i.reference,
                 i.id,
                 i.platform,
@@ -258,15 +282,29 @@ impl Summary {
             HumanBytes(s.root_size_bytes)
         );
         let p = &s.seconds;
-        eprintln!(
-            "store: pulled {} ({})",
-            match (s.store.kind, s.store.fell_back_to_disk) {
-                (StoreLocation::Memory, _) => "in memory".to_string(),
-                (_, true) => "on disk, after outgrowing memory".to_string(),
-                _ => "on disk".to_string(),
-            },
-            HumanBytes(s.store.used_bytes)
-        );
+        for st in &s.stores {
+            let pulled = &st.pulled;
+            eprintln!(
+                "store: {} ({}): {} image(s), {} layers, {} entries, {} written, pulled {} ({} used), exported via {}",
+                st.store,
+                st.root,
+                st.images,
+                st.layers,
+                st.entries_written,
+                HumanBytes(st.bytes_written),
+                match (pulled.kind, pulled.fell_back_to_disk) {
+                    (StoreLocation::Memory, _) => "in memory",
+                    (StoreLocation::Cache, _) => "in the cache",
+                    (_, true) => "on disk, after outgrowing memory",
+                    _ => "on disk",
+                },
+                HumanBytes(pulled.used_bytes),
+                match st.export_via {
+                    ExportVia::Socket => "socket",
+                    ExportVia::Attach => "attach stream",
+                }
+            );
+        }
         eprintln!(
             "time: start {:.1} s, pull {:.1} s, stop {:.1} s, measure {:.1} s, copy {:.1} s, grow {:.1} s, export+write {:.1} s, containerd {:.1} s, node {:.1} s, verify {:.1} s, total {:.1} s (phases overlap)",
             p.start,
@@ -278,6 +316,8 @@ impl Summary {
 /// One image of the run, in the inner daemon.
 #[derive(Debug, Serialize)]
 pub struct PulledImage {
+    /// The store it went into (the backend's name).
+    pub store: &'static str,
     /// The source as given (a reference, `docker-archive:PATH[:NAME]`, ...).
     pub reference: String,
     pub id: String,
