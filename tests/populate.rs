@@ -3517,11 +3517,9 @@ fn containerd_store_for_kubernetes() {
             "{key}: {summary}"
         );
     }
-    let lines: Vec<&str> = stderr(&o)
-        .lines()
-        .filter(|l| l.starts_with("store: "))
-        .collect();
-    assert_eq!(lines.len(), 2, "{}", stderr(&o));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("store: ")).collect();
+    assert_eq!(lines.len(), 2, "{err}");
     assert!(
         lines[0].starts_with("store: docker (/var/lib/docker): 1 image(s)"),
         "{lines:?}"

@@ -17,29 +17,21 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{DindSpec, Engine, RunLabels};
-use crate::protocol::{StoreOp, StoreRef};
-use crate::store;
+use crate::docker::Engine;
 
 pub mod cache;
 mod checks;
 mod config;
-mod export;
-mod images;
+mod dind;
 pub mod lock;
-mod memory;
 mod output;
-mod pull;
 mod report;
-mod store_run;
+mod worker;
 
-use checks::{check_engine, check_local_inputs, Local};
+use checks::{check_local_inputs, Local};
 pub use config::{PopulateConfig, StoreChoice, StoreImages};
-use export::{export_and_write, socket_dir, stop_beside_measure};
-use memory::plan_store;
+use dind::{export_and_write, plan_store, pull_beside_copy, stop_beside_measure, Pulled, StoreRun};
 use output::{hash_output, publish, verify_written, write_containerd};
-use pull::{pull_beside_copy, Pulled};
-use store_run::StoreRun;
 
 pub use report::Summary;
 use report::{Clock, Phase, StoreReport};
@@ -62,108 +54,19 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         // Archives are read whole (every blob hashed): not on the runtime's
         // thread.
         let cfg = cfg.clone();
-        store_run::blocking(move || check_local_inputs(&cfg)).await?
+        worker::blocking(move || check_local_inputs(&cfg)).await?
     };
+    // The way in: each store's daemon in a build container.
     let engine = Engine::connect().await?;
-    prepared = check_engine(&engine, cfg, &platform, prepared, &cancel).await?;
-    let run_id = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() % 100_000)
-    );
+    prepared = dind::check_engine(&engine, cfg, &platform, prepared, &cancel).await?;
     let res = Default::default();
     // A child: cancelling it (a phase failed) leaves the caller's alone.
     let cancel = cancel.child_token();
-    let mut runs = vec![];
-    let mut prepared = prepared.into_iter();
-    for s in &cfg.stores {
-        // The checks gave one entry per image, in the order of all_lines.
-        let prepared: Vec<_> = prepared.by_ref().take(s.lines.len()).collect();
-        let (lines, backend) = (&s.lines[..], s.backend);
-        let dind = match &cfg.cache {
-            Some(c) => cache::dind_name(c, backend),
-            None => format!("flatcar-preload-{run_id}-{}dind", backend.tag()),
-        };
-        let opts = store::DaemonOptions {
-            downloads: cfg.jobs,
-            registry: &access,
-        };
-        let daemon = backend.daemon(&opts)?;
-        let store = StoreRef {
-            store: backend.name().into(),
-            options: cfg.store_options.clone(),
-        };
-        let spec = DindSpec {
-            image: s.build_image.clone(),
-            network: cfg.dind_network.clone(),
-            privileged: cfg.privileged,
-            daemon: daemon.argv,
-            ready: store.request(StoreOp::Ready),
-            store_root: backend.root().into(),
-            files: daemon.files,
-            labels: RunLabels {
-                run_id: run_id.clone(),
-                extra: cfg.labels.clone(),
-            },
-        };
-        runs.push(StoreRun {
-            cfg,
-            backend,
-            store,
-            engine: &engine,
-            cancel: cancel.clone(),
-            spec,
-            res: &res,
-            socket_dir: socket_dir(engine.is_local())?,
-            access: &access,
-            platform: &platform,
-            manifests_read: tokio::sync::watch::Sender::new(false),
-            lines,
-            names: lines.iter().map(|l| l.source.to_string()).collect(),
-            prepared,
-            dind,
-            seed: seed.clone().filter(|_| !backend.exports_part()),
-        });
-    }
+    let places = (&engine, &access, &platform, &res);
+    let runs = dind::store_runs(cfg, places, prepared, seed, &cancel)?;
     let result = populate(&runs, &disk, (&node, node_facts), start).await;
     drop(runs);
-    let res = res.into_inner();
-    if cfg.keep_dind {
-        eprintln!(
-            "keeping containers {} and volumes {} (--keep-dind)",
-            res.containers.join(", "),
-            res.volumes.join(", ")
-        );
-    } else {
-        // What cannot be removed (the engine went away) is named, with the
-        // commands that remove it once the engine is back.
-        let mut left = vec![];
-        let mut warn = |e: anyhow::Error, remove: String| {
-            if !crate::docker::engine_gone(&e) {
-                eprintln!("warning: {e:#}");
-            }
-            left.push(remove);
-        };
-        for c in &res.containers {
-            if let Err(e) = engine.remove_container(c).await {
-                warn(e, format!("docker rm -f {c}"));
-            }
-        }
-        for v in &res.volumes {
-            if let Err(e) = engine.remove_volume(v).await {
-                warn(e, format!("docker volume rm {v}"));
-            }
-        }
-        if !left.is_empty() {
-            eprintln!(
-                "warning: this run's containers and volumes (label {}={run_id}) may be left on the engine; remove them with: {}",
-                crate::docker::RUN_LABEL,
-                left.join("; ")
-            );
-        }
-    }
+    dind::clean_up(&engine, res.into_inner(), cfg.keep_dind).await;
     let mut summary = result.map_err(|e| engine.explain_gone(e))?;
     if let Some(lock::LockMode::Write(path)) = &cfg.lock {
         lock::write(path, &lock::of(&summary.images)).with_context(|| {
@@ -203,7 +106,7 @@ async fn populate(
         let (node, image, root) = (node.clone(), prepared.image.clone(), prepared.fs());
         let (layout, target) = (prepared.layout.clone(), first.platform.target.clone());
         let containerd = cfg.containerd.clone();
-        store_run::blocking(move || {
+        worker::blocking(move || {
             let facts = match facts {
                 Some(facts) => facts,
                 None => crate::node::check_disk(&node, &image, &layout, &target)?,
@@ -272,7 +175,7 @@ async fn populate(
         let (node, image, fs) = (node.clone(), prepared.image.clone(), root.clone());
         let selinux = cfg.selinux.clone();
         let job =
-            store_run::blocking(move || crate::node::apply(&node, &facts, &image, &fs, &selinux));
+            worker::blocking(move || crate::node::apply(&node, &facts, &image, &fs, &selinux));
         clock
             .time(Phase::Node, job)
             .await
@@ -293,7 +196,7 @@ async fn populate(
     }
     let output = cfg.output.path().unwrap_or(&cfg.disk).to_path_buf();
     let output_sha256 = match cfg.sha256 {
-        true => Some(store_run::blocking(move || hash_output(&output)).await?),
+        true => Some(worker::blocking(move || hash_output(&output)).await?),
         false => None,
     };
     Ok(Summary {

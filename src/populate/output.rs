@@ -15,7 +15,7 @@ use crate::unpack::{open_archive, Input};
 use super::checks::check_existing;
 use super::config::PopulateConfig;
 use super::report::*;
-use super::store_run::blocking;
+use super::worker::blocking;
 
 /// Makes the image to write into: the disk itself (--in-place) or a
 /// sparse, decompressed or converted copy, and checks its ROOT again. On

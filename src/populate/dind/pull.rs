@@ -13,19 +13,19 @@ use crate::docker::{NameInUse, Seed, StoreMount};
 use crate::progress::{Bar, WriteProgress};
 use crate::store;
 
-use super::cache;
 use super::images::{self, OutOfSpace};
-use super::output::make_output;
-use super::report::*;
 use super::store_run::StoreRun;
+use crate::populate::cache;
+use crate::populate::output::make_output;
+use crate::populate::report::*;
 
 /// What [`pull_store`] got.
-pub(super) struct Pulled {
-    pub(super) images: Vec<PulledImage>,
-    pub(super) store: PullPlace,
+pub(crate) struct Pulled {
+    pub(crate) images: Vec<PulledImage>,
+    pub(crate) store: PullPlace,
     /// With --cache: the images of this run (a JSON store selection), the
     /// only ones exported from a store that may hold others.
-    pub(super) selection: Option<Vec<u8>>,
+    pub(crate) selection: Option<Vec<u8>>,
 }
 
 /// Pulls (see [`pull_store`]) and makes the output (see [`make_output`])
@@ -34,7 +34,7 @@ pub(super) struct Pulled {
 /// cannot pull (a wrong password, an untrusted certificate, another
 /// platform) writes nothing. The first to fail stops the other, and its
 /// error is returned.
-pub(super) async fn pull_beside_copy(
+pub(crate) async fn pull_beside_copy(
     runs: &[StoreRun<'_>],
     disk: &disk::Disk,
     clock: &Clock,
@@ -93,7 +93,7 @@ pub(super) async fn pull_beside_copy(
 /// `memory_cap` bytes when given, else on a volume. When the images
 /// outgrow the tmpfs, says so and pulls them again on a volume. On failure
 /// nothing was written; the dind (and volume) are recorded for removal.
-pub(super) async fn pull_store(
+pub(crate) async fn pull_store(
     run: &StoreRun<'_>,
     clock: &Clock,
     memory_cap: Option<u64>,
@@ -182,7 +182,7 @@ pub(super) async fn pull_store(
 /// in ROOT when the run has a seed). On failure the container is already
 /// recorded for removal (unless it was not made because a run using the
 /// same cache has it).
-pub(super) async fn start_dind(run: &StoreRun<'_>, store: &StoreMount) -> Result<()> {
+pub(crate) async fn start_dind(run: &StoreRun<'_>, store: &StoreMount) -> Result<()> {
     let dind = run.dind.clone();
     let socket_dir = run.socket_dir.as_ref().map(|d| d.path());
     let container = run.dind();

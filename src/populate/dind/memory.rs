@@ -3,22 +3,22 @@
 
 use anyhow::Result;
 
-use super::config::StoreChoice;
 use super::store_run::StoreRun;
+use crate::populate::config::StoreChoice;
 
 /// `--store auto` takes memory only with at least this much to spare:
 /// below, most image sets would not fit and would be pulled twice.
-pub(super) const MIN_MEMORY_STORE: u64 = 1 << 30;
+pub(crate) const MIN_MEMORY_STORE: u64 = 1 << 30;
 
 /// What is left to the rest of the engine's machine when the tool runs
 /// there: the store in memory must not push it into swapping or the OOM
 /// killer.
-pub(super) const MEMORY_RESERVE: u64 = 1 << 30;
+pub(crate) const MEMORY_RESERVE: u64 = 1 << 30;
 
 /// How much memory the store may take: half of the engine's machine
 /// (`engine_total`), and no more than `here_available` less
 /// [`MEMORY_RESERVE`] when the engine runs on this machine. 0 when unknown.
-pub(super) fn memory_budget(engine_total: u64, here_available: Option<u64>) -> u64 {
+pub(crate) fn memory_budget(engine_total: u64, here_available: Option<u64>) -> u64 {
     let half = engine_total / 2;
     match here_available {
         Some(a) => half.min(a.saturating_sub(MEMORY_RESERVE)),
@@ -27,7 +27,7 @@ pub(super) fn memory_budget(engine_total: u64, here_available: Option<u64>) -> u
 }
 
 /// MemAvailable of /proc/meminfo, in bytes.
-pub(super) fn mem_available(meminfo: &str) -> Option<u64> {
+pub(crate) fn mem_available(meminfo: &str) -> Option<u64> {
     meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemAvailable:"))
@@ -37,7 +37,7 @@ pub(super) fn mem_available(meminfo: &str) -> Option<u64> {
 
 /// Decides where the store lives: Some(cap) for a tmpfs of at most `cap`
 /// bytes, None for a Docker volume.
-pub(super) async fn plan_store(run: &StoreRun<'_>) -> Result<Option<u64>> {
+pub(crate) async fn plan_store(run: &StoreRun<'_>) -> Result<Option<u64>> {
     let cfg = run.cfg;
     if cfg.store == StoreChoice::Disk {
         return Ok(None);

@@ -16,97 +16,89 @@ use crate::source::archive::CheckedArchive;
 use crate::source::Listed;
 use crate::store::Backend;
 
-use super::config::PopulateConfig;
-use super::report::TargetPlatform;
+use crate::populate::config::PopulateConfig;
+use crate::populate::report::TargetPlatform;
 
 /// Containers and volumes a run created, removed at the end.
 #[derive(Default)]
-pub(super) struct Resources {
-    pub(super) containers: Vec<String>,
-    pub(super) volumes: Vec<String>,
+pub(crate) struct Resources {
+    /// The run's ID, in the label of everything it made.
+    pub(crate) run_id: String,
+    pub(crate) containers: Vec<String>,
+    pub(crate) volumes: Vec<String>,
 }
 
 /// One store of the run: what the phases read (settled before they
 /// start), and what the run created.
-pub(super) struct StoreRun<'a> {
-    pub(super) cfg: &'a PopulateConfig,
+pub(crate) struct StoreRun<'a> {
+    pub(crate) cfg: &'a PopulateConfig,
     /// The store written.
-    pub(super) backend: &'static dyn Backend,
+    pub(crate) backend: &'static dyn Backend,
     /// That store, as the helpers' requests name it.
-    pub(super) store: StoreRef,
-    pub(super) engine: &'a Engine,
+    pub(crate) store: StoreRef,
+    pub(crate) engine: &'a Engine,
     /// Cancelled on Ctrl-C, and when one of two phases that run side by
     /// side fails (the other stops).
-    pub(super) cancel: CancellationToken,
-    pub(super) spec: DindSpec,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) spec: DindSpec,
     /// What the run created: the only state the phases change.
-    pub(super) res: &'a RefCell<Resources>,
+    pub(crate) res: &'a RefCell<Resources>,
     /// Credentials and certificates for the pull.
-    pub(super) access: &'a RegistryAccess,
+    pub(crate) access: &'a RegistryAccess,
     /// Set once the pull helper has read the manifest of every image.
-    pub(super) manifests_read: tokio::sync::watch::Sender<bool>,
+    pub(crate) manifests_read: tokio::sync::watch::Sender<bool>,
     /// The sources of this store's images.
-    pub(super) lines: &'a [Listed],
+    pub(crate) lines: &'a [Listed],
     /// Each source as text, for progress and messages.
-    pub(super) names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// Per source, what the checks learnt (archives, the engine's images).
-    pub(super) prepared: Vec<Checked>,
-    pub(super) platform: &'a TargetPlatform,
+    pub(crate) prepared: Vec<Checked>,
+    pub(crate) platform: &'a TargetPlatform,
     /// The dind container's name (with --cache, the cache's: only one run
     /// at a time may use it).
-    pub(super) dind: String,
+    pub(crate) dind: String,
     /// The private directory of the export socket (bind-mounted into the
     /// dind); None forces the attach stream.
-    pub(super) socket_dir: Option<tempfile::TempDir>,
+    pub(crate) socket_dir: Option<tempfile::TempDir>,
     /// ROOT of the input when the daemon starts on the store there (a
     /// `--merge` over a store written whole).
-    pub(super) seed: Option<crate::disk::ext4::Root>,
+    pub(crate) seed: Option<crate::disk::ext4::Root>,
 }
 
 impl StoreRun<'_> {
     /// A name for a container or volume of this run.
-    pub(super) fn name(&self, what: &str) -> String {
+    pub(crate) fn name(&self, what: &str) -> String {
         let (run, tag) = (&self.spec.labels.run_id, self.backend.tag());
         format!("flatcar-preload-{run}-{tag}{what}")
     }
 
     /// The build container of the run.
-    pub(super) fn dind(&self) -> Dind<'_> {
+    pub(crate) fn dind(&self) -> Dind<'_> {
         self.engine.dind(&self.dind)
     }
 
     /// Records container `name` for removal at the end of the run.
-    pub(super) fn created_container(&self, name: &str) {
+    pub(crate) fn created_container(&self, name: &str) {
         self.res.borrow_mut().containers.push(name.to_string());
     }
 
     /// Records volume `name` for removal at the end of the run.
-    pub(super) fn created_volume(&self, name: &str) {
+    pub(crate) fn created_volume(&self, name: &str) {
         self.res.borrow_mut().volumes.push(name.to_string());
     }
 
     /// Container `name` was removed already.
-    pub(super) fn removed_container(&self, name: &str) {
+    pub(crate) fn removed_container(&self, name: &str) {
         self.res.borrow_mut().containers.retain(|c| c != name);
     }
 
     /// Awaits `fut` unless the run is cancelled first.
-    pub(super) async fn or_cancel<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    pub(crate) async fn or_cancel<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
         self.cancel
             .run_until_cancelled(fut)
             .await
             .unwrap_or_else(|| Err(anyhow!("interrupted")))
     }
-}
-
-/// Runs `f` on a blocking thread (disk and CPU work) and returns its
-/// result.
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow!("a worker thread failed: {e}"))?
 }
 
 /// What was learnt of a source before anything was written, for loading it.

@@ -7,11 +7,11 @@ use std::cell::RefCell;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::io::SyncIoBridge;
 
-use super::report::{ImageSource, PlatformSource, PulledImage};
 use super::store_run::Checked;
 use super::store_run::StoreRun;
 use crate::docker::registry::DEFAULT_CERTS_DIR;
 use crate::docker::Input;
+use crate::populate::report::{ImageSource, PlatformSource, PulledImage};
 use crate::progress::Pulls;
 use crate::protocol::{Event, FailureKind, Got, PullOp, StoreOp};
 use crate::source::archive::{self};
@@ -87,7 +87,7 @@ impl Follow<'_> {
 /// pulled by the pull helper while the others are loaded one by one.
 /// Returns them in the order given. On failure nothing was written; the
 /// dind is left for removal.
-pub(super) async fn acquire(run: &StoreRun<'_>) -> Result<Vec<PulledImage>> {
+pub(crate) async fn acquire(run: &StoreRun<'_>) -> Result<Vec<PulledImage>> {
     #[cfg(feature = "test-hooks")]
     crate::hooks::pause("pull", &run.cancel).await;
     let cfg = run.cfg;
@@ -196,7 +196,7 @@ async fn pull(run: &StoreRun<'_>, which: &[usize], follow: &RefCell<Follow<'_>>)
         platform: run.platform.target.clone(),
         allow_platform_mismatch: cfg.allow_platform_mismatch,
         stall_seconds: cfg.pull_timeout.as_secs(),
-        locked: matches!(cfg.lock, Some(super::lock::LockMode::Locked(_))),
+        locked: matches!(cfg.lock, Some(crate::populate::lock::LockMode::Locked(_))),
         refs,
     }));
     // The credentials go over the helper's standard input only.
@@ -286,7 +286,7 @@ async fn load(run: &StoreRun<'_>, i: usize, follow: &RefCell<Follow<'_>>) -> Res
 
 /// The store selection (JSON) of `images`: their IDs and every name the
 /// store gives them.
-pub(super) fn selection(images: &[PulledImage]) -> Result<Vec<u8>> {
+pub(crate) fn selection(images: &[PulledImage]) -> Result<Vec<u8>> {
     serde_json::to_vec(&selected(images)).context("describing the images to export")
 }
 
@@ -311,7 +311,7 @@ fn selected(images: &[PulledImage]) -> crate::store::Selection {
 
 /// Removes the images of the cache that are not `kept` (--cache-prune),
 /// with the prune helper in the dind.
-pub(super) async fn prune(run: &StoreRun<'_>, kept: &[PulledImage]) -> Result<()> {
+pub(crate) async fn prune(run: &StoreRun<'_>, kept: &[PulledImage]) -> Result<()> {
     let why = match run.cfg.cache_prune {
         true => "--cache-prune",
         false => "the store is written whole",
@@ -393,7 +393,7 @@ fn registry_hint(run: &StoreRun<'_>, r: &ImageRef, kind: FailureKind) -> Option<
 
 /// A pull failed because the store's filesystem is full.
 #[derive(Debug)]
-pub(super) struct OutOfSpace(pub(super) String);
+pub(crate) struct OutOfSpace(pub(crate) String);
 
 impl std::fmt::Display for OutOfSpace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

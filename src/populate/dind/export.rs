@@ -13,16 +13,17 @@ use crate::docker::ExportVia;
 use crate::progress::{Bar, ReadProgress};
 use crate::store;
 
-use super::output::make_room;
-use super::report::*;
-use super::store_run::{blocking, StoreRun};
+use super::store_run::StoreRun;
+use crate::populate::output::make_room;
+use crate::populate::report::*;
+use crate::populate::worker::blocking;
 
 /// Stops the inner daemon (see [`stop_dind`]) while measuring the store and
 /// making room for it: stopping changes nothing that is exported (the
 /// layers and the image database are complete once the pulls have
 /// returned). Returns what the store took, the output with room made and
 /// what the store needs. The export must wait for all of it.
-pub(super) async fn stop_beside_measure(
+pub(crate) async fn stop_beside_measure(
     runs: &[StoreRun<'_>],
     clock: &Clock,
     prepared: Prepared,
@@ -54,7 +55,7 @@ pub(super) async fn stop_beside_measure(
 /// Stops the inner daemon cleanly (the container stays, with a store in
 /// memory) and returns what the store takes: the store must be quiescent
 /// before it is exported. On failure nothing was written.
-pub(super) async fn stop_dind(run: &StoreRun<'_>) -> Result<u64> {
+pub(crate) async fn stop_dind(run: &StoreRun<'_>) -> Result<u64> {
     let dind = run.dind.clone();
     let stopped = run.or_cancel(run.dind().stop(run.backend.root())).await?;
     if stopped.exit_code != 0 {
@@ -70,7 +71,7 @@ pub(super) async fn stop_dind(run: &StoreRun<'_>) -> Result<u64> {
 
 /// Measures what the store will take in ROOT,
 /// with the helper in the dind. Writes nothing.
-pub(super) async fn measure(
+pub(crate) async fn measure(
     run: &StoreRun<'_>,
     prepared: &Prepared,
     only: Option<&[u8]>,
@@ -98,7 +99,7 @@ pub(super) async fn measure(
 /// another machine (`local` false: a directory of this machine cannot be
 /// mounted into its containers), or when the tests force the attach
 /// stream.
-pub(super) fn socket_dir(local: bool) -> Result<Option<tempfile::TempDir>> {
+pub(crate) fn socket_dir(local: bool) -> Result<Option<tempfile::TempDir>> {
     if !local {
         return Ok(None);
     }
@@ -114,10 +115,10 @@ pub(super) fn socket_dir(local: bool) -> Result<Option<tempfile::TempDir>> {
 }
 
 /// What [`export_and_write`] did.
-pub(super) struct Written {
-    pub(super) entries: u64,
-    pub(super) bytes: u64,
-    pub(super) via: ExportVia,
+pub(crate) struct Written {
+    pub(crate) entries: u64,
+    pub(crate) bytes: u64,
+    pub(crate) via: ExportVia,
 }
 
 /// Exports the store with the helper in the stopped dind and writes it into ROOT as it
@@ -125,7 +126,7 @@ pub(super) struct Written {
 /// what was written ([`crate::store::Merge`]). On failure or Ctrl-C, ROOT
 /// is closed consistently with the entries before the failure written; the
 /// caller must not publish the output.
-pub(super) async fn export_and_write(
+pub(crate) async fn export_and_write(
     run: &StoreRun<'_>,
     root: &ext4::Root,
     only: Option<&[u8]>,
