@@ -1,5 +1,6 @@
-//! The filesystems of this machine that hold the output: how much room
-//! they have and which one they are, for the checks made before anything
+//! The host's filesystems (hence `hostfs`, beside `disk`, the image's):
+//! those of this machine that hold the output, how much room they have
+//! and which one they are, for the checks made before anything
 //! is written and for a write that finds one full.
 
 use std::path::{Path, PathBuf};

@@ -3,38 +3,15 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::store::{self, Report};
+use crate::fsread::FsRead;
+use crate::store::{self, Backend, Report};
 
-/// Verifies the image stores in ROOT of `root` (each there is; the first
-/// of the registry, Docker's, when none is, which says so) with a progress bar by bytes; the report
-/// of all, whatever it found (Err: ROOT cannot be read).
+/// Verifies the image stores in ROOT of `root` (see [`check_stores`],
+/// with every backend of the registry) and their SELinux labels; the
+/// report of all, whatever it found (Err: ROOT cannot be read).
 pub fn check_root(root: &crate::disk::ext4::Root) -> Result<Report> {
     let fs = root.open_read()?;
-    let mut report = Report {
-        images: 0,
-        layers: 0,
-        bytes_hashed: 0,
-        failures: vec![],
-    };
-    let mut present = vec![];
-    for backend in store::BACKENDS {
-        if fs.exists(backend.root())? {
-            present.push(backend);
-        }
-    }
-    if present.is_empty() {
-        present.push(store::BACKENDS[0]);
-    }
-    for backend in present {
-        let total = backend.verify_total(&fs)?;
-        let mut bar = crate::progress::Bar::bytes("verifying layers", Some(total));
-        let one = backend.verify(&fs, &mut |n| bar.inc(n))?;
-        bar.finish();
-        report.images += one.images;
-        report.layers += one.layers;
-        report.bytes_hashed += one.bytes_hashed;
-        report.failures.extend(one.failures);
-    }
+    let mut report = check_stores(&fs, &store::BACKENDS)?;
     if let Some((path, problem)) = crate::selinux::survey(&fs)?.first_wrong {
         report.failures.push(store::Failure {
             image: None,
@@ -42,6 +19,38 @@ pub fn check_root(root: &crate::disk::ext4::Root) -> Result<Report> {
             path: Some(path),
             problem,
         });
+    }
+    Ok(report)
+}
+
+/// Verifies the stores of `backends` in `fs` (each there is; the first
+/// when none is, which says so) with a progress bar by bytes, each by its
+/// backend.
+pub fn check_stores(fs: &dyn FsRead, backends: &[&'static dyn Backend]) -> Result<Report> {
+    let mut report = Report {
+        images: 0,
+        layers: 0,
+        bytes_hashed: 0,
+        failures: vec![],
+    };
+    let mut present = vec![];
+    for &backend in backends {
+        if fs.stat(backend.root().as_bytes())?.is_some() {
+            present.push(backend);
+        }
+    }
+    if present.is_empty() {
+        present.extend(backends.first());
+    }
+    for backend in present {
+        let total = backend.verify_total(fs)?;
+        let mut bar = crate::progress::Bar::bytes("verifying layers", Some(total));
+        let one = backend.verify(fs, &mut |n| bar.inc(n))?;
+        bar.finish();
+        report.images += one.images;
+        report.layers += one.layers;
+        report.bytes_hashed += one.bytes_hashed;
+        report.failures.extend(one.failures);
     }
     Ok(report)
 }

@@ -4163,7 +4163,7 @@ fn containerd_cache_keeps_the_run_images() {
     assert_eq!(downloaded(&only), [0], "{only}");
     assert!(
         err.contains(&format!(
-            "removed {layers} from the cache (containerd's store is written whole)"
+            "removed {layers} from the cache (the store is written whole)"
         )),
         "{err}"
     );

@@ -29,12 +29,15 @@ use crate::fsread::FsRead;
 use crate::protocol::{ContainerdVersion, StoreOp, StoreOptions, StoreRequest};
 use crate::source::ImageRef;
 
-pub mod check;
+pub mod verify_common;
+
 pub mod containerd;
 pub mod docker;
 pub mod export;
 #[cfg(feature = "test-hooks")]
 pub mod fuzzing;
+#[cfg(test)]
+mod tests;
 
 pub use containerd::inspect::ContainerdStore;
 pub use containerd::{default_sandbox as sandbox_image, Records as ContainerdRecords};

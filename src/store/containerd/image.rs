@@ -13,7 +13,7 @@ use super::bolt::{self, Bucket};
 use super::{layout, ROOT};
 use crate::digest::{chain_ids, sha256_part};
 use crate::fsread::{join, show, FsRead};
-use crate::store::check::diff_ids;
+use crate::store::verify_common::diff_ids;
 
 /// The label that makes an image the CRI's (the kubelet lists it).
 pub const MANAGED: (&str, &str) = ("io.cri-containerd.image", "managed");

@@ -17,7 +17,7 @@ use super::image::blob_path;
 use super::layer_stream::{pump, End};
 use crate::digest::sha256_part;
 use crate::fsread::{join, show, FsRead, Kind, Stat};
-use crate::store::check::{
+use crate::store::verify_common::{
     clean, split_last, Subject, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX,
 };
 use crate::store::Failure;

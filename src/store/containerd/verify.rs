@@ -34,7 +34,7 @@ use super::snapdiff;
 use super::{blobs, layout, ROOT};
 use crate::digest::{chain_ids, hex, sha256_part};
 use crate::fsread::{is_dir, join, show, FsRead};
-use crate::store::check::{diff_ids, Subject};
+use crate::store::verify_common::{diff_ids, Subject};
 use crate::store::{Failure, Report};
 
 /// The garbage collector's reference labels (core/metadata/gc.go,

@@ -32,7 +32,7 @@ fn join(root: &[u8], rel: &str) -> Vec<u8> {
     join_bytes(root, rel.as_bytes())
 }
 use super::layout::{CONTENT as IMAGEDB, IMAGE, LAYERDB, LAYERS, LINKS, REPOSITORIES};
-use crate::store::check::{
+use crate::store::verify_common::{
     clean, diff_ids, split_last, Subject, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_META_PREFIX,
     WHITEOUT_PREFIX,
 };
@@ -952,7 +952,7 @@ mod tests {
 
     const ROOT: &str = "/var/lib/docker";
 
-    use crate::store::check::memfs::MemFs;
+    use crate::store::verify_common::memfs::MemFs;
 
     /// What a layer's tar holds.
     enum Ent {
@@ -1084,7 +1084,7 @@ mod tests {
         }
         /// Asserts that verify reports exactly this one failure.
         fn only(&self, image: Option<&str>, layer: Option<usize>, path: &str) -> Failure {
-            let f = crate::store::check::only_failure(&self.verify(), path);
+            let f = crate::store::verify_common::only_failure(&self.verify(), path);
             assert_eq!(f.image.as_deref(), image, "{f:?}");
             assert_eq!(
                 f.layer,

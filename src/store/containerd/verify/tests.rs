@@ -7,9 +7,9 @@ use std::io::Write;
 use super::*;
 use crate::digest::sha256_hex;
 use crate::fsread::Kind;
-use crate::store::check::memfs::MemFs;
-use crate::store::check::OPAQUE_XATTR;
 use crate::store::containerd::bolt::write::{build, Tree};
+use crate::store::verify_common::memfs::MemFs;
+use crate::store::verify_common::OPAQUE_XATTR;
 use crate::tar::{Attrs, Device, Writer};
 
 const R: &str = "/var/lib/containerd";
@@ -177,7 +177,7 @@ fn unpack(fs: &mut MemFs, dir: &str, ents: &[Ent]) {
                 set(fs, &p(r), 0o666, 0);
             }
             Ent::Whiteout(r) => {
-                let (d, name) = crate::store::check::split_last(r);
+                let (d, name) = crate::store::verify_common::split_last(r);
                 let target = [d, b"/", &name[4..]].concat();
                 fs.put_bytes(&p(&target), Kind::CharDev, b"", (0, 0));
                 set(fs, &p(&target), 0, 0);
@@ -415,7 +415,7 @@ impl Fixture {
     /// Asserts verify reports exactly one failure, at `path`, whose problem
     /// contains `says`.
     fn only(&self, path: &str, says: &str) -> Failure {
-        let f = crate::store::check::only_failure(&self.verify(), path);
+        let f = crate::store::verify_common::only_failure(&self.verify(), path);
         assert!(f.problem.contains(says), "{f}");
         f
     }
@@ -786,7 +786,7 @@ fn real_store() -> MemFs {
     let mut fs = MemFs::default();
     let mut ar = crate::tar::Archive::new(&tar[..]);
     while let Some(mut e) = ar.next_entry().unwrap() {
-        let rel = crate::store::check::clean(&e.meta.path).unwrap();
+        let rel = crate::store::verify_common::clean(&e.meta.path).unwrap();
         let path = [R.as_bytes(), b"/", &rel].concat();
         let path = if rel.is_empty() {
             R.as_bytes().to_vec()
