@@ -9,17 +9,15 @@ use serde::Serialize;
 
 use crate::fsread::FsRead;
 use crate::store;
-pub use crate::store::{ContainerdStore, DockerStore};
+use indicatif::HumanBytes;
 
 /// Everything `inspect` reports about a ROOT filesystem.
 #[derive(Debug, Serialize)]
 pub struct Inventory {
-    /// Docker's overlay2 image store in `/var/lib/docker`; null when
-    /// `/var/lib/docker/image/overlay2` does not exist.
-    pub docker: Option<DockerStore>,
-    /// containerd's images (`/var/lib/containerd`); null when that
-    /// directory does not exist.
-    pub containerd: Option<ContainerdStore>,
+    /// Each store's inventory under its name (`docker`, `containerd`),
+    /// null when it has none.
+    #[serde(flatten)]
+    pub stores: store::Stores,
     /// Size and free space of the ROOT filesystem.
     pub root: RootSpace,
     /// What the mark of a run that did not finish writing into ROOT says
@@ -46,84 +44,18 @@ pub struct RootSpace {
 /// Reads what images `fs` (a ROOT filesystem) carries.
 pub fn inventory(fs: &dyn FsRead) -> Result<Inventory> {
     let mut inv = Inventory {
-        docker: None,
-        containerd: None,
+        stores: store::Stores::default(),
         root: RootSpace::default(),
         unfinished: crate::disk::unfinished(fs)?,
         selinux: crate::selinux::survey(fs)?,
         node: None,
     };
     for backend in store::BACKENDS {
-        match backend.inspect(fs)? {
-            Some(store::Inventory::Docker(d)) => inv.docker = Some(d),
-            Some(store::Inventory::Containerd(c)) => inv.containerd = Some(c),
-            None => {}
+        if let Some(found) = backend.inspect(fs)? {
+            inv.stores.add(found);
         }
     }
     Ok(inv)
-}
-
-/// Sizes as `docker images` shows them (SI units).
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < UNITS.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}B")
-    } else if v < 10.0 {
-        format!("{v:.2}{}", UNITS[u])
-    } else if v < 100.0 {
-        format!("{v:.1}{}", UNITS[u])
-    } else {
-        format!("{v:.0}{}", UNITS[u])
-    }
-}
-
-fn yes_no(b: bool) -> String {
-    if b { "yes" } else { "no" }.to_string()
-}
-
-fn short_id(id: &str) -> &str {
-    let hex = id.strip_prefix("sha256:").unwrap_or(id);
-    &hex[..hex.len().min(12)]
-}
-
-fn short_created(c: &Option<String>) -> String {
-    match c {
-        // "2024-05-01T12:34:56.789Z" -> "2024-05-01 12:34:56"
-        Some(c) if c.len() >= 19 && c.is_char_boundary(19) => c[..19].replacen('T', " ", 1),
-        Some(c) => c.clone(),
-        None => "-".into(),
-    }
-}
-
-fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |out: &mut dyn Write, cells: Vec<&str>| -> std::io::Result<()> {
-        let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  "));
-            }
-        }
-        writeln!(out, "{}", s.trim_end())
-    };
-    line(out, header.to_vec())?;
-    for r in rows {
-        line(out, r.iter().map(String::as_str).collect())?;
-    }
-    Ok(())
 }
 
 /// The inventory for people: Docker's images, containerd's, ROOT's space.
@@ -150,110 +82,14 @@ pub fn print_table(inv: &Inventory, out: &mut dyn Write) -> std::io::Result<()> 
             "UNFINISHED: an interrupted run left ROOT unfinished ({said}); what it holds may be half-written\n"
         )?;
     }
-    match &inv.docker {
-        None => writeln!(
-            out,
-            "Docker: no image store (/var/lib/docker/image/overlay2 is absent)"
-        )?,
-        Some(d) => {
-            writeln!(
-                out,
-                "Docker image store ({}), {} image(s):",
-                d.driver,
-                d.images.len()
-            )?;
-            let rows: Vec<Vec<String>> = d
-                .images
-                .iter()
-                .map(|i| {
-                    vec![
-                        if i.tags.is_empty() {
-                            "<none>".to_string()
-                        } else {
-                            i.tags.join(", ")
-                        },
-                        short_id(&i.id).to_string(),
-                        i.platform.clone(),
-                        short_created(&i.created),
-                        i.layers.to_string(),
-                        human(i.size_bytes),
-                    ]
-                })
-                .collect();
-            if !rows.is_empty() {
-                table(
-                    out,
-                    &["TAGS", "IMAGE ID", "PLATFORM", "CREATED", "LAYERS", "SIZE"],
-                    &rows,
-                )?;
-            }
-            let digests: Vec<(&str, &String)> = d
-                .images
-                .iter()
-                .flat_map(|i| i.digests.iter().map(|g| (short_id(&i.id), g)))
-                .collect();
-            if !digests.is_empty() {
-                writeln!(out, "Digests (IMAGE ID  REFERENCE):")?;
-                for (id, g) in digests {
-                    writeln!(out, "  {id}  {g}")?;
-                }
-            }
-            writeln!(out, "Used by:")?;
-            for u in &d.used_by {
-                writeln!(
-                    out,
-                    "  Docker {} ({}): {}: {}",
-                    u.docker,
-                    u.channels.join(", "),
-                    if u.uses_store { "yes" } else { "NO" },
-                    u.why
-                )?;
-            }
-        }
-    }
-    writeln!(out)?;
-    match &inv.containerd {
-        None => writeln!(out, "containerd: none (/var/lib/containerd is absent)")?,
-        Some(c) if c.namespaces.is_empty() => writeln!(out, "containerd: no images")?,
-        Some(c) => {
-            writeln!(out, "containerd images:")?;
-            let rows: Vec<Vec<String>> = c
-                .namespaces
-                .iter()
-                .flat_map(|ns| {
-                    ns.images.iter().map(|i| {
-                        vec![
-                            ns.name.clone(),
-                            i.name.clone(),
-                            i.digest.clone(),
-                            i.media_type.clone(),
-                            yes_no(i.pinned),
-                            yes_no(i.unpacked),
-                        ]
-                    })
-                })
-                .collect();
-            table(
-                out,
-                &[
-                    "NAMESPACE",
-                    "NAME",
-                    "DIGEST",
-                    "MEDIA TYPE",
-                    "PINNED",
-                    "UNPACKED",
-                ],
-                &rows,
-            )?;
-        }
-    }
+    inv.stores.print(out)?;
     writeln!(out)?;
     let r = &inv.root;
     writeln!(
         out,
         "ROOT: {} in all, {} free",
-        human(r.size_bytes),
-        human(r.free_bytes)
+        HumanBytes(r.size_bytes),
+        HumanBytes(r.free_bytes)
     )
 }
 

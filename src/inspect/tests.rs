@@ -4,6 +4,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::fsread::HostDir;
+use crate::store::docker::inspect::DockerStore;
 
 use crate::store::containerd::bolt::fixture_meta_db as meta_db;
 
@@ -84,8 +85,8 @@ fn users(d: &DockerStore) -> Vec<(u32, bool)> {
 fn lists_the_images_of_a_docker_store() {
     let f = docker_fixture();
     let inv = inventory(&HostDir(f.dir.path().into())).unwrap();
-    assert!(inv.containerd.is_none());
-    let d = inv.docker.expect("a docker store");
+    assert!(inv.stores.containerd.is_none());
+    let d = inv.stores.docker.expect("a docker store");
     assert_eq!(d.driver, "overlay2");
     assert_eq!(d.images.len(), 2, "{:#?}", d.images);
 
@@ -121,6 +122,7 @@ fn docker_29_takes_containerd_when_overlay2_is_empty() {
     std::fs::remove_dir(f.dir.path().join("var/lib/docker/overlay2/l")).unwrap();
     let d = inventory(&HostDir(f.dir.path().into()))
         .unwrap()
+        .stores
         .docker
         .unwrap();
     assert_eq!(users(&d), [(26, true), (28, true), (29, false)]);
@@ -141,6 +143,7 @@ fn a_daemon_json_that_turns_on_the_snapshotter_is_honoured() {
     );
     let d = inventory(&HostDir(f.dir.path().into()))
         .unwrap()
+        .stores
         .docker
         .unwrap();
     assert_eq!(users(&d), [(26, false), (28, false), (29, false)]);
@@ -150,7 +153,7 @@ fn a_daemon_json_that_turns_on_the_snapshotter_is_honoured() {
 fn no_store_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let inv = inventory(&HostDir(dir.path().into())).unwrap();
-    assert!(inv.docker.is_none() && inv.containerd.is_none());
+    assert!(inv.stores.docker.is_none() && inv.stores.containerd.is_none());
     let mut out = vec![];
     print_table(&inv, &mut out).unwrap();
     let out = String::from_utf8(out).unwrap();
@@ -180,7 +183,7 @@ fn reads_containerd_images_from_a_real_meta_db() {
         &meta_db(),
     );
     let inv = inventory(&HostDir(f.dir.path().into())).unwrap();
-    let c = inv.containerd.expect("containerd store");
+    let c = inv.stores.containerd.expect("containerd store");
     let got: Vec<(String, String, String, String)> = c
         .namespaces
         .iter()
@@ -234,7 +237,7 @@ fn containerd_without_a_database_has_no_images() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("var/lib/containerd")).unwrap();
     let inv = inventory(&HostDir(dir.path().into())).unwrap();
-    assert!(inv.containerd.unwrap().namespaces.is_empty());
+    assert!(inv.stores.containerd.unwrap().namespaces.is_empty());
 }
 
 #[test]
@@ -263,7 +266,7 @@ fn the_table_shows_what_a_user_needs() {
         "linux/amd64",
         "2024-05-01 12:34:56",
         " 2 ",
-        "4.00MB",
+        "3.81 MiB",
     ] {
         assert!(row.contains(cell), "{cell:?} missing in {row:?}");
     }
@@ -272,7 +275,7 @@ fn the_table_shows_what_a_user_needs() {
         .find(|l| l.starts_with("<none>"))
         .unwrap_or_else(|| panic!("{out}"));
     assert!(
-        row.contains("linux/arm64/v8") && row.contains("42B"),
+        row.contains("linux/arm64/v8") && row.contains("42 B"),
         "{row}"
     );
     assert!(out.contains(&format!(
@@ -295,7 +298,10 @@ fn the_table_shows_what_a_user_needs() {
         .find(|l| l.starts_with("ns1") && l.contains("127.0.0.1:5000/fp/test:1"))
         .unwrap_or_else(|| panic!("{out}"));
     assert_eq!(last2(row), ["no", "no"], "{row}");
-    assert!(out.contains("ROOT: 2.00GB in all, 1.50GB free"), "{out}");
+    assert!(
+        out.contains("ROOT: 1.86 GiB in all, 1.40 GiB free"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -28,6 +28,9 @@ mod output;
 mod report;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+
 use checks::{check_local_inputs, Local};
 pub use config::{PopulateConfig, StoreChoice, StoreImages};
 use dind::{export_and_write, plan_store, pull_beside_copy, stop_beside_measure, Pulled, StoreRun};

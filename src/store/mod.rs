@@ -36,13 +36,14 @@ pub mod docker;
 pub mod export;
 #[cfg(feature = "test-hooks")]
 pub mod fuzzing;
+mod inventory;
 #[cfg(test)]
 mod tests;
 
-pub use containerd::inspect::ContainerdStore;
 pub use containerd::{default_sandbox as sandbox_image, Records as ContainerdRecords};
-pub use docker::inspect::DockerStore;
+
 pub use export::ExportStats;
+pub use inventory::Stores;
 
 /// Where Flatcar's containerd keeps its root (`populate --containerd`
 /// copies a tree there).

@@ -21,6 +21,7 @@ use crate::populate::report::TargetPlatform;
 use crate::protocol::{StoreOp, StoreRef};
 use crate::store;
 
+mod cached;
 mod check;
 mod export;
 mod images;

@@ -13,6 +13,7 @@ use crate::docker::{NameInUse, Seed, StoreMount};
 use crate::progress::{Bar, WriteProgress};
 use crate::store;
 
+use super::cached;
 use super::images::{self, OutOfSpace};
 use super::store_run::StoreRun;
 use crate::populate::cache;
@@ -109,11 +110,11 @@ pub(crate) async fn pull_store(
         // every image): the images of other runs leave the cache first.
         let whole = !run.backend.exports_part();
         if run.cfg.cache_prune || whole {
-            images::prune(run, &images).await?;
+            cached::prune(run, &images).await?;
         }
         let selection = match whole {
             true => None,
-            false => Some(images::selection(&images)?),
+            false => Some(cached::selection(&images)?),
         };
         let store = PullPlace {
             kind: StoreLocation::Cache,
