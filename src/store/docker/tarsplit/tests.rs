@@ -1,6 +1,7 @@
-//! The codec on tars of every kind of entry (the repo's PAX writer's and
-//! tar-rs's GNU ones): the exact JSON tar-split writes, decoding it back,
-//! rebuilding the original tar from it, and the damage both sides refuse.
+//! The codec on tars of every kind of entry (the repo's PAX writer's,
+//! tar-rs's GNU ones, and Python's of the tar-split a real dockerd wrote):
+//! the exact JSON tar-split writes, decoding it back, rebuilding the
+//! original tar from it, and the damage both sides refuse.
 
 use std::io::Write;
 
@@ -457,4 +458,61 @@ fn the_encoder_writes_what_it_is_given() {
     c.update(b"123456789");
     // The check value of CRC-64/GO-ISO.
     assert_eq!(c.finish(), 0xb909_56c7_75a4_1001);
+}
+
+/// The files of `tests/fixtures/docker-tar-split.tar.gz`: two layer tars
+/// and the tar-split.json.gz a real dockerd wrote of each (made by
+/// `tests/fixtures/docker-tar-split.gen.sh`).
+fn dockerd_fixture() -> std::collections::HashMap<String, Vec<u8>> {
+    use std::io::Read;
+    let gz = include_bytes!("../../../../tests/fixtures/docker-tar-split.tar.gz");
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
+    let mut files = std::collections::HashMap::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut data = vec![];
+        e.read_to_end(&mut data).unwrap();
+        files.insert(e.path().unwrap().to_string_lossy().into_owned(), data);
+    }
+    files
+}
+
+#[test]
+fn encodes_as_a_real_dockerd() {
+    use std::io::Read;
+    let files = dockerd_fixture();
+    for layer in ["l1", "l2"] {
+        let tar = &files[&format!("{layer}.tar")];
+        let gz = &files[&format!("{layer}.tar-split.json.gz")];
+        let mut docker = vec![];
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut docker)
+            .unwrap();
+        let docker = String::from_utf8(docker).unwrap();
+        // That dockerd's tar-split (before 0.11.4) ends with the empty
+        // segment of its last read, at the end of the stream; the one of
+        // Docker 27 (0.11.5) and later writes none.
+        let n = docker.lines().count() - 1;
+        let last = format!("{{\"type\":2,\"payload\":\"\",\"position\":{n}}}\n");
+        let docker = docker.strip_suffix(&last).unwrap();
+        let ours = String::from_utf8(encode_tar(&tar[..]).unwrap()).unwrap();
+        assert_eq!(ours, docker, "{layer}");
+        // Docker's entries rebuild the tar from the layer's files.
+        let mut content = std::collections::HashMap::new();
+        let mut ar = crate::tar::Archive::new(&tar[..]);
+        while let Some(mut e) = ar.next_entry().unwrap() {
+            let mut data = vec![];
+            e.data.read_to_end(&mut data).unwrap();
+            content.insert(e.meta.path.clone(), data);
+        }
+        let entries = decode(docker.as_bytes());
+        assert_eq!(reassemble(&entries, &|name| content[name].clone()), *tar);
+    }
+    // The gzip header is Go's, as ours.
+    let mut gz = gzip_writer(vec![]);
+    gz.write_all(b"{}\n").unwrap();
+    assert_eq!(
+        gz.finish().unwrap()[..10],
+        files["l1.tar-split.json.gz"][..10]
+    );
 }
