@@ -4,8 +4,8 @@
 //! `l/` short-name symlink; then its tar stream (`stream.rs`).
 
 use crate::fsread::{join as join_bytes, show, FsRead, Kind};
-use crate::store::verify_common::Subject;
 use crate::store::docker::layout::{LAYERDB, LAYERS, LINKS};
+use crate::store::verify_common::Subject;
 use crate::store::Failure;
 
 use super::stream::{check_stream, Stream};

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 
 use crate::digest::{hex, PipedSha256};
 use crate::fsread::{join as join_bytes, show, FsRead, Kind};
+use crate::store::docker::tarsplit::{Crc64, Decoder, Entry};
 use crate::store::verify_common::{
     clean, split_last, Subject, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX,
 };
-use crate::store::docker::tarsplit::{Crc64, Decoder, Entry};
 use crate::store::Failure;
 
 /// What a layer's tar stream is checked from.

@@ -8,9 +8,9 @@ use super::*;
 
 const ROOT: &str = "/var/lib/docker";
 
+use crate::store::docker::tarsplit;
 use crate::store::verify_common::memfs::MemFs;
 use crate::store::verify_common::OPAQUE_XATTR;
-use crate::store::docker::tarsplit;
 
 /// What a layer's tar holds.
 enum Ent {
