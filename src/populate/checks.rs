@@ -57,8 +57,9 @@ pub(super) fn check_local_inputs(cfg: &PopulateConfig) -> Result<Local> {
             .collect()
     };
     for s in &cfg.stores {
-        s.backend
-            .check_refs(&refs(&mut s.lines.iter()), &cfg.registry)?;
+        if let Some(daemon) = s.backend.daemon() {
+            daemon.check_refs(&refs(&mut s.lines.iter()), &cfg.registry)?;
+        }
     }
     let access = cfg.registry.prepare(&refs(&mut cfg.all_lines()))?;
     let platform = match &cfg.platform {
@@ -180,9 +181,11 @@ pub(super) fn check_existing(
                  (qemu-img convert -O raw IN OUT.bin)"
             );
         }
-        backend
-            .check_merge(&fs, cfg.store_options.containerd_version)
-            .with_context(|| format!("--merge over ROOT of {disk}"))?;
+        if let Some(daemon) = backend.daemon() {
+            daemon
+                .check_merge(&fs, cfg.store_options.containerd_version)
+                .with_context(|| format!("--merge over ROOT of {disk}"))?;
+        }
         seeded |= whole;
     }
     Ok(seeded)

@@ -4,8 +4,11 @@
 //! ([`docker`]) is the first, containerd's ([`containerd`]) the second,
 //! implementing the same functions:
 //!
-//! - the daemon of the build container that writes it ([`Backend::daemon`])
-//!   and where its root is there and in ROOT ([`Backend::root`]);
+//! - where its root is, in the build container and in ROOT
+//!   ([`Backend::root`]);
+//! - the daemon of the build container that writes it ([`Backend::daemon`],
+//!   a [`Daemon`]: its command line and the helpers' requests it serves,
+//!   the way images get in, apart from the layout);
 //! - what of that root is exported, and what is left out as the build
 //!   machine's state ([`Backend::export`], [`Backend::measure`], run inside
 //!   the build container by the export and measure helpers);
@@ -13,14 +16,13 @@
 //! - what is in it ([`Backend::inspect`]) and whether all of it holds
 //!   ([`Backend::verify`]), read from ROOT through [`FsRead`].
 //!
-//! How images get into the daemon is the daemon's API (the pull and load
-//! helpers of `docker::inner`), and the selection of a store's images for
+//! The selection of a store's images for
 //! `--cache` is a [`Selection`] that [`Backend::export`] honours.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::disk::ext4::{self, Need};
@@ -117,7 +119,10 @@ pub fn serve(request: StoreRequest) -> Result<()> {
             let only = selection.then(read_selection_stdin).transpose()?;
             export_to(backend, &root, only.as_ref(), stamp, socket.as_deref())
         }
-        op => backend.serve(op, &request.options),
+        op => match backend.daemon() {
+            Some(daemon) => daemon.serve(op, &request.options),
+            None => bail!("no daemon writes the store {}", backend.name()),
+        },
     }
 }
 
@@ -154,26 +159,15 @@ pub trait Backend: Sync {
     /// ROOT.
     fn root(&self) -> &'static str;
 
-    /// The unix socket that daemon answers on, inside the build container
-    /// (its only endpoint).
-    fn socket(&self) -> &'static str;
+    /// How a daemon in a build container gets images into this store (the
+    /// way in of `populate` today); None when no daemon writes it.
+    fn daemon(&self) -> Option<&dyn Daemon>;
 
     /// Whether the export can be limited to some images of the store (a
     /// `--cache` keeps others in it); else the store is written whole: a
     /// cache holds only the images of the run, and a `--merge` starts the
     /// daemon on a copy of the store in ROOT, which the export replaces.
     fn exports_part(&self) -> bool;
-
-    /// Refuses references the daemon of this store cannot pull as the
-    /// `registry` options ask (before anything is pulled).
-    fn check_refs(&self, refs: &[ImageRef], registry: &RegistryOptions) -> Result<()> {
-        let _ = (refs, registry);
-        Ok(())
-    }
-
-    /// The command line of the daemon that writes this store in the build
-    /// container (run by the container's init).
-    fn daemon(&self, opts: &DaemonOptions<'_>) -> Result<DaemonSetup>;
 
     /// In the build container, its daemon stopped: the store at `root` as
     /// a PAX tar on `out` with every xattr, all of it or `only` the
@@ -197,6 +191,38 @@ pub trait Backend: Sync {
     /// once written ([`Merge::finish`]). None when ROOT has no such store.
     fn merge(&self, before: &dyn FsRead) -> Result<Option<Box<dyn Merge>>>;
 
+    /// The layers of the store in `fs` (for the summary).
+    fn layers(&self, fs: &dyn FsRead) -> Result<u64>;
+
+    /// What images the store in `fs` holds; None when there is none.
+    fn inspect(&self, fs: &dyn FsRead) -> Result<Option<Inventory>>;
+
+    /// The bytes [`Backend::verify`] will hash (for its progress).
+    fn verify_total(&self, fs: &dyn FsRead) -> Result<u64>;
+
+    /// Checks that everything the store in `fs` says it holds is there,
+    /// intact; `progress` is given the bytes hashed as they are.
+    fn verify(&self, fs: &dyn FsRead, progress: &mut dyn FnMut(u64)) -> Result<Report>;
+}
+
+/// The daemon that writes a store in the build container: how images get
+/// into the store, apart from how the store lies on disk ([`Backend`]).
+pub trait Daemon: Sync {
+    /// The unix socket the daemon answers on, inside the build container
+    /// (its only endpoint).
+    fn socket(&self) -> &'static str;
+
+    /// How the build container runs the daemon: its command line (run by
+    /// the container's init) and the files it needs first.
+    fn setup(&self, opts: &DaemonOptions<'_>) -> Result<DaemonSetup>;
+
+    /// Refuses references the daemon of this store cannot pull as the
+    /// `registry` options ask (before anything is pulled).
+    fn check_refs(&self, refs: &[ImageRef], registry: &RegistryOptions) -> Result<()> {
+        let _ = (refs, registry);
+        Ok(())
+    }
+
     /// Before anything is pulled for a `--merge`: refuses a store in
     /// `before` (ROOT) that the daemon of the build container cannot add
     /// to for a target whose containerd is `target`.
@@ -213,19 +239,6 @@ pub trait Backend: Sync {
     /// [`StoreOp::Load`], [`StoreOp::Prune`]), reporting as the protocol
     /// says.
     fn serve(&self, op: StoreOp, opts: &StoreOptions) -> Result<()>;
-
-    /// The layers of the store in `fs` (for the summary).
-    fn layers(&self, fs: &dyn FsRead) -> Result<u64>;
-
-    /// What images the store in `fs` holds; None when there is none.
-    fn inspect(&self, fs: &dyn FsRead) -> Result<Option<Inventory>>;
-
-    /// The bytes [`Backend::verify`] will hash (for its progress).
-    fn verify_total(&self, fs: &dyn FsRead) -> Result<u64>;
-
-    /// Checks that everything the store in `fs` says it holds is there,
-    /// intact; `progress` is given the bytes hashed as they are.
-    fn verify(&self, fs: &dyn FsRead, progress: &mut dyn FnMut(u64)) -> Result<Report>;
 }
 
 /// The second half of a `--merge`, once the new store is written.

@@ -40,7 +40,7 @@ pub(crate) async fn prune(run: &StoreRun<'_>, kept: &[PulledImage]) -> Result<()
         false => "the store is written whole",
     };
     let request = run.store.request(StoreOp::Prune);
-    let keep = run.backend.kept(&selected(kept));
+    let keep = run.daemon.kept(&selected(kept));
     let mut list = serde_json::to_vec(&keep).context("listing the images to keep")?;
     list.push(b'\n');
     let mut removed = 0;

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::disk::ext4;
@@ -74,7 +74,10 @@ pub(crate) fn store_runs<'a>(
             downloads: cfg.jobs,
             registry: access,
         };
-        let daemon = backend.daemon(&opts)?;
+        let daemon = backend
+            .daemon()
+            .with_context(|| format!("no daemon can write the store {}", backend.name()))?;
+        let setup = daemon.setup(&opts)?;
         let store = StoreRef {
             store: backend.name().into(),
             options: cfg.store_options.clone(),
@@ -83,10 +86,10 @@ pub(crate) fn store_runs<'a>(
             image: s.build_image.clone(),
             network: cfg.dind_network.clone(),
             privileged: cfg.privileged,
-            daemon: daemon.argv,
+            daemon: setup.argv,
             ready: store.request(StoreOp::Ready),
             store_root: backend.root().into(),
-            files: daemon.files,
+            files: setup.files,
             labels: RunLabels {
                 run_id: run_id.clone(),
                 extra: cfg.labels.clone(),
@@ -95,6 +98,7 @@ pub(crate) fn store_runs<'a>(
         runs.push(StoreRun {
             cfg,
             backend,
+            daemon,
             store,
             engine,
             cancel: cancel.clone(),

@@ -14,7 +14,7 @@ use crate::docker::{Dind, DindSpec, Engine, RegistryAccess};
 use crate::protocol::StoreRef;
 use crate::source::archive::CheckedArchive;
 use crate::source::Listed;
-use crate::store::Backend;
+use crate::store::{Backend, Daemon};
 
 use crate::populate::config::PopulateConfig;
 use crate::populate::report::TargetPlatform;
@@ -34,6 +34,8 @@ pub(crate) struct StoreRun<'a> {
     pub(crate) cfg: &'a PopulateConfig,
     /// The store written.
     pub(crate) backend: &'static dyn Backend,
+    /// The daemon that writes it in the build container.
+    pub(crate) daemon: &'static dyn Daemon,
     /// That store, as the helpers' requests name it.
     pub(crate) store: StoreRef,
     pub(crate) engine: &'a Engine,

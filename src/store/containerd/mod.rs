@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::export::{ExportStats, Scope};
-use super::{Backend, DaemonOptions, DaemonSetup, Inventory, Merge, Report, Selection};
+use super::{Backend, Daemon, DaemonOptions, DaemonSetup, Inventory, Merge, Report, Selection};
 use crate::digest::is_hex64;
 use crate::disk::ext4::Need;
 use crate::fsread::{is_dir, join, show, FsRead, Kind};
@@ -232,26 +232,6 @@ impl Backend for Containerd {
         false
     }
 
-    /// Registries as containerd's hosts directories, in the files.
-    fn daemon(&self, opts: &DaemonOptions<'_>) -> Result<DaemonSetup> {
-        let argv = [
-            "containerd",
-            &format!("--config={CONFIG}"),
-            &format!("--root={ROOT}"),
-            &format!("--state={STATE}"),
-            &format!("--address={}", self.socket()),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let files = Some(build_files(&opts.registry.containerd_hosts)?);
-        Ok(DaemonSetup { argv, files })
-    }
-
-    fn socket(&self) -> &'static str {
-        SOCKET
-    }
-
     fn export(
         &self,
         root: &Path,
@@ -272,20 +252,12 @@ impl Backend for Containerd {
     /// `--merge` starts the build container's containerd on the store in
     /// ROOT ([`check_merge`], [`super::export::fs_tree`]) and the store it
     /// leaves replaces the old one, whole.
+    fn daemon(&self) -> Option<&dyn Daemon> {
+        Some(self)
+    }
+
     fn merge(&self, _before: &dyn FsRead) -> Result<Option<Box<dyn Merge>>> {
         Ok(None)
-    }
-
-    fn kept(&self, kept: &Selection) -> Vec<String> {
-        kept.images.iter().flat_map(|i| i.names.clone()).collect()
-    }
-
-    fn serve(&self, op: StoreOp, opts: &StoreOptions) -> Result<()> {
-        ctr::serve(self.socket(), op, opts)
-    }
-
-    fn check_merge(&self, before: &dyn FsRead, target: ContainerdVersion) -> Result<()> {
-        check_merge(before, target).map(|_| ())
     }
 
     /// The overlayfs snapshots (one per unpacked layer).
@@ -345,6 +317,42 @@ pub fn blobs(fs: &dyn FsRead) -> Result<Vec<(Vec<u8>, String)>> {
         }
     }
     Ok(out)
+}
+
+/// The containerd of the build container, as this store's way of getting
+/// images.
+impl Daemon for Containerd {
+    fn socket(&self) -> &'static str {
+        SOCKET
+    }
+
+    /// Registries as containerd's hosts directories, in the files.
+    fn setup(&self, opts: &DaemonOptions<'_>) -> Result<DaemonSetup> {
+        let argv = [
+            "containerd",
+            &format!("--config={CONFIG}"),
+            &format!("--root={ROOT}"),
+            &format!("--state={STATE}"),
+            &format!("--address={}", self.socket()),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let files = Some(build_files(&opts.registry.containerd_hosts)?);
+        Ok(DaemonSetup { argv, files })
+    }
+
+    fn kept(&self, kept: &Selection) -> Vec<String> {
+        kept.images.iter().flat_map(|i| i.names.clone()).collect()
+    }
+
+    fn serve(&self, op: StoreOp, opts: &StoreOptions) -> Result<()> {
+        ctr::serve(self.socket(), op, opts)
+    }
+
+    fn check_merge(&self, before: &dyn FsRead, target: ContainerdVersion) -> Result<()> {
+        check_merge(before, target).map(|_| ())
+    }
 }
 
 #[cfg(test)]

@@ -9,14 +9,9 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::export::{Plan, Scope};
-use super::{
-    Backend, DaemonOptions, DaemonSetup, ExportStats, Inventory, Merge, Report, Selection,
-};
+use super::{Backend, Daemon, ExportStats, Inventory, Merge, Report, Selection};
 use crate::disk::ext4::Need;
-use crate::docker::RegistryOptions;
 use crate::fsread::FsRead;
-use crate::protocol::{ContainerdVersion, StoreOp, StoreOptions};
-use crate::source::ImageRef;
 
 mod daemon;
 pub mod inspect;
@@ -96,37 +91,8 @@ impl Backend for Docker {
         ROOT
     }
 
-    fn socket(&self) -> &'static str {
-        crate::docker::INNER_SOCKET
-    }
-
     fn exports_part(&self) -> bool {
         true
-    }
-
-    /// Registries as dockerd's flags, their certificates as certs.d.
-    fn daemon(&self, opts: &DaemonOptions<'_>) -> Result<DaemonSetup> {
-        let argv = [
-            "dockerd",
-            "--storage-driver=overlay2",
-            &format!("--host=unix://{}", self.socket()),
-            // The daemon touches no network interface or firewall.
-            "--iptables=false",
-            "--ip6tables=false",
-            "--bridge=none",
-            &format!("--max-concurrent-downloads={}", opts.downloads.max(1)),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(opts.registry.daemon_args.iter().cloned())
-        .collect();
-        let files = opts.registry.certs.clone();
-        Ok(DaemonSetup { argv, files })
-    }
-
-    /// dockerd mirrors Docker Hub only.
-    fn check_refs(&self, refs: &[ImageRef], registry: &RegistryOptions) -> Result<()> {
-        registry.check_docker_refs(refs)
     }
 
     fn export(
@@ -147,22 +113,12 @@ impl Backend for Docker {
         scope(&plan).measure(root, block_size)
     }
 
+    fn daemon(&self) -> Option<&dyn Daemon> {
+        Some(self)
+    }
+
     fn merge(&self, before: &dyn FsRead) -> Result<Option<Box<dyn Merge>>> {
         Ok(merge::Before::read(before)?.map(|b| Box::new(b) as Box<dyn Merge>))
-    }
-
-    fn kept(&self, kept: &Selection) -> Vec<String> {
-        kept.images.iter().map(|i| i.id.clone()).collect()
-    }
-
-    fn serve(&self, op: StoreOp, _opts: &StoreOptions) -> Result<()> {
-        daemon::serve(self.socket(), op)
-    }
-
-    /// Any overlay2 store can be added to: what is in it is kept as it is
-    /// and reconciled afterwards ([`merge::Before`]).
-    fn check_merge(&self, _before: &dyn FsRead, _target: ContainerdVersion) -> Result<()> {
-        Ok(())
     }
 
     /// The directories of overlay2 but `l` (the short links).
