@@ -142,6 +142,21 @@ pub struct PullOp {
     pub refs: Vec<String>,
 }
 
+impl PullOp {
+    /// The references to pull, parsed.
+    pub fn parsed_refs(&self) -> anyhow::Result<Vec<crate::source::ImageRef>> {
+        self.refs
+            .iter()
+            .map(|r| crate::source::ImageRef::parse(r))
+            .collect()
+    }
+
+    /// How long an image's pull may make no progress (None: for ever).
+    pub fn stall(&self) -> Option<std::time::Duration> {
+        (self.stall_seconds > 0).then(|| std::time::Duration::from_secs(self.stall_seconds))
+    }
+}
+
 impl Request {
     /// The command line that runs this request in the build container.
     pub fn argv(&self) -> Vec<String> {

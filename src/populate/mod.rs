@@ -6,9 +6,12 @@
 //! attach stream -> tar reader -> ext4 writer -> OUTPUT; then the node's
 //! files (OEM, ESP, ROOT), verify, publish.
 //!
-//! [`populate`] is the whole path, phase by phase; each phase is a
-//! function of a room named for its job (`checks`, `pull`, `export`,
-//! `output`) that says what it leaves behind when it fails. Phases that
+//! [`run`] and [`populate`] are the whole path, phase by phase; each phase
+//! is a function of a room named for its job that says what it leaves
+//! behind when it fails: `checks` (before anything is written), `dind`
+//! (the way images come in: the engine checked, pull, stop and measure,
+//! export into ROOT, clean-up), `output` (the image made, grown, verified,
+//! published). Phases that
 //! do not need each other run at the same time: the output copy with the
 //! pull, measuring and growing with stopping the daemons.
 

@@ -327,14 +327,10 @@ pub fn serve(socket: &str, op: StoreOp, opts: &StoreOptions) -> Result<()> {
     match op {
         StoreOp::Ready => ready(socket, opts.containerd_version),
         StoreOp::Pull(p) => pull(&PullRequest {
-            stall: (p.stall_seconds > 0).then(|| Duration::from_secs(p.stall_seconds)),
+            stall: p.stall(),
             socket,
             namespace: &opts.namespace,
-            refs: p
-                .refs
-                .iter()
-                .map(|r| ImageRef::parse(r))
-                .collect::<Result<_>>()?,
+            refs: p.parsed_refs()?,
             jobs: p.jobs,
             platform: p.platform,
             allow_platform_mismatch: p.allow_platform_mismatch,

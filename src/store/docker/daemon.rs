@@ -73,13 +73,9 @@ fn serve(socket: &str, op: StoreOp) -> Result<()> {
         StoreOp::Ready => runtime.block_on(helper::ready(socket)),
         StoreOp::Pull(p) => {
             let req = helper::PullRequest {
-                stall: (p.stall_seconds > 0).then(|| Duration::from_secs(p.stall_seconds)),
+                stall: p.stall(),
                 locked: p.locked,
-                refs: p
-                    .refs
-                    .iter()
-                    .map(|r| ImageRef::parse(r))
-                    .collect::<Result<_>>()?,
+                refs: p.parsed_refs()?,
                 jobs: p.jobs,
                 platform: p.platform,
                 allow_platform_mismatch: p.allow_platform_mismatch,
