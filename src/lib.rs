@@ -25,6 +25,8 @@ mod selinux;
 mod source;
 mod store;
 mod tar;
+#[cfg(test)]
+mod testing;
 mod unpack;
 pub mod unpigz;
 mod verify;

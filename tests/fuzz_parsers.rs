@@ -27,8 +27,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::fuzz::{
-    case_files, digits_collapsed, env_u64, error_outcome, fix_tar_checksums, havoc, manifest,
-    run_limited, Campaign, Mutate, Rng,
+    case_files, digits_collapsed, env_u64, error_outcome, fix_tar_checksums, havoc, run_limited,
+    Campaign, Mutate, Rng,
 };
 use flatcar_preload::fuzzing;
 
@@ -147,7 +147,7 @@ fn fuzz_target(
     mutate: Option<&mut Mutate<'_>>,
     case: &mut dyn FnMut(&[u8]) -> Result<String, String>,
 ) {
-    let dir = manifest().join("tests/fuzz").join(name);
+    let dir = common::manifest_dir().join("tests/fuzz").join(name);
     let corpus: Vec<Vec<u8>> = case_files(&dir.join("corpus"))
         .into_iter()
         .map(|(_, v)| v)
@@ -677,7 +677,7 @@ fn write_seeds() {
     if std::env::var_os("FP_FUZZ_WRITE_SEEDS").is_none() {
         return;
     }
-    let base = manifest().join("tests/fuzz");
+    let base = common::manifest_dir().join("tests/fuzz");
     let put = |target: &str, name: &str, data: &[u8]| {
         let d = base.join(target).join("corpus");
         fs::create_dir_all(&d).unwrap();
@@ -756,7 +756,8 @@ fn write_seeds() {
     let mut db = vec![];
     std::io::Read::read_to_end(
         &mut flate2::read::GzDecoder::new(
-            &fs::read(manifest().join("tests/fixtures/containerd-meta.db.gz")).unwrap()[..],
+            &fs::read(common::manifest_dir().join("tests/fixtures/containerd-meta.db.gz")).unwrap()
+                [..],
         ),
         &mut db,
     )
@@ -767,7 +768,7 @@ fn write_seeds() {
     put(
         "list",
         "images.list",
-        &fs::read(manifest().join("images.list")).unwrap(),
+        &fs::read(common::manifest_dir().join("images.list")).unwrap(),
     );
     put(
         "list",

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::fuzz::{case_files, env_u64, fix_tar_checksums, manifest, run_limited, Campaign, Rng};
+use common::fuzz::{case_files, env_u64, fix_tar_checksums, run_limited, Campaign, Rng};
 
 /// A small ext4 made like Flatcar's ROOT (4 KiB blocks, one inode per
 /// 4 KiB, 256-byte inodes; e2fsprogs' ext4 defaults), made once.
@@ -287,7 +287,7 @@ fn regressions_replay_clean() {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = fixture_fs(tmp.path());
     let work = tmp.path().join("work.img");
-    let cases = case_files(&manifest().join("tests/fuzz/regressions"));
+    let cases = case_files(&common::manifest_dir().join("tests/fuzz/regressions"));
     let n = campaign().replay(&cases, &mut |input| run_case(&fixture, &work, input));
     eprintln!("replayed {n} regression case(s)");
 }
@@ -299,7 +299,7 @@ fn fuzz_reader_into_writer() {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = fixture_fs(tmp.path());
     let work = tmp.path().join("work.img");
-    let mut corpus: Vec<Vec<u8>> = case_files(&manifest().join("tests/fuzz/corpus"))
+    let mut corpus: Vec<Vec<u8>> = case_files(&common::manifest_dir().join("tests/fuzz/corpus"))
         .into_iter()
         .map(|(_, v)| v)
         .collect();

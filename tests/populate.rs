@@ -378,7 +378,7 @@ fn user_bin() -> &'static Path {
         let d = tempfile::tempdir().unwrap();
         fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let p = d.path().join("flatcar-preload");
-        fs::copy(BIN, &p).unwrap();
+        fs::copy(bin(), &p).unwrap();
         (d, p)
     });
     p
@@ -387,7 +387,7 @@ fn user_bin() -> &'static Path {
 /// The tool run with `args` (on the engine of DOCKER_HOST, the tests'),
 /// which must succeed: what it printed on stdout.
 fn tool(args: &[&str]) -> String {
-    let o = Command::new(BIN).args(args).output().unwrap();
+    let o = Command::new(bin()).args(args).output().unwrap();
     assert!(o.status.success(), "{args:?}: {}", stderr(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -1216,8 +1216,8 @@ fn in_place_killed_is_never_taken_for_finished() {
         assert!(!o.status.success(), "{point}: {}", stderr(&o));
         remove_leftovers();
         let untouched = file_digest(&disk) == before;
-        let inspect = Command::new(BIN).args(["inspect", d]).output().unwrap();
-        let verify = Command::new(BIN).args(["verify", d]).output().unwrap();
+        let inspect = Command::new(bin()).args(["inspect", d]).output().unwrap();
+        let verify = Command::new(bin()).args(["verify", d]).output().unwrap();
         let again = populate(&[d, image, "--in-place", "--merge"]);
         if point == "pull" {
             assert!(untouched, "killed before writing, yet changed");
@@ -1256,7 +1256,7 @@ fn in_place_killed_is_never_taken_for_finished() {
         );
         let tar = tmp.path().join("one.tar");
         fs::write(&tar, layer(&[L::File("f", b"x", 0o644)])).unwrap();
-        let o = Command::new(BIN)
+        let o = Command::new(bin())
             .args(["unpack", d, tar.to_str().unwrap(), "--in-place"])
             .output()
             .unwrap();
@@ -1529,7 +1529,7 @@ fn local_inputs_fail_before_the_engine() {
     let nowhere = format!("unix://{}/no-engine.sock", tmp.path().display());
     // `populate DISK IMAGES... -o OUT` with DOCKER_HOST=host: its stderr.
     let run_with = |host: &str, disk: &Path, images: &[&std::ffi::OsStr]| -> String {
-        let o = Command::new(BIN)
+        let o = Command::new(bin())
             .arg("populate")
             .arg(disk)
             .args(images)
@@ -1624,8 +1624,7 @@ fn local_inputs_fail_before_the_engine() {
     // that cannot add to it is refused before anything is pulled.
     let with_store = tmp.path().join("with-store.bin");
     fs::copy(&disk, &with_store).unwrap();
-    let store =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/containerd-store.tar.gz");
+    let store = manifest_dir().join("tests/fixtures/containerd-store.tar.gz");
     tool(&[
         "unpack",
         with_store.to_str().unwrap(),

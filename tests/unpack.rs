@@ -302,7 +302,7 @@ fn gzip_and_stdin_archives() {
     check_ext4_view(&out1, "/", &items);
 
     let out2 = tmp.path().join("o2.bin");
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["unpack"])
         .arg(&disk)
         .arg("-")
@@ -385,7 +385,7 @@ fn not_a_tar() {
 /// measured first, so nothing grows and a full filesystem is hit while
 /// writing).
 fn unpack_stdin(disk: &Path, archive: &Path, extra: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+    Command::new(bin())
         .arg("unpack")
         .arg(disk)
         .arg("-")
@@ -663,7 +663,7 @@ fn output_filesystem_too_small() {
     // From standard input nothing is measured: the write finds the
     // filesystem full, and says which.
     let out = small.0.path().join("out.bin");
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["unpack"])
         .arg(&disk)
         .args(["-", "-o"])
@@ -706,7 +706,7 @@ fn the_same_inputs_give_the_same_bytes() {
     qemu_convert("raw", "qcow2", &disk, &qcow2);
     let unpack_with = |sde: Option<&str>, input: &Path, out: &str| {
         let out = tmp.path().join(out);
-        let mut cmd = std::process::Command::new(BIN);
+        let mut cmd = std::process::Command::new(bin());
         cmd.arg("unpack")
             .arg(input)
             .arg(&archive)
@@ -751,7 +751,7 @@ fn the_same_inputs_give_the_same_bytes() {
         );
     }
 
-    let o = std::process::Command::new(BIN)
+    let o = std::process::Command::new(bin())
         .args(["unpack"])
         .arg(&disk)
         .arg(&archive)
@@ -797,7 +797,7 @@ fn selinux_labels_as_setfiles_gives_them() {
     fs::write(&fc, user).unwrap();
     let unpack = |out: &str, more: &[&str]| {
         let out = tmp.path().join(out);
-        let o = Command::new(BIN)
+        let o = Command::new(bin())
             .arg("unpack")
             .arg(&disk)
             .arg(&archive)

@@ -2,16 +2,16 @@
 //! build container without one: its output against GNU gzip's on streams
 //! gzip itself made, and its failures.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_flatcar-preload");
-
 /// A link named `unpigz` to the tool, as the helper's init provides it.
 fn unpigz(dir: &Path) -> PathBuf {
     let link = dir.join("unpigz");
-    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    std::os::unix::fs::symlink(common::bin(), &link).unwrap();
     link
 }
 

@@ -1255,7 +1255,7 @@ mod tests {
         assert_eq!(fs::metadata(out.join("empty")).unwrap().len(), 0);
 
         if !is_root() {
-            println!("SKIPPED kernel check: not root");
+            crate::testing::skipped("rebuild_keeps_old_and_adds_new (kernel check)", "not root");
             return;
         }
         cmd(&[

@@ -863,7 +863,7 @@ mod tests {
         match (tool("mkfs.btrfs"), tool("btrfs")) {
             (Some(mkfs), Some(btrfs)) => Some(Tools { mkfs, btrfs }),
             _ => {
-                println!("SKIPPED {test}: mkfs.btrfs (btrfs-progs) not found");
+                crate::testing::skipped(test, "mkfs.btrfs (btrfs-progs) not found");
                 None
             }
         }
@@ -997,7 +997,7 @@ mod tests {
     /// kernel, the final judge of what was written.
     fn mount_check(test: &str, t: &Tools, f: &Fixture, expect: &[(String, Vec<u8>)]) {
         if !is_root() {
-            println!("SKIPPED {test} (mount part): not root");
+            crate::testing::skipped(&format!("{test} (mount part)"), "not root");
             return;
         }
         let mnt = tempfile::tempdir().unwrap();

@@ -673,9 +673,10 @@ mod tests {
                 _ if std::env::var_os("CI").is_some_and(|v| v == "true") => {
                     panic!("qemu-img convert to {format} failed in CI")
                 }
-                _ => {
-                    eprintln!("SKIPPED the {format} case: qemu-img (qemu-utils) is not usable here")
-                }
+                _ => crate::testing::skipped(
+                    &format!("the {format} case"),
+                    "qemu-img (qemu-utils) is not usable here",
+                ),
             }
         }
         for input in inputs {

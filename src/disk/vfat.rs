@@ -203,7 +203,7 @@ mod tests {
             .arg(&fat)
             .output();
         if !made.is_ok_and(|o| o.status.success()) {
-            eprintln!("SKIPPED vfat tests: mkfs.vfat (dosfstools) is not installed");
+            crate::testing::skipped("vfat tests", "mkfs.vfat (dosfstools) is not installed");
             return None;
         }
         let data = std::fs::read(&fat).unwrap();

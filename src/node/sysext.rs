@@ -764,8 +764,7 @@ mod tests {
         let found = tools.map(which);
         for (t, f) in tools.iter().zip(&found) {
             if f.is_none() {
-                println!("SKIPPED {test}: {t} is not installed");
-                eprintln!("SKIPPED {test}: {t} is not installed");
+                crate::testing::skipped(test, &format!("{t} is not installed"));
                 return None;
             }
         }

@@ -66,10 +66,6 @@ pub fn seed() -> u64 {
     })
 }
 
-pub fn manifest() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The case files of a corpus or regressions directory, sorted by path:
 /// hidden files, `*.txt` (why a regression was saved) and README* are not
 /// cases.
@@ -198,7 +194,7 @@ pub fn digits_collapsed(s: &str) -> String {
 
 /// Saves a failing input (and why it failed, next to it as .txt).
 pub fn save_failure(target: &str, ext: &str, input: &[u8], why: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures");
+    let dir = super::target_tmpdir().join("fuzz-failures");
     fs::create_dir_all(&dir).unwrap();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(input, &mut h);

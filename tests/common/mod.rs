@@ -16,10 +16,34 @@ use std::sync::{Mutex, OnceLock};
 
 use flatcar_preload::disk::{locate_root, RootPartition};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_flatcar-preload");
+/// Where the tests find the checkout, the tool and a directory of their own:
+/// the variable `name` when it is set, else what cargo said when it built
+/// the test. Cargo sets CARGO_MANIFEST_DIR and CARGO_BIN_EXE_* when it runs
+/// a test; ci/test-as-user.sh sets all three when it runs root's test
+/// binaries as a user, who may not write root's target/tmp nor, for a
+/// checkout in root's home, read the checkout (it runs copies then).
+fn cargo_path(name: &str, built: &str) -> PathBuf {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(built), PathBuf::from)
+}
 
+/// The flatcar-preload binary.
+pub fn bin() -> PathBuf {
+    cargo_path(
+        "CARGO_BIN_EXE_flatcar-preload",
+        env!("CARGO_BIN_EXE_flatcar-preload"),
+    )
+}
+
+/// The checkout.
 pub fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    cargo_path("CARGO_MANIFEST_DIR", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Cargo's directory for the tests' files (`target/tmp`).
+pub fn target_tmpdir() -> PathBuf {
+    cargo_path("CARGO_TARGET_TMPDIR", env!("CARGO_TARGET_TMPDIR"))
 }
 
 /// A fixture disk made by tests/fixtures/make-disk.sh, built once per
@@ -28,7 +52,7 @@ pub fn manifest_dir() -> PathBuf {
 pub fn fixture(args: &[&str]) -> PathBuf {
     static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
     let _guard = LOCK.get_or_init(|| Mutex::new(())).lock().unwrap();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    let dir = target_tmpdir().join("fixtures");
     fs::create_dir_all(&dir).unwrap();
     let script = manifest_dir().join("tests/fixtures/make-disk.sh");
     let stamp = fs::metadata(&script).unwrap().mtime();
@@ -84,7 +108,7 @@ pub fn root(disk: &Path) -> RootPartition {
 }
 
 pub fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     for a in args {
         cmd.arg(a);
     }

@@ -264,7 +264,7 @@ fn bake_the_whole_node(layout: &str) {
     assert_eq!(n["flatcar_version"], "4230.2.0", "{n}");
     assert_eq!(n["booted"].as_array().unwrap().len(), 0, "{n}");
     tool(&["verify", out.to_str().unwrap()]);
-    let v = Command::new(BIN)
+    let v = Command::new(bin())
         .args(["verify", "--air-gapped", out.to_str().unwrap()])
         .output()
         .unwrap();
@@ -593,7 +593,7 @@ chmod a+r {d}
     // verify --air-gapped names what the boot left; plain verify does not
     // look at it.
     tool(&["verify", o_]);
-    let v = Command::new(BIN)
+    let v = Command::new(bin())
         .args(["verify", "--air-gapped", o_])
         .output()
         .unwrap();

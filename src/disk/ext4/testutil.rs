@@ -19,7 +19,7 @@ pub fn tool(name: &str) -> Option<PathBuf> {
             std::env::var_os("CI").is_none(),
             "{name} (e2fsprogs) is missing, and CI may not skip"
         );
-        println!("SKIPPED ext4: {name} (e2fsprogs) is not installed");
+        crate::testing::skipped("ext4", &format!("{name} (e2fsprogs) is not installed"));
     }
     found
 }

@@ -20,7 +20,9 @@ enum Ent {
     Dir(&'static [u8], u32, u32),
     File(&'static [u8], Vec<u8>, u32, u32, Vec<(Vec<u8>, Vec<u8>)>),
     Symlink(&'static [u8], &'static [u8]),
-    Hard(&'static [u8], &'static [u8]),
+    /// Path, target, and the header's mode and owner, which unpacking
+    /// gives the inode both names share.
+    Hard(&'static [u8], &'static [u8], u32, u32),
     Fifo(&'static [u8]),
     Char(&'static [u8], u32, u32),
     /// `dir/.wh.name`, owned by 0:0.
@@ -64,9 +66,7 @@ fn layer_tar(ents: &[Ent]) -> Vec<u8> {
                 w.file_bytes(p, &attrs(*mode, *uid, x.clone()), data)
             }
             Ent::Symlink(p, t) => w.symlink(p, &attrs(0o777, 0, vec![]), t),
-            // As Docker's tar writer leaves a hard link: mode 0 (containerd
-            // chmods the shared inode with it).
-            Ent::Hard(p, t) => w.hard_link(p, &attrs(0, 0, vec![]), t),
+            Ent::Hard(p, t, mode, uid) => w.hard_link(p, &attrs(*mode, *uid, vec![]), t),
             Ent::Fifo(p) => w.fifo(p, &attrs(0o600, 0, vec![])),
             Ent::Char(p, a, b) => w.device(p, &attrs(0o666, 0, vec![]), Device::Char, *a, *b),
             Ent::Whiteout(p) => w.file_bytes(p, &attrs(0o644, 0, vec![]), b""),
@@ -92,7 +92,9 @@ fn base_layer() -> Vec<Ent> {
     vec![
         Ent::Dir(b"etc", 0o755, 0),
         Ent::File(b"etc/hello", b"hello\n".to_vec(), 0o644, 0, vec![]),
-        Ent::Hard(b"etc/hello2", b"etc/hello"),
+        // As Docker's tar writer leaves a hard link: mode 0 (containerd
+        // chmods the shared inode with it), root's.
+        Ent::Hard(b"etc/hello2", b"etc/hello", 0, 0),
         Ent::Dir(b"data", 0o750, 1000),
         Ent::File(b"data/we\nird name", b"x".to_vec(), 0o600, 1000, vec![]),
         Ent::Dir(b"data/a", 0o755, 0),
@@ -163,8 +165,8 @@ fn unpack(fs: &mut MemFs, dir: &str, ents: &[Ent]) {
                 fs.put_bytes(&p(r), Kind::Symlink, t, (0, 0));
                 set(fs, &p(r), 0o777, 0);
             }
-            Ent::Hard(r, t) => {
-                fs.node_bytes(&p(t)).stat.mode = 0;
+            Ent::Hard(r, t, mode, uid) => {
+                set(fs, &p(t), *mode, *uid);
                 let n = fs.node_bytes(&p(t)).clone();
                 fs.nodes.insert(p(r), n);
             }
@@ -715,7 +717,10 @@ fn verify_host_dir_store() {
     let base = vec![
         Ent::Dir(b"etc", 0o755, ME),
         Ent::File(b"etc/hello", b"hello\n".to_vec(), 0o644, ME, vec![]),
-        Ent::Hard(b"etc/hello2", b"etc/hello"),
+        // The runner's and readable, not root's and mode 0 as Docker leaves
+        // a link (base_layer has that): only root can read a mode-0 file,
+        // or give one to root, and this test runs as anyone.
+        Ent::Hard(b"etc/hello2", b"etc/hello", 0o644, ME),
         Ent::File(b"etc/we\nird", b"x".to_vec(), 0o600, ME, vec![]),
     ];
     let top = vec![Ent::File(b"top", vec![7u8; 100_000], 0o640, ME, vec![])];
