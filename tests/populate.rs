@@ -2422,17 +2422,10 @@ fn private_registry_with_tls_and_login() {
         ]);
         let label = format!("org.flatcar-preload.run={run_id}");
         let inspected = inspect_run(&label, since);
-        assert!(
-            inspected.contains("\"ProcessConfig\"")
-                && inspected.contains("\"internal\"")
-                && inspected.contains("\"pull\""),
-            "no exec of the pull:\n{inspected}\n{}",
-            stderr(&o)
-        );
-        no_secret_in(
-            "docker inspect of the run's containers and execs",
-            &inspected,
-        );
+        // The request is one JSON argument, escaped in docker's JSON.
+        let pulled = inspected.contains("\"ProcessConfig\"")
+            && inspected.contains("\"internal\"")
+            && inspected.contains(r#"\"op\":{\"pull\":"#);
         // The build image has no unpigz: the tool's own is in the container,
         // where the daemon's PATH starts (see src/unpigz.rs), and inflates.
         let inflated = docker_out(&[
@@ -2450,6 +2443,11 @@ fn private_registry_with_tls_and_login() {
             docker(&["volume", "rm", v]);
         }
         // After the clean-up: a failure leaves nothing behind.
+        assert!(pulled, "no exec of the pull:\n{inspected}\n{}", stderr(&o));
+        no_secret_in(
+            "docker inspect of the run's containers and execs",
+            &inspected,
+        );
         assert_eq!(inflated.trim(), "layer bytes", "the provided unpigz in {c}");
     }
     check_ok(&o, "auths");

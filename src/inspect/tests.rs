@@ -4,9 +4,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::fsread::HostDir;
-use crate::store::docker::inspect::DockerStore;
-
-use crate::store::containerd::bolt::fixture_meta_db as meta_db;
+use crate::store::{fixture_meta_db as meta_db, DockerStore};
 
 const DIFF_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const DIFF_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";

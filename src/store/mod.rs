@@ -47,6 +47,12 @@ pub use containerd::{default_sandbox as sandbox_image, Records as ContainerdReco
 pub use export::ExportStats;
 pub use inventory::Stores;
 
+/// For `inspect`'s tests: a store's inventory, and a real meta.db.
+#[cfg(test)]
+pub(crate) use containerd::bolt::fixture_meta_db;
+#[cfg(test)]
+pub(crate) use docker::inspect::DockerStore;
+
 /// Where Flatcar's containerd keeps its root (`populate --containerd`
 /// copies a tree there).
 pub const CONTAINERD_ROOT: &str = containerd::ROOT;

@@ -4,8 +4,6 @@
 //! [`crate::protocol::StoreOp`]), through the bollard client of
 //! `crate::docker::helper`.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context, Result};
 
 use super::Docker;
