@@ -1,6 +1,10 @@
-//! flatcar-preload: writes files and Docker's image store into the ROOT
-//! partition of a Flatcar Container Linux disk image, without booting it,
-//! without root and without mounting anything.
+//! flatcar-preload: bakes container images into a Flatcar Container Linux
+//! disk image, without booting it, without root and without mounting
+//! anything: the image stores (`store`: Docker's overlay2, containerd's,
+//! each a backend) into partition ROOT, and the rest of a node's image
+//! (`node`: Ignition and kernel arguments on OEM, files on the ESP, files,
+//! units and system extensions in ROOT). `docs/architecture.md` maps the
+//! rooms.
 #![deny(unsafe_code)]
 
 pub mod cli;
