@@ -288,6 +288,20 @@ fn random_bytes(n: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// A store of `l1` and two small layers on it, materialized in a
+/// directory (kept while the second is).
+fn on_disk(l1: Vec<Ent>) -> (Fixture, tempfile::TempDir) {
+    let l2 = vec![
+        Ent::Dir("etc"),
+        Ent::File("etc/os-release", b"ID=test\n".to_vec()),
+    ];
+    let l3 = vec![Ent::Dir("./"), Ent::File("./x", b"x content".to_vec())];
+    let f = fixture_of([l1, l2, l3]);
+    let tmp = tempfile::tempdir().unwrap();
+    f.fs.materialize(tmp.path());
+    (f, tmp)
+}
+
 /// A store on disk read through `HostDir`: passes, then names a changed
 /// byte. With FP_VERIFY_BENCH_MIB=N the base layer holds N MiB and the
 /// test prints verify's throughput next to `sha256sum` of the same files.
@@ -308,14 +322,7 @@ fn verify_host_dir_store() {
             random_bytes(mib * 1024 * 1024 / files, i as u32),
         ));
     }
-    let l2 = vec![
-        Ent::Dir("etc"),
-        Ent::File("etc/os-release", b"ID=test\n".to_vec()),
-    ];
-    let l3 = vec![Ent::Dir("./"), Ent::File("./x", b"x content".to_vec())];
-    let f = fixture_of([l1, l2, l3]);
-    let tmp = tempfile::tempdir().unwrap();
-    f.fs.materialize(tmp.path());
+    let (f, tmp) = on_disk(l1);
     let host = crate::fsread::HostDir(tmp.path().to_path_buf());
     let opts = Options {
         root: ROOT.as_bytes().to_vec(),
@@ -510,14 +517,7 @@ fn write_fuzz_seeds() {
         Ent::File("etc/hello", b"hello\n".to_vec()),
         Ent::HardLink("etc/hello2", "etc/hello"),
     ];
-    let l2 = vec![
-        Ent::Dir("etc"),
-        Ent::File("etc/os-release", b"ID=test\n".to_vec()),
-    ];
-    let l3 = vec![Ent::Dir("./"), Ent::File("./x", b"x content".to_vec())];
-    let f = fixture_of([l1, l2, l3]);
-    let tmp = tempfile::tempdir().unwrap();
-    f.fs.materialize(tmp.path());
+    let (_, tmp) = on_disk(l1);
     let layerdb = tmp
         .path()
         .join("var/lib/docker/image/overlay2/layerdb/sha256");
