@@ -2,18 +2,18 @@
 //! inputs (list, disk, credentials, archives, the node's files) before any
 //! engine is contacted, a store already in ROOT, then the engine.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
 
-use crate::disk::ext4::{self};
-use crate::disk::{self};
+use crate::disk::{self, ext4};
 use crate::docker::RegistryAccess;
 use crate::platform::Platform;
-use crate::source::archive;
+use crate::source::archive::{self, CheckedArchive};
 use crate::source::{ImageRef, Listed, Source};
 use crate::store::{self, Backend, CONTAINERD_ROOT};
 
 use super::config::PopulateConfig;
-use super::dind::Checked;
 use super::report::*;
 
 /// What the local inputs gave: checked before any engine is contacted.
@@ -189,4 +189,13 @@ pub(super) fn check_existing(
         seeded |= whole;
     }
     Ok(seeded)
+}
+
+/// What was learnt of a source before anything was written, for loading it.
+#[derive(Clone)]
+pub enum Checked {
+    Registry,
+    Archive(Arc<CheckedArchive>),
+    /// The image's name and ID on the engine.
+    Daemon(String, String),
 }

@@ -4,8 +4,8 @@
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use super::store_run::Checked;
 use crate::docker::Engine;
+use crate::populate::checks::Checked;
 use crate::populate::config::PopulateConfig;
 use crate::populate::report::TargetPlatform;
 use crate::source::Source;

@@ -7,10 +7,10 @@ use std::cell::RefCell;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::io::SyncIoBridge;
 
-use super::store_run::Checked;
 use super::store_run::StoreRun;
 use crate::docker::registry::DEFAULT_CERTS_DIR;
 use crate::docker::Input;
+use crate::populate::checks::Checked;
 use crate::populate::report::{ImageSource, PlatformSource, PulledImage};
 use crate::progress::Pulls;
 use crate::protocol::{Event, FailureKind, Got, PullOp, StoreOp};

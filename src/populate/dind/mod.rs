@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::disk::ext4;
 use crate::docker::{DindSpec, Engine, RegistryAccess, RunLabels};
 use crate::populate::cache;
+use crate::populate::checks::Checked;
 use crate::populate::config::PopulateConfig;
 use crate::populate::report::TargetPlatform;
 use crate::protocol::{StoreOp, StoreRef};
@@ -33,7 +34,7 @@ pub(crate) use check::check_engine;
 pub(crate) use export::{export_and_write, stop_beside_measure};
 pub(crate) use memory::plan_store;
 pub(crate) use pull::{pull_beside_copy, Pulled};
-pub(crate) use store_run::{Checked, Resources, StoreRun};
+pub(crate) use store_run::{Resources, StoreRun};
 
 /// What the runs of one `populate` share, made by its caller.
 pub(crate) type Places<'a> = (

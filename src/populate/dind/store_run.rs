@@ -4,7 +4,6 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use tokio_util::sync::CancellationToken;
@@ -12,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::docker::{Dind, DindSpec, Engine, RegistryAccess};
 
 use crate::protocol::StoreRef;
-use crate::source::archive::CheckedArchive;
 use crate::source::Listed;
 use crate::store::{Backend, Daemon};
 
+use crate::populate::checks::Checked;
 use crate::populate::config::PopulateConfig;
 use crate::populate::report::TargetPlatform;
 
@@ -101,13 +100,4 @@ impl StoreRun<'_> {
             .await
             .unwrap_or_else(|| Err(anyhow!("interrupted")))
     }
-}
-
-/// What was learnt of a source before anything was written, for loading it.
-#[derive(Clone)]
-pub enum Checked {
-    Registry,
-    Archive(Arc<CheckedArchive>),
-    /// The image's name and ID on the engine.
-    Daemon(String, String),
 }
