@@ -6,7 +6,7 @@
 //! knows nothing of containers, volumes or helpers; a way in without a
 //! daemon is a sibling room offering the same calls. What a store's daemon
 //! is (its command line, socket, requests) is the store backend's
-//! (`store::Backend::daemon`, `store::Backend::serve`).
+//! (`store::Backend::daemon`, a `store::Daemon`).
 
 use std::cell::RefCell;
 
