@@ -557,6 +557,16 @@ mod tests {
                     write(root, &format!("overlay2/{cache}/work/.keep"), "");
                 }
                 write(root, &format!("overlay2/{cache}/diff/file{i}"), "data");
+                // Its time comes from the layer's tar, as dockerd's untar
+                // gives it: long before the layer's `link` was written (a
+                // time of "now" may equal link's on a coarse clock).
+                let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+                fs::File::options()
+                    .write(true)
+                    .open(root.join(format!("overlay2/{cache}/diff/file{i}")))
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
                 // A file the layer brought, and one Docker made unpacking
                 // it (after the layer's `link`).
                 let dir = root.join(format!("overlay2/{cache}/diff"));
