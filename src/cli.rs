@@ -12,7 +12,7 @@ use crate::disk::{parse_size, Grow};
 use crate::docker::{DindNetwork, RegistryOptions};
 use crate::platform::Platform;
 use crate::populate::lock::LockMode;
-use crate::populate::{PopulateConfig, StoreChoice, StoreImages};
+use crate::populate::{EngineChoice, PopulateConfig, StoreChoice, StoreImages};
 use crate::protocol::ContainerdVersion;
 use crate::protocol::StoreOptions;
 use crate::source::{self, Listed, Source};
@@ -127,6 +127,18 @@ pub struct PopulateArgs {
     pub output: OutputArgs,
     #[command(flatten)]
     pub space: SpaceArgs,
+    /// How the images come in: `dind`, a Docker engine's build container
+    /// whose daemon pulls them (Docker's and containerd's stores, every
+    /// source); `direct`, the tool's own registry client writing Docker's
+    /// store straight into ROOT, with no Docker, no root and no privileged
+    /// container (registry images for Docker's store only, so far).
+    #[arg(long, value_name = "engine", value_enum, default_value_t = EngineArg::Dind)]
+    pub engine: EngineArg,
+    /// With --engine direct: the blob cache, an OCI image layout holding
+    /// every layer fetched, kept between runs and safe for runs at once
+    /// (default: $XDG_CACHE_HOME/flatcar-preload/blobs, ~/.cache/...).
+    #[arg(long, value_name = "dir")]
+    pub blob_cache: Option<PathBuf>,
     /// The dind image that pulls (its dockerd runs with overlay2).
     #[arg(long, value_name = "image", default_value = "docker:28-dind")]
     pub dind_image: String,
@@ -483,6 +495,15 @@ pub struct SpaceArgs {
     pub force: bool,
 }
 
+/// How the images come in (--engine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    /// A build container's daemon pulls, the tool exports its store.
+    Dind,
+    /// The tool's own registry client, no daemon.
+    Direct,
+}
+
 /// Where the inner daemon's store lives while pulling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StoreArg {
@@ -689,6 +710,11 @@ impl PopulateArgs {
             allow_platform_mismatch: self.allow_platform_mismatch,
             cache: self.cache,
             cache_prune: self.cache_prune,
+            engine: match self.engine {
+                EngineArg::Dind => EngineChoice::Dind,
+                EngineArg::Direct => EngineChoice::Direct,
+            },
+            blob_cache: self.blob_cache,
             verify: !self.no_verify,
             sha256: self.sha256,
             selinux: self.selinux.config()?,

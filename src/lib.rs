@@ -25,6 +25,7 @@ mod platform;
 mod populate;
 mod progress;
 mod protocol;
+mod registry;
 mod selinux;
 mod source;
 mod store;

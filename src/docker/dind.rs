@@ -99,6 +99,8 @@ pub enum ExportVia {
     Socket,
     /// The Docker API's attach stream (any daemon).
     Attach,
+    /// No export: the tool wrote the store itself (--engine direct).
+    Direct,
 }
 
 /// The result of [`Engine::export_store`].

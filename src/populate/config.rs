@@ -48,6 +48,10 @@ pub struct PopulateConfig {
     /// --cache-prune: images of the cache that are not in the list are
     /// removed from it.
     pub cache_prune: bool,
+    /// How the images come in.
+    pub engine: EngineChoice,
+    /// --blob-cache (None: [`super::direct::default_blob_cache`]).
+    pub blob_cache: Option<PathBuf>,
     /// End with `verify` of what was written.
     pub verify: bool,
     /// --sha256: the summary gives the sha256 of the output.
@@ -66,6 +70,16 @@ impl PopulateConfig {
     pub fn all_lines(&self) -> impl Iterator<Item = &Listed> {
         self.stores.iter().flat_map(|s| &s.lines)
     }
+}
+
+/// How the images come in (--engine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineChoice {
+    /// A build container's daemon (Docker's or containerd's) pulls; the
+    /// tool exports its store into ROOT.
+    Dind,
+    /// The tool's own registry client; the tool writes Docker's store.
+    Direct,
 }
 
 /// One store of the run and the images for it.

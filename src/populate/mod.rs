@@ -26,6 +26,7 @@ pub mod cache;
 mod checks;
 mod config;
 mod dind;
+mod direct;
 pub mod lock;
 mod output;
 mod report;
@@ -35,7 +36,7 @@ mod worker;
 mod tests;
 
 use checks::{check_local_inputs, Local};
-pub use config::{PopulateConfig, StoreChoice, StoreImages};
+pub use config::{EngineChoice, PopulateConfig, StoreChoice, StoreImages};
 use dind::{export_and_write, plan_store, pull_beside_copy, stop_beside_measure, Pulled, StoreRun};
 use output::{hash_output, publish, verify_written, write_containerd};
 
@@ -46,8 +47,42 @@ use report::{Clock, Phase, StoreReport};
 /// it created (unless --keep-dind).
 pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summary> {
     let start = Instant::now();
+    if cfg.engine == EngineChoice::Direct {
+        direct::check_scope(cfg)?;
+    }
     // Local inputs first: a wrong path, list, credential or certificate
     // fails before any engine is contacted.
+    let local = {
+        // Archives are read whole (every blob hashed): not on the runtime's
+        // thread.
+        let cfg = cfg.clone();
+        worker::blocking(move || check_local_inputs(&cfg)).await?
+    };
+    let mut summary = match cfg.engine {
+        EngineChoice::Dind => run_dind(cfg, local, start, cancel).await?,
+        EngineChoice::Direct => {
+            let cancel = cancel.child_token();
+            populate_direct(cfg, local, start, &cancel).await?
+        }
+    };
+    if let Some(lock::LockMode::Write(path)) = &cfg.lock {
+        lock::write(path, &lock::of(&summary.images)).with_context(|| {
+            format!("{} was written, but its lock file was not", summary.output)
+        })?;
+    }
+    summary.seconds.total = start.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The way in through build containers: each store's daemon pulls, the
+/// tool exports its store; the containers and volumes are removed
+/// whatever happens.
+async fn run_dind(
+    cfg: &PopulateConfig,
+    local: Local,
+    start: Instant,
+    cancel: CancellationToken,
+) -> Result<Summary> {
     let Local {
         access,
         platform,
@@ -56,13 +91,7 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
         node,
         node_facts,
         disk,
-    } = {
-        // Archives are read whole (every blob hashed): not on the runtime's
-        // thread.
-        let cfg = cfg.clone();
-        worker::blocking(move || check_local_inputs(&cfg)).await?
-    };
-    // The way in: each store's daemon in a build container.
+    } = local;
     let engine = Engine::connect().await?;
     prepared = dind::check_engine(&engine, cfg, &platform, prepared, &cancel).await?;
     let res = Default::default();
@@ -73,14 +102,85 @@ pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summ
     let result = populate(&runs, &disk, (&node, node_facts), start).await;
     drop(runs);
     dind::clean_up(&engine, res.into_inner(), cfg.keep_dind).await;
-    let mut summary = result.map_err(|e| engine.explain_gone(e))?;
-    if let Some(lock::LockMode::Write(path)) = &cfg.lock {
-        lock::write(path, &lock::of(&summary.images)).with_context(|| {
-            format!("{} was written, but its lock file was not", summary.output)
-        })?;
+    result.map_err(|e| engine.explain_gone(e))
+}
+
+/// The way in with no daemon (--engine direct): the tool's registry
+/// client and store writer. Nothing to clean up but the output, which a
+/// failure drops.
+async fn populate_direct(
+    cfg: &PopulateConfig,
+    local: Local,
+    origin: Instant,
+    cancel: &CancellationToken,
+) -> Result<Summary> {
+    let Local {
+        platform,
+        node,
+        node_facts,
+        disk,
+        ..
+    } = local;
+    let clock = Clock::new(origin);
+    let (pulled, prepared) =
+        direct::pull_beside_copy(cfg, &disk, &platform.target, &clock, cancel).await?;
+    let images = pulled.images();
+    if let Some(lock::LockMode::Locked(path)) = &cfg.lock {
+        lock::check(&images, &cfg.pinned, path)?;
     }
-    summary.seconds.total = start.elapsed().as_secs_f64();
-    Ok(summary)
+    let (facts, node_need) = node_need(cfg, &node, node_facts, &prepared, &platform.target).await?;
+    let (store, prepared, grown, need) =
+        direct::measure_and_write(cfg, &pulled, prepared, node_need, &clock, cancel).await?;
+    let written = Written {
+        stores: vec![store],
+        images,
+        prepared,
+        grown,
+        need,
+        platform,
+    };
+    finish(cfg, written, (&node, facts), &clock, cancel).await
+}
+
+/// What the node's files will take in ROOT (and the facts of the disk
+/// they were checked against), once the output is made.
+async fn node_need(
+    cfg: &PopulateConfig,
+    node: &crate::node::Plan,
+    facts: Option<crate::node::Facts>,
+    prepared: &crate::disk::Prepared,
+    target: &crate::platform::Platform,
+) -> Result<(crate::node::Facts, crate::disk::ext4::Need)> {
+    let (node, image, root) = (node.clone(), prepared.image.clone(), prepared.fs());
+    let (layout, target) = (prepared.layout.clone(), target.clone());
+    let containerd = cfg.containerd.clone();
+    worker::blocking(move || {
+        let facts = match facts {
+            Some(facts) => facts,
+            None => crate::node::check_disk(&node, &image, &layout, &target)?,
+        };
+        let block_size = root
+            .open_read()?
+            .inspect(crate::disk::ROOT_NAME)?
+            .block_size;
+        let mut need = crate::node::root_need(&node, &facts, block_size);
+        // The --containerd root.
+        if let Some(src) = &containerd {
+            need += output::containerd_need(src, block_size)?;
+        }
+        Ok((facts, need))
+    })
+    .await
+}
+
+/// The stores written into the output, whatever the way in.
+struct Written {
+    stores: Vec<StoreReport>,
+    images: Vec<report::PulledImage>,
+    prepared: crate::disk::Prepared,
+    grown: Option<crate::disk::GrowReport>,
+    need: crate::disk::ext4::Need,
+    platform: report::TargetPlatform,
 }
 
 /// The phases, top to bottom. Nothing is written before the output is
@@ -108,28 +208,7 @@ async fn populate(
     let only: Vec<Option<&[u8]>> = pulled.iter().map(|p| p.selection.as_deref()).collect();
     // The node's files checked against the disk (a compressed input only
     // now, once converted), before anything is written.
-    let (facts, node_need) = {
-        let (node, image, root) = (node.clone(), prepared.image.clone(), prepared.fs());
-        let (layout, target) = (prepared.layout.clone(), first.platform.target.clone());
-        let containerd = cfg.containerd.clone();
-        worker::blocking(move || {
-            let facts = match facts {
-                Some(facts) => facts,
-                None => crate::node::check_disk(&node, &image, &layout, &target)?,
-            };
-            let block_size = root
-                .open_read()?
-                .inspect(crate::disk::ROOT_NAME)?
-                .block_size;
-            let mut need = crate::node::root_need(&node, &facts, block_size);
-            // The --containerd root.
-            if let Some(src) = &containerd {
-                need += output::containerd_need(src, block_size)?;
-            }
-            Ok((facts, need))
-        })
-        .await?
-    };
+    let (facts, node_need) = node_need(cfg, node, facts, &prepared, &first.platform.target).await?;
     let (used, (prepared, grown), need) =
         stop_beside_measure(runs, &clock, prepared, &only, node_need).await?;
     let root = prepared.fs();
@@ -162,6 +241,35 @@ async fn populate(
         });
         images.extend(got);
     }
+    let written = Written {
+        stores,
+        images,
+        prepared,
+        grown,
+        need,
+        platform: first.platform.clone(),
+    };
+    finish(cfg, written, (node, facts), &clock, cancel).await
+}
+
+/// The phases after the stores, whatever the way in: the --containerd
+/// root, the node's files, verify, publish, the hash and the summary.
+async fn finish(
+    cfg: &PopulateConfig,
+    written: Written,
+    (node, facts): (&crate::node::Plan, crate::node::Facts),
+    clock: &Clock,
+    cancel: &CancellationToken,
+) -> Result<Summary> {
+    let Written {
+        mut stores,
+        images,
+        prepared,
+        grown,
+        need,
+        platform,
+    } = written;
+    let root = prepared.fs();
     let containerd_entries = match &cfg.containerd {
         Some(src) => {
             let job = write_containerd(
@@ -195,7 +303,7 @@ async fn populate(
         ),
         false => None,
     };
-    let backends: Vec<_> = runs.iter().map(|r| r.backend).collect();
+    let backends: Vec<_> = cfg.stores.iter().map(|s| s.backend).collect();
     let (fs, layers) = publish(prepared, backends).await?;
     for (store, layers) in stores.iter_mut().zip(layers) {
         store.layers = layers;
@@ -219,7 +327,7 @@ async fn populate(
         output: cfg.output.path().unwrap_or(&cfg.disk).display().to_string(),
         export_via: stores.first().context("no store was exported")?.export_via,
         stores,
-        platform: first.platform.clone(),
+        platform,
         verified,
         output_sha256,
         node: node_report,

@@ -55,6 +55,8 @@ pub enum StoreLocation {
     Disk,
     /// The volume of --cache.
     Cache,
+    /// The blob cache of --engine direct (layers as fetched, compressed).
+    BlobCache,
 }
 
 /// What a run did for one store (`stores` in `--json`).
@@ -199,9 +201,9 @@ impl Clock {
         out
     }
 
-    pub(super) fn phases(self) -> Phases {
+    pub(super) fn phases(&self) -> Phases {
         let mut p = Phases::default();
-        let spans = self.spans.into_inner();
+        let spans = self.spans.take();
         for s in &spans {
             *p.slot(s.phase) += s.end - s.start;
         }
@@ -284,6 +286,18 @@ impl Summary {
         let p = &s.seconds;
         for st in &s.stores {
             let pulled = &st.pulled;
+            if st.export_via == ExportVia::Direct {
+                eprintln!(
+                    "store: {} ({}): {} image(s), {} layers, {} entries, {} written, straight from the registries (--engine direct, blobs in the blob cache)",
+                    st.store,
+                    st.root,
+                    st.images,
+                    st.layers,
+                    st.entries_written,
+                    HumanBytes(st.bytes_written),
+                );
+                continue;
+            }
             eprintln!(
                 "store: {} ({}): {} image(s), {} layers, {} entries, {} written, pulled {} ({} used), exported via {}",
                 st.store,
@@ -295,6 +309,7 @@ impl Summary {
                 match (pulled.kind, pulled.fell_back_to_disk) {
                     (StoreLocation::Memory, _) => "in memory",
                     (StoreLocation::Cache, _) => "in the cache",
+                    (StoreLocation::BlobCache, _) => "into the blob cache",
                     (_, true) => "on disk, after outgrowing memory",
                     _ => "on disk",
                 },
@@ -302,6 +317,7 @@ impl Summary {
                 match st.export_via {
                     ExportVia::Socket => "socket",
                     ExportVia::Attach => "attach stream",
+                    ExportVia::Direct => "none",
                 }
             );
         }

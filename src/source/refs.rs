@@ -174,6 +174,17 @@ impl ImageRef {
         format!("{domain}/{library}{path}")
     }
 
+    /// The repository as Docker names it to users and in
+    /// `repositories.json`: Docker Hub's without `docker.io/` (and its
+    /// official images without `library/`), others as [`Self::repository`].
+    pub fn familiar_repository(&self) -> String {
+        let repo = self.repository();
+        match repo.strip_prefix("docker.io/") {
+            Some(path) => path.strip_prefix("library/").unwrap_or(path).to_string(),
+            None => repo,
+        }
+    }
+
     /// What to ask the daemon to pull: the digest when pinned, else the tag
     /// (latest when none).
     pub fn pull_spec(&self) -> (String, Option<String>) {

@@ -594,9 +594,21 @@ impl<'a> TreeWriter<'a> {
                     show(&tpath)
                 );
             }
+            // The link's owner, permissions, time and xattrs are the
+            // shared inode's, as dockerd's untar (Go) applies them.
+            let apply = |w: &mut Self| -> Result<()> {
+                w.fs.set_attr(tino, &attr).map_err(|e| {
+                    anyhow!(
+                        "updating {:?} through hard link {:?}: {e}",
+                        show(&tpath),
+                        show(&path)
+                    )
+                })?;
+                w.set_xattrs(tino, &entry.xattrs, &path)
+            };
             if let Some((ino, st)) = existing {
                 if ino == tino {
-                    return Ok(());
+                    return apply(self);
                 }
                 self.remove(parent, name, ino, &st, &path)?;
             }
@@ -605,7 +617,7 @@ impl<'a> TreeWriter<'a> {
                 .add_links(tino, 1)
                 .map_err(|e| anyhow!("raising the link count of {:?}: {e}", show(&tpath)))?;
             self.stats.hardlinks += 1;
-            return Ok(());
+            return apply(self);
         }
 
         if let Some((ino, st)) = existing {

@@ -156,13 +156,13 @@ pub(super) fn all(fs: &dyn FsRead) -> Result<Selection> {
 
 /// The name of a layer's overlay2 directory in a reproducible export:
 /// the hex of its chain ID (Docker makes a random one).
-fn layer_dir(chain_hex: &str) -> String {
+pub(super) fn layer_dir(chain_hex: &str) -> String {
     chain_hex.to_string()
 }
 
 /// The short link name of a layer (26 characters of base32, as Docker's
 /// random ones), made from its chain ID.
-fn link_name(chain_hex: &str) -> String {
+pub(super) fn link_name(chain_hex: &str) -> String {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     use sha2::Digest;
     let digest = sha2::Sha256::digest(format!("overlay2 link {chain_hex}").as_bytes());
