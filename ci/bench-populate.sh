@@ -43,6 +43,10 @@
 #               dockerd make the store pays: a dind started as the tool
 #               starts it (store in memory, the tool as its unpigz) and the
 #               set pulled, plus D's write step.
+#   F (direct)  `flatcar-preload populate --engine direct DISK IMAGE -o OUT`:
+#               the tool's own registry client, no daemon, no root; a new
+#               empty --blob-cache each run (every blob fetched), its peak
+#               RSS from GNU time.
 #   All dinds are started as the tool starts its own (see
 #   Engine::start_dind): same image, network, capabilities and flags.
 #   No path fsyncs the output file (the tool does not, and umount only
@@ -64,6 +68,8 @@ readonly RUNS=${BENCH_RUNS:-3}
 # Goals (issues 9 and 21): the tool's whole run at most 0.70x balena's
 # mechanism and 1.5x the floor, with no root, in less than 64 MiB.
 readonly GOAL_RATIO=0.70 GOAL_FLOOR=1.50 GOAL_RSS_MIB=64
+# Issue 34: --engine direct at most 1.2x the floor and 0.5x balena's.
+readonly GOAL_DIRECT_FLOOR=1.20 GOAL_DIRECT_BALENA=0.50
 # More arguments for the tool (word-split on purpose).
 read -r -a tool_args <<<"${BENCH_TOOL_ARGS:-}"
 # The bench image (see ensure_bench_image in bench-lib.sh).
@@ -201,6 +207,27 @@ pull_all() {
         ps+=($!)
     done
     for p in "${ps[@]}"; do wait "$p" || die "$1 could not pull the set (${refs[*]})"; done
+}
+
+# One run of --engine direct with an empty blob cache, timed as a whole;
+# sets direct_s and direct_kib.
+run_direct() {
+    local t0 t1 blobs
+    rm -f -- "$out"
+    blobs=$(mktemp -d "$work/blobs.XXXXXX")
+    sync
+    t0=$EPOCHREALTIME
+    if ! /usr/bin/time -f '%M' -o "$timef" \
+        "$bin" populate "$fixture" "${refs[@]}" -o "$out" --engine direct \
+        --blob-cache "$blobs" "${tool_args[@]}" --json >"$json" 2>"$log"; then
+        tail -n 20 -- "$log" >&2
+        rm -rf -- "$blobs"
+        die "flatcar-preload populate --engine direct failed (log: $log)"
+    fi
+    t1=$EPOCHREALTIME
+    rm -rf -- "$blobs"
+    direct_s=$(elapsed "$t0" "$t1")
+    direct_kib=$(tail -n 1 -- "$timef")
 }
 
 # One tool run, timed as a whole; sets tool_s, the phase seconds of its
@@ -409,8 +436,11 @@ choose_unpigz
 run_floor
 floor_files=$(fsck_files "$out" "$off") || die "the floor's image fails e2fsck"
 run_daemon_floor
+run_direct
+direct_files=$(fsck_files "$out" "$off") || { check="fsck-FAIL (direct)"; direct_files='?'; }
+direct_rss=$direct_kib
 
-tool_times=() man_times=() bal_times=() floor_times=() floor_parts=() dfloor_times=() phases=()
+tool_times=() man_times=() bal_times=() floor_times=() floor_parts=() dfloor_times=() phases=() direct_times=()
 for ((i = 1; i <= RUNS; i++)); do
     echo "run $i/$RUNS" >&2
     run_tool
@@ -428,6 +458,9 @@ for ((i = 1; i <= RUNS; i++)); do
     run_daemon_floor
     dfloor_times+=("$dfloor_s")
     floor_parts[-1]+="; E: dind start and pull $daemon_s"
+    run_direct
+    direct_times+=("$direct_s")
+    if ((direct_kib > direct_rss)); then direct_rss=$direct_kib; fi
 done
 rm -f -- "$out"
 
@@ -441,6 +474,11 @@ ratio_e=$(awk -v t="$t_med" -v m="$e_med" 'BEGIN { printf "%.2f", t / m }')
 ratio_c=$(awk -v t="$t_med" -v m="$c_med" 'BEGIN { printf "%.2f", t / m }')
 ratio_b=$(awk -v t="$t_med" -v m="$m_med" 'BEGIN { printf "%.2f", t / m }')
 rss_mib=$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')
+d_med=$(median "${direct_times[@]}")
+ratio_df=$(awk -v t="$d_med" -v m="$f_med" 'BEGIN { printf "%.2f", t / m }')
+ratio_dc=$(awk -v t="$d_med" -v m="$c_med" 'BEGIN { printf "%.2f", t / m }')
+ratio_da=$(awk -v t="$d_med" -v m="$t_med" 'BEGIN { printf "%.2f", t / m }')
+direct_mib=$(awk -v k="$direct_rss" 'BEGIN { printf "%.1f", k / 1024 }')
 peak_mib=$(awk -v k="$peak_store" 'BEGIN { printf "%.1f", k / 1048576 }')
 
 echo
@@ -450,6 +488,7 @@ printf '%-34s %8.2f  %s\n' "B documented procedure" "$m_med" "${man_times[*]}"
 printf '%-34s %8.2f  %s\n' "C balena's mechanism (root)" "$c_med" "${bal_times[*]}"
 printf '%-34s %8.2f  %s\n' "D floor (fetch+inflate, write)" "$f_med" "${floor_times[*]}"
 printf '%-34s %8.2f  %s\n' "E floor with the target's dockerd" "$e_med" "${dfloor_times[*]}"
+printf '%-34s %8.2f  %s\n' "F populate --engine direct" "$d_med" "${direct_times[*]}"
 echo
 echo "medians of $RUNS alternating runs after one untimed round; whole runs, pull included"
 echo "tool arguments: ${tool_args[*]:-(none)}"
@@ -467,6 +506,10 @@ echo "A peak of the store in memory (tmpfs): $peak_mib MiB"
 printf 'goal: A/D (floor) <= %s  %-7s (%s)\n' "$GOAL_FLOOR" "$(verdict "$ratio_f" le "$GOAL_FLOOR" "$check")" "$ratio_f"
 printf 'goal: A/C (balena) <= %s  %-7s (%s)\n' "$GOAL_RATIO" "$(verdict "$ratio_c" le "$GOAL_RATIO" "$check")" "$ratio_c"
 printf 'goal: A peak RSS < %s MiB  %-7s (%s)\n' "$GOAL_RSS_MIB" "$(verdict "$rss_mib" lt "$GOAL_RSS_MIB")" "$rss_mib"
+echo "F/A (direct against dind): $ratio_da; ROOT inodes after F: $direct_files"
+printf 'goal: F/D (floor) <= %s  %-7s (%s)\n' "$GOAL_DIRECT_FLOOR" "$(verdict "$ratio_df" le "$GOAL_DIRECT_FLOOR" "$check")" "$ratio_df"
+printf 'goal: F/C (balena) <= %s  %-7s (%s)\n' "$GOAL_DIRECT_BALENA" "$(verdict "$ratio_dc" le "$GOAL_DIRECT_BALENA" "$check")" "$ratio_dc"
+printf 'goal: F peak RSS <= %s MiB  %-7s (%s)\n' "$GOAL_RSS_MIB" "$(verdict "$direct_mib" le "$GOAL_RSS_MIB")" "$direct_mib"
 
 if [[ $check != ok ]]; then
     die "the tool's output failed e2fsck"

@@ -106,7 +106,7 @@ fn parse_mirror(s: &str) -> Result<(String, String)> {
 
 /// The host[:port] of a mirror URL `http(s)://HOST[:PORT][/]`, as dockerd's
 /// --registry-mirror takes it.
-fn mirror_host(s: &str) -> Result<&str> {
+pub fn mirror_host(s: &str) -> Result<&str> {
     let rest = s
         .strip_prefix("https://")
         .or_else(|| s.strip_prefix("http://"))
@@ -145,6 +145,34 @@ impl RegistryOptions {
         self.certs.as_deref()
     }
 
+    /// The certs.d directory in use: --registry-certs (which must exist),
+    /// else [`DEFAULT_CERTS_DIR`] when it exists; and whether it was given.
+    pub fn certs_dir_in_use(&self) -> Option<(&Path, bool)> {
+        match &self.certs {
+            Some(dir) => Some((dir.as_path(), true)),
+            None if Path::new(DEFAULT_CERTS_DIR).is_dir() => {
+                Some((Path::new(DEFAULT_CERTS_DIR), false))
+            }
+            None => None,
+        }
+    }
+
+    /// --registry-config, when given.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// --insecure-registry: `host[:port]` or CIDRs, checked for form.
+    pub fn insecure(&self) -> &[String] {
+        &self.insecure
+    }
+
+    /// --registry-mirror as (registry, mirror URL without a trailing /),
+    /// in the order given; Docker Hub's under `docker.io`.
+    pub fn mirrors(&self) -> &[(String, String)] {
+        &self.mirrors
+    }
+
     /// Reads everything the pull of `refs` needs from the build machine:
     /// runs credential helpers and reads certificates. Fails naming the
     /// file or helper that is wrong; contacts no engine.
@@ -172,13 +200,7 @@ impl RegistryOptions {
         for (_, url) in &self.mirrors {
             hosts.insert(mirror_host(url)?);
         }
-        let certs_dir = match &self.certs {
-            Some(dir) => Some((dir.as_path(), true)),
-            None if Path::new(DEFAULT_CERTS_DIR).is_dir() => {
-                Some((Path::new(DEFAULT_CERTS_DIR), false))
-            }
-            None => None,
-        };
+        let certs_dir = self.certs_dir_in_use();
         let certs = match certs_dir {
             Some((dir, explicit)) => read_certs(dir, &hosts, explicit)?,
             None => None,
@@ -339,7 +361,7 @@ pub fn cert_mode(name: &str) -> u32 {
 /// (none when it does not exist), by name, followed through symlinks
 /// (certs.d often links to the system's CA files). A client certificate
 /// needs its key and the other way round, as dockerd checks.
-fn host_certs(hdir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+pub fn host_certs(hdir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     if !hdir.is_dir() {
         return Ok(vec![]);
     }

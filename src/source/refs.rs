@@ -185,6 +185,17 @@ impl ImageRef {
         }
     }
 
+    /// The repository's path on its registry, as the registry API names
+    /// it: `library/busybox` for Docker Hub's `busybox`, `team/app` for
+    /// `registry.local:5000/team/app`.
+    pub fn remote_path(&self) -> String {
+        let repo = self.repository();
+        match repo.split_once('/') {
+            Some((_, path)) => path.to_string(),
+            None => repo,
+        }
+    }
+
     /// What to ask the daemon to pull: the digest when pinned, else the tag
     /// (latest when none).
     pub fn pull_spec(&self) -> (String, Option<String>) {
