@@ -21,6 +21,9 @@ use common::*;
 
 #[path = "populate/node.rs"]
 mod node;
+
+#[path = "populate/direct.rs"]
+mod direct;
 use sha2::{Digest, Sha256};
 
 struct Env {
@@ -598,7 +601,7 @@ fn populate_truth() {
     let Some(_serial) = docker_test() else {
         return;
     };
-    truth_of_a_run(&[], "socket");
+    truth_of_a_run(&[], "socket", &[]);
 }
 
 /// The engine as a remote one (a `docker:dind` service beside a CI job):
@@ -613,7 +616,7 @@ fn remote_engine_over_tls() {
     };
     let tls = tls_env();
     let envs: Vec<(&str, &str)> = tls.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    truth_of_a_run(&envs, "attach");
+    truth_of_a_run(&envs, "attach", &[]);
 
     // A CA that did not sign the engine's certificate, and a client
     // certificate from a CA the engine does not trust.
@@ -682,7 +685,7 @@ fn remote_engine_over_ssh() {
     };
     let ssh = SshEngine::start();
     let host = "ssh://fp-ssh-engine";
-    truth_of_a_run(&[("DOCKER_HOST", host), ("HOME", &ssh.home)], "attach");
+    truth_of_a_run(&[("DOCKER_HOST", host), ("HOME", &ssh.home)], "attach", &[]);
 
     let (_tmp, disk, before, out) = disk_for_run("small");
     let (d, o_) = (disk.to_str().unwrap(), out.to_str().unwrap());
@@ -841,7 +844,7 @@ fn tls_env() -> [(&'static str, String); 3] {
 /// reach it): the summary (exported via `via`), the input, what is left,
 /// the ext4, what must not travel, the capability with a newline byte, and
 /// every target Docker running the images.
-fn truth_of_a_run(envs: &[(&str, &str)], via: &str) {
+fn truth_of_a_run(envs: &[(&str, &str)], via: &str, more: &[&str]) {
     let f = fixtures();
     let tmp = user_dir();
     let disk = disk_copy(&["--layout", "current"], tmp.path());
@@ -868,7 +871,11 @@ fn truth_of_a_run(envs: &[(&str, &str)], via: &str) {
             "--json",
             "--selinux",
             "on",
-        ],
+        ]
+        .iter()
+        .chain(more)
+        .copied()
+        .collect::<Vec<_>>(),
     )
     .output()
     .unwrap();

@@ -219,6 +219,7 @@ fn names(g: &Got) -> Vec<(String, String)> {
 fn images_in(got: &[Got]) -> Vec<ImageIn> {
     got.iter()
         .map(|g| ImageIn {
+            reference: g.listed.source.to_string(),
             config: g.resolved.config.clone(),
             names: names(g),
             source_repository: g.r.repository(),

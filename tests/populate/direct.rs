@@ -5,8 +5,7 @@
 //! Docker daemons, and hostile registry input.
 
 use super::*;
-use std::collections::BTreeSet;
-use std::io::Read as _;
+use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 
 /// One file of a store as the kernel reads it.
@@ -42,6 +41,7 @@ fn xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
 /// the raw bytes of the stream, joined (dockerd cuts the bytes after the
 /// end of the archive where its decompressor's reads end).
 fn tar_split(data: &[u8]) -> String {
+    use std::io::Read as _;
     let mut json = String::new();
     flate2::read::GzDecoder::new(data)
         .read_to_string(&mut json)
@@ -58,7 +58,11 @@ fn tar_split(data: &[u8]) -> String {
             _ => {
                 use base64::Engine as _;
                 let raw = v["payload"].as_str().unwrap();
-                bytes.extend(base64::engine::general_purpose::STANDARD.decode(raw).unwrap());
+                bytes.extend(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(raw)
+                        .unwrap(),
+                );
             }
         }
     }
@@ -178,7 +182,13 @@ fn direct_engine_writes_what_dind_writes() {
     let out = |name: &str| dir.path().join(name);
     let stamp = [("SOURCE_DATE_EPOCH", "1750000000")];
     let run = |engine: &str, name: &str| {
-        let mut args = vec![disk.to_str().unwrap(), "--engine", engine, "--platform", "linux/amd64"];
+        let mut args = vec![
+            disk.to_str().unwrap(),
+            "--engine",
+            engine,
+            "--platform",
+            "linux/amd64",
+        ];
         args.extend(images);
         let o = out(name);
         args.extend(["-o", o.to_str().unwrap()]);
@@ -204,5 +214,193 @@ fn direct_engine_writes_what_dind_writes() {
     // The blob cache is an OCI layout, and a second run reads it only.
     assert!(out("blobs/oci-layout").is_file());
     let again = run("direct", "again.bin");
-    assert_eq!(store_nodes(&again), b, "a warm direct run wrote another store");
+    assert_eq!(
+        store_nodes(&again),
+        b,
+        "a warm direct run wrote another store"
+    );
+}
+
+/// The truth of the direct engine's store, as of the build container's:
+/// real Docker 26, 28 and 29 list and run the images, with no Docker
+/// engine reachable by the run (it needs none).
+#[test]
+fn direct_engine_truth() {
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let blobs = user_dir();
+    let cache = blobs.path().to_str().unwrap();
+    truth_of_a_run(
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+        "direct",
+        &["--engine", "direct", "--blob-cache", cache],
+    );
+}
+
+/// A registry of one image, `fp/bad:1`, served over plain HTTP by hand,
+/// whose manifest, config and layer are what `serve` says (a path ->
+/// (content type, body, bytes claimed)): its address.
+fn hand_registry(serve: HashMap<String, (String, Vec<u8>, usize)>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            let Ok(mut c) = c else { continue };
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let reply = match serve.get(&path) {
+                Some((ty, body, claimed)) => {
+                    let mut out = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {ty}\r\nContent-Length: {claimed}\r\nConnection: close\r\n\r\n"
+                    )
+                    .into_bytes();
+                    out.extend_from_slice(body);
+                    out
+                }
+                None if path == "/v2/" => {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+                }
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = c.write_all(&reply);
+        }
+    });
+    addr
+}
+
+/// The paths of image `fp/bad:1` made of `config` and `layer` (served as
+/// `served`, claimed `claimed` bytes long), its manifest naming the layer
+/// by `digest`.
+fn bad_image(
+    layer: &[u8],
+    digest: &str,
+    served: &[u8],
+    claimed: usize,
+) -> HashMap<String, (String, Vec<u8>, usize)> {
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]},
+    }))
+    .unwrap();
+    let config_digest = sha256(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": MANIFEST_V2,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": config.len(), "digest": config_digest},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar", "size": claimed, "digest": digest}],
+    }))
+    .unwrap();
+    let mut m = HashMap::new();
+    let n = manifest.len();
+    m.insert(
+        "/v2/fp/bad/manifests/1".to_string(),
+        (MANIFEST_V2.to_string(), manifest, n),
+    );
+    let n = config.len();
+    m.insert(
+        format!("/v2/fp/bad/blobs/{config_digest}"),
+        ("application/octet-stream".into(), config, n),
+    );
+    m.insert(
+        format!("/v2/fp/bad/blobs/{digest}"),
+        ("application/octet-stream".into(), served.to_vec(), claimed),
+    );
+    m
+}
+
+/// Hostile registry input fails the run clearly, with nothing written: no
+/// output file, the input untouched, nothing cached under the blob's name.
+#[test]
+fn direct_engine_refuses_hostile_registries() {
+    // The test user and its environment come with the Docker test setup.
+    let Some(_serial) = docker_test() else {
+        return;
+    };
+    let good = layer(&[L::File("f", b"content", 0o644)]);
+    // tar-rs will not write `..`: the name goes into the header by hand.
+    let escapes = {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..10].copy_from_slice(b"../escaped");
+        h.set_mode(0o644);
+        h.set_size(1);
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &b"x"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    let mut other = good.clone();
+    let last = other.len() - 1100;
+    other[last] ^= 1;
+    let cases: Vec<(&str, HashMap<String, (String, Vec<u8>, usize)>, &str)> = vec![
+        (
+            "a blob that does not match its digest",
+            bad_image(&good, &sha256(&good), &other, good.len()),
+            "sha256",
+        ),
+        (
+            "a truncated blob",
+            bad_image(&good, &sha256(&good), &good[..1000], good.len()),
+            "",
+        ),
+        (
+            "a manifest that points outside itself",
+            bad_image(&good, "sha256:../../../../etc/passwd", &good, good.len()),
+            "digest",
+        ),
+        (
+            "a layer that escapes its root",
+            bad_image(&escapes, &sha256(&escapes), &escapes, escapes.len()),
+            "outside the layer",
+        ),
+    ];
+    for (what, paths, want) in cases {
+        let addr = hand_registry(paths);
+        let image = format!("{addr}/fp/bad:1");
+        let (_tmp, disk, before, out) = disk_for_run("small");
+        let blobs = user_dir();
+        let o = populate_cmd_with(
+            &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+            &[
+                disk.to_str().unwrap(),
+                &image,
+                "-o",
+                out.to_str().unwrap(),
+                "--engine",
+                "direct",
+                "--blob-cache",
+                blobs.path().to_str().unwrap(),
+                "--pull-timeout",
+                "5s",
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(!o.status.success(), "{what}: the run succeeded");
+        let err = stderr(&o);
+        assert!(
+            err.contains("fp/bad"),
+            "{what}: the image is not named:\n{err}"
+        );
+        assert!(err.contains(want), "{what}: no {want:?} in:\n{err}");
+        assert_clean_failure_but_left(&o, &disk, before, &out, "");
+        let cached: Vec<_> = fs::read_dir(blobs.path().join("blobs/sha256"))
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            what == "a layer that escapes its root" || cached.is_empty(),
+            "{what}: {cached:?} cached"
+        );
+    }
 }

@@ -43,6 +43,8 @@ use crate::tar::{Archive, Attrs, Device, EntryType, Meta, Writer};
 /// its layers' blob digests, bottom first.
 #[derive(Debug, Clone)]
 pub struct ImageIn {
+    /// The image as the user named it, for messages.
+    pub reference: String,
     pub config: Vec<u8>,
     /// Familiar repository name -> reference names (`name:tag`,
     /// `name@sha256:...`), as `repositories.json` holds them.
@@ -115,11 +117,12 @@ pub fn write_store<W: Write>(
     let mut got = StoreOut::default();
     for image in images {
         let id = format!("sha256:{}", sha256_hex(&image.config));
+        let name = &image.reference;
         let config: Config = serde_json::from_slice(&image.config)
-            .with_context(|| format!("reading the config of image {id}"))?;
+            .with_context(|| format!("reading the config of {name} ({id})"))?;
         if config.rootfs.diff_ids.len() != image.layers.len() {
             bail!(
-                "image {id}: its config lists {} layers, its manifest {}",
+                "{name}: its config lists {} layers, its manifest {}",
                 config.rootfs.diff_ids.len(),
                 image.layers.len()
             );
@@ -133,11 +136,9 @@ pub fn write_store<W: Write>(
                 let mut stream = open(blob)?;
                 let diff = s
                     .layer(chain, parent, &mut stream, &chains[..i])
-                    .with_context(|| format!("layer {blob} of image {id}"))?;
+                    .with_context(|| format!("layer {blob} of {name}"))?;
                 if &diff != want {
-                    bail!(
-                        "layer {blob} of image {id} is {diff} uncompressed, its config says {want}"
-                    );
+                    bail!("layer {blob} of {name} is {diff} uncompressed, its config says {want}");
                 }
                 got.layers += 1;
             }
@@ -588,6 +589,7 @@ mod tests {
         let images: Vec<ImageIn> = images
             .iter()
             .map(|(layers, name)| ImageIn {
+                reference: format!("r:{name}"),
                 config: config(&layers.iter().map(|l| &blobs[l][..]).collect::<Vec<_>>()),
                 names: vec![("r".into(), format!("r:{name}"))],
                 source_repository: "docker.io/library/r".into(),
@@ -699,6 +701,7 @@ mod tests {
         let twice = layer(&[("a", 'f', 0o644), ("./a", 'f', 0o644)]);
         for (bad, want) in [(escape, "outside the layer"), (twice, "appears twice")] {
             let image = ImageIn {
+                reference: "x".into(),
                 config: config(&[&bad]),
                 names: vec![],
                 source_repository: "x".into(),
