@@ -337,9 +337,14 @@ fn endpoints_failed(
     what: &str,
     failures: Vec<(Endpoint, anyhow::Error)>,
 ) -> anyhow::Error {
+    // The registry's own answer (past mirrors and a failed https try of an
+    // insecure registry) says most.
     let kind = failures
-        .last()
-        .and_then(|(_, e)| error_kind(e))
+        .iter()
+        .filter(|(ep, _)| !ep.mirror)
+        .filter_map(|(_, e)| error_kind(e))
+        .find(|k| *k != ErrorKind::Connection)
+        .or_else(|| failures.last().and_then(|(_, e)| error_kind(e)))
         .unwrap_or(ErrorKind::Connection);
     let tried: Vec<String> = failures
         .iter()
