@@ -28,6 +28,8 @@ mod protocol;
 // Until populate's --engine direct calls it (written in parallel).
 #[allow(dead_code)]
 mod registry;
+#[cfg(feature = "test-hooks")]
+pub use registry::hooks as registry_hooks;
 mod selinux;
 mod source;
 mod store;

@@ -101,7 +101,8 @@ impl BlobCache {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => {
-                return Err(e).with_context(|| format!("reading the cached blob {}", path.display()))
+                return Err(e)
+                    .with_context(|| format!("reading the cached blob {}", path.display()))
             }
         };
         let fine = meta.len() == blob.size
@@ -128,7 +129,9 @@ impl BlobCache {
         match std::fs::remove_file(path) {
             Ok(()) => Ok(false),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("removing the bad cached blob {}", path.display())),
+            Err(e) => {
+                Err(e).with_context(|| format!("removing the bad cached blob {}", path.display()))
+            }
         }
     }
 

@@ -183,10 +183,7 @@ impl Http {
         let config = ClientConfig::load(opts.config_file())?;
         let certs = match opts.certs_dir_in_use() {
             Some((dir, true)) if !dir.is_dir() => {
-                anyhow::bail!(
-                    "--registry-certs {}: no such directory",
-                    dir.display()
-                )
+                anyhow::bail!("--registry-certs {}: no such directory", dir.display())
             }
             Some((dir, _)) => Some(dir.to_path_buf()),
             None => None,
@@ -221,13 +218,9 @@ impl Http {
                 .unwrap_or_default(),
         };
         let insecure = self.insecure.iter().any(|i| i == host || i == name)
-            || ips.iter().any(|ip| {
-                ip.is_loopback()
-                    || self
-                        .insecure
-                        .iter()
-                        .any(|c| cidr_contains(c, *ip))
-            });
+            || ips
+                .iter()
+                .any(|ip| ip.is_loopback() || self.insecure.iter().any(|c| cidr_contains(c, *ip)));
         lock(&self.insecure_hosts).insert(host.to_string(), insecure);
         insecure
     }
@@ -304,9 +297,9 @@ impl Http {
             for (name, data) in &files {
                 let path = hdir.join(name);
                 if name.ends_with(".crt") {
-                    for c in reqwest::Certificate::from_pem_bundle(data)
-                        .with_context(|| format!("reading the CA certificates {}", path.display()))?
-                    {
+                    for c in reqwest::Certificate::from_pem_bundle(data).with_context(|| {
+                        format!("reading the CA certificates {}", path.display())
+                    })? {
                         b = b.add_root_certificate(c);
                     }
                 } else if let Some(stem) = name.strip_suffix(".cert") {
@@ -384,15 +377,17 @@ impl Http {
                             .get("retry-after")
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.trim().parse::<u64>().ok())
-                            .map_or(backoff, |s| {
-                                Duration::from_secs(s).min(RETRY_AFTER_MAX)
-                            });
+                            .map_or(backoff, |s| Duration::from_secs(s).min(RETRY_AFTER_MAX));
                         tokio::time::sleep(wait).await;
                         continue;
                     }
                     return Ok(resp);
                 }
-                Err(e) if retry_connect && attempt < ATTEMPTS && (e.is_connect() || e.is_timeout()) => {
+                Err(e)
+                    if retry_connect
+                        && attempt < ATTEMPTS
+                        && (e.is_connect() || e.is_timeout()) =>
+                {
                     tokio::time::sleep(backoff).await;
                 }
                 Err(e) => {
@@ -441,7 +436,13 @@ impl Http {
         }
     }
 
-    fn unauthorized(&self, ctx: &Ctx, status: StatusCode, base: &str, detail: &str) -> anyhow::Error {
+    fn unauthorized(
+        &self,
+        ctx: &Ctx,
+        status: StatusCode,
+        base: &str,
+        detail: &str,
+    ) -> anyhow::Error {
         RegistryError::new(
             ErrorKind::Unauthorized,
             format!(
@@ -460,9 +461,9 @@ impl Http {
     async fn authorize(&self, ctx: &Ctx<'_>, base: &str, headers: &HeaderMap) -> Result<String> {
         let challenges = parse_challenges(headers);
         let creds = self.credentials(ctx.registry)?.map(|(c, _)| c);
-        let basic = creds.as_ref().and_then(|c| {
-            Some((c.username.clone()?, c.password.clone()?))
-        });
+        let basic = creds
+            .as_ref()
+            .and_then(|c| Some((c.username.clone()?, c.password.clone()?)));
         if let Some((_, params)) = challenges.iter().find(|(s, _)| s == "bearer") {
             if let Some(t) = creds.as_ref().and_then(|c| c.registry_token.clone()) {
                 return Ok(format!("Bearer {t}"));
@@ -508,14 +509,22 @@ impl Http {
                 .await?;
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                return Err(self.unauthorized(ctx, status, &url_origin(&url), " from its token service"));
+                return Err(self.unauthorized(
+                    ctx,
+                    status,
+                    &url_origin(&url),
+                    " from its token service",
+                ));
             }
             if !status.is_success() {
                 return Err(status_error(ctx, &what, resp).await);
             }
             let body = read_all(chunks(resp), 1 << 20, &what, self.stall).await?;
             let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-                RegistryError::new(ErrorKind::Unauthorized, format!("{what}: the answer is not JSON: {e}"))
+                RegistryError::new(
+                    ErrorKind::Unauthorized,
+                    format!("{what}: the answer is not JSON: {e}"),
+                )
             })?;
             let token = v
                 .get("token")
@@ -626,7 +635,9 @@ impl Http {
                 continue;
             }
             if !status.is_success() {
-                return Err(status_error(ctx, &format!("{what} at {}", url_origin(&url)), resp).await);
+                return Err(
+                    status_error(ctx, &format!("{what} at {}", url_origin(&url)), resp).await,
+                );
             }
             return Ok(resp);
         }
@@ -649,7 +660,13 @@ impl Http {
         let what = format!("the manifest {repo}:{reference}");
         let what = what.replace(":sha256:", "@sha256:");
         let resp = self
-            .get(ep, &ctx, &format!("manifests/{reference}"), Some(super::manifest::ACCEPT), &what)
+            .get(
+                ep,
+                &ctx,
+                &format!("manifests/{reference}"),
+                Some(super::manifest::ACCEPT),
+                &what,
+            )
             .await?;
         let header = |n| {
             resp.headers()
@@ -732,7 +749,10 @@ fn url_host(u: &Url) -> String {
 }
 
 fn chunks(resp: Response) -> Chunks {
-    Box::pin(resp.bytes_stream().map(|r| r.map_err(std::io::Error::other)))
+    Box::pin(
+        resp.bytes_stream()
+            .map(|r| r.map_err(std::io::Error::other)),
+    )
 }
 
 /// The error of a non-2xx answer: 404 as NotFound, with the registry's

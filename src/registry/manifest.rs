@@ -229,12 +229,12 @@ fn arm_variants(v: &str) -> &'static [&'static str] {
 /// else the first. Err: a message saying which platforms there are.
 pub fn choose(entries: &[Entry], want: &Platform) -> Result<String, String> {
     let usable = |e: &&Entry| {
-        e.platform.as_ref().is_some_and(|p| {
-            p.os == want.os && p.architecture == want.architecture
-        }) && e
-            .media_type
-            .as_deref()
-            .is_none_or(|t| matches!(t, DOCKER_MANIFEST | OCI_MANIFEST))
+        e.platform
+            .as_ref()
+            .is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
+            && e.media_type
+                .as_deref()
+                .is_none_or(|t| matches!(t, DOCKER_MANIFEST | OCI_MANIFEST))
     };
     let candidates: Vec<&Entry> = entries.iter().filter(usable).collect();
     let variant = |e: &Entry| e.platform.as_ref().and_then(|p| p.variant.clone());
@@ -329,9 +329,15 @@ mod tests {
             )
         };
         for (t, c) in [
-            ("application/vnd.oci.image.layer.v1.tar+zstd", Compression::Zstd),
+            (
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                Compression::Zstd,
+            ),
             ("application/vnd.oci.image.layer.v1.tar", Compression::None),
-            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Compression::Gzip),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Compression::Gzip,
+            ),
         ] {
             match parse(layer(t).as_bytes(), None).unwrap() {
                 Parsed::Image(m) => assert_eq!(m.layers[0].compression, c),
@@ -345,7 +351,10 @@ mod tests {
         assert!(format!("{e}").contains("schema 1"), "{e}");
         let bad = layer("application/vnd.oci.image.layer.v1.tar").replace(&"2".repeat(64), "22");
         let e = parse(bad.as_bytes(), None).unwrap_err();
-        assert_eq!(super::super::error_kind(&e), Some(ErrorKind::InvalidManifest));
+        assert_eq!(
+            super::super::error_kind(&e),
+            Some(ErrorKind::InvalidManifest)
+        );
         assert!(format!("{e}").contains("layer 0"), "{e}");
     }
 }

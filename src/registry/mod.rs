@@ -145,7 +145,9 @@ pub struct Endpoint {
 /// Whether `s` is `sha256:<64 lowercase hex>`, the only digests pulled.
 pub fn is_sha256_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -194,16 +196,23 @@ impl Client {
         let endpoints = self.http.endpoints(registry).await?;
         let mut failures = vec![];
         for ep in &endpoints {
-            match self
-                .resolve_at(ep, r, &repo, &reference, platform)
-                .await
-            {
+            match self.resolve_at(ep, r, &repo, &reference, platform).await {
                 Ok(resolved) => {
                     self.http.remember(registry, ep);
                     return Ok(resolved);
                 }
                 // Errors of the image itself are the same at every endpoint.
-                Err(e) if matches!(error_kind(&e), Some(ErrorKind::PlatformMissing | ErrorKind::Unsupported | ErrorKind::InvalidManifest | ErrorKind::DigestMismatch)) && !ep.mirror => {
+                Err(e)
+                    if matches!(
+                        error_kind(&e),
+                        Some(
+                            ErrorKind::PlatformMissing
+                                | ErrorKind::Unsupported
+                                | ErrorKind::InvalidManifest
+                                | ErrorKind::DigestMismatch
+                        )
+                    ) && !ep.mirror =>
+                {
                     return Err(e).with_context(|| format!("pulling {r} from {}", ep.base));
                 }
                 Err(e) => failures.push((ep.clone(), e)),
@@ -285,7 +294,12 @@ impl Client {
         let mut reader = self.http.blob_at(ep, r, repo, &config_blob).await?;
         tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut config)
             .await
-            .with_context(|| format!("reading the config {} of {r} from {}", config_blob.digest, ep.base))?;
+            .with_context(|| {
+                format!(
+                    "reading the config {} of {r} from {}",
+                    config_blob.digest, ep.base
+                )
+            })?;
         Ok(Resolved {
             digest: top.digest,
             manifest_digest,
@@ -361,4 +375,52 @@ fn endpoints_failed(
         ),
     )
     .into()
+}
+
+/// What the integration tests (tests/registry.rs) drive: the client and
+/// the cache as `--engine direct` uses them.
+#[cfg(feature = "test-hooks")]
+pub mod hooks {
+    use std::path::{Path, PathBuf};
+
+    use anyhow::Result;
+
+    use super::{BlobCache, Client};
+    use crate::docker::RegistryOptions;
+    use crate::source::refs::ImageRef;
+
+    /// What one pull got.
+    pub struct Pulled {
+        pub digest: String,
+        pub config_digest: String,
+        pub config: Vec<u8>,
+        /// Each layer's digest and its file in the cache.
+        pub layers: Vec<(String, PathBuf)>,
+    }
+
+    /// Resolves `reference` for `platform` (`os/arch[/variant]`) with the
+    /// default registry options and fetches its layers into the blob
+    /// cache in `cache`.
+    pub fn pull(reference: &str, platform: &str, cache: &Path) -> Result<Pulled> {
+        let r = ImageRef::parse(reference)?;
+        let platform = platform.parse()?;
+        let client = Client::new(&RegistryOptions::default(), None)?;
+        let cache = BlobCache::open(cache)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let res = client.resolve(&r, &platform).await?;
+            let mut layers = vec![];
+            for l in &res.layers {
+                layers.push((l.digest.clone(), cache.get(&client, &r, l).await?));
+            }
+            Ok(Pulled {
+                digest: res.digest,
+                config_digest: res.config_digest,
+                config: res.config,
+                layers,
+            })
+        })
+    }
 }

@@ -84,9 +84,7 @@ impl Stream for Verified {
             }
             Poll::Ready(Some(Ok(chunk))) => {
                 if let Some((d, sleep)) = &mut this.stall {
-                    sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + *d);
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *d);
                 }
                 this.got += chunk.len() as u64;
                 if this.got > this.size {

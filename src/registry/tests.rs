@@ -184,7 +184,11 @@ fn serve(img: &Image, repo: &str, path: &str) -> Option<Resp> {
         .map(|bytes| ok(bytes, "application/octet-stream"))
 }
 
-fn client_with(config: Option<&std::path::Path>, mirrors: Vec<String>, stall: Option<Duration>) -> Client {
+fn client_with(
+    config: Option<&std::path::Path>,
+    mirrors: Vec<String>,
+    stall: Option<Duration>,
+) -> Client {
     let opts = RegistryOptions::new(config.map(Into::into), None, vec![], mirrors).unwrap();
     Client::new(&opts, stall).unwrap()
 }
@@ -584,7 +588,10 @@ fn failing_mirror_falls_through_to_the_registry() {
             .unwrap_err();
         assert_eq!(error_kind(&e), Some(ErrorKind::NotFound), "{e:#}");
         let msg = format!("{e:#}");
-        assert!(msg.contains("(mirror)") && msg.contains("HTTP 500") && msg.contains("HTTP 404"), "{msg}");
+        assert!(
+            msg.contains("(mirror)") && msg.contains("HTTP 500") && msg.contains("HTTP 404"),
+            "{msg}"
+        );
     });
 }
 
