@@ -168,7 +168,7 @@ pub fn registry_of(r: &ImageRef) -> &str {
 
 /// Most a manifest or index may weigh (the distribution registry's limit
 /// is 4 MiB).
-const MANIFEST_LIMIT: u64 = 4 << 20;
+pub const MANIFEST_LIMIT: u64 = 4 << 20;
 
 /// Most an image config may weigh.
 const CONFIG_LIMIT: u64 = 32 << 20;
