@@ -26,7 +26,7 @@ mod populate;
 mod progress;
 mod protocol;
 // Until populate's --engine direct calls it (written in parallel).
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod registry;
 #[cfg(feature = "test-hooks")]
 pub use registry::hooks as registry_hooks;
