@@ -26,6 +26,8 @@ mod populate;
 mod progress;
 mod protocol;
 mod registry;
+#[cfg(feature = "test-hooks")]
+pub use registry::hooks as registry_hooks;
 mod selinux;
 mod source;
 mod store;

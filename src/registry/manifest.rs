@@ -81,23 +81,27 @@ struct Raw {
 }
 
 /// The config of an image manifest (its media type checked).
+#[derive(Debug)]
 pub struct ConfigRef {
     pub digest: String,
     pub size: u64,
 }
 
+#[derive(Debug)]
 pub struct Image {
     pub config: ConfigRef,
     pub layers: Vec<Blob>,
 }
 
 /// One entry of an index.
+#[derive(Debug)]
 pub struct Entry {
     pub digest: String,
     pub platform: Option<Platform>,
     pub media_type: Option<String>,
 }
 
+#[derive(Debug)]
 pub enum Parsed {
     Image(Image),
     Index(Vec<Entry>),

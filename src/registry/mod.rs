@@ -168,7 +168,7 @@ pub fn registry_of(r: &ImageRef) -> &str {
 
 /// Most a manifest or index may weigh (the distribution registry's limit
 /// is 4 MiB).
-const MANIFEST_LIMIT: u64 = 4 << 20;
+pub const MANIFEST_LIMIT: u64 = 4 << 20;
 
 /// Most an image config may weigh.
 const CONFIG_LIMIT: u64 = 32 << 20;
@@ -351,9 +351,14 @@ fn endpoints_failed(
     what: &str,
     failures: Vec<(Endpoint, anyhow::Error)>,
 ) -> anyhow::Error {
+    // The registry's own answer (past mirrors and a failed https try of an
+    // insecure registry) says most.
     let kind = failures
-        .last()
-        .and_then(|(_, e)| error_kind(e))
+        .iter()
+        .filter(|(ep, _)| !ep.mirror)
+        .filter_map(|(_, e)| error_kind(e))
+        .find(|k| *k != ErrorKind::Connection)
+        .or_else(|| failures.last().and_then(|(_, e)| error_kind(e)))
         .unwrap_or(ErrorKind::Connection);
     let tried: Vec<String> = failures
         .iter()
@@ -370,4 +375,52 @@ fn endpoints_failed(
         ),
     )
     .into()
+}
+
+/// What the integration tests (tests/registry.rs) drive: the client and
+/// the cache as `--engine direct` uses them.
+#[cfg(feature = "test-hooks")]
+pub mod hooks {
+    use std::path::{Path, PathBuf};
+
+    use anyhow::Result;
+
+    use super::{BlobCache, Client};
+    use crate::docker::RegistryOptions;
+    use crate::source::refs::ImageRef;
+
+    /// What one pull got.
+    pub struct Pulled {
+        pub digest: String,
+        pub config_digest: String,
+        pub config: Vec<u8>,
+        /// Each layer's digest and its file in the cache.
+        pub layers: Vec<(String, PathBuf)>,
+    }
+
+    /// Resolves `reference` for `platform` (`os/arch[/variant]`) with the
+    /// default registry options and fetches its layers into the blob
+    /// cache in `cache`.
+    pub fn pull(reference: &str, platform: &str, cache: &Path) -> Result<Pulled> {
+        let r = ImageRef::parse(reference)?;
+        let platform = platform.parse()?;
+        let client = Client::new(&RegistryOptions::default(), None)?;
+        let cache = BlobCache::open(cache)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let res = client.resolve(&r, &platform).await?;
+            let mut layers = vec![];
+            for l in &res.layers {
+                layers.push((l.digest.clone(), cache.get(&client, &r, l).await?));
+            }
+            Ok(Pulled {
+                digest: res.digest,
+                config_digest: res.config_digest,
+                config: res.config,
+                layers,
+            })
+        })
+    }
 }
