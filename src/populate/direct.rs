@@ -67,7 +67,7 @@ pub(super) fn check_scope(cfg: &PopulateConfig) -> Result<()> {
             if !matches!(l.source, Source::Registry(_)) {
                 bail!(
                     "--engine direct reads images from registries only so far; {} needs --engine dind",
-                    l.source.to_string()
+                    l.source
                 );
             }
         }
@@ -95,7 +95,7 @@ async fn resolve_all(
     let resolving = futures_util::stream::iter(lines.iter().cloned())
         .map(|listed| async move {
             let Source::Registry(r) = &listed.source else {
-                bail!("{} is not a registry image", listed.source.to_string());
+                bail!("{} is not a registry image", listed.source);
             };
             let r = r.clone();
             let resolved = client
@@ -332,7 +332,8 @@ impl Pulled {
             .map(|g| PulledImage {
                 store: docker.name(),
                 reference: g.listed.source.to_string().to_string(),
-                id: format!("sha256:{}", crate::digest::sha256_hex(&g.resolved.config)),
+                // The config's digest, checked: the image ID.
+                id: g.resolved.config_digest.clone(),
                 platform: g.platform.clone(),
                 names: names(g).into_iter().map(|(_, n)| n).collect(),
                 source: match g

@@ -18,7 +18,6 @@ use crate::digest::sha256_reader;
 use crate::source::refs::ImageRef;
 
 pub struct BlobCache {
-    dir: PathBuf,
     blobs: PathBuf,
     /// Digests whose file this run has checked.
     verified: Mutex<HashSet<String>>,
@@ -58,16 +57,10 @@ impl BlobCache {
         write_once(dir, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         write_once(dir, "index.json", br#"{"schemaVersion":2,"manifests":[]}"#)?;
         Ok(BlobCache {
-            dir: dir.to_path_buf(),
             blobs,
             verified: Mutex::default(),
             fetching: Mutex::default(),
         })
-    }
-
-    /// The cache's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The blob's path in the cache, fetched with the client when missing.

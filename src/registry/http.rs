@@ -236,7 +236,6 @@ impl Http {
                 let verify_tls = !self.is_insecure(&host).await;
                 v.push(Endpoint {
                     base: url.clone(),
-                    host,
                     verify_tls,
                     mirror: true,
                 });
@@ -250,14 +249,12 @@ impl Http {
         let insecure = self.is_insecure(host).await;
         v.push(Endpoint {
             base: format!("https://{host}"),
-            host: host.to_string(),
             verify_tls: !insecure,
             mirror: false,
         });
         if insecure {
             v.push(Endpoint {
                 base: format!("http://{host}"),
-                host: host.to_string(),
                 verify_tls: false,
                 mirror: false,
             });

@@ -238,10 +238,14 @@ fn direct_engine_truth() {
     );
 }
 
+/// What a hand registry serves: path -> (content type, body, bytes
+/// claimed).
+type Paths = HashMap<String, (String, Vec<u8>, usize)>;
+
 /// A registry of one image, `fp/bad:1`, served over plain HTTP by hand,
 /// whose manifest, config and layer are what `serve` says (a path ->
 /// (content type, body, bytes claimed)): its address.
-fn hand_registry(serve: HashMap<String, (String, Vec<u8>, usize)>) -> String {
+fn hand_registry(serve: Paths) -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -284,12 +288,7 @@ fn hand_registry(serve: HashMap<String, (String, Vec<u8>, usize)>) -> String {
 /// The paths of image `fp/bad:1` made of `config` and `layer` (served as
 /// `served`, claimed `claimed` bytes long), its manifest naming the layer
 /// by `digest`.
-fn bad_image(
-    layer: &[u8],
-    digest: &str,
-    served: &[u8],
-    claimed: usize,
-) -> HashMap<String, (String, Vec<u8>, usize)> {
+fn bad_image(layer: &[u8], digest: &str, served: &[u8], claimed: usize) -> Paths {
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]},
@@ -343,7 +342,7 @@ fn direct_engine_refuses_hostile_registries() {
     let mut other = good.clone();
     let last = other.len() - 1100;
     other[last] ^= 1;
-    let cases: Vec<(&str, HashMap<String, (String, Vec<u8>, usize)>, &str)> = vec![
+    let cases: Vec<(&str, Paths, &str)> = vec![
         (
             "a blob that does not match its digest",
             bad_image(&good, &sha256(&good), &other, good.len()),

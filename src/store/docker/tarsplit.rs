@@ -104,6 +104,7 @@ impl Crc64 {
     }
 
     /// The crc64 of `bytes`.
+    #[cfg(test)]
     pub fn checksum(bytes: &[u8]) -> u64 {
         CRC64.checksum(bytes)
     }
@@ -264,6 +265,7 @@ impl<W: Write> Encoder<W> {
     }
 
     /// Entries written so far (the `position` of the next one).
+    #[cfg(test)]
     pub fn position(&self) -> u64 {
         self.position
     }
@@ -290,6 +292,7 @@ impl<W: Write> Encoder<W> {
     }
 
     /// Writes `entry` as it is.
+    #[cfg(test)]
     pub fn entry(&mut self, entry: &Entry) -> Result<()> {
         match entry {
             Entry::Segment(raw) => self.segment(raw),
@@ -371,6 +374,7 @@ pub fn gzip_writer<W: Write>(out: W) -> flate2::write::GzEncoder<W> {
 
 /// The tar-split JSON lines (not compressed) of the tar stream `tar`, as
 /// tar-split writes them for Docker.
+#[cfg(test)]
 pub fn encode_tar(tar: impl Read) -> Result<Vec<u8>> {
     let mut split = Splitter::new(vec![]);
     let mut tar = tar;
