@@ -69,6 +69,31 @@ pub struct Archive<R> {
     /// Offset of the next byte of the stream.
     pos: u64,
     done: bool,
+    /// Where the current entry's data is when it is a GNU sparse file.
+    sparse: Option<Sparse>,
+}
+
+/// The data of a GNU sparse file: `frags` (offset, length; in order, none
+/// empty) are read from the archive, the holes between them and after the
+/// last one up to `size` are zeros. `pos` is the offset of the next byte,
+/// `next` the first fragment not wholly read.
+struct Sparse {
+    frags: Vec<(u64, u64)>,
+    size: u64,
+    pos: u64,
+    next: usize,
+}
+
+/// Where a GNU sparse file's map is, as Go's archive/tar finds it.
+enum SparseMap {
+    /// Old GNU format (type `S`): in the header and the extension blocks
+    /// after it.
+    Old,
+    /// PAX formats 0.0 and 0.1: in `GNU.sparse.numblocks` and
+    /// `GNU.sparse.map` (0.0's repeated records joined).
+    Records { numblocks: Vec<u8>, map: Vec<u8> },
+    /// PAX format 1.0: at the start of the entry's data.
+    Data,
 }
 
 /// An entry: its metadata and a reader of its data.
@@ -85,6 +110,44 @@ pub struct Data<'a, R> {
 impl<R: Read> Read for Data<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let ar = &mut *self.ar;
+        let Some(sp) = ar.sparse.as_mut() else {
+            return ar.read_stored(buf);
+        };
+        let left = sp.size - sp.pos;
+        let want = buf
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        match sp.frags.get(sp.next) {
+            Some(&(off, len)) if sp.pos >= off => {
+                // In a fragment of data: read from the archive.
+                let n = want.min(usize::try_from(off + len - sp.pos).unwrap_or(usize::MAX));
+                let n = ar.read_stored(&mut buf[..n])?;
+                let sp = ar.sparse.as_mut().expect("the sparse state of this entry");
+                sp.pos += n as u64;
+                if sp.pos == off + len {
+                    sp.next += 1;
+                }
+                Ok(n)
+            }
+            frag => {
+                // In a hole: zeros up to the next fragment, or the end.
+                let end = frag.map_or(sp.size, |&(off, _)| off);
+                let n = want.min(usize::try_from(end - sp.pos).unwrap_or(usize::MAX));
+                buf[..n].fill(0);
+                sp.pos += n as u64;
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl<R: Read> Archive<R> {
+    /// Reads the bytes of the current entry as stored in the archive.
+    fn read_stored(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let ar = self;
         if ar.remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
@@ -249,13 +312,175 @@ fn gnu_string(data: Vec<u8>) -> Vec<u8> {
     }
 }
 
+/// Go's `strconv.ParseInt(s, 10, 64)`: an optional sign, then digits.
+fn go_int(s: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(s).ok()?;
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    s.strip_prefix('+').unwrap_or(s).parse().ok()
+}
+
+/// Go's `parseNumeric` of a header field: base-256 when the high bit is
+/// set, else octal between NULs and spaces (empty is 0).
+fn go_numeric(b: &[u8]) -> Option<i64> {
+    if b.first().is_some_and(|&c| c & 0x80 != 0) {
+        let inv = if b[0] & 0x40 != 0 { 0xff } else { 0 };
+        let mut x: u64 = 0;
+        for (i, &c) in b.iter().enumerate() {
+            let mut c = c ^ inv;
+            if i == 0 {
+                c &= 0x7f;
+            }
+            if x >> 56 > 0 {
+                return None;
+            }
+            x = x << 8 | c as u64;
+        }
+        if x >> 63 > 0 {
+            return None;
+        }
+        return Some(if inv == 0xff { !(x as i64) } else { x as i64 });
+    }
+    let Some(start) = b.iter().position(|&c| c != b' ' && c != 0) else {
+        return Some(0);
+    };
+    let end = b.iter().rposition(|&c| c != b' ' && c != 0)? + 1;
+    let field = &b[start..end];
+    let digits = &field[..field.iter().position(|&c| c == 0).unwrap_or(field.len())];
+    let mut x: u64 = 0;
+    for &c in digits {
+        if !(b'0'..=b'7').contains(&c) {
+            return None;
+        }
+        x = x.checked_mul(8)?.checked_add((c - b'0') as u64)?;
+    }
+    Some(x as i64)
+}
+
+/// Whether an entry's PAX records make it a GNU sparse file, and where
+/// its map is, as Go's `readGNUSparsePAXHeaders` decides: versions 0.0,
+/// 0.1 and 1.0 by `GNU.sparse.major` and `minor`, another version is not
+/// sparse, no version with a map is 0.x. Renames the entry after
+/// `GNU.sparse.name` and gives it the real size (`GNU.sparse.size`, else
+/// `GNU.sparse.realsize`).
+fn pax_sparse(pax: &[(Vec<u8>, Vec<u8>)], meta: &mut Meta) -> Result<Option<SparseMap>> {
+    // The last record of a key, as in Go's map; missing is empty.
+    let get = |key: &[u8]| -> &[u8] {
+        pax.iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map_or(&b""[..], |(_, v)| v.as_slice())
+    };
+    let (major, minor) = (get(b"GNU.sparse.major"), get(b"GNU.sparse.minor"));
+    let map = match (major, minor) {
+        (b"0", b"0" | b"1") => SparseMap::Records {
+            numblocks: get(b"GNU.sparse.numblocks").to_vec(),
+            map: get(b"GNU.sparse.map").to_vec(),
+        },
+        (b"1", b"0") => SparseMap::Data,
+        (b"", b"") if !get(b"GNU.sparse.map").is_empty() => SparseMap::Records {
+            numblocks: get(b"GNU.sparse.numblocks").to_vec(),
+            map: get(b"GNU.sparse.map").to_vec(),
+        },
+        // Another version (read as a plain file, as Go does), or no map.
+        _ => return Ok(None),
+    };
+    let name = get(b"GNU.sparse.name");
+    if !name.is_empty() {
+        if name.contains(&0) {
+            bail!("a NUL byte in its PAX GNU.sparse.name");
+        }
+        meta.path = name.to_vec();
+    }
+    let size = match get(b"GNU.sparse.size") {
+        b"" => get(b"GNU.sparse.realsize"),
+        s => s,
+    };
+    if !size.is_empty() {
+        let n = go_int(size)
+            .ok_or_else(|| anyhow!("its GNU sparse real size {:?} is not a number", show(size)))?;
+        meta.size = u64::try_from(n).map_err(|_| anyhow!("a negative GNU sparse real size {n}"))?;
+    }
+    Ok(Some(map))
+}
+
+/// The map of a PAX 0.0 or 0.1 sparse file: `numblocks` fragments, each
+/// an offset and a length in the comma-separated `map`.
+fn sparse_map_0x1(numblocks: &[u8], map: &[u8]) -> Result<Vec<(i64, i64)>> {
+    let count = go_int(numblocks)
+        .filter(|&n| n >= 0 && n.checked_mul(2).is_some())
+        .ok_or_else(|| {
+            anyhow!(
+                "its PAX GNU.sparse.numblocks {:?} is not a count",
+                show(numblocks)
+            )
+        })?;
+    let numbers: Vec<&[u8]> = match map {
+        b"" => vec![],
+        m => m.split(|&b| b == b',').collect(),
+    };
+    if numbers.len() as u64 != 2 * count as u64 {
+        bail!(
+            "its sparse map holds {} numbers for {count} fragments (two each)",
+            numbers.len()
+        );
+    }
+    numbers
+        .chunks(2)
+        .map(|p| match (go_int(p[0]), go_int(p[1])) {
+            (Some(off), Some(len)) => Ok((off, len)),
+            _ => Err(anyhow!(
+                "fragment {:?},{:?} of its sparse map is not a pair of numbers",
+                show(p[0]),
+                show(p[1])
+            )),
+        })
+        .collect()
+}
+
 /// What the metadata headers before an entry said.
 #[derive(Default)]
 struct Pending {
+    /// The records of the last PAX header.
     pax: Vec<(Vec<u8>, Vec<u8>)>,
-    long_name: Option<Vec<u8>>,
-    long_link: Option<Vec<u8>>,
+    /// The last GNU long name and long link; empty ones change nothing.
+    long_name: Vec<u8>,
+    long_link: Vec<u8>,
     headers: usize,
+}
+
+/// The records of an entry's PAX header, with GNU sparse format 0.0's
+/// repeated `GNU.sparse.offset` and `GNU.sparse.numbytes` records joined
+/// into one `GNU.sparse.map` record, as Go's `parsePAX` joins them (they
+/// must alternate, offset first, and hold no comma).
+fn pax_header(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = vec![];
+    let mut map: Vec<&[u8]> = vec![];
+    for (k, v) in pax_records(data)? {
+        if matches!(k, b"GNU.sparse.offset" | b"GNU.sparse.numbytes") {
+            let want: &[u8] = if map.len() % 2 == 0 {
+                b"GNU.sparse.offset"
+            } else {
+                b"GNU.sparse.numbytes"
+            };
+            if k != want || v.contains(&b',') {
+                bail!(
+                    "GNU sparse record {}={:?} out of order (each GNU.sparse.offset must be followed by its GNU.sparse.numbytes)",
+                    show(k),
+                    show(v)
+                );
+            }
+            map.push(v);
+            continue;
+        }
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    if !map.is_empty() {
+        out.push((b"GNU.sparse.map".to_vec(), map.join(&b',')));
+    }
+    Ok(out)
 }
 
 impl<R: Read> Archive<R> {
@@ -275,11 +500,13 @@ impl<R: Read> Archive<R> {
             headers: 0,
             pos: 0,
             done: false,
+            sparse: None,
         }
     }
 
     /// Skips what is left of the current entry's data and padding.
     fn finish_entry(&mut self) -> Result<()> {
+        self.sparse = None;
         let n = self.remaining + self.pad;
         if n > 0 {
             (self.skip)(&mut self.inner, n).context("the archive is truncated")?;
@@ -384,12 +611,12 @@ impl<R: Read> Archive<R> {
             let data = self.read_meta(size, "PAX or long-name header")?;
             match ty {
                 EntryType::XHeader => {
-                    let records = pax_records(&data).with_context(|| {
+                    // Each PAX header replaces the records of one before
+                    // it: only the last one describes the entry, as Go's
+                    // archive/tar and GNU tar read it.
+                    pending.pax = pax_header(&data).with_context(|| {
                         format!("{}, the PAX header of the entry after it", what())
                     })?;
-                    for (k, v) in records {
-                        pending.pax.push((k.to_vec(), v.to_vec()));
-                    }
                 }
                 EntryType::XGlobalHeader => {
                     let records = pax_records(&data)
@@ -407,13 +634,28 @@ impl<R: Read> Archive<R> {
                         self.globals.push((k.to_vec(), v.to_vec()));
                     }
                 }
-                EntryType::GNULongName => pending.long_name = Some(gnu_string(data)),
-                _ => pending.long_link = Some(gnu_string(data)),
+                // The last of several long names (links) counts.
+                EntryType::GNULongName => pending.long_name = gnu_string(data),
+                _ => pending.long_link = gnu_string(data),
             }
         };
-        let meta = self.resolve(&block, pending)?;
+        let (mut meta, sparse) = self.resolve(&block, pending)?;
         self.remaining = meta.size;
         self.pad = padding(meta.size);
+        if let Some(map) = sparse {
+            let name = meta.show().into_owned();
+            let ctx = || format!("archive entry {name:?}, a GNU sparse file");
+            let frags = match map {
+                SparseMap::Old => self.old_sparse_map(&block, &mut meta).with_context(ctx)?,
+                SparseMap::Records { numblocks, map } => {
+                    sparse_map_0x1(&numblocks, &map).with_context(ctx)?
+                }
+                SparseMap::Data => self.sparse_map_1x0().with_context(ctx)?,
+            };
+            self.sparse = Some(self.check_sparse(frags, meta.size).with_context(ctx)?);
+            // Read as Go's reader gives it: a regular file of the real size.
+            meta.kind = EntryType::Regular;
+        }
         Ok(Some(Entry {
             meta,
             data: Data { ar: self },
@@ -422,18 +664,25 @@ impl<R: Read> Archive<R> {
 
     /// Applies the global records, then the entry's own PAX records and
     /// GNU long names, over the header's fields.
-    fn resolve(&self, block: &[u8; BLOCK], pending: Pending) -> Result<Meta> {
+    ///
+    /// Follows Go's `Reader.next`: PAX records first (an empty value keeps
+    /// the header's field), then a GNU long name or link over them; for a
+    /// GNU sparse file, `GNU.sparse.name` and its real size last, and where
+    /// its map is.
+    fn resolve(
+        &self,
+        block: &[u8; BLOCK],
+        pending: Pending,
+    ) -> Result<(Meta, Option<SparseMap>)> {
         let h = tar::Header::from_byte_slice(block);
         let header_path = h.path_bytes().into_owned();
         let ctx = || format!("archive entry {:?}", show(&header_path));
         let kind = h.entry_type();
         let old = h.as_old();
         let mut meta = Meta {
-            path: pending.long_name.unwrap_or_else(|| header_path.clone()),
+            path: header_path.clone(),
             kind,
-            link: pending
-                .long_link
-                .or_else(|| h.link_name_bytes().map(Cow::into_owned)),
+            link: h.link_name_bytes().map(Cow::into_owned),
             size: number(h.entry_size(), &old.size).with_context(ctx)?,
             mode: number(h.mode(), &old.mode).with_context(ctx)? & 0o7777,
             uid: number(h.uid(), &old.uid).with_context(ctx)?,
@@ -463,6 +712,13 @@ impl<R: Read> Archive<R> {
                 meta.xattrs.push((name.to_vec(), value.clone()));
                 continue;
             }
+            let numeric = matches!(
+                key.as_slice(),
+                b"path" | b"linkpath" | b"size" | b"uid" | b"gid" | b"mtime"
+            );
+            if numeric && value.is_empty() {
+                continue;
+            }
             match key.as_slice() {
                 b"path" | b"linkpath" => {
                     if value.contains(&0) {
@@ -482,25 +738,179 @@ impl<R: Read> Archive<R> {
                         anyhow!("{}: bad PAX mtime {:?}", ctx(), show(value))
                     })?
                 }
-                k if k.starts_with(b"GNU.sparse.") => bail!(
-                    "{}: a GNU sparse file, which flatcar-preload does not read; make the archive without --sparse",
-                    ctx()
-                ),
                 // hdrcharset (BINARY or UTF-8): names are bytes here anyway.
                 // atime, ctime, uname, gname, comment, vendor records: unused.
                 _ => {}
             }
         }
-        if meta.path.is_empty() {
-            bail!("header #{}: an entry with an empty name", self.headers);
+        if !pending.long_name.is_empty() {
+            meta.path = pending.long_name;
         }
-        if kind == EntryType::GNUSparse {
+        if !pending.long_link.is_empty() {
+            meta.link = Some(pending.long_link);
+        }
+        let sparse = if kind == EntryType::GNUSparse {
+            Some(SparseMap::Old)
+        } else {
+            pax_sparse(&pending.pax, &mut meta).with_context(ctx)?
+        };
+        if sparse.is_some()
+            && matches!(
+                kind,
+                EntryType::Link
+                    | EntryType::Symlink
+                    | EntryType::Char
+                    | EntryType::Block
+                    | EntryType::Directory
+                    | EntryType::Fifo
+            )
+        {
             bail!(
-                "{}: a GNU sparse file, which flatcar-preload does not read; make the archive without --sparse",
+                "{}: a {kind:?} entry with a GNU sparse map: a corrupt archive",
                 ctx()
             );
         }
-        Ok(meta)
+        if meta.path.is_empty() {
+            bail!("header #{}: an entry with an empty name", self.headers);
+        }
+        Ok((meta, sparse))
+    }
+
+    /// The map of an old GNU sparse file: four fragments in the header,
+    /// 21 in each extension block after it while the one before says
+    /// there are more; the real size in the header. Go stops reading a
+    /// block's fragments at the first whose offset starts with a NUL.
+    fn old_sparse_map(&mut self, block: &[u8; BLOCK], meta: &mut Meta) -> Result<Vec<(i64, i64)>> {
+        if &block[257..265] != b"ustar  \0" {
+            bail!("a sparse header (type S) that is not in the GNU format");
+        }
+        let size = go_numeric(&block[483..495])
+            .ok_or_else(|| anyhow!("its real size field is not a number"))?;
+        meta.size = u64::try_from(size).map_err(|_| anyhow!("a negative real size {size}"))?;
+        let mut frags = vec![];
+        let mut block = *block;
+        let (mut at, mut count, mut extended) = (386, 4, 482);
+        let mut blocks = 0u64;
+        loop {
+            for i in 0..count {
+                let e = &block[at + 24 * i..at + 24 * (i + 1)];
+                if e[0] == 0 {
+                    break;
+                }
+                match (go_numeric(&e[..12]), go_numeric(&e[12..])) {
+                    (Some(off), Some(len)) => frags.push((off, len)),
+                    _ => bail!("a fragment of its sparse map is not a number"),
+                }
+            }
+            if block[extended] == 0 {
+                return Ok(frags);
+            }
+            blocks += 1;
+            if blocks * BLOCK as u64 > MAX_META {
+                bail!(
+                    "a sparse map of more than {} MiB of extension blocks",
+                    MAX_META >> 20
+                );
+            }
+            let n = read_full(&mut self.inner, &mut block).context("reading the archive")?;
+            if n < BLOCK {
+                bail!("the archive ends inside its sparse map (truncated archive?)");
+            }
+            self.pos += BLOCK as u64;
+            (at, count, extended) = (0, 21, 504);
+        }
+    }
+
+    /// The map of a PAX 1.0 sparse file, at the start of its data: decimal
+    /// numbers each ending with a newline, the count of fragments then
+    /// each one's offset and length, up to the end of the block holding
+    /// the last newline.
+    fn sparse_map_1x0(&mut self) -> Result<Vec<(i64, i64)>> {
+        let mut text = vec![];
+        let mut newlines = 0u64;
+        let mut at = 0;
+        let mut feed = |ar: &mut Self, text: &mut Vec<u8>, want: u64| -> Result<()> {
+            while newlines < want {
+                if ar.remaining < BLOCK as u64 {
+                    bail!("its sparse map runs past the end of its data");
+                }
+                if text.len() as u64 >= MAX_META {
+                    bail!("a sparse map of more than {} MiB", MAX_META >> 20);
+                }
+                let mut block = [0u8; BLOCK];
+                let n = read_full(&mut ar.inner, &mut block).context("reading the archive")?;
+                if n < BLOCK {
+                    bail!("the archive ends inside its sparse map (truncated archive?)");
+                }
+                ar.remaining -= BLOCK as u64;
+                ar.pos += BLOCK as u64;
+                newlines += block.iter().filter(|&&b| b == b'\n').count() as u64;
+                text.extend_from_slice(&block);
+            }
+            Ok(())
+        };
+        let mut token = |text: &[u8]| -> Result<i64> {
+            let end = at + text[at..].iter().position(|&b| b == b'\n').unwrap_or(0);
+            let tok = &text[at..end];
+            at = end + 1;
+            go_int(tok).ok_or_else(|| anyhow!("{:?} in its sparse map is not a number", show(tok)))
+        };
+        feed(self, &mut text, 1)?;
+        let count = token(&text)?;
+        if count < 0 || count.checked_mul(2).is_none() {
+            bail!("its sparse map counts {count} fragments");
+        }
+        feed(self, &mut text, 1 + 2 * count as u64)?;
+        let mut frags = vec![];
+        for _ in 0..count {
+            let off = token(&text)?;
+            let len = token(&text)?;
+            frags.push((off, len));
+        }
+        Ok(frags)
+    }
+
+    /// Checks a sparse map as Go's `validateSparseEntries` does (no
+    /// negative numbers, fragments in order, none overlapping, none past
+    /// the real size), and that its fragments hold exactly the data left
+    /// in the archive (Go fails the read otherwise: "sparse file
+    /// references non-existent data", "contains unreferenced data").
+    fn check_sparse(&self, map: Vec<(i64, i64)>, size: u64) -> Result<Sparse> {
+        let mut end = 0u64;
+        let mut frags = vec![];
+        let mut data = 0u64;
+        for (i, (off, len)) in map.into_iter().enumerate() {
+            let bad = |why: &str| anyhow!("fragment #{} (offset {off}, length {len}) of its sparse map {why}", i + 1);
+            let (Ok(o), Ok(l)) = (u64::try_from(off), u64::try_from(len)) else {
+                return Err(bad("is negative"));
+            };
+            let Some(e) = o.checked_add(l).filter(|&e| e <= i64::MAX as u64) else {
+                return Err(bad("overflows"));
+            };
+            if e > size {
+                return Err(bad(&format!("runs past the real size {size}")));
+            }
+            if o < end {
+                return Err(bad("overlaps the one before or is out of order"));
+            }
+            end = e;
+            if l > 0 {
+                frags.push((o, l));
+                data += l;
+            }
+        }
+        if data != self.remaining {
+            bail!(
+                "its sparse map places {data} bytes of data, but the archive holds {} for it",
+                self.remaining
+            );
+        }
+        Ok(Sparse {
+            frags,
+            size,
+            pos: 0,
+            next: 0,
+        })
     }
 }
 
