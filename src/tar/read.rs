@@ -114,9 +114,7 @@ impl<R: Read> Read for Data<'_, R> {
             return ar.read_stored(buf);
         };
         let left = sp.size - sp.pos;
-        let want = buf
-            .len()
-            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         if want == 0 {
             return Ok(0);
         }
@@ -639,9 +637,9 @@ impl<R: Read> Archive<R> {
                 _ => pending.long_link = gnu_string(data),
             }
         };
-        let (mut meta, sparse) = self.resolve(&block, pending)?;
-        self.remaining = meta.size;
-        self.pad = padding(meta.size);
+        let (mut meta, stored, sparse) = self.resolve(&block, pending)?;
+        self.remaining = stored;
+        self.pad = padding(stored);
         if let Some(map) = sparse {
             let name = meta.show().into_owned();
             let ctx = || format!("archive entry {name:?}, a GNU sparse file");
@@ -668,12 +666,12 @@ impl<R: Read> Archive<R> {
     /// Follows Go's `Reader.next`: PAX records first (an empty value keeps
     /// the header's field), then a GNU long name or link over them; for a
     /// GNU sparse file, `GNU.sparse.name` and its real size last, and where
-    /// its map is.
+    /// its map is. Also gives the size of the data stored.
     fn resolve(
         &self,
         block: &[u8; BLOCK],
         pending: Pending,
-    ) -> Result<(Meta, Option<SparseMap>)> {
+    ) -> Result<(Meta, u64, Option<SparseMap>)> {
         let h = tar::Header::from_byte_slice(block);
         let header_path = h.path_bytes().into_owned();
         let ctx = || format!("archive entry {:?}", show(&header_path));
@@ -734,9 +732,8 @@ impl<R: Read> Archive<R> {
                 b"uid" => meta.uid = decimal(key, value).with_context(ctx)?,
                 b"gid" => meta.gid = decimal(key, value).with_context(ctx)?,
                 b"mtime" => {
-                    (meta.mtime, meta.mtime_nsec) = parse_pax_time(value).ok_or_else(|| {
-                        anyhow!("{}: bad PAX mtime {:?}", ctx(), show(value))
-                    })?
+                    (meta.mtime, meta.mtime_nsec) = parse_pax_time(value)
+                        .ok_or_else(|| anyhow!("{}: bad PAX mtime {:?}", ctx(), show(value)))?
                 }
                 // hdrcharset (BINARY or UTF-8): names are bytes here anyway.
                 // atime, ctime, uname, gname, comment, vendor records: unused.
@@ -749,6 +746,9 @@ impl<R: Read> Archive<R> {
         if !pending.long_link.is_empty() {
             meta.link = Some(pending.long_link);
         }
+        // The bytes stored in the archive; a sparse file's real size may
+        // be set next.
+        let stored = meta.size;
         let sparse = if kind == EntryType::GNUSparse {
             Some(SparseMap::Old)
         } else {
@@ -773,7 +773,7 @@ impl<R: Read> Archive<R> {
         if meta.path.is_empty() {
             bail!("header #{}: an entry with an empty name", self.headers);
         }
-        Ok((meta, sparse))
+        Ok((meta, stored, sparse))
     }
 
     /// The map of an old GNU sparse file: four fragments in the header,
@@ -880,7 +880,12 @@ impl<R: Read> Archive<R> {
         let mut frags = vec![];
         let mut data = 0u64;
         for (i, (off, len)) in map.into_iter().enumerate() {
-            let bad = |why: &str| anyhow!("fragment #{} (offset {off}, length {len}) of its sparse map {why}", i + 1);
+            let bad = |why: &str| {
+                anyhow!(
+                    "fragment #{} (offset {off}, length {len}) of its sparse map {why}",
+                    i + 1
+                )
+            };
             let (Ok(o), Ok(l)) = (u64::try_from(off), u64::try_from(len)) else {
                 return Err(bad("is negative"));
             };
@@ -1126,5 +1131,236 @@ mod tests {
         // Not a tar: the checksum does not match.
         let err = read_all(&[0x55; 2048]).unwrap_err();
         assert!(format!("{err:#}").contains("checksum"), "{err:#}");
+    }
+
+    /// `sparse.bin`, 3 MiB + 100 bytes (mode 0640): data at 1 MiB and
+    /// (unaligned) past 2 MiB, a hole at the start and at the end; GNU tar
+    /// makes its archive with `args`, `zz` (`next!`) after it. None when
+    /// tar is not installed.
+    fn gnu_sparse_tar(test: &str, args: &[&str]) -> Option<(Vec<u8>, Vec<u8>)> {
+        use std::os::unix::fs::{FileExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.bin");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len((3 << 20) + 100).unwrap();
+        f.write_all_at(&[b'A'; 4096], 1 << 20).unwrap();
+        f.write_all_at(b"BBBBBBBBBB", (2 << 20) + 5).unwrap();
+        drop(f);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::write(dir.path().join("zz"), b"next!").unwrap();
+        let out = match std::process::Command::new("tar")
+            .arg("-C")
+            .arg(dir.path())
+            .args(["--sparse", "-cf", "-"])
+            .args(args)
+            .args(["sparse.bin", "zz"])
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) => {
+                crate::testing::skipped(test, &format!("GNU tar cannot run: {e}"));
+                return None;
+            }
+        };
+        assert!(
+            out.status.success(),
+            "tar {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some((out.stdout, std::fs::read(&path).unwrap()))
+    }
+
+    #[test]
+    fn gnu_sparse_files_read_expanded_as_go_reads_them() {
+        let formats: [&[&str]; 4] = [
+            &["--format=gnu"],
+            &["--format=posix", "--sparse-version=0.0"],
+            &["--format=posix", "--sparse-version=0.1"],
+            &["--format=posix", "--sparse-version=1.0"],
+        ];
+        for args in formats {
+            let Some((tar, want)) = gnu_sparse_tar("gnu_sparse_files_read_expanded", args) else {
+                return;
+            };
+            // Stored sparse: far smaller than the file.
+            assert!(tar.len() < 64 << 10, "{args:?}: {} bytes", tar.len());
+            let got = read_all(&tar).unwrap_or_else(|e| panic!("{args:?}: {e:#}"));
+            assert_eq!(got.len(), 2, "{args:?}");
+            let (meta, data) = &got[0];
+            assert_eq!(meta.path, b"sparse.bin", "{args:?}");
+            assert_eq!(meta.kind, EntryType::Regular, "{args:?}");
+            assert_eq!(meta.size, want.len() as u64, "{args:?}");
+            assert_eq!(meta.mode, 0o640, "{args:?}");
+            assert!(data == &want, "{args:?}: the content differs");
+            assert_eq!(
+                (&got[1].0.path[..], &got[1].1[..]),
+                (&b"zz"[..], &b"next!"[..])
+            );
+            // Skipped unread, the entry after it still comes.
+            let mut ar = Archive::new(&tar[..]);
+            ar.next_entry().unwrap().unwrap();
+            let mut e = ar.next_entry().unwrap().unwrap();
+            let mut data = vec![];
+            e.data.read_to_end(&mut data).unwrap();
+            assert_eq!(
+                (&e.meta.path[..], &data[..]),
+                (&b"zz"[..], &b"next!"[..]),
+                "{args:?}"
+            );
+        }
+    }
+
+    /// A PAX 0.1 sparse entry `s` of real size `size` with `map`, and
+    /// `data` stored.
+    fn pax_sparse(size: u64, numblocks: &str, map: &str, data: &[u8]) -> Vec<u8> {
+        let records = [
+            record("GNU.sparse.size", size.to_string().as_bytes()),
+            record("GNU.sparse.numblocks", numblocks.as_bytes()),
+            record("GNU.sparse.name", b"s"),
+            record("GNU.sparse.map", map.as_bytes()),
+        ]
+        .concat();
+        with_pax(&records, b"GNUSparseFile.0/s", EntryType::Regular, data)
+    }
+
+    #[test]
+    fn bad_sparse_maps_are_refused_naming_the_entry() {
+        let cases: [(&str, &str, &[u8], &str); 8] = [
+            ("2", "0,5,3,5", b"0123456789", "overlaps"),
+            ("2", "10,5,0,5", b"0123456789", "overlaps"),
+            ("1", "98,5", b"01234", "past the real size"),
+            ("1", "-1,5", b"01234", "negative"),
+            ("2", "0,5", b"01234", "numbers for 2 fragments"),
+            ("x", "0,5", b"01234", "numblocks"),
+            ("1", "0,4", b"01234", "archive holds 5"),
+            ("1", "0,6", b"01234", "places 6 bytes"),
+        ];
+        for (n, map, data, want) in cases {
+            let err = read_all(&pax_sparse(100, n, map, data))
+                .err()
+                .unwrap_or_else(|| panic!("{map:?} was accepted"));
+            let msg = format!("{err:#}");
+            assert!(msg.contains(want), "{map:?}: {msg}");
+            assert!(msg.contains("\"s\""), "{map:?}: {msg}");
+        }
+        // 0.0's records out of order.
+        let records = [
+            record("GNU.sparse.size", b"10"),
+            record("GNU.sparse.numblocks", b"1"),
+            record("GNU.sparse.numbytes", b"5"),
+            record("GNU.sparse.offset", b"0"),
+        ]
+        .concat();
+        let err = read_all(&with_pax(&records, b"s00", EntryType::Regular, b"01234")).unwrap_err();
+        assert!(format!("{err:#}").contains("out of order"), "{err:#}");
+        // A sparse map on a symlink.
+        let records = [
+            record("GNU.sparse.map", b""),
+            record("GNU.sparse.major", b"1"),
+            record("GNU.sparse.minor", b"0"),
+        ]
+        .concat();
+        let err = read_all(&with_pax(&records, b"l", EntryType::Symlink, b"")).unwrap_err();
+        assert!(format!("{err:#}").contains("\"l\""), "{err:#}");
+        // An unknown version is a plain file, as Go reads it.
+        let records = [
+            record("GNU.sparse.major", b"2"),
+            record("GNU.sparse.minor", b"0"),
+            record("GNU.sparse.map", b"0,1"),
+        ]
+        .concat();
+        let got = read_all(&with_pax(&records, b"v2", EntryType::Regular, b"raw")).unwrap();
+        assert_eq!(
+            (&got[0].0.path[..], &got[0].1[..]),
+            (&b"v2"[..], &b"raw"[..])
+        );
+    }
+
+    #[test]
+    fn an_eight_gib_hole_streams_as_zeros() {
+        let size = 8u64 << 30;
+        let map = format!("0,5,{},5", size - 5);
+        let tar = pax_sparse(size, "2", &map, b"startend!");
+        // 9 bytes stored for 10 mapped: refused up front.
+        assert!(read_all(&tar).is_err());
+        let tar = pax_sparse(size, "2", &map, b"start-end!");
+        let mut ar = Archive::new(&tar[..]);
+        let mut e = ar.next_entry().unwrap().unwrap();
+        assert_eq!((&e.meta.path[..], e.meta.size), (&b"s"[..], size));
+        let start = std::time::Instant::now();
+        let mut buf = vec![0u8; 1 << 20];
+        let zeros = vec![0u8; 1 << 20];
+        // Every byte that is not zero, with its offset.
+        let (mut total, mut bytes) = (0u64, vec![]);
+        loop {
+            let n = e.data.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            if buf[..n] != zeros[..n] {
+                for (i, &b) in buf[..n].iter().enumerate() {
+                    if b != 0 {
+                        bytes.push((total + i as u64, b));
+                    }
+                }
+            }
+            total += n as u64;
+        }
+        assert_eq!(total, size);
+        let want: Vec<(u64, u8)> = (0..5)
+            .zip(*b"start")
+            .chain((size - 5..size).zip(*b"-end!"))
+            .collect();
+        assert_eq!(bytes, want);
+        drop(e);
+        assert!(ar.next_entry().unwrap().is_none());
+        assert!(start.elapsed().as_secs() < 60, "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn the_last_pax_header_and_long_name_count() {
+        let first = [record("path", b"first"), record("uid", b"7")].concat();
+        let last = record("path", b"last");
+        let bytes = [
+            header(b"PaxHeaders/1", EntryType::XHeader, first.len() as u64),
+            padded(first),
+            header(b"PaxHeaders/2", EntryType::XHeader, last.len() as u64),
+            padded(last.clone()),
+            header(b"f", EntryType::Regular, 1),
+            padded(b"z".to_vec()),
+            vec![0; 1024],
+        ]
+        .concat();
+        let got = read_all(&bytes).unwrap();
+        // The first header's uid went with it.
+        assert_eq!((&got[0].0.path[..], got[0].0.uid), (&b"last"[..], 0));
+        // Two long names: the last; a long name over a PAX path; an empty
+        // long name and an empty PAX path change nothing.
+        let long = |ty, v: &[u8]| {
+            [
+                header(b"././@LongLink", ty, v.len() as u64),
+                padded(v.to_vec()),
+            ]
+            .concat()
+        };
+        let empty_path = record("path", b"");
+        let bytes = [
+            long(EntryType::GNULongName, b"one\0"),
+            long(EntryType::GNULongName, b"two\0"),
+            header(b"PaxHeaders/3", EntryType::XHeader, last.len() as u64),
+            padded(last),
+            long(EntryType::GNULongLink, b"target\0"),
+            header(b"a", EntryType::Symlink, 0),
+            long(EntryType::GNULongName, b"\0"),
+            header(b"PaxHeaders/4", EntryType::XHeader, empty_path.len() as u64),
+            padded(empty_path),
+            header(b"b", EntryType::Regular, 0),
+            vec![0; 1024],
+        ]
+        .concat();
+        let got = read_all(&bytes).unwrap();
+        assert_eq!(got[0].0.path, b"two");
+        assert_eq!(got[0].0.link.as_deref(), Some(&b"target"[..]));
+        assert_eq!(got[1].0.path, b"b");
     }
 }
