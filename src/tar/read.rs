@@ -11,6 +11,20 @@
 //! stream Docker pulled) reads it; anything else is an error naming the
 //! entry, never skipped. Header fields (octal and base-256 numbers, ustar
 //! prefixes) are decoded by tar-rs's `Header`.
+//!
+//! What the metadata headers before an entry mean follows Go's
+//! `Reader.next` (golang/go src/archive/tar/reader.go), the reader dockerd
+//! unpacks layers with: the last PAX header (`x`) counts, each replacing
+//! the records of one before; the last GNU long name and link count, and
+//! win over PAX `path` and `linkpath`; an empty PAX value keeps the
+//! header's field. GNU sparse files (the old GNU format `S`, and PAX
+//! formats 0.0, 0.1 and 1.0, as `readOldGNUSparseMap`,
+//! `readGNUSparsePAXHeaders` and `readGNUSparseMap1x0`/`0x1` find their
+//! maps) come out as regular files of their real size whose data reads
+//! expanded, holes as zeros made as they are read; maps Go's
+//! `validateSparseEntries` refuses, and maps whose fragments do not add up
+//! to the data stored (where Go's sparse reader fails), are errors naming
+//! the entry. A sparse map is held in memory, at most 16 MiB of it.
 
 use std::borrow::Cow;
 use std::io::{self, Read, Seek, SeekFrom};
