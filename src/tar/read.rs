@@ -17,7 +17,8 @@
 //! unpacks layers with: the last PAX header (`x`) counts, each replacing
 //! the records of one before; the last GNU long name and link count, and
 //! win over PAX `path` and `linkpath`; an empty PAX value keeps the
-//! header's field. GNU sparse files (the old GNU format `S`, and PAX
+//! header's field; a global header (`g`), which Go returns as an entry of
+//! its own and dockerd skips, changes no entry. GNU sparse files (the old GNU format `S`, and PAX
 //! formats 0.0, 0.1 and 1.0, as `readOldGNUSparseMap`,
 //! `readGNUSparsePAXHeaders` and `readGNUSparseMap1x0`/`0x1` find their
 //! maps) come out as regular files of their real size whose data reads
@@ -76,8 +77,6 @@ pub struct Archive<R> {
     /// Data of the current entry not read yet, and its padding.
     remaining: u64,
     pad: u64,
-    /// Records of global PAX headers (type `g`), applied to every entry.
-    globals: Vec<(Vec<u8>, Vec<u8>)>,
     /// Headers read so far, for messages.
     headers: u64,
     /// Offset of the next byte of the stream.
@@ -508,7 +507,6 @@ impl<R: Read> Archive<R> {
             skip,
             remaining: 0,
             pad: 0,
-            globals: vec![],
             headers: 0,
             pos: 0,
             done: false,
@@ -631,20 +629,12 @@ impl<R: Read> Archive<R> {
                     })?;
                 }
                 EntryType::XGlobalHeader => {
-                    let records = pax_records(&data)
+                    // Go's reader returns a global header as an entry of
+                    // its own, which dockerd skips: its records change no
+                    // entry, and what came before it is dropped.
+                    pax_records(&data)
                         .with_context(|| format!("{}, a global PAX header", what()))?;
-                    for (k, v) in records {
-                        if matches!(k, b"path" | b"linkpath" | b"size")
-                            || k.starts_with(b"GNU.sparse.")
-                        {
-                            bail!(
-                                "{}: a global PAX header sets {:?} for every entry after it; refusing such an archive",
-                                what(),
-                                show(k)
-                            );
-                        }
-                        self.globals.push((k.to_vec(), v.to_vec()));
-                    }
+                    pending = Pending::default();
                 }
                 // The last of several long names (links) counts.
                 EntryType::GNULongName => pending.long_name = gnu_string(data),
@@ -674,8 +664,8 @@ impl<R: Read> Archive<R> {
         }))
     }
 
-    /// Applies the global records, then the entry's own PAX records and
-    /// GNU long names, over the header's fields.
+    /// Applies the entry's own PAX records and GNU long names over the
+    /// header's fields (global records change nothing, as in Go).
     ///
     /// Follows Go's `Reader.next`: PAX records first (an empty value keeps
     /// the header's field), then a GNU long name or link over them; for a
@@ -716,7 +706,7 @@ impl<R: Read> Archive<R> {
                     .unwrap_or(0),
             );
         }
-        for (key, value) in self.globals.iter().chain(&pending.pax) {
+        for (key, value) in &pending.pax {
             let ctx = || format!("archive entry {:?}", meta.show());
             if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                 // A later record for the same name wins, as in a map.
@@ -1108,16 +1098,45 @@ mod tests {
         .concat();
         let got = read_all(&bytes).unwrap();
         assert_eq!(got[0].1, b"abc");
-        assert_eq!((got[0].0.uid, got[0].0.gid), (5, 4_000_000_000));
+        // Go applies no global record to an entry (dockerd skips the
+        // global header Go returns as an entry of its own).
+        assert_eq!((got[0].0.uid, got[0].0.gid), (0, 4_000_000_000));
         assert_eq!((got[0].0.mtime, got[0].0.mtime_nsec), (-2, 500_000_000));
-        // The local records were for `a` only; the global ones stay.
-        assert_eq!((got[1].0.uid, got[1].0.gid, got[1].0.mtime), (5, 0, 7));
+        // The local records were for `a` only.
+        assert_eq!((got[1].0.uid, got[1].0.gid, got[1].0.mtime), (0, 0, 7));
         assert_eq!(got[1].1, b"z");
-        // A global path would rename everything after it.
+        // A global path renames nothing, and drops the PAX header and
+        // long name before it (Go returns the global header in their
+        // place).
         let global = record("path", b"p");
+        let local = record("path", b"lost");
+        let bytes = [
+            header(b"PaxHeaders/x", EntryType::XHeader, local.len() as u64),
+            padded(local),
+            header(b"././@LongLink", EntryType::GNULongName, 5),
+            padded(b"gone\0".to_vec()),
+            header(b"g", EntryType::XGlobalHeader, global.len() as u64),
+            padded(global),
+            header(b"kept", EntryType::Regular, 0),
+            vec![0; 1024],
+        ]
+        .concat();
+        let got = read_all(&bytes).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0.path, b"kept");
+        // A global header alone is an archive of nothing.
+        let global = record("comment", b"git");
         let bytes = [
             header(b"g", EntryType::XGlobalHeader, global.len() as u64),
             padded(global),
+            vec![0; 1024],
+        ]
+        .concat();
+        assert!(read_all(&bytes).unwrap().is_empty());
+        // Its records are framed as strictly as any.
+        let bytes = [
+            header(b"g", EntryType::XGlobalHeader, 11),
+            padded(b"99 path=x\n".to_vec()),
             vec![0; 1024],
         ]
         .concat();
