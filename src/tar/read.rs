@@ -471,7 +471,7 @@ fn pax_header(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut map: Vec<&[u8]> = vec![];
     for (k, v) in pax_records(data)? {
         if matches!(k, b"GNU.sparse.offset" | b"GNU.sparse.numbytes") {
-            let want: &[u8] = if map.len() % 2 == 0 {
+            let want: &[u8] = if map.len().is_multiple_of(2) {
                 b"GNU.sparse.offset"
             } else {
                 b"GNU.sparse.numbytes"
