@@ -1,5 +1,5 @@
 //! Tar streams: the strict reader (PAX records framed by their length, GNU
-//! long names, global headers) that every tar the tool takes in goes
+//! long names, global headers, GNU sparse files) that every tar the tool takes in goes
 //! through, and the PAX writer of the tars it makes.
 
 mod read;

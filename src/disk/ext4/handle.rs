@@ -414,6 +414,89 @@ mod tests {
         v
     }
 
+    /// A header block of `ty` with `mode`, `size` and `link`.
+    fn raw_header(name: &str, ty: tar::EntryType, mode: u32, size: u64, link: &str) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_entry_type(ty);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_mtime(1_700_000_000);
+        if !link.is_empty() {
+            h.set_link_name(link).unwrap();
+        }
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    fn padded(mut v: Vec<u8>) -> Vec<u8> {
+        v.resize(v.len().div_ceil(512) * 512, 0);
+        v
+    }
+
+    #[test]
+    fn symlinks_are_0777_and_sparse_files_are_written_expanded() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(root) = fresh(dir.path()) else {
+            return;
+        };
+        // A PAX 0.1 sparse file: 3 bytes at 10 000, 2 at 70 000, a hole
+        // to 100 000.
+        let records: Vec<u8> = [
+            "GNU.sparse.size=100000",
+            "GNU.sparse.numblocks=2",
+            "GNU.sparse.name=dir/sparse",
+            "GNU.sparse.map=10000,3,70000,2",
+        ]
+        .iter()
+        .flat_map(|r| {
+            // Two digits of length, a space and a newline.
+            let len = r.len() + 4;
+            format!("{len} {r}\n").into_bytes()
+        })
+        .collect();
+        let tar = [
+            raw_header("l0", tar::EntryType::Symlink, 0, 0, "target"),
+            raw_header("l1", tar::EntryType::Symlink, 0o640, 0, "other"),
+            raw_header(
+                "PaxHeaders/s",
+                tar::EntryType::XHeader,
+                0o644,
+                records.len() as u64,
+                "",
+            ),
+            padded(records),
+            raw_header(
+                "GNUSparseFile.1/sparse",
+                tar::EntryType::Regular,
+                0o600,
+                5,
+                "",
+            ),
+            padded(b"abcde".to_vec()),
+            vec![0; 1024],
+        ]
+        .concat();
+        let mut fs = root.open_write(None).unwrap();
+        fs.write_tar(b"/", &tar[..], None).unwrap();
+        fs.close().unwrap();
+        assert_clean(&root);
+        let fs = root.open_read().unwrap();
+        for (l, target) in [(&b"/l0"[..], "target"), (b"/l1", "other")] {
+            let st = fs.stat(l).unwrap().unwrap();
+            assert_eq!(
+                (st.kind, st.mode, st.size),
+                (Kind::Symlink, 0o777, target.len() as u64)
+            );
+        }
+        let st = fs.stat(b"/dir/sparse").unwrap().unwrap();
+        assert_eq!((st.kind, st.mode, st.size), (Kind::File, 0o600, 100_000));
+        let mut want = vec![0u8; 100_000];
+        want[10_000..10_003].copy_from_slice(b"abc");
+        want[70_000..70_002].copy_from_slice(b"de");
+        assert!(fs.read_all(b"/dir/sparse").unwrap() == want);
+    }
+
     #[test]
     fn reads_through_a_writing_handle_see_its_writes() {
         let dir = tempfile::tempdir().unwrap();

@@ -672,8 +672,11 @@ impl<'a> TreeWriter<'a> {
                         self.fs.block_size() - 1
                     );
                 }
+                // A symlink's permission bits are always 0777, as the
+                // kernel (so dockerd) makes them, whatever the archive's
+                // header says (0 in some).
                 let attr = Attr {
-                    mode: attr.mode | 0o120000,
+                    mode: 0o120777,
                     ..attr
                 };
                 self.stats.symlinks += 1;

@@ -322,8 +322,11 @@ impl<W: Write> Splitter<W> {
             name = long_name;
         }
         if h.flag == b'S' || pax.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) {
+            // Go's reader gives it the real size and the expanded content:
+            // a tar-split of those could not rebuild the layer's bytes.
+            let name = record(&pax, b"GNU.sparse.name").map_or(name, <[u8]>::to_vec);
             bail!(
-                "{:?} is a GNU sparse file, which Docker cannot store as it was in the layer",
+                "{:?} is a GNU sparse file, which Docker cannot store as it was in the layer (tar-split would record its expanded size and content, not the sparse bytes of the layer); make the layer without --sparse",
                 show(&name)
             );
         }

@@ -368,6 +368,107 @@ fn splitter_refuses_what_docker_refuses() {
     assert!(s.feed(&[0; 512]).is_err());
 }
 
+/// A PAX record `key=value`, framed by its length.
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while (len.to_string().len() + body.len()) != len {
+        len = len.to_string().len() + body.len();
+    }
+    format!("{len}{body}").into_bytes()
+}
+
+fn raw_header(name: &str, ty: tar::EntryType, size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name).unwrap();
+    h.set_entry_type(ty);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+fn padded(mut v: Vec<u8>) -> Vec<u8> {
+    v.resize(v.len().div_ceil(512) * 512, 0);
+    v
+}
+
+#[test]
+fn splitter_takes_the_last_pax_header_as_go_does() {
+    let first = [pax_record("path", "first"), pax_record("size", "9")].concat();
+    let last = pax_record("path", "last");
+    let tar = [
+        raw_header("PaxHeaders/1", tar::EntryType::XHeader, first.len() as u64),
+        padded(first),
+        raw_header("PaxHeaders/2", tar::EntryType::XHeader, last.len() as u64),
+        padded(last),
+        raw_header("header-name", tar::EntryType::Regular, 3),
+        padded(b"abc".to_vec()),
+        vec![0; 1024],
+    ]
+    .concat();
+    let entries = decode(&encode_tar(&tar[..]).unwrap());
+    // The first header's size went with it: 3 bytes, as the header says.
+    assert_eq!(names(&entries), vec![b"last".to_vec()]);
+    assert!(entries
+        .iter()
+        .any(|e| matches!(e, Entry::File { size: 3, .. })));
+    assert_eq!(reassemble(&entries, &|_| b"abc".to_vec()), tar);
+    // The reader gives the same entry.
+    let mut ar = crate::tar::Archive::new(&tar[..]);
+    let e = ar.next_entry().unwrap().unwrap();
+    assert_eq!((&e.meta.path[..], e.meta.size), (&b"last"[..], 3));
+}
+
+#[test]
+fn splitter_refuses_gnu_sparse_files_of_every_format() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let f = std::fs::File::create(dir.path().join("holes")).unwrap();
+    f.set_len(1 << 20).unwrap();
+    f.write_all_at(b"data", 600_000).unwrap();
+    drop(f);
+    let formats: [&[&str]; 4] = [
+        &["--format=gnu"],
+        &["--format=posix", "--sparse-version=0.0"],
+        &["--format=posix", "--sparse-version=0.1"],
+        &["--format=posix", "--sparse-version=1.0"],
+    ];
+    for args in formats {
+        let out = match std::process::Command::new("tar")
+            .arg("-C")
+            .arg(dir.path())
+            .args(["--sparse", "-cf", "-"])
+            .args(args)
+            .arg("holes")
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) => {
+                crate::testing::skipped(
+                    "splitter_refuses_gnu_sparse_files_of_every_format",
+                    &format!("GNU tar cannot run: {e}"),
+                );
+                return;
+            }
+        };
+        assert!(out.status.success(), "{args:?}");
+        let e = format!("{:#}", encode_tar(&out.stdout[..]).unwrap_err());
+        assert!(
+            e.contains("\"holes\" is a GNU sparse file"),
+            "{args:?}: {e}"
+        );
+        // The reader takes the same stream, expanded.
+        let mut ar = crate::tar::Archive::new(&out.stdout[..]);
+        let e = ar.next_entry().unwrap().unwrap();
+        assert_eq!(
+            (&e.meta.path[..], e.meta.size),
+            (&b"holes"[..], 1 << 20),
+            "{args:?}"
+        );
+    }
+}
+
 #[test]
 fn decoder_refuses_damaged_metadata() {
     let (tar, _) = every_kind();
