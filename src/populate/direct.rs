@@ -303,7 +303,8 @@ async fn write(
             move |w| write_from_cache(&images, &cache, stamp, made, w),
             |r| {
                 let label = labeler.as_mut().map(|l| l as &mut dyn ext4::Transform);
-                fs.write_tar(target.as_bytes(), r, label)
+                // A layer's hard links as dockerd applies them.
+                fs.write_tar_with(target.as_bytes(), r, label, ext4::HardLinks::ApplyToInode)
             },
         )
         .with_context(|| format!("writing the store {target} into ROOT"));

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ffi::Filsys;
 use super::read::{self, View};
-use super::writer::{self, EntryKind, EntryMeta, Stats, Transform, TreeWriter};
+use super::writer::{self, EntryKind, EntryMeta, HardLinks, Stats, Transform, TreeWriter};
 use super::{untar, FsSummary, Root};
 use crate::fsread::{FsRead, Stat};
 use crate::tar::Attrs;
@@ -251,11 +251,24 @@ impl Fs {
         &mut self,
         target: &[u8],
         input: impl Read,
+        transform: Option<&mut dyn Transform>,
+    ) -> Result<Stats> {
+        self.write_tar_with(target, input, transform, HardLinks::KeepTarget)
+    }
+
+    /// [`Self::write_tar`], with `links` saying what hard link entries'
+    /// attributes do.
+    pub fn write_tar_with(
+        &mut self,
+        target: &[u8],
+        input: impl Read,
         mut transform: Option<&mut dyn Transform>,
+        links: HardLinks,
     ) -> Result<Stats> {
         self.require_write()?;
         let written = {
             let mut w = TreeWriter::new(open_mut(&mut self.raw), self.cancel.as_ref());
+            w.hard_links(links);
             let mut made = |p: &[u8]| transform.as_deref_mut().map_or(vec![], |t| t.made_dir(p));
             w.set_target(target, &mut made)
                 .and_then(|()| untar::write_tar(input, &mut w, transform))

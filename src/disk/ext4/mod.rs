@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub use estimate::{Estimator, Item, Need};
 pub use handle::{Fs, Mode};
 pub use untar::{estimate_tar, estimate_tar_file};
-pub use writer::{EntryKind, EntryMeta, Keep, Stats, Transform};
+pub use writer::{EntryKind, EntryMeta, HardLinks, Keep, Stats, Transform};
 
 /// Where a filesystem lies: an image file and the byte offset of the
 /// filesystem's first byte in it.

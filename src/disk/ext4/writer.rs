@@ -153,6 +153,19 @@ pub struct TreeWriter<'a> {
     buf: Vec<u8>,
     stats: Stats,
     cancel: Option<&'a CancellationToken>,
+    links: HardLinks,
+}
+
+/// What a hard link entry's own owner, permissions, time and xattrs do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HardLinks {
+    /// Nothing: the inode keeps its file's (GNU tar, and exports, whose
+    /// links carry their inode's anyway).
+    #[default]
+    KeepTarget,
+    /// They become the shared inode's, as dockerd's untar (Go's
+    /// go-archive) applies them to the path it linked: a layer's.
+    ApplyToInode,
 }
 
 fn name_hash(name: &[u8]) -> u64 {
@@ -233,7 +246,14 @@ impl<'a> TreeWriter<'a> {
             buf: Vec::new(),
             stats: Stats::default(),
             cancel,
+            links: HardLinks::default(),
         }
+    }
+
+    /// What hard link entries' attributes do (default
+    /// [`HardLinks::KeepTarget`]).
+    pub fn hard_links(&mut self, links: HardLinks) {
+        self.links = links;
     }
 
     /// Makes `target` (an absolute path inside the filesystem, created like
@@ -594,9 +614,12 @@ impl<'a> TreeWriter<'a> {
                     show(&tpath)
                 );
             }
-            // The link's owner, permissions, time and xattrs are the
-            // shared inode's, as dockerd's untar (Go) applies them.
+            // The link's owner, permissions, time and xattrs, as
+            // `self.links` says.
             let apply = |w: &mut Self| -> Result<()> {
+                if w.links == HardLinks::KeepTarget {
+                    return Ok(());
+                }
                 w.fs.set_attr(tino, &attr).map_err(|e| {
                     anyhow!(
                         "updating {:?} through hard link {:?}: {e}",
