@@ -286,39 +286,35 @@ impl Summary {
         let p = &s.seconds;
         for st in &s.stores {
             let pulled = &st.pulled;
-            if st.export_via == ExportVia::Direct {
-                eprintln!(
-                    "store: {} ({}): {} image(s), {} layers, {} entries, {} written, straight from the registries (--engine direct, blobs in the blob cache)",
-                    st.store,
-                    st.root,
-                    st.images,
-                    st.layers,
-                    st.entries_written,
-                    HumanBytes(st.bytes_written),
-                );
-                continue;
-            }
+            let how = match st.export_via {
+                ExportVia::Direct => {
+                    "straight from the registries (--engine direct, blobs in the blob cache)"
+                        .to_string()
+                }
+                via => format!(
+                    "pulled {} ({} used), exported via {}",
+                    match (pulled.kind, pulled.fell_back_to_disk) {
+                        (StoreLocation::Memory, _) => "in memory",
+                        (StoreLocation::Cache, _) => "in the cache",
+                        (StoreLocation::BlobCache, _) => "into the blob cache",
+                        (_, true) => "on disk, after outgrowing memory",
+                        _ => "on disk",
+                    },
+                    HumanBytes(pulled.used_bytes),
+                    match via {
+                        ExportVia::Socket => "socket",
+                        _ => "attach stream",
+                    }
+                ),
+            };
             eprintln!(
-                "store: {} ({}): {} image(s), {} layers, {} entries, {} written, pulled {} ({} used), exported via {}",
+                "store: {} ({}): {} image(s), {} layers, {} entries, {} written, {how}",
                 st.store,
                 st.root,
                 st.images,
                 st.layers,
                 st.entries_written,
                 HumanBytes(st.bytes_written),
-                match (pulled.kind, pulled.fell_back_to_disk) {
-                    (StoreLocation::Memory, _) => "in memory",
-                    (StoreLocation::Cache, _) => "in the cache",
-                    (StoreLocation::BlobCache, _) => "into the blob cache",
-                    (_, true) => "on disk, after outgrowing memory",
-                    _ => "on disk",
-                },
-                HumanBytes(pulled.used_bytes),
-                match st.export_via {
-                    ExportVia::Socket => "socket",
-                    ExportVia::Attach => "attach stream",
-                    ExportVia::Direct => "none",
-                }
             );
         }
         eprintln!(

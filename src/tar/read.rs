@@ -335,7 +335,7 @@ fn go_int(s: &[u8]) -> Option<i64> {
 
 /// Go's `parseNumeric` of a header field: base-256 when the high bit is
 /// set, else octal between NULs and spaces (empty is 0).
-fn go_numeric(b: &[u8]) -> Option<i64> {
+pub fn go_numeric(b: &[u8]) -> Option<i64> {
     if b.first().is_some_and(|&c| c & 0x80 != 0) {
         let inv = if b[0] & 0x40 != 0 { 0xff } else { 0 };
         let mut x: u64 = 0;
@@ -354,6 +354,12 @@ fn go_numeric(b: &[u8]) -> Option<i64> {
         }
         return Some(if inv == 0xff { !(x as i64) } else { x as i64 });
     }
+    go_octal(b)
+}
+
+/// Go's `parseOctal`: the digits between leading and trailing NULs and
+/// spaces, up to a NUL (empty is 0).
+pub fn go_octal(b: &[u8]) -> Option<i64> {
     let Some(start) = b.iter().position(|&c| c != b' ' && c != 0) else {
         return Some(0);
     };

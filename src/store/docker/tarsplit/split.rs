@@ -8,6 +8,7 @@ use std::io::Write;
 use anyhow::{anyhow, bail, Result};
 
 use super::{Crc64, Encoder};
+use crate::tar::{go_numeric, go_octal};
 
 const BLOCK: usize = 512;
 /// Go's `maxSpecialFileSize`: the largest PAX header or GNU long name the
@@ -437,46 +438,6 @@ fn c_string(b: &[u8]) -> &[u8] {
 
 fn show(b: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(b)
-}
-
-/// Go's `parseNumeric`: base-256 when the high bit is set, else octal.
-fn go_numeric(b: &[u8]) -> Option<i64> {
-    if b.first().is_some_and(|&c| c & 0x80 != 0) {
-        let inv = if b[0] & 0x40 != 0 { 0xff } else { 0 };
-        let mut x: u64 = 0;
-        for (i, &c) in b.iter().enumerate() {
-            let mut c = c ^ inv;
-            if i == 0 {
-                c &= 0x7f;
-            }
-            if x >> 56 > 0 {
-                return None;
-            }
-            x = x << 8 | c as u64;
-        }
-        if x >> 63 > 0 {
-            return None;
-        }
-        return Some(if inv == 0xff { !(x as i64) } else { x as i64 });
-    }
-    go_octal(b)
-}
-
-/// Go's `parseOctal`: spaces and NULs around it trimmed, empty is 0.
-fn go_octal(b: &[u8]) -> Option<i64> {
-    let Some(start) = b.iter().position(|&c| c != b' ' && c != 0) else {
-        return Some(0);
-    };
-    let end = b.iter().rposition(|&c| c != b' ' && c != 0)? + 1;
-    let digits = c_string(&b[start..end]);
-    let mut x: u64 = 0;
-    for &c in digits {
-        if !(b'0'..=b'7').contains(&c) {
-            return None;
-        }
-        x = x.checked_mul(8)?.checked_add((c - b'0') as u64)?;
-    }
-    Some(x as i64)
 }
 
 /// Go's `strconv.ParseInt(s, 10, 64)`.
