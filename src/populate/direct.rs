@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::disk::ext4::{self, Need};
 use crate::disk::{self, Prepared, ROOT_NAME};
 use crate::platform::Platform;
+use crate::progress::{Bar, ReadProgress};
 use crate::registry::{BlobCache, Client, Resolved};
 use crate::source::{ImageRef, Listed, Source};
 use crate::store::docker::write::{write_store, ImageIn, StoreOut};
@@ -140,8 +141,9 @@ async fn resolve_all(
     }
 }
 
-/// Fetches every layer blob not in the cache once, at most `jobs` at once;
-/// returns the digests fetched.
+/// Fetches every layer blob not in the cache once, at most `jobs` at once,
+/// one progress line per image (its layers' bytes); returns the digests
+/// fetched.
 async fn fetch_all(
     client: &Client,
     cache: &BlobCache,
@@ -151,24 +153,32 @@ async fn fetch_all(
 ) -> Result<BTreeSet<String>> {
     let mut seen = BTreeSet::new();
     let mut wanted = vec![];
-    for g in got {
+    for (i, g) in got.iter().enumerate() {
         for b in &g.resolved.layers {
             if seen.insert(b.digest.clone()) && !cache.contains(&b.digest) {
-                wanted.push((g, b));
+                wanted.push((i, g, b));
             }
         }
     }
-    let total: u64 = wanted.iter().map(|(_, b)| b.size).sum();
-    let bar = std::sync::Mutex::new(crate::progress::Bar::bytes("fetching layers", Some(total)));
+    let names: Vec<String> = got.iter().map(|g| g.listed.source.to_string()).collect();
+    let pulls = std::sync::Mutex::new(crate::progress::Pulls::new(&names));
+    let progress = |i: usize, digest: &str, current: u64, total: u64| {
+        let short = digest
+            .trim_start_matches("sha256:")
+            .get(..12)
+            .unwrap_or(digest);
+        let mut p = pulls.lock().unwrap_or_else(|e| e.into_inner());
+        p.layer(i, short, current, total);
+    };
     let fetching = futures_util::stream::iter(wanted)
-        .map(|(g, b)| {
-            let bar = &bar;
+        .map(|(i, g, b)| {
+            let progress = &progress;
             async move {
+                let report = |n: u64| progress(i, &b.digest, n, b.size);
                 cache
-                    .get(client, &g.r, b)
+                    .get_reporting(client, &g.r, b, &report)
                     .await
                     .with_context(|| format!("fetching layer {} of {}", b.digest, g.r))?;
-                bar.lock().unwrap_or_else(|e| e.into_inner()).inc(b.size);
                 Ok::<_, anyhow::Error>(b.digest.clone())
             }
         })
@@ -178,7 +188,10 @@ async fn fetch_all(
         Some(f) => f.into_iter().collect::<Result<BTreeSet<_>>>()?,
         None => bail!("interrupted"),
     };
-    bar.into_inner().unwrap_or_else(|e| e.into_inner()).finish();
+    let mut p = pulls.into_inner().unwrap_or_else(|e| e.into_inner());
+    for (i, g) in got.iter().enumerate() {
+        p.done(i, &g.resolved.config_digest, &g.platform.to_string());
+    }
     Ok(fetched)
 }
 
@@ -302,6 +315,7 @@ async fn write(
         let written = piped(
             move |w| write_from_cache(&images, &cache, stamp, made, w),
             |r| {
+                let r = ReadProgress::new(r, Bar::bytes("writing the store", None));
                 let label = labeler.as_mut().map(|l| l as &mut dyn ext4::Transform);
                 // A layer's hard links as dockerd applies them.
                 fs.write_tar_with(target.as_bytes(), r, label, ext4::HardLinks::ApplyToInode)

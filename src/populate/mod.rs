@@ -17,7 +17,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::Engine;
@@ -47,8 +47,12 @@ use report::{Clock, Phase, StoreReport};
 /// it created (unless --keep-dind).
 pub async fn run(cfg: &PopulateConfig, cancel: CancellationToken) -> Result<Summary> {
     let start = Instant::now();
-    if cfg.engine == EngineChoice::Direct {
-        direct::check_scope(cfg)?;
+    match cfg.engine {
+        EngineChoice::Direct => direct::check_scope(cfg)?,
+        EngineChoice::Dind if cfg.blob_cache.is_some() => bail!(
+            "--blob-cache is the blob cache of --engine direct; with --engine dind, --cache NAME keeps the build container's store between runs"
+        ),
+        EngineChoice::Dind => {}
     }
     // Local inputs first: a wrong path, list, credential or certificate
     // fails before any engine is contacted.

@@ -65,6 +65,17 @@ impl BlobCache {
 
     /// The blob's path in the cache, fetched with the client when missing.
     pub async fn get(&self, client: &Client, r: &ImageRef, blob: &Blob) -> Result<PathBuf> {
+        self.get_reporting(client, r, blob, &|_| {}).await
+    }
+
+    /// [`Self::get`], telling `fetched` the bytes fetched so far.
+    pub async fn get_reporting(
+        &self,
+        client: &Client,
+        r: &ImageRef,
+        blob: &Blob,
+        fetched: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<PathBuf> {
         if !is_sha256_digest(&blob.digest) {
             return Err(RegistryError::new(
                 ErrorKind::InvalidManifest,
@@ -82,7 +93,7 @@ impl BlobCache {
         if self.usable(&path, blob).await? {
             return Ok(path);
         }
-        self.fetch(client, r, blob, &path).await?;
+        self.fetch(client, r, blob, &path, fetched).await?;
         lock(&self.verified).insert(blob.digest.clone());
         Ok(path)
     }
@@ -128,7 +139,14 @@ impl BlobCache {
         }
     }
 
-    async fn fetch(&self, client: &Client, r: &ImageRef, blob: &Blob, path: &Path) -> Result<()> {
+    async fn fetch(
+        &self,
+        client: &Client,
+        r: &ImageRef,
+        blob: &Blob,
+        path: &Path,
+        fetched: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<()> {
         let mut reader = client.blob(r, blob).await?;
         let tmp = tempfile::Builder::new()
             .prefix(".tmp-")
@@ -136,6 +154,7 @@ impl BlobCache {
             .with_context(|| format!("creating a temporary file in {}", self.blobs.display()))?;
         let mut file = tmp.as_file();
         let mut buf = vec![0u8; 256 << 10];
+        let mut so_far = 0u64;
         loop {
             // The reader checks size and digest: it ends cleanly only when
             // they match.
@@ -148,6 +167,8 @@ impl BlobCache {
             }
             file.write_all(&buf[..n])
                 .with_context(|| format!("writing {}", tmp.path().display()))?;
+            so_far += n as u64;
+            fetched(so_far);
         }
         file.sync_all()
             .with_context(|| format!("writing {}", tmp.path().display()))?;

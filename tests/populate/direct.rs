@@ -403,3 +403,57 @@ fn direct_engine_refuses_hostile_registries() {
         );
     }
 }
+
+/// What --engine direct does not take yet is refused before anything is
+/// contacted or written, naming --engine dind; --blob-cache is refused
+/// with the build container. No Docker needed.
+#[test]
+fn direct_engine_refuses_what_it_cannot_do_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk_copy(&[], dir.path());
+    let before = file_digest(&disk);
+    let out = dir.path().join("out.bin");
+    let archive = dir.path().join("image.tar");
+    fs::write(&archive, b"").unwrap();
+    let (d, o) = (disk.to_str().unwrap(), out.to_str().unwrap());
+    let docker_archive = format!("docker-archive:{}", archive.display());
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "--containerd-image",
+                "127.0.0.1:1/x:1",
+                "--sandbox-image",
+                "none",
+            ],
+            "--engine dind",
+        ),
+        (&[&docker_archive], "--engine dind"),
+        (&["127.0.0.1:1/x:1", "--merge"], "--engine dind"),
+        (&["127.0.0.1:1/x:1", "--cache", "c"], "--blob-cache"),
+        (
+            &[
+                "127.0.0.1:1/x:1",
+                "--engine",
+                "dind",
+                "--blob-cache",
+                "/nonexistent",
+            ],
+            "--engine direct",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut cmd = Command::new(bin());
+        cmd.args(["populate", d, "-o", o])
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+        if !args.contains(&"dind") {
+            cmd.args(["--engine", "direct"]);
+        }
+        let r = cmd.args(args).output().unwrap();
+        assert_clean_failure_but_left(&r, &disk, before, &out, want);
+        assert!(
+            !stderr(&r).contains("nonexistent/docker.sock"),
+            "{args:?}: the engine was contacted:\n{}",
+            stderr(&r)
+        );
+    }
+}
