@@ -136,12 +136,38 @@ fn zstd_fixture() -> &'static str {
     static F: OnceLock<String> = OnceLock::new();
     F.get_or_init(|| {
         let repo = "fp/zstd";
-        let tar = layer(&[
+        // A long name as GNU tar writes it (an `L` entry) and one as PAX
+        // writers do (a `path` record), a hole of zeros, an empty file.
+        let gnu_long = format!("z/{}", "g".repeat(150));
+        let mut zeros = vec![0u8; 1 << 20];
+        zeros[..4].copy_from_slice(b"head");
+        let mut tar = layer(&[
             L::Dir("z"),
             L::File("z/empty", b"", 0o600),
             L::File("z/data", &b"zstd layer ".repeat(1000), 0o644),
+            L::File("z/zeros", &zeros, 0o644),
             L::Sym("z/link", "data"),
+            L::File(&gnu_long, b"gnu", 0o644),
         ]);
+        {
+            // The layer ends in two zero blocks: the PAX entry goes before
+            // them.
+            tar.truncate(tar.len() - 1024);
+            let mut b = tar::Builder::new(std::mem::take(&mut tar));
+            let pax_long = format!("z/{}", "p".repeat(200));
+            b.append_pax_extensions([("path", pax_long.as_bytes())]).unwrap();
+            let mut h = tar::Header::new_ustar();
+            h.as_ustar_mut().unwrap().name[..7].copy_from_slice(b"z/short");
+            h.set_mode(0o640);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            h.set_size(3);
+            h.set_cksum();
+            b.append(&h, &b"pax"[..]).unwrap();
+            // into_inner ends the archive again.
+            tar = b.into_inner().unwrap();
+        }
         let zst = zstd::encode_all(&tar[..], 3).unwrap();
         let config = serde_json::to_vec(&serde_json::json!({
             "architecture": "amd64", "os": "linux",
