@@ -176,7 +176,7 @@ async fn fetch_all(
             async move {
                 let report = |n: u64| progress(i, &b.digest, n, b.size);
                 cache
-                    .get_reporting(client, &g.r, b, &report)
+                    .get(client, &g.r, b, &report)
                     .await
                     .with_context(|| format!("fetching layer {} of {}", b.digest, g.r))?;
                 Ok::<_, anyhow::Error>(b.digest.clone())

@@ -64,12 +64,8 @@ impl BlobCache {
     }
 
     /// The blob's path in the cache, fetched with the client when missing.
-    pub async fn get(&self, client: &Client, r: &ImageRef, blob: &Blob) -> Result<PathBuf> {
-        self.get_reporting(client, r, blob, &|_| {}).await
-    }
-
-    /// [`Self::get`], telling `fetched` the bytes fetched so far.
-    pub async fn get_reporting(
+    /// `fetched` is told the bytes fetched so far.
+    pub async fn get(
         &self,
         client: &Client,
         r: &ImageRef,

@@ -414,7 +414,7 @@ pub mod hooks {
             let res = client.resolve(&r, &platform).await?;
             let mut layers = vec![];
             for l in &res.layers {
-                layers.push((l.digest.clone(), cache.get(&client, &r, l).await?));
+                layers.push((l.digest.clone(), cache.get(&client, &r, l, &|_| {}).await?));
             }
             Ok(Pulled {
                 digest: res.digest,

@@ -617,7 +617,10 @@ fn cache_fetches_once_and_refetches_a_corrupt_blob() {
         let dir = tempfile::tempdir().unwrap();
         let cache = BlobCache::open(dir.path()).unwrap();
         assert!(dir.path().join("oci-layout").is_file());
-        let (a, b) = tokio::join!(cache.get(&c, &r, layer), cache.get(&c, &r, layer));
+        let (a, b) = tokio::join!(
+            cache.get(&c, &r, layer, &|_| {}),
+            cache.get(&c, &r, layer, &|_| {})
+        );
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a, b);
         assert_eq!(
@@ -639,11 +642,11 @@ fn cache_fetches_once_and_refetches_a_corrupt_blob() {
         bytes[1000] ^= 0xff;
         std::fs::write(&a, &bytes).unwrap();
         let cache = BlobCache::open(dir.path()).unwrap();
-        let p = cache.get(&c, &r, layer).await.unwrap();
+        let p = cache.get(&c, &r, layer, &|_| {}).await.unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), img.blobs[&layer.digest]);
         assert_eq!(fake.count(&blob_path), 2);
         // Checked once per run: no refetch now.
-        cache.get(&c, &r, layer).await.unwrap();
+        cache.get(&c, &r, layer, &|_| {}).await.unwrap();
         assert_eq!(fake.count(&blob_path), 2);
     });
 }
