@@ -266,7 +266,7 @@ run_tool() {
         | map(. * 100 | round / 100 | tostring) | join(" ")' "$json") ||
         die "no seconds in the tool's JSON ($json)"
     read -r phase_pull phase_stop phase_measure phase_copy phase_export <<<"$phase_line"
-    store_kind=$(jq -er '.store.kind' "$json") || die "no store in the tool's JSON ($json)"
+    store_kind=$(jq -er '.stores[0].kind' "$json") || die "no store in the tool's JSON ($json)"
     tool_entries=$(jq -er '.entries_written' "$json")
     tool_bytes=$(jq -er '.bytes_written' "$json")
     tool_kib=$(tail -n 1 -- "$timef")

@@ -587,7 +587,7 @@ bench_populate() {
         verified=$(jq -er '.verified.layers // "no"' "$json")
         check=ok
         ((images == IMAGES + 2)) || check="images-$images!=$((IMAGES + 2))"
-        kind=$(jq -er '.store.kind' "$json")
+        kind=$(jq -er '.stores[0].kind' "$json")
         [[ $verified != no ]] || check="not-verified"
         read -r toff _ < <(root_geometry "$out") || die "cannot read partition 9 of $out"
         fsck_files "$out" "$toff" >/dev/null || check=fsck-FAIL
