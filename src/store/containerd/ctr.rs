@@ -331,7 +331,6 @@ pub fn serve(socket: &str, op: StoreOp, opts: &StoreOptions) -> Result<()> {
             socket,
             namespace: &opts.namespace,
             refs: p.parsed_refs()?,
-            jobs: p.jobs,
             platform: p.platform,
             allow_platform_mismatch: p.allow_platform_mismatch,
             pin: opts.pin,
@@ -387,7 +386,6 @@ pub struct PullRequest<'a> {
     pub socket: &'a str,
     pub namespace: &'a str,
     pub refs: Vec<ImageRef>,
-    pub jobs: usize,
     pub platform: Platform,
     pub allow_platform_mismatch: bool,
     pub pin: bool,
@@ -397,8 +395,15 @@ pub struct PullRequest<'a> {
     pub secrets: PullSecrets,
 }
 
-/// Pulls every reference (at most `jobs` at once), each reported as an
-/// event; then reports that every registry answered. Fails when any did.
+/// Pulls every reference, one after the other, each reported as an event;
+/// then reports that every registry answered. Fails when any did.
+///
+/// One at a time, whatever `--jobs` says: two pulls unpacking a layer they
+/// share race for its snapshot, and containerd (1.7.24 here) then keeps a
+/// stray one no image reaches, which the target's GC removes at first
+/// boot (by hand, two images sharing their base layer: 2 stores in 8 had
+/// a fourth snapshot with 6 pulls at once, none in 8 one at a time, whose
+/// snapshot IDs were also the same every time).
 pub fn pull(req: &PullRequest<'_>) -> Result<()> {
     let ctr = Ctr {
         socket: req.socket,
@@ -407,19 +412,17 @@ pub fn pull(req: &PullRequest<'_>) -> Result<()> {
     let next = AtomicUsize::new(0);
     let failed = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        for _ in 0..req.jobs.clamp(1, req.refs.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(r) = req.refs.get(i) else { break };
-                match pull_one(&ctr, req, r, i) {
-                    Ok(got) => emit(&Event::Done { image: i, got }),
-                    Err(e) => {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                        emit_failed(i, &e);
-                    }
+        s.spawn(|| loop {
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            let Some(r) = req.refs.get(i) else { break };
+            match pull_one(&ctr, req, r, i) {
+                Ok(got) => emit(&Event::Done { image: i, got }),
+                Err(e) => {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    emit_failed(i, &e);
                 }
-            });
-        }
+            }
+        });
     });
     if failed.load(Ordering::SeqCst) > 0 {
         bail!("some pulls failed");
