@@ -5,5 +5,5 @@
 mod read;
 mod write;
 
-pub use read::{go_numeric, go_octal, Archive, Entry, EntryType, Meta};
+pub use read::{go_int, go_numeric, go_octal, Archive, Entry, EntryType, Meta};
 pub use write::{Attrs, Device, Writer};

@@ -324,7 +324,7 @@ fn gnu_string(data: Vec<u8>) -> Vec<u8> {
 }
 
 /// Go's `strconv.ParseInt(s, 10, 64)`: an optional sign, then digits.
-fn go_int(s: &[u8]) -> Option<i64> {
+pub fn go_int(s: &[u8]) -> Option<i64> {
     let s = std::str::from_utf8(s).ok()?;
     let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
     if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {

@@ -8,7 +8,7 @@ use std::io::Write;
 use anyhow::{anyhow, bail, Result};
 
 use super::{Crc64, Encoder};
-use crate::tar::{go_numeric, go_octal};
+use crate::tar::{go_int, go_numeric, go_octal};
 
 const BLOCK: usize = 512;
 /// Go's `maxSpecialFileSize`: the largest PAX header or GNU long name the
@@ -438,16 +438,6 @@ fn c_string(b: &[u8]) -> &[u8] {
 
 fn show(b: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(b)
-}
-
-/// Go's `strconv.ParseInt(s, 10, 64)`.
-fn go_int(s: &[u8]) -> Option<i64> {
-    let s = std::str::from_utf8(s).ok()?;
-    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    s.strip_prefix('+').unwrap_or(s).parse().ok()
 }
 
 /// The records of a PAX header, framed as Go's `parsePAXRecord` frames
